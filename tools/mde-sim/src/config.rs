@@ -1,0 +1,300 @@
+//! The simulator's configuration: devices, library scripts, API clients, limits and faults.
+//! Read from TOML (see `tools/mde-sim/fleet.example.toml`); every field but the device list has a default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub sim: SimSettings,
+    pub limits: Limits,
+    pub faults: Faults,
+    pub clients: Vec<Client>,
+    pub devices: Vec<Device>,
+    pub scripts: Vec<Script>,
+    /// Library files other than scripts (PutFile sources), by name.
+    pub library_files: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            sim: SimSettings::default(),
+            limits: Limits::default(),
+            faults: Faults::default(),
+            clients: vec![Client::default()],
+            devices: Vec::new(),
+            scripts: Vec::new(),
+            library_files: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read simulator config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("simulator config {path} is not valid TOML for this schema: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("simulator config: {0}")]
+    Invalid(String),
+}
+
+impl SimConfig {
+    pub fn from_toml_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: SimConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "<string>".into(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sim.time_scale <= 0.0 || !self.sim.time_scale.is_finite() {
+            return Err(ConfigError::Invalid(format!(
+                "sim.time_scale must be a positive number, got {}",
+                self.sim.time_scale
+            )));
+        }
+        for d in &self.devices {
+            if d.machine_id.len() != 40 || !d.machine_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "device {:?}: machine_id must be 40 hex characters",
+                    d.machine_id
+                )));
+            }
+        }
+        for s in &self.scripts {
+            if !valid_library_name(&s.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "script {:?}: library names take letters, digits, '-', '_' and '.'",
+                    s.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn device(&self, machine_id: &str) -> Option<&Device> {
+        self.devices
+            .iter()
+            .find(|d| d.machine_id.eq_ignore_ascii_case(machine_id))
+    }
+}
+
+pub fn valid_library_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSettings {
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+    /// Simulated time at start (RFC 3339); default: the real time at start.
+    pub start_time: Option<String>,
+    /// How long a session waits for an unavailable device before it ends as TimeOut (3 days; newer docs: 2 hours).
+    pub queue_window_secs: u64,
+    /// Delay between submission and an online device picking the session up.
+    pub pickup_secs: u64,
+    pub token_lifetime_secs: u64,
+    pub link_lifetime_secs: u64,
+    pub run_script_timeout_secs: u64,
+    pub get_file_timeout_secs: u64,
+    pub put_file_timeout_secs: u64,
+    /// Transcript field for standard error: "script_errors" (newer) or "script_error" (older docs).
+    pub transcript_error_field: String,
+    /// Largest library upload accepted through the API.
+    pub library_max_bytes: u64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            time_scale: 1.0,
+            start_time: None,
+            queue_window_secs: 3 * 24 * 3600,
+            pickup_secs: 5,
+            token_lifetime_secs: 3599,
+            link_lifetime_secs: 30 * 60,
+            run_script_timeout_secs: 10 * 60,
+            get_file_timeout_secs: 30 * 60,
+            put_file_timeout_secs: 10 * 60,
+            transcript_error_field: "script_errors".into(),
+            library_max_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// The documented limits, each a sliding window in simulated time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub submissions_per_minute: u32,
+    pub running_sessions: u32,
+    /// Per endpoint group (status, result link, cancel), as documented per API.
+    pub gets_per_minute: u32,
+    pub gets_per_hour: u32,
+    /// Send `Retry-After` with 429s (real seconds, at least 1).
+    pub retry_after_header: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            submissions_per_minute: 10,
+            running_sessions: 25,
+            gets_per_minute: 100,
+            gets_per_hour: 1500,
+            retry_after_header: true,
+        }
+    }
+}
+
+/// Seeded fault injection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    pub seed: u64,
+    /// By endpoint: token, submit, get_action, list_actions, link, cancel, library, blob.
+    pub endpoints: BTreeMap<String, EndpointFaults>,
+    /// A new action answers 404 on status and link calls for this many simulated seconds.
+    pub not_found_after_create_secs: u64,
+    /// Chance that a download is cut, and after how many bytes of the response.
+    pub download_cut_probability: f64,
+    pub download_cut_after_bytes: u64,
+    /// Chance that a new link stops working after `link_early_expiry_secs` although its `se` says later.
+    pub link_early_expiry_probability: f64,
+    pub link_early_expiry_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointFaults {
+    pub p429: f64,
+    /// Of the injected 429s, the chance that `Retry-After` is left out.
+    pub p429_without_retry_after: f64,
+    pub p500: f64,
+    pub p503: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Client {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Shown as the actions' `requestor`.
+    pub requestor: String,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+            client_id: "00000000-0000-0000-0000-000000000002".into(),
+            client_secret: "sim-secret".into(),
+            requestor: "live-response-pipeline".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Device {
+    pub machine_id: String,
+    pub dns_name: String,
+    pub os_platform: String,
+    pub online: bool,
+    /// An offline device comes online this many simulated seconds after the simulator starts.
+    pub online_after_secs: Option<u64>,
+    /// How long each command takes on this device, unless the file or script says otherwise.
+    pub command_secs: u64,
+    pub files: Vec<DeviceFile>,
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Self {
+            machine_id: String::new(),
+            dns_name: String::new(),
+            os_platform: "Windows11".into(),
+            online: true,
+            online_after_secs: None,
+            command_secs: 10,
+            files: Vec::new(),
+        }
+    }
+}
+
+impl Device {
+    pub fn file(&self, path: &str) -> Option<&DeviceFile> {
+        // Windows paths compare without regard to case.
+        self.files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case(path))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceFile {
+    pub path: String,
+    pub size: u64,
+    /// Simulated seconds a GetFile of it takes (default: the device's command_secs).
+    pub secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Script {
+    pub name: String,
+    pub exit_code: i64,
+    /// Standard output; `{args}` is replaced by the Args parameter and `{machine}` by the device's DNS name.
+    pub output: String,
+    pub errors: String,
+    /// Simulated seconds a run takes (default: the device's command_secs).
+    pub secs: Option<u64>,
+    pub has_parameters: bool,
+    pub description: String,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            exit_code: 0,
+            output: String::new(),
+            errors: String::new(),
+            secs: None,
+            has_parameters: true,
+            description: String::new(),
+        }
+    }
+}
