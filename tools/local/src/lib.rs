@@ -1,1 +1,258 @@
+//! The local stack: the same queues, bucket and secret the deployment template creates, provisioned
+//! on moto through the real AWS SDK.
 
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, PublicAccessBlockConfiguration, ServerSideEncryption,
+    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    VersioningConfiguration,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+/// One stage's queue and the timeout of the function behind it (the template uses the same numbers).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSpec {
+    /// Queue name suffix, and the stage it feeds.
+    pub stage: &'static str,
+    /// Environment variable that carries the queue URL to the functions.
+    pub url_var: &'static str,
+    pub function_timeout_secs: u32,
+}
+
+/// The pipeline's queues, in stage order.
+pub const QUEUES: [QueueSpec; 4] = [
+    QueueSpec {
+        stage: "alerts",
+        url_var: "ALERTS_QUEUE_URL",
+        function_timeout_secs: 30,
+    },
+    QueueSpec {
+        stage: "submit",
+        url_var: "SUBMIT_QUEUE_URL",
+        function_timeout_secs: 60,
+    },
+    QueueSpec {
+        stage: "poll",
+        url_var: "POLL_QUEUE_URL",
+        function_timeout_secs: 60,
+    },
+    QueueSpec {
+        stage: "collect",
+        url_var: "COLLECT_QUEUE_URL",
+        function_timeout_secs: 900,
+    },
+];
+
+/// Receives before a message moves to its DLQ.
+pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// AWS's rule for SQS event sources: visibility at least six times the function timeout.
+pub const VISIBILITY_FACTOR: u32 = 6;
+pub const DLQ_RETENTION_SECS: u32 = 14 * 24 * 3600;
+pub const QUEUE_RETENTION_SECS: u32 = 4 * 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("SQS: {0}")]
+    Sqs(String),
+    #[error("S3: {0}")]
+    S3(String),
+    #[error("Secrets Manager: {0}")]
+    Secrets(String),
+}
+
+fn sdk_err<E: std::error::Error>(e: E) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
+}
+
+/// What was created, as the environment variables the functions read.
+#[derive(Debug, Clone, Default)]
+pub struct ProvisionedStack {
+    pub env: BTreeMap<String, String>,
+    pub queue_urls: BTreeMap<String, String>,
+    pub dlq_urls: BTreeMap<String, String>,
+    pub bucket: String,
+    pub secret_arn: String,
+}
+
+pub struct StackNames {
+    pub prefix: String,
+}
+
+impl StackNames {
+    pub fn queue(&self, stage: &str) -> String {
+        format!("{}-{stage}", self.prefix)
+    }
+    pub fn dlq(&self, stage: &str) -> String {
+        format!("{}-{stage}-dlq", self.prefix)
+    }
+    pub fn bucket(&self) -> String {
+        format!("{}-evidence", self.prefix)
+    }
+    pub fn secret(&self) -> String {
+        format!("{}/defender-credentials", self.prefix)
+    }
+}
+
+/// Creates (or finds) the queues with DLQs and redrive, the evidence bucket and the secret.
+pub async fn provision(
+    sdk: &aws_config::SdkConfig,
+    names: &StackNames,
+    credentials_json: &str,
+) -> Result<ProvisionedStack, ProvisionError> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let s3 = shared::aws::s3_client(sdk);
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    let mut out = ProvisionedStack::default();
+
+    for q in QUEUES {
+        let dlq = sqs
+            .create_queue()
+            .queue_name(names.dlq(q.stage))
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                DLQ_RETENTION_SECS.to_string(),
+            )
+            .attributes(QueueAttributeName::SqsManagedSseEnabled, "true")
+            .send()
+            .await
+            .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
+        let dlq_url = dlq.queue_url().unwrap_or_default().to_string();
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .unwrap_or_default();
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": MAX_RECEIVE_COUNT,
+        });
+        let queue = sqs
+            .create_queue()
+            .queue_name(names.queue(q.stage))
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                (q.function_timeout_secs * VISIBILITY_FACTOR).to_string(),
+            )
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                QUEUE_RETENTION_SECS.to_string(),
+            )
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .attributes(QueueAttributeName::SqsManagedSseEnabled, "true")
+            .send()
+            .await
+            .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
+        let url = queue.queue_url().unwrap_or_default().to_string();
+        out.env.insert(q.url_var.to_string(), url.clone());
+        out.queue_urls.insert(q.stage.to_string(), url);
+        out.dlq_urls.insert(q.stage.to_string(), dlq_url);
+    }
+
+    let bucket = names.bucket();
+    match s3.create_bucket().bucket(&bucket).send().await {
+        Ok(_) => {}
+        Err(e) => {
+            let text = sdk_err(e);
+            if !text.contains("BucketAlreadyOwnedByYou") {
+                return Err(ProvisionError::S3(text));
+            }
+        }
+    }
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    let sse = ServerSideEncryptionByDefault::builder()
+        .sse_algorithm(ServerSideEncryption::AwsKms)
+        .build()
+        .map_err(|e| ProvisionError::S3(e.to_string()))?;
+    let rule = ServerSideEncryptionRule::builder()
+        .apply_server_side_encryption_by_default(sse)
+        .bucket_key_enabled(true)
+        .build();
+    s3.put_bucket_encryption()
+        .bucket(&bucket)
+        .server_side_encryption_configuration(
+            ServerSideEncryptionConfiguration::builder()
+                .rules(rule)
+                .build()
+                .map_err(|e| ProvisionError::S3(e.to_string()))?,
+        )
+        .send()
+        .await
+        .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    s3.put_public_access_block()
+        .bucket(&bucket)
+        .public_access_block_configuration(
+            PublicAccessBlockConfiguration::builder()
+                .block_public_acls(true)
+                .block_public_policy(true)
+                .ignore_public_acls(true)
+                .restrict_public_buckets(true)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}
+        }]
+    });
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(policy.to_string())
+        .send()
+        .await
+        .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    out.env.insert("EVIDENCE_BUCKET".into(), bucket.clone());
+    out.bucket = bucket;
+
+    let secret_name = names.secret();
+    let arn = match sm
+        .create_secret()
+        .name(&secret_name)
+        .secret_string(credentials_json)
+        .send()
+        .await
+    {
+        Ok(o) => o.arn().unwrap_or_default().to_string(),
+        Err(e) => {
+            let text = sdk_err(e);
+            if !text.contains("ResourceExists") {
+                return Err(ProvisionError::Secrets(text));
+            }
+            sm.put_secret_value()
+                .secret_id(&secret_name)
+                .secret_string(credentials_json)
+                .send()
+                .await
+                .map_err(|e| ProvisionError::Secrets(sdk_err(e)))?
+                .arn()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    out.env
+        .insert("MDE_CREDENTIALS_SECRET_ID".into(), secret_name);
+    out.secret_arn = arn;
+    Ok(out)
+}

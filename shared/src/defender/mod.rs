@@ -1,0 +1,14 @@
+//! Microsoft Defender for Endpoint: credentials, tokens, the typed client and its errors.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod model;
+
+pub use auth::{CredentialSource, Credentials, StaticCredentials, Token, TokenProvider};
+pub use client::{DefenderClient, DownloadLink, LibraryUpload, http_client};
+pub use error::{DefenderError, Next};
+pub use model::{
+    ActionFilter, ActionId, ActionStatus, Command, CommandResult, CommandStatus, CommandType,
+    IdError, LibraryFile, LiveResponseRequest, MachineAction, MachineId, Param, Transcript,
+};

@@ -1,0 +1,32 @@
+//! `tracing` for Lambda: JSON lines when `AWS_LAMBDA_LOG_FORMAT=JSON`, plain text otherwise; the
+//! level from `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else info.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .ok()
+        .map(|l| l.to_ascii_lowercase())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(true);
+    // CloudWatch stamps each line itself; a second timestamp is noise.
+    let result = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .without_time()
+            .try_init()
+    } else {
+        builder.without_time().try_init()
+    };
+    if result.is_err() {
+        tracing::debug!("a tracing subscriber was already installed");
+    }
+}
