@@ -178,7 +178,7 @@ impl<C: CredentialSource> TokenProvider<C> {
             }
         };
         // Refresh ahead of expiry: a fifth of the lifetime, at most five minutes early.
-        let margin = Duration::from_secs((lifetime / 5).min(300));
+        let margin = Duration::from_millis((lifetime * 1000 / 5).min(300_000));
         st.generation += 1;
         let generation = st.generation;
         st.token = Some(Cached {

@@ -79,6 +79,14 @@ pub struct StackNames {
     pub prefix: String,
 }
 
+/// Settings that differ between the local stack and AWS.
+#[derive(Debug, Clone, Copy)]
+pub struct ProvisionOptions {
+    /// Deny every request not made over TLS. moto serves plain HTTP on loopback and enforces bucket
+    /// policies, so the local stack leaves this off; the deployment template always sets it.
+    pub tls_only_policy: bool,
+}
+
 impl StackNames {
     pub fn queue(&self, stage: &str) -> String {
         format!("{}-{stage}", self.prefix)
@@ -99,6 +107,7 @@ pub async fn provision(
     sdk: &aws_config::SdkConfig,
     names: &StackNames,
     credentials_json: &str,
+    options: ProvisionOptions,
 ) -> Result<ProvisionedStack, ProvisionError> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let s3 = shared::aws::s3_client(sdk);
@@ -206,23 +215,25 @@ pub async fn provision(
         .send()
         .await
         .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}}
-        }]
-    });
-    s3.put_bucket_policy()
-        .bucket(&bucket)
-        .policy(policy.to_string())
-        .send()
-        .await
-        .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    if options.tls_only_policy {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}}
+            }]
+        });
+        s3.put_bucket_policy()
+            .bucket(&bucket)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
+    }
     out.env.insert("EVIDENCE_BUCKET".into(), bucket.clone());
     out.bucket = bucket;
 

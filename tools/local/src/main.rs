@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use local_stack::{StackNames, provision};
+use local_stack::{ProvisionOptions, StackNames, provision};
 use mde_sim::{SimConfig, SimServer};
 use shared::aws::SecretsManagerCredentials;
 use shared::defender::{
@@ -99,7 +99,7 @@ async fn demo(fleet: &str, time_scale: f64, prefix: &str, env_file: &str) -> Res
         );
     }
     println!(
-        "[stack] evidence bucket s3://{} (SSE-KMS, versioned, public access blocked, TLS-only)",
+        "[stack] evidence bucket s3://{} (SSE-KMS, versioned, public access blocked)",
         stack.bucket
     );
     println!(

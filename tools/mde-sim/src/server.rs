@@ -65,6 +65,9 @@ struct LibraryFile {
 }
 
 struct State {
+    clients: Vec<crate::config::Client>,
+    /// Every token ever issued (tests scan logs for them).
+    issued: Vec<String>,
     actions: Vec<Action>,
     by_id: HashMap<String, usize>,
     tokens: HashMap<String, (OffsetDateTime, usize)>,
@@ -111,6 +114,8 @@ impl State {
         }
         let l = &config.limits;
         Self {
+            clients: config.clients.clone(),
+            issued: Vec::new(),
             actions: Vec::new(),
             by_id: HashMap::new(),
             tokens: HashMap::new(),
@@ -237,6 +242,19 @@ impl SimServer {
         self.sim.reset();
     }
 
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.sim.lock().issued.clone()
+    }
+
+    /// Rotates a client's secret: the old one stops working at once.
+    pub fn set_client_secret(&self, client_id: &str, secret: &str) {
+        let mut st = self.sim.lock();
+        for c in st.clients.iter_mut().filter(|c| c.client_id == client_id) {
+            c.client_secret = secret.to_string();
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -263,9 +281,13 @@ impl Sim {
     fn reset(&self) {
         let mut st = self.lock();
         let tokens = std::mem::take(&mut st.tokens);
+        let clients = std::mem::take(&mut st.clients);
+        let issued = std::mem::take(&mut st.issued);
         let faults = st.faults.clone();
         *st = State::new(&self.config, self.clock.now());
         st.tokens = tokens;
+        st.clients = clients;
+        st.issued = issued;
         st.rng = SeededRng::new(faults.seed);
         st.faults = faults;
     }
@@ -594,9 +616,8 @@ async fn token(sim: Arc<Sim>, req: Request) -> Response {
     }
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     let secret = form.get("client_secret").cloned().unwrap_or_default();
-    let Some(idx) = sim
-        .config
-        .clients
+    let clients = sim.lock().clients.clone();
+    let Some(idx) = clients
         .iter()
         .position(|c| c.tenant_id.eq_ignore_ascii_case(&tenant) && c.client_id == client_id)
     else {
@@ -608,7 +629,7 @@ async fn token(sim: Arc<Sim>, req: Request) -> Response {
             ),
         );
     };
-    if sim.config.clients[idx].client_secret != secret {
+    if clients[idx].client_secret != secret {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -618,7 +639,11 @@ async fn token(sim: Arc<Sim>, req: Request) -> Response {
     let lifetime = sim.config.sim.token_lifetime_secs;
     let token = format!("simtok-{}", uuid::Uuid::new_v4().simple());
     let exp = sim.clock.now() + Duration::seconds(lifetime as i64);
-    sim.lock().tokens.insert(token.clone(), (exp, idx));
+    {
+        let mut st = sim.lock();
+        st.tokens.insert(token.clone(), (exp, idx));
+        st.issued.push(token.clone());
+    }
     // expires_in is in real seconds, like Retry-After, so that a client's cache follows the scaled clock.
     let expires_in = (lifetime as f64 / sim.clock.scale()).floor() as u64;
     json_response(
