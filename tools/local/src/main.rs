@@ -90,6 +90,9 @@ async fn demo(fleet: &str, time_scale: f64, prefix: &str, env_file: &str) -> Res
             prefix: prefix.into(),
         },
         &creds.to_string(),
+        ProvisionOptions {
+            tls_only_policy: false,
+        },
     )
     .await?;
     for (stage, url) in &stack.queue_urls {
