@@ -7,7 +7,10 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 async fn main() -> Result<(), Error> {
     shared::logging::init();
     run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        tracing::info!(records = event.payload.records.len(), "submit received a batch");
+        tracing::info!(
+            records = event.payload.records.len(),
+            "submit received a batch"
+        );
         Ok::<_, Error>(SqsBatchResponse::default())
     }))
     .await

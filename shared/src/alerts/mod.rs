@@ -1,0 +1,493 @@
+//! Alert input: the project's own schema, a Defender alert as the alerts API returns it, and
+//! either wrapped in an SNS notification or an EventBridge event, normalised into one [`Alert`].
+
+pub mod playbook;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::defender::MachineId;
+use crate::ids::AlertId;
+
+/// Largest alert body accepted (SQS allows 256 KiB; an alert is far smaller).
+pub const MAX_ALERT_BYTES: usize = 256 * 1024;
+
+/// Where the alert came from, and in which wrapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertFormat {
+    /// `{"schema": "lr.alert/v1", ...}`
+    Native,
+    /// A Defender alert entity.
+    Defender,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    None,
+    Sns,
+    EventBridge,
+}
+
+/// One alert, whatever it arrived as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub format: AlertFormat,
+    pub envelope: Envelope,
+    pub alert_id: AlertId,
+    pub machine_id: MachineId,
+    pub title: String,
+    pub category: String,
+    pub severity: String,
+    /// The detection source or product that raised it.
+    pub source: String,
+    /// A playbook the sender asked for by name (native alerts only).
+    pub playbook: Option<String>,
+    /// Values for playbook placeholders, by name (validated when a playbook uses them).
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Why an alert was refused: a stable code and a message that names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AlertError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn err(code: &'static str, message: impl Into<String>) -> AlertError {
+    AlertError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The project's own alert schema, `lr.alert/v1`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeAlert {
+    #[allow(dead_code)]
+    schema: String,
+    alert_id: String,
+    machine_id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    severity: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    playbook: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+}
+
+/// The fields of a Defender alert the pipeline uses; others are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefenderAlert {
+    id: String,
+    machine_id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    detection_source: Option<String>,
+    #[serde(default)]
+    evidence: Option<Vec<Value>>,
+}
+
+const NATIVE_SCHEMA: &str = "lr.alert/v1";
+
+/// Parses one message body.
+pub fn parse(body: &str) -> Result<Alert, AlertError> {
+    if body.len() > MAX_ALERT_BYTES {
+        return Err(err(
+            "too_large",
+            format!(
+                "alert body is {} bytes; the limit is {MAX_ALERT_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let value = parse_json_strict(body)?;
+    let (value, envelope) = unwrap_envelope(value)?;
+    let mut alert = if value.get("schema").is_some() {
+        parse_native(value)?
+    } else if value.get("id").is_some() && value.get("machineId").is_some() {
+        parse_defender(value)?
+    } else if value.get("id").is_some() {
+        return Err(err(
+            "missing_machine",
+            "the Defender alert has no machineId",
+        ));
+    } else {
+        return Err(err(
+            "unknown_format",
+            format!(
+                "not an lr.alert/v1 alert (no \"schema\") nor a Defender alert (no \"id\" and \"machineId\"); top-level keys: {}",
+                keys(&value)
+            ),
+        ));
+    };
+    alert.envelope = envelope;
+    Ok(alert)
+}
+
+fn keys(v: &Value) -> String {
+    match v.as_object() {
+        Some(o) => o
+            .keys()
+            .take(10)
+            .map(|k| k.chars().take(40).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "(not an object)".into(),
+    }
+}
+
+/// JSON with duplicate keys refused: two `machine_id`s are an attempt to confuse one reader or another.
+fn parse_json_strict(body: &str) -> Result<Value, AlertError> {
+    struct Strict(Value);
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Value;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                    Ok(Value::Bool(v))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                    Ok(Value::from(v))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                    Ok(Value::from(v))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                    Ok(serde_json::Number::from_f64(v)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                    Ok(Value::String(v.to_string()))
+                }
+                fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                    Ok(Value::String(v))
+                }
+                fn visit_unit<E>(self) -> Result<Value, E> {
+                    Ok(Value::Null)
+                }
+                fn visit_none<E>(self) -> Result<Value, E> {
+                    Ok(Value::Null)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(Strict(v)) = a.next_element()? {
+                        out.push(v);
+                    }
+                    Ok(Value::Array(out))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Value, A::Error> {
+                    let mut out = serde_json::Map::new();
+                    while let Some(k) = a.next_key::<String>()? {
+                        let Strict(v) = a.next_value()?;
+                        if out.insert(k.clone(), v).is_some() {
+                            return Err(serde::de::Error::custom(format!(
+                                "duplicate key {:?}",
+                                k.chars().take(40).collect::<String>()
+                            )));
+                        }
+                    }
+                    Ok(Value::Object(out))
+                }
+            }
+            d.deserialize_any(V).map(Strict)
+        }
+    }
+    // serde_json's recursion limit (128) stays on: deeply nested garbage is refused.
+    let mut de = serde_json::Deserializer::from_str(body);
+    let Strict(v) = Strict::deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            let code = if e.to_string().contains("duplicate key") {
+                "duplicate_key"
+            } else {
+                "invalid_json"
+            };
+            err(code, format!("alert body is not valid JSON: {e}"))
+        })?;
+    Ok(v)
+}
+
+fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
+    // SNS notification: {"Type": "Notification", "Message": "<json string>", ...}
+    if v.get("Type").and_then(Value::as_str) == Some("Notification") {
+        let msg = v
+            .get("Message")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("bad_envelope", "SNS notification without a string Message"))?;
+        let inner = parse_json_strict(msg)
+            .map_err(|e| err("bad_envelope", format!("SNS Message: {}", e.message)))?;
+        if inner.get("Type").is_some() || inner.get("detail-type").is_some() {
+            return Err(err("bad_envelope", "nested envelopes are not accepted"));
+        }
+        return Ok((inner, Envelope::Sns));
+    }
+    // EventBridge event: {"version": "0", "detail-type": ..., "source": ..., "detail": {...}}
+    if v.get("detail-type").is_some() {
+        let detail = v
+            .get("detail")
+            .filter(|d| d.is_object())
+            .cloned()
+            .ok_or_else(|| err("bad_envelope", "EventBridge event without an object detail"))?;
+        if detail.get("Type").is_some() || detail.get("detail-type").is_some() {
+            return Err(err("bad_envelope", "nested envelopes are not accepted"));
+        }
+        return Ok((detail, Envelope::EventBridge));
+    }
+    if !v.is_object() {
+        return Err(err("unknown_format", "alert body must be a JSON object"));
+    }
+    Ok((v, Envelope::None))
+}
+
+/// Free text from the alert: bounded, no control or bidirectional-override characters.
+fn text(field: &str, s: &str, max: usize) -> Result<String, AlertError> {
+    if s.chars().count() > max {
+        return Err(err(
+            "invalid_field",
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    if s.chars().any(|c| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    }) {
+        return Err(err(
+            "invalid_field",
+            format!("{field} holds control or direction-override characters"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_native(v: Value) -> Result<Alert, AlertError> {
+    let schema = v.get("schema").and_then(Value::as_str).unwrap_or_default();
+    if schema != NATIVE_SCHEMA {
+        return Err(err(
+            "unknown_schema",
+            format!(
+                "schema {:?} is not supported (expected {NATIVE_SCHEMA:?})",
+                schema.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    let a: NativeAlert =
+        serde_json::from_value(v).map_err(|e| err("invalid_field", format!("lr.alert/v1: {e}")))?;
+    let alert_id = AlertId::parse(&a.alert_id).map_err(|m| err("invalid_alert_id", m))?;
+    let machine_id =
+        MachineId::parse(&a.machine_id).map_err(|e| err("invalid_machine_id", e.to_string()))?;
+    if a.parameters.len() > 16 {
+        return Err(err("invalid_field", "at most 16 parameters"));
+    }
+    let mut parameters = BTreeMap::new();
+    for (k, val) in a.parameters {
+        if !(1..=64).contains(&k.len())
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(err(
+                "invalid_field",
+                format!(
+                    "parameter name {:?} must be 1-64 of a-z 0-9 _",
+                    k.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        parameters.insert(k.clone(), text(&format!("parameters.{k}"), &val, 1024)?);
+    }
+    Ok(Alert {
+        format: AlertFormat::Native,
+        envelope: Envelope::None,
+        alert_id,
+        machine_id,
+        title: text("title", &a.title, 512)?,
+        category: text("category", &a.category, 128)?,
+        severity: text("severity", &a.severity, 32)?,
+        source: text("source", &a.source, 128)?,
+        playbook: a.playbook.map(|p| text("playbook", &p, 64)).transpose()?,
+        parameters,
+    })
+}
+
+fn parse_defender(v: Value) -> Result<Alert, AlertError> {
+    let a: DefenderAlert = serde_json::from_value(v)
+        .map_err(|e| err("invalid_field", format!("Defender alert: {e}")))?;
+    let alert_id = AlertId::parse(&a.id).map_err(|m| err("invalid_alert_id", m))?;
+    let machine = a
+        .machine_id
+        .ok_or_else(|| err("missing_machine", "the Defender alert has no machineId"))?;
+    let machine_id =
+        MachineId::parse(&machine).map_err(|e| err("invalid_machine_id", e.to_string()))?;
+    let mut parameters = BTreeMap::new();
+    // The first file evidence gives the file to fetch.
+    if let Some(file) = a.evidence.iter().flatten().find(|e| {
+        e.get("entityType")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("File"))
+    }) {
+        let dir = file
+            .get("filePath")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = file
+            .get("fileName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !dir.is_empty() && !name.is_empty() {
+            let full = format!("{}\\{}", dir.trim_end_matches('\\'), name);
+            parameters.insert("file_path".into(), text("evidence.filePath", &full, 1024)?);
+        }
+        if let Some(sha) = file.get("sha256").and_then(Value::as_str) {
+            parameters.insert("file_sha256".into(), text("evidence.sha256", sha, 64)?);
+        }
+    }
+    Ok(Alert {
+        format: AlertFormat::Defender,
+        envelope: Envelope::None,
+        alert_id,
+        machine_id,
+        title: text("title", a.title.as_deref().unwrap_or_default(), 512)?,
+        category: text("category", a.category.as_deref().unwrap_or_default(), 128)?,
+        severity: text("severity", a.severity.as_deref().unwrap_or_default(), 32)?,
+        source: text(
+            "detectionSource",
+            a.detection_source.as_deref().unwrap_or_default(),
+            128,
+        )?,
+        playbook: None,
+        parameters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+
+    fn native() -> Value {
+        serde_json::json!({"schema": "lr.alert/v1", "alert_id": "a-1", "machine_id": M, "title": "t",
+            "category": "Malware", "severity": "High", "source": "edr", "parameters": {"file_path": "C:\\x.exe"}})
+    }
+
+    fn defender() -> Value {
+        serde_json::json!({"id": "da637000000000000000_123", "machineId": M, "title": "Suspicious",
+            "category": "Malware", "severity": "High", "detectionSource": "WindowsDefenderAv", "status": "New",
+            "evidence": [{"entityType": "Process"}, {"entityType": "File", "filePath": "C:\\Users\\a\\Downloads", "fileName": "x.exe", "sha256": "ab"}]})
+    }
+
+    #[test]
+    fn four_formats_normalise_to_one_alert() {
+        let n = parse(&native().to_string()).unwrap();
+        assert_eq!(
+            (n.format, n.envelope),
+            (AlertFormat::Native, Envelope::None)
+        );
+        assert_eq!(n.parameters["file_path"], "C:\\x.exe");
+        let d = parse(&defender().to_string()).unwrap();
+        assert_eq!(d.format, AlertFormat::Defender);
+        assert_eq!(d.parameters["file_path"], "C:\\Users\\a\\Downloads\\x.exe");
+        assert_eq!(d.source, "WindowsDefenderAv");
+        let sns = serde_json::json!({"Type": "Notification", "MessageId": "m", "TopicArn": "arn:aws:sns:x", "Message": defender().to_string()});
+        let s = parse(&sns.to_string()).unwrap();
+        assert_eq!(
+            (s.format, s.envelope),
+            (AlertFormat::Defender, Envelope::Sns)
+        );
+        let eb = serde_json::json!({"version": "0", "id": "e", "detail-type": "Alert", "source": "custom", "detail": native()});
+        let e = parse(&eb.to_string()).unwrap();
+        assert_eq!(
+            (e.format, e.envelope),
+            (AlertFormat::Native, Envelope::EventBridge)
+        );
+        assert_eq!(e.machine_id, n.machine_id);
+    }
+
+    #[test]
+    fn bad_input_gets_a_code_that_names_the_problem() {
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "invalid_json"),
+            ("[1,2]".into(), "unknown_format"),
+            ("{}".into(), "unknown_format"),
+            (
+                r#"{"schema":"lr.alert/v2","alert_id":"a","machine_id":"x"}"#.into(),
+                "unknown_schema",
+            ),
+            (
+                native().to_string().replace(M, "../../etc/passwd"),
+                "invalid_machine_id",
+            ),
+            (
+                native().to_string().replace("\"a-1\"", "\"a/1\""),
+                "invalid_alert_id",
+            ),
+            (
+                format!(
+                    r#"{{"schema":"lr.alert/v1","alert_id":"a","machine_id":"{M}","machine_id":"{M}"}}"#
+                ),
+                "duplicate_key",
+            ),
+            (
+                r#"{"Type":"Notification","Message":"{bad"}"#.into(),
+                "bad_envelope",
+            ),
+            (
+                r#"{"detail-type":"x","detail":"str"}"#.into(),
+                "bad_envelope",
+            ),
+            (r#"{"id":"da1"}"#.into(), "missing_machine"),
+            (
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_ALERT_BYTES)),
+                "too_large",
+            ),
+            (
+                native().to_string().replace("\"t\"", "\"a\\u202eb\""),
+                "invalid_field",
+            ),
+            (
+                native().to_string().replace("\"edr\"", "42"),
+                "invalid_field",
+            ),
+        ];
+        for (body, code) in cases {
+            let e = parse(&body).unwrap_err();
+            assert_eq!(
+                e.code,
+                code,
+                "{} -> {e}",
+                body.chars().take(80).collect::<String>()
+            );
+            assert!(!e.message.is_empty());
+        }
+    }
+}
