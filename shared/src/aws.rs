@@ -1,9 +1,13 @@
 //! AWS adapters: the SDK configuration (honouring `AWS_ENDPOINT_URL` for the local stack) and the
 //! Defender credentials read from Secrets Manager.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 
 use crate::defender::{CredentialSource, Credentials, DefenderError};
+use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored};
 
 /// The shared SDK configuration: region, credentials and endpoint from the environment.
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -72,5 +76,290 @@ impl CredentialSource for SecretsManagerCredentials {
             }
             other => other,
         })
+    }
+}
+
+/// The evidence bucket as an [`ObjectStore`].
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+fn s3_err<E: std::error::Error + 'static>(what: &str, key: &str, e: E) -> StoreError {
+    StoreError(format!(
+        "{what} {key}: {}",
+        aws_sdk_s3::error::DisplayErrorContext(e)
+    ))
+}
+
+fn status_of<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_string();
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError(format!("read {key}: {e}")))?
+                    .into_bytes();
+                Ok(Some(Stored { body, etag }))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_err("get", key, e)),
+        }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, condition: Put) -> Result<PutResult, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into());
+        req = match &condition {
+            Put::Always => req,
+            Put::IfAbsent => req.if_none_match("*"),
+            Put::IfMatch(etag) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(out) => Ok(PutResult::Written {
+                etag: out.e_tag().unwrap_or_default().to_string(),
+            }),
+            // 412: the condition failed; 409: a concurrent conditional write is in flight.
+            Err(e)
+                if condition != Put::Always && matches!(status_of(&e), Some(412) | Some(409)) =>
+            {
+                Ok(PutResult::Conflict)
+            }
+            Err(e) => Err(s3_err("put", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_err("list", prefix, e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_err("delete", key, e))
+    }
+
+    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .send()
+            .await
+            .map_err(|e| s3_err("begin upload", key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError(format!("begin upload {key}: no upload id")))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: bytes::Bytes,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| s3_err("upload part", key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let parts = parts
+            .into_iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_err("complete upload", key, e))
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_err("abort upload", key, e))
+    }
+
+    async fn publish(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(format!("{}/{from}", self.bucket))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type("application/octet-stream")
+            .set_metadata(Some(metadata.into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| s3_err("publish", to, e))?;
+        self.delete(from).await
+    }
+}
+
+/// SQS as a [`Queue`].
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        Self { client }
+    }
+}
+
+/// SQS's largest DelaySeconds.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
+impl Queue for SqsQueue {
+    async fn send(&self, queue_url: &str, body: &str, delay: Duration) -> Result<(), QueueError> {
+        let secs = delay.min(MAX_DELAY).as_secs_f64().ceil() as i32;
+        self.client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .delay_seconds(secs)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+    }
+
+    async fn send_rejected(
+        &self,
+        dlq_url: &str,
+        body: &str,
+        stage: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        use aws_sdk_sqs::types::MessageAttributeValue;
+        let attr = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v.chars().take(1024).collect::<String>())
+                .build()
+                .map_err(|e| QueueError(e.to_string()))
+        };
+        // An empty body cannot be sent to SQS; the attributes still say what arrived.
+        let body = if body.is_empty() {
+            "(empty message body)"
+        } else {
+            body
+        };
+        self.client
+            .send_message()
+            .queue_url(dlq_url)
+            .message_body(body)
+            .message_attributes("lr-stage", attr(stage)?)
+            .message_attributes("lr-reject-code", attr(code)?)
+            .message_attributes(
+                "lr-reject-reason",
+                attr(if reason.is_empty() { "-" } else { reason })?,
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
     }
 }

@@ -383,3 +383,367 @@ mod tests {
         assert!(e.to_string().contains("gcc-high"), "lists the choices: {e}");
     }
 }
+
+fn queue_url(env: &dyn Env, var: &'static str, what: &'static str) -> Result<String, ConfigError> {
+    let v = required(env, var, what)?;
+    let parsed = url::Url::parse(&v).map_err(|e| ConfigError::Invalid {
+        var,
+        value: v.clone(),
+        reason: format!("not a URL ({e})"),
+    })?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(ConfigError::Invalid {
+            var,
+            value: v,
+            reason: "must be an SQS queue URL".into(),
+        });
+    }
+    Ok(v)
+}
+
+fn bucket(env: &dyn Env) -> Result<String, ConfigError> {
+    let v = required(
+        env,
+        "EVIDENCE_BUCKET",
+        "the S3 bucket that holds run records and evidence",
+    )?;
+    let ok = (3..=63).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !ok {
+        return Err(ConfigError::Invalid {
+            var: "EVIDENCE_BUCKET",
+            value: v,
+            reason: "not an S3 bucket name (3-63 of a-z 0-9 . -)".into(),
+        });
+    }
+    Ok(v)
+}
+
+fn secs_list(
+    env: &dyn Env,
+    var: &'static str,
+    default: &str,
+) -> Result<Vec<Duration>, ConfigError> {
+    let raw = optional(env, var).unwrap_or_else(|| default.to_string());
+    let mut out = Vec::new();
+    for part in raw.split(',') {
+        let n: u64 = part.trim().parse().map_err(|_| ConfigError::Invalid {
+            var,
+            value: raw.clone(),
+            reason: "expected comma-separated whole seconds, like 15,30,60".into(),
+        })?;
+        if !(1..=900).contains(&n) {
+            return Err(ConfigError::Invalid {
+                var,
+                value: raw.clone(),
+                reason: "each delay must be 1 to 900 seconds (SQS DelaySeconds)".into(),
+            });
+        }
+        out.push(Duration::from_secs(n));
+    }
+    Ok(out)
+}
+
+/// Exponential backoff with jitter and a cap, for waits Defender did not size itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let base = number(env, "RETRY_BASE_SECS", 15u64, 1..=900)?;
+        let cap = number(env, "RETRY_MAX_SECS", 900u64, 1..=900)?;
+        if cap < base {
+            return Err(ConfigError::Invalid {
+                var: "RETRY_MAX_SECS",
+                value: cap.to_string(),
+                reason: "must not be below RETRY_BASE_SECS".into(),
+            });
+        }
+        Ok(Self {
+            base: Duration::from_secs(base),
+            cap: Duration::from_secs(cap),
+        })
+    }
+
+    /// The wait before try `attempt` (0-based): base·2^attempt, capped, then "equal jitter"
+    /// (between half and all of it) so that throttled callers do not come back together.
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cap);
+        let j = jitter.clamp(0.0, 1.0);
+        exp.mul_f64(0.5 + 0.5 * j)
+    }
+}
+
+fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
+    match optional(env, "MAX_RUN_DEADLINE_SECS") {
+        None => Ok(None),
+        Some(_) => number(env, "MAX_RUN_DEADLINE_SECS", 0u64, 1..=3 * 24 * 3600)
+            .map(|s| Some(Duration::from_secs(s))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeConfig {
+    pub bucket: String,
+    pub submit_queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// `s3://bucket/key` of a playbook file replacing the bundled one.
+    pub playbooks_s3_uri: Option<String>,
+    /// Caps every playbook's deadline.
+    pub max_run_deadline: Option<Duration>,
+}
+
+impl IntakeConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let playbooks_s3_uri = match optional(env, "PLAYBOOKS_S3_URI") {
+            Some(u) if u.starts_with("s3://") && u[5..].contains('/') => Some(u),
+            Some(u) => {
+                return Err(ConfigError::Invalid {
+                    var: "PLAYBOOKS_S3_URI",
+                    value: u,
+                    reason: "expected s3://bucket/key".into(),
+                });
+            }
+            None => None,
+        };
+        Ok(Self {
+            bucket: bucket(env)?,
+            submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            playbooks_s3_uri,
+            max_run_deadline: max_deadline(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitConfig {
+    pub bucket: String,
+    pub submit_queue_url: String,
+    pub poll_queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub first_poll_delay: Duration,
+    pub retry: Backoff,
+}
+
+impl SubmitConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            bucket: bucket(env)?,
+            submit_queue_url: queue_url(
+                env,
+                "SUBMIT_QUEUE_URL",
+                "the submit stage's own queue (for delayed retries)",
+            )?,
+            poll_queue_url: queue_url(env, "POLL_QUEUE_URL", "the poll stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            first_poll_delay: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?[0],
+            retry: Backoff::from_env(env)?,
+        })
+    }
+}
+
+/// Poll after 15 s, then back off to every 15 minutes (SQS's longest delay).
+pub const DEFAULT_POLL_DELAYS: &str = "15,30,60,120,300,600,900";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollConfig {
+    pub bucket: String,
+    pub poll_queue_url: String,
+    pub collect_queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub poll_delays: Vec<Duration>,
+    pub retry: Backoff,
+}
+
+impl PollConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            bucket: bucket(env)?,
+            poll_queue_url: queue_url(
+                env,
+                "POLL_QUEUE_URL",
+                "the poll stage's own queue (it re-enqueues itself)",
+            )?,
+            collect_queue_url: queue_url(env, "COLLECT_QUEUE_URL", "the collect stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            poll_delays: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?,
+            retry: Backoff::from_env(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectConfig {
+    pub bucket: String,
+    pub collect_queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// Host suffixes a result link may point at.
+    pub allowed_hosts: Vec<String>,
+    /// Smallest multipart part; larger when a package would need more than 10,000 parts.
+    pub part_size_min: usize,
+    /// Copies tried before a command is recorded as not collected.
+    pub max_attempts: u32,
+    pub retry: Backoff,
+    pub download_timeout: Duration,
+}
+
+pub const DEFAULT_ALLOWED_HOSTS: &str = ".blob.core.windows.net,.blob.core.usgovcloudapi.net";
+
+impl CollectConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let raw =
+            optional(env, "DOWNLOAD_ALLOWED_HOSTS").unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.into());
+        let allowed_hosts: Vec<String> = raw
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if allowed_hosts.is_empty()
+            || allowed_hosts
+                .iter()
+                .any(|h| h.contains(['/', ':', '*', ' ']))
+        {
+            return Err(ConfigError::Invalid {
+                var: "DOWNLOAD_ALLOWED_HOSTS",
+                value: raw,
+                reason:
+                    "expected comma-separated host names or suffixes such as .blob.core.windows.net"
+                        .into(),
+            });
+        }
+        Ok(Self {
+            bucket: bucket(env)?,
+            collect_queue_url: queue_url(
+                env,
+                "COLLECT_QUEUE_URL",
+                "the collect stage's own queue (for retries)",
+            )?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            allowed_hosts,
+            part_size_min: number(env, "COLLECT_PART_MIB", 8usize, 5..=512)? << 20,
+            max_attempts: number(env, "COLLECT_MAX_ATTEMPTS", 5u32, 1..=50)?,
+            retry: Backoff::from_env(env)?,
+            download_timeout: Duration::from_secs(number(
+                env,
+                "DOWNLOAD_READ_TIMEOUT_SECS",
+                60u64,
+                5..=900,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        [
+            ("EVIDENCE_BUCKET", "lr-evidence"),
+            (
+                "SUBMIT_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/submit",
+            ),
+            (
+                "POLL_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/poll",
+            ),
+            (
+                "COLLECT_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/collect",
+            ),
+            (
+                "DEAD_LETTER_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/dlq",
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn stage_configs_read_and_name_bad_variables() {
+        let env = base();
+        assert!(IntakeConfig::from_env(&env).is_ok());
+        let s = SubmitConfig::from_env(&env).unwrap();
+        assert_eq!(s.first_poll_delay, Duration::from_secs(15));
+        let p = PollConfig::from_env(&env).unwrap();
+        assert_eq!(p.poll_delays.last(), Some(&Duration::from_secs(900)));
+        let c = CollectConfig::from_env(&env).unwrap();
+        assert_eq!(c.part_size_min, 8 << 20);
+        assert_eq!(
+            c.allowed_hosts,
+            vec![".blob.core.windows.net", ".blob.core.usgovcloudapi.net"]
+        );
+
+        let cases: Vec<(&'static str, &'static str)> = vec![
+            ("EVIDENCE_BUCKET", "Bad_Bucket"),
+            ("POLL_DELAYS_SECS", "15,abc"),
+            ("POLL_DELAYS_SECS", "15,1000"),
+            ("DOWNLOAD_ALLOWED_HOSTS", "https://x/"),
+            ("COLLECT_PART_MIB", "1"),
+            ("RETRY_BASE_SECS", "0"),
+            ("PLAYBOOKS_S3_URI", "https://bucket/key"),
+            ("MAX_RUN_DEADLINE_SECS", "forever"),
+            ("SUBMIT_QUEUE_URL", "not a url"),
+        ];
+        for (var, value) in cases {
+            let mut env = base();
+            env.insert(var, value);
+            let errs = [
+                IntakeConfig::from_env(&env).err(),
+                SubmitConfig::from_env(&env).err(),
+                PollConfig::from_env(&env).err(),
+                CollectConfig::from_env(&env).err(),
+            ];
+            let e = errs
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| panic!("{var}={value} accepted"));
+            assert_eq!(e.var(), var, "{e}");
+        }
+        let mut env = base();
+        env.remove("DEAD_LETTER_QUEUE_URL");
+        assert_eq!(
+            IntakeConfig::from_env(&env).unwrap_err().var(),
+            "DEAD_LETTER_QUEUE_URL"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let b = Backoff {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(900),
+        };
+        assert_eq!(b.delay(0, 1.0), Duration::from_secs(10));
+        assert_eq!(b.delay(3, 1.0), Duration::from_secs(80));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(900));
+        assert_eq!(b.delay(30, 0.0), Duration::from_secs(450));
+    }
+}

@@ -3,10 +3,16 @@
 
 pub mod alerts;
 pub mod aws;
+pub mod batch;
 pub mod config;
 pub mod defender;
+pub mod entry;
 pub mod ids;
 pub mod logging;
+pub mod messages;
+pub mod ports;
 pub mod secret;
+pub mod stages;
+pub mod store;
 
 pub use secret::Secret;

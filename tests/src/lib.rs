@@ -117,3 +117,201 @@ pub fn expected_file(machine_id: &str, path: &str, size: u64) -> Vec<u8> {
     out.truncate(size as usize);
     out
 }
+
+/// The whole local stack for one test: the simulator, the queues/bucket/secret on moto under a
+/// unique prefix, and the four stages running under the local event-source runner.
+pub struct Stack {
+    pub sim: SimServer,
+    pub sim_config: SimConfig,
+    pub sdk: aws_config::SdkConfig,
+    pub stack: local_stack::ProvisionedStack,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub pipeline: Option<local_stack::runner::LocalPipeline>,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+/// Settings that make a run take seconds: Defender time passes 20 times faster, polls every second.
+pub fn fast_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("POLL_DELAYS_SECS", "1".into()),
+        ("RETRY_BASE_SECS", "1".into()),
+        ("RETRY_MAX_SECS", "4".into()),
+        ("DOWNLOAD_ALLOWED_HOSTS", "127.0.0.1".into()),
+    ]
+}
+
+impl Stack {
+    /// Starts everything; `extra` adds or overrides function environment variables.
+    pub async fn start(mut sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
+        if sim_config.sim.time_scale == 1.0 {
+            sim_config.sim.time_scale = 20.0;
+        }
+        let sim = start_sim(sim_config.clone()).await;
+        let sdk = aws().await;
+        let c = &sim_config.clients[0];
+        let creds = serde_json::json!({"tenant_id": c.tenant_id, "client_id": c.client_id, "client_secret": c.client_secret});
+        let stack = local_stack::provision(
+            &sdk,
+            &local_stack::StackNames {
+                prefix: unique("e2e"),
+            },
+            &creds.to_string(),
+            local_stack::ProvisionOptions {
+                tls_only_policy: false,
+            },
+        )
+        .await
+        .expect("provisioning on moto");
+        let mut env = stack.env.clone();
+        env.insert("MDE_API_BASE_URL".into(), sim.api_base.clone());
+        env.insert("MDE_LOGIN_BASE_URL".into(), sim.login_base.clone());
+        for (k, v) in fast_env() {
+            env.insert(k.into(), v);
+        }
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.clone());
+        }
+        let s3 = shared::aws::s3_client(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let mut me = Self {
+            sim,
+            sim_config,
+            sdk,
+            stack,
+            env,
+            pipeline: None,
+            s3,
+            sqs,
+        };
+        me.start_pipeline().await;
+        me
+    }
+
+    pub async fn start_pipeline(&mut self) {
+        let options = local_stack::runner::RunnerOptions {
+            failed_visibility: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        };
+        self.pipeline = Some(
+            local_stack::runner::LocalPipeline::start(&self.sdk, &self.stack, &self.env, options)
+                .await
+                .expect("stages start"),
+        );
+    }
+
+    pub async fn send_alert(&self, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(&self.stack.queue_urls["alerts"])
+            .message_body(body)
+            .send()
+            .await
+            .expect("send alert");
+    }
+
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        match self
+            .s3
+            .get_object()
+            .bucket(&self.stack.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Some(
+                o.body
+                    .collect()
+                    .await
+                    .expect("read object")
+                    .into_bytes()
+                    .to_vec(),
+            ),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits for a run's manifest (panics after `secs`).
+    pub async fn manifest(&self, run: &shared::ids::RunId, secs: u64) -> shared::store::Manifest {
+        let key = shared::store::manifest_key(run);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(body) = self.object(&key).await {
+                return serde_json::from_slice(&body).expect("manifest parses");
+            }
+            if std::time::Instant::now() > until {
+                let run_json = self
+                    .object(&shared::store::run_key(run))
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                panic!("no manifest for run {run} after {secs}s; run record: {run_json:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Messages now on a stage's dead-letter queue, with their attributes.
+    pub async fn dead_letters(
+        &self,
+        stage: &str,
+    ) -> Vec<(String, std::collections::HashMap<String, String>)> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.stack.dlq_urls[stage])
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive from DLQ");
+        out.messages()
+            .iter()
+            .map(|m| {
+                let attrs = m
+                    .message_attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| {
+                                (k.clone(), v.string_value().unwrap_or_default().to_string())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (m.body().unwrap_or_default().to_string(), attrs)
+            })
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(p) = self.pipeline.take() {
+            p.stop().await;
+        }
+    }
+}
+
+/// A native (`lr.alert/v1`) alert.
+pub fn native_alert(
+    alert_id: &str,
+    machine: &str,
+    category: &str,
+    params: &[(&str, &str)],
+) -> serde_json::Value {
+    let parameters: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    serde_json::json!({
+        "schema": "lr.alert/v1", "alert_id": alert_id, "machine_id": machine, "title": "Test alert",
+        "category": category, "severity": "High", "source": "tests", "parameters": parameters
+    })
+}
+
+pub fn run_id(format: &str, alert_id: &str, machine: &str, playbook: &str) -> shared::ids::RunId {
+    shared::ids::RunId::derive(format, alert_id, machine, playbook)
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}

@@ -1,17 +1,17 @@
-//! The collect function (wiring only; the stage logic arrives with the pipeline issue).
+//! The collect Lambda function: builds its clients once, then hands every SQS batch to the shared
+//! stage code (`shared::entry::Collect`), answering with a partial batch response.
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::logging::init();
-    run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        tracing::info!(
-            records = event.payload.records.len(),
-            "collect received a batch"
-        );
-        Ok::<_, Error>(SqsBatchResponse::default())
+    let sdk = shared::aws::sdk_config().await;
+    let stage = shared::entry::Collect::from_env(&shared::config::ProcessEnv, &sdk).await?;
+    let stage = &stage;
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(stage.handle(event.payload).await)
     }))
     .await
 }

@@ -1,6 +1,8 @@
 //! The local stack: the same queues, bucket and secret the deployment template creates, provisioned
 //! on moto through the real AWS SDK.
 
+pub mod runner;
+
 use std::collections::BTreeMap;
 
 use aws_sdk_s3::types::{

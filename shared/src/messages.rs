@@ -1,0 +1,103 @@
+//! Messages between stages: small versioned JSON envelopes that name a run; the run's details
+//! live in its record in S3.
+
+use serde::{Deserialize, Serialize};
+
+use crate::defender::ActionId;
+use crate::ids::RunId;
+
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// intake → submit: submit this run (again, after a delay, when Defender said wait).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub v: u32,
+    pub run_id: RunId,
+    /// Submissions tried so far (drives the backoff).
+    pub attempt: u32,
+}
+
+/// submit → poll, and poll → poll: look at the action again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollJob {
+    pub v: u32,
+    pub run_id: RunId,
+    pub action_id: ActionId,
+    /// Polls so far (picks the next step of the delay schedule).
+    pub polls: u32,
+}
+
+/// poll → collect: copy one command's result package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectJob {
+    pub v: u32,
+    pub run_id: RunId,
+    pub action_id: ActionId,
+    pub index: u32,
+    /// Copies tried so far.
+    pub attempt: u32,
+}
+
+/// Parses a stage message, checking its version; the error says what was wrong.
+pub fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<u32>,
+    }
+    match serde_json::from_str::<Version>(body) {
+        Ok(Version {
+            v: Some(MESSAGE_VERSION),
+        }) => {}
+        Ok(Version { v: Some(other) }) => {
+            return Err(format!(
+                "message version {other} is not supported (this build reads {MESSAGE_VERSION})"
+            ));
+        }
+        Ok(Version { v: None }) => return Err("message has no version field \"v\"".into()),
+        Err(e) => return Err(format!("message is not JSON: {e}")),
+    }
+    serde_json::from_str(body).map_err(|e| format!("message does not fit its schema: {e}"))
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // These types serialise infallibly (strings and numbers only).
+    serde_json::to_string(msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_checks_versions() {
+        let job = SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: RunId::derive("a", "b", "c", "d"),
+            attempt: 2,
+        };
+        assert_eq!(decode::<SubmitJob>(&encode(&job)).unwrap(), job);
+        assert!(
+            decode::<SubmitJob>(&encode(&job).replace("\"v\":1", "\"v\":9"))
+                .unwrap_err()
+                .contains("version 9")
+        );
+        assert!(
+            decode::<SubmitJob>("{}")
+                .unwrap_err()
+                .contains("no version")
+        );
+        assert!(
+            decode::<SubmitJob>("nope")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(
+            decode::<SubmitJob>(r#"{"v":1,"run_id":"../x","attempt":0}"#)
+                .unwrap_err()
+                .contains("schema")
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The narrow interfaces the stages work through. Adapters (S3, SQS, the Defender client, an HTTP
+//! downloader) implement them at the edge; tests can implement them in memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::defender::{
+    ActionFilter, ActionId, DefenderClient, DefenderError, DownloadLink, LiveResponseRequest,
+    MachineAction, MachineId,
+};
+use crate::secret::Secret;
+
+/// An object store failure: worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Always,
+    /// Only if no object has the key (`If-None-Match: *`).
+    IfAbsent,
+    /// Only if the object still has this ETag (`If-Match`).
+    IfMatch(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutResult {
+    Written {
+        etag: String,
+    },
+    /// The condition did not hold: someone else wrote first.
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub body: Bytes,
+    pub etag: String,
+}
+
+pub trait ObjectStore: Send + Sync {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+    fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: Put,
+    ) -> impl Future<Output = Result<PutResult, StoreError>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+    fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn abort_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Server-side copy to `to` with this metadata (replacing any), then delete `from`.
+    fn publish(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A message queue failure: worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("queue: {0}")]
+pub struct QueueError(pub String);
+
+pub trait Queue: Send + Sync {
+    /// Sends `body`, visible after `delay` (SQS caps delays at 900 s; callers cap too).
+    fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Puts a refused message's original body on a dead-letter queue with the reason beside it.
+    fn send_rejected(
+        &self,
+        dlq_url: &str,
+        body: &str,
+        stage: &str,
+        code: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// The Defender calls the stages make.
+pub trait Defender: Send + Sync {
+    fn run_live_response(
+        &self,
+        machine: &MachineId,
+        request: &LiveResponseRequest,
+    ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+    fn get_machine_action(
+        &self,
+        id: &ActionId,
+    ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+    fn list_machine_actions(
+        &self,
+        filter: &ActionFilter,
+    ) -> impl Future<Output = Result<Vec<MachineAction>, DefenderError>> + Send;
+    fn result_download_link(
+        &self,
+        id: &ActionId,
+        index: u32,
+    ) -> impl Future<Output = Result<DownloadLink, DefenderError>> + Send;
+    fn cancel_machine_action(
+        &self,
+        id: &ActionId,
+        comment: &str,
+    ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+}
+
+impl<C: crate::defender::CredentialSource> Defender for DefenderClient<C> {
+    async fn run_live_response(
+        &self,
+        machine: &MachineId,
+        request: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        DefenderClient::run_live_response(self, machine, request).await
+    }
+    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
+        DefenderClient::get_machine_action(self, id).await
+    }
+    async fn list_machine_actions(
+        &self,
+        filter: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        DefenderClient::list_machine_actions(self, filter, Some(1000), None).await
+    }
+    async fn result_download_link(
+        &self,
+        id: &ActionId,
+        index: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        DefenderClient::result_download_link(self, id, index).await
+    }
+    async fn cancel_machine_action(
+        &self,
+        id: &ActionId,
+        comment: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        DefenderClient::cancel_machine_action(self, id, comment).await
+    }
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// An open download.
+pub struct Download {
+    /// The length of what this response carries (from `from` to the end), when the server said.
+    pub content_length: Option<u64>,
+    pub stream: ByteStream,
+}
+
+/// Downloads a pre-signed link (no bearer token: the link carries its own signature).
+pub trait Fetch: Send + Sync {
+    fn open(
+        &self,
+        url: &Secret<String>,
+        from: u64,
+    ) -> impl Future<Output = Result<Download, String>> + Send;
+}
+
+/// The reqwest downloader.
+#[derive(Clone)]
+pub struct HttpFetch {
+    http: reqwest::Client,
+}
+
+impl HttpFetch {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { http })
+    }
+}
+
+impl Fetch for HttpFetch {
+    async fn open(&self, url: &Secret<String>, from: u64) -> Result<Download, String> {
+        use futures_util::StreamExt;
+        let mut req = self.http.get(url.expose());
+        if from > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("download failed: {}", e.without_url()))?;
+        let status = resp.status().as_u16();
+        let expected = if from > 0 { 206 } else { 200 };
+        if status != expected {
+            let code = resp
+                .headers()
+                .get("x-ms-error-code")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return Err(format!("download answered HTTP {status} {code}")
+                .trim()
+                .to_string());
+        }
+        let content_length = resp.content_length();
+        let stream = resp
+            .bytes_stream()
+            .map(|r| r.map_err(|e| format!("download broke off: {}", e.without_url())));
+        Ok(Download {
+            content_length,
+            stream: Box::pin(stream),
+        })
+    }
+}

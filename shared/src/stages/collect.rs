@@ -1,0 +1,572 @@
+//! collect: ask for a command's result link, check it, and stream the package into S3 through a
+//! multipart upload with bounded memory, hashing as it goes. The evidence object appears under its
+//! final key only when complete, with its hashes in its metadata (uploaded to a staging key, then
+//! published by a server-side copy). The last command to land writes the run's manifest.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::{Done, StageError, jitter};
+use crate::config::CollectConfig;
+use crate::defender::{CommandType, DownloadLink, Next, Transcript};
+use crate::messages::{CollectJob, MESSAGE_VERSION, decode, encode};
+use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
+use crate::store::{
+    CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, evidence_key, finish_run_if_complete,
+    load_command, load_run, put_command,
+};
+
+/// S3 allows at most 10,000 parts.
+pub const MAX_PARTS: u64 = 10_000;
+const MIB: u64 = 1 << 20;
+/// Transcripts are parsed for their exit code when at most this large.
+const TRANSCRIPT_PARSE_LIMIT: usize = 4 << 20;
+
+/// The part size for a package: the configured minimum, or more when the package would need more
+/// than 10,000 parts; whole MiB.
+pub fn part_size(content_length: Option<u64>, min: usize) -> usize {
+    let min = (min as u64).max(5 * MIB);
+    let needed = content_length.map(|l| l.div_ceil(MAX_PARTS)).unwrap_or(0);
+    (needed.max(min).div_ceil(MIB) * MIB) as usize
+}
+
+/// A result link is followed only over https to an allowed host (plain http only to an allowed
+/// loopback host, which is how the local simulator serves), and only before its `se` expiry.
+pub fn check_link(url: &str, allowed_hosts: &[String], now: OffsetDateTime) -> Result<(), String> {
+    let u = url::Url::parse(url).map_err(|_| "the result link is not a URL".to_string())?;
+    let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!("the result link to {host} carries credentials"));
+    }
+    let allowed = allowed_hosts.iter().any(|a| match a.strip_prefix('.') {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == *a,
+    });
+    if !allowed {
+        return Err(format!(
+            "the result link points at {host}, which is not an allowed download host"
+        ));
+    }
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(host == "localhost");
+    match u.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        s => return Err(format!("the result link uses {s}; only https is followed")),
+    }
+    let se = u
+        .query_pairs()
+        .find(|(k, _)| k == "se")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| "the result link has no se (expiry)".to_string())?;
+    let expiry = OffsetDateTime::parse(&se, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("the result link's se {se:?} is not a time"))?;
+    if expiry <= now {
+        return Err(format!("the result link expired at {se}"));
+    }
+    Ok(())
+}
+
+pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
+    cfg: &CollectConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    fetch: &F,
+    body: &str,
+    now: OffsetDateTime,
+) -> Result<Done, StageError> {
+    let job: CollectJob = decode(body).map_err(|reason| StageError::Reject {
+        code: "invalid_message",
+        reason,
+    })?;
+    let run_id = job.run_id.clone();
+    let Some((run, _)) = load_run(store, &run_id).await? else {
+        return Err(StageError::Reject {
+            code: "unknown_run",
+            reason: format!("run {run_id} has no record"),
+        });
+    };
+    if let Some(rec) = load_command(store, &run_id, job.index).await? {
+        finish_run_if_complete(store, &run_id).await?;
+        return Ok(Done::new(
+            &run_id,
+            "duplicate",
+            format!("command {} already {:?}", job.index, rec.outcome),
+        ));
+    }
+    let Some(command) = run.commands.get(job.index as usize).cloned() else {
+        return Err(StageError::Reject {
+            code: "unknown_command",
+            reason: format!("run {run_id} has no command {}", job.index),
+        });
+    };
+
+    let link = match defender
+        .result_download_link(&job.action_id, job.index)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            if let Next::RetryAfter(after) = e.next() {
+                // Asking for the link is not the copy failing: the attempt count stays.
+                let delay = after.unwrap_or_else(|| cfg.retry.delay(job.attempt, jitter()));
+                requeue(cfg, queue, &job, job.attempt, delay).await?;
+                return Ok(Done::new(
+                    &run_id,
+                    "throttled",
+                    format!("{e}; again in {}s", delay.as_secs()),
+                ));
+            }
+            record_failure(
+                store,
+                &run,
+                &job,
+                command.kind,
+                format!("no result link: {e}"),
+                now,
+            )
+            .await?;
+            return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
+        }
+    };
+    if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
+        tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
+        record_failure(
+            store,
+            &run,
+            &job,
+            command.kind,
+            format!("link refused: {reason}"),
+            now,
+        )
+        .await?;
+        return Ok(Done::new(&run_id, "link_refused", reason));
+    }
+
+    match copy(cfg, store, fetch, &run, &job, command.kind, &link).await {
+        Ok(copied) => {
+            let rec = CommandRecord {
+                v: RECORD_VERSION,
+                index: job.index,
+                kind: command.kind,
+                command,
+                outcome: CommandOutcome::Collected,
+                command_status: Some("Completed".into()),
+                errors: vec![],
+                start_time: None,
+                end_time: None,
+                s3_key: Some(copied.key.clone()),
+                size: Some(copied.size),
+                sha256: Some(copied.sha256.clone()),
+                sha256_decompressed: copied.sha256_decompressed.clone(),
+                size_decompressed: copied.size_decompressed,
+                exit_code: copied.transcript.as_ref().and_then(|t| t.exit_code),
+                output_excerpt: copied
+                    .transcript
+                    .as_ref()
+                    .map(|t| excerpt(&t.script_output)),
+                errors_excerpt: copied
+                    .transcript
+                    .as_ref()
+                    .map(|t| excerpt(&t.script_errors)),
+                recorded_at: Some(now),
+                reason: None,
+            };
+            put_command(store, &run_id, &rec).await?;
+            let manifest = finish_run_if_complete(store, &run_id).await?;
+            Ok(Done::new(
+                &run_id,
+                "collected",
+                format!(
+                    "command {} → {} ({} bytes, sha256 {}){}",
+                    job.index,
+                    copied.key,
+                    copied.size,
+                    copied.sha256,
+                    if manifest { "; manifest written" } else { "" }
+                ),
+            ))
+        }
+        Err(CopyError::Store(e)) => Err(e.into()),
+        Err(CopyError::Download(reason)) => {
+            if job.attempt + 1 >= cfg.max_attempts {
+                record_failure(
+                    store,
+                    &run,
+                    &job,
+                    command.kind,
+                    format!("copy failed {} times, last: {reason}", job.attempt + 1),
+                    now,
+                )
+                .await?;
+                return Ok(Done::new(&run_id, "collect_failed", reason));
+            }
+            let delay = cfg
+                .retry
+                .delay(job.attempt, jitter())
+                .min(Duration::from_secs(60));
+            requeue(cfg, queue, &job, job.attempt + 1, delay).await?;
+            Ok(Done::new(
+                &run_id,
+                "copy_retry",
+                format!("{reason}; again in {}s", delay.as_secs()),
+            ))
+        }
+    }
+}
+
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+async fn requeue<Q: Queue>(
+    cfg: &CollectConfig,
+    queue: &Q,
+    job: &CollectJob,
+    attempt: u32,
+    delay: Duration,
+) -> Result<(), StageError> {
+    let next = CollectJob {
+        attempt,
+        ..job.clone()
+    };
+    debug_assert_eq!(next.v, MESSAGE_VERSION);
+    queue
+        .send(&cfg.collect_queue_url, &encode(&next), delay)
+        .await?;
+    Ok(())
+}
+
+async fn record_failure<S: ObjectStore>(
+    store: &S,
+    run: &RunRecord,
+    job: &CollectJob,
+    kind: CommandType,
+    reason: String,
+    now: OffsetDateTime,
+) -> Result<(), StageError> {
+    let command =
+        run.commands
+            .get(job.index as usize)
+            .cloned()
+            .unwrap_or(crate::defender::Command {
+                kind,
+                params: vec![],
+            });
+    let rec = CommandRecord {
+        v: RECORD_VERSION,
+        index: job.index,
+        kind,
+        command,
+        outcome: CommandOutcome::CollectFailed,
+        command_status: Some("Completed".into()),
+        errors: vec![],
+        start_time: None,
+        end_time: None,
+        s3_key: None,
+        size: None,
+        sha256: None,
+        sha256_decompressed: None,
+        size_decompressed: None,
+        exit_code: None,
+        output_excerpt: None,
+        errors_excerpt: None,
+        recorded_at: Some(now),
+        reason: Some(reason),
+    };
+    put_command(store, &run.run_id, &rec).await?;
+    finish_run_if_complete(store, &run.run_id).await?;
+    Ok(())
+}
+
+enum CopyError {
+    /// The download failed or broke off: worth another attempt with a fresh link.
+    Download(String),
+    /// S3 failed: SQS delivers the job again.
+    Store(StoreError),
+}
+
+struct Copied {
+    key: String,
+    size: u64,
+    sha256: String,
+    sha256_decompressed: Option<String>,
+    size_decompressed: Option<u64>,
+    transcript: Option<Transcript>,
+}
+
+/// Counts and hashes what a gzip decoder writes into it.
+struct HashSink {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn copy<S: ObjectStore, F: Fetch>(
+    cfg: &CollectConfig,
+    store: &S,
+    fetch: &F,
+    run: &RunRecord,
+    job: &CollectJob,
+    kind: CommandType,
+    link: &DownloadLink,
+) -> Result<Copied, CopyError> {
+    let download = fetch
+        .open(&link.url, 0)
+        .await
+        .map_err(CopyError::Download)?;
+    let part = part_size(download.content_length, cfg.part_size_min);
+    let staging = format!(
+        "runs/{}/staging/{}-{}",
+        run.run_id,
+        job.index,
+        uuid::Uuid::new_v4().simple()
+    );
+    let upload_id = store
+        .begin_upload(&staging)
+        .await
+        .map_err(CopyError::Store)?;
+    let streamed = stream_parts(store, &staging, &upload_id, part, kind, download).await;
+    let (parts, hashes) = match streamed {
+        Ok(x) => x,
+        Err(e) => {
+            // Never leave an orphaned upload behind a failed copy.
+            if let Err(abort) = store.abort_upload(&staging, &upload_id).await {
+                tracing::warn!(run_id = %run.run_id, error = %abort, "could not abort a failed upload");
+            }
+            return Err(e);
+        }
+    };
+    store
+        .complete_upload(&staging, &upload_id, parts)
+        .await
+        .map_err(CopyError::Store)?;
+    let key = evidence_key(&run.run_id, job.index, kind);
+    let mut meta = BTreeMap::new();
+    meta.insert("sha256".to_string(), hashes.sha256.clone());
+    meta.insert("size".to_string(), hashes.size.to_string());
+    if let Some(d) = &hashes.sha256_decompressed {
+        meta.insert("sha256-decompressed".to_string(), d.clone());
+    }
+    if let Some(n) = hashes.size_decompressed {
+        meta.insert("size-decompressed".to_string(), n.to_string());
+    }
+    meta.insert("run-id".to_string(), run.run_id.to_string());
+    meta.insert("action-id".to_string(), job.action_id.to_string());
+    meta.insert("command-index".to_string(), job.index.to_string());
+    store
+        .publish(&staging, &key, meta)
+        .await
+        .map_err(CopyError::Store)?;
+    Ok(Copied {
+        key,
+        size: hashes.size,
+        sha256: hashes.sha256,
+        sha256_decompressed: hashes.sha256_decompressed,
+        size_decompressed: hashes.size_decompressed,
+        transcript: hashes.transcript,
+    })
+}
+
+struct Hashes {
+    size: u64,
+    sha256: String,
+    sha256_decompressed: Option<String>,
+    size_decompressed: Option<u64>,
+    transcript: Option<Transcript>,
+}
+
+async fn stream_parts<S: ObjectStore>(
+    store: &S,
+    key: &str,
+    upload_id: &str,
+    part_size: usize,
+    kind: CommandType,
+    mut download: crate::ports::Download,
+) -> Result<(Vec<(i32, String)>, Hashes), CopyError> {
+    let expected = download.content_length;
+    let mut hasher = Sha256::new();
+    let mut gz = (kind == CommandType::GetFile).then(|| {
+        flate2::write::GzDecoder::new(HashSink {
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    });
+    let mut transcript = (kind == CommandType::RunScript).then(Vec::new);
+    let mut buf = BytesMut::with_capacity(part_size);
+    let mut parts = Vec::new();
+    let mut total = 0u64;
+    while let Some(chunk) = download.stream.next().await {
+        let chunk = chunk.map_err(CopyError::Download)?;
+        total += chunk.len() as u64;
+        hasher.update(&chunk);
+        if let Some(d) = gz.as_mut()
+            && d.write_all(&chunk).is_err()
+        {
+            // Not gzip after all: keep the stored bytes' hash only.
+            gz = None;
+        }
+        if let Some(t) = transcript.as_mut() {
+            if t.len() + chunk.len() <= TRANSCRIPT_PARSE_LIMIT {
+                t.extend_from_slice(&chunk);
+            } else {
+                transcript = None;
+            }
+        }
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            let take = (part_size - buf.len()).min(rest.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buf.len() == part_size {
+                let n = parts.len() as i32 + 1;
+                let body: Bytes = buf.split().freeze();
+                let etag = store
+                    .upload_part(key, upload_id, n, body)
+                    .await
+                    .map_err(CopyError::Store)?;
+                parts.push((n, etag));
+                buf.reserve(part_size);
+            }
+        }
+    }
+    if let Some(len) = expected
+        && len != total
+    {
+        return Err(CopyError::Download(format!(
+            "download ended after {total} of {len} bytes"
+        )));
+    }
+    if !buf.is_empty() || parts.is_empty() {
+        let n = parts.len() as i32 + 1;
+        let etag = store
+            .upload_part(key, upload_id, n, buf.split().freeze())
+            .await
+            .map_err(CopyError::Store)?;
+        parts.push((n, etag));
+    }
+    // A gzip stream that does not finish cleanly (bad CRC or size) gets no decompressed hash.
+    let decompressed = gz
+        .and_then(|d| d.finish().ok())
+        .map(|s| (hex::encode(s.hasher.finalize()), s.len));
+    let transcript = transcript.and_then(|t| serde_json::from_slice::<Transcript>(&t).ok());
+    Ok((
+        parts,
+        Hashes {
+            size: total,
+            sha256: hex::encode(hasher.finalize()),
+            sha256_decompressed: decompressed.as_ref().map(|d| d.0.clone()),
+            size_decompressed: decompressed.map(|d| d.1),
+            transcript,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_stay_within_s3_limits() {
+        assert_eq!(part_size(None, 8 << 20), 8 << 20);
+        assert_eq!(part_size(Some(100), 8 << 20), 8 << 20);
+        assert_eq!(part_size(Some(1 << 30), 1 << 20), 5 << 20, "at least 5 MiB");
+        let big = 200u64 << 30;
+        let p = part_size(Some(big), 8 << 20) as u64;
+        assert!(big.div_ceil(p) <= MAX_PARTS);
+        assert_eq!(p % MIB, 0);
+    }
+
+    #[test]
+    fn links_must_be_https_to_allowed_hosts_and_unexpired() {
+        let allowed = vec![
+            ".blob.core.windows.net".to_string(),
+            "127.0.0.1".to_string(),
+        ];
+        let now = OffsetDateTime::parse(
+            "2026-01-01T00:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let ok = "https://acct.blob.core.windows.net/c/x?se=2026-01-01T00%3A30%3A00Z&sig=abc";
+        assert!(check_link(ok, &allowed, now).is_ok());
+        assert!(
+            check_link(
+                "http://127.0.0.1:9/blob/x?se=2026-01-01T00%3A30%3A00Z",
+                &allowed,
+                now
+            )
+            .is_ok()
+        );
+        for (bad, why) in [
+            (
+                "http://acct.blob.core.windows.net/c/x?se=2026-01-01T00%3A30%3A00Z",
+                "only https",
+            ),
+            (
+                "https://blob.core.windows.net.evil.com/x?se=2026-01-01T00%3A30%3A00Z",
+                "not an allowed",
+            ),
+            (
+                "https://evilblob.core.windows.net/x?se=2026-01-01T00%3A30%3A00Z",
+                "not an allowed",
+            ),
+            (
+                "https://169.254.169.254/latest/meta-data?se=2026-01-01T00%3A30%3A00Z",
+                "not an allowed",
+            ),
+            (
+                "https://u:p@acct.blob.core.windows.net/x?se=2026-01-01T00%3A30%3A00Z",
+                "credentials",
+            ),
+            ("https://acct.blob.core.windows.net/x", "no se"),
+            (
+                "https://acct.blob.core.windows.net/x?se=2025-12-31T23%3A59%3A00Z",
+                "expired",
+            ),
+            (
+                "https://acct.blob.core.windows.net/x?se=tomorrow",
+                "not a time",
+            ),
+            ("file:///etc/passwd", "not an allowed"),
+            (
+                "http://localhost:80/x?se=2026-01-01T00%3A30%3A00Z",
+                "not an allowed",
+            ),
+        ] {
+            let e = check_link(bad, &allowed, now).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! intake: alert → normalised alert → playbook → run record (de-duplicated) → submit job.
+
+use time::OffsetDateTime;
+
+use super::{Done, StageError};
+use crate::alerts::{self, playbook::Playbooks};
+use crate::config::IntakeConfig;
+use crate::ids::RunId;
+use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
+use crate::ports::{ObjectStore, Queue};
+use crate::store::{RECORD_VERSION, RunRecord, RunState, create_run};
+
+pub async fn handle<S: ObjectStore, Q: Queue>(
+    cfg: &IntakeConfig,
+    playbooks: &Playbooks,
+    store: &S,
+    queue: &Q,
+    body: &str,
+    now: OffsetDateTime,
+) -> Result<Done, StageError> {
+    let reject = |e: alerts::AlertError| StageError::Reject {
+        code: e.code,
+        reason: e.message,
+    };
+    let alert = alerts::parse(body).map_err(reject)?;
+    let playbook = playbooks.select(&alert).map_err(reject)?;
+    let commands = playbook.render(&alert).map_err(reject)?;
+    let format = serde_json::to_value(alert.format)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let run_id = RunId::derive(
+        &format,
+        alert.alert_id.as_str(),
+        alert.machine_id.as_str(),
+        &playbook.name,
+    );
+    let deadline = match cfg.max_run_deadline {
+        Some(cap) => playbook.deadline().min(cap),
+        None => playbook.deadline(),
+    };
+    let record = RunRecord {
+        v: RECORD_VERSION,
+        run_id: run_id.clone(),
+        comment: format!(
+            "{} alert:{} playbook:{}",
+            run_id.comment_tag(),
+            alert.alert_id,
+            playbook.name
+        ),
+        playbook: playbook.name.clone(),
+        machine_id: alert.machine_id.clone(),
+        alert,
+        commands,
+        state: RunState::Received,
+        created_at: now,
+        deadline: now + deadline,
+        submit_attempts: 0,
+        action_id: None,
+        action_status: None,
+        submitted_at: None,
+        finished_at: None,
+        computer_dns_name: None,
+        requestor: None,
+        action_created: None,
+        action_last_update: None,
+        cancelled_by_pipeline: false,
+        outcome: None,
+        reason: None,
+    };
+    let outcome = match create_run(store, &record).await? {
+        None => "accepted",
+        // Seen before. If it never reached submit (a crash between the two writes), send it on.
+        Some(existing) if existing.state == RunState::Received => "resent",
+        Some(existing) => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!(
+                    "alert already handled by run {run_id} ({:?})",
+                    existing.state
+                ),
+            ));
+        }
+    };
+    let job = SubmitJob {
+        v: MESSAGE_VERSION,
+        run_id: run_id.clone(),
+        attempt: 0,
+    };
+    queue
+        .send(
+            &cfg.submit_queue_url,
+            &encode(&job),
+            std::time::Duration::ZERO,
+        )
+        .await?;
+    Ok(Done::new(
+        &run_id,
+        outcome,
+        format!(
+            "playbook {} on {} ({} commands)",
+            record.playbook,
+            record.machine_id,
+            record.commands.len()
+        ),
+    ))
+}

@@ -1,0 +1,57 @@
+//! The four stages as plain functions over the ports. Each takes one message body and says
+//! what became of it; `crate::batch` turns that into an SQS partial batch response.
+
+pub mod collect;
+pub mod intake;
+pub mod poll;
+pub mod submit;
+
+use crate::ids::RunId;
+use crate::ports::{QueueError, StoreError};
+
+/// What a stage did with a message, for the one log line per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub run_id: Option<RunId>,
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+impl Done {
+    pub fn new(run_id: &RunId, outcome: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            run_id: Some(run_id.clone()),
+            outcome,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StageError {
+    /// Infrastructure failed (S3, SQS): leave the message for SQS to deliver again.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// The message itself is wrong: send its body to the dead-letter queue with this reason.
+    #[error("reject ({code}): {reason}")]
+    Reject { code: &'static str, reason: String },
+}
+
+impl From<StoreError> for StageError {
+    fn from(e: StoreError) -> Self {
+        Self::Retry(e.to_string())
+    }
+}
+
+impl From<QueueError> for StageError {
+    fn from(e: QueueError) -> Self {
+        Self::Retry(e.to_string())
+    }
+}
+
+/// A number in [0, 1) that differs between calls, for backoff jitter.
+pub fn jitter() -> f64 {
+    let b = uuid::Uuid::new_v4();
+    let x = u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}

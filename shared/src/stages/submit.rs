@@ -1,0 +1,217 @@
+//! submit: one live response per run. Defender's 429s and busy devices put the job back on the
+//! queue with a delay; neither is a failure. A submission that may have reached Defender is looked
+//! up by the run id in its comment before anything is sent again.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{Done, StageError, jitter};
+use crate::config::SubmitConfig;
+use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
+use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, decode, encode};
+use crate::ports::{Defender, ObjectStore, Queue};
+use crate::store::{RunOutcome, RunRecord, RunState, finish_run_if_complete, load_run, update_run};
+
+pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
+    cfg: &SubmitConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    body: &str,
+    now: OffsetDateTime,
+) -> Result<Done, StageError> {
+    let job: SubmitJob = decode(body).map_err(|reason| StageError::Reject {
+        code: "invalid_message",
+        reason,
+    })?;
+    let run_id = job.run_id.clone();
+    let Some((run, _)) = load_run(store, &run_id).await? else {
+        return Err(StageError::Reject {
+            code: "unknown_run",
+            reason: format!("run {run_id} has no record"),
+        });
+    };
+    match run.state {
+        RunState::Received | RunState::Submitting => {}
+        RunState::Submitted => {
+            // Recorded, but the poll job may not have been sent (a crash or failed send): send it.
+            if let Some(action_id) = &run.action_id {
+                send_poll(cfg, queue, &run, action_id.clone()).await?;
+            }
+            return Ok(Done::new(&run_id, "already_submitted", "poll job re-sent"));
+        }
+        _ => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("run is {:?}", run.state),
+            ));
+        }
+    }
+    if now >= run.deadline {
+        fail_run(
+            store,
+            &run,
+            RunOutcome::TimedOut,
+            "the deadline passed before Defender accepted the live response",
+        )
+        .await?;
+        return Ok(Done::new(&run_id, "deadline", "never submitted"));
+    }
+
+    // An earlier attempt may have reached Defender before this invocation died: look first.
+    if run.state == RunState::Submitting {
+        let filter = ActionFilter {
+            machine_id: Some(run.machine_id.clone()),
+            live_response_only: true,
+            ..ActionFilter::default()
+        };
+        match defender.list_machine_actions(&filter).await {
+            Ok(actions) => {
+                let tag = run.run_id.comment_tag();
+                if let Some(found) = actions.into_iter().find(|a| {
+                    a.requestor_comment
+                        .as_deref()
+                        .is_some_and(|c| c.contains(&tag))
+                }) {
+                    record_submitted(cfg, store, queue, &run, &found, now).await?;
+                    return Ok(Done::new(
+                        &run_id,
+                        "recovered",
+                        format!("found action {} from an earlier attempt", found.id),
+                    ));
+                }
+            }
+            Err(e) => {
+                return retry_later(cfg, queue, &job, &e, "looking for an earlier submission").await;
+            }
+        }
+    }
+
+    update_run(store, &run_id, |r| {
+        r.state = RunState::Submitting;
+        r.submit_attempts += 1;
+        true
+    })
+    .await?;
+    let request = LiveResponseRequest {
+        commands: run.commands.clone(),
+        comment: run.comment.clone(),
+    };
+    match defender.run_live_response(&run.machine_id, &request).await {
+        Ok(action) => {
+            record_submitted(cfg, store, queue, &run, &action, now).await?;
+            Ok(Done::new(
+                &run_id,
+                "submitted",
+                format!("action {}", action.id),
+            ))
+        }
+        Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
+            retry_later(cfg, queue, &job, &e, "submitting").await
+        }
+        Err(e) => {
+            fail_run(
+                store,
+                &run,
+                RunOutcome::Failed,
+                &format!("Defender refused the live response: {e}"),
+            )
+            .await?;
+            Ok(Done::new(&run_id, "refused", e.to_string()))
+        }
+    }
+}
+
+/// Puts the job back with a delay: Defender's Retry-After when it gave one, else backoff.
+async fn retry_later<Q: Queue>(
+    cfg: &SubmitConfig,
+    queue: &Q,
+    job: &SubmitJob,
+    err: &DefenderError,
+    doing: &str,
+) -> Result<Done, StageError> {
+    let delay = match err.next() {
+        Next::RetryAfter(Some(d)) => d.max(Duration::from_secs(1)),
+        _ => cfg.retry.delay(job.attempt, jitter()),
+    };
+    let next = SubmitJob {
+        v: MESSAGE_VERSION,
+        run_id: job.run_id.clone(),
+        attempt: job.attempt + 1,
+    };
+    queue
+        .send(&cfg.submit_queue_url, &encode(&next), delay)
+        .await?;
+    let outcome = match err {
+        DefenderError::RateLimited { .. } => "throttled",
+        DefenderError::DeviceBusy { .. } => "device_busy",
+        _ => "transient",
+    };
+    Ok(Done::new(
+        &job.run_id,
+        outcome,
+        format!("{doing}: {err}; again in {}s", delay.as_secs()),
+    ))
+}
+
+async fn record_submitted<S: ObjectStore, Q: Queue>(
+    cfg: &SubmitConfig,
+    store: &S,
+    queue: &Q,
+    run: &RunRecord,
+    action: &MachineAction,
+    now: OffsetDateTime,
+) -> Result<(), StageError> {
+    update_run(store, &run.run_id, |r| {
+        r.state = RunState::Submitted;
+        r.action_id = Some(action.id.clone());
+        r.action_status = Some(action.status.clone());
+        r.submitted_at.get_or_insert(now);
+        r.computer_dns_name = action
+            .computer_dns_name
+            .clone()
+            .or(r.computer_dns_name.take());
+        r.requestor = action.requestor.clone().or(r.requestor.take());
+        r.action_created = action.creation_date_time_utc.clone();
+        true
+    })
+    .await?;
+    send_poll(cfg, queue, run, action.id.clone()).await
+}
+
+async fn send_poll<Q: Queue>(
+    cfg: &SubmitConfig,
+    queue: &Q,
+    run: &RunRecord,
+    action_id: crate::defender::ActionId,
+) -> Result<(), StageError> {
+    let job = PollJob {
+        v: MESSAGE_VERSION,
+        run_id: run.run_id.clone(),
+        action_id,
+        polls: 0,
+    };
+    queue
+        .send(&cfg.poll_queue_url, &encode(&job), cfg.first_poll_delay)
+        .await?;
+    Ok(())
+}
+
+async fn fail_run<S: ObjectStore>(
+    store: &S,
+    run: &RunRecord,
+    outcome: RunOutcome,
+    reason: &str,
+) -> Result<(), StageError> {
+    update_run(store, &run.run_id, |r| {
+        r.state = RunState::Failed;
+        r.outcome = Some(outcome);
+        r.reason = Some(reason.to_string());
+        true
+    })
+    .await?;
+    finish_run_if_complete(store, &run.run_id).await?;
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Run records, command records and the manifest, kept in S3 under `runs/{run_id}/`.
+//! Conditional writes make creation de-duplicating and updates compare-and-swap.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::alerts::Alert;
+use crate::defender::{ActionId, ActionStatus, Command, CommandType, MachineId};
+use crate::ids::RunId;
+use crate::ports::{ObjectStore, Put, PutResult, StoreError};
+
+pub const RECORD_VERSION: u32 = 1;
+
+pub fn run_key(run: &RunId) -> String {
+    format!("runs/{run}/run.json")
+}
+
+pub fn command_key(run: &RunId, index: u32) -> String {
+    format!("runs/{run}/commands/{index}.json")
+}
+
+pub fn manifest_key(run: &RunId) -> String {
+    format!("runs/{run}/manifest.json")
+}
+
+/// Where a command's result package lands (built from validated ids only).
+pub fn evidence_key(run: &RunId, index: u32, kind: CommandType) -> String {
+    match kind {
+        CommandType::GetFile => format!("runs/{run}/evidence/{index}-getfile.gz"),
+        CommandType::RunScript => format!("runs/{run}/evidence/{index}-runscript.json"),
+        CommandType::PutFile => format!("runs/{run}/evidence/{index}-putfile"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted by intake; not yet submitted.
+    Received,
+    /// A submission is being attempted (it may have reached Defender).
+    Submitting,
+    /// Defender accepted it; polling.
+    Submitted,
+    /// The action ended; results are being copied.
+    Collecting,
+    /// Every command is accounted for and the manifest is written.
+    Completed,
+    /// Ended without an action (refused by Defender, or never submitted before the deadline).
+    Failed,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
+/// How a run ended, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// The action succeeded (see each command for its result).
+    Succeeded,
+    /// Defender ran it and it failed, or refused to run it.
+    Failed,
+    /// The deadline passed (the pipeline cancelled it, or Defender timed it out).
+    TimedOut,
+    /// Someone else cancelled the action.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub v: u32,
+    pub run_id: RunId,
+    pub alert: Alert,
+    pub playbook: String,
+    pub machine_id: MachineId,
+    pub commands: Vec<Command>,
+    /// The requestor comment sent to Defender; carries the run id.
+    pub comment: String,
+    pub state: RunState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    pub submit_attempts: u32,
+    pub action_id: Option<ActionId>,
+    pub action_status: Option<ActionStatus>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub submitted_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub computer_dns_name: Option<String>,
+    pub requestor: Option<String>,
+    pub action_created: Option<String>,
+    pub action_last_update: Option<String>,
+    pub cancelled_by_pipeline: bool,
+    pub outcome: Option<RunOutcome>,
+    /// Why the run failed or ended early, in words.
+    pub reason: Option<String>,
+}
+
+/// What became of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    /// Its result package is in S3, hashed.
+    Collected,
+    /// It completed and has no result (PutFile).
+    CompletedNoResult,
+    /// Defender reports it failed.
+    Failed,
+    /// It never ran (an earlier command failed, the session was cancelled or timed out).
+    NotRun,
+    /// It completed but its result could not be copied (the reason says why).
+    CollectFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub v: u32,
+    pub index: u32,
+    pub kind: CommandType,
+    pub command: Command,
+    pub outcome: CommandOutcome,
+    pub command_status: Option<String>,
+    pub errors: Vec<String>,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub s3_key: Option<String>,
+    /// Bytes stored (the package as Defender served it).
+    pub size: Option<u64>,
+    /// SHA-256 of the stored bytes.
+    pub sha256: Option<String>,
+    /// For gzip GetFile packages: the file itself.
+    pub sha256_decompressed: Option<String>,
+    pub size_decompressed: Option<u64>,
+    /// For RunScript transcripts.
+    pub exit_code: Option<i64>,
+    pub output_excerpt: Option<String>,
+    pub errors_excerpt: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub recorded_at: Option<OffsetDateTime>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub v: u32,
+    pub run_id: RunId,
+    pub playbook: String,
+    pub alert: Alert,
+    pub device: ManifestDevice,
+    pub action: Option<ManifestAction>,
+    pub run_state: RunState,
+    pub outcome: Option<RunOutcome>,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub completed_at: OffsetDateTime,
+    pub commands: Vec<CommandRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDevice {
+    pub machine_id: MachineId,
+    pub computer_dns_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestAction {
+    pub id: ActionId,
+    pub status: Option<ActionStatus>,
+    pub requestor: Option<String>,
+    pub requestor_comment: String,
+    pub created: Option<String>,
+    pub last_update: Option<String>,
+    pub cancelled_by_pipeline: bool,
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec_pretty(v).map_err(|e| StoreError(format!("cannot encode record: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(body)
+        .map_err(|e| StoreError(format!("{key} is not a valid record: {e}")))
+}
+
+/// Creates the run record unless one exists; returns the existing one otherwise.
+pub async fn create_run<S: ObjectStore>(
+    store: &S,
+    run: &RunRecord,
+) -> Result<Option<RunRecord>, StoreError> {
+    let key = run_key(&run.run_id);
+    match store.put(&key, json(run)?, Put::IfAbsent).await? {
+        PutResult::Written { .. } => Ok(None),
+        PutResult::Conflict => load_run(store, &run.run_id)
+            .await
+            .map(|r| r.map(|(r, _)| r)),
+    }
+}
+
+pub async fn load_run<S: ObjectStore>(
+    store: &S,
+    run: &RunId,
+) -> Result<Option<(RunRecord, String)>, StoreError> {
+    let key = run_key(run);
+    match store.get(&key).await? {
+        Some(s) => Ok(Some((parse(&key, &s.body)?, s.etag))),
+        None => Ok(None),
+    }
+}
+
+/// Applies `change` with compare-and-swap, retrying on a concurrent write. `change` returns false
+/// to leave the record as it is. Returns the record as stored afterwards.
+pub async fn update_run<S, F>(
+    store: &S,
+    run: &RunId,
+    mut change: F,
+) -> Result<RunRecord, StoreError>
+where
+    S: ObjectStore,
+    F: FnMut(&mut RunRecord) -> bool,
+{
+    for _ in 0..20 {
+        let Some((mut rec, etag)) = load_run(store, run).await? else {
+            return Err(StoreError(format!("run {run} has no record")));
+        };
+        if !change(&mut rec) {
+            return Ok(rec);
+        }
+        match store
+            .put(&run_key(run), json(&rec)?, Put::IfMatch(etag))
+            .await?
+        {
+            PutResult::Written { .. } => return Ok(rec),
+            PutResult::Conflict => continue,
+        }
+    }
+    Err(StoreError(format!(
+        "run {run}: too many concurrent updates"
+    )))
+}
+
+pub async fn put_command<S: ObjectStore>(
+    store: &S,
+    run: &RunId,
+    rec: &CommandRecord,
+) -> Result<(), StoreError> {
+    store
+        .put(&command_key(run, rec.index), json(rec)?, Put::Always)
+        .await
+        .map(|_| ())
+}
+
+pub async fn load_command<S: ObjectStore>(
+    store: &S,
+    run: &RunId,
+    index: u32,
+) -> Result<Option<CommandRecord>, StoreError> {
+    let key = command_key(run, index);
+    match store.get(&key).await? {
+        Some(s) => Ok(Some(parse(&key, &s.body)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes the manifest when every command of a finished run has its record; exactly once
+/// (a conditional write), whichever stage gets there last. Returns true if this call wrote it.
+pub async fn finish_run_if_complete<S: ObjectStore>(
+    store: &S,
+    run_id: &RunId,
+) -> Result<bool, StoreError> {
+    let Some((run, _)) = load_run(store, run_id).await? else {
+        return Ok(false);
+    };
+    let ended = matches!(
+        run.state,
+        RunState::Collecting | RunState::Completed | RunState::Failed
+    );
+    if !ended {
+        return Ok(false);
+    }
+    let mut commands = Vec::with_capacity(run.commands.len());
+    if run.action_id.is_some() {
+        for i in 0..run.commands.len() as u32 {
+            match load_command(store, run_id, i).await? {
+                Some(c) => commands.push(c),
+                None => return Ok(false),
+            }
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let final_state = if run.state == RunState::Failed {
+        RunState::Failed
+    } else {
+        RunState::Completed
+    };
+    let manifest = Manifest {
+        v: RECORD_VERSION,
+        run_id: run.run_id.clone(),
+        playbook: run.playbook.clone(),
+        alert: run.alert.clone(),
+        device: ManifestDevice {
+            machine_id: run.machine_id.clone(),
+            computer_dns_name: run.computer_dns_name.clone(),
+        },
+        action: run.action_id.clone().map(|id| ManifestAction {
+            id,
+            status: run.action_status.clone(),
+            requestor: run.requestor.clone(),
+            requestor_comment: run.comment.clone(),
+            created: run.action_created.clone(),
+            last_update: run.action_last_update.clone(),
+            cancelled_by_pipeline: run.cancelled_by_pipeline,
+        }),
+        run_state: final_state,
+        outcome: run.outcome,
+        reason: run.reason.clone(),
+        created_at: run.created_at,
+        completed_at: now,
+        commands,
+    };
+    let wrote = matches!(
+        store
+            .put(&manifest_key(run_id), json(&manifest)?, Put::IfAbsent)
+            .await?,
+        PutResult::Written { .. }
+    );
+    if run.state != final_state || run.finished_at.is_none() {
+        update_run(store, run_id, |r| {
+            if r.state == final_state && r.finished_at.is_some() {
+                return false;
+            }
+            r.state = final_state;
+            r.finished_at.get_or_insert(now);
+            true
+        })
+        .await?;
+    }
+    Ok(wrote)
+}

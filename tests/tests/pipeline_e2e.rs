@@ -1,0 +1,378 @@
+//! The pipeline end to end on moto and the simulator: alerts in, hashed evidence and a manifest out.
+
+use std::io::Read;
+
+use mde_sim::{Device, DeviceFile, Script, SimConfig};
+use shared::store::{CommandOutcome, RunOutcome, RunState};
+use tests::*;
+
+const MIB: u64 = 1 << 20;
+const BIG: &str = "C:\\Users\\alice\\Downloads\\invoice.pdf.exe";
+
+fn machine(i: usize) -> String {
+    format!("{:040x}", 0xabc0000 + i)
+}
+
+fn fleet(devices: Vec<Device>) -> SimConfig {
+    let mut c = SimConfig::default();
+    c.devices = devices;
+    c.scripts = vec![
+        Script {
+            name: "triage.ps1".into(),
+            output: "triage of {machine}: {args}".into(),
+            ..Script::default()
+        },
+        Script {
+            name: "minidump.ps1".into(),
+            output: "dumped {args}".into(),
+            ..Script::default()
+        },
+    ];
+    c
+}
+
+fn dev(id: &str, files: &[(&str, u64)]) -> Device {
+    Device {
+        machine_id: id.into(),
+        dns_name: format!("host-{}.corp", &id[34..]),
+        command_secs: 10,
+        files: files
+            .iter()
+            .map(|(p, s)| DeviceFile {
+                path: p.to_string(),
+                size: *s,
+                secs: None,
+            })
+            .collect(),
+        ..Device::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
+    let size = 100 * MIB;
+    let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, size)])]), &[]).await;
+    let alert = native_alert("e2e-1", M1, "Malware", &[("file_path", BIG)]);
+    stack.send_alert(&alert.to_string()).await;
+    let run = run_id("native", "e2e-1", M1, "malware-file");
+    let m = stack.manifest(&run, 120).await;
+
+    assert_eq!(m.run_state, RunState::Completed);
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+    assert_eq!(m.playbook, "malware-file");
+    assert_eq!(m.device.machine_id.as_str(), M1);
+    assert_eq!(
+        m.device.computer_dns_name,
+        Some(format!("host-{}.corp", &M1[34..]))
+    );
+    let action = m.action.as_ref().expect("action recorded");
+    assert!(action.requestor_comment.contains(&run.comment_tag()));
+    assert_eq!(m.commands.len(), 2);
+
+    let script = &m.commands[0];
+    assert_eq!(script.outcome, CommandOutcome::Collected);
+    assert_eq!(script.exit_code, Some(0));
+    assert!(script.output_excerpt.as_deref().unwrap().contains("-Quick"));
+
+    let file = &m.commands[1];
+    assert_eq!(file.outcome, CommandOutcome::Collected);
+    let expected = expected_file(M1, BIG, size);
+    assert_eq!(
+        file.sha256_decompressed.as_deref(),
+        Some(sha256_hex(&expected).as_str())
+    );
+    assert_eq!(file.size_decompressed, Some(size));
+
+    // The stored object is what the manifest says, and carries its hashes.
+    let key = file.s3_key.clone().unwrap();
+    let stored = stack.object(&key).await.unwrap();
+    assert_eq!(Some(stored.len() as u64), file.size);
+    assert_eq!(Some(sha256_hex(&stored)), file.sha256);
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&stored[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert!(
+        unzipped == expected,
+        "the evidence decompresses to the device's file"
+    );
+    let head = stack
+        .s3
+        .head_object()
+        .bucket(&stack.stack.bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("sha256"), file.sha256.as_ref());
+    assert_eq!(
+        meta.get("sha256-decompressed"),
+        file.sha256_decompressed.as_ref()
+    );
+    assert_eq!(meta.get("run-id").map(String::as_str), Some(run.as_str()));
+
+    // No staging object nor unfinished upload is left behind.
+    let staging = stack
+        .s3
+        .list_objects_v2()
+        .bucket(&stack.stack.bucket)
+        .prefix(format!("runs/{run}/staging/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(staging.key_count(), Some(0));
+    let uploads = stack
+        .s3
+        .list_multipart_uploads()
+        .bucket(&stack.stack.bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_middle_command_keeps_earlier_results_and_records_the_rest() {
+    let playbooks = r#"
+[[playbooks]]
+name = "three-steps"
+[playbooks.match]
+category = ["Malware"]
+[[playbooks.commands]]
+type = "RunScript"
+script = "triage.ps1"
+args = "-Quick"
+[[playbooks.commands]]
+type = "RunScript"
+script = "not-in-library.ps1"
+[[playbooks.commands]]
+type = "GetFile"
+path = "{file_path}"
+[playbooks.placeholders.file_path]
+kind = "windows_path"
+"#;
+    let sdk = aws().await;
+    let s3 = shared::aws::s3_client(&sdk);
+    let bucket = unique("playbooks");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_object()
+        .bucket(&bucket)
+        .key("pb.toml")
+        .body(playbooks.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let stack = Stack::start(
+        fleet(vec![dev(M1, &[(BIG, 1000)])]),
+        &[("PLAYBOOKS_S3_URI", format!("s3://{bucket}/pb.toml"))],
+    )
+    .await;
+    stack
+        .send_alert(&native_alert("mid-fail", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    let m = stack
+        .manifest(&run_id("native", "mid-fail", M1, "three-steps"), 60)
+        .await;
+    assert_eq!(m.outcome, Some(RunOutcome::Failed));
+    let outcomes: Vec<CommandOutcome> = m.commands.iter().map(|c| c.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            CommandOutcome::Collected,
+            CommandOutcome::Failed,
+            CommandOutcome::NotRun
+        ]
+    );
+    assert!(m.commands[1].errors[0].contains("not found"));
+    assert_eq!(m.commands[0].exit_code, Some(0));
+    assert!(m.commands[0].s3_key.is_some());
+    assert!(m.reason.as_deref().unwrap().contains("Failed"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_device_past_the_deadline_is_cancelled_and_recorded_timed_out() {
+    let mut offline = dev(M1, &[(BIG, 1000)]);
+    offline.online = false;
+    let stack = Stack::start(
+        fleet(vec![offline]),
+        &[("MAX_RUN_DEADLINE_SECS", "3".into())],
+    )
+    .await;
+    stack
+        .send_alert(&native_alert("offline-1", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    let run = run_id("native", "offline-1", M1, "malware-file");
+    let m = stack.manifest(&run, 60).await;
+    assert_eq!(m.outcome, Some(RunOutcome::TimedOut));
+    let action = m.action.unwrap();
+    assert!(action.cancelled_by_pipeline);
+    assert_eq!(
+        action.status,
+        Some(shared::defender::ActionStatus::Cancelled)
+    );
+    assert!(
+        m.commands
+            .iter()
+            .all(|c| c.outcome == CommandOutcome::NotRun)
+    );
+    assert_eq!(m.commands.len(), 2);
+    // Defender agrees: the session was cancelled with the pipeline's comment.
+    let actions = stack.sim.actions();
+    assert_eq!(actions[0]["status"], "Cancelled");
+    assert!(
+        actions[0]["cancellationComment"]
+            .as_str()
+            .unwrap()
+            .contains(&run.comment_tag())
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_device_waits_its_turn() {
+    let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, 1000)])]), &[]).await;
+    stack
+        .send_alert(&native_alert("busy-1", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    stack
+        .send_alert(&native_alert("busy-2", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    for id in ["busy-1", "busy-2"] {
+        let m = stack
+            .manifest(&run_id("native", id, M1, "malware-file"), 90)
+            .await;
+        assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "{id}");
+    }
+    let stats = stack.sim.stats();
+    assert_eq!(stats.actions_created, 2);
+    assert!(
+        stats.calls["submit"].get("400").copied().unwrap_or(0) >= 1,
+        "one waited: {:?}",
+        stats.calls["submit"]
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_alerts_for_twenty_devices_at_once() {
+    let devices: Vec<Device> = (0..20)
+        .map(|i| dev(&machine(i), &[(BIG, 50_000 + i as u64)]))
+        .collect();
+    let stack = Stack::start(fleet(devices), &[]).await;
+    for i in 0..20 {
+        let alert = native_alert(
+            &format!("burst-{i}"),
+            &machine(i),
+            "Malware",
+            &[("file_path", BIG)],
+        );
+        stack.send_alert(&alert.to_string()).await;
+    }
+    for i in 0..20 {
+        let m = stack
+            .manifest(
+                &run_id("native", &format!("burst-{i}"), &machine(i), "malware-file"),
+                180,
+            )
+            .await;
+        assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "alert {i}");
+        let expected = expected_file(&machine(i), BIG, 50_000 + i as u64);
+        assert_eq!(
+            m.commands[1].sha256_decompressed.as_deref(),
+            Some(sha256_hex(&expected).as_str())
+        );
+    }
+    assert_eq!(
+        stack.sim.stats().actions_created,
+        20,
+        "one action per alert"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_four_input_formats_are_accepted() {
+    let devices: Vec<Device> = (0..4).map(|i| dev(&machine(i), &[(BIG, 1000)])).collect();
+    let stack = Stack::start(fleet(devices), &[]).await;
+    let defender_alert = |id: &str, m: &str| {
+        serde_json::json!({
+            "id": id, "machineId": m, "title": "Malware detected", "category": "Malware", "severity": "High",
+            "detectionSource": "WindowsDefenderAv", "status": "New", "unknownField": {"x": 1},
+            "evidence": [{"entityType": "File", "filePath": "C:\\Users\\alice\\Downloads", "fileName": "invoice.pdf.exe"}]
+        })
+    };
+    let native = native_alert("fmt-native", &machine(0), "Malware", &[("file_path", BIG)]);
+    let defender = defender_alert("da6370000000000000_1", &machine(1));
+    let sns = serde_json::json!({"Type": "Notification", "MessageId": "1", "TopicArn": "arn:aws:sns:us-east-1:1:alerts",
+        "Message": defender_alert("da6370000000000000_2", &machine(2)).to_string()});
+    let eventbridge = serde_json::json!({"version": "0", "id": "e1", "detail-type": "Security Alert", "source": "custom.siem",
+        "detail": native_alert("fmt-eventbridge", &machine(3), "Malware", &[("file_path", BIG)])});
+    for body in [&native, &defender, &sns, &eventbridge] {
+        stack.send_alert(&body.to_string()).await;
+    }
+    let runs = [
+        run_id("native", "fmt-native", &machine(0), "malware-file"),
+        run_id(
+            "defender",
+            "da6370000000000000_1",
+            &machine(1),
+            "malware-file",
+        ),
+        run_id(
+            "defender",
+            "da6370000000000000_2",
+            &machine(2),
+            "malware-file",
+        ),
+        run_id("native", "fmt-eventbridge", &machine(3), "malware-file"),
+    ];
+    for (run, envelope) in runs.iter().zip(["none", "none", "sns", "event_bridge"]) {
+        let m = stack.manifest(run, 90).await;
+        assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+        assert_eq!(serde_json::to_value(m.alert.envelope).unwrap(), envelope);
+        assert_eq!(m.commands[1].command.param("Path"), Some(BIG));
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_that_matches_no_playbook_is_rejected_with_its_body_kept() {
+    let stack = Stack::start(fleet(vec![dev(M1, &[])]), &[]).await;
+    let mut alert = native_alert("nomatch-1", M1, "Discovery", &[]);
+    alert["severity"] = "Low".into();
+    let body = alert.to_string();
+    stack.send_alert(&body).await;
+    let mut dead = Vec::new();
+    for _ in 0..20 {
+        dead.extend(stack.dead_letters("alerts").await);
+        if !dead.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, body, "the original body, intact");
+    assert_eq!(dead[0].1["lr-reject-code"], "no_playbook");
+    assert!(dead[0].1["lr-reject-reason"].contains("Discovery"));
+    assert_eq!(dead[0].1["lr-stage"], "intake");
+    assert_eq!(stack.sim.stats().actions_created, 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_alert_makes_one_run() {
+    let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, 1000)])]), &[]).await;
+    let body = native_alert("dup-1", M1, "Malware", &[("file_path", BIG)]).to_string();
+    for _ in 0..3 {
+        stack.send_alert(&body).await;
+    }
+    let m = stack
+        .manifest(&run_id("native", "dup-1", M1, "malware-file"), 60)
+        .await;
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(stack.sim.stats().actions_created, 1);
+    stack.stop().await;
+}
