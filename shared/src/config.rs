@@ -76,14 +76,14 @@ pub(crate) fn optional(env: &dyn Env, var: &'static str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-pub(crate) fn number<T: std::str::FromStr>(
+pub(crate) fn number<T>(
     env: &dyn Env,
     var: &'static str,
     default: T,
     range: std::ops::RangeInclusive<T>,
 ) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some(raw) = optional(env, var) else {
         return Ok(default);

@@ -58,14 +58,15 @@ pub fn device(id: &str, file_size: u64) -> Device {
 }
 
 pub fn sim_config() -> SimConfig {
-    let mut c = SimConfig::default();
-    c.devices = vec![device(M1, 200_000), device(M2, 200_000)];
-    c.scripts = vec![Script {
-        name: "triage.ps1".into(),
-        output: "triage of {machine}".into(),
-        ..Script::default()
-    }];
-    c
+    SimConfig {
+        devices: vec![device(M1, 200_000), device(M2, 200_000)],
+        scripts: vec![Script {
+            name: "triage.ps1".into(),
+            output: "triage of {machine}".into(),
+            ..Script::default()
+        }],
+        ..SimConfig::default()
+    }
 }
 
 pub async fn start_sim(config: SimConfig) -> SimServer {

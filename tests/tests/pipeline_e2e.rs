@@ -14,21 +14,22 @@ fn machine(i: usize) -> String {
 }
 
 fn fleet(devices: Vec<Device>) -> SimConfig {
-    let mut c = SimConfig::default();
-    c.devices = devices;
-    c.scripts = vec![
-        Script {
-            name: "triage.ps1".into(),
-            output: "triage of {machine}: {args}".into(),
-            ..Script::default()
-        },
-        Script {
-            name: "minidump.ps1".into(),
-            output: "dumped {args}".into(),
-            ..Script::default()
-        },
-    ];
-    c
+    SimConfig {
+        devices,
+        scripts: vec![
+            Script {
+                name: "triage.ps1".into(),
+                output: "triage of {machine}: {args}".into(),
+                ..Script::default()
+            },
+            Script {
+                name: "minidump.ps1".into(),
+                output: "dumped {args}".into(),
+                ..Script::default()
+            },
+        ],
+        ..SimConfig::default()
+    }
 }
 
 fn dev(id: &str, files: &[(&str, u64)]) -> Device {

@@ -84,7 +84,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 }
             }
             Err(e) => {
-                return retry_later(cfg, queue, &job, &e, "looking for an earlier submission").await;
+                return retry_later(cfg, queue, &job, &e, "looking for an earlier submission")
+                    .await;
             }
         }
     }

@@ -27,16 +27,18 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let mut config = SimConfig::default();
-    config.devices = vec![Device {
-        machine_id: MACHINE.into(),
-        files: vec![DeviceFile {
-            path: PATH.into(),
-            size: mib << 20,
-            secs: Some(1),
+    let config = SimConfig {
+        devices: vec![Device {
+            machine_id: MACHINE.into(),
+            files: vec![DeviceFile {
+                path: PATH.into(),
+                size: mib << 20,
+                secs: Some(1),
+            }],
+            ..Device::default()
         }],
-        ..Device::default()
-    }];
+        ..SimConfig::default()
+    };
     let client = config.clients[0].clone();
     let sim = SimServer::start(config, "127.0.0.1:0".parse().unwrap())
         .await

@@ -151,19 +151,31 @@ impl CommandStatus {
     }
 }
 
+/// What a submission asked for.
+pub struct Submission {
+    pub id: String,
+    pub requestor: String,
+    pub comment: String,
+    pub commands: Vec<CommandSpec>,
+    pub created: OffsetDateTime,
+}
+
 impl Action {
     /// Plans a session on `device`: when it starts, how long each command takes, which one fails.
     pub fn plan(
-        id: String,
+        submission: Submission,
         device: &Device,
-        requestor: String,
-        comment: String,
-        commands: Vec<CommandSpec>,
-        created: OffsetDateTime,
         config: &SimConfig,
         sim_start: OffsetDateTime,
         library_has: &dyn Fn(&str) -> bool,
     ) -> Self {
+        let Submission {
+            id,
+            requestor,
+            comment,
+            commands,
+            created,
+        } = submission;
         let s = &config.sim;
         let online_at = if device.online {
             Some(sim_start)

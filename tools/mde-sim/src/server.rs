@@ -1,5 +1,8 @@
 //! The HTTP side: one listener serving the login, API, blob and `/sim` control paths.
 
+// Handlers pass ready-made error responses up; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +19,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use crate::action::{Action, CommandSpec, CommandStatus, CommandType, ResultBody, Status};
+use crate::action::{
+    Action, CommandSpec, CommandStatus, CommandType, ResultBody, Status, Submission,
+};
 use crate::clock::{SimClock, format_se, format_ts};
 use crate::config::{Faults, SimConfig, valid_library_name};
 use crate::content::{FileContent, GzipPackage};
@@ -869,12 +874,14 @@ async fn submit(sim: Arc<Sim>, req: Request, machine_id: String) -> Response {
     let library: Vec<String> = st.library.keys().cloned().collect();
     let has = |n: &str| library.iter().any(|x| x.eq_ignore_ascii_case(n));
     let action = Action::plan(
-        uuid::Uuid::new_v4().to_string(),
+        Submission {
+            id: uuid::Uuid::new_v4().to_string(),
+            requestor,
+            comment,
+            commands,
+            created: now,
+        },
         device,
-        requestor,
-        comment,
-        commands,
-        now,
         &sim.config,
         sim.clock.start(),
         &has,
