@@ -99,7 +99,12 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             reason: format!("run {run_id} has no record"),
         });
     };
-    if let Some(rec) = load_command(store, &run_id, job.index).await? {
+    // Poll left a record with Defender's view of the command; anything further means done already.
+    let pending = load_command(store, &run_id, job.index).await?;
+    if let Some(rec) = pending
+        .as_ref()
+        .filter(|r| r.outcome != CommandOutcome::Collecting)
+    {
         finish_run_if_complete(store, &run_id).await?;
         return Ok(Done::new(
             &run_id,
@@ -107,6 +112,9 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             format!("command {} already {:?}", job.index, rec.outcome),
         ));
     }
+    let (start_time, end_time) = pending
+        .map(|r| (r.start_time, r.end_time))
+        .unwrap_or_default();
     let Some(command) = run.commands.get(job.index as usize).cloned() else {
         return Err(StageError::Reject {
             code: "unknown_command",
@@ -166,8 +174,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 outcome: CommandOutcome::Collected,
                 command_status: Some("Completed".into()),
                 errors: vec![],
-                start_time: None,
-                end_time: None,
+                start_time,
+                end_time,
                 s3_key: Some(copied.key.clone()),
                 size: Some(copied.size),
                 sha256: Some(copied.sha256.clone()),
@@ -274,6 +282,10 @@ async fn record_failure<S: ObjectStore>(
                 kind,
                 params: vec![],
             });
+    let (start_time, end_time) = load_command(store, &run.run_id, job.index)
+        .await?
+        .map(|r| (r.start_time, r.end_time))
+        .unwrap_or_default();
     let rec = CommandRecord {
         v: RECORD_VERSION,
         index: job.index,
@@ -282,8 +294,8 @@ async fn record_failure<S: ObjectStore>(
         outcome: CommandOutcome::CollectFailed,
         command_status: Some("Completed".into()),
         errors: vec![],
-        start_time: None,
-        end_time: None,
+        start_time,
+        end_time,
         s3_key: None,
         size: None,
         sha256: None,

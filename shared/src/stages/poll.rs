@@ -167,11 +167,12 @@ async fn finalize<S: ObjectStore, Q: Queue>(
     let mut to_collect = Vec::new();
     for c in &action.commands {
         let completed = c.command_status == CommandStatus::Completed;
-        if completed && c.command.kind.has_result() {
+        let collect = completed && c.command.kind.has_result();
+        if collect {
             to_collect.push(c.index);
-            continue;
         }
         let outcome = match (&c.command_status, completed) {
+            _ if collect => CommandOutcome::Collecting,
             (_, true) => CommandOutcome::CompletedNoResult,
             (CommandStatus::Failed, _) => CommandOutcome::Failed,
             _ => CommandOutcome::NotRun,

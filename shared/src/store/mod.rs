@@ -105,6 +105,8 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
+    /// It completed; its result is being copied.
+    Collecting,
     /// Its result package is in S3, hashed.
     Collected,
     /// It completed and has no result (PutFile).
@@ -288,8 +290,8 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
     if run.action_id.is_some() {
         for i in 0..run.commands.len() as u32 {
             match load_command(store, run_id, i).await? {
-                Some(c) => commands.push(c),
-                None => return Ok(false),
+                Some(c) if c.outcome != CommandOutcome::Collecting => commands.push(c),
+                _ => return Ok(false),
             }
         }
     }

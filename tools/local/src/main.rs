@@ -3,13 +3,10 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use local_stack::runner::{LocalPipeline, RunnerOptions};
 use local_stack::{ProvisionOptions, StackNames, provision};
 use mde_sim::{SimConfig, SimServer};
-use shared::aws::SecretsManagerCredentials;
-use shared::defender::{
-    ActionStatus, Command, CommandType, DefenderClient, LiveResponseRequest, MachineId,
-    TokenProvider, Transcript, http_client,
-};
+use shared::ports::ObjectStore;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +34,12 @@ enum Cmd {
         /// Where to write the environment the functions need.
         #[arg(long, default_value = ".local/stack.env")]
         env_file: String,
+        /// The alert to drop on the alerts queue.
+        #[arg(long, default_value = "tools/local/samples/alert-malware.json")]
+        alert: String,
+        /// Give up waiting for the manifest after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
 }
 
@@ -51,11 +54,20 @@ async fn main() -> Result<(), BoxError> {
             time_scale,
             prefix,
             env_file,
-        } => demo(&fleet, time_scale, &prefix, &env_file).await,
+            alert,
+            timeout_secs,
+        } => demo(&fleet, time_scale, &prefix, &env_file, &alert, timeout_secs).await,
     }
 }
 
-async fn demo(fleet: &str, time_scale: f64, prefix: &str, env_file: &str) -> Result<(), BoxError> {
+async fn demo(
+    fleet: &str,
+    time_scale: f64,
+    prefix: &str,
+    env_file: &str,
+    alert_file: &str,
+    timeout_secs: u64,
+) -> Result<(), BoxError> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").map_err(
         |_| "AWS_ENDPOINT_URL is not set: run this through ./dev demo, which starts moto",
     )?;
@@ -66,11 +78,6 @@ async fn demo(fleet: &str, time_scale: f64, prefix: &str, env_file: &str) -> Res
         .first()
         .cloned()
         .ok_or("the fleet has no [[clients]]")?;
-    let device = config
-        .devices
-        .first()
-        .cloned()
-        .ok_or("the fleet has no [[devices]]")?;
     let sim = SimServer::start(config, "127.0.0.1:0".parse()?).await?;
     println!("[stack] moto (AWS) at {endpoint}");
     println!(
@@ -121,93 +128,124 @@ async fn demo(fleet: &str, time_scale: f64, prefix: &str, env_file: &str) -> Res
     std::fs::write(env_file, text)?;
     println!("[stack] function environment written to {env_file}");
 
-    // The client below reads its settings the way the functions do, from these variables.
-    let cfg = shared::config::DefenderConfig::from_env(&env)?;
-    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-    let http = http_client(cfg.http_timeout)?;
-    let auth = TokenProvider::new(
-        SecretsManagerCredentials::new(secrets, &cfg.credentials_secret_id),
-        http.clone(),
-        &cfg.login_base,
-        &cfg.scope,
+    env.insert("DOWNLOAD_ALLOWED_HOSTS".into(), "127.0.0.1".into());
+    env.insert("POLL_DELAYS_SECS".into(), "2,2,5".into());
+    let pipeline = LocalPipeline::start(&sdk, &stack, &env, RunnerOptions::default()).await?;
+    println!(
+        "[stack] intake, submit, poll and collect running under the local event-source runner"
     );
-    let defender = DefenderClient::new(http.clone(), &cfg.api_base, auth);
 
-    let library = defender.list_library().await?;
-    println!(
-        "[defender] library: {}",
-        library
-            .iter()
-            .map(|f| f.file_name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let machine = MachineId::parse(&device.machine_id)?;
-    let mut commands = vec![Command::run_script("triage.ps1", Some("-Quick"))];
-    if let Some(f) = device.files.first() {
-        commands.push(Command::get_file(&f.path));
-    }
-    let action = defender
-        .run_live_response(
-            &machine,
-            &LiveResponseRequest {
-                commands,
-                comment: "lr-local demo".into(),
-            },
-        )
-        .await?;
-    println!(
-        "[defender] live response {} on {} is {:?}",
-        action.id, device.dns_name, action.status
-    );
-    let action = loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let a = defender.get_machine_action(&action.id).await?;
-        if a.status.is_final() {
-            break a;
+    let body = std::fs::read_to_string(alert_file).map_err(|e| format!("{alert_file}: {e}"))?;
+    send_alert(
+        &endpoint,
+        &stack.queue_urls["alerts"],
+        alert_file,
+        &body,
+        &sdk,
+    )
+    .await?;
+
+    let s3 = shared::aws::s3_client(&sdk);
+    let store = shared::aws::S3Store::new(s3.clone(), &stack.bucket);
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    let manifest = loop {
+        if started.elapsed() > Duration::from_secs(timeout_secs) {
+            return Err(format!("no manifest after {timeout_secs}s (last state: {last})").into());
         }
-        println!("[defender]   status {:?}", a.status);
-    };
-    println!("[defender] live response ended {:?}", action.status);
-    if action.status != ActionStatus::Succeeded {
-        return Err(format!("the demo run ended {:?}", action.status).into());
-    }
-    for c in &action.commands {
-        if !c.command.kind.has_result() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let keys = store.list("runs/").await?;
+        let Some(run_key) = keys.iter().find(|k| k.ends_with("/run.json")) else {
             continue;
-        }
-        let link = defender.result_download_link(&action.id, c.index).await?;
-        let body = http
-            .get(link.url.expose())
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        match c.command.kind {
-            CommandType::RunScript => {
-                let t: Transcript = serde_json::from_slice(&body)?;
-                println!(
-                    "[result] command {} RunScript {}: exit code {:?}, output {:?}",
-                    c.index,
-                    t.script_name.unwrap_or_default(),
-                    t.exit_code,
-                    t.script_output
-                );
+        };
+        let run_dir = run_key.trim_end_matches("run.json").to_string();
+        if let Some(rec) = store.get(run_key).await? {
+            let v: serde_json::Value = serde_json::from_slice(&rec.body)?;
+            let state = format!(
+                "{} (action {}, {})",
+                v["state"].as_str().unwrap_or("?"),
+                v["action_id"].as_str().unwrap_or("-"),
+                v["action_status"].as_str().unwrap_or("-")
+            );
+            if state != last {
+                println!("[run]   {} {state}", v["run_id"].as_str().unwrap_or("?"));
+                last = state;
             }
-            _ => println!(
-                "[result] command {} GetFile {}: {} bytes of gzip package",
-                c.index,
-                c.command.param("Path").unwrap_or_default(),
-                body.len()
-            ),
+        }
+        if let Some(m) = store.get(&format!("{run_dir}manifest.json")).await? {
+            break (format!("{run_dir}manifest.json"), m.body);
+        }
+    };
+    pipeline.stop().await;
+    println!("[done] manifest s3://{}/{}:", stack.bucket, manifest.0);
+    println!("{}", String::from_utf8_lossy(&manifest.1));
+    let m: shared::store::Manifest = serde_json::from_slice(&manifest.1)?;
+    for c in &m.commands {
+        if let Some(key) = &c.s3_key {
+            println!(
+                "[evidence] s3://{}/{key}  {} bytes  sha256 {}{}",
+                stack.bucket,
+                c.size.unwrap_or(0),
+                c.sha256.as_deref().unwrap_or("-"),
+                c.sha256_decompressed
+                    .as_deref()
+                    .map(|d| format!("  (file sha256 {d})"))
+                    .unwrap_or_default()
+            );
         }
     }
     let stats = sim.stats();
     println!(
-        "[defender] simulator saw {} actions, {} result links, {} 429s",
+        "[defender] simulator saw {} action(s), {} result link(s), {} 429(s)",
         stats.actions_created, stats.links_issued, stats.throttled
     );
     sim.shutdown().await;
     Ok(())
+}
+
+/// Drops the alert on the queue with the AWS CLI, as an alert pipeline would (the SDK if the CLI
+/// is not installed).
+async fn send_alert(
+    endpoint: &str,
+    queue_url: &str,
+    alert_file: &str,
+    body: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(), BoxError> {
+    let cli = tokio::process::Command::new("aws")
+        .args([
+            "--endpoint-url",
+            endpoint,
+            "sqs",
+            "send-message",
+            "--queue-url",
+            queue_url,
+        ])
+        .arg("--message-body")
+        .arg(format!("file://{alert_file}"))
+        .output()
+        .await;
+    match cli {
+        Ok(out) if out.status.success() => {
+            println!(
+                "[alert] aws sqs send-message --queue-url {queue_url} --message-body file://{alert_file}"
+            );
+            Ok(())
+        }
+        Ok(out) => Err(format!(
+            "aws sqs send-message failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into()),
+        Err(_) => {
+            aws_sdk_sqs::Client::new(sdk)
+                .send_message()
+                .queue_url(queue_url)
+                .message_body(body)
+                .send()
+                .await?;
+            println!("[alert] sent {alert_file} with the SDK (the aws CLI is not on PATH)");
+            Ok(())
+        }
+    }
 }
