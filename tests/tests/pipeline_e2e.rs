@@ -77,7 +77,10 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
 
     let file = &m.commands[1];
     assert_eq!(file.outcome, CommandOutcome::Collected);
-    assert!(file.start_time.is_some() && file.end_time.is_some(), "Defender's command times are kept");
+    assert!(
+        file.start_time.is_some() && file.end_time.is_some(),
+        "Defender's command times are kept"
+    );
     let expected = expected_file(M1, BIG, size);
     assert_eq!(
         file.sha256_decompressed.as_deref(),

@@ -18,28 +18,44 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(clap::Args, Clone)]
+struct StackArgs {
+    /// Simulator fleet (TOML).
+    #[arg(long, default_value = "tools/mde-sim/fleet.example.toml")]
+    fleet: String,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 60.0)]
+    time_scale: f64,
+    /// Name prefix of the queues, bucket and secret.
+    #[arg(long, default_value = "lr-local")]
+    prefix: String,
+    /// Folder for the functions' environment files (stack.env, and one per function).
+    #[arg(long, default_value = ".local")]
+    env_dir: String,
+    /// Port for the simulator (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    sim_port: u16,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Provision the stack on moto (AWS_ENDPOINT_URL), start the simulator and run a live response through it.
+    /// Bring the stack up (moto at AWS_ENDPOINT_URL, the simulator), run the pipeline under the
+    /// local event-source runner, drop an alert on the alerts queue and print the manifest.
     Demo {
-        /// Simulator fleet (TOML).
-        #[arg(long, default_value = "tools/mde-sim/fleet.example.toml")]
-        fleet: String,
-        /// Simulated seconds per real second.
-        #[arg(long, default_value_t = 60.0)]
-        time_scale: f64,
-        /// Name prefix of the queues, bucket and secret.
-        #[arg(long, default_value = "lr-local")]
-        prefix: String,
-        /// Where to write the environment the functions need.
-        #[arg(long, default_value = ".local/stack.env")]
-        env_file: String,
+        #[command(flatten)]
+        stack: StackArgs,
         /// The alert to drop on the alerts queue.
         #[arg(long, default_value = "tools/local/samples/alert-malware.json")]
         alert: String,
         /// Give up waiting for the manifest after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+    },
+    /// Bring the stack up and keep it (and the simulator) running until Ctrl-C, for
+    /// `cargo lambda watch --env-file .local/<function>.env` and `cargo lambda invoke`.
+    Stack {
+        #[command(flatten)]
+        stack: StackArgs,
     },
 }
 
@@ -50,41 +66,45 @@ async fn main() -> Result<(), BoxError> {
     shared::logging::init();
     match Cli::parse().command {
         Cmd::Demo {
-            fleet,
-            time_scale,
-            prefix,
-            env_file,
+            stack,
             alert,
             timeout_secs,
-        } => demo(&fleet, time_scale, &prefix, &env_file, &alert, timeout_secs).await,
+        } => demo(&stack, &alert, timeout_secs).await,
+        Cmd::Stack { stack } => {
+            let up = up(&stack).await?;
+            println!("[stack] up; Ctrl-C stops the simulator (moto is stopped by ./dev)");
+            tokio::signal::ctrl_c().await?;
+            up.sim.shutdown().await;
+            Ok(())
+        }
     }
 }
 
-async fn demo(
-    fleet: &str,
-    time_scale: f64,
-    prefix: &str,
-    env_file: &str,
-    alert_file: &str,
-    timeout_secs: u64,
-) -> Result<(), BoxError> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").map_err(
-        |_| "AWS_ENDPOINT_URL is not set: run this through ./dev demo, which starts moto",
-    )?;
-    let mut config = SimConfig::from_toml_file(fleet)?;
-    config.sim.time_scale = time_scale;
+struct Up {
+    sim: SimServer,
+    sdk: aws_config::SdkConfig,
+    stack: local_stack::ProvisionedStack,
+    env: std::collections::BTreeMap<String, String>,
+    endpoint: String,
+}
+
+/// Starts the simulator, provisions the stack on moto and writes the functions' environment.
+async fn up(args: &StackArgs) -> Result<Up, BoxError> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .map_err(|_| "AWS_ENDPOINT_URL is not set: run this through ./dev, which starts moto")?;
+    let mut config = SimConfig::from_toml_file(&args.fleet)?;
+    config.sim.time_scale = args.time_scale;
     let client = config
         .clients
         .first()
         .cloned()
         .ok_or("the fleet has no [[clients]]")?;
-    let sim = SimServer::start(config, "127.0.0.1:0".parse()?).await?;
+    let sim = SimServer::start(config, ([127, 0, 0, 1], args.sim_port).into()).await?;
     println!("[stack] moto (AWS) at {endpoint}");
     println!(
-        "[stack] mde-sim (Defender) at {} (time x{time_scale})",
-        sim.api_base
+        "[stack] mde-sim (Defender) at {} (time x{})",
+        sim.api_base, args.time_scale
     );
-
     let sdk = shared::aws::sdk_config().await;
     let creds = serde_json::json!({
         "tenant_id": client.tenant_id,
@@ -94,7 +114,7 @@ async fn demo(
     let stack = provision(
         &sdk,
         &StackNames {
-            prefix: prefix.into(),
+            prefix: args.prefix.clone(),
         },
         &creds.to_string(),
         ProvisionOptions {
@@ -116,20 +136,59 @@ async fn demo(
         "[stack] Defender credentials in Secrets Manager: {}",
         stack.secret_arn
     );
-
     let mut env = stack.env.clone();
     env.insert("MDE_API_BASE_URL".into(), sim.api_base.clone());
     env.insert("MDE_LOGIN_BASE_URL".into(), sim.login_base.clone());
     env.insert("AWS_ENDPOINT_URL".into(), endpoint.clone());
-    if let Some(parent) = std::path::Path::new(env_file).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(env_file, text)?;
-    println!("[stack] function environment written to {env_file}");
-
     env.insert("DOWNLOAD_ALLOWED_HOSTS".into(), "127.0.0.1".into());
     env.insert("POLL_DELAYS_SECS".into(), "2,2,5".into());
+    for (k, v) in [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ] {
+        env.insert(k.into(), std::env::var(k).unwrap_or_else(|_| v.into()));
+    }
+    std::fs::create_dir_all(&args.env_dir)?;
+    let write = |name: &str, extra: Option<(&str, &str)>| -> std::io::Result<String> {
+        let path = format!("{}/{name}.env", args.env_dir);
+        let mut text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        if let Some((k, v)) = extra {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    write("stack", None)?;
+    for (function, stage) in [
+        ("intake", "alerts"),
+        ("submit", "submit"),
+        ("poll", "poll"),
+        ("collect", "collect"),
+    ] {
+        let path = write(
+            function,
+            Some(("DEAD_LETTER_QUEUE_URL", &stack.dlq_urls[stage])),
+        )?;
+        println!("[stack] environment for {function}: {path}");
+    }
+    Ok(Up {
+        sim,
+        sdk,
+        stack,
+        env,
+        endpoint,
+    })
+}
+
+async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(), BoxError> {
+    let Up {
+        sim,
+        sdk,
+        stack,
+        env,
+        endpoint,
+    } = up(args).await?;
     let pipeline = LocalPipeline::start(&sdk, &stack, &env, RunnerOptions::default()).await?;
     println!(
         "[stack] intake, submit, poll and collect running under the local event-source runner"
