@@ -26,8 +26,7 @@ pub enum InitError {
 
 pub type Defender = DefenderClient<SecretsManagerCredentials>;
 
-fn defender(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Defender, InitError> {
-    let cfg = DefenderConfig::from_env(env)?;
+fn defender(cfg: &DefenderConfig, sdk: &aws_config::SdkConfig) -> Result<Defender, InitError> {
     let http = http_client(cfg.http_timeout).map_err(|e| InitError::Other(e.to_string()))?;
     let creds = SecretsManagerCredentials::new(
         aws_sdk_secretsmanager::Client::new(sdk),
@@ -48,8 +47,13 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// Every setting intake reads, checked (no AWS calls).
+    pub fn config(env: &dyn Env) -> Result<IntakeConfig, ConfigError> {
+        IntakeConfig::from_env(env)
+    }
+
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let cfg = IntakeConfig::from_env(env)?;
+        let cfg = Self::config(env)?;
         let store = S3Store::new(s3_client(sdk), &cfg.bucket);
         let playbooks = match &cfg.playbooks_s3_uri {
             None => Playbooks::bundled()?,
@@ -108,12 +112,17 @@ pub struct Submit {
 }
 
 impl Submit {
+    /// Every setting submit reads, checked (no AWS calls).
+    pub fn config(env: &dyn Env) -> Result<(SubmitConfig, DefenderConfig), ConfigError> {
+        Ok((SubmitConfig::from_env(env)?, DefenderConfig::from_env(env)?))
+    }
+
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let cfg = SubmitConfig::from_env(env)?;
+        let (cfg, defender_cfg) = Self::config(env)?;
         Ok(Self {
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(env, sdk)?,
+            defender: defender(&defender_cfg, sdk)?,
             cfg,
         })
     }
@@ -149,12 +158,17 @@ pub struct Poll {
 }
 
 impl Poll {
+    /// Every setting poll reads, checked (no AWS calls).
+    pub fn config(env: &dyn Env) -> Result<(PollConfig, DefenderConfig), ConfigError> {
+        Ok((PollConfig::from_env(env)?, DefenderConfig::from_env(env)?))
+    }
+
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let cfg = PollConfig::from_env(env)?;
+        let (cfg, defender_cfg) = Self::config(env)?;
         Ok(Self {
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(env, sdk)?,
+            defender: defender(&defender_cfg, sdk)?,
             cfg,
         })
     }
@@ -191,12 +205,20 @@ pub struct Collect {
 }
 
 impl Collect {
+    /// Every setting collect reads, checked (no AWS calls).
+    pub fn config(env: &dyn Env) -> Result<(CollectConfig, DefenderConfig), ConfigError> {
+        Ok((
+            CollectConfig::from_env(env)?,
+            DefenderConfig::from_env(env)?,
+        ))
+    }
+
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let cfg = CollectConfig::from_env(env)?;
+        let (cfg, defender_cfg) = Self::config(env)?;
         Ok(Self {
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(env, sdk)?,
+            defender: defender(&defender_cfg, sdk)?,
             fetch: HttpFetch::new(cfg.download_timeout).map_err(InitError::Other)?,
             cfg,
         })

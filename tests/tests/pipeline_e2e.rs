@@ -122,7 +122,7 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
         .s3
         .list_objects_v2()
         .bucket(&stack.stack.bucket)
-        .prefix(format!("runs/{run}/staging/"))
+        .prefix(format!("staging/{run}/"))
         .send()
         .await
         .unwrap();

@@ -359,8 +359,9 @@ async fn copy<S: ObjectStore, F: Fetch>(
         .await
         .map_err(CopyError::Download)?;
     let part = part_size(download.content_length, cfg.part_size_min);
+    // Staging lives outside runs/ so that a lifecycle rule can expire what a crash leaves behind.
     let staging = format!(
-        "runs/{}/staging/{}-{}",
+        "staging/{}/{}-{}",
         run.run_id,
         job.index,
         uuid::Uuid::new_v4().simple()

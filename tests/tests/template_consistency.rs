@@ -1,0 +1,257 @@
+//! The deployment template against the code: every function maps to a workspace binary, sets
+//! exactly the environment variables its configuration reads (and enough of them to start), and
+//! the queue settings match what the local stack provisions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use serde_yaml::Value;
+use shared::config::Env;
+use shared::entry::{Collect, Intake, Poll, Submit};
+
+/// Serves a fixed map and remembers every name asked for.
+struct RecordingEnv {
+    values: BTreeMap<String, String>,
+    asked: Mutex<BTreeSet<String>>,
+}
+
+impl Env for RecordingEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.asked.lock().unwrap().insert(name.to_string());
+        self.values.get(name).cloned()
+    }
+}
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn untag(v: &Value) -> &Value {
+    match v {
+        Value::Tagged(t) => &t.value,
+        other => other,
+    }
+}
+
+fn tag(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) => Some(t.tag.to_string()),
+        _ => None,
+    }
+}
+
+/// A value of the kind the template would give this variable at deploy time.
+fn sample(name: &str, params: &Value) -> String {
+    let default = |p: &str| {
+        let d = &params[p]["Default"];
+        d.as_str()
+            .map(str::to_string)
+            .or_else(|| d.as_u64().map(|n| n.to_string()))
+            .unwrap()
+    };
+    match name {
+        n if n.ends_with("_QUEUE_URL") => {
+            "https://sqs.us-east-1.amazonaws.com/123456789012/q".into()
+        }
+        "EVIDENCE_BUCKET" => "lr-evidence-123".into(),
+        "MDE_CLOUD" => default("MdeCloud"),
+        "MDE_API_BASE_URL" => "https://api-eu.securitycenter.microsoft.com".into(),
+        "MDE_LOGIN_BASE_URL" => "https://login.microsoftonline.com".into(),
+        "MDE_TOKEN_SCOPE" => "https://api.securitycenter.microsoft.com/.default".into(),
+        "MDE_CREDENTIALS_SECRET_ID" => {
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:x".into()
+        }
+        "POLL_DELAYS_SECS" => default("PollDelaysSecs"),
+        "RETRY_BASE_SECS" => default("RetryBaseSecs"),
+        "RETRY_MAX_SECS" => default("RetryMaxSecs"),
+        "DOWNLOAD_ALLOWED_HOSTS" => default("DownloadAllowedHosts"),
+        "PLAYBOOKS_S3_URI" => "s3://playbooks-bucket/playbooks.toml".into(),
+        "MAX_RUN_DEADLINE_SECS" => "7200".into(),
+        other => panic!(
+            "the template sets {other}, which this test does not know: add it here and to the code"
+        ),
+    }
+}
+
+fn check_config(binary: &str, env: &RecordingEnv) -> Result<(), String> {
+    match binary {
+        "intake" => Intake::config(env).map(|_| ()).map_err(|e| e.to_string()),
+        "submit" => Submit::config(env).map(|_| ()).map_err(|e| e.to_string()),
+        "poll" => Poll::config(env).map(|_| ()).map_err(|e| e.to_string()),
+        "collect" => Collect::config(env).map(|_| ()).map_err(|e| e.to_string()),
+        other => Err(format!("no entry point for binary {other}")),
+    }
+}
+
+fn functions(t: &Value) -> Vec<(String, &Value)> {
+    t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .map(|(k, r)| (k.as_str().unwrap().to_string(), r))
+        .collect()
+}
+
+#[test]
+fn every_function_maps_to_a_workspace_binary_and_back() {
+    let t = template();
+    let in_template: BTreeSet<String> = functions(&t)
+        .iter()
+        .map(|(name, r)| {
+            assert_eq!(r["Metadata"]["BuildMethod"], "rust-cargolambda", "{name}");
+            r["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../functions");
+    let mut in_workspace = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let name = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("name = \"")
+                    .and_then(|r| r.strip_suffix('"'))
+            })
+            .unwrap();
+        in_workspace.insert(name.to_string());
+    }
+    assert_eq!(in_template, in_workspace);
+}
+
+#[test]
+fn each_function_sets_exactly_the_variables_its_configuration_reads() {
+    let t = template();
+    let params = &t["Parameters"];
+    for (name, r) in functions(&t) {
+        let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        let vars = r["Properties"]["Environment"]["Variables"]
+            .as_mapping()
+            .unwrap();
+        let mut always = BTreeMap::new();
+        let mut conditional = BTreeMap::new();
+        for (k, v) in vars {
+            let k = k.as_str().unwrap().to_string();
+            let value = sample(&k, params);
+            // `!If [cond, x, !Ref AWS::NoValue]` leaves the variable out when the condition is false.
+            let optional = tag(v).as_deref() == Some("!If")
+                && untag(v)[2]
+                    == Value::Tagged(Box::new(serde_yaml::value::TaggedValue {
+                        tag: serde_yaml::value::Tag::new("Ref"),
+                        value: Value::String("AWS::NoValue".into()),
+                    }));
+            if optional {
+                conditional.insert(k, value);
+            } else {
+                always.insert(k, value);
+            }
+        }
+        // With every variable: starts, and reads each one.
+        let full = RecordingEnv {
+            values: always
+                .clone()
+                .into_iter()
+                .chain(conditional.clone())
+                .collect(),
+            asked: Mutex::new(BTreeSet::new()),
+        };
+        check_config(binary, &full)
+            .unwrap_or_else(|e| panic!("{name} with all its variables: {e}"));
+        let asked = full.asked.into_inner().unwrap();
+        for k in always.keys().chain(conditional.keys()) {
+            assert!(
+                asked.contains(k),
+                "{name} sets {k}, which {binary} never reads"
+            );
+        }
+        // Without the conditional ones: still starts.
+        let minimal = RecordingEnv {
+            values: always,
+            asked: Mutex::new(BTreeSet::new()),
+        };
+        check_config(binary, &minimal)
+            .unwrap_or_else(|e| panic!("{name} without its optional variables: {e}"));
+    }
+}
+
+#[test]
+fn queues_event_sources_and_recursion_match_the_runtime_rules() {
+    let t = template();
+    let resources = &t["Resources"];
+    let timeouts: BTreeMap<&str, u64> = local_stack::QUEUES
+        .iter()
+        .map(|q| (q.stage, q.function_timeout_secs as u64))
+        .collect();
+    let stage_of = |function: &str| match function {
+        "IntakeFunction" => "alerts",
+        "SubmitFunction" => "submit",
+        "PollFunction" => "poll",
+        "CollectFunction" => "collect",
+        other => panic!("unknown function {other}"),
+    };
+    for (name, r) in functions(&t) {
+        let timeout = r["Properties"]["Timeout"].as_u64().unwrap();
+        let stage = stage_of(&name);
+        assert_eq!(
+            timeout, timeouts[stage],
+            "{name}: the local stack provisions the same timeout"
+        );
+        let events = r["Properties"]["Events"].as_mapping().unwrap();
+        assert_eq!(events.len(), 1, "{name}");
+        let (_, event) = events.iter().next().unwrap();
+        assert_eq!(event["Type"], "SQS");
+        assert_eq!(
+            event["Properties"]["FunctionResponseTypes"][0], "ReportBatchItemFailures",
+            "{name}"
+        );
+        assert!(
+            event["Properties"]["ScalingConfig"]["MaximumConcurrency"] != Value::Null,
+            "{name}"
+        );
+        let queue_ref = untag(&event["Properties"]["Queue"]).as_str().unwrap();
+        let queue = queue_ref.trim_end_matches(".Arn");
+        let visibility = resources[queue]["Properties"]["VisibilityTimeout"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            visibility >= 6 * timeout,
+            "{queue}: visibility {visibility} < 6 x {timeout}"
+        );
+        assert_eq!(visibility, timeout * local_stack::VISIBILITY_FACTOR as u64);
+        let redrive = &resources[queue]["Properties"]["RedrivePolicy"];
+        assert_eq!(
+            redrive["maxReceiveCount"].as_u64(),
+            Some(local_stack::MAX_RECEIVE_COUNT as u64)
+        );
+        let dlq = untag(&redrive["deadLetterTargetArn"])
+            .as_str()
+            .unwrap()
+            .trim_end_matches(".Arn");
+        assert_eq!(resources[dlq]["Type"], "AWS::SQS::Queue");
+        let self_triggering = matches!(stage, "submit" | "poll" | "collect");
+        if self_triggering {
+            assert_eq!(
+                r["Properties"]["RecursiveLoop"], "Allow",
+                "{name} re-enqueues itself"
+            );
+        }
+    }
+    let bucket = &resources["EvidenceBucket"]["Properties"];
+    let sse = &bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"];
+    assert_eq!(sse["SSEAlgorithm"], "aws:kms");
+    assert_eq!(bucket["VersioningConfiguration"]["Status"], "Enabled");
+    assert_eq!(
+        bucket["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"],
+        true
+    );
+    let policy = serde_yaml::to_string(&resources["EvidenceBucketPolicy"]).unwrap();
+    assert!(policy.contains("aws:SecureTransport"));
+    for output in ["AlertsQueueUrl", "AlertsQueueArn", "EvidenceBucketName"] {
+        assert!(t["Outputs"][output] != Value::Null, "output {output}");
+    }
+}
