@@ -381,3 +381,92 @@ async fn a_duplicate_alert_makes_one_run() {
     assert_eq!(stack.sim.stats().actions_created, 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn injected_faults_are_survived_and_the_hashes_still_match() {
+    use mde_sim::{EndpointFaults, Faults};
+    let size = 10 * MIB;
+    let devices: Vec<Device> = (0..3)
+        .map(|i| dev(&machine(100 + i), &[(BIG, size)]))
+        .collect();
+    let mut config = fleet(devices);
+    let mut faults = Faults {
+        seed: 7,
+        not_found_after_create_secs: 3,
+        download_cut_probability: 0.5,
+        download_cut_after_bytes: 3 * MIB,
+        link_early_expiry_probability: 0.2,
+        link_early_expiry_secs: 20,
+        ..Faults::default()
+    };
+    let flaky = |p429: f64, p500: f64, p503: f64| EndpointFaults {
+        p429,
+        p429_without_retry_after: 0.5,
+        p500,
+        p503,
+    };
+    faults
+        .endpoints
+        .insert("submit".into(), flaky(0.2, 0.0, 0.2));
+    faults
+        .endpoints
+        .insert("get_action".into(), flaky(0.3, 0.1, 0.0));
+    faults.endpoints.insert("link".into(), flaky(0.2, 0.2, 0.0));
+    faults
+        .endpoints
+        .insert("list_actions".into(), flaky(0.0, 0.2, 0.0));
+    config.faults = faults;
+    let stack = Stack::start(config, &[]).await;
+    for i in 0..3 {
+        let alert = native_alert(
+            &format!("faulty-{i}"),
+            &machine(100 + i),
+            "Malware",
+            &[("file_path", BIG)],
+        );
+        stack.send_alert(&alert.to_string()).await;
+    }
+    for i in 0..3 {
+        let m = stack
+            .manifest(
+                &run_id(
+                    "native",
+                    &format!("faulty-{i}"),
+                    &machine(100 + i),
+                    "malware-file",
+                ),
+                240,
+            )
+            .await;
+        assert_eq!(
+            m.outcome,
+            Some(RunOutcome::Succeeded),
+            "alert {i}: {:?}",
+            m.reason
+        );
+        let expected = expected_file(&machine(100 + i), BIG, size);
+        assert_eq!(
+            m.commands[1].outcome,
+            CommandOutcome::Collected,
+            "{:?}",
+            m.commands[1].reason
+        );
+        assert_eq!(
+            m.commands[1].sha256_decompressed.as_deref(),
+            Some(sha256_hex(&expected).as_str())
+        );
+        let stored = stack
+            .object(m.commands[1].s3_key.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(Some(sha256_hex(&stored)), m.commands[1].sha256);
+    }
+    let stats = stack.sim.stats();
+    assert_eq!(stats.actions_created, 3, "no live response ran twice");
+    assert!(
+        stats.downloads_cut > 0,
+        "downloads were cut and resumed: {stats:?}"
+    );
+    assert!(stats.injected_faults > 5, "{stats:?}");
+    stack.stop().await;
+}

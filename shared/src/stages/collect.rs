@@ -164,7 +164,13 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         return Ok(Done::new(&run_id, "link_refused", reason));
     }
 
-    match copy(cfg, store, fetch, &run, &job, command.kind, &link).await {
+    let source = Source {
+        defender,
+        fetch,
+        cfg,
+        job: &job,
+    };
+    match copy(store, &source, &run, command.kind, &link).await {
         Ok(copied) => {
             let rec = CommandRecord {
                 v: RECORD_VERSION,
@@ -345,15 +351,46 @@ impl Write for HashSink {
     }
 }
 
-async fn copy<S: ObjectStore, F: Fetch>(
-    cfg: &CollectConfig,
+/// Where the package comes from; asked again for a fresh link when a download breaks off.
+struct Source<'a, D, F> {
+    defender: &'a D,
+    fetch: &'a F,
+    cfg: &'a CollectConfig,
+    job: &'a CollectJob,
+}
+
+impl<D: Defender, F: Fetch> Source<'_, D, F> {
+    /// A fresh link, checked like the first, opened at byte `from`.
+    async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
+        let link = self
+            .defender
+            .result_download_link(&self.job.action_id, self.job.index)
+            .await
+            .map_err(|e| CopyError::Download(format!("asking for a fresh link: {e}")))?;
+        check_link(
+            link.url.expose(),
+            &self.cfg.allowed_hosts,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(CopyError::Download)?;
+        self.fetch
+            .open(&link.url, from)
+            .await
+            .map_err(CopyError::Download)
+    }
+}
+
+/// Resumptions with a Range request within one copy attempt.
+const MAX_RESUMES: u32 = 10;
+
+async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
     store: &S,
-    fetch: &F,
+    source: &Source<'_, D, F>,
     run: &RunRecord,
-    job: &CollectJob,
     kind: CommandType,
     link: &DownloadLink,
 ) -> Result<Copied, CopyError> {
+    let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
     let download = fetch
         .open(&link.url, 0)
         .await
@@ -370,7 +407,7 @@ async fn copy<S: ObjectStore, F: Fetch>(
         .begin_upload(&staging)
         .await
         .map_err(CopyError::Store)?;
-    let streamed = stream_parts(store, &staging, &upload_id, part, kind, download).await;
+    let streamed = stream_parts(store, &staging, &upload_id, part, kind, download, source).await;
     let (parts, hashes) = match streamed {
         Ok(x) => x,
         Err(e) => {
@@ -420,14 +457,16 @@ struct Hashes {
     transcript: Option<Transcript>,
 }
 
-async fn stream_parts<S: ObjectStore>(
+async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
     store: &S,
     key: &str,
     upload_id: &str,
     part_size: usize,
     kind: CommandType,
     mut download: crate::ports::Download,
+    source: &Source<'_, D, F>,
 ) -> Result<(Vec<(i32, String)>, Hashes), CopyError> {
+    let mut resumes = 0u32;
     let expected = download.content_length;
     let mut hasher = Sha256::new();
     let mut gz = (kind == CommandType::GetFile).then(|| {
@@ -441,7 +480,28 @@ async fn stream_parts<S: ObjectStore>(
     let mut parts = Vec::new();
     let mut total = 0u64;
     while let Some(chunk) = download.stream.next().await {
-        let chunk = chunk.map_err(CopyError::Download)?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(reason) => {
+                // Everything received so far is hashed and buffered or uploaded: go on from there.
+                resumes += 1;
+                if resumes > MAX_RESUMES {
+                    return Err(CopyError::Download(format!(
+                        "{reason} (after {MAX_RESUMES} resumptions)"
+                    )));
+                }
+                tracing::info!(run_id = %source.job.run_id, index = source.job.index, at = total, %reason, "download broke off; resuming with a fresh link");
+                download = source.reopen(total).await?;
+                if let (Some(len), Some(rest)) = (expected, download.content_length)
+                    && len != total + rest
+                {
+                    return Err(CopyError::Download(format!(
+                        "resumed download is {rest} bytes from {total}, but the package is {len}"
+                    )));
+                }
+                continue;
+            }
+        };
         total += chunk.len() as u64;
         hasher.update(&chunk);
         if let Some(d) = gz.as_mut()
