@@ -1,6 +1,8 @@
 //! Shared set-up for the integration tests: moto (started by `./dev test`), the simulator, and
 //! clients wired the way the functions wire them.
 
+pub mod fakes;
+
 use std::net::SocketAddr;
 
 use mde_sim::{Device, DeviceFile, Script, SimConfig, SimServer};
@@ -315,4 +317,21 @@ pub fn run_id(format: &str, alert_id: &str, machine: &str, playbook: &str) -> sh
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The hostile-input corpus: (name, body, expected reject code).
+pub fn corpus() -> Vec<(String, String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        name: String,
+        body: String,
+        code: String,
+    }
+    include_str!("../corpus/hostile-alerts.jsonl")
+        .lines()
+        .map(|l| {
+            let c: Case = serde_json::from_str(l).expect("corpus line");
+            (c.name, c.body, c.code)
+        })
+        .collect()
 }

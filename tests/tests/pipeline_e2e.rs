@@ -470,3 +470,62 @@ async fn injected_faults_are_survived_and_the_hashes_still_match() {
     assert!(stats.injected_faults > 5, "{stats:?}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hostile_corpus_lands_in_the_dead_letter_queue_with_reasons() {
+    let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, 1000)])]), &[]).await;
+    // SQS itself refuses bodies over 256 KiB, so those cases never reach intake.
+    let cases: Vec<_> = corpus()
+        .into_iter()
+        .filter(|(_, b, _)| b.len() < 250 * 1024)
+        .collect();
+    let good = native_alert("good-amid-hostile", M1, "Malware", &[("file_path", BIG)]).to_string();
+    for chunk in cases.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, body, _))| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("e{i}"))
+                    .message_body(body)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = stack
+            .sqs
+            .send_message_batch()
+            .queue_url(&stack.stack.queue_urls["alerts"])
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed().is_empty(), "{:?}", out.failed());
+    }
+    stack.send_alert(&good).await;
+    let m = stack
+        .manifest(
+            &run_id("native", "good-amid-hostile", M1, "malware-file"),
+            90,
+        )
+        .await;
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+    let mut dead = Vec::new();
+    for _ in 0..60 {
+        dead.extend(stack.dead_letters("alerts").await);
+        if dead.len() >= cases.len() {
+            break;
+        }
+    }
+    assert_eq!(dead.len(), cases.len());
+    for (name, body, code) in &cases {
+        let (_, attrs) = dead
+            .iter()
+            .find(|(b, _)| b == body)
+            .unwrap_or_else(|| panic!("{name}: not in the DLQ with its body intact"));
+        assert_eq!(&attrs["lr-reject-code"], code, "{name}");
+        assert!(!attrs["lr-reject-reason"].is_empty());
+    }
+    assert_eq!(stack.sim.stats().actions_created, 1);
+    stack.stop().await;
+}

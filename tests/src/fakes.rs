@@ -1,0 +1,168 @@
+//! In-memory ports, for stage tests that need no network.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shared::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored};
+
+#[derive(Default)]
+pub struct MemStore {
+    pub objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
+    uploads: Mutex<BTreeMap<String, Vec<(i32, Bytes)>>>,
+    version: Mutex<u64>,
+}
+
+impl MemStore {
+    fn next(&self) -> u64 {
+        let mut v = self.version.lock().unwrap();
+        *v += 1;
+        *v
+    }
+}
+
+impl ObjectStore for MemStore {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        Ok(self.objects.lock().unwrap().get(key).map(|(b, v)| Stored {
+            body: b.clone(),
+            etag: v.to_string(),
+        }))
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, condition: Put) -> Result<PutResult, StoreError> {
+        let v = self.next();
+        let mut o = self.objects.lock().unwrap();
+        let ok = match (&condition, o.get(key)) {
+            (Put::Always, _) => true,
+            (Put::IfAbsent, existing) => existing.is_none(),
+            (Put::IfMatch(etag), Some((_, cur))) => *etag == cur.to_string(),
+            (Put::IfMatch(_), None) => false,
+        };
+        if !ok {
+            return Ok(PutResult::Conflict);
+        }
+        o.insert(key.to_string(), (Bytes::from(body), v));
+        Ok(PutResult::Written {
+            etag: v.to_string(),
+        })
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+        let id = format!("{key}#{}", self.next());
+        self.uploads.lock().unwrap().insert(id.clone(), Vec::new());
+        Ok(id)
+    }
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        n: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let mut u = self.uploads.lock().unwrap();
+        u.get_mut(upload_id)
+            .ok_or_else(|| StoreError("no upload".into()))?
+            .push((n, body));
+        Ok(format!("etag-{n}"))
+    }
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        _parts: Vec<(i32, String)>,
+    ) -> Result<(), StoreError> {
+        let parts = self
+            .uploads
+            .lock()
+            .unwrap()
+            .remove(upload_id)
+            .ok_or_else(|| StoreError("no upload".into()))?;
+        let body: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b.to_vec()).collect();
+        let v = self.next();
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (Bytes::from(body), v));
+        Ok(())
+    }
+    async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.uploads.lock().unwrap().remove(upload_id);
+        Ok(())
+    }
+    async fn publish(
+        &self,
+        from: &str,
+        to: &str,
+        _metadata: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut o = self.objects.lock().unwrap();
+        let obj = o
+            .remove(from)
+            .ok_or_else(|| StoreError(format!("no {from}")))?;
+        o.insert(to.to_string(), obj);
+        Ok(())
+    }
+}
+
+/// A sent message: queue, body, delay; or a rejected one: DLQ, body, code, reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sent {
+    Message {
+        queue: String,
+        body: String,
+        delay: Duration,
+    },
+    Rejected {
+        dlq: String,
+        body: String,
+        stage: String,
+        code: String,
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+pub struct MemQueue {
+    pub sent: Mutex<Vec<Sent>>,
+}
+
+impl Queue for MemQueue {
+    async fn send(&self, queue_url: &str, body: &str, delay: Duration) -> Result<(), QueueError> {
+        self.sent.lock().unwrap().push(Sent::Message {
+            queue: queue_url.into(),
+            body: body.into(),
+            delay,
+        });
+        Ok(())
+    }
+    async fn send_rejected(
+        &self,
+        dlq_url: &str,
+        body: &str,
+        stage: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.sent.lock().unwrap().push(Sent::Rejected {
+            dlq: dlq_url.into(),
+            body: body.into(),
+            stage: stage.into(),
+            code: code.into(),
+            reason: reason.into(),
+        });
+        Ok(())
+    }
+}
