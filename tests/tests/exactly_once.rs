@@ -1,0 +1,154 @@
+//! A submission that reached Defender but whose answer was lost (the connection dropped, or the
+//! invocation died before recording it) is found again by the run id in its comment: the live
+//! response runs once.
+
+use shared::alerts::playbook::Playbooks;
+use shared::config::{Backoff, IntakeConfig, SubmitConfig};
+use shared::defender::{
+    ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
+    MachineId,
+};
+use shared::ports::Defender;
+use shared::store::{RunState, load_run};
+use std::time::Duration;
+use tests::fakes::{MemQueue, MemStore, Sent};
+use tests::*;
+
+/// Passes every call through, but loses the answer to the first submission.
+struct LosesFirstAnswer<D> {
+    inner: D,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl<D: Defender> Defender for LosesFirstAnswer<D> {
+    async fn run_live_response(
+        &self,
+        m: &MachineId,
+        r: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        let result = self.inner.run_live_response(m, r).await;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            result?;
+            return Err(DefenderError::Transient {
+                reason: "connection reset after the request was sent".into(),
+            });
+        }
+        result
+    }
+    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
+        self.inner.get_machine_action(id).await
+    }
+    async fn list_machine_actions(
+        &self,
+        f: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        self.inner.list_machine_actions(f).await
+    }
+    async fn result_download_link(
+        &self,
+        id: &ActionId,
+        index: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        self.inner.result_download_link(id, index).await
+    }
+    async fn cancel_machine_action(
+        &self,
+        id: &ActionId,
+        c: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        self.inner.cancel_machine_action(id, c).await
+    }
+}
+
+fn last_message(queue: &MemQueue, to: &str) -> (String, Duration) {
+    queue
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Sent::Message { queue, body, delay } if queue == to => Some((body.clone(), *delay)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nothing sent to {to}"))
+}
+
+#[tokio::test]
+async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
+    let config = sim_config();
+    let sim = start_sim(config.clone()).await;
+    let defender = LosesFirstAnswer {
+        inner: client(&sim, &config),
+        lost: Default::default(),
+    };
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let intake_cfg = IntakeConfig {
+        bucket: "b".into(),
+        submit_queue_url: "submit".into(),
+        dead_letter_queue_url: "dlq".into(),
+        playbooks_s3_uri: None,
+        max_run_deadline: None,
+    };
+    let submit_cfg = SubmitConfig {
+        bucket: "b".into(),
+        submit_queue_url: "submit".into(),
+        poll_queue_url: "poll".into(),
+        dead_letter_queue_url: "dlq".into(),
+        first_poll_delay: Duration::from_secs(15),
+        retry: Backoff {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(60),
+        },
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let alert = native_alert("lost-1", M1, "Malware", &[("file_path", FILE)]).to_string();
+    let done = shared::stages::intake::handle(
+        &intake_cfg,
+        &Playbooks::bundled().unwrap(),
+        &store,
+        &queue,
+        &alert,
+        now,
+    )
+    .await
+    .unwrap();
+    let run = done.run_id.unwrap();
+
+    let (job, _) = last_message(&queue, "submit");
+    let first = shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &job, now)
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, "transient", "{}", first.detail);
+    assert_eq!(sim.stats().actions_created, 1, "Defender did accept it");
+    let (retry, delay) = last_message(&queue, "submit");
+    assert!(delay >= Duration::from_secs(1), "the retry waits");
+    assert_eq!(
+        load_run(&store, &run).await.unwrap().unwrap().0.state,
+        RunState::Submitting
+    );
+
+    let second =
+        shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &retry, now)
+            .await
+            .unwrap();
+    assert_eq!(second.outcome, "recovered", "{}", second.detail);
+    assert_eq!(sim.stats().actions_created, 1, "no second live response");
+    let (rec, _) = load_run(&store, &run).await.unwrap().unwrap();
+    assert_eq!(rec.state, RunState::Submitted);
+    assert_eq!(
+        rec.action_id.as_ref().map(|a| a.to_string()),
+        sim.actions()[0]["id"].as_str().map(str::to_string)
+    );
+    let (poll, delay) = last_message(&queue, "poll");
+    assert!(poll.contains(rec.action_id.unwrap().as_str()));
+    assert_eq!(delay, Duration::from_secs(15));
+
+    // The same submit job delivered again (SQS is at-least-once) changes nothing.
+    let third = shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &retry, now)
+        .await
+        .unwrap();
+    assert_eq!(third.outcome, "already_submitted");
+    assert_eq!(sim.stats().actions_created, 1);
+}
