@@ -76,7 +76,7 @@ pub(crate) fn optional(env: &dyn Env, var: &'static str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-pub(crate) fn number<T>(
+pub fn number<T>(
     env: &dyn Env,
     var: &'static str,
     default: T,
@@ -530,6 +530,7 @@ impl IntakeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitConfig {
     pub bucket: String,
+    pub budget: crate::budget::BudgetConfig,
     pub submit_queue_url: String,
     pub poll_queue_url: String,
     pub dead_letter_queue_url: String,
@@ -541,6 +542,7 @@ impl SubmitConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
             bucket: bucket(env)?,
+            budget: crate::budget::BudgetConfig::from_env(env)?,
             submit_queue_url: queue_url(
                 env,
                 "SUBMIT_QUEUE_URL",
@@ -564,6 +566,7 @@ pub const DEFAULT_POLL_DELAYS: &str = "15,30,60,120,300,600,900";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollConfig {
     pub bucket: String,
+    pub budget: crate::budget::BudgetConfig,
     pub poll_queue_url: String,
     pub collect_queue_url: String,
     pub dead_letter_queue_url: String,
@@ -575,6 +578,7 @@ impl PollConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
             bucket: bucket(env)?,
+            budget: crate::budget::BudgetConfig::from_env(env)?,
             poll_queue_url: queue_url(
                 env,
                 "POLL_QUEUE_URL",
@@ -595,6 +599,7 @@ impl PollConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectConfig {
     pub bucket: String,
+    pub budget: crate::budget::BudgetConfig,
     pub collect_queue_url: String,
     pub dead_letter_queue_url: String,
     /// Host suffixes a result link may point at.
@@ -633,6 +638,7 @@ impl CollectConfig {
         }
         Ok(Self {
             bucket: bucket(env)?,
+            budget: crate::budget::BudgetConfig::from_env(env)?,
             collect_queue_url: queue_url(
                 env,
                 "COLLECT_QUEUE_URL",

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod aws;
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod defender;
 pub mod entry;

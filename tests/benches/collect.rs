@@ -76,6 +76,10 @@ async fn main() {
         .to_string();
     let cfg = CollectConfig {
         bucket: bucket.clone(),
+        budget: shared::budget::BudgetConfig::from_env(
+            &std::collections::HashMap::<&str, &str>::new(),
+        )
+        .unwrap(),
         collect_queue_url: queue_url.clone(),
         dead_letter_queue_url: queue_url,
         allowed_hosts: vec!["127.0.0.1".into()],

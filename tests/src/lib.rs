@@ -134,13 +134,16 @@ pub struct Stack {
     pub sqs: aws_sdk_sqs::Client,
 }
 
-/// Settings that make a run take seconds: Defender time passes 20 times faster, polls every second.
+/// Settings that make a run take seconds: Defender time passes 20 times faster, polls every second,
+/// and the budgets count in the simulator's minutes.
 pub fn fast_env() -> Vec<(&'static str, String)> {
     vec![
         ("POLL_DELAYS_SECS", "1".into()),
         ("RETRY_BASE_SECS", "1".into()),
         ("RETRY_MAX_SECS", "4".into()),
         ("DOWNLOAD_ALLOWED_HOSTS", "127.0.0.1".into()),
+        // Defender's minute at the simulator's time scale (20x: 3 s), with a margin for clock skew.
+        ("BUDGET_MINUTE_MS", "3300".into()),
     ]
 }
 

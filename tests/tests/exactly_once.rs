@@ -3,6 +3,7 @@
 //! response runs once.
 
 use shared::alerts::playbook::Playbooks;
+use shared::budget::BudgetConfig;
 use shared::config::{Backoff, IntakeConfig, SubmitConfig};
 use shared::defender::{
     ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
@@ -93,6 +94,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     };
     let submit_cfg = SubmitConfig {
         bucket: "b".into(),
+        budget: BudgetConfig::from_env(&std::collections::HashMap::<&str, &str>::new()).unwrap(),
         submit_queue_url: "submit".into(),
         poll_queue_url: "poll".into(),
         dead_letter_queue_url: "dlq".into(),

@@ -529,3 +529,51 @@ async fn the_hostile_corpus_lands_in_the_dead_letter_queue_with_reasons() {
     assert_eq!(stack.sim.stats().actions_created, 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_sixty_alerts_stays_within_defenders_limits_without_a_429() {
+    let devices: Vec<Device> = (0..60)
+        .map(|i| dev(&machine(200 + i), &[(BIG, 20_000)]))
+        .collect();
+    // The documented limits (the simulator's defaults) and no injected faults.
+    let stack = Stack::start(fleet(devices), &[]).await;
+    for i in 0..60 {
+        let alert = native_alert(
+            &format!("burst60-{i}"),
+            &machine(200 + i),
+            "Malware",
+            &[("file_path", BIG)],
+        );
+        stack.send_alert(&alert.to_string()).await;
+    }
+    for i in 0..60 {
+        let m = stack
+            .manifest(
+                &run_id(
+                    "native",
+                    &format!("burst60-{i}"),
+                    &machine(200 + i),
+                    "malware-file",
+                ),
+                300,
+            )
+            .await;
+        assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "alert {i}");
+    }
+    let stats = stack.sim.stats();
+    println!(
+        "burst: {} actions, most submissions in a sliding minute {}, most concurrent sessions {}, 429s {}",
+        stats.actions_created,
+        stats.max_submissions_per_minute,
+        stats.max_concurrent_sessions,
+        stats.throttled
+    );
+    assert_eq!(stats.actions_created, 60);
+    assert!(stats.max_submissions_per_minute <= 10, "{stats:?}");
+    assert!(stats.max_concurrent_sessions <= 25, "{stats:?}");
+    assert_eq!(
+        stats.throttled, 0,
+        "pacing alone kept Defender from answering 429: {stats:?}"
+    );
+    stack.stop().await;
+}

@@ -68,6 +68,7 @@ fn sample(name: &str, params: &Value) -> String {
         "DOWNLOAD_ALLOWED_HOSTS" => default("DownloadAllowedHosts"),
         "PLAYBOOKS_S3_URI" => "s3://playbooks-bucket/playbooks.toml".into(),
         "MAX_RUN_DEADLINE_SECS" => "7200".into(),
+        "BUDGET_RUNNING_SESSIONS" => default("BudgetRunningSessions"),
         other => panic!(
             "the template sets {other}, which this test does not know: add it here and to the code"
         ),

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{Done, StageError, jitter};
+use crate::budget::{self, Grant};
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::messages::{CollectJob, MESSAGE_VERSION, decode, encode};
@@ -122,6 +123,21 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         });
     };
 
+    if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
+        requeue(
+            cfg,
+            queue,
+            &job,
+            job.attempt,
+            wait.max(Duration::from_secs(1)),
+        )
+        .await?;
+        return Ok(Done::new(
+            &run_id,
+            "paced",
+            format!("GET budget full; again in {}s", wait.as_secs()),
+        ));
+    }
     let link = match defender
         .result_download_link(&job.action_id, job.index)
         .await
@@ -165,6 +181,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     }
 
     let source = Source {
+        store,
         defender,
         fetch,
         cfg,
@@ -352,16 +369,32 @@ impl Write for HashSink {
 }
 
 /// Where the package comes from; asked again for a fresh link when a download breaks off.
-struct Source<'a, D, F> {
+struct Source<'a, S, D, F> {
+    store: &'a S,
     defender: &'a D,
     fetch: &'a F,
     cfg: &'a CollectConfig,
     job: &'a CollectJob,
 }
 
-impl<D: Defender, F: Fetch> Source<'_, D, F> {
+impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
     /// A fresh link, checked like the first, opened at byte `from`.
     async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
+        // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
+        let mut waited = Duration::ZERO;
+        while let Grant::Wait(w) =
+            budget::acquire_get(self.store, &self.cfg.budget, OffsetDateTime::now_utc())
+                .await
+                .map_err(CopyError::Store)?
+        {
+            waited += w;
+            if waited > Duration::from_secs(60) {
+                return Err(CopyError::Download(
+                    "GET budget exhausted while resuming".into(),
+                ));
+            }
+            tokio::time::sleep(w).await;
+        }
         let link = self
             .defender
             .result_download_link(&self.job.action_id, self.job.index)
@@ -385,7 +418,7 @@ const MAX_RESUMES: u32 = 10;
 
 async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
     store: &S,
-    source: &Source<'_, D, F>,
+    source: &Source<'_, S, D, F>,
     run: &RunRecord,
     kind: CommandType,
     link: &DownloadLink,
@@ -464,7 +497,7 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
     part_size: usize,
     kind: CommandType,
     mut download: crate::ports::Download,
-    source: &Source<'_, D, F>,
+    source: &Source<'_, S, D, F>,
 ) -> Result<(Vec<(i32, String)>, Hashes), CopyError> {
     let mut resumes = 0u32;
     let expected = download.content_length;

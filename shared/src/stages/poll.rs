@@ -7,6 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Done, StageError, jitter};
+use crate::budget::{self, Grant};
 use crate::config::PollConfig;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, decode, encode};
@@ -57,6 +58,22 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         ));
     }
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
+    if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
+        // The hourly budget is tight: polls stretch out instead of provoking 429s.
+        requeue(
+            cfg,
+            queue,
+            &job,
+            job.polls,
+            wait.max(Duration::from_secs(1)),
+        )
+        .await?;
+        return Ok(Done::new(
+            &run_id,
+            "paced",
+            format!("GET budget full; again in {}s", wait.as_secs()),
+        ));
+    }
     let action = match defender.get_machine_action(&job.action_id).await {
         Ok(a) => a,
         Err(DefenderError::NotFound { .. }) if job.polls < NOT_FOUND_POLLS => {
@@ -88,6 +105,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 true
             })
             .await?;
+            budget::release_session(store, &run_id).await?;
             finish_run_if_complete(store, &run_id).await?;
             return Ok(Done::new(&run_id, "failed", e.to_string()));
         }
@@ -96,6 +114,21 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         return finalize(cfg, store, queue, &run, &action, false, now).await;
     }
     if now >= run.deadline {
+        if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
+            requeue(
+                cfg,
+                queue,
+                &job,
+                job.polls,
+                wait.max(Duration::from_secs(1)),
+            )
+            .await?;
+            return Ok(Done::new(
+                &run_id,
+                "paced",
+                "GET budget full; cancel deferred",
+            ));
+        }
         let comment = format!(
             "{}: deadline passed, cancelled by the pipeline",
             run.run_id.comment_tag()
@@ -237,6 +270,8 @@ async fn finalize<S: ObjectStore, Q: Queue>(
         true
     })
     .await?;
+    // The session is over: its slot in the tenant's budget is free again.
+    budget::release_session(store, &run.run_id).await?;
     for index in &to_collect {
         let job = CollectJob {
             v: MESSAGE_VERSION,

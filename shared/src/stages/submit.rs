@@ -7,6 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Done, StageError, jitter};
+use crate::budget::{self, Grant};
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, decode, encode};
@@ -62,6 +63,9 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
 
     // An earlier attempt may have reached Defender before this invocation died: look first.
     if run.state == RunState::Submitting {
+        if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
+            return pace(cfg, queue, &job, wait).await;
+        }
         let filter = ActionFilter {
             machine_id: Some(run.machine_id.clone()),
             live_response_only: true,
@@ -90,6 +94,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         }
     }
 
+    // Keep within the tenant's submission rate and session cap before asking Defender.
+    if let Grant::Wait(wait) = budget::acquire_submission(store, &cfg.budget, &run_id, now).await? {
+        return pace(cfg, queue, &job, wait).await;
+    }
     update_run(store, &run_id, |r| {
         r.state = RunState::Submitting;
         r.submit_attempts += 1;
@@ -110,9 +118,18 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             ))
         }
         Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
+            // Refused outright (throttled, device busy): no session was taken. After a transient
+            // failure it may have been, so the run keeps its place until poll or a retry settles it.
+            if matches!(
+                e,
+                DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
+            ) {
+                budget::release_session(store, &run_id).await?;
+            }
             retry_later(cfg, queue, &job, &e, "submitting").await
         }
         Err(e) => {
+            budget::release_session(store, &run_id).await?;
             fail_run(
                 store,
                 &run,
@@ -123,6 +140,24 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             Ok(Done::new(&run_id, "refused", e.to_string()))
         }
     }
+}
+
+/// Puts the job back until the budget has room (no Defender call was made).
+async fn pace<Q: Queue>(
+    cfg: &SubmitConfig,
+    queue: &Q,
+    job: &SubmitJob,
+    wait: Duration,
+) -> Result<Done, StageError> {
+    let delay = wait.max(Duration::from_secs(1));
+    queue
+        .send(&cfg.submit_queue_url, &encode(job), delay)
+        .await?;
+    Ok(Done::new(
+        &job.run_id,
+        "paced",
+        format!("tenant budget full; again in {}s", delay.as_secs()),
+    ))
 }
 
 /// Puts the job back with a delay: Defender's Retry-After when it gave one, else backoff.
