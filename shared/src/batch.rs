@@ -2,6 +2,7 @@
 //! message goes to the stage's dead-letter queue with its original body and the reason; only a
 //! message that could not be dealt with at all is reported as failed, for SQS to deliver again.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
@@ -24,6 +25,12 @@ where
     Fut: Future<Output = Result<Done, StageError>>,
 {
     let process = &process;
+    let metrics = std::sync::Mutex::new(BTreeMap::<String, (f64, &'static str)>::new());
+    let add = |name: &str, value: f64, unit: &'static str| {
+        let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name.to_string()).or_insert((0.0, unit)).0 += value;
+    };
+    let add = &add;
     let failures: Vec<BatchItemFailure> = futures_util::stream::iter(event.records)
         .map(|record| async move {
             let message_id = record.message_id.clone().unwrap_or_default();
@@ -38,6 +45,10 @@ where
             };
             let failed = match result {
                 Ok(done) => {
+                    add(&outcome_metric(done.outcome), 1.0, "Count");
+                    for (name, value, unit) in &done.metrics {
+                        add(name, *value, unit);
+                    }
                     tracing::info!(
                         stage,
                         message_id = %message_id,
@@ -54,6 +65,7 @@ where
                         .await
                     {
                         Ok(()) => {
+                            add("Rejected", 1.0, "Count");
                             tracing::warn!(stage, message_id = %message_id, outcome = "rejected", code, reason = %reason, "message refused; original body sent to the dead-letter queue");
                             false
                         }
@@ -64,6 +76,7 @@ where
                     }
                 }
                 Err(StageError::Retry(reason)) => {
+                    add("Redelivered", 1.0, "Count");
                     tracing::warn!(stage, message_id = %message_id, outcome = "retry", reason = %reason, "message left for redelivery");
                     true
                 }
@@ -78,7 +91,89 @@ where
         .filter_map(|f| async move { f })
         .collect()
         .await;
+    let metrics = metrics.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !metrics.is_empty() {
+        // CloudWatch Embedded Metric Format: one JSON line on stdout per batch.
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        println!("{}", emf_line(stage, &metrics, now_ms));
+    }
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
     response
+}
+
+/// `throttled` → `Throttled`, `copy_retry` → `CopyRetry`: outcomes as metric names.
+fn outcome_metric(outcome: &str) -> String {
+    outcome
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A CloudWatch Embedded Metric Format record for one batch, dimensioned by stage.
+pub fn emf_line(
+    stage: &str,
+    metrics: &BTreeMap<String, (f64, &'static str)>,
+    now_ms: i64,
+) -> String {
+    let defs: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|(name, (_, unit))| serde_json::json!({"Name": name, "Unit": unit}))
+        .collect();
+    let mut root = serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "LiveResponsePipeline",
+                "Dimensions": [["Stage"]],
+                "Metrics": defs,
+            }]
+        },
+        "Stage": stage,
+    });
+    if let Some(obj) = root.as_object_mut() {
+        for (name, (value, _)) in metrics {
+            obj.insert(name.clone(), serde_json::json!(value));
+        }
+    }
+    root.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_records_follow_the_format() {
+        let mut m = BTreeMap::new();
+        m.insert("Submitted".to_string(), (3.0, "Count"));
+        m.insert("BytesCopied".to_string(), (1024.0, "Bytes"));
+        let v: serde_json::Value =
+            serde_json::from_str(&emf_line("submit", &m, 1_700_000_000_000)).unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "LiveResponsePipeline"
+        );
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "Stage"
+        );
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        assert_eq!(v["Stage"], "submit");
+        assert_eq!(v["Submitted"], 3.0);
+        assert_eq!(v["BytesCopied"], 1024.0);
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["BytesCopied", "Submitted"]);
+        assert_eq!(outcome_metric("copy_retry"), "CopyRetry");
+    }
 }

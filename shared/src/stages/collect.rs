@@ -218,7 +218,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             };
             put_command(store, &run_id, &rec).await?;
             let manifest = finish_run_if_complete(store, &run_id).await?;
-            Ok(Done::new(
+            let time_to_evidence = (OffsetDateTime::now_utc() - run.created_at).as_seconds_f64();
+            let done = Done::new(
                 &run_id,
                 "collected",
                 format!(
@@ -229,7 +230,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                     copied.sha256,
                     if manifest { "; manifest written" } else { "" }
                 ),
-            ))
+            )
+            .with_metric("BytesCopied", copied.size as f64, "Bytes")
+            .with_metric("TimeToEvidence", time_to_evidence, "Seconds");
+            Ok(done)
         }
         Err(CopyError::Store(e)) => Err(e.into()),
         Err(CopyError::Download(reason)) => {

@@ -9,12 +9,14 @@ pub mod submit;
 use crate::ids::RunId;
 use crate::ports::{QueueError, StoreError};
 
-/// What a stage did with a message, for the one log line per message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a stage did with a message, for the one log line per message and the metrics.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub run_id: Option<RunId>,
     pub outcome: &'static str,
     pub detail: String,
+    /// Values for CloudWatch (name, value, unit), beyond the count of outcomes.
+    pub metrics: Vec<(&'static str, f64, &'static str)>,
 }
 
 impl Done {
@@ -23,7 +25,13 @@ impl Done {
             run_id: Some(run_id.clone()),
             outcome,
             detail: detail.into(),
+            metrics: Vec::new(),
         }
+    }
+
+    pub fn with_metric(mut self, name: &'static str, value: f64, unit: &'static str) -> Self {
+        self.metrics.push((name, value, unit));
+        self
     }
 }
 
