@@ -238,7 +238,10 @@ async fn an_offline_device_past_the_deadline_is_cancelled_and_recorded_timed_out
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_device_waits_its_turn() {
-    let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, 1000)])]), &[]).await;
+    // Slow commands keep the first session open for about ten real seconds.
+    let mut slow = dev(M1, &[(BIG, 1000)]);
+    slow.command_secs = 100;
+    let stack = Stack::start(fleet(vec![slow]), &[]).await;
     stack
         .send_alert(&native_alert("busy-1", M1, "Malware", &[("file_path", BIG)]).to_string())
         .await;

@@ -49,6 +49,8 @@ pub struct Stats {
     pub links_issued: u64,
     pub downloads_cut: u64,
     pub blob_bytes_sent: u64,
+    /// Blob requests that carried an Authorization header (a client leaking its bearer token).
+    pub blob_requests_with_authorization: u64,
 }
 
 struct Link {
@@ -1389,6 +1391,9 @@ fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 
 async fn blob(sim: &Arc<Sim>, req: Request) -> Response {
     let now = sim.clock.now();
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        sim.lock().stats.blob_requests_with_authorization += 1;
+    }
     let path = req.uri().path().to_string();
     let query: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
