@@ -135,6 +135,12 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
         .await
         .unwrap();
     assert!(uploads.uploads().is_empty());
+    let stats = stack.sim.stats();
+    assert!(stats.blob_bytes_sent > 0);
+    assert_eq!(
+        stats.blob_requests_with_authorization, 0,
+        "the bearer token never goes to the blob host"
+    );
     stack.stop().await;
 }
 

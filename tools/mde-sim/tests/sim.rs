@@ -772,11 +772,14 @@ async fn altered_links_are_refused() {
             "{u}"
         );
     }
-    // The bearer token is not what opens a link.
+    // The bearer token is not what opens a link; a client that sends one anyway is counted.
     assert_eq!(
         h.http.get(&url).send().await.unwrap().status(),
         StatusCode::OK
     );
+    assert_eq!(h.sim.stats().blob_requests_with_authorization, 0);
+    h.http.get(&url).bearer_auth(&h.token).send().await.unwrap();
+    assert_eq!(h.sim.stats().blob_requests_with_authorization, 1);
 }
 
 fn endpoint_faults(name: &str, f: EndpointFaults) -> Faults {
