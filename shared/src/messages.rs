@@ -41,6 +41,29 @@ pub struct CollectJob {
     pub attempt: u32,
 }
 
+/// A stage message: names the run it is about.
+pub trait Job: serde::de::DeserializeOwned {
+    fn run_id(&self) -> &RunId;
+}
+
+impl Job for SubmitJob {
+    fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+}
+
+impl Job for PollJob {
+    fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+}
+
+impl Job for CollectJob {
+    fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+}
+
 /// Parses a stage message, checking its version; the error says what was wrong.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
     #[derive(Deserialize)]

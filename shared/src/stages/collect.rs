@@ -16,11 +16,11 @@ use super::{Done, StageError, jitter};
 use crate::budget::{self, Grant};
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
-use crate::messages::{CollectJob, MESSAGE_VERSION, decode, encode};
+use crate::messages::{CollectJob, MESSAGE_VERSION, encode};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
 use crate::store::{
     CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, evidence_key, finish_run_if_complete,
-    load_command, load_run, put_command,
+    load_command, put_command,
 };
 
 /// S3 allows at most 10,000 parts.
@@ -89,17 +89,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     body: &str,
     now: OffsetDateTime,
 ) -> Result<Done, StageError> {
-    let job: CollectJob = decode(body).map_err(|reason| StageError::Reject {
-        code: "invalid_message",
-        reason,
-    })?;
-    let run_id = job.run_id.clone();
-    let Some((run, _)) = load_run(store, &run_id).await? else {
-        return Err(StageError::Reject {
-            code: "unknown_run",
-            reason: format!("run {run_id} has no record"),
-        });
-    };
+    let (job, run_id, run) = super::open::<CollectJob, _>(store, body).await?;
     // Poll left a record with Defender's view of the command; anything further means done already.
     let pending = load_command(store, &run_id, job.index).await?;
     if let Some(rec) = pending

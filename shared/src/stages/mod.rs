@@ -7,7 +7,9 @@ pub mod poll;
 pub mod submit;
 
 use crate::ids::RunId;
-use crate::ports::{QueueError, StoreError};
+use crate::messages::{Job, decode};
+use crate::ports::{ObjectStore, QueueError, StoreError};
+use crate::store::{RunRecord, load_run};
 
 /// What a stage did with a message, for the one log line per message and the metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,4 +64,23 @@ pub fn jitter() -> f64 {
     let b = uuid::Uuid::new_v4();
     let x = u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]));
     (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Decodes a stage message and loads the run it names; either failing is the message's fault.
+pub(crate) async fn open<J: Job, S: ObjectStore>(
+    store: &S,
+    body: &str,
+) -> Result<(J, RunId, RunRecord), StageError> {
+    let job: J = decode(body).map_err(|reason| StageError::Reject {
+        code: "invalid_message",
+        reason,
+    })?;
+    let run_id = job.run_id().clone();
+    let Some((run, _)) = load_run(store, &run_id).await? else {
+        return Err(StageError::Reject {
+            code: "unknown_run",
+            reason: format!("run {run_id} has no record"),
+        });
+    };
+    Ok((job, run_id, run))
 }

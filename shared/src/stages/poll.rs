@@ -10,11 +10,11 @@ use super::{Done, StageError, jitter};
 use crate::budget::{self, Grant};
 use crate::config::PollConfig;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
-use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, decode, encode};
+use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
 use crate::store::{
     CommandOutcome, CommandRecord, RECORD_VERSION, RunOutcome, RunRecord, RunState,
-    finish_run_if_complete, load_run, put_command, update_run,
+    finish_run_if_complete, put_command, update_run,
 };
 
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
@@ -39,17 +39,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     body: &str,
     now: OffsetDateTime,
 ) -> Result<Done, StageError> {
-    let job: PollJob = decode(body).map_err(|reason| StageError::Reject {
-        code: "invalid_message",
-        reason,
-    })?;
-    let run_id = job.run_id.clone();
-    let Some((run, _)) = load_run(store, &run_id).await? else {
-        return Err(StageError::Reject {
-            code: "unknown_run",
-            reason: format!("run {run_id} has no record"),
-        });
-    };
+    let (job, run_id, run) = super::open::<PollJob, _>(store, body).await?;
     if run.state != RunState::Submitted {
         return Ok(Done::new(
             &run_id,

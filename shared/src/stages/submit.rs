@@ -10,9 +10,9 @@ use super::{Done, StageError, jitter};
 use crate::budget::{self, Grant};
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
-use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, decode, encode};
+use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
-use crate::store::{RunOutcome, RunRecord, RunState, finish_run_if_complete, load_run, update_run};
+use crate::store::{RunOutcome, RunRecord, RunState, finish_run_if_complete, update_run};
 
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
@@ -22,17 +22,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     body: &str,
     now: OffsetDateTime,
 ) -> Result<Done, StageError> {
-    let job: SubmitJob = decode(body).map_err(|reason| StageError::Reject {
-        code: "invalid_message",
-        reason,
-    })?;
-    let run_id = job.run_id.clone();
-    let Some((run, _)) = load_run(store, &run_id).await? else {
-        return Err(StageError::Reject {
-            code: "unknown_run",
-            reason: format!("run {run_id} has no record"),
-        });
-    };
+    let (job, run_id, run) = super::open::<SubmitJob, _>(store, body).await?;
     match run.state {
         RunState::Received | RunState::Submitting => {}
         RunState::Submitted => {
