@@ -197,6 +197,7 @@ impl Stack {
     pub async fn start_pipeline(&mut self) {
         let options = local_stack::runner::RunnerOptions {
             failed_visibility: Some(std::time::Duration::from_secs(1)),
+            receive_visibility: Some(std::time::Duration::from_secs(8)),
             ..Default::default()
         };
         self.pipeline = Some(
@@ -287,6 +288,14 @@ impl Stack {
                 (m.body().unwrap_or_default().to_string(), attrs)
             })
             .collect()
+    }
+
+    /// Kills the stages mid-flight (nothing in flight finishes or is deleted) and starts them again.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(p) = self.pipeline.take() {
+            p.kill();
+        }
+        self.start_pipeline().await;
     }
 
     pub async fn stop(mut self) {

@@ -586,3 +586,65 @@ async fn a_burst_of_sixty_alerts_stays_within_defenders_limits_without_a_429() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_stages_mid_flight_loses_nothing_and_runs_nothing_twice() {
+    let n = 12;
+    let devices: Vec<Device> = (0..n)
+        .map(|i| dev(&machine(300 + i), &[(BIG, 4 * MIB + i as u64)]))
+        .collect();
+    let mut stack = Stack::start(fleet(devices), &[]).await;
+    for i in 0..n {
+        let alert = native_alert(
+            &format!("kill-{i}"),
+            &machine(300 + i),
+            "Malware",
+            &[("file_path", BIG)],
+        );
+        stack.send_alert(&alert.to_string()).await;
+    }
+    // Kill at uneven points while runs are being submitted, polled and collected.
+    for pause_ms in [700u64, 1300, 2100, 900] {
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        stack.kill_and_restart().await;
+    }
+    for i in 0..n {
+        let m = stack
+            .manifest(
+                &run_id(
+                    "native",
+                    &format!("kill-{i}"),
+                    &machine(300 + i),
+                    "malware-file",
+                ),
+                240,
+            )
+            .await;
+        assert_eq!(
+            m.outcome,
+            Some(RunOutcome::Succeeded),
+            "alert {i}: {:?}",
+            m.reason
+        );
+        let expected = expected_file(&machine(300 + i), BIG, 4 * MIB + i as u64);
+        assert_eq!(
+            m.commands[1].sha256_decompressed.as_deref(),
+            Some(sha256_hex(&expected).as_str())
+        );
+        let stored = stack
+            .object(m.commands[1].s3_key.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(sha256_hex(&stored)),
+            m.commands[1].sha256,
+            "the evidence object is whole"
+        );
+    }
+    assert_eq!(
+        stack.sim.stats().actions_created,
+        n as u64,
+        "no live response ran twice"
+    );
+    stack.stop().await;
+}

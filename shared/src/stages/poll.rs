@@ -14,7 +14,7 @@ use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
 use crate::store::{
     CommandOutcome, CommandRecord, RECORD_VERSION, RunOutcome, RunRecord, RunState,
-    finish_run_if_complete, put_command, update_run,
+    finish_run_if_complete, load_command, put_command, update_run,
 };
 
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
@@ -40,6 +40,26 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     now: OffsetDateTime,
 ) -> Result<Done, StageError> {
     let (job, run_id, run) = super::open::<PollJob, _>(store, body).await?;
+    if run.state == RunState::Collecting {
+        // Finalised before, but the collect jobs may not all have gone out (a crash between the
+        // record and the sends): send again for every command still waiting for its copy.
+        let mut resent = 0;
+        for index in 0..run.commands.len() as u32 {
+            if load_command(store, &run_id, index)
+                .await?
+                .is_some_and(|c| c.outcome == CommandOutcome::Collecting)
+            {
+                send_collect(cfg, queue, &run_id, &job.action_id, index).await?;
+                resent += 1;
+            }
+        }
+        finish_run_if_complete(store, &run_id).await?;
+        return Ok(Done::new(
+            &run_id,
+            "resent",
+            format!("{resent} collect job(s) sent again"),
+        ));
+    }
     if run.state != RunState::Submitted {
         return Ok(Done::new(
             &run_id,
@@ -177,6 +197,26 @@ async fn requeue<Q: Queue>(
     Ok(())
 }
 
+async fn send_collect<Q: Queue>(
+    cfg: &PollConfig,
+    queue: &Q,
+    run_id: &crate::ids::RunId,
+    action_id: &crate::defender::ActionId,
+    index: u32,
+) -> Result<(), StageError> {
+    let job = CollectJob {
+        v: MESSAGE_VERSION,
+        run_id: run_id.clone(),
+        action_id: action_id.clone(),
+        index,
+        attempt: 0,
+    };
+    queue
+        .send(&cfg.collect_queue_url, &encode(&job), Duration::ZERO)
+        .await?;
+    Ok(())
+}
+
 /// Records every command's outcome, then sends one collect job per command with a result.
 async fn finalize<S: ObjectStore, Q: Queue>(
     cfg: &PollConfig,
@@ -263,16 +303,7 @@ async fn finalize<S: ObjectStore, Q: Queue>(
     // The session is over: its slot in the tenant's budget is free again.
     budget::release_session(store, &run.run_id).await?;
     for index in &to_collect {
-        let job = CollectJob {
-            v: MESSAGE_VERSION,
-            run_id: run.run_id.clone(),
-            action_id: action.id.clone(),
-            index: *index,
-            attempt: 0,
-        };
-        queue
-            .send(&cfg.collect_queue_url, &encode(&job), Duration::ZERO)
-            .await?;
+        send_collect(cfg, queue, &run.run_id, &action.id, *index).await?;
     }
     if to_collect.is_empty() {
         finish_run_if_complete(store, &run.run_id).await?;

@@ -28,6 +28,9 @@ pub struct RunnerOptions {
     /// When set, a failed message becomes visible again after this long instead of the queue's
     /// visibility timeout (Lambda waits the full timeout; tests need not).
     pub failed_visibility: Option<Duration>,
+    /// When set, received messages stay invisible this long instead of the queue's visibility
+    /// timeout, so that a killed runner's messages come back soon (tests only).
+    pub receive_visibility: Option<Duration>,
 }
 
 impl Default for RunnerOptions {
@@ -36,6 +39,7 @@ impl Default for RunnerOptions {
             batch_size: 10,
             wait: Duration::from_secs(1),
             failed_visibility: None,
+            receive_visibility: None,
         }
     }
 }
@@ -131,6 +135,14 @@ impl LocalPipeline {
         Ok(Self { stop, tasks })
     }
 
+    /// Ends every loop at once, mid-batch, as a crashed or timed-out invocation would: messages in
+    /// flight are neither finished nor deleted.
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
     /// Stops polling; batches being handled finish first.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
@@ -168,6 +180,7 @@ async fn event_source(
                 .max_number_of_messages(options.batch_size)
                 .wait_time_seconds(options.wait.as_secs().max(1) as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::All)
+                .set_visibility_timeout(options.receive_visibility.map(|v| v.as_secs() as i32))
                 .send() => r,
             _ = stop.changed() => return,
         };
