@@ -200,6 +200,25 @@ impl ObjectStore for S3Store {
             .map_err(|e| s3_err("delete", key, e))
     }
 
+    async fn open_read(&self, key: &str) -> Result<crate::ports::ByteStream, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_err("read", key, e))?;
+        let stream = futures_util::stream::unfold(out.body, |mut body| async move {
+            match body.next().await {
+                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Err(e)) => Some((Err(format!("reading back from S3: {e}")), body)),
+                None => None,
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
     async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
         let out = self
             .client

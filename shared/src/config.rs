@@ -610,6 +610,9 @@ pub struct CollectConfig {
     pub max_attempts: u32,
     pub retry: Backoff,
     pub download_timeout: Duration,
+    /// How long one invocation copies before it saves a checkpoint and hands the rest to the next
+    /// (the function's timeout is 900 s).
+    pub time_budget: Duration,
 }
 
 pub const DEFAULT_ALLOWED_HOSTS: &str = ".blob.core.windows.net,.blob.core.usgovcloudapi.net";
@@ -658,6 +661,12 @@ impl CollectConfig {
                 "DOWNLOAD_READ_TIMEOUT_SECS",
                 60u64,
                 5..=900,
+            )?),
+            time_budget: Duration::from_secs(number(
+                env,
+                "COLLECT_TIME_BUDGET_SECS",
+                600u64,
+                0..=870,
             )?),
         })
     }

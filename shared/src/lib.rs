@@ -8,6 +8,7 @@ pub mod budget;
 pub mod config;
 pub mod defender;
 pub mod entry;
+pub mod hash;
 pub mod ids;
 pub mod logging;
 pub mod messages;

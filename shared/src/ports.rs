@@ -54,6 +54,8 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<PutResult, StoreError>> + Send;
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Streams an object's bytes.
+    fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
     fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
     fn upload_part(
         &self,

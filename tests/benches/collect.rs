@@ -90,6 +90,7 @@ async fn main() {
             cap: std::time::Duration::from_secs(1),
         },
         download_timeout: std::time::Duration::from_secs(60),
+        time_budget: std::time::Duration::from_secs(870),
     };
     let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
     let queue = SqsQueue::new(sqs);

@@ -60,6 +60,17 @@ impl ObjectStore for MemStore {
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
+    async fn open_read(&self, key: &str) -> Result<shared::ports::ByteStream, StoreError> {
+        let body = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| StoreError(format!("no {key}")))?;
+        Ok(Box::pin(futures_util::stream::iter([Ok(body)])))
+    }
+
     async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
         let id = format!("{key}#{}", self.next());
         self.uploads.lock().unwrap().insert(id.clone(), Vec::new());

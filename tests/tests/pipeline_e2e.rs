@@ -648,3 +648,55 @@ async fn killing_the_stages_mid_flight_loses_nothing_and_runs_nothing_twice() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_package_that_outlasts_an_invocation_continues_from_its_checkpoint() {
+    let size = 23 * MIB;
+    // No time budget at all: every invocation uploads one 5 MiB part and hands over.
+    let stack = Stack::start(
+        fleet(vec![dev(M1, &[(BIG, size)])]),
+        &[
+            ("COLLECT_TIME_BUDGET_SECS", "0".into()),
+            ("COLLECT_PART_MIB", "5".into()),
+        ],
+    )
+    .await;
+    stack
+        .send_alert(&native_alert("long-copy", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    let run = run_id("native", "long-copy", M1, "malware-file");
+    let m = stack.manifest(&run, 120).await;
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+    let file = &m.commands[1];
+    let expected = expected_file(M1, BIG, size);
+    assert_eq!(
+        file.sha256_decompressed.as_deref(),
+        Some(sha256_hex(&expected).as_str())
+    );
+    let stored = stack.object(file.s3_key.as_ref().unwrap()).await.unwrap();
+    assert_eq!(Some(sha256_hex(&stored)), file.sha256);
+    // Each invocation asked for the package from its checkpoint on, never from the start again.
+    let stats = stack.sim.stats();
+    assert_eq!(
+        stats.calls["blob"]["200"], 2,
+        "one whole transcript, one package started from 0"
+    );
+    let starts = &stats.blob_range_starts;
+    assert!(starts.len() >= 4, "resumed with Range requests: {starts:?}");
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "each resumption starts further on: {starts:?}"
+    );
+    assert!(
+        starts.iter().all(|s| s % (5 * MIB) == 0),
+        "at part boundaries: {starts:?}"
+    );
+    assert!(
+        stack
+            .object(&format!("runs/{run}/checkpoints/1.json"))
+            .await
+            .is_none(),
+        "the checkpoint is gone"
+    );
+    stack.stop().await;
+}

@@ -16,6 +16,7 @@ use super::{Done, StageError, jitter};
 use crate::budget::{self, Grant};
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
+use crate::hash::ResumableSha256;
 use crate::messages::{CollectJob, MESSAGE_VERSION, encode};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
 use crate::store::{
@@ -89,6 +90,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     body: &str,
     now: OffsetDateTime,
 ) -> Result<Done, StageError> {
+    let deadline = std::time::Instant::now() + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, body).await?;
     // Poll left a record with Defender's view of the command; anything further means done already.
     let pending = load_command(store, &run_id, job.index).await?;
@@ -177,8 +179,19 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         cfg,
         job: &job,
     };
-    match copy(store, &source, &run, command.kind, &link).await {
-        Ok(copied) => {
+    match copy(store, &source, &run, command.kind, &link, deadline).await {
+        Ok(CopyResult::Paused { offset }) => {
+            requeue(cfg, queue, &job, job.attempt, Duration::ZERO).await?;
+            Ok(Done::new(
+                &run_id,
+                "continued",
+                format!(
+                    "command {} paused at byte {offset}; the next invocation goes on from there",
+                    job.index
+                ),
+            ))
+        }
+        Ok(CopyResult::Copied(copied)) => {
             let rec = CommandRecord {
                 v: RECORD_VERSION,
                 index: job.index,
@@ -291,6 +304,8 @@ async fn record_failure<S: ObjectStore>(
     reason: String,
     now: OffsetDateTime,
 ) -> Result<(), StageError> {
+    // An unfinished copy of this command is abandoned with it.
+    discard_checkpoint(store, &run.run_id, job.index).await?;
     let command =
         run.commands
             .get(job.index as usize)
@@ -410,45 +425,180 @@ impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
 /// Resumptions with a Range request within one copy attempt.
 const MAX_RESUMES: u32 = 10;
 
+/// Where an unfinished copy stands, saved at a part boundary: enough for the next invocation to go
+/// on without downloading the uploaded parts again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub v: u32,
+    pub staging: String,
+    pub upload_id: String,
+    pub part_size: usize,
+    pub parts: Vec<(i32, String)>,
+    /// Bytes uploaded so far (the sum of the parts).
+    pub offset: u64,
+    pub package_len: Option<u64>,
+    /// SHA-256 of the first `offset` bytes.
+    pub sha256: ResumableSha256,
+    pub invocations: u32,
+}
+
+pub fn checkpoint_key(run: &crate::ids::RunId, index: u32) -> String {
+    format!("runs/{run}/checkpoints/{index}.json")
+}
+
+async fn load_checkpoint<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<Option<Checkpoint>, StoreError> {
+    Ok(store
+        .get(key)
+        .await?
+        .and_then(|s| serde_json::from_slice(&s.body).ok()))
+}
+
+async fn save_checkpoint<S: ObjectStore>(
+    store: &S,
+    key: &str,
+    ck: &Checkpoint,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(ck).map_err(|e| StoreError(e.to_string()))?;
+    store
+        .put(key, body, crate::ports::Put::Always)
+        .await
+        .map(|_| ())
+}
+
+/// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint.
+async fn discard_checkpoint<S: ObjectStore>(
+    store: &S,
+    run: &crate::ids::RunId,
+    index: u32,
+) -> Result<(), StoreError> {
+    let key = checkpoint_key(run, index);
+    if let Some(ck) = load_checkpoint(store, &key).await? {
+        if let Err(e) = store.abort_upload(&ck.staging, &ck.upload_id).await {
+            tracing::warn!(run_id = %run, error = %e, "could not abort an abandoned upload");
+        }
+        store.delete(&key).await?;
+    }
+    Ok(())
+}
+
+enum CopyResult {
+    Copied(Copied),
+    /// The time budget ran out; a checkpoint holds the place.
+    Paused {
+        offset: u64,
+    },
+}
+
 async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
     store: &S,
     source: &Source<'_, S, D, F>,
     run: &RunRecord,
     kind: CommandType,
     link: &DownloadLink,
-) -> Result<Copied, CopyError> {
+    deadline: std::time::Instant,
+) -> Result<CopyResult, CopyError> {
     let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
-    let download = fetch
-        .open(&link.url, 0)
+    let ck_key = checkpoint_key(&run.run_id, job.index);
+    let (download, mut ck) = match load_checkpoint(store, &ck_key)
         .await
-        .map_err(CopyError::Download)?;
-    let part = part_size(download.content_length, cfg.part_size_min);
-    // Staging lives outside runs/ so that a lifecycle rule can expire what a crash leaves behind.
-    let staging = format!(
-        "staging/{}/{}-{}",
-        run.run_id,
-        job.index,
-        uuid::Uuid::new_v4().simple()
-    );
-    let upload_id = store
-        .begin_upload(&staging)
-        .await
-        .map_err(CopyError::Store)?;
-    let streamed = stream_parts(store, &staging, &upload_id, part, kind, download, source).await;
-    let (parts, hashes) = match streamed {
-        Ok(x) => x,
+        .map_err(CopyError::Store)?
+    {
+        Some(mut ck) => {
+            let download = fetch
+                .open(&link.url, ck.offset)
+                .await
+                .map_err(CopyError::Download)?;
+            if let (Some(len), Some(rest)) = (ck.package_len, download.content_length)
+                && len != ck.offset + rest
+            {
+                discard_checkpoint(store, &run.run_id, job.index)
+                    .await
+                    .map_err(CopyError::Store)?;
+                return Err(CopyError::Download(format!(
+                    "the package is now {} bytes, not the {len} the checkpoint was made for",
+                    ck.offset + rest
+                )));
+            }
+            ck.invocations += 1;
+            tracing::info!(run_id = %run.run_id, index = job.index, offset = ck.offset, "resuming a copy from its checkpoint");
+            (download, ck)
+        }
+        None => {
+            let download = fetch
+                .open(&link.url, 0)
+                .await
+                .map_err(CopyError::Download)?;
+            let part_size = part_size(download.content_length, cfg.part_size_min);
+            // Staging lives outside runs/ so that a lifecycle rule can expire what a crash leaves behind.
+            let staging = format!(
+                "staging/{}/{}-{}",
+                run.run_id,
+                job.index,
+                uuid::Uuid::new_v4().simple()
+            );
+            let upload_id = store
+                .begin_upload(&staging)
+                .await
+                .map_err(CopyError::Store)?;
+            let ck = Checkpoint {
+                v: 1,
+                staging,
+                upload_id,
+                part_size,
+                parts: Vec::new(),
+                offset: 0,
+                package_len: download.content_length,
+                sha256: ResumableSha256::new(),
+                invocations: 1,
+            };
+            (download, ck)
+        }
+    };
+    let resumed = ck.offset > 0;
+    let hashes = match stream_parts(store, &mut ck, kind, download, source, deadline).await {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            save_checkpoint(store, &ck_key, &ck)
+                .await
+                .map_err(CopyError::Store)?;
+            return Ok(CopyResult::Paused { offset: ck.offset });
+        }
         Err(e) => {
-            // Never leave an orphaned upload behind a failed copy.
-            if let Err(abort) = store.abort_upload(&staging, &upload_id).await {
-                tracing::warn!(run_id = %run.run_id, error = %abort, "could not abort a failed upload");
+            if ck.parts.is_empty() {
+                // Nothing worth keeping: never leave an orphaned upload behind a failed copy.
+                if let Err(abort) = store.abort_upload(&ck.staging, &ck.upload_id).await {
+                    tracing::warn!(run_id = %run.run_id, error = %abort, "could not abort a failed upload");
+                }
+                let _ = store.delete(&ck_key).await;
+            } else {
+                // The next attempt goes on from the last uploaded part.
+                save_checkpoint(store, &ck_key, &ck)
+                    .await
+                    .map_err(CopyError::Store)?;
             }
             return Err(e);
         }
     };
     store
-        .complete_upload(&staging, &upload_id, parts)
+        .complete_upload(&ck.staging, &ck.upload_id, ck.parts.clone())
         .await
         .map_err(CopyError::Store)?;
+    let mut hashes = hashes;
+    if resumed && kind == CommandType::GetFile {
+        // The decompressor's state cannot be saved; hash the file from the stored package instead.
+        let decompressed = hash_gzip(
+            store
+                .open_read(&ck.staging)
+                .await
+                .map_err(CopyError::Store)?,
+        )
+        .await;
+        hashes.sha256_decompressed = decompressed.as_ref().map(|d| d.0.clone());
+        hashes.size_decompressed = decompressed.map(|d| d.1);
+    }
     let key = evidence_key(&run.run_id, job.index, kind);
     let mut meta = BTreeMap::new();
     meta.insert("sha256".to_string(), hashes.sha256.clone());
@@ -463,17 +613,32 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
     meta.insert("action-id".to_string(), job.action_id.to_string());
     meta.insert("command-index".to_string(), job.index.to_string());
     store
-        .publish(&staging, &key, meta)
+        .publish(&ck.staging, &key, meta)
         .await
         .map_err(CopyError::Store)?;
-    Ok(Copied {
+    store.delete(&ck_key).await.map_err(CopyError::Store)?;
+    Ok(CopyResult::Copied(Copied {
         key,
         size: hashes.size,
         sha256: hashes.sha256,
         sha256_decompressed: hashes.sha256_decompressed,
         size_decompressed: hashes.size_decompressed,
         transcript: hashes.transcript,
-    })
+    }))
+}
+
+/// SHA-256 and length of a gzip stream's content (None if it is not clean gzip).
+async fn hash_gzip(mut stream: crate::ports::ByteStream) -> Option<(String, u64)> {
+    let mut d = flate2::write::GzDecoder::new(HashSink {
+        hasher: Sha256::new(),
+        len: 0,
+    });
+    while let Some(chunk) = stream.next().await {
+        d.write_all(&chunk.ok()?).ok()?;
+    }
+    d.finish()
+        .ok()
+        .map(|s| (hex::encode(s.hasher.finalize()), s.len))
 }
 
 struct Hashes {
@@ -484,28 +649,30 @@ struct Hashes {
     transcript: Option<Transcript>,
 }
 
+/// Streams the download into parts from the checkpoint's place on. Returns the hashes when done,
+/// or `None` when the time budget ran out (the checkpoint then stands at a part boundary). The
+/// checkpoint only ever moves at part boundaries, so on an error it still says where to go on.
 async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
     store: &S,
-    key: &str,
-    upload_id: &str,
-    part_size: usize,
+    ck: &mut Checkpoint,
     kind: CommandType,
     mut download: crate::ports::Download,
     source: &Source<'_, S, D, F>,
-) -> Result<(Vec<(i32, String)>, Hashes), CopyError> {
+    deadline: std::time::Instant,
+) -> Result<Option<Hashes>, CopyError> {
     let mut resumes = 0u32;
-    let expected = download.content_length;
-    let mut hasher = Sha256::new();
-    let mut gz = (kind == CommandType::GetFile).then(|| {
+    let part_size = ck.part_size;
+    let mut hasher = ck.sha256.clone();
+    // The decompressed hash is taken on the way only when the copy starts at the beginning.
+    let mut gz = (kind == CommandType::GetFile && ck.offset == 0).then(|| {
         flate2::write::GzDecoder::new(HashSink {
             hasher: Sha256::new(),
             len: 0,
         })
     });
-    let mut transcript = (kind == CommandType::RunScript).then(Vec::new);
+    let mut transcript = (kind == CommandType::RunScript && ck.offset == 0).then(Vec::new);
     let mut buf = BytesMut::with_capacity(part_size);
-    let mut parts = Vec::new();
-    let mut total = 0u64;
+    let mut total = ck.offset;
     while let Some(chunk) = download.stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -519,7 +686,7 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
                 }
                 tracing::info!(run_id = %source.job.run_id, index = source.job.index, at = total, %reason, "download broke off; resuming with a fresh link");
                 download = source.reopen(total).await?;
-                if let (Some(len), Some(rest)) = (expected, download.content_length)
+                if let (Some(len), Some(rest)) = (ck.package_len, download.content_length)
                     && len != total + rest
                 {
                     return Err(CopyError::Download(format!(
@@ -530,7 +697,6 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
             }
         };
         total += chunk.len() as u64;
-        hasher.update(&chunk);
         if let Some(d) = gz.as_mut()
             && d.write_all(&chunk).is_err()
         {
@@ -547,50 +713,60 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
         let mut rest: &[u8] = &chunk;
         while !rest.is_empty() {
             let take = (part_size - buf.len()).min(rest.len());
+            // Hash exactly what enters the part, so that the state at a boundary is the boundary's.
+            hasher.update(&rest[..take]);
             buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if buf.len() == part_size {
-                let n = parts.len() as i32 + 1;
+                let n = ck.parts.len() as i32 + 1;
                 let body: Bytes = buf.split().freeze();
                 let etag = store
-                    .upload_part(key, upload_id, n, body)
+                    .upload_part(&ck.staging, &ck.upload_id, n, body)
                     .await
                     .map_err(CopyError::Store)?;
-                parts.push((n, etag));
+                ck.parts.push((n, etag));
+                ck.offset += part_size as u64;
+                ck.sha256 = hasher.clone();
                 buf.reserve(part_size);
+                let more = ck.package_len.is_none_or(|len| ck.offset < len);
+                // Bytes of this chunk past the boundary are neither hashed nor kept: the next
+                // invocation downloads them again from the checkpoint's offset.
+                if more && std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
             }
         }
     }
-    if let Some(len) = expected
+    if let Some(len) = ck.package_len
         && len != total
     {
         return Err(CopyError::Download(format!(
             "download ended after {total} of {len} bytes"
         )));
     }
-    if !buf.is_empty() || parts.is_empty() {
-        let n = parts.len() as i32 + 1;
+    if !buf.is_empty() || ck.parts.is_empty() {
+        let n = ck.parts.len() as i32 + 1;
+        let len = buf.len() as u64;
         let etag = store
-            .upload_part(key, upload_id, n, buf.split().freeze())
+            .upload_part(&ck.staging, &ck.upload_id, n, buf.split().freeze())
             .await
             .map_err(CopyError::Store)?;
-        parts.push((n, etag));
+        ck.parts.push((n, etag));
+        ck.offset += len;
+        ck.sha256 = hasher.clone();
     }
     // A gzip stream that does not finish cleanly (bad CRC or size) gets no decompressed hash.
     let decompressed = gz
         .and_then(|d| d.finish().ok())
         .map(|s| (hex::encode(s.hasher.finalize()), s.len));
     let transcript = transcript.and_then(|t| serde_json::from_slice::<Transcript>(&t).ok());
-    Ok((
-        parts,
-        Hashes {
-            size: total,
-            sha256: hex::encode(hasher.finalize()),
-            sha256_decompressed: decompressed.as_ref().map(|d| d.0.clone()),
-            size_decompressed: decompressed.map(|d| d.1),
-            transcript,
-        },
-    ))
+    Ok(Some(Hashes {
+        size: total,
+        sha256: hasher.finish_hex(),
+        sha256_decompressed: decompressed.as_ref().map(|d| d.0.clone()),
+        size_decompressed: decompressed.map(|d| d.1),
+        transcript,
+    }))
 }
 
 #[cfg(test)]

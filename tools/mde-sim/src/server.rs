@@ -51,6 +51,8 @@ pub struct Stats {
     pub blob_bytes_sent: u64,
     /// Blob requests that carried an Authorization header (a client leaking its bearer token).
     pub blob_requests_with_authorization: u64,
+    /// Where each ranged blob request started, in order.
+    pub blob_range_starts: Vec<u64>,
 }
 
 struct Link {
@@ -1501,7 +1503,10 @@ async fn blob(sim: &Arc<Sim>, req: Request) -> Response {
         .and_then(|v| parse_range(v, len));
     let (status, start, end) = match range {
         None => (StatusCode::OK, 0, len),
-        Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+        Some(Ok((a, b))) => {
+            sim.lock().stats.blob_range_starts.push(a);
+            (StatusCode::PARTIAL_CONTENT, a, b + 1)
+        }
         Some(Err(())) => {
             let mut r = azure_error(
                 StatusCode::RANGE_NOT_SATISFIABLE,

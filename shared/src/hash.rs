@@ -1,0 +1,119 @@
+//! SHA-256 whose state can be saved and restored, so that a copy that spans invocations keeps one
+//! hash over all of its bytes (sha2's own hasher keeps its state private).
+
+use serde::{Deserialize, Serialize};
+use sha2::digest::generic_array::GenericArray;
+
+const H0: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumableSha256 {
+    state: [u32; 8],
+    /// Bytes hashed so far.
+    len: u64,
+    /// Bytes of an unfinished 64-byte block.
+    #[serde(with = "hex_bytes")]
+    pending: Vec<u8>,
+}
+
+impl Default for ResumableSha256 {
+    fn default() -> Self {
+        Self {
+            state: H0,
+            len: 0,
+            pending: Vec::with_capacity(64),
+        }
+    }
+}
+
+impl ResumableSha256 {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (64 - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < 64 {
+                return;
+            }
+            let block = std::mem::take(&mut self.pending);
+            self.compress(&block);
+        }
+        let mut blocks = data.chunks_exact(64);
+        for block in &mut blocks {
+            self.compress(block);
+        }
+        self.pending.extend_from_slice(blocks.remainder());
+    }
+
+    fn compress(&mut self, block: &[u8]) {
+        sha2::compress256(
+            &mut self.state,
+            std::slice::from_ref(GenericArray::from_slice(block)),
+        );
+    }
+
+    /// The digest, as lower-case hex.
+    pub fn finish_hex(mut self) -> String {
+        let bit_len = self.len.wrapping_mul(8);
+        let mut tail = std::mem::take(&mut self.pending);
+        tail.push(0x80);
+        while tail.len() % 64 != 56 {
+            tail.push(0);
+        }
+        tail.extend_from_slice(&bit_len.to_be_bytes());
+        for block in tail.chunks_exact(64) {
+            self.compress(block);
+        }
+        self.state.iter().map(|w| format!("{w:08x}")).collect()
+    }
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn matches_sha2_for_any_split_and_survives_a_save() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for len in [0usize, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 10_000] {
+            let want = hex::encode(Sha256::digest(&data[..len]));
+            for split in [0usize, 1, 3, 64, 100, 777] {
+                let split = split.min(len);
+                let mut h = ResumableSha256::new();
+                h.update(&data[..split]);
+                // Save and restore in the middle, as a checkpoint does.
+                let saved = serde_json::to_string(&h).unwrap();
+                let mut h: ResumableSha256 = serde_json::from_str(&saved).unwrap();
+                h.update(&data[split..len]);
+                assert_eq!(h.len(), len as u64);
+                assert_eq!(h.finish_hex(), want, "len {len} split {split}");
+            }
+        }
+    }
+}
