@@ -700,3 +700,33 @@ async fn a_package_that_outlasts_an_invocation_continues_from_its_checkpoint() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_to_hosts_outside_the_allow_list_are_refused_and_recorded() {
+    // The simulator's links point at 127.0.0.1; allow only Azure blob hosts.
+    let stack = Stack::start(
+        fleet(vec![dev(M1, &[(BIG, 1000)])]),
+        &[("DOWNLOAD_ALLOWED_HOSTS", ".blob.core.windows.net".into())],
+    )
+    .await;
+    stack
+        .send_alert(&native_alert("ssrf-1", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .await;
+    let m = stack
+        .manifest(&run_id("native", "ssrf-1", M1, "malware-file"), 60)
+        .await;
+    for c in &m.commands {
+        assert_eq!(c.outcome, CommandOutcome::CollectFailed);
+        let reason = c.reason.as_deref().unwrap();
+        assert!(reason.contains("not an allowed download host"), "{reason}");
+        assert!(
+            !reason.contains("sig="),
+            "the reason names the host, not the signed link"
+        );
+    }
+    assert!(
+        !stack.sim.stats().calls.contains_key("blob"),
+        "the refused links were never followed"
+    );
+    stack.stop().await;
+}

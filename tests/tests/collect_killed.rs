@@ -1,0 +1,177 @@
+//! A collect invocation killed mid-copy (its future dropped, as a timed-out or crashed Lambda)
+//! leaves no evidence object, right or wrong; the redelivered job copies the package whole.
+
+use std::time::Duration;
+
+use shared::config::{Backoff, CollectConfig};
+use shared::defender::{Command, CommandStatus, LiveResponseRequest, MachineId};
+use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
+use shared::ports::{HttpFetch, ObjectStore, Put};
+use shared::store::{
+    CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, RunState, evidence_key, load_command,
+    run_key,
+};
+use tests::fakes::{MemQueue, MemStore};
+use tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
+    let size = 200u64 << 20;
+    let mut config = sim_config();
+    config.devices[0].files[0].size = size;
+    let sim = start_sim(config.clone()).await;
+    let defender = client(&sim, &config);
+    let machine = MachineId::parse(M1).unwrap();
+    let commands = vec![Command::get_file(FILE)];
+    let action = defender
+        .run_live_response(
+            &machine,
+            &LiveResponseRequest {
+                commands: commands.clone(),
+                comment: "kill".into(),
+            },
+        )
+        .await
+        .unwrap();
+    sim.advance(time::Duration::seconds(60));
+    let done = defender.get_machine_action(&action.id).await.unwrap();
+    assert_eq!(done.commands[0].command_status, CommandStatus::Completed);
+
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let now = time::OffsetDateTime::now_utc();
+    let run_id = run_id("native", "killed-collect", M1, "malware-file");
+    let alert =
+        shared::alerts::parse(&native_alert("killed-collect", M1, "Malware", &[]).to_string())
+            .unwrap();
+    let record = RunRecord {
+        v: RECORD_VERSION,
+        run_id: run_id.clone(),
+        alert,
+        playbook: "malware-file".into(),
+        machine_id: machine.clone(),
+        commands: commands.clone(),
+        comment: run_id.comment_tag(),
+        state: RunState::Collecting,
+        created_at: now,
+        deadline: now + time::Duration::hours(1),
+        submit_attempts: 1,
+        action_id: Some(action.id.clone()),
+        action_status: None,
+        submitted_at: Some(now),
+        finished_at: None,
+        computer_dns_name: None,
+        requestor: None,
+        action_created: None,
+        action_last_update: None,
+        cancelled_by_pipeline: false,
+        outcome: None,
+        reason: None,
+    };
+    store
+        .put(
+            &run_key(&run_id),
+            serde_json::to_vec(&record).unwrap(),
+            Put::Always,
+        )
+        .await
+        .unwrap();
+    let pending = CommandRecord {
+        v: RECORD_VERSION,
+        index: 0,
+        kind: commands[0].kind,
+        command: commands[0].clone(),
+        outcome: CommandOutcome::Collecting,
+        command_status: Some("Completed".into()),
+        errors: vec![],
+        start_time: None,
+        end_time: None,
+        s3_key: None,
+        size: None,
+        sha256: None,
+        sha256_decompressed: None,
+        size_decompressed: None,
+        exit_code: None,
+        output_excerpt: None,
+        errors_excerpt: None,
+        recorded_at: None,
+        reason: None,
+    };
+    shared::store::put_command(&store, &run_id, &pending)
+        .await
+        .unwrap();
+
+    let cfg = CollectConfig {
+        bucket: "b".into(),
+        budget: shared::budget::BudgetConfig::from_env(
+            &std::collections::HashMap::<&str, &str>::new(),
+        )
+        .unwrap(),
+        collect_queue_url: "collect".into(),
+        dead_letter_queue_url: "dlq".into(),
+        allowed_hosts: vec!["127.0.0.1".into()],
+        part_size_min: 5 << 20,
+        max_attempts: 3,
+        retry: Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(1),
+        },
+        download_timeout: Duration::from_secs(30),
+        time_budget: Duration::from_secs(600),
+    };
+    let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
+    let job = encode(&CollectJob {
+        v: MESSAGE_VERSION,
+        run_id: run_id.clone(),
+        action_id: action.id.clone(),
+        index: 0,
+        attempt: 0,
+    });
+
+    // Kill it once 10 MiB have crossed: the future is dropped mid-copy.
+    let copy = shared::stages::collect::handle(&cfg, &store, &queue, &defender, &fetch, &job, now);
+    let started = async {
+        while sim.stats().blob_bytes_sent < 10 << 20 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::select! {
+        r = copy => panic!("the copy finished before it could be killed: {r:?}"),
+        _ = started => {}
+    }
+    let key = evidence_key(&run_id, 0, commands[0].kind);
+    assert!(
+        store.get(&key).await.unwrap().is_none(),
+        "no evidence object after the kill"
+    );
+    assert_eq!(
+        load_command(&store, &run_id, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome,
+        CommandOutcome::Collecting
+    );
+
+    // SQS delivers the job again.
+    let done = shared::stages::collect::handle(&cfg, &store, &queue, &defender, &fetch, &job, now)
+        .await
+        .unwrap();
+    assert_eq!(done.outcome, "collected", "{}", done.detail);
+    let rec = load_command(&store, &run_id, 0).await.unwrap().unwrap();
+    assert_eq!(rec.outcome, CommandOutcome::Collected);
+    let stored = store.get(&key).await.unwrap().unwrap().body;
+    assert_eq!(Some(sha256_hex(&stored)), rec.sha256);
+    assert_eq!(
+        rec.sha256_decompressed.as_deref(),
+        Some(sha256_hex(&expected_file(M1, FILE, size)).as_str())
+    );
+    assert!(
+        store
+            .get(&shared::store::manifest_key(&run_id))
+            .await
+            .unwrap()
+            .is_some(),
+        "the manifest follows"
+    );
+}
