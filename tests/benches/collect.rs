@@ -11,7 +11,7 @@ use shared::config::{Backoff, CollectConfig};
 use shared::defender::{Command, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
 use shared::ports::{HttpFetch, ObjectStore, Put};
-use shared::store::{RECORD_VERSION, RunRecord, RunState, run_key};
+use shared::store::run_key;
 use tests::*;
 
 const PATH: &str = "D:\\cases\\disk-image.bin";
@@ -115,34 +115,13 @@ async fn main() {
         sim.advance(time::Duration::seconds(60));
         let run_id = run_id("native", &format!("bench-{mib}"), machine.as_str(), "bench");
         let now = time::OffsetDateTime::now_utc();
-        let alert = shared::alerts::parse(
-            &native_alert(&format!("bench-{mib}"), machine.as_str(), "Malware", &[]).to_string(),
-        )
-        .unwrap();
-        let record = RunRecord {
-            v: RECORD_VERSION,
-            run_id: run_id.clone(),
-            alert,
-            playbook: "bench".into(),
-            machine_id: machine.clone(),
-            commands,
-            comment: run_id.comment_tag(),
-            state: RunState::Collecting,
-            created_at: now,
-            deadline: now + time::Duration::hours(1),
-            submit_attempts: 1,
-            action_id: Some(action.id.clone()),
-            action_status: None,
-            submitted_at: Some(now),
-            finished_at: None,
-            computer_dns_name: None,
-            requestor: None,
-            action_created: None,
-            action_last_update: None,
-            cancelled_by_pipeline: false,
-            outcome: None,
-            reason: None,
-        };
+        let record = collecting_run(
+            &run_id,
+            &format!("bench-{mib}"),
+            &machine,
+            commands.clone(),
+            &action.id,
+        );
         store
             .put(
                 &run_key(&run_id),

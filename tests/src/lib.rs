@@ -347,3 +347,42 @@ pub fn corpus() -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+/// A run record as poll leaves it when the action has ended and its results await collection.
+pub fn collecting_run(
+    run_id: &shared::ids::RunId,
+    alert_id: &str,
+    machine: &shared::defender::MachineId,
+    commands: Vec<shared::defender::Command>,
+    action_id: &shared::defender::ActionId,
+) -> shared::store::RunRecord {
+    let now = time::OffsetDateTime::now_utc();
+    let alert = shared::alerts::parse(
+        &native_alert(alert_id, machine.as_str(), "Malware", &[]).to_string(),
+    )
+    .expect("a valid alert");
+    shared::store::RunRecord {
+        v: shared::store::RECORD_VERSION,
+        run_id: run_id.clone(),
+        alert,
+        playbook: "malware-file".into(),
+        machine_id: machine.clone(),
+        commands,
+        comment: run_id.comment_tag(),
+        state: shared::store::RunState::Collecting,
+        created_at: now,
+        deadline: now + time::Duration::hours(1),
+        submit_attempts: 1,
+        action_id: Some(action_id.clone()),
+        action_status: None,
+        submitted_at: Some(now),
+        finished_at: None,
+        computer_dns_name: None,
+        requestor: None,
+        action_created: None,
+        action_last_update: None,
+        cancelled_by_pipeline: false,
+        outcome: None,
+        reason: None,
+    }
+}

@@ -8,8 +8,7 @@ use shared::defender::{Command, CommandStatus, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
 use shared::ports::{HttpFetch, ObjectStore, Put};
 use shared::store::{
-    CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, RunState, evidence_key, load_command,
-    run_key,
+    CommandOutcome, CommandRecord, RECORD_VERSION, evidence_key, load_command, run_key,
 };
 use tests::fakes::{MemQueue, MemStore};
 use tests::*;
@@ -41,33 +40,13 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
     let queue = MemQueue::default();
     let now = time::OffsetDateTime::now_utc();
     let run_id = run_id("native", "killed-collect", M1, "malware-file");
-    let alert =
-        shared::alerts::parse(&native_alert("killed-collect", M1, "Malware", &[]).to_string())
-            .unwrap();
-    let record = RunRecord {
-        v: RECORD_VERSION,
-        run_id: run_id.clone(),
-        alert,
-        playbook: "malware-file".into(),
-        machine_id: machine.clone(),
-        commands: commands.clone(),
-        comment: run_id.comment_tag(),
-        state: RunState::Collecting,
-        created_at: now,
-        deadline: now + time::Duration::hours(1),
-        submit_attempts: 1,
-        action_id: Some(action.id.clone()),
-        action_status: None,
-        submitted_at: Some(now),
-        finished_at: None,
-        computer_dns_name: None,
-        requestor: None,
-        action_created: None,
-        action_last_update: None,
-        cancelled_by_pipeline: false,
-        outcome: None,
-        reason: None,
-    };
+    let record = collecting_run(
+        &run_id,
+        "killed-collect",
+        &machine,
+        commands.clone(),
+        &action.id,
+    );
     store
         .put(
             &run_key(&run_id),
