@@ -13,6 +13,7 @@ use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
 pub const BUDGET_KEY: &str = "budget/tenant.json";
+const STALE_SESSION_MS: i64 = (3 * 24 + 1) * 3600 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetConfig {
@@ -141,6 +142,10 @@ pub async fn acquire_submission<S: ObjectStore>(
         b.submissions
             .retain(|t| *t > now_ms - minute.as_millis() as i64);
         b.gets.retain(|t| *t > now_ms - hour.as_millis() as i64);
+        // No run lives past three days (Defender's longest queue window, and the longest deadline):
+        // a session still held after that was left behind by a run that never came back for it.
+        b.running
+            .retain(|_, since| *since > now_ms - STALE_SESSION_MS);
         if let Some(wait) = window_wait(&b.submissions, cfg.submissions_per_minute, minute, now_ms)
         {
             return (Grant::Wait(wait), false);

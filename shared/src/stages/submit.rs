@@ -119,7 +119,6 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             retry_later(cfg, queue, &job, &e, "submitting").await
         }
         Err(e) => {
-            budget::release_session(store, &run_id).await?;
             fail_run(
                 store,
                 &run,
@@ -231,6 +230,8 @@ async fn fail_run<S: ObjectStore>(
     outcome: RunOutcome,
     reason: &str,
 ) -> Result<(), StageError> {
+    // Whatever session this run held is free again.
+    budget::release_session(store, &run.run_id).await?;
     update_run(store, &run.run_id, |r| {
         r.state = RunState::Failed;
         r.outcome = Some(outcome);
