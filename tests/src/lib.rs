@@ -386,3 +386,13 @@ pub fn collecting_run(
         reason: None,
     }
 }
+
+/// Injected faults for one simulator endpoint; half of the 429s come without Retry-After.
+pub fn flaky(p429: f64, p500: f64, p503: f64) -> mde_sim::EndpointFaults {
+    mde_sim::EndpointFaults {
+        p429,
+        p429_without_retry_after: 0.5,
+        p500,
+        p503,
+    }
+}

@@ -393,7 +393,7 @@ async fn a_duplicate_alert_makes_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_faults_are_survived_and_the_hashes_still_match() {
-    use mde_sim::{EndpointFaults, Faults};
+    use mde_sim::Faults;
     let size = 10 * MIB;
     let devices: Vec<Device> = (0..3)
         .map(|i| dev(&machine(100 + i), &[(BIG, size)]))
@@ -407,12 +407,6 @@ async fn injected_faults_are_survived_and_the_hashes_still_match() {
         link_early_expiry_probability: 0.2,
         link_early_expiry_secs: 20,
         ..Faults::default()
-    };
-    let flaky = |p429: f64, p500: f64, p503: f64| EndpointFaults {
-        p429,
-        p429_without_retry_after: 0.5,
-        p500,
-        p503,
     };
     faults
         .endpoints

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use mde_sim::{Device, DeviceFile, EndpointFaults, Faults, Script, SimConfig};
+use mde_sim::{Device, DeviceFile, Faults, Script, SimConfig};
 use shared::store::{CommandOutcome, RunOutcome};
 use tests::*;
 
@@ -68,12 +68,6 @@ async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
         link_early_expiry_probability: 0.1,
         link_early_expiry_secs: 10,
         ..Faults::default()
-    };
-    let flaky = |p429: f64, p500: f64, p503: f64| EndpointFaults {
-        p429,
-        p429_without_retry_after: 0.5,
-        p500,
-        p503,
     };
     for (name, f) in [
         ("submit", flaky(0.1, 0.05, 0.05)),

@@ -68,21 +68,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         ));
     }
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
-    if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
-        // The hourly budget is tight: polls stretch out instead of provoking 429s.
-        requeue(
-            cfg,
-            queue,
-            &job,
-            job.polls,
-            wait.max(Duration::from_secs(1)),
-        )
-        .await?;
-        return Ok(Done::new(
-            &run_id,
-            "paced",
-            format!("GET budget full; again in {}s", wait.as_secs()),
-        ));
+    if let Some(paced) = pace_get(cfg, store, queue, &job, now).await? {
+        return Ok(paced);
     }
     let action = match defender.get_machine_action(&job.action_id).await {
         Ok(a) => a,
@@ -124,20 +111,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         return finalize(cfg, store, queue, &run, &action, false, now).await;
     }
     if now >= run.deadline {
-        if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
-            requeue(
-                cfg,
-                queue,
-                &job,
-                job.polls,
-                wait.max(Duration::from_secs(1)),
-            )
-            .await?;
-            return Ok(Done::new(
-                &run_id,
-                "paced",
-                "GET budget full; cancel deferred",
-            ));
+        if let Some(paced) = pace_get(cfg, store, queue, &job, now).await? {
+            return Ok(paced);
         }
         let comment = format!(
             "{}: deadline passed, cancelled by the pipeline",
@@ -176,6 +151,28 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             delay.as_secs()
         ),
     ))
+}
+
+/// One GET from the tenant budget, or the job back on the queue until there is room (`Some`): when
+/// the hourly budget is tight, polls stretch out instead of provoking 429s.
+async fn pace_get<S: ObjectStore, Q: Queue>(
+    cfg: &PollConfig,
+    store: &S,
+    queue: &Q,
+    job: &PollJob,
+    now: OffsetDateTime,
+) -> Result<Option<Done>, StageError> {
+    match budget::acquire_get(store, &cfg.budget, now).await? {
+        Grant::Granted => Ok(None),
+        Grant::Wait(wait) => {
+            requeue(cfg, queue, job, job.polls, wait.max(Duration::from_secs(1))).await?;
+            Ok(Some(Done::new(
+                &job.run_id,
+                "paced",
+                format!("GET budget full; again in {}s", wait.as_secs()),
+            )))
+        }
+    }
 }
 
 async fn requeue<Q: Queue>(

@@ -577,10 +577,15 @@ where
     if let Some(r) = sim.inject(fault_key) {
         return r;
     }
-    if fault_key != "token"
-        && let Err(r) = sim.authorize(req.headers())
-    {
-        return r;
+    let mut req = req;
+    if fault_key != "token" {
+        match sim.authorize(req.headers()) {
+            // Handlers read the caller from here rather than checking the token a second time.
+            Ok(client) => {
+                req.extensions_mut().insert(ClientIndex(client));
+            }
+            Err(r) => return r,
+        }
     }
     if let Some(group) = get_group
         && let Err(r) = sim.get_budget(group)
@@ -668,8 +673,12 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     )
 }
 
-fn client_of(sim: &Sim, req: &Request) -> usize {
-    sim.authorize(req.headers()).unwrap_or(0)
+/// The API client `guarded` authorised for this request.
+#[derive(Clone, Copy)]
+struct ClientIndex(usize);
+
+fn client_of(req: &Request) -> usize {
+    req.extensions().get::<ClientIndex>().map_or(0, |c| c.0)
 }
 
 fn parse_commands(body: &Value) -> Result<(Vec<CommandSpec>, String), Response> {
@@ -799,7 +808,7 @@ fn parse_commands(body: &Value) -> Result<(Vec<CommandSpec>, String), Response> 
 
 async fn submit(sim: Arc<Sim>, req: Request, machine_id: String) -> Response {
     let now = sim.clock.now();
-    let client = client_of(&sim, &req);
+    let client = client_of(&req);
     {
         let mut st = sim.lock();
         st.submit_calls.record(now);
@@ -1153,7 +1162,7 @@ async fn result_link(sim: Arc<Sim>, id: String, arg: String) -> Response {
 
 async fn cancel(sim: Arc<Sim>, req: Request, id: String) -> Response {
     let now = sim.clock.now();
-    let client = client_of(&sim, &req);
+    let client = client_of(&req);
     let body = axum::body::to_bytes(req.into_body(), 1 << 16)
         .await
         .unwrap_or_default();
@@ -1234,7 +1243,7 @@ async fn library_list(sim: Arc<Sim>) -> Response {
 }
 
 async fn library_upload(sim: Arc<Sim>, req: Request) -> Response {
-    let client = client_of(&sim, &req);
+    let client = client_of(&req);
     let bad = |msg: String| api_error(StatusCode::BAD_REQUEST, "InvalidRequestBody", &msg);
     let mut mp = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
