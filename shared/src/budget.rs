@@ -1,19 +1,30 @@
 //! The tenant's Defender budgets, kept across every concurrent invocation in one S3 object with
-//! compare-and-swap: submissions per sliding minute, running sessions, and the GET calls poll and
-//! collect make (per minute and per hour). Pacing by these keeps Defender from answering 429.
+//! compare-and-swap: submissions per sliding minute, running sessions, and the GET calls every
+//! stage makes (per minute and per hour). Pacing by these keeps Defender from answering 429.
+//!
+//! Defender counts a call when it *arrives*, which can be well after the budget granted it (a busy
+//! CPU, a token refresh, a slow network). So a granted call holds an open stamp, counted as late as
+//! it could possibly arrive (`granted + call_limit`), until the caller reports that the call
+//! returned; the stamp then becomes the return time, the latest moment Defender can have counted
+//! it. A window is only ever judged by upper bounds of Defender's own count times, so no delay
+//! between grant and arrival can squeeze more calls into Defender's window than the budget allows.
+//! Use [`submission_call`] and [`get_call`], which settle the stamp whatever the call returns.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
+use crate::clock::{Clock, unix_ms};
 use crate::config::{ConfigError, Env, number};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
 pub const BUDGET_KEY: &str = "budget/tenant.json";
 const STALE_SESSION_MS: i64 = (3 * 24 + 1) * 3600 * 1000;
+/// Stamps further in the future than this were not written by a sane clock: they are pulled back.
+const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetConfig {
@@ -23,6 +34,9 @@ pub struct BudgetConfig {
     pub gets_per_hour: u32,
     /// The length of Defender's "minute" (60 s; shorter only against a time-scaled simulator).
     pub minute: Duration,
+    /// The longest a granted call can take to reach Defender (token refresh, retry after a 401, the
+    /// request timeout): an unsettled grant counts until then.
+    pub call_limit: Duration,
 }
 
 impl BudgetConfig {
@@ -40,6 +54,7 @@ impl BudgetConfig {
                 60_000u64,
                 100..=600_000,
             )?),
+            call_limit: DEFAULT_CALL_LIMIT,
         })
     }
 
@@ -48,73 +63,201 @@ impl BudgetConfig {
     }
 }
 
+/// Two HTTP timeouts (30 s each: the token and the call, or a call and its retry after a 401)
+/// plus time for a Secrets Manager read and a slow start.
+pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// One counted call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stamp {
+    /// The call returned at this time (unix ms): Defender counted it no later.
+    Settled(i64),
+    /// Granted at `granted` and not reported back yet: Defender may count it as late as
+    /// `granted + call_limit`.
+    Open { granted: i64, slot: u64 },
+}
+
+impl Stamp {
+    /// The latest time Defender can have counted (or will count) this call.
+    fn latest(self, call_limit_ms: i64) -> i64 {
+        match self {
+            Stamp::Settled(t) => t,
+            Stamp::Open { granted, .. } => granted.saturating_add(call_limit_ms),
+        }
+    }
+
+    fn clamp_to(self, now: i64) -> Self {
+        match self {
+            Stamp::Settled(t) if t > now + MAX_CLOCK_SKEW_MS => Stamp::Settled(now),
+            Stamp::Open { granted, slot } if granted > now + MAX_CLOCK_SKEW_MS => {
+                Stamp::Open { granted: now, slot }
+            }
+            s => s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct TenantBudget {
     v: u32,
-    /// When submissions were granted (unix ms), newest last.
-    submissions: Vec<i64>,
+    /// Submissions, oldest first.
+    submissions: Vec<Stamp>,
     /// Runs holding a session, with when they took it (unix ms).
     running: BTreeMap<String, i64>,
-    /// When GET calls were granted (unix ms), newest last.
-    gets: Vec<i64>,
+    /// GET calls, oldest first.
+    gets: Vec<Stamp>,
+}
+
+impl TenantBudget {
+    fn new() -> Self {
+        Self {
+            v: 2,
+            ..Self::default()
+        }
+    }
+
+    /// What to assume when the stored budget cannot be read: both call windows full as of now
+    /// (nobody knows what was sent in the last minute), no sessions known.
+    fn conservative(cfg: &BudgetConfig, now: i64) -> Self {
+        Self {
+            v: 2,
+            submissions: vec![Stamp::Settled(now); cfg.submissions_per_minute as usize],
+            running: BTreeMap::new(),
+            gets: vec![Stamp::Settled(now); cfg.gets_per_minute as usize],
+        }
+    }
+
+    /// Drops what has left every window and pulls back stamps from a clock far ahead.
+    fn tidy(&mut self, cfg: &BudgetConfig, now: i64) {
+        let limit = ms(cfg.call_limit);
+        let minute = ms(cfg.minute);
+        let hour = ms(cfg.hour());
+        for s in self.submissions.iter_mut().chain(self.gets.iter_mut()) {
+            *s = s.clamp_to(now);
+        }
+        self.submissions
+            .retain(|s| s.latest(limit) > now.saturating_sub(minute));
+        self.gets
+            .retain(|s| s.latest(limit) > now.saturating_sub(hour));
+        for since in self.running.values_mut() {
+            *since = (*since).min(now);
+        }
+        // No run lives past three days (Defender's longest queue window, and the longest deadline):
+        // a session still held after that was left behind by a run that never came back for it.
+        self.running
+            .retain(|_, since| *since > now.saturating_sub(STALE_SESSION_MS));
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The answer to a request for budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Grant {
-    Granted,
+    /// Go ahead, then [`settle`] the slot when the call returns.
+    Granted(Slot),
     /// Not now; ask again after this long.
     Wait(Duration),
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    Submissions,
+    Gets,
+}
+
+/// A granted call's open stamp, to be settled with the time the call returned.
+#[must_use = "settle the slot when the call returns, or it counts until its call limit"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Slot {
+    window: Window,
+    id: u64,
+}
+
+/// What a paced call came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paced<T> {
+    /// The call was made; this is what it returned.
+    Ran(T),
+    /// No budget now; ask again after this long (no call was made).
+    Wait(Duration),
 }
 
 /// How long until the oldest of the newest `max` stamps leaves a window of `window` (None: room now).
-fn window_wait(stamps: &[i64], max: u32, window: Duration, now: i64) -> Option<Duration> {
-    let window = window.as_millis() as i64;
-    let inside: Vec<i64> = stamps
+/// When that stamp is still open (its call in flight), it will most likely settle soon and leave
+/// earlier than its worst case: look again after a tenth of the window instead.
+fn window_wait(
+    stamps: &[Stamp],
+    max: u32,
+    window: Duration,
+    call_limit: Duration,
+    now: i64,
+) -> Option<Duration> {
+    let window_ms = ms(window);
+    let limit = ms(call_limit);
+    let mut inside: Vec<(i64, bool)> = stamps
         .iter()
-        .copied()
-        .filter(|t| *t > now - window)
+        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
+        .filter(|(t, _)| *t > now.saturating_sub(window_ms))
         .collect();
-    if (inside.len() as u32) < max {
+    if (inside.len() as u64) < max as u64 {
         return None;
     }
-    let pivot = inside[inside.len() - max as usize];
-    Some(Duration::from_millis((pivot + window - now).max(1) as u64))
+    inside.sort_unstable();
+    let (pivot, _) = inside[inside.len() - max as usize];
+    let wait = pivot.saturating_add(window_ms).saturating_sub(now).max(1);
+    let in_flight = inside.iter().any(|(t, open)| *open && *t >= pivot);
+    let wait = if in_flight {
+        wait.min((window_ms / 10).max(1))
+    } else {
+        wait
+    };
+    Some(Duration::from_millis(wait as u64))
 }
 
-/// Applies `decide` to the budget with compare-and-swap; `decide` returns the grant and whether it
-/// changed the budget.
-async fn with_budget<S, F>(store: &S, mut decide: F) -> Result<Grant, StoreError>
+/// Applies `decide` to the budget with compare-and-swap; `decide` gets the time (unix ms) and
+/// returns its answer and whether it changed the budget. A budget object that cannot be parsed is
+/// set aside under `budget/corrupt-<ms>.json` for an operator and replaced by a conservative one.
+async fn with_budget<S, F, R>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    mut decide: F,
+) -> Result<R, StoreError>
 where
     S: ObjectStore,
-    F: FnMut(&mut TenantBudget) -> (Grant, bool),
+    F: FnMut(&mut TenantBudget, i64) -> (R, bool),
 {
     for _ in 0..50 {
+        let now = unix_ms(clock.now());
+        let mut repaired = false;
         let (mut budget, condition) = match store.get(BUDGET_KEY).await? {
-            Some(s) => (
-                serde_json::from_slice(&s.body)
-                    .map_err(|e| StoreError(format!("{BUDGET_KEY}: {e}")))?,
-                Put::IfMatch(s.etag),
-            ),
-            None => (
-                TenantBudget {
-                    v: 1,
-                    ..TenantBudget::default()
-                },
-                Put::IfAbsent,
-            ),
+            Some(s) => match serde_json::from_slice::<TenantBudget>(&s.body) {
+                Ok(b) => (b, Put::IfMatch(s.etag)),
+                Err(e) => {
+                    let aside = format!("budget/corrupt-{now}.json");
+                    tracing::error!(key = BUDGET_KEY, error = %e, kept_as = %aside,
+                        "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown)");
+                    if let Err(e) = store.put(&aside, s.body.to_vec(), Put::Always).await {
+                        tracing::warn!(error = %e, "could not keep the unreadable budget aside");
+                    }
+                    repaired = true;
+                    (TenantBudget::conservative(cfg, now), Put::IfMatch(s.etag))
+                }
+            },
+            None => (TenantBudget::new(), Put::IfAbsent),
         };
-        let (grant, changed) = decide(&mut budget);
-        if !changed {
-            return Ok(grant);
+        budget.tidy(cfg, now);
+        let (answer, changed) = decide(&mut budget, now);
+        if !changed && !repaired {
+            return Ok(answer);
         }
         let body = serde_json::to_vec(&budget).map_err(|e| StoreError(e.to_string()))?;
         match store.put(BUDGET_KEY, body, condition).await? {
-            PutResult::Written { .. } => return Ok(grant),
+            PutResult::Written { .. } => return Ok(answer),
             PutResult::Conflict => {
                 // Another invocation won the race: back off a little and read again.
                 tokio::time::sleep(Duration::from_millis(
@@ -127,75 +270,190 @@ where
     Err(StoreError("budget: too many concurrent updates".into()))
 }
 
+fn new_slot(window: Window) -> Slot {
+    Slot {
+        window,
+        id: crate::stages::jitter().to_bits(),
+    }
+}
+
 /// A submission slot and a session for `run`, or how long to wait for them. A run that already holds
-/// a session (a retry after a lost answer) is granted without counting twice.
+/// a session (a retry after a lost answer) is granted without counting the session twice.
 pub async fn acquire_submission<S: ObjectStore>(
     store: &S,
     cfg: &BudgetConfig,
+    clock: &dyn Clock,
     run: &RunId,
-    now: OffsetDateTime,
 ) -> Result<Grant, StoreError> {
-    let now_ms = ms(now);
-    let minute = cfg.minute;
-    let hour = cfg.hour();
-    with_budget(store, |b| {
-        b.submissions
-            .retain(|t| *t > now_ms - minute.as_millis() as i64);
-        b.gets.retain(|t| *t > now_ms - hour.as_millis() as i64);
-        // No run lives past three days (Defender's longest queue window, and the longest deadline):
-        // a session still held after that was left behind by a run that never came back for it.
-        b.running
-            .retain(|_, since| *since > now_ms - STALE_SESSION_MS);
-        if let Some(wait) = window_wait(&b.submissions, cfg.submissions_per_minute, minute, now_ms)
-        {
-            return (Grant::Wait(wait), false);
+    let slot = new_slot(Window::Submissions);
+    let id = slot.id;
+    let granted = with_budget(store, cfg, clock, |b, now| {
+        if let Some(wait) = window_wait(
+            &b.submissions,
+            cfg.submissions_per_minute,
+            cfg.minute,
+            cfg.call_limit,
+            now,
+        ) {
+            return (Some(wait), false);
         }
         let holds = b.running.contains_key(run.as_str());
-        if !holds && b.running.len() as u32 >= cfg.running_sessions {
+        if !holds && b.running.len() as u64 >= cfg.running_sessions as u64 {
             // A session frees when some run ends; look again in a while.
-            return (Grant::Wait(minute / 4), false);
+            return (Some(cfg.minute / 4), false);
         }
-        b.submissions.push(now_ms);
-        b.running.entry(run.to_string()).or_insert(now_ms);
-        (Grant::Granted, true)
+        b.submissions.push(Stamp::Open {
+            granted: now,
+            slot: id,
+        });
+        b.running.entry(run.to_string()).or_insert(now);
+        (None, true)
     })
-    .await
-}
-
-/// Gives back a run's session (its action ended, or it was never accepted).
-pub async fn release_session<S: ObjectStore>(store: &S, run: &RunId) -> Result<(), StoreError> {
-    with_budget(store, |b| {
-        let changed = b.running.remove(run.as_str()).is_some();
-        (Grant::Granted, changed)
+    .await?;
+    Ok(match granted {
+        Some(wait) => Grant::Wait(wait),
+        None => Grant::Granted(slot),
     })
-    .await
-    .map(|_| ())
 }
 
 /// One GET call (status, result link, list, cancel), or how long to wait for one.
 pub async fn acquire_get<S: ObjectStore>(
     store: &S,
     cfg: &BudgetConfig,
-    now: OffsetDateTime,
+    clock: &dyn Clock,
 ) -> Result<Grant, StoreError> {
-    let now_ms = ms(now);
+    let slot = new_slot(Window::Gets);
+    let id = slot.id;
     let hour = cfg.hour();
-    with_budget(store, |b| {
-        b.gets.retain(|t| *t > now_ms - hour.as_millis() as i64);
+    let wait = with_budget(store, cfg, clock, |b, now| {
         let wait = [
-            window_wait(&b.gets, cfg.gets_per_minute, cfg.minute, now_ms),
-            window_wait(&b.gets, cfg.gets_per_hour, hour, now_ms),
+            window_wait(
+                &b.gets,
+                cfg.gets_per_minute,
+                cfg.minute,
+                cfg.call_limit,
+                now,
+            ),
+            window_wait(&b.gets, cfg.gets_per_hour, hour, cfg.call_limit, now),
         ]
         .into_iter()
         .flatten()
         .max();
         match wait {
-            Some(w) => (Grant::Wait(w), false),
+            Some(w) => (Some(w), false),
             None => {
-                b.gets.push(now_ms);
-                (Grant::Granted, true)
+                b.gets.push(Stamp::Open {
+                    granted: now,
+                    slot: id,
+                });
+                (None, true)
             }
         }
+    })
+    .await?;
+    Ok(match wait {
+        Some(w) => Grant::Wait(w),
+        None => Grant::Granted(slot),
+    })
+}
+
+/// Records that the call behind `slot` has returned: from now on it counts at this time instead of
+/// at the latest time it could have arrived. Best effort: if this fails, the open stamp still
+/// counts, conservatively, until its call limit.
+pub async fn settle<S: ObjectStore>(store: &S, cfg: &BudgetConfig, clock: &dyn Clock, slot: Slot) {
+    let result = with_budget(store, cfg, clock, |b, now| {
+        let stamps = match slot.window {
+            Window::Submissions => &mut b.submissions,
+            Window::Gets => &mut b.gets,
+        };
+        let found = stamps
+            .iter_mut()
+            .find(|s| matches!(s, Stamp::Open { slot: id, .. } if *id == slot.id));
+        match found {
+            Some(s) => {
+                let Stamp::Open { granted, .. } = *s else {
+                    return ((), false);
+                };
+                *s = Stamp::Settled(now.max(granted));
+                ((), true)
+            }
+            None => ((), false),
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
+    }
+}
+
+/// Makes `call` (a live response submission for `run`) within the submission rate and session cap,
+/// and settles its slot when it returns; or says how long to wait, without calling.
+pub async fn submission_call<S, T, F, Fut>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    run: &RunId,
+    call: F,
+) -> Result<Paced<T>, StoreError>
+where
+    S: ObjectStore,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    match acquire_submission(store, cfg, clock, run).await? {
+        Grant::Wait(w) => Ok(Paced::Wait(w)),
+        Grant::Granted(slot) => {
+            let out = call().await;
+            settle(store, cfg, clock, slot).await;
+            Ok(Paced::Ran(out))
+        }
+    }
+}
+
+/// Makes one GET `call` within the GET budget and settles its slot when it returns; or says how
+/// long to wait, without calling.
+pub async fn get_call<S, T, F, Fut>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    call: F,
+) -> Result<Paced<T>, StoreError>
+where
+    S: ObjectStore,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    match acquire_get(store, cfg, clock).await? {
+        Grant::Wait(w) => Ok(Paced::Wait(w)),
+        Grant::Granted(slot) => {
+            let out = call().await;
+            settle(store, cfg, clock, slot).await;
+            Ok(Paced::Ran(out))
+        }
+    }
+}
+
+/// Gives back a run's session (its action ended, or it was never accepted).
+pub async fn release_session<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    run: &RunId,
+) -> Result<(), StoreError> {
+    with_budget(store, cfg, clock, |b, _| {
+        ((), b.running.remove(run.as_str()).is_some())
+    })
+    .await
+}
+
+/// The runs that hold a session now, for reconciling against run records.
+pub async fn held_sessions<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+) -> Result<Vec<String>, StoreError> {
+    with_budget(store, cfg, clock, |b, _| {
+        (b.running.keys().cloned().collect(), false)
     })
     .await
 }
@@ -204,23 +462,118 @@ pub async fn acquire_get<S: ObjectStore>(
 mod tests {
     use super::*;
 
+    const LIMIT: Duration = Duration::from_secs(120);
+
     #[test]
     fn sliding_windows_say_how_long_to_wait() {
         let w = Duration::from_secs(60);
-        assert_eq!(window_wait(&[], 2, w, 100_000), None);
-        assert_eq!(window_wait(&[50_000], 2, w, 100_000), None);
+        let s = |ts: &[i64]| ts.iter().map(|t| Stamp::Settled(*t)).collect::<Vec<_>>();
+        assert_eq!(window_wait(&s(&[]), 2, w, LIMIT, 100_000), None);
+        assert_eq!(window_wait(&s(&[50_000]), 2, w, LIMIT, 100_000), None);
         assert_eq!(
-            window_wait(&[50_000, 60_000], 2, w, 100_000),
+            window_wait(&s(&[50_000, 60_000]), 2, w, LIMIT, 100_000),
             Some(Duration::from_secs(10))
         );
         assert_eq!(
-            window_wait(&[10_000, 50_000, 60_000], 2, w, 100_000),
+            window_wait(&s(&[10_000, 50_000, 60_000]), 2, w, LIMIT, 100_000),
             Some(Duration::from_secs(10))
         );
         assert_eq!(
-            window_wait(&[30_000, 40_000], 2, w, 100_000),
+            window_wait(&s(&[30_000, 40_000]), 2, w, LIMIT, 100_000),
             None,
             "both left the window"
         );
+    }
+
+    #[test]
+    fn an_open_stamp_counts_until_its_call_limit() {
+        let w = Duration::from_secs(60);
+        // Granted 100 s ago and never settled: it may still arrive for another 20 s.
+        let open = [
+            Stamp::Open {
+                granted: 0,
+                slot: 1,
+            },
+            Stamp::Settled(90_000),
+        ];
+        assert_eq!(
+            window_wait(&open, 2, w, LIMIT, 100_000),
+            Some(Duration::from_secs(6)),
+            "full until 150 s, but the open call may settle: look again in a tenth of the window"
+        );
+        assert_eq!(
+            window_wait(&open, 2, w, LIMIT, 151_000),
+            None,
+            "the settled one left the window; the open one alone is under the limit"
+        );
+        let two_open = [
+            Stamp::Open {
+                granted: 0,
+                slot: 1,
+            },
+            Stamp::Open {
+                granted: 1_000,
+                slot: 2,
+            },
+        ];
+        assert_eq!(
+            window_wait(&two_open, 2, w, LIMIT, 170_000),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            window_wait(&two_open, 2, w, LIMIT, 179_500),
+            Some(Duration::from_millis(500)),
+            "the first may arrive until 120 s and counts until 180 s"
+        );
+        assert_eq!(window_wait(&two_open, 2, w, LIMIT, 181_000), None);
+    }
+
+    #[test]
+    fn stamps_from_any_number_do_not_overflow() {
+        let w = Duration::from_secs(60);
+        let wild = [
+            Stamp::Settled(i64::MAX),
+            Stamp::Open {
+                granted: i64::MAX,
+                slot: 0,
+            },
+            Stamp::Settled(i64::MIN),
+        ];
+        assert!(window_wait(&wild, 2, w, LIMIT, 0).is_some());
+        let mut b = TenantBudget {
+            v: 2,
+            submissions: wild.to_vec(),
+            running: [("r".to_string(), i64::MAX)].into(),
+            gets: wild.to_vec(),
+        };
+        let cfg = BudgetConfig {
+            submissions_per_minute: 10,
+            running_sessions: 25,
+            gets_per_minute: 100,
+            gets_per_hour: 1500,
+            minute: w,
+            call_limit: LIMIT,
+        };
+        b.tidy(&cfg, 1_000_000);
+        assert_eq!(
+            b.submissions,
+            vec![
+                Stamp::Settled(1_000_000),
+                Stamp::Open {
+                    granted: 1_000_000,
+                    slot: 0
+                }
+            ],
+            "pulled back to now; the one from before the epoch left every window"
+        );
+        assert_eq!(b.running["r"], 1_000_000);
+    }
+
+    #[test]
+    fn the_first_budget_format_still_reads() {
+        let old = r#"{"v":1,"submissions":[1,2],"running":{"r":3},"gets":[4]}"#;
+        let b: TenantBudget = serde_json::from_str(old).unwrap();
+        assert_eq!(b.submissions, vec![Stamp::Settled(1), Stamp::Settled(2)]);
+        assert_eq!(b.gets, vec![Stamp::Settled(4)]);
     }
 }

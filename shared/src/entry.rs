@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use crate::alerts::playbook::{PlaybookError, Playbooks};
 use crate::aws::{S3Store, SecretsManagerCredentials, SqsQueue, s3_client};
 use crate::batch;
+use crate::clock::SystemClock;
 use crate::config::{
     CollectConfig, ConfigError, DefenderConfig, Env, IntakeConfig, PollConfig, SubmitConfig,
 };
@@ -140,8 +141,8 @@ impl Submit {
                     &self.store,
                     &self.queue,
                     &self.defender,
+                    &SystemClock,
                     &body,
-                    OffsetDateTime::now_utc(),
                 )
                 .await
             },
@@ -186,8 +187,8 @@ impl Poll {
                     &self.store,
                     &self.queue,
                     &self.defender,
+                    &SystemClock,
                     &body,
-                    OffsetDateTime::now_utc(),
                 )
                 .await
             },
@@ -238,8 +239,8 @@ impl Collect {
                     &self.queue,
                     &self.defender,
                     &self.fetch,
+                    &SystemClock,
                     &body,
-                    OffsetDateTime::now_utc(),
                 )
                 .await
             },

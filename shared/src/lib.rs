@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod aws;
 pub mod batch;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod defender;
 pub mod entry;

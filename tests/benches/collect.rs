@@ -114,7 +114,6 @@ async fn main() {
             .unwrap();
         sim.advance(time::Duration::seconds(60));
         let run_id = run_id("native", &format!("bench-{mib}"), machine.as_str(), "bench");
-        let now = time::OffsetDateTime::now_utc();
         let record = collecting_run(
             &run_id,
             &format!("bench-{mib}"),
@@ -144,8 +143,8 @@ async fn main() {
             &queue,
             &defender,
             &fetch,
+            &shared::clock::SystemClock,
             &encode(&job),
-            now,
         )
         .await
         .unwrap();

@@ -1,10 +1,16 @@
 //! The tenant budget over an in-memory store: submissions per sliding minute, the session cap,
-//! sessions given back, sessions left behind, and the GET windows.
+//! sessions given back, sessions left behind, the GET windows, calls counted at the latest time
+//! Defender can have counted them, and an unreadable budget object.
 
 use std::time::Duration;
 
-use shared::budget::{BudgetConfig, Grant, acquire_get, acquire_submission, release_session};
+use shared::budget::{
+    BUDGET_KEY, BudgetConfig, Grant, Paced, acquire_get, acquire_submission, get_call,
+    release_session, settle, submission_call,
+};
+use shared::clock::{Clock, ManualClock};
 use shared::ids::RunId;
+use shared::ports::{ObjectStore, Put};
 use tests::fakes::MemStore;
 
 fn cfg() -> BudgetConfig {
@@ -14,6 +20,7 @@ fn cfg() -> BudgetConfig {
         gets_per_minute: 3,
         gets_per_hour: 5,
         minute: Duration::from_secs(60),
+        call_limit: Duration::from_secs(120),
     }
 }
 
@@ -21,85 +28,219 @@ fn run(n: u32) -> RunId {
     RunId::derive("t", &n.to_string(), "m", "p")
 }
 
+fn t0() -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+}
+
+/// Acquires and settles at once (a call that returns immediately), at `secs` after t0.
+async fn submit_at(store: &MemStore, clock: &ManualClock, n: u32, secs: i64) -> Option<Duration> {
+    clock.set(t0() + time::Duration::seconds(secs));
+    match acquire_submission(store, &cfg(), clock, &run(n))
+        .await
+        .unwrap()
+    {
+        Grant::Granted(slot) => {
+            settle(store, &cfg(), clock, slot).await;
+            None
+        }
+        Grant::Wait(w) => Some(w),
+    }
+}
+
+async fn get_at(store: &MemStore, clock: &ManualClock, secs: i64) -> Option<Duration> {
+    clock.set(t0() + time::Duration::seconds(secs));
+    match acquire_get(store, &cfg(), clock).await.unwrap() {
+        Grant::Granted(slot) => {
+            settle(store, &cfg(), clock, slot).await;
+            None
+        }
+        Grant::Wait(w) => Some(w),
+    }
+}
+
 #[tokio::test]
 async fn submissions_sessions_and_gets_are_paced() {
     let store = MemStore::default();
-    let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let at = |secs: i64| t0 + time::Duration::seconds(secs);
-    assert_eq!(
-        acquire_submission(&store, &cfg(), &run(1), at(0))
-            .await
-            .unwrap(),
-        Grant::Granted
-    );
-    assert_eq!(
-        acquire_submission(&store, &cfg(), &run(2), at(10))
-            .await
-            .unwrap(),
-        Grant::Granted
-    );
+    let clock = ManualClock::at(t0());
+    assert_eq!(submit_at(&store, &clock, 1, 0).await, None);
+    assert_eq!(submit_at(&store, &clock, 2, 10).await, None);
     // Third submission inside the minute: wait until the first leaves the window.
     assert_eq!(
-        acquire_submission(&store, &cfg(), &run(3), at(20))
-            .await
-            .unwrap(),
-        Grant::Wait(Duration::from_secs(40))
+        submit_at(&store, &clock, 3, 20).await,
+        Some(Duration::from_secs(40))
     );
     // After the minute, the rate allows it but both sessions are taken.
-    assert!(matches!(
-        acquire_submission(&store, &cfg(), &run(3), at(70))
-            .await
-            .unwrap(),
-        Grant::Wait(_)
-    ));
+    assert!(submit_at(&store, &clock, 3, 70).await.is_some());
     // A retry of a run that holds a session is not counted twice against the cap.
-    assert_eq!(
-        acquire_submission(&store, &cfg(), &run(1), at(75))
-            .await
-            .unwrap(),
-        Grant::Granted
-    );
-    release_session(&store, &run(1)).await.unwrap();
-    assert_eq!(
-        acquire_submission(&store, &cfg(), &run(3), at(140))
-            .await
-            .unwrap(),
-        Grant::Granted
-    );
+    assert_eq!(submit_at(&store, &clock, 1, 75).await, None);
+    release_session(&store, &cfg(), &clock, &run(1))
+        .await
+        .unwrap();
+    assert_eq!(submit_at(&store, &clock, 3, 140).await, None);
     // A session left behind for more than three days is dropped.
-    assert!(matches!(
-        acquire_submission(&store, &cfg(), &run(4), at(200))
-            .await
-            .unwrap(),
-        Grant::Wait(_)
-    ));
+    assert!(submit_at(&store, &clock, 4, 200).await.is_some());
     let later = 3 * 24 * 3600 + 2 * 3600;
-    assert_eq!(
-        acquire_submission(&store, &cfg(), &run(4), at(later))
-            .await
-            .unwrap(),
-        Grant::Granted
-    );
+    assert_eq!(submit_at(&store, &clock, 4, later).await, None);
 
+    let store = MemStore::default();
     for s in 0..3 {
-        assert_eq!(
-            acquire_get(&store, &cfg(), at(s)).await.unwrap(),
-            Grant::Granted
-        );
+        assert_eq!(get_at(&store, &clock, s).await, None);
     }
     assert_eq!(
-        acquire_get(&store, &cfg(), at(3)).await.unwrap(),
-        Grant::Wait(Duration::from_secs(57))
+        get_at(&store, &clock, 3).await,
+        Some(Duration::from_secs(57))
     );
-    assert_eq!(
-        acquire_get(&store, &cfg(), at(61)).await.unwrap(),
-        Grant::Granted
-    );
-    assert_eq!(
-        acquire_get(&store, &cfg(), at(62)).await.unwrap(),
-        Grant::Granted
-    );
+    assert_eq!(get_at(&store, &clock, 61).await, None);
+    assert_eq!(get_at(&store, &clock, 62).await, None);
     // Five in the hour: the hourly window now decides.
-    let wait = acquire_get(&store, &cfg(), at(130)).await.unwrap();
-    assert_eq!(wait, Grant::Wait(Duration::from_secs(3600 - 130)));
+    assert_eq!(
+        get_at(&store, &clock, 130).await,
+        Some(Duration::from_secs(3600 - 130))
+    );
+}
+
+/// The defect seen on a loaded machine: a submission granted at t but arriving at Defender later
+/// (CPU load, a token refresh) was counted at t, so the next minute's grants came too early and
+/// Defender saw more than its limit in one of its sliding minutes.
+#[tokio::test]
+async fn a_call_counts_from_when_it_returned_not_from_when_it_was_granted() {
+    let store = MemStore::default();
+    let clock = ManualClock::at(t0());
+    let cfg = cfg();
+    // Two submissions granted at 0 whose POSTs only get through 5 s later.
+    for n in 0..2 {
+        clock.set(t0());
+        let out = submission_call(&store, &cfg, &clock, &run(n), || async {
+            clock.set(t0() + time::Duration::seconds(5));
+            "201"
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, Paced::Ran("201"));
+    }
+    release_session(&store, &cfg, &clock, &run(0))
+        .await
+        .unwrap();
+    release_session(&store, &cfg, &clock, &run(1))
+        .await
+        .unwrap();
+    // At 61 s the grant times have left the minute, but Defender counted both POSTs at ~5 s: a
+    // third one now would be its third in [5 s, 65 s).
+    clock.set(t0() + time::Duration::seconds(61));
+    let third = submission_call(&store, &cfg, &clock, &run(2), || async { "201" })
+        .await
+        .unwrap();
+    assert_eq!(third, Paced::Wait(Duration::from_secs(4)));
+    clock.set(t0() + time::Duration::seconds(65));
+    let third = submission_call(&store, &cfg, &clock, &run(2), || async { "201" })
+        .await
+        .unwrap();
+    assert_eq!(third, Paced::Ran("201"));
+}
+
+/// A call whose invocation dies before it returns (a kill, a timeout) is never settled: it counts
+/// until the latest moment it could still reach Defender, then for a window after that.
+#[tokio::test]
+async fn an_unsettled_call_counts_until_its_call_limit() {
+    let store = MemStore::default();
+    let clock = ManualClock::at(t0());
+    let cfg = cfg();
+    for _ in 0..3 {
+        let Grant::Granted(_lost) = acquire_get(&store, &cfg, &clock).await.unwrap() else {
+            panic!("room for three");
+        };
+    }
+    clock.advance(Duration::from_secs(100));
+    let wait = get_call(&store, &cfg, &clock, || async {}).await.unwrap();
+    assert_eq!(
+        wait,
+        Paced::Wait(Duration::from_secs(6)),
+        "in flight: look again soon, as the calls may settle"
+    );
+    clock.advance(Duration::from_secs(79));
+    let wait = get_call(&store, &cfg, &clock, || async {}).await.unwrap();
+    assert_eq!(
+        wait,
+        Paced::Wait(Duration::from_secs(1)),
+        "granted at 0, may arrive until 120, counts until 180"
+    );
+    clock.advance(Duration::from_secs(1));
+    let ran = get_call(&store, &cfg, &clock, || async {}).await.unwrap();
+    assert_eq!(ran, Paced::Ran(()));
+}
+
+/// Many invocations at once, each call arriving at a random delay after its grant: Defender's view
+/// (arrival times) never holds more than the limit in any sliding window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_delayed_calls_never_exceed_the_limit_where_defender_counts() {
+    let store = std::sync::Arc::new(MemStore::default());
+    let clock = std::sync::Arc::new(shared::clock::SystemClock);
+    let cfg = BudgetConfig {
+        gets_per_minute: 5,
+        gets_per_hour: 10_000,
+        minute: Duration::from_millis(300),
+        ..cfg()
+    };
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seed = tests::seed_from_env("BUDGET_SEED");
+    println!("seed {seed} (BUDGET_SEED={seed} replays the delays)");
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let (store, clock, arrivals) = (store.clone(), clock.clone(), arrivals.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = tests::Rng::new(seed ^ worker);
+            let mut made = 0;
+            while made < 6 {
+                let delay = Duration::from_millis(rng.below(120));
+                let out = get_call(&*store, &cfg, &*clock, || async {
+                    // The call is delayed between the grant and its arrival at Defender.
+                    tokio::time::sleep(delay).await;
+                    arrivals.lock().unwrap().push(clock.now());
+                })
+                .await
+                .unwrap();
+                match out {
+                    Paced::Ran(()) => made += 1,
+                    Paced::Wait(w) => tokio::time::sleep(w).await,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut at: Vec<_> = arrivals.lock().unwrap().clone();
+    at.sort();
+    assert_eq!(at.len(), 48);
+    let window = time::Duration::milliseconds(300);
+    let most = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t - at[i] < window).count())
+        .max()
+        .unwrap();
+    assert!(
+        most <= 5,
+        "seed {seed}: {most} calls arrived within one window"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_budget_is_kept_aside_and_replaced_by_a_conservative_one() {
+    let store = MemStore::default();
+    let clock = ManualClock::at(t0());
+    store
+        .put(BUDGET_KEY, b"{not json".to_vec(), Put::Always)
+        .await
+        .unwrap();
+    // Nobody knows what was sent in the last minute: wait a minute rather than risk a 429.
+    let first = get_call(&store, &cfg(), &clock, || async {}).await.unwrap();
+    assert_eq!(first, Paced::Wait(Duration::from_secs(60)));
+    let kept = store.list("budget/corrupt-").await.unwrap();
+    assert_eq!(kept.len(), 1, "the unreadable body is kept for an operator");
+    assert_eq!(
+        &store.get(&kept[0]).await.unwrap().unwrap().body[..],
+        b"{not json"
+    );
+    clock.advance(Duration::from_secs(60));
+    let later = get_call(&store, &cfg(), &clock, || async {}).await.unwrap();
+    assert_eq!(later, Paced::Ran(()), "the pipeline goes on by itself");
 }

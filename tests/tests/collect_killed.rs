@@ -38,7 +38,6 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
 
     let store = MemStore::default();
     let queue = MemQueue::default();
-    let now = time::OffsetDateTime::now_utc();
     let run_id = run_id("native", "killed-collect", M1, "malware-file");
     let record = collecting_run(
         &run_id,
@@ -108,7 +107,15 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
     });
 
     // Kill it once 10 MiB have crossed: the future is dropped mid-copy.
-    let copy = shared::stages::collect::handle(&cfg, &store, &queue, &defender, &fetch, &job, now);
+    let copy = shared::stages::collect::handle(
+        &cfg,
+        &store,
+        &queue,
+        &defender,
+        &fetch,
+        &shared::clock::SystemClock,
+        &job,
+    );
     let started = async {
         while sim.stats().blob_bytes_sent < 10 << 20 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -133,9 +140,17 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
     );
 
     // SQS delivers the job again.
-    let done = shared::stages::collect::handle(&cfg, &store, &queue, &defender, &fetch, &job, now)
-        .await
-        .unwrap();
+    let done = shared::stages::collect::handle(
+        &cfg,
+        &store,
+        &queue,
+        &defender,
+        &fetch,
+        &shared::clock::SystemClock,
+        &job,
+    )
+    .await
+    .unwrap();
     assert_eq!(done.outcome, "collected", "{}", done.detail);
     let rec = load_command(&store, &run_id, 0).await.unwrap().unwrap();
     assert_eq!(rec.outcome, CommandOutcome::Collected);

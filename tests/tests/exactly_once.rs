@@ -119,9 +119,16 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     let run = done.run_id.unwrap();
 
     let (job, _) = last_message(&queue, "submit");
-    let first = shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &job, now)
-        .await
-        .unwrap();
+    let first = shared::stages::submit::handle(
+        &submit_cfg,
+        &store,
+        &queue,
+        &defender,
+        &shared::clock::SystemClock,
+        &job,
+    )
+    .await
+    .unwrap();
     assert_eq!(first.outcome, "transient", "{}", first.detail);
     assert_eq!(sim.stats().actions_created, 1, "Defender did accept it");
     let (retry, delay) = last_message(&queue, "submit");
@@ -131,10 +138,16 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
         RunState::Submitting
     );
 
-    let second =
-        shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &retry, now)
-            .await
-            .unwrap();
+    let second = shared::stages::submit::handle(
+        &submit_cfg,
+        &store,
+        &queue,
+        &defender,
+        &shared::clock::SystemClock,
+        &retry,
+    )
+    .await
+    .unwrap();
     assert_eq!(second.outcome, "recovered", "{}", second.detail);
     assert_eq!(sim.stats().actions_created, 1, "no second live response");
     let (rec, _) = load_run(&store, &run).await.unwrap().unwrap();
@@ -148,9 +161,16 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     assert_eq!(delay, Duration::from_secs(15));
 
     // The same submit job delivered again (SQS is at-least-once) changes nothing.
-    let third = shared::stages::submit::handle(&submit_cfg, &store, &queue, &defender, &retry, now)
-        .await
-        .unwrap();
+    let third = shared::stages::submit::handle(
+        &submit_cfg,
+        &store,
+        &queue,
+        &defender,
+        &shared::clock::SystemClock,
+        &retry,
+    )
+    .await
+    .unwrap();
     assert_eq!(third.outcome, "already_submitted");
     assert_eq!(sim.stats().actions_created, 1);
 }

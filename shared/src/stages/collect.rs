@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{Done, StageError, jitter};
-use crate::budget::{self, Grant};
+use crate::budget::{self, Paced};
+use crate::clock::Clock;
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::hash::ResumableSha256;
@@ -87,9 +88,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     queue: &Q,
     defender: &D,
     fetch: &F,
+    clock: &dyn Clock,
     body: &str,
-    now: OffsetDateTime,
 ) -> Result<Done, StageError> {
+    let now = clock.now();
     let deadline = std::time::Instant::now() + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, body).await?;
     // Poll left a record with Defender's view of the command; anything further means done already.
@@ -115,25 +117,29 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         });
     };
 
-    if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
-        requeue(
-            cfg,
-            queue,
-            &job,
-            job.attempt,
-            wait.max(Duration::from_secs(1)),
-        )
-        .await?;
-        return Ok(Done::new(
-            &run_id,
-            "paced",
-            format!("GET budget full; again in {}s", wait.as_secs()),
-        ));
-    }
-    let link = match defender
-        .result_download_link(&job.action_id, job.index)
-        .await
-    {
+    let link = budget::get_call(store, &cfg.budget, clock, || {
+        defender.result_download_link(&job.action_id, job.index)
+    })
+    .await?;
+    let link = match link {
+        Paced::Wait(wait) => {
+            requeue(
+                cfg,
+                queue,
+                &job,
+                job.attempt,
+                wait.max(Duration::from_secs(1)),
+            )
+            .await?;
+            return Ok(Done::new(
+                &run_id,
+                "paced",
+                format!("GET budget full; again in {}s", wait.as_secs()),
+            ));
+        }
+        Paced::Ran(link) => link,
+    };
+    let link = match link {
         Ok(l) => l,
         Err(e) => {
             if let Next::RetryAfter(after) = e.next() {
@@ -177,6 +183,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         defender,
         fetch,
         cfg,
+        clock,
         job: &job,
     };
     match copy(store, &source, &run, command.kind, &link, deadline).await {
@@ -383,6 +390,7 @@ struct Source<'a, S, D, F> {
     defender: &'a D,
     fetch: &'a F,
     cfg: &'a CollectConfig,
+    clock: &'a dyn Clock,
     job: &'a CollectJob,
 }
 
@@ -391,30 +399,29 @@ impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
     async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
         // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
         let mut waited = Duration::ZERO;
-        while let Grant::Wait(w) =
-            budget::acquire_get(self.store, &self.cfg.budget, OffsetDateTime::now_utc())
-                .await
-                .map_err(CopyError::Store)?
-        {
-            waited += w;
-            if waited > Duration::from_secs(60) {
-                return Err(CopyError::Download(
-                    "GET budget exhausted while resuming".into(),
-                ));
-            }
-            tokio::time::sleep(w).await;
-        }
-        let link = self
-            .defender
-            .result_download_link(&self.job.action_id, self.job.index)
+        let link = loop {
+            let call = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+                self.defender
+                    .result_download_link(&self.job.action_id, self.job.index)
+            })
             .await
-            .map_err(|e| CopyError::Download(format!("asking for a fresh link: {e}")))?;
-        check_link(
-            link.url.expose(),
-            &self.cfg.allowed_hosts,
-            OffsetDateTime::now_utc(),
-        )
-        .map_err(CopyError::Download)?;
+            .map_err(CopyError::Store)?;
+            match call {
+                Paced::Ran(link) => break link,
+                Paced::Wait(w) => {
+                    waited += w;
+                    if waited > Duration::from_secs(60) {
+                        return Err(CopyError::Download(
+                            "GET budget exhausted while resuming".into(),
+                        ));
+                    }
+                    tokio::time::sleep(w).await;
+                }
+            }
+        }
+        .map_err(|e| CopyError::Download(format!("asking for a fresh link: {e}")))?;
+        check_link(link.url.expose(), &self.cfg.allowed_hosts, self.clock.now())
+            .map_err(CopyError::Download)?;
         self.fetch
             .open(&link.url, from)
             .await

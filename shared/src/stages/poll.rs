@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use time::OffsetDateTime;
-
 use super::{Done, StageError, jitter};
-use crate::budget::{self, Grant};
+use crate::budget::{self, Paced};
+use crate::clock::Clock;
 use crate::config::PollConfig;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, encode};
@@ -36,9 +35,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     store: &S,
     queue: &Q,
     defender: &D,
+    clock: &dyn Clock,
     body: &str,
-    now: OffsetDateTime,
 ) -> Result<Done, StageError> {
+    let now = clock.now();
     let (job, run_id, run) = super::open::<PollJob, _>(store, body).await?;
     if run.state == RunState::Collecting {
         // Finalised before, but the collect jobs may not all have gone out (a crash between the
@@ -68,10 +68,15 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         ));
     }
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
-    if let Some(paced) = pace_get(cfg, store, queue, &job, now).await? {
-        return Ok(paced);
-    }
-    let action = match defender.get_machine_action(&job.action_id).await {
+    let read = budget::get_call(store, &cfg.budget, clock, || {
+        defender.get_machine_action(&job.action_id)
+    })
+    .await?;
+    let read = match read {
+        Paced::Wait(wait) => return paced(cfg, queue, &job, wait).await,
+        Paced::Ran(read) => read,
+    };
+    let action = match read {
         Ok(a) => a,
         Err(DefenderError::NotFound { .. }) if job.polls < NOT_FOUND_POLLS => {
             // New actions can answer 404 for a moment.
@@ -102,24 +107,29 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 true
             })
             .await?;
-            budget::release_session(store, &run_id).await?;
+            budget::release_session(store, &cfg.budget, clock, &run_id).await?;
             finish_run_if_complete(store, &run_id).await?;
             return Ok(Done::new(&run_id, "failed", e.to_string()));
         }
     };
     if action.status.is_final() {
-        return finalize(cfg, store, queue, &run, &action, false, now).await;
+        return finalize(cfg, store, queue, clock, &run, &action, false).await;
     }
     if now >= run.deadline {
-        if let Some(paced) = pace_get(cfg, store, queue, &job, now).await? {
-            return Ok(paced);
-        }
         let comment = format!(
             "{}: deadline passed, cancelled by the pipeline",
             run.run_id.comment_tag()
         );
-        return match defender.cancel_machine_action(&action.id, &comment).await {
-            Ok(cancelled) => finalize(cfg, store, queue, &run, &cancelled, true, now).await,
+        let cancel = budget::get_call(store, &cfg.budget, clock, || {
+            defender.cancel_machine_action(&action.id, &comment)
+        })
+        .await?;
+        let cancel = match cancel {
+            Paced::Wait(wait) => return paced(cfg, queue, &job, wait).await,
+            Paced::Ran(cancel) => cancel,
+        };
+        return match cancel {
+            Ok(cancelled) => finalize(cfg, store, queue, clock, &run, &cancelled, true).await,
             // It ended between the two calls: look again right away.
             Err(DefenderError::Rejected { .. }) => {
                 requeue(cfg, queue, &job, job.polls + 1, Duration::from_secs(1)).await?;
@@ -153,26 +163,20 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     ))
 }
 
-/// One GET from the tenant budget, or the job back on the queue until there is room (`Some`): when
-/// the hourly budget is tight, polls stretch out instead of provoking 429s.
-async fn pace_get<S: ObjectStore, Q: Queue>(
+/// The job back on the queue until the GET budget has room: when the hourly budget is tight,
+/// polls stretch out instead of provoking 429s.
+async fn paced<Q: Queue>(
     cfg: &PollConfig,
-    store: &S,
     queue: &Q,
     job: &PollJob,
-    now: OffsetDateTime,
-) -> Result<Option<Done>, StageError> {
-    match budget::acquire_get(store, &cfg.budget, now).await? {
-        Grant::Granted => Ok(None),
-        Grant::Wait(wait) => {
-            requeue(cfg, queue, job, job.polls, wait.max(Duration::from_secs(1))).await?;
-            Ok(Some(Done::new(
-                &job.run_id,
-                "paced",
-                format!("GET budget full; again in {}s", wait.as_secs()),
-            )))
-        }
-    }
+    wait: Duration,
+) -> Result<Done, StageError> {
+    requeue(cfg, queue, job, job.polls, wait.max(Duration::from_secs(1))).await?;
+    Ok(Done::new(
+        &job.run_id,
+        "paced",
+        format!("GET budget full; again in {}s", wait.as_secs()),
+    ))
 }
 
 async fn requeue<Q: Queue>(
@@ -219,11 +223,12 @@ async fn finalize<S: ObjectStore, Q: Queue>(
     cfg: &PollConfig,
     store: &S,
     queue: &Q,
+    clock: &dyn Clock,
     run: &RunRecord,
     action: &MachineAction,
     cancelled_by_us: bool,
-    now: OffsetDateTime,
 ) -> Result<Done, StageError> {
+    let now = clock.now();
     let mut to_collect = Vec::new();
     for c in &action.commands {
         let completed = c.command_status == CommandStatus::Completed;
@@ -298,7 +303,7 @@ async fn finalize<S: ObjectStore, Q: Queue>(
     })
     .await?;
     // The session is over: its slot in the tenant's budget is free again.
-    budget::release_session(store, &run.run_id).await?;
+    budget::release_session(store, &cfg.budget, clock, &run.run_id).await?;
     for index in &to_collect {
         send_collect(cfg, queue, &run.run_id, &action.id, *index).await?;
     }

@@ -7,11 +7,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Done, StageError, jitter};
-use crate::budget::{self, Grant};
+use crate::budget::{self, Paced};
+use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, encode};
-use crate::ports::{Defender, ObjectStore, Queue};
+use crate::ports::{Defender, ObjectStore, Queue, StoreError};
 use crate::store::{RunOutcome, RunRecord, RunState, finish_run_if_complete, update_run};
 
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
@@ -19,9 +20,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     store: &S,
     queue: &Q,
     defender: &D,
+    clock: &dyn Clock,
     body: &str,
-    now: OffsetDateTime,
 ) -> Result<Done, StageError> {
+    let now = clock.now();
     let (job, run_id, run) = super::open::<SubmitJob, _>(store, body).await?;
     match run.state {
         RunState::Received | RunState::Submitting => {}
@@ -42,7 +44,9 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     }
     if now >= run.deadline {
         fail_run(
+            cfg,
             store,
+            clock,
             &run,
             RunOutcome::TimedOut,
             "the deadline passed before Defender accepted the live response",
@@ -53,15 +57,20 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
 
     // An earlier attempt may have reached Defender before this invocation died: look first.
     if run.state == RunState::Submitting {
-        if let Grant::Wait(wait) = budget::acquire_get(store, &cfg.budget, now).await? {
-            return pace(cfg, queue, &job, wait).await;
-        }
         let filter = ActionFilter {
             machine_id: Some(run.machine_id.clone()),
             live_response_only: true,
             ..ActionFilter::default()
         };
-        match defender.list_machine_actions(&filter).await {
+        let listed = match budget::get_call(store, &cfg.budget, clock, || {
+            defender.list_machine_actions(&filter)
+        })
+        .await?
+        {
+            Paced::Wait(wait) => return pace(cfg, queue, &job, wait).await,
+            Paced::Ran(listed) => listed,
+        };
+        match listed {
             Ok(actions) => {
                 let tag = run.run_id.comment_tag();
                 if let Some(found) = actions.into_iter().find(|a| {
@@ -85,20 +94,25 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     }
 
     // Keep within the tenant's submission rate and session cap before asking Defender.
-    if let Grant::Wait(wait) = budget::acquire_submission(store, &cfg.budget, &run_id, now).await? {
-        return pace(cfg, queue, &job, wait).await;
-    }
-    update_run(store, &run_id, |r| {
-        r.state = RunState::Submitting;
-        r.submit_attempts += 1;
-        true
-    })
-    .await?;
     let request = LiveResponseRequest {
         commands: run.commands.clone(),
         comment: run.comment.clone(),
     };
-    match defender.run_live_response(&run.machine_id, &request).await {
+    let answer = budget::submission_call(store, &cfg.budget, clock, &run_id, || async {
+        update_run(store, &run_id, |r| {
+            r.state = RunState::Submitting;
+            r.submit_attempts += 1;
+            true
+        })
+        .await?;
+        Ok::<_, StoreError>(defender.run_live_response(&run.machine_id, &request).await)
+    })
+    .await?;
+    let answer = match answer {
+        Paced::Wait(wait) => return pace(cfg, queue, &job, wait).await,
+        Paced::Ran(answer) => answer?,
+    };
+    match answer {
         Ok(action) => {
             record_submitted(cfg, store, queue, &run, &action, now).await?;
             Ok(Done::new(
@@ -114,13 +128,15 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 e,
                 DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
             ) {
-                budget::release_session(store, &run_id).await?;
+                budget::release_session(store, &cfg.budget, clock, &run_id).await?;
             }
             retry_later(cfg, queue, &job, &e, "submitting").await
         }
         Err(e) => {
             fail_run(
+                cfg,
                 store,
+                clock,
                 &run,
                 RunOutcome::Failed,
                 &format!("Defender refused the live response: {e}"),
@@ -225,13 +241,15 @@ async fn send_poll<Q: Queue>(
 }
 
 async fn fail_run<S: ObjectStore>(
+    cfg: &SubmitConfig,
     store: &S,
+    clock: &dyn Clock,
     run: &RunRecord,
     outcome: RunOutcome,
     reason: &str,
 ) -> Result<(), StageError> {
     // Whatever session this run held is free again.
-    budget::release_session(store, &run.run_id).await?;
+    budget::release_session(store, &cfg.budget, clock, &run.run_id).await?;
     update_run(store, &run.run_id, |r| {
         r.state = RunState::Failed;
         r.outcome = Some(outcome);
