@@ -15,10 +15,9 @@ import zipfile
 
 import boto3
 from samtranslator.public.translator import ManagedPolicyLoader
-from samtranslator.translator.transform import transform
-from samtranslator.yaml_helper import yaml_parse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from role_policies import transformed_template
+
 endpoint = os.environ["AWS_ENDPOINT_URL"]
 session = boto3.session.Session(region_name=os.environ.get("AWS_REGION", "us-east-1"))
 client = lambda name: session.client(name, endpoint_url=endpoint)
@@ -31,11 +30,8 @@ with zipfile.ZipFile(buf, "w") as z:
     z.writestr("bootstrap", "#!/bin/sh\necho placeholder\n")
 s3.put_object(Bucket=code_bucket, Key="functions.zip", Body=buf.getvalue())
 
-with open(os.path.join(HERE, "template.yaml")) as f:
-    template = yaml_parse(f.read())
-template["Globals"]["Function"]["CodeUri"] = f"s3://{code_bucket}/functions.zip"
 os.environ.setdefault("AWS_DEFAULT_REGION", session.region_name)
-transformed = transform(template, {}, ManagedPolicyLoader(client("iam")))
+transformed = transformed_template(f"s3://{code_bucket}/functions.zip", ManagedPolicyLoader(client("iam")))
 
 stack = "lr-infra-" + uuid.uuid4().hex[:8]
 cfn.create_stack(StackName=stack, TemplateBody=json.dumps(transformed), Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"])

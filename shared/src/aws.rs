@@ -106,6 +106,20 @@ fn s3_err<E: std::error::Error + 'static>(what: &str, key: &str, e: E) -> StoreE
     ))
 }
 
+/// A read of `key` that S3 refused (403). S3 does not say why: either the role may not read the
+/// key, or the key does not exist and the role may not list it (S3 tells a missing key, 404, only
+/// to a caller allowed `s3:ListBucket` on the bucket for that prefix).
+fn read_denied(bucket: &str, key: &str, detail: &str) -> StoreError {
+    let message = format!(
+        "get {key}: access denied (403): the role is missing s3:GetObject on {bucket}/{key} or, \
+         if the object may simply not exist, s3:ListBucket on bucket {bucket} with an s3:prefix \
+         condition matching \"{key}\" (without it S3 answers 403, not 404, for a missing key); \
+         S3 said: {detail}"
+    );
+    tracing::error!(bucket, key, "{message}");
+    StoreError(message)
+}
+
 fn status_of<E>(
     e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Option<u16> {
@@ -133,6 +147,13 @@ impl ObjectStore for S3Store {
                 Ok(Some(Stored { body, etag }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            // Not "missing": S3 answers 403 for a key that does not exist when the caller may not
+            // list the bucket. Retrying cannot help; say which permission the role needs.
+            Err(e) if status_of(&e) == Some(403) => Err(read_denied(
+                &self.bucket,
+                key,
+                &aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+            )),
             Err(e) => Err(s3_err("get", key, e)),
         }
     }

@@ -1,0 +1,976 @@
+//! IAM as deployed. The roles come from the SAM-transformed template (infra/role_policies.py), so a
+//! template change that drops or widens a permission fails here.
+//!
+//! - Static: each role against what its stage's code reads, writes, deletes and sends, key by key
+//!   (keys built by the code's own key functions): every read of a key that may be absent is backed
+//!   by `s3:ListBucket` limited to that key (on AWS a missing key answers 403 AccessDenied instead
+//!   of 404 without it), deletes only where the stage deletes, and nothing beyond.
+//! - Enforced: the four stages end to end on moto with IAM enforced (infra/moto_iam.py, started by
+//!   `./dev test`), each under an IAM user carrying exactly its role's policies, with the Defender
+//!   simulator: alert to manifest. That moto also answers 403 for a missing key the caller may not
+//!   list, as S3 does, so the stages meet the same answers as on AWS.
+
+mod policy;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use serde_json::{Value, json};
+use shared::aws::S3Store;
+use shared::defender::CommandType;
+use shared::entry::{Collect, Intake, Poll, Submit};
+use shared::ids::RunId;
+use shared::ports::{ObjectStore, Put};
+use shared::store::{CommandOutcome, RunOutcome, RunState};
+use tests::*;
+
+const ACCOUNT: &str = "123456789012";
+const REGION: &str = "us-east-1";
+
+/// The pipeline's queues: (stage as the local stack names it, logical id in the template).
+const QUEUES: [(&str, &str, &str); 4] = [
+    ("alerts", "AlertsQueue", "AlertsDeadLetterQueue"),
+    ("submit", "SubmitQueue", "SubmitDeadLetterQueue"),
+    ("poll", "PollQueue", "PollDeadLetterQueue"),
+    ("collect", "CollectQueue", "CollectDeadLetterQueue"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// What each stage's code does with S3, SQS and Secrets Manager.
+
+/// Sample keys of one run, built by the code's own key functions.
+struct Keys {
+    run_id: RunId,
+    run: String,
+    command: String,
+    manifest: String,
+    evidence: String,
+    checkpoint: String,
+    staging: String,
+    budget: String,
+    corrupt_budget: String,
+    /// Keys no stage touches.
+    decoys: Vec<String>,
+}
+
+impl Keys {
+    fn new() -> Self {
+        let run_id = run_id("native", "iam-static", M1, "malware-file");
+        Self {
+            run: shared::store::run_key(&run_id),
+            command: shared::store::command_key(&run_id, 1),
+            manifest: shared::store::manifest_key(&run_id),
+            evidence: shared::store::evidence_key(&run_id, 1, CommandType::GetFile),
+            checkpoint: shared::stages::collect::checkpoint_key(&run_id, 1),
+            staging: format!("staging/{run_id}/1-0123456789abcdef0123456789abcdef"),
+            budget: shared::budget::BUDGET_KEY.to_string(),
+            corrupt_budget: "budget/corrupt-1767225600000.json".into(),
+            decoys: vec![
+                format!("runs/{run_id}/notes.json"),
+                "playbooks/default.toml".into(),
+                "evidence/loose.bin".into(),
+                "other.json".into(),
+            ],
+            run_id,
+        }
+    }
+
+    fn all(&self) -> Vec<String> {
+        let mut v = vec![
+            self.run.clone(),
+            self.command.clone(),
+            self.manifest.clone(),
+            self.evidence.clone(),
+            self.checkpoint.clone(),
+            self.staging.clone(),
+            self.budget.clone(),
+            self.corrupt_budget.clone(),
+        ];
+        v.extend(self.decoys.iter().cloned());
+        v
+    }
+
+    /// ListBucket prefixes that would enumerate something: no role may list them.
+    fn listings(&self) -> Vec<String> {
+        let r = &self.run_id;
+        vec![
+            String::new(),
+            "runs/".into(),
+            "budget/".into(),
+            "staging/".into(),
+            format!("runs/{r}/"),
+            format!("runs/{r}/evidence/"),
+            format!("runs/{r}/checkpoints/"),
+            format!("runs/{r}/commands/"),
+        ]
+    }
+}
+
+/// What one function's code does (read from shared/src/stages, store, budget).
+#[derive(Debug, Default)]
+struct Uses {
+    /// GetObject of keys that may not exist (the code treats "missing" as an answer).
+    reads_maybe_absent: Vec<String>,
+    /// GetObject of keys that exist when read (a staging object read back and copied).
+    reads: Vec<String>,
+    /// PutObject, including multipart uploads and CopyObject targets.
+    writes: Vec<String>,
+    deletes: Vec<String>,
+    /// AbortMultipartUpload and ListParts (is an upload still open?).
+    uploads: Vec<String>,
+    /// Queues (logical ids) it sends to.
+    sends: Vec<&'static str>,
+    reads_secret: bool,
+}
+
+fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
+    // submit, poll and collect: the tenant budget (an unreadable one is kept aside), run and
+    // command records (update_record, end_run, finish_run_if_complete), the manifest (If-None-Match).
+    let records = |sends: Vec<&'static str>| Uses {
+        reads_maybe_absent: vec![k.budget.clone(), k.run.clone(), k.command.clone()],
+        writes: vec![
+            k.budget.clone(),
+            k.corrupt_budget.clone(),
+            k.run.clone(),
+            k.command.clone(),
+            k.manifest.clone(),
+        ],
+        sends,
+        reads_secret: true,
+        ..Uses::default()
+    };
+    let mut collect = records(vec!["CollectQueue", "CollectDeadLetterQueue"]);
+    // Checkpoints are read (maybe absent), written and deleted; the package goes to staging
+    // through a multipart upload, is read back (hash of a resumed GetFile; CopyObject's source),
+    // published by CopyObject to its evidence key, and the staging object deleted.
+    collect.reads_maybe_absent.push(k.checkpoint.clone());
+    collect.reads.push(k.staging.clone());
+    collect
+        .writes
+        .extend([k.checkpoint.clone(), k.staging.clone(), k.evidence.clone()]);
+    collect.deletes = vec![k.checkpoint.clone(), k.staging.clone()];
+    collect.uploads = vec![k.staging.clone()];
+    BTreeMap::from([
+        (
+            "intake",
+            // create_run: If-None-Match on run.json, read back on a conflict.
+            Uses {
+                reads_maybe_absent: vec![k.run.clone()],
+                writes: vec![k.run.clone()],
+                sends: vec!["SubmitQueue", "AlertsDeadLetterQueue"],
+                ..Uses::default()
+            },
+        ),
+        (
+            "submit",
+            records(vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"]),
+        ),
+        (
+            "poll",
+            records(vec!["PollQueue", "CollectQueue", "PollDeadLetterQueue"]),
+        ),
+        ("collect", collect),
+    ])
+}
+
+fn object_arn(bucket: &str, key: &str) -> String {
+    format!("arn:aws:s3:::{bucket}/{key}")
+}
+
+fn queue_arn(name: &str) -> String {
+    format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}")
+}
+
+const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-AbCdEf";
+
+/// What CloudFormation would resolve, for a stack whose resources are named after their logical ids.
+fn symbolic_bindings(parameters: Value) -> Value {
+    let mut resources = serde_json::Map::new();
+    resources.insert(
+        "EvidenceBucket".into(),
+        json!({"Ref": "lr-evidence", "Arn": "arn:aws:s3:::lr-evidence"}),
+    );
+    resources.insert(
+        "EvidenceKey".into(),
+        json!({"Ref": "k-1", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-1")}),
+    );
+    resources.insert("CredentialsSecret".into(), json!({ "Ref": SECRET }));
+    for (_, queue, dlq) in QUEUES {
+        for q in [queue, dlq] {
+            resources.insert(
+                q.into(),
+                json!({"Ref": format!("https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{q}"), "Arn": queue_arn(q)}),
+            );
+        }
+    }
+    json!({"parameters": parameters, "resources": resources})
+}
+
+fn static_roles(parameters: Value) -> BTreeMap<String, policy::Role> {
+    policy::roles(&symbolic_bindings(parameters), false, &[]).functions
+}
+
+/// Collects what is wrong instead of stopping at the first, so one run shows every gap.
+#[derive(Default)]
+struct Findings(Vec<String>);
+
+impl Findings {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+    fn assert_none(self, title: &str) {
+        assert!(self.0.is_empty(), "{title}:\n  {}", self.0.join("\n  "));
+    }
+}
+
+#[test]
+fn every_key_a_role_reads_that_may_be_absent_can_answer_404() {
+    let keys = Keys::new();
+    let roles = static_roles(json!({}));
+    let bucket = "arn:aws:s3:::lr-evidence";
+    let mut f = Findings::default();
+    for (binary, u) in uses(&keys) {
+        let role = &roles[binary];
+        for key in &u.reads_maybe_absent {
+            f.check(
+                role.allows("s3:GetObject", &object_arn("lr-evidence", key), None),
+                || format!("{binary}: s3:GetObject on {key}"),
+            );
+            f.check(role.allows("s3:ListBucket", bucket, Some(key)), || {
+                format!(
+                    "{binary}: s3:ListBucket with s3:prefix {key:?} (without it S3 answers 403 \
+                     AccessDenied, not 404, when {key} does not exist yet)"
+                )
+            });
+        }
+    }
+    f.assert_none("roles that cannot tell a missing key from a forbidden one");
+}
+
+#[test]
+fn roles_delete_only_what_their_stage_deletes() {
+    let keys = Keys::new();
+    let roles = static_roles(json!({}));
+    let mut f = Findings::default();
+    for (binary, u) in uses(&keys) {
+        let role = &roles[binary];
+        for key in keys.all() {
+            let may = role.allows("s3:DeleteObject", &object_arn("lr-evidence", &key), None);
+            let must = u.deletes.contains(&key);
+            f.check(may == must, || {
+                format!(
+                    "{binary}: s3:DeleteObject on {key} is {} but the stage {}",
+                    if may { "allowed" } else { "denied" },
+                    if must {
+                        "deletes it"
+                    } else {
+                        "never deletes it"
+                    }
+                )
+            });
+        }
+    }
+    f.assert_none("deletes that differ from what the stages do");
+}
+
+#[test]
+fn each_role_has_exactly_the_access_its_stage_uses() {
+    let keys = Keys::new();
+    let roles = static_roles(json!({}));
+    assert_eq!(
+        roles.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["collect", "intake", "poll", "submit"],
+        "one role per function"
+    );
+    let bucket = "arn:aws:s3:::lr-evidence";
+    let mut f = Findings::default();
+    for (binary, u) in uses(&keys) {
+        let role = &roles[binary];
+        f.check(
+            role.managed_policy_arns
+                == [
+                    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+                    "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole",
+                ],
+            || {
+                format!(
+                    "{binary}: managed policies {:?} (only SAM's logging and SQS event source ones)",
+                    role.managed_policy_arns
+                )
+            },
+        );
+        for key in keys.all() {
+            let arn = object_arn("lr-evidence", &key);
+            let expect = [
+                (
+                    "s3:GetObject",
+                    u.reads_maybe_absent.contains(&key) || u.reads.contains(&key),
+                ),
+                ("s3:PutObject", u.writes.contains(&key)),
+                ("s3:DeleteObject", u.deletes.contains(&key)),
+                ("s3:AbortMultipartUpload", u.uploads.contains(&key)),
+                ("s3:ListMultipartUploadParts", u.uploads.contains(&key)),
+                ("s3:GetObjectVersion", false),
+                ("s3:DeleteObjectVersion", false),
+                ("s3:PutObjectAcl", false),
+                ("s3:PutObjectRetention", false),
+                ("s3:BypassGovernanceRetention", false),
+            ];
+            for (action, must) in expect {
+                let may = role.allows(action, &arn, None);
+                f.check(may == must, || {
+                    format!(
+                        "{binary}: {action} on {key}: {} (the stage {} it)",
+                        if may { "allowed" } else { "denied" },
+                        if must { "needs" } else { "has no use for" }
+                    )
+                });
+            }
+            let may = role.allows("s3:ListBucket", bucket, Some(&key));
+            let must = u.reads_maybe_absent.contains(&key);
+            f.check(may == must, || {
+                format!(
+                    "{binary}: s3:ListBucket for s3:prefix {key:?}: {}",
+                    if may { "allowed" } else { "denied" }
+                )
+            });
+        }
+        for prefix in keys.listings() {
+            f.check(!role.allows("s3:ListBucket", bucket, Some(&prefix)), || {
+                format!("{binary}: may list the bucket under {prefix:?}")
+            });
+        }
+        f.check(!role.allows("s3:ListBucket", bucket, None), || {
+            format!("{binary}: may list the whole bucket")
+        });
+        for action in [
+            "s3:PutBucketPolicy",
+            "s3:DeleteBucket",
+            "s3:PutLifecycleConfiguration",
+        ] {
+            f.check(!role.allows(action, bucket, None), || {
+                format!("{binary}: {action} on the bucket")
+            });
+        }
+        for (_, queue, dlq) in QUEUES {
+            for q in [queue, dlq] {
+                let may = role.allows("sqs:SendMessage", &queue_arn(q), None);
+                let must = u.sends.contains(&q);
+                f.check(may == must, || {
+                    format!(
+                        "{binary}: sqs:SendMessage to {q}: {}",
+                        if may { "allowed" } else { "denied" }
+                    )
+                });
+            }
+        }
+        f.check(
+            role.allows("secretsmanager:GetSecretValue", SECRET, None) == u.reads_secret,
+            || format!("{binary}: reading the Defender credentials"),
+        );
+        f.check(
+            !role.allows(
+                "secretsmanager:GetSecretValue",
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:other-AbCdEf",
+                None,
+            ),
+            || format!("{binary}: reads secrets other than the Defender credentials"),
+        );
+        for action in [
+            "iam:PassRole",
+            "sts:AssumeRole",
+            "kms:CreateGrant",
+            "kms:Encrypt",
+        ] {
+            f.check(!role.allows(action, "*", None), || {
+                format!("{binary}: {action}")
+            });
+        }
+    }
+    f.assert_none("roles that differ from what their stages use");
+}
+
+#[test]
+fn intake_reads_the_playbook_file_it_is_given_and_nothing_else() {
+    let roles = static_roles(json!({"PlaybooksS3Uri": "s3://pb-bucket/team/playbooks.toml"}));
+    let intake = &roles["intake"];
+    assert!(intake.allows(
+        "s3:GetObject",
+        "arn:aws:s3:::pb-bucket/team/playbooks.toml",
+        None
+    ));
+    for other in [
+        "arn:aws:s3:::pb-bucket/team/other.toml",
+        "arn:aws:s3:::lr-evidence/playbooks/default.toml",
+    ] {
+        assert!(!intake.allows("s3:GetObject", other, None), "{other}");
+    }
+    // Without PLAYBOOKS_S3_URI intake reads no playbook from S3 (the bundled ones are built in).
+    let roles = static_roles(json!({}));
+    for key in ["playbooks/default.toml", "other.json"] {
+        assert!(
+            !roles["intake"].allows("s3:GetObject", &object_arn("lr-evidence", key), None),
+            "{key}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// moto with IAM enforced.
+
+#[derive(serde::Deserialize)]
+struct MotoIam {
+    endpoint: String,
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// The enforcing moto `./dev test` starts; its absence is an error, not a skip.
+fn moto_iam() -> MotoIam {
+    let path = std::env::var("LR_MOTO_IAM").unwrap_or_else(|_| {
+        panic!(
+            "LR_MOTO_IAM is not set: run the tests with `./dev test` (it starts moto with IAM \
+             enforced, infra/moto_iam.py, and exports the file holding its endpoint and admin keys)"
+        )
+    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).expect("moto_iam.py's admin file")
+}
+
+async fn sdk_as(endpoint: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            key, secret, None, None, "iam-test",
+        ))
+        .load()
+        .await
+}
+
+/// Log lines of every stage, kept to show why a stage failed under its role.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(move || LogWriter(sink.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Log lines that say a call was refused.
+fn denials(prefix: &str) -> Vec<String> {
+    let buf = logs();
+    let text = String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines()
+        .filter(|l| {
+            l.contains(prefix)
+                && (l.contains("AccessDenied")
+                    || l.contains("access denied")
+                    || l.contains("not authorized"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn last_log_lines(n: usize) -> String {
+    let buf = logs();
+    let text = String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One provisioned stack on the enforcing moto, with a user per role.
+struct World {
+    moto: MotoIam,
+    admin: aws_config::SdkConfig,
+    stack: local_stack::ProvisionedStack,
+    prefix: String,
+    roles: policy::Roles,
+}
+
+impl World {
+    async fn new(sim_credentials_json: &str, extra_users: Value) -> Self {
+        logs();
+        let moto = moto_iam();
+        let admin = sdk_as(&moto.endpoint, &moto.access_key_id, &moto.secret_access_key).await;
+        let prefix = unique("iam");
+        let stack = local_stack::provision(
+            &admin,
+            &local_stack::StackNames {
+                prefix: prefix.clone(),
+            },
+            sim_credentials_json,
+            local_stack::ProvisionOptions {
+                tls_only_policy: false,
+            },
+        )
+        .await
+        .expect("provisioning on moto with IAM enforced (as its administrator)");
+        let sqs = aws_sdk_sqs::Client::new(&admin);
+        let mut resources = serde_json::Map::new();
+        for (stage, queue, dlq) in QUEUES {
+            for (logical, url) in [
+                (queue, &stack.queue_urls[stage]),
+                (dlq, &stack.dlq_urls[stage]),
+            ] {
+                let arn = sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .expect("queue ARN")
+                    .attributes()
+                    .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+                    .cloned()
+                    .expect("queue ARN");
+                resources.insert(logical.into(), json!({"Ref": url, "Arn": arn}));
+            }
+        }
+        resources.insert(
+            "EvidenceBucket".into(),
+            json!({"Ref": stack.bucket, "Arn": format!("arn:aws:s3:::{}", stack.bucket)}),
+        );
+        // moto checks no KMS permissions for SSE-KMS objects or encrypted queues.
+        resources.insert(
+            "EvidenceKey".into(),
+            json!({"Ref": "local", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/local")}),
+        );
+        resources.insert(
+            "CredentialsSecret".into(),
+            json!({ "Ref": stack.secret_arn }),
+        );
+        let bindings = json!({
+            "resources": resources,
+            "prefix": prefix,
+            "extra_users": extra_users,
+        });
+        let roles = policy::roles(
+            &bindings,
+            true,
+            &[
+                ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID", moto.access_key_id.clone()),
+                ("AWS_SECRET_ACCESS_KEY", moto.secret_access_key.clone()),
+                ("AWS_REGION", REGION.into()),
+            ],
+        );
+        Self {
+            moto,
+            admin,
+            stack,
+            prefix,
+            roles,
+        }
+    }
+
+    async fn sdk_of(&self, binary: &str) -> aws_config::SdkConfig {
+        let r = &self.roles.functions[binary];
+        sdk_as(
+            &self.moto.endpoint,
+            r.access_key_id.as_deref().expect("user keys"),
+            r.secret_access_key.as_deref().expect("user keys"),
+        )
+        .await
+    }
+
+    async fn sdk_of_user(&self, name: &str) -> aws_config::SdkConfig {
+        let k = &self.roles.users[name];
+        sdk_as(&self.moto.endpoint, &k.access_key_id, &k.secret_access_key).await
+    }
+
+    fn store_as(&self, sdk: &aws_config::SdkConfig) -> S3Store {
+        S3Store::new(shared::aws::s3_client(sdk), &self.stack.bucket)
+    }
+
+    /// Objects under `prefix`, listed as the administrator.
+    async fn keys_under(&self, prefix: &str) -> Vec<String> {
+        self.store_as(&self.admin)
+            .list(prefix)
+            .await
+            .expect("list as the administrator")
+    }
+}
+
+enum Function {
+    Intake(Intake),
+    Submit(Submit),
+    Poll(Poll),
+    Collect(Collect),
+}
+
+impl Function {
+    async fn handle(&self, e: SqsEvent) -> SqsBatchResponse {
+        match self {
+            Function::Intake(f) => f.handle(e).await,
+            Function::Submit(f) => f.handle(e).await,
+            Function::Poll(f) => f.handle(e).await,
+            Function::Collect(f) => f.handle(e).await,
+        }
+    }
+}
+
+/// One function with its event source, both under the function's role (SAM's
+/// AWSLambdaSQSQueueExecutionRole lets the role receive and delete).
+struct Deployed {
+    binary: &'static str,
+    function: Function,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    batch: i32,
+}
+
+impl Deployed {
+    /// Receives one batch, hands it to the function and deletes what succeeded; failed messages
+    /// come back after a short visibility timeout. Returns (received, failed).
+    async fn pump(&self) -> (usize, usize) {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(self.batch)
+            .visibility_timeout(2)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} cannot receive from its queue under its role: {}",
+                    self.binary,
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                )
+            });
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return (0, 0);
+        }
+        let queue_name = self.queue_url.rsplit('/').next().unwrap_or_default();
+        let mut event = SqsEvent::default();
+        for m in &messages {
+            let mut msg = SqsMessage::default();
+            msg.message_id = m.message_id.clone();
+            msg.receipt_handle = m.receipt_handle.clone();
+            msg.body = m.body.clone();
+            msg.md5_of_body = m.md5_of_body.clone();
+            msg.event_source = Some("aws:sqs".into());
+            msg.event_source_arn = Some(queue_arn(queue_name));
+            msg.aws_region = Some(REGION.into());
+            msg.attributes = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            event.records.push(msg);
+        }
+        let response = self.function.handle(event).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        // One DeleteMessage each: AWS authorises DeleteMessageBatch as sqs:DeleteMessage (what
+        // the role has), moto as an action of its own.
+        for m in messages
+            .iter()
+            .filter(|m| !failed.contains(&m.message_id().unwrap_or_default()))
+        {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} cannot delete from its queue under its role: {}",
+                        self.binary,
+                        aws_sdk_sqs::error::DisplayErrorContext(e)
+                    )
+                });
+        }
+        (messages.len(), failed.len())
+    }
+}
+
+/// The four functions as Lambda runs them, each from its environment and its role's credentials.
+async fn deploy(world: &World, sim: &mde_sim::SimServer, extra: &[(&str, &str)]) -> Vec<Deployed> {
+    let mut out = Vec::new();
+    for (stage, binary, batch) in [
+        ("alerts", "intake", 10),
+        ("submit", "submit", 10),
+        ("poll", "poll", 10),
+        ("collect", "collect", 1),
+    ] {
+        let mut env: BTreeMap<String, String> = world.stack.env.clone();
+        env.insert(
+            "DEAD_LETTER_QUEUE_URL".into(),
+            world.stack.dlq_urls[stage].clone(),
+        );
+        // As the template passes it: the secret's ARN.
+        env.insert(
+            "MDE_CREDENTIALS_SECRET_ID".into(),
+            world.stack.secret_arn.clone(),
+        );
+        env.insert("MDE_API_BASE_URL".into(), sim.api_base.clone());
+        env.insert("MDE_LOGIN_BASE_URL".into(), sim.login_base.clone());
+        for (k, v) in fast_env() {
+            env.insert(k.into(), v);
+        }
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let sdk = world.sdk_of(binary).await;
+        let function = match binary {
+            "intake" => Function::Intake(Intake::from_env(&env, &sdk).await.expect("intake")),
+            "submit" => Function::Submit(Submit::from_env(&env, &sdk).await.expect("submit")),
+            "poll" => Function::Poll(Poll::from_env(&env, &sdk).await.expect("poll")),
+            _ => Function::Collect(Collect::from_env(&env, &sdk).await.expect("collect")),
+        };
+        out.push(Deployed {
+            binary,
+            function,
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            queue_url: world.stack.queue_urls[stage].clone(),
+            batch,
+        });
+    }
+    out
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
+    let started = Instant::now();
+    // A file large enough for three parts, copied with no time budget: collect checkpoints after
+    // every part and resumes from the checkpoint in the next invocation.
+    let size = 11 * MIB;
+    let mut config = sim_config();
+    config.devices = vec![device(M1, size)];
+    config.sim.time_scale = 20.0;
+    let sim = start_sim(config.clone()).await;
+    let c = &config.clients[0];
+    let creds = json!({"tenant_id": c.tenant_id, "client_id": c.client_id, "client_secret": c.client_secret});
+    let world = World::new(&creds.to_string(), json!({})).await;
+    let functions = deploy(
+        &world,
+        &sim,
+        &[("COLLECT_PART_MIB", "5"), ("COLLECT_TIME_BUDGET_SECS", "0")],
+    )
+    .await;
+
+    // An alert pipeline sends an alert (and one that intake refuses) to the alerts queue.
+    let admin_sqs = aws_sdk_sqs::Client::new(&world.admin);
+    let alert = native_alert("iam-e2e", M1, "Malware", &[("file_path", FILE)]);
+    for body in [alert.to_string(), "{\"not\": \"an alert\"}".to_string()] {
+        admin_sqs
+            .send_message()
+            .queue_url(&world.stack.queue_urls["alerts"])
+            .message_body(body)
+            .send()
+            .await
+            .expect("send alert");
+    }
+    let run = run_id("native", "iam-e2e", M1, "malware-file");
+    let manifest_key = shared::store::manifest_key(&run);
+    let admin_store = world.store_as(&world.admin);
+
+    let until = Instant::now() + Duration::from_secs(120);
+    let manifest = loop {
+        let mut busy = false;
+        for f in &functions {
+            let (received, failed) = f.pump().await;
+            busy |= received > 0;
+            if failed > 0 {
+                let refused = denials(&format!("stage=\"{}\"", f.binary));
+                assert!(
+                    refused.is_empty(),
+                    "{} failed {failed} message(s) under its role because a call was refused:\n{}",
+                    f.binary,
+                    refused.join("\n")
+                );
+            }
+        }
+        if let Some(m) = admin_store.get(&manifest_key).await.expect("read manifest") {
+            break m;
+        }
+        assert!(
+            Instant::now() < until,
+            "no manifest after 120 s; run record: {:?}\nrefusals: {:?}\nlast log lines:\n{}",
+            admin_store
+                .get(&shared::store::run_key(&run))
+                .await
+                .ok()
+                .flatten()
+                .map(|s| String::from_utf8_lossy(&s.body).into_owned()),
+            denials(""),
+            last_log_lines(40)
+        );
+        if !busy {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let m: shared::store::Manifest = serde_json::from_slice(&manifest.body).expect("manifest");
+    assert_eq!(m.run_state, RunState::Completed);
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
+    assert_eq!(m.commands.len(), 2);
+    for c in &m.commands {
+        assert_eq!(c.outcome, CommandOutcome::Collected, "{c:?}");
+        let key = c.s3_key.as_deref().expect("evidence key");
+        let stored = admin_store
+            .get(key)
+            .await
+            .expect("read evidence")
+            .expect("evidence stored");
+        assert_eq!(Some(sha256_hex(&stored.body)), c.sha256, "{key}");
+    }
+    let file = &m.commands[1];
+    assert_eq!(
+        file.sha256_decompressed.as_deref(),
+        Some(sha256_hex(&expected_file(M1, FILE, size)).as_str())
+    );
+    // The copy went through checkpoints, all removed with their staging objects.
+    for prefix in [
+        format!("runs/{run}/checkpoints/"),
+        format!("staging/{run}/"),
+    ] {
+        assert_eq!(
+            world.keys_under(&prefix).await,
+            Vec::<String>::new(),
+            "left under {prefix}"
+        );
+    }
+    assert!(
+        world
+            .keys_under("budget/")
+            .await
+            .contains(&shared::budget::BUDGET_KEY.to_string()),
+        "the budget object was created on the fresh stack"
+    );
+    // The refused alert went to the alerts DLQ, sent under intake's role.
+    let dead = admin_sqs
+        .receive_message()
+        .queue_url(&world.stack.dlq_urls["alerts"])
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive from the alerts DLQ");
+    assert_eq!(
+        dead.messages().len(),
+        1,
+        "the refused alert is dead-lettered"
+    );
+    // Nothing the run did was refused.
+    assert_eq!(denials(&world.prefix), Vec::<String>::new());
+    // And the roles really are confined (a test that passed because nothing was enforced would
+    // say nothing): intake may not read the budget, poll may not write evidence.
+    let intake_store = world.store_as(&world.sdk_of("intake").await);
+    let denied = intake_store
+        .get(shared::budget::BUDGET_KEY)
+        .await
+        .expect_err("intake has no business with the budget");
+    assert!(denied.0.contains("access denied"), "{denied}");
+    let poll_store = world.store_as(&world.sdk_of("poll").await);
+    let forged = shared::store::evidence_key(&run, 0, CommandType::GetFile);
+    assert!(
+        poll_store
+            .put(&forged, b"forged".to_vec(), Put::Always)
+            .await
+            .is_err(),
+        "poll may not write evidence"
+    );
+    eprintln!(
+        "alert to manifest under the four roles in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_refused_by_iam_names_the_key_and_the_missing_permission() {
+    // Reader: may read any object, may not list.
+    let reader_policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/*"}
+    ]});
+    let world = World::new(
+        "{\"tenant_id\":\"t\",\"client_id\":\"c\",\"client_secret\":\"s\"}",
+        json!({ "reader": reader_policy }),
+    )
+    .await;
+    let admin = world.store_as(&world.admin);
+    admin
+        .put("runs/x/run.json", b"{}".to_vec(), Put::Always)
+        .await
+        .expect("write as the administrator");
+
+    // May read, may not list: an object that exists is read; one that does not is refused, and
+    // the error says what to grant.
+    let reader = world.store_as(&world.sdk_of_user("reader").await);
+    assert!(reader.get("runs/x/run.json").await.expect("read").is_some());
+    let e = reader
+        .get("budget/tenant.json")
+        .await
+        .expect_err("S3 answers 403 to a caller that may not list");
+    for needle in [
+        "budget/tenant.json",
+        "access denied",
+        "s3:ListBucket",
+        "s3:prefix",
+        "s3:GetObject",
+    ] {
+        assert!(e.0.contains(needle), "{needle:?} not in: {e}");
+    }
+
+    // A role of the pipeline may tell its missing keys from forbidden ones.
+    let poll = world.store_as(&world.sdk_of("poll").await);
+    for key in [
+        shared::budget::BUDGET_KEY.to_string(),
+        shared::store::run_key(&run_id("native", "nothing", M1, "malware-file")),
+    ] {
+        assert!(
+            poll.get(&key)
+                .await
+                .expect("a missing key is not an error")
+                .is_none(),
+            "{key}"
+        );
+    }
+    // Outside what it may read: refused, naming the key and the permission.
+    let e = poll
+        .get("runs/x/evidence/0-getfile.gz")
+        .await
+        .expect_err("poll does not read evidence");
+    assert!(
+        e.0.contains("runs/x/evidence/0-getfile.gz") && e.0.contains("s3:GetObject"),
+        "{e}"
+    );
+}

@@ -1,0 +1,238 @@
+//! The roles as deployed (infra/role_policies.py: the template through the pinned SAM translator,
+//! intrinsics resolved) and an evaluator of identity policies good enough to ask what a role may do.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The SAM virtualenv's Python (`./dev test` installs it and exports LR_SAM_PYTHON).
+fn sam_python() -> PathBuf {
+    let path = std::env::var("LR_SAM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(ROOT).join(".venv/sam/bin/python"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the tests with `./dev test` (it installs the pinned SAM translator)",
+        path.display()
+    );
+    path
+}
+
+/// One function's role.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Role {
+    pub policies: Vec<NamedPolicy>,
+    pub managed_policy_arns: Vec<String>,
+    /// With `create_users`: the keys of the IAM user carrying exactly this role's policies.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NamedPolicy {
+    pub document: Value,
+}
+
+impl Role {
+    pub fn documents(&self) -> Vec<&Value> {
+        self.policies.iter().map(|p| &p.document).collect()
+    }
+
+    /// Whether the role's inline policies allow `action` on `resource` (with `s3:prefix` in the
+    /// request context when given, as for ListBucket).
+    pub fn allows(&self, action: &str, resource: &str, prefix: Option<&str>) -> bool {
+        allowed(&self.documents(), action, resource, prefix)
+    }
+}
+
+/// Keys of an extra IAM user a test asked for.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UserKeys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Roles {
+    /// By function binary: intake, submit, poll, collect.
+    pub functions: BTreeMap<String, Role>,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserKeys>,
+}
+
+/// The roles, resolved against `bindings` (see infra/role_policies.py). With `create_users`, also
+/// creates their IAM users (and `bindings.extra_users`) on the endpoint in `aws_env` (moto with
+/// IAM enforced) and returns their keys.
+pub fn roles(bindings: &Value, create_users: bool, aws_env: &[(&str, String)]) -> Roles {
+    let mut cmd = Command::new(sam_python());
+    cmd.arg(format!("{ROOT}/infra/role_policies.py")).arg("-");
+    if create_users {
+        cmd.arg("--create-users");
+    }
+    for (k, v) in aws_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run infra/role_policies.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bindings.to_string().as_bytes())
+        .expect("write bindings");
+    let out = child.wait_with_output().expect("role_policies.py ends");
+    assert!(
+        out.status.success(),
+        "infra/role_policies.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("role_policies.py prints JSON")
+}
+
+fn as_list(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Null => vec![],
+        other => vec![other],
+    }
+}
+
+/// IAM's wildcards: `*` any run of characters, `?` one character.
+pub fn glob(pattern: &str, value: &str) -> bool {
+    fn go(p: &[char], v: &[char]) -> bool {
+        match p.split_first() {
+            None => v.is_empty(),
+            Some(('*', rest)) => (0..=v.len()).any(|i| go(rest, &v[i..])),
+            Some(('?', rest)) => !v.is_empty() && go(rest, &v[1..]),
+            Some((c, rest)) => v.first() == Some(c) && go(rest, &v[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    go(&p, &v)
+}
+
+fn any_matches(patterns: &Value, value: &str, ignore_case: bool) -> bool {
+    as_list(patterns).iter().any(|p| {
+        let p = p.as_str().expect("a string in the policy");
+        if ignore_case {
+            glob(&p.to_ascii_lowercase(), &value.to_ascii_lowercase())
+        } else {
+            glob(p, value)
+        }
+    })
+}
+
+fn condition_holds(op: &str, key: &str, expected: &Value, prefix: Option<&str>) -> bool {
+    assert_eq!(
+        key, "s3:prefix",
+        "the evaluator knows only s3:prefix conditions; teach it {key}"
+    );
+    let (base, if_exists) = match op.strip_suffix("IfExists") {
+        Some(b) => (b, true),
+        None => (op, false),
+    };
+    let Some(actual) = prefix else {
+        return if_exists || base.starts_with("StringNot");
+    };
+    let values: Vec<&str> = as_list(expected)
+        .iter()
+        .map(|v| v.as_str().expect("a string condition value"))
+        .collect();
+    match base {
+        "StringEquals" => values.contains(&actual),
+        "StringNotEquals" => !values.contains(&actual),
+        "StringLike" => values.iter().any(|v| glob(v, actual)),
+        "StringNotLike" => !values.iter().any(|v| glob(v, actual)),
+        other => panic!("the evaluator does not know the condition operator {other}"),
+    }
+}
+
+fn applies(st: &Value, action: &str, resource: &str, prefix: Option<&str>) -> bool {
+    let action_ok = match (st.get("Action"), st.get("NotAction")) {
+        (Some(a), _) => any_matches(a, action, true),
+        (None, Some(na)) => !any_matches(na, action, true),
+        (None, None) => false,
+    };
+    let resource_ok = match (st.get("Resource"), st.get("NotResource")) {
+        (Some(r), _) => any_matches(r, resource, false),
+        (None, Some(nr)) => !any_matches(nr, resource, false),
+        (None, None) => false,
+    };
+    if !action_ok || !resource_ok {
+        return false;
+    }
+    let Some(conditions) = st.get("Condition").and_then(Value::as_object) else {
+        return true;
+    };
+    conditions.iter().all(|(op, pairs)| {
+        pairs
+            .as_object()
+            .expect("condition block")
+            .iter()
+            .all(|(key, expected)| condition_holds(op, key, expected, prefix))
+    })
+}
+
+/// IAM's rule for identity policies: allowed when some statement allows and none denies.
+pub fn allowed(documents: &[&Value], action: &str, resource: &str, prefix: Option<&str>) -> bool {
+    let mut allow = false;
+    for doc in documents {
+        for st in as_list(&doc["Statement"]) {
+            if applies(st, action, resource, prefix) {
+                match st["Effect"].as_str() {
+                    Some("Deny") => return false,
+                    Some("Allow") => allow = true,
+                    other => panic!("statement effect {other:?}"),
+                }
+            }
+        }
+    }
+    allow
+}
+
+#[test]
+fn the_evaluator_reads_wildcards_and_prefix_conditions_as_iam_does() {
+    assert!(glob("runs/*/run.json", "runs/abc/run.json"));
+    assert!(glob("runs/*/run.json", "runs/a/b/run.json"));
+    assert!(!glob("runs/*/run.json", "runs/abc/run.jsonx"));
+    assert!(glob("budget/corrupt-*", "budget/corrupt-1.json"));
+    assert!(glob("a?c", "abc") && !glob("a?c", "ac"));
+    let doc = serde_json::json!({"Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
+         "Condition": {"StringLike": {"s3:prefix": ["runs/*/run.json"]}}},
+        {"Effect": "Allow", "Action": ["s3:Get*"], "Resource": "arn:aws:s3:::b/*"},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/secret/*"},
+    ]});
+    let docs = [&doc];
+    assert!(allowed(
+        &docs,
+        "s3:ListBucket",
+        "arn:aws:s3:::b",
+        Some("runs/x/run.json")
+    ));
+    assert!(!allowed(
+        &docs,
+        "s3:ListBucket",
+        "arn:aws:s3:::b",
+        Some("runs/")
+    ));
+    assert!(!allowed(&docs, "s3:ListBucket", "arn:aws:s3:::b", None));
+    assert!(allowed(&docs, "S3:GETOBJECT", "arn:aws:s3:::b/x", None));
+    assert!(!allowed(
+        &docs,
+        "s3:GetObject",
+        "arn:aws:s3:::b/secret/x",
+        None
+    ));
+    assert!(!allowed(&docs, "s3:PutObject", "arn:aws:s3:::b/x", None));
+}
