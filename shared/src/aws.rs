@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 
 use crate::defender::{CredentialSource, Credentials, DefenderError};
-use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored};
+use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
 
 /// The shared SDK configuration: region, credentials and endpoint from the environment.
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -261,8 +261,8 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         part_number: i32,
         body: bytes::Bytes,
-    ) -> Result<String, StoreError> {
-        let out = self
+    ) -> Result<Upload<String>, StoreError> {
+        match self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -272,8 +272,11 @@ impl ObjectStore for S3Store {
             .body(body.into())
             .send()
             .await
-            .map_err(|e| s3_err("upload part", key, e))?;
-        Ok(out.e_tag().unwrap_or_default().to_string())
+        {
+            Ok(out) => Ok(Upload::Done(out.e_tag().unwrap_or_default().to_string())),
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(Upload::Gone),
+            Err(e) => Err(s3_err("upload part", key, e)),
+        }
     }
 
     async fn complete_upload(
@@ -281,13 +284,14 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Upload<()>, StoreError> {
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let parts = parts
             .into_iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
             .collect();
-        self.client
+        match self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -299,8 +303,11 @@ impl ObjectStore for S3Store {
             )
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| s3_err("complete upload", key, e))
+        {
+            Ok(_) => Ok(Upload::Done(())),
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(Upload::Gone),
+            Err(e) => Err(s3_err("complete upload", key, e)),
+        }
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -332,7 +339,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| s3_err("publish", to, e))?;
-        self.delete(from).await
+        Ok(())
     }
 }
 
@@ -352,17 +359,24 @@ impl SqsQueue {
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 impl Queue for SqsQueue {
-    async fn send(&self, queue_url: &str, body: &str, delay: Duration) -> Result<(), QueueError> {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delay: Duration,
+    ) -> Result<String, QueueError> {
         let secs = delay.min(MAX_DELAY).as_secs_f64().ceil() as i32;
-        self.client
+        let out = self
+            .client
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
             .delay_seconds(secs)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        out.message_id
+            .ok_or_else(|| QueueError(format!("{queue_url}: SendMessage returned no message id")))
     }
 
     async fn send_rejected(

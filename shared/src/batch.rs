@@ -8,6 +8,7 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::StreamExt;
 
+use crate::messages::Delivery;
 use crate::ports::Queue;
 use crate::stages::{Done, StageError};
 
@@ -21,7 +22,7 @@ pub async fn handle<Q, F, Fut>(
 ) -> SqsBatchResponse
 where
     Q: Queue,
-    F: Fn(String) -> Fut,
+    F: Fn(Delivery) -> Fut,
     Fut: Future<Output = Result<Done, StageError>>,
 {
     let process = &process;
@@ -41,7 +42,7 @@ where
                     reason: "the message has no body".into(),
                 })
             } else {
-                process(body.clone()).await
+                process(Delivery::new(message_id.clone(), body.clone())).await
             };
             let failed = match result {
                 Ok(done) => {

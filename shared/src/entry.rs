@@ -89,13 +89,13 @@ impl Intake {
             &self.cfg.dead_letter_queue_url,
             &self.queue,
             CONCURRENCY,
-            |body| async move {
+            |msg| async move {
                 stages::intake::handle(
                     &self.cfg,
                     &self.playbooks,
                     &self.store,
                     &self.queue,
-                    &body,
+                    &msg.body,
                     OffsetDateTime::now_utc(),
                 )
                 .await
@@ -135,14 +135,14 @@ impl Submit {
             &self.cfg.dead_letter_queue_url,
             &self.queue,
             CONCURRENCY,
-            |body| async move {
+            |msg| async move {
                 stages::submit::handle(
                     &self.cfg,
                     &self.store,
                     &self.queue,
                     &self.defender,
                     &SystemClock,
-                    &body,
+                    &msg,
                 )
                 .await
             },
@@ -181,14 +181,14 @@ impl Poll {
             &self.cfg.dead_letter_queue_url,
             &self.queue,
             CONCURRENCY,
-            |body| async move {
+            |msg| async move {
                 stages::poll::handle(
                     &self.cfg,
                     &self.store,
                     &self.queue,
                     &self.defender,
                     &SystemClock,
-                    &body,
+                    &msg,
                 )
                 .await
             },
@@ -232,7 +232,7 @@ impl Collect {
             &self.cfg.dead_letter_queue_url,
             &self.queue,
             1,
-            |body| async move {
+            |msg| async move {
                 stages::collect::handle(
                     &self.cfg,
                     &self.store,
@@ -240,7 +240,7 @@ impl Collect {
                     &self.defender,
                     &self.fetch,
                     &SystemClock,
-                    &body,
+                    &msg,
                 )
                 .await
             },

@@ -9,6 +9,7 @@ const H0: [u32; 8] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Saved")]
 pub struct ResumableSha256 {
     state: [u32; 8],
     /// Bytes hashed so far.
@@ -42,7 +43,7 @@ impl ResumableSha256 {
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
-        self.len += data.len() as u64;
+        self.len = self.len.wrapping_add(data.len() as u64);
         if !self.pending.is_empty() {
             let take = (64 - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
@@ -83,6 +84,34 @@ impl ResumableSha256 {
     }
 }
 
+/// A saved state as read back, checked before use: a stored value is never trusted to be whole.
+#[derive(Deserialize)]
+struct Saved {
+    state: [u32; 8],
+    len: u64,
+    #[serde(with = "hex_bytes")]
+    pending: Vec<u8>,
+}
+
+impl TryFrom<Saved> for ResumableSha256 {
+    type Error = String;
+
+    fn try_from(s: Saved) -> Result<Self, String> {
+        if s.pending.len() >= 64 || s.len % 64 != s.pending.len() as u64 {
+            return Err(format!(
+                "a saved SHA-256 state of {} bytes cannot hold {} pending bytes",
+                s.len,
+                s.pending.len()
+            ));
+        }
+        Ok(Self {
+            state: s.state,
+            len: s.len,
+            pending: s.pending,
+        })
+    }
+}
+
 mod hex_bytes {
     pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(b))
@@ -97,6 +126,25 @@ mod hex_bytes {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    #[test]
+    fn a_corrupt_saved_state_is_refused_not_trusted() {
+        let zeros = "00".repeat(8);
+        for (len, pending) in [
+            (65u64, "00".repeat(65)),
+            (3, zeros.clone()),
+            (8, "zz".into()),
+        ] {
+            let saved =
+                format!(r#"{{"state":[0,0,0,0,0,0,0,0],"len":{len},"pending":"{pending}"}}"#);
+            assert!(
+                serde_json::from_str::<ResumableSha256>(&saved).is_err(),
+                "{saved}"
+            );
+        }
+        let ok = format!(r#"{{"state":[0,0,0,0,0,0,0,0],"len":72,"pending":"{zeros}"}}"#);
+        assert!(serde_json::from_str::<ResumableSha256>(&ok).is_ok());
+    }
 
     #[test]
     fn matches_sha2_for_any_split_and_survives_a_save() {

@@ -27,6 +27,9 @@ pub struct PollJob {
     pub action_id: ActionId,
     /// Polls so far (picks the next step of the delay schedule).
     pub polls: u32,
+    /// Cancels tried past the deadline (bounded: then the run ends).
+    #[serde(default)]
+    pub cancels: u32,
 }
 
 /// poll → collect: copy one command's result package.
@@ -39,6 +42,27 @@ pub struct CollectJob {
     pub index: u32,
     /// Copies tried so far.
     pub attempt: u32,
+    /// Result link requests that failed with something worth retrying (bounded: then the command is
+    /// recorded as not collected).
+    #[serde(default)]
+    pub link_errors: u32,
+}
+
+/// A message as the queue delivered it: its id (the same on every redelivery of one send, new for
+/// every send) and its body. The id is what a record's chain names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub body: String,
+}
+
+impl Delivery {
+    pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            body: body.into(),
+        }
+    }
 }
 
 /// A stage message: names the run it is about.

@@ -44,6 +44,15 @@ pub struct Stored {
     pub etag: String,
 }
 
+/// What a step of a multipart upload came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upload<T> {
+    Done(T),
+    /// The upload no longer exists (completed, aborted, or expired by a lifecycle rule): a copy
+    /// that named it must start over.
+    Gone,
+}
+
 pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
     fn put(
@@ -57,25 +66,26 @@ pub trait ObjectStore: Send + Sync {
     /// Streams an object's bytes.
     fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
     fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+    /// Uploads one part; its ETag, or `Gone` when the upload no longer exists.
     fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
         body: Bytes,
-    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Upload<String>, StoreError>> + Send;
     fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Upload<()>, StoreError>> + Send;
     fn abort_upload(
         &self,
         key: &str,
         upload_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Server-side copy to `to` with this metadata (replacing any), then delete `from`.
+    /// Server-side copy to `to` with this metadata (replacing any); `from` stays.
     fn publish(
         &self,
         from: &str,
@@ -90,13 +100,14 @@ pub trait ObjectStore: Send + Sync {
 pub struct QueueError(pub String);
 
 pub trait Queue: Send + Sync {
-    /// Sends `body`, visible after `delay` (SQS caps delays at 900 s; callers cap too).
+    /// Sends `body`, visible after `delay` (SQS caps delays at 900 s; callers cap too); returns the
+    /// new message's id.
     fn send(
         &self,
         queue_url: &str,
         body: &str,
         delay: Duration,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    ) -> impl Future<Output = Result<String, QueueError>> + Send;
     /// Puts a refused message's original body on a dead-letter queue with the reason beside it.
     fn send_rejected(
         &self,

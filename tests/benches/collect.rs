@@ -129,12 +129,20 @@ async fn main() {
             )
             .await
             .unwrap();
+        shared::store::put_command(
+            &store,
+            &run_id,
+            &tests::collecting_command(0, commands[0].clone()),
+        )
+        .await
+        .unwrap();
         let job = CollectJob {
             v: MESSAGE_VERSION,
             run_id: run_id.clone(),
             action_id: action.id.clone(),
             index: 0,
             attempt: 0,
+            link_errors: 0,
         };
         let started = Instant::now();
         let done = shared::stages::collect::handle(
@@ -144,7 +152,7 @@ async fn main() {
             &defender,
             &fetch,
             &shared::clock::SystemClock,
-            &encode(&job),
+            &shared::messages::Delivery::new(format!("bench-{mib}"), encode(&job)),
         )
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shared::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored};
+use shared::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -82,32 +82,30 @@ impl ObjectStore for MemStore {
         upload_id: &str,
         n: i32,
         body: Bytes,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Upload<String>, StoreError> {
         let mut u = self.uploads.lock().unwrap();
-        u.get_mut(upload_id)
-            .ok_or_else(|| StoreError("no upload".into()))?
-            .push((n, body));
-        Ok(format!("etag-{n}"))
+        let Some(parts) = u.get_mut(upload_id) else {
+            return Ok(Upload::Gone);
+        };
+        parts.push((n, body));
+        Ok(Upload::Done(format!("etag-{n}")))
     }
     async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         _parts: Vec<(i32, String)>,
-    ) -> Result<(), StoreError> {
-        let parts = self
-            .uploads
-            .lock()
-            .unwrap()
-            .remove(upload_id)
-            .ok_or_else(|| StoreError("no upload".into()))?;
+    ) -> Result<Upload<()>, StoreError> {
+        let Some(parts) = self.uploads.lock().unwrap().remove(upload_id) else {
+            return Ok(Upload::Gone);
+        };
         let body: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b.to_vec()).collect();
         let v = self.next();
         self.objects
             .lock()
             .unwrap()
             .insert(key.to_string(), (Bytes::from(body), v));
-        Ok(())
+        Ok(Upload::Done(()))
     }
     async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
         self.uploads.lock().unwrap().remove(upload_id);
@@ -119,11 +117,13 @@ impl ObjectStore for MemStore {
         to: &str,
         _metadata: BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
+        let v = self.next();
         let mut o = self.objects.lock().unwrap();
-        let obj = o
-            .remove(from)
+        let (body, _) = o
+            .get(from)
+            .cloned()
             .ok_or_else(|| StoreError(format!("no {from}")))?;
-        o.insert(to.to_string(), obj);
+        o.insert(to.to_string(), (body, v));
         Ok(())
     }
 }
@@ -132,6 +132,7 @@ impl ObjectStore for MemStore {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sent {
     Message {
+        id: String,
         queue: String,
         body: String,
         delay: Duration,
@@ -151,13 +152,21 @@ pub struct MemQueue {
 }
 
 impl Queue for MemQueue {
-    async fn send(&self, queue_url: &str, body: &str, delay: Duration) -> Result<(), QueueError> {
-        self.sent.lock().unwrap().push(Sent::Message {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delay: Duration,
+    ) -> Result<String, QueueError> {
+        let mut sent = self.sent.lock().unwrap();
+        let id = format!("mem-{}", sent.len() + 1);
+        sent.push(Sent::Message {
+            id: id.clone(),
             queue: queue_url.into(),
             body: body.into(),
             delay,
         });
-        Ok(())
+        Ok(id)
     }
     async fn send_rejected(
         &self,

@@ -384,6 +384,7 @@ pub fn collecting_run(
         cancelled_by_pipeline: false,
         outcome: None,
         reason: None,
+        chain: Default::default(),
     }
 }
 
@@ -439,4 +440,21 @@ impl Rng {
     pub fn chance(&mut self, p: f64) -> bool {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
+}
+
+/// The record poll leaves for a command whose result is waiting to be copied.
+pub fn collecting_command(
+    index: u32,
+    command: shared::defender::Command,
+) -> shared::store::CommandRecord {
+    let mut rec = shared::store::CommandRecord::unfinished(
+        index,
+        command,
+        shared::store::CommandOutcome::Collecting,
+        "",
+        time::OffsetDateTime::now_utc(),
+    );
+    rec.command_status = Some("Completed".into());
+    rec.reason = None;
+    rec
 }

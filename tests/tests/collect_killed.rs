@@ -74,6 +74,7 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
         errors_excerpt: None,
         recorded_at: None,
         reason: None,
+        chain: Default::default(),
     };
     shared::store::put_command(&store, &run_id, &pending)
         .await
@@ -98,13 +99,17 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
         time_budget: Duration::from_secs(600),
     };
     let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
-    let job = encode(&CollectJob {
-        v: MESSAGE_VERSION,
-        run_id: run_id.clone(),
-        action_id: action.id.clone(),
-        index: 0,
-        attempt: 0,
-    });
+    let job = shared::messages::Delivery::new(
+        "collect-1",
+        encode(&CollectJob {
+            v: MESSAGE_VERSION,
+            run_id: run_id.clone(),
+            action_id: action.id.clone(),
+            index: 0,
+            attempt: 0,
+            link_errors: 0,
+        }),
+    );
 
     // Kill it once 10 MiB have crossed: the future is dropped mid-copy.
     let copy = shared::stages::collect::handle(

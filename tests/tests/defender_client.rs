@@ -294,6 +294,17 @@ async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
 }
 
 #[tokio::test]
+async fn an_absurd_expires_in_does_not_crash_the_client() {
+    let mut config = sim_config();
+    config.sim.token_lifetime_secs = u64::MAX;
+    let sim = start_sim(config.clone()).await;
+    let client = client(&sim, &config);
+    client.list_library().await.unwrap();
+    client.list_library().await.unwrap();
+    assert_eq!(sim.issued_tokens().len(), 1, "the token is cached");
+}
+
+#[tokio::test]
 async fn tokens_are_refreshed_ahead_of_expiry() {
     let mut config = sim_config();
     config.sim.token_lifetime_secs = 20;

@@ -9,6 +9,7 @@ use shared::defender::{
     ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
     MachineId,
 };
+use shared::messages::Delivery;
 use shared::ports::Defender;
 use shared::store::{RunState, load_run};
 use std::time::Duration;
@@ -61,7 +62,7 @@ impl<D: Defender> Defender for LosesFirstAnswer<D> {
     }
 }
 
-fn last_message(queue: &MemQueue, to: &str) -> (String, Duration) {
+fn last_message(queue: &MemQueue, to: &str) -> (Delivery, Duration) {
     queue
         .sent
         .lock()
@@ -69,7 +70,12 @@ fn last_message(queue: &MemQueue, to: &str) -> (String, Duration) {
         .iter()
         .rev()
         .find_map(|s| match s {
-            Sent::Message { queue, body, delay } if queue == to => Some((body.clone(), *delay)),
+            Sent::Message {
+                id,
+                queue,
+                body,
+                delay,
+            } if queue == to => Some((Delivery::new(id, body), *delay)),
             _ => None,
         })
         .unwrap_or_else(|| panic!("nothing sent to {to}"))
@@ -157,7 +163,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
         sim.actions()[0]["id"].as_str().map(str::to_string)
     );
     let (poll, delay) = last_message(&queue, "poll");
-    assert!(poll.contains(rec.action_id.unwrap().as_str()));
+    assert!(poll.body.contains(rec.action_id.unwrap().as_str()));
     assert_eq!(delay, Duration::from_secs(15));
 
     // The same submit job delivered again (SQS is at-least-once) changes nothing.
@@ -171,6 +177,14 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     )
     .await
     .unwrap();
-    assert_eq!(third.outcome, "already_submitted");
+    assert_eq!(third.outcome, "duplicate", "{}", third.detail);
     assert_eq!(sim.stats().actions_created, 1);
+    let polls = queue
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| matches!(s, Sent::Message { queue, .. } if queue == "poll"))
+        .count();
+    assert_eq!(polls, 1, "one poll chain for the run");
 }

@@ -55,7 +55,7 @@ async fn every_hostile_alert_is_refused_with_its_code_and_kept_intact() {
         &cfg.dead_letter_queue_url,
         &queue,
         8,
-        |body| {
+        |msg| {
             let (cfg, playbooks, store, queue) = (&cfg, &playbooks, &store, &queue);
             async move {
                 shared::stages::intake::handle(
@@ -63,7 +63,7 @@ async fn every_hostile_alert_is_refused_with_its_code_and_kept_intact() {
                     playbooks,
                     store,
                     queue,
-                    &body,
+                    &msg.body,
                     time::OffsetDateTime::now_utc(),
                 )
                 .await

@@ -12,6 +12,9 @@ use crate::secret::Secret;
 
 /// The app registration's credentials, as the secret holds them:
 /// `{"tenant_id": "...", "client_id": "...", "client_secret": "..."}`.
+/// The longest token lifetime believed from the token endpoint (24 h).
+const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
@@ -177,7 +180,9 @@ impl<C: CredentialSource> TokenProvider<C> {
                 got
             }
         };
-        // Refresh ahead of expiry: a fifth of the lifetime, at most five minutes early.
+        // Refresh ahead of expiry: a fifth of the lifetime, at most five minutes early. Entra issues
+        // tokens for at most a day; a longer (or absurd) expires_in is not believed.
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME_SECS);
         let margin = Duration::from_millis((lifetime * 1000 / 5).min(300_000));
         st.generation += 1;
         let generation = st.generation;

@@ -12,17 +12,18 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::hash::ResumableSha256;
-use crate::messages::{CollectJob, MESSAGE_VERSION, encode};
-use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
+use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, encode};
+use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError, Upload};
 use crate::store::{
-    CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, evidence_key, finish_run_if_complete,
-    load_command, put_command,
+    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
+    finish_run_if_complete, load_command, put_command,
 };
 
 /// S3 allows at most 10,000 parts.
@@ -89,32 +90,47 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     defender: &D,
     fetch: &F,
     clock: &dyn Clock,
-    body: &str,
+    msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
     let deadline = std::time::Instant::now() + cfg.time_budget;
-    let (job, run_id, run) = super::open::<CollectJob, _>(store, body).await?;
-    // Poll left a record with Defender's view of the command; anything further means done already.
-    let pending = load_command(store, &run_id, job.index).await?;
-    if let Some(rec) = pending
-        .as_ref()
-        .filter(|r| r.outcome != CommandOutcome::Collecting)
-    {
-        finish_run_if_complete(store, &run_id).await?;
-        return Ok(Done::new(
-            &run_id,
-            "duplicate",
-            format!("command {} already {:?}", job.index, rec.outcome),
-        ));
-    }
-    let (start_time, end_time) = pending
-        .map(|r| (r.start_time, r.end_time))
-        .unwrap_or_default();
+    let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
     let Some(command) = run.commands.get(job.index as usize).cloned() else {
         return Err(StageError::Reject {
             code: "unknown_command",
             reason: format!("run {run_id} has no command {}", job.index),
         });
+    };
+    // Poll left a record with Defender's view of the command; only the message holding the
+    // command's chain copies it, and anything past Collecting means done already.
+    let key = command_key(&run_id, job.index);
+    let acts = |r: &CommandRecord| r.outcome == CommandOutcome::Collecting;
+    let pending = match claim(store, &key, &msg.id, clock, acts).await? {
+        Claimed::Mine(rec) => rec,
+        Claimed::Duplicate => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("another collect job holds command {}", job.index),
+            ));
+        }
+        Claimed::Idle(rec) => {
+            finish_run_if_complete(store, &run_id).await?;
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("command {} already {:?}", job.index, rec.outcome),
+            ));
+        }
+    };
+    let (start_time, end_time) = (pending.start_time, pending.end_time);
+    let step = Step {
+        cfg,
+        store,
+        queue,
+        clock,
+        msg,
+        job: &job,
     };
 
     let link = budget::get_call(store, &cfg.budget, clock, || {
@@ -123,11 +139,9 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     .await?;
     let link = match link {
         Paced::Wait(wait) => {
-            requeue(
-                cfg,
-                queue,
-                &job,
+            step.again(
                 job.attempt,
+                job.link_errors,
                 wait.max(Duration::from_secs(1)),
             )
             .await?;
@@ -142,10 +156,12 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     let link = match link {
         Ok(l) => l,
         Err(e) => {
-            if let Next::RetryAfter(after) = e.next() {
-                // Asking for the link is not the copy failing: the attempt count stays.
-                let delay = after.unwrap_or_else(|| cfg.retry.delay(job.attempt, jitter()));
-                requeue(cfg, queue, &job, job.attempt, delay).await?;
+            if let Next::RetryAfter(after) = e.next()
+                && job.link_errors + 1 < MAX_LINK_ERRORS
+            {
+                // Asking for the link is not the copy failing: its own count grows instead.
+                let delay = after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, jitter()));
+                step.again(job.attempt, job.link_errors + 1, delay).await?;
                 return Ok(Done::new(
                     &run_id,
                     "throttled",
@@ -188,7 +204,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     };
     match copy(store, &source, &run, command.kind, &link, deadline).await {
         Ok(CopyResult::Paused { offset }) => {
-            requeue(cfg, queue, &job, job.attempt, Duration::ZERO).await?;
+            step.again(job.attempt, job.link_errors, Duration::ZERO)
+                .await?;
             Ok(Done::new(
                 &run_id,
                 "continued",
@@ -214,19 +231,17 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 sha256: Some(copied.sha256.clone()),
                 sha256_decompressed: copied.sha256_decompressed.clone(),
                 size_decompressed: copied.size_decompressed,
-                exit_code: copied.transcript.as_ref().and_then(|t| t.exit_code),
-                output_excerpt: copied
-                    .transcript
-                    .as_ref()
-                    .map(|t| excerpt(&t.script_output)),
-                errors_excerpt: copied
-                    .transcript
-                    .as_ref()
-                    .map(|t| excerpt(&t.script_errors)),
+                exit_code: copied.exit_code,
+                output_excerpt: copied.output_excerpt.clone(),
+                errors_excerpt: copied.errors_excerpt.clone(),
                 recorded_at: Some(now),
                 reason: None,
+                chain: ended_chain(now),
             };
             put_command(store, &run_id, &rec).await?;
+            // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
+            // lifecycle rule removes staging objects a crash leaves here).
+            cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
             let manifest = finish_run_if_complete(store, &run_id).await?;
             let time_to_evidence = (OffsetDateTime::now_utc() - run.created_at).as_seconds_f64();
             let done = Done::new(
@@ -246,7 +261,11 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             Ok(done)
         }
         Err(CopyError::Store(e)) => Err(e.into()),
-        Err(CopyError::Download(reason)) => {
+        Err(e @ (CopyError::Download(_) | CopyError::UploadGone)) => {
+            let reason = match e {
+                CopyError::Download(reason) => reason,
+                _ => "the multipart upload is gone; the copy starts over".to_string(),
+            };
             if job.attempt + 1 >= cfg.max_attempts {
                 record_failure(
                     store,
@@ -263,7 +282,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 .retry
                 .delay(job.attempt, jitter())
                 .min(Duration::from_secs(60));
-            requeue(cfg, queue, &job, job.attempt + 1, delay).await?;
+            step.again(job.attempt + 1, job.link_errors, delay).await?;
             Ok(Done::new(
                 &run_id,
                 "copy_retry",
@@ -285,22 +304,60 @@ fn excerpt(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-async fn requeue<Q: Queue>(
-    cfg: &CollectConfig,
-    queue: &Q,
-    job: &CollectJob,
-    attempt: u32,
-    delay: Duration,
-) -> Result<(), StageError> {
-    let next = CollectJob {
-        attempt,
-        ..job.clone()
-    };
-    debug_assert_eq!(next.v, MESSAGE_VERSION);
-    queue
-        .send(&cfg.collect_queue_url, &encode(&next), delay)
+/// Link requests that may fail with something worth retrying before the command is given up.
+pub const MAX_LINK_ERRORS: u32 = 8;
+
+fn ended_chain(now: OffsetDateTime) -> Chain {
+    let mut c = Chain::default();
+    c.end(now);
+    c
+}
+
+/// Removes what a finished copy no longer needs; failures only leave garbage behind.
+async fn cleanup<S: ObjectStore>(store: &S, staging: &str, checkpoint: &str) {
+    for key in [staging, checkpoint] {
+        if let Err(e) = store.delete(key).await {
+            tracing::warn!(%key, error = %e, "could not remove a finished copy's leftovers");
+        }
+    }
+}
+
+/// One collect job's context, for handing the command's chain on.
+struct Step<'a, S, Q> {
+    cfg: &'a CollectConfig,
+    store: &'a S,
+    queue: &'a Q,
+    clock: &'a dyn Clock,
+    msg: &'a Delivery,
+    job: &'a CollectJob,
+}
+
+impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+    async fn again(
+        &self,
+        attempt: u32,
+        link_errors: u32,
+        delay: Duration,
+    ) -> Result<(), StageError> {
+        let next = CollectJob {
+            attempt,
+            link_errors,
+            ..self.job.clone()
+        };
+        debug_assert_eq!(next.v, MESSAGE_VERSION);
+        hand_off::<_, _, CommandRecord, _>(
+            self.store,
+            self.queue,
+            self.clock,
+            &command_key(&self.job.run_id, self.job.index),
+            &self.msg.id,
+            &self.cfg.collect_queue_url,
+            (&encode(&next), delay),
+            |_| {},
+        )
         .await?;
-    Ok(())
+        Ok(())
+    }
 }
 
 async fn record_failure<S: ObjectStore>(
@@ -345,6 +402,7 @@ async fn record_failure<S: ObjectStore>(
         errors_excerpt: None,
         recorded_at: Some(now),
         reason: Some(reason),
+        chain: ended_chain(now),
     };
     put_command(store, &run.run_id, &rec).await?;
     finish_run_if_complete(store, &run.run_id).await?;
@@ -356,15 +414,34 @@ enum CopyError {
     Download(String),
     /// S3 failed: SQS delivers the job again.
     Store(StoreError),
+    /// The multipart upload no longer exists.
+    UploadGone,
 }
 
+/// A copy whose staging object is whole: its hashes and, for a transcript, its summary. Saved in
+/// the checkpoint before publishing, so that a failure after this point only publishes again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finished {
+    pub size: u64,
+    pub sha256: String,
+    pub sha256_decompressed: Option<String>,
+    pub size_decompressed: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub output_excerpt: Option<String>,
+    pub errors_excerpt: Option<String>,
+}
+
+/// A published copy.
 struct Copied {
     key: String,
+    staging: String,
     size: u64,
     sha256: String,
     sha256_decompressed: Option<String>,
     size_decompressed: Option<u64>,
-    transcript: Option<Transcript>,
+    exit_code: Option<i64>,
+    output_excerpt: Option<String>,
+    errors_excerpt: Option<String>,
 }
 
 /// Counts and hashes what a gzip decoder writes into it.
@@ -433,7 +510,8 @@ impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
 const MAX_RESUMES: u32 = 10;
 
 /// Where an unfinished copy stands, saved at a part boundary: enough for the next invocation to go
-/// on without downloading the uploaded parts again.
+/// on without downloading the uploaded parts again; or, once the upload is complete, what is left
+/// to publish.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub v: u32,
@@ -447,20 +525,91 @@ pub struct Checkpoint {
     /// SHA-256 of the first `offset` bytes.
     pub sha256: ResumableSha256,
     pub invocations: u32,
+    /// Set once CompleteMultipartUpload succeeded: the staging object is whole.
+    #[serde(default)]
+    pub completed: Option<Finished>,
+}
+
+impl Checkpoint {
+    /// A stored checkpoint is checked before it is used: it must describe an upload of this
+    /// command within S3's limits, with a hash state that matches its offset.
+    pub fn check(&self, run: &crate::ids::RunId, index: u32) -> Result<(), String> {
+        let prefix = format!("staging/{run}/{index}-");
+        if !self.staging.starts_with(&prefix) || self.staging.contains("..") {
+            return Err(format!(
+                "staging key {:?} is not this command's",
+                self.staging
+            ));
+        }
+        if self.upload_id.is_empty() {
+            return Err("no upload id".into());
+        }
+        if !(5 * MIB..=5 * 1024 * MIB).contains(&(self.part_size as u64)) {
+            return Err(format!(
+                "part size {} is outside S3's limits",
+                self.part_size
+            ));
+        }
+        if self.parts.len() as u64 > MAX_PARTS {
+            return Err(format!("{} parts is more than S3 allows", self.parts.len()));
+        }
+        for (i, (n, etag)) in self.parts.iter().enumerate() {
+            if *n as i64 != i as i64 + 1 || etag.is_empty() {
+                return Err(format!("part {} is numbered {n} or has no ETag", i + 1));
+            }
+        }
+        if self.completed.is_none() {
+            if self.offset != self.parts.len() as u64 * self.part_size as u64 {
+                return Err(format!(
+                    "offset {} is not the end of part {}",
+                    self.offset,
+                    self.parts.len()
+                ));
+            }
+            if self.sha256.len() != self.offset {
+                return Err(format!(
+                    "the hash covers {} bytes, not the {} uploaded",
+                    self.sha256.len(),
+                    self.offset
+                ));
+            }
+        }
+        if self.package_len.is_some_and(|l| self.offset > l) {
+            return Err(format!("offset {} is past the package's end", self.offset));
+        }
+        Ok(())
+    }
 }
 
 pub fn checkpoint_key(run: &crate::ids::RunId, index: u32) -> String {
     format!("runs/{run}/checkpoints/{index}.json")
 }
 
+/// What is stored under a checkpoint key.
+enum Saved {
+    Usable(Box<Checkpoint>),
+    /// Unreadable or inconsistent: why.
+    Corrupt(String),
+}
+
 async fn load_checkpoint<S: ObjectStore>(
     store: &S,
     key: &str,
-) -> Result<Option<Checkpoint>, StoreError> {
-    Ok(store
-        .get(key)
-        .await?
-        .and_then(|s| serde_json::from_slice(&s.body).ok()))
+    run: &crate::ids::RunId,
+    index: u32,
+) -> Result<Option<Saved>, StoreError> {
+    let Some(stored) = store.get(key).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        match serde_json::from_slice::<Checkpoint>(&stored.body) {
+            Ok(ck) => match ck.check(run, index) {
+                Ok(()) => Saved::Usable(Box::new(ck)),
+                Err(why) => Saved::Corrupt(why),
+            },
+            Err(e) => Saved::Corrupt(e.to_string()),
+        },
+    ))
 }
 
 async fn save_checkpoint<S: ObjectStore>(
@@ -482,13 +631,12 @@ async fn discard_checkpoint<S: ObjectStore>(
     index: u32,
 ) -> Result<(), StoreError> {
     let key = checkpoint_key(run, index);
-    if let Some(ck) = load_checkpoint(store, &key).await? {
-        if let Err(e) = store.abort_upload(&ck.staging, &ck.upload_id).await {
-            tracing::warn!(run_id = %run, error = %e, "could not abort an abandoned upload");
-        }
-        store.delete(&key).await?;
+    if let Some(Saved::Usable(ck)) = load_checkpoint(store, &key, run, index).await?
+        && let Err(e) = store.abort_upload(&ck.staging, &ck.upload_id).await
+    {
+        tracing::warn!(run_id = %run, error = %e, "could not abort an abandoned upload");
     }
-    Ok(())
+    store.delete(&key).await
 }
 
 enum CopyResult {
@@ -509,11 +657,21 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
 ) -> Result<CopyResult, CopyError> {
     let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
     let ck_key = checkpoint_key(&run.run_id, job.index);
-    let (download, mut ck) = match load_checkpoint(store, &ck_key)
+    let mut saved = load_checkpoint(store, &ck_key, &run.run_id, job.index)
         .await
-        .map_err(CopyError::Store)?
-    {
-        Some(mut ck) => {
+        .map_err(CopyError::Store)?;
+    if let Some(Saved::Corrupt(why)) = &saved {
+        tracing::warn!(run_id = %run.run_id, index = job.index, reason = %why, "checkpoint unusable; starting the copy over");
+        store.delete(&ck_key).await.map_err(CopyError::Store)?;
+        saved = None;
+    }
+    let (download, mut ck) = match saved {
+        Some(Saved::Usable(ck)) if ck.completed.is_some() => {
+            // The upload completed before a failure: only publishing is left.
+            return publish(store, run, job, kind, &ck).await;
+        }
+        Some(Saved::Usable(ck)) => {
+            let mut ck = *ck;
             let download = fetch
                 .open(&link.url, ck.offset)
                 .await
@@ -533,7 +691,7 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
             tracing::info!(run_id = %run.run_id, index = job.index, offset = ck.offset, "resuming a copy from its checkpoint");
             (download, ck)
         }
-        None => {
+        _ => {
             let download = fetch
                 .open(&link.url, 0)
                 .await
@@ -560,6 +718,7 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
                 package_len: download.content_length,
                 sha256: ResumableSha256::new(),
                 invocations: 1,
+                completed: None,
             };
             (download, ck)
         }
@@ -573,6 +732,7 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
                 .map_err(CopyError::Store)?;
             return Ok(CopyResult::Paused { offset: ck.offset });
         }
+        Err(CopyError::UploadGone) => return upload_gone(store, &ck_key).await,
         Err(e) => {
             if ck.parts.is_empty() {
                 // Nothing worth keeping: never leave an orphaned upload behind a failed copy.
@@ -589,10 +749,13 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
             return Err(e);
         }
     };
-    store
+    let completed = store
         .complete_upload(&ck.staging, &ck.upload_id, ck.parts.clone())
         .await
         .map_err(CopyError::Store)?;
+    if completed == Upload::Gone {
+        return upload_gone(store, &ck_key).await;
+    }
     let mut hashes = hashes;
     if resumed && kind == CommandType::GetFile {
         // The decompressor's state cannot be saved; hash the file from the stored package instead.
@@ -606,14 +769,57 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
         hashes.sha256_decompressed = decompressed.as_ref().map(|d| d.0.clone());
         hashes.size_decompressed = decompressed.map(|d| d.1);
     }
+    ck.completed = Some(Finished {
+        size: hashes.size,
+        sha256: hashes.sha256,
+        sha256_decompressed: hashes.sha256_decompressed,
+        size_decompressed: hashes.size_decompressed,
+        exit_code: hashes.transcript.as_ref().and_then(|t| t.exit_code),
+        output_excerpt: hashes
+            .transcript
+            .as_ref()
+            .map(|t| excerpt(&t.script_output)),
+        errors_excerpt: hashes
+            .transcript
+            .as_ref()
+            .map(|t| excerpt(&t.script_errors)),
+    });
+    // Completion is recorded before publishing: a failure from here on publishes again.
+    save_checkpoint(store, &ck_key, &ck)
+        .await
+        .map_err(CopyError::Store)?;
+    publish(store, run, job, kind, &ck).await
+}
+
+/// The upload a checkpoint named no longer exists (it was completed before a crash, aborted, or
+/// expired): forget the checkpoint; the next attempt starts the copy over.
+async fn upload_gone<S: ObjectStore>(store: &S, ck_key: &str) -> Result<CopyResult, CopyError> {
+    store.delete(ck_key).await.map_err(CopyError::Store)?;
+    Err(CopyError::Download(
+        "the multipart upload the checkpoint named is gone; the copy starts over".into(),
+    ))
+}
+
+/// Copies a completed staging object to its final key with its hashes in its metadata. Safe to
+/// repeat: the staging object and the checkpoint are removed only after the command is recorded.
+async fn publish<S: ObjectStore>(
+    store: &S,
+    run: &RunRecord,
+    job: &CollectJob,
+    kind: CommandType,
+    ck: &Checkpoint,
+) -> Result<CopyResult, CopyError> {
+    let Some(done) = ck.completed.clone() else {
+        return Err(CopyError::Download("the copy is not complete".into()));
+    };
     let key = evidence_key(&run.run_id, job.index, kind);
     let mut meta = BTreeMap::new();
-    meta.insert("sha256".to_string(), hashes.sha256.clone());
-    meta.insert("size".to_string(), hashes.size.to_string());
-    if let Some(d) = &hashes.sha256_decompressed {
+    meta.insert("sha256".to_string(), done.sha256.clone());
+    meta.insert("size".to_string(), done.size.to_string());
+    if let Some(d) = &done.sha256_decompressed {
         meta.insert("sha256-decompressed".to_string(), d.clone());
     }
-    if let Some(n) = hashes.size_decompressed {
+    if let Some(n) = done.size_decompressed {
         meta.insert("size-decompressed".to_string(), n.to_string());
     }
     meta.insert("run-id".to_string(), run.run_id.to_string());
@@ -623,14 +829,16 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
         .publish(&ck.staging, &key, meta)
         .await
         .map_err(CopyError::Store)?;
-    store.delete(&ck_key).await.map_err(CopyError::Store)?;
     Ok(CopyResult::Copied(Copied {
         key,
-        size: hashes.size,
-        sha256: hashes.sha256,
-        sha256_decompressed: hashes.sha256_decompressed,
-        size_decompressed: hashes.size_decompressed,
-        transcript: hashes.transcript,
+        staging: ck.staging.clone(),
+        size: done.size,
+        sha256: done.sha256,
+        sha256_decompressed: done.sha256_decompressed,
+        size_decompressed: done.size_decompressed,
+        exit_code: done.exit_code,
+        output_excerpt: done.output_excerpt,
+        errors_excerpt: done.errors_excerpt,
     }))
 }
 
@@ -727,10 +935,13 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
             if buf.len() == part_size {
                 let n = ck.parts.len() as i32 + 1;
                 let body: Bytes = buf.split().freeze();
-                let etag = store
+                let Upload::Done(etag) = store
                     .upload_part(&ck.staging, &ck.upload_id, n, body)
                     .await
-                    .map_err(CopyError::Store)?;
+                    .map_err(CopyError::Store)?
+                else {
+                    return Err(CopyError::UploadGone);
+                };
                 ck.parts.push((n, etag));
                 ck.offset += part_size as u64;
                 ck.sha256 = hasher.clone();
@@ -754,10 +965,13 @@ async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
     if !buf.is_empty() || ck.parts.is_empty() {
         let n = ck.parts.len() as i32 + 1;
         let len = buf.len() as u64;
-        let etag = store
+        let Upload::Done(etag) = store
             .upload_part(&ck.staging, &ck.upload_id, n, buf.split().freeze())
             .await
-            .map_err(CopyError::Store)?;
+            .map_err(CopyError::Store)?
+        else {
+            return Err(CopyError::UploadGone);
+        };
         ck.parts.push((n, etag));
         ck.offset += len;
         ck.sha256 = hasher.clone();

@@ -67,6 +67,7 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         cancelled_by_pipeline: false,
         outcome: None,
         reason: None,
+        chain: Default::default(),
     };
     let outcome = match create_run(store, &record).await? {
         None => "accepted",

@@ -6,10 +6,16 @@ pub mod intake;
 pub mod poll;
 pub mod submit;
 
+use crate::budget::{self, BudgetConfig};
+use crate::clock::Clock;
 use crate::ids::RunId;
 use crate::messages::{Job, decode};
+use crate::ports::Queue;
 use crate::ports::{ObjectStore, QueueError, StoreError};
-use crate::store::{RunRecord, load_run};
+use crate::store::{
+    Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
+    finish_run_if_complete, load_command, load_run, put_command, update_record, update_run,
+};
 
 /// What a stage did with a message, for the one log line per message and the metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,4 +89,187 @@ pub(crate) async fn open<J: Job, S: ObjectStore>(
         });
     };
     Ok((job, run_id, run))
+}
+
+/// Ends a run whose results will not be collected (refused, never submitted, its action lost or
+/// not cancellable): the run is marked Failed with `outcome` and `reason` (the first reason
+/// stands), every command without a final record gets one (`unfinished`, with the reason), the
+/// session goes back to the budget, and the manifest is written. Safe to repeat; a run that
+/// already reached collection is left to it.
+pub(crate) async fn end_run<S: ObjectStore>(
+    store: &S,
+    budget_cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    run_id: &RunId,
+    outcome: RunOutcome,
+    reason: &str,
+    unfinished: CommandOutcome,
+) -> Result<RunRecord, StageError> {
+    let run = update_run(store, run_id, |r| {
+        if !matches!(
+            r.state,
+            RunState::Received | RunState::Submitting | RunState::Submitted
+        ) {
+            return false;
+        }
+        r.chain.end(clock.now());
+        r.state = RunState::Failed;
+        r.outcome = Some(outcome);
+        r.reason.get_or_insert_with(|| reason.to_string());
+        true
+    })
+    .await?;
+    if run.state != RunState::Failed {
+        return Ok(run);
+    }
+    let now = clock.now();
+    let why = run.reason.clone().unwrap_or_else(|| reason.to_string());
+    for (index, command) in run.commands.iter().enumerate() {
+        let index = index as u32;
+        let done = load_command(store, run_id, index)
+            .await?
+            .is_some_and(|c| c.outcome != CommandOutcome::Collecting);
+        if !done {
+            let rec = CommandRecord::unfinished(index, command.clone(), unfinished, &why, now);
+            put_command(store, run_id, &rec).await?;
+        }
+    }
+    budget::release_session(store, budget_cfg, clock, run_id).await?;
+    finish_run_if_complete(store, run_id).await?;
+    Ok(run)
+}
+
+/// What a delivered message may do for a record with a chain (see [`crate::store::chain`]).
+pub(crate) enum Claimed<T> {
+    /// It holds the chain: go on.
+    Mine(T),
+    /// Another message holds the chain: drop this one.
+    Duplicate,
+    /// The record is in a state this stage does not act on: drop this one.
+    Idle(T),
+}
+
+/// Takes or confirms the chain of the record at `key` for message `me`, if `acts` says the stage
+/// acts on the record as it is. A message that may be the one a holder is handing the chain to
+/// waits a moment for the holder to name it (a few milliseconds, normally); if it is still not
+/// named, it is left for SQS to deliver again.
+pub(crate) async fn claim<S, T, A>(
+    store: &S,
+    key: &str,
+    me: &str,
+    clock: &dyn Clock,
+    acts: A,
+) -> Result<Claimed<T>, StageError>
+where
+    S: ObjectStore,
+    T: Chained + serde::Serialize + serde::de::DeserializeOwned,
+    A: Fn(&T) -> bool,
+{
+    let mut pause = std::time::Duration::from_millis(50);
+    for _ in 0..7 {
+        match try_claim(store, key, me, clock, &acts).await? {
+            Some(claimed) => return Ok(claimed),
+            None => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    Err(StageError::Retry(format!(
+        "{key}: the previous message is still handing the chain on; deliver this one again later"
+    )))
+}
+
+/// One look at the chain; None while another message is handing it on.
+async fn try_claim<S, T, A>(
+    store: &S,
+    key: &str,
+    me: &str,
+    clock: &dyn Clock,
+    acts: &A,
+) -> Result<Option<Claimed<T>>, StageError>
+where
+    S: ObjectStore,
+    T: Chained + serde::Serialize + serde::de::DeserializeOwned,
+    A: Fn(&T) -> bool,
+{
+    let now = clock.now();
+    let mut standing = Standing::Duplicate;
+    let mut acting = false;
+    let rec = update_record::<_, T, _>(store, key, |r| {
+        standing = r.chain().standing(me, now);
+        acting = acts(r);
+        if standing != Standing::Mine || !acting {
+            return false;
+        }
+        let c = r.chain();
+        if c.holder.as_deref() == Some(me) || c.is_handing_off(me) {
+            return false;
+        }
+        r.chain_mut().hold(me, now);
+        true
+    })
+    .await?;
+    let Some(rec) = rec else {
+        return Err(StageError::Reject {
+            code: "unknown_record",
+            reason: format!("{key} does not exist"),
+        });
+    };
+    Ok(match standing {
+        Standing::HandoffPending => None,
+        _ if !acting => Some(Claimed::Idle(rec)),
+        Standing::Mine => Some(Claimed::Mine(rec)),
+        Standing::Duplicate => Some(Claimed::Duplicate),
+    })
+}
+
+/// Hands the chain of the record at `key` from `me` to a new message (`body` on `queue_url` after
+/// `delay`), applying `also` to the record in the same write as naming the new message. Returns
+/// the record as stored, or None if `me` no longer held the chain (then nothing is recorded, and
+/// anything sent is dropped as a duplicate when it arrives).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn hand_off<S, Q, T, F>(
+    store: &S,
+    queue: &Q,
+    clock: &dyn Clock,
+    key: &str,
+    me: &str,
+    queue_url: &str,
+    (body, delay): (&str, std::time::Duration),
+    mut also: F,
+) -> Result<Option<T>, StageError>
+where
+    S: ObjectStore,
+    Q: Queue,
+    T: Chained + serde::Serialize + serde::de::DeserializeOwned,
+    F: FnMut(&mut T),
+{
+    let mut held = false;
+    update_record::<_, T, _>(store, key, |r| {
+        let c = r.chain();
+        held = c.holder.as_deref() == Some(me) || c.is_handing_off(me);
+        if !held || c.is_handing_off(me) {
+            return false;
+        }
+        r.chain_mut().begin_handoff(me, clock.now());
+        true
+    })
+    .await?;
+    if !held {
+        return Ok(None);
+    }
+    let next = queue.send(queue_url, body, delay).await?;
+    let mut still = false;
+    let rec = update_record::<_, T, _>(store, key, |r| {
+        still = r.chain().is_handing_off(me);
+        if !still {
+            return false;
+        }
+        r.chain_mut().hold(&next, clock.now());
+        also(r);
+        true
+    })
+    .await?;
+    Ok(rec.filter(|_| still))
 }

@@ -1,23 +1,29 @@
 //! poll: look at the action; while it runs, come back later through the queue on a stepped
-//! schedule; past the run's deadline, cancel it; once it ends, record every command and fan out
-//! one collect job per command that left a result.
+//! schedule; past the run's deadline, cancel it (a bounded number of times); once it ends, record
+//! every command and fan out one collect job per command that left a result. Only the message
+//! that holds the run's chain acts; a run whose action cannot be read or cancelled ends with a
+//! manifest that says so.
 
 use std::time::Duration;
 
-use super::{Done, StageError, jitter};
+use super::{Claimed, Done, StageError, claim, end_run, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::PollConfig;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
-use crate::messages::{CollectJob, MESSAGE_VERSION, PollJob, encode};
+use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
 use crate::store::{
-    CommandOutcome, CommandRecord, RECORD_VERSION, RunOutcome, RunRecord, RunState,
-    finish_run_if_complete, load_command, put_command, update_run,
+    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunOutcome, RunRecord, RunState,
+    create_command, finish_run_if_complete, load_command, run_key, update_run,
 };
 
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
 const NOT_FOUND_POLLS: u32 = 10;
+/// Cancels tried past the deadline before the run ends as timed out without one.
+pub const MAX_CANCELS: u32 = 5;
+/// Past its deadline by this much, a run whose action cannot be read (throttled, 5xx) ends.
+pub const LOST_AFTER: Duration = Duration::from_secs(1800);
 
 /// The delay before poll number `polls` (0-based), never later than just past the deadline.
 pub fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Duration) -> Duration {
@@ -30,69 +36,77 @@ pub fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Duration) -
         .max(Duration::from_secs(1))
 }
 
+/// The delay before cancel number `cancels` (0-based): 5 s doubling, at most 5 min.
+fn cancel_delay(cancels: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << cancels.min(6)).min(300))
+}
+
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
     store: &S,
     queue: &Q,
     defender: &D,
     clock: &dyn Clock,
-    body: &str,
+    msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let (job, run_id, run) = super::open::<PollJob, _>(store, body).await?;
-    if run.state == RunState::Collecting {
-        // Finalised before, but the collect jobs may not all have gone out (a crash between the
-        // record and the sends): send again for every command still waiting for its copy.
-        let mut resent = 0;
-        for index in 0..run.commands.len() as u32 {
-            if load_command(store, &run_id, index)
-                .await?
-                .is_some_and(|c| c.outcome == CommandOutcome::Collecting)
-            {
-                send_collect(cfg, queue, &run_id, &job.action_id, index).await?;
-                resent += 1;
-            }
+    let (job, run_id, _) = super::open::<PollJob, _>(store, &msg.body).await?;
+    let acts = |r: &RunRecord| {
+        r.state == RunState::Submitted && r.action_id.as_ref() == Some(&job.action_id)
+    };
+    let run = match claim(store, &run_key(&run_id), &msg.id, clock, acts).await? {
+        Claimed::Mine(run) => run,
+        Claimed::Duplicate => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                "another poll job holds this run",
+            ));
         }
-        finish_run_if_complete(store, &run_id).await?;
-        return Ok(Done::new(
-            &run_id,
-            "resent",
-            format!("{resent} collect job(s) sent again"),
-        ));
-    }
-    if run.state != RunState::Submitted {
-        return Ok(Done::new(
-            &run_id,
-            "duplicate",
-            format!("run is {:?}", run.state),
-        ));
-    }
+        Claimed::Idle(run) => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("run is {:?}", run.state),
+            ));
+        }
+    };
+    let step = Step {
+        cfg,
+        store,
+        queue,
+        clock,
+        msg,
+        job: &job,
+    };
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
+    let past_deadline: Duration = (now - run.deadline).try_into().unwrap_or(Duration::ZERO);
     let read = budget::get_call(store, &cfg.budget, clock, || {
         defender.get_machine_action(&job.action_id)
     })
     .await?;
     let read = match read {
-        Paced::Wait(wait) => return paced(cfg, queue, &job, wait).await,
+        Paced::Wait(wait) => return step.pace(wait).await,
         Paced::Ran(read) => read,
     };
     let action = match read {
         Ok(a) => a,
         Err(DefenderError::NotFound { .. }) if job.polls < NOT_FOUND_POLLS => {
             // New actions can answer 404 for a moment.
-            requeue(cfg, queue, &job, job.polls + 1, Duration::from_secs(2)).await?;
+            step.again(job.polls + 1, job.cancels, Duration::from_secs(2))
+                .await?;
             return Ok(Done::new(
                 &run_id,
                 "not_yet_visible",
                 "action answered 404; looking again shortly",
             ));
         }
-        Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
+        Err(e) if matches!(e.next(), Next::RetryAfter(_)) && past_deadline < LOST_AFTER => {
             let delay = match e.next() {
                 Next::RetryAfter(Some(d)) => d,
                 _ => cfg.retry.delay(job.polls.min(8), jitter()),
             };
-            requeue(cfg, queue, &job, job.polls, delay).await?;
+            step.again(job.polls + 1, job.cancels, delay).await?;
             return Ok(Done::new(
                 &run_id,
                 "throttled",
@@ -100,20 +114,14 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             ));
         }
         Err(e) => {
-            update_run(store, &run_id, |r| {
-                r.state = RunState::Failed;
-                r.outcome = Some(RunOutcome::Failed);
-                r.reason = Some(format!("cannot read action {}: {e}", job.action_id));
-                true
-            })
-            .await?;
-            budget::release_session(store, &cfg.budget, clock, &run_id).await?;
-            finish_run_if_complete(store, &run_id).await?;
-            return Ok(Done::new(&run_id, "failed", e.to_string()));
+            let reason = format!("cannot read action {}: {e}", job.action_id);
+            return step
+                .give_up(defender, &run, RunOutcome::Failed, reason, true)
+                .await;
         }
     };
     if action.status.is_final() {
-        return finalize(cfg, store, queue, clock, &run, &action, false).await;
+        return step.finalize(&run, &action, false).await;
     }
     if now >= run.deadline {
         let comment = format!(
@@ -125,32 +133,36 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         })
         .await?;
         let cancel = match cancel {
-            Paced::Wait(wait) => return paced(cfg, queue, &job, wait).await,
+            Paced::Wait(wait) => return step.pace(wait).await,
             Paced::Ran(cancel) => cancel,
         };
         return match cancel {
-            Ok(cancelled) => finalize(cfg, store, queue, clock, &run, &cancelled, true).await,
-            // It ended between the two calls: look again right away.
-            Err(DefenderError::Rejected { .. }) => {
-                requeue(cfg, queue, &job, job.polls + 1, Duration::from_secs(1)).await?;
-                Ok(Done::new(
-                    &run_id,
-                    "cancel_refused",
-                    "action ended before the cancel",
-                ))
+            Ok(cancelled) => step.finalize(&run, &cancelled, true).await,
+            Err(e) if job.cancels + 1 >= MAX_CANCELS => {
+                let reason = format!(
+                    "the run's deadline passed and Defender refused the cancel {} times (last: {e}); the action may still be running",
+                    job.cancels + 1
+                );
+                step.give_up(defender, &run, RunOutcome::TimedOut, reason, false)
+                    .await
             }
             Err(e) => {
+                // Refused, or it ended between the two calls: the next poll reads it again.
                 let delay = match e.next() {
                     Next::RetryAfter(Some(d)) => d,
-                    _ => Duration::from_secs(5),
+                    _ => cancel_delay(job.cancels),
                 };
-                requeue(cfg, queue, &job, job.polls, delay).await?;
-                Ok(Done::new(&run_id, "cancel_retry", e.to_string()))
+                step.again(job.polls + 1, job.cancels + 1, delay).await?;
+                Ok(Done::new(
+                    &run_id,
+                    "cancel_retry",
+                    format!("{e}; again in {}s", delay.as_secs()),
+                ))
             }
         };
     }
     let delay = next_delay(&cfg.poll_delays, job.polls + 1, until_deadline);
-    requeue(cfg, queue, &job, job.polls + 1, delay).await?;
+    step.again(job.polls + 1, job.cancels, delay).await?;
     Ok(Done::new(
         &run_id,
         "waiting",
@@ -163,163 +175,215 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     ))
 }
 
-/// The job back on the queue until the GET budget has room: when the hourly budget is tight,
-/// polls stretch out instead of provoking 429s.
-async fn paced<Q: Queue>(
-    cfg: &PollConfig,
-    queue: &Q,
-    job: &PollJob,
-    wait: Duration,
-) -> Result<Done, StageError> {
-    requeue(cfg, queue, job, job.polls, wait.max(Duration::from_secs(1))).await?;
-    Ok(Done::new(
-        &job.run_id,
-        "paced",
-        format!("GET budget full; again in {}s", wait.as_secs()),
-    ))
+/// One poll job's context, for its ways out: pace, poll again, give up, finalize.
+struct Step<'a, S, Q> {
+    cfg: &'a PollConfig,
+    store: &'a S,
+    queue: &'a Q,
+    clock: &'a dyn Clock,
+    msg: &'a Delivery,
+    job: &'a PollJob,
 }
 
-async fn requeue<Q: Queue>(
-    cfg: &PollConfig,
-    queue: &Q,
-    job: &PollJob,
-    polls: u32,
-    delay: Duration,
-) -> Result<(), StageError> {
-    let next = PollJob {
-        v: MESSAGE_VERSION,
-        run_id: job.run_id.clone(),
-        action_id: job.action_id.clone(),
-        polls,
-    };
-    queue
-        .send(&cfg.poll_queue_url, &encode(&next), delay)
-        .await?;
-    Ok(())
-}
-
-async fn send_collect<Q: Queue>(
-    cfg: &PollConfig,
-    queue: &Q,
-    run_id: &crate::ids::RunId,
-    action_id: &crate::defender::ActionId,
-    index: u32,
-) -> Result<(), StageError> {
-    let job = CollectJob {
-        v: MESSAGE_VERSION,
-        run_id: run_id.clone(),
-        action_id: action_id.clone(),
-        index,
-        attempt: 0,
-    };
-    queue
-        .send(&cfg.collect_queue_url, &encode(&job), Duration::ZERO)
-        .await?;
-    Ok(())
-}
-
-/// Records every command's outcome, then sends one collect job per command with a result.
-async fn finalize<S: ObjectStore, Q: Queue>(
-    cfg: &PollConfig,
-    store: &S,
-    queue: &Q,
-    clock: &dyn Clock,
-    run: &RunRecord,
-    action: &MachineAction,
-    cancelled_by_us: bool,
-) -> Result<Done, StageError> {
-    let now = clock.now();
-    let mut to_collect = Vec::new();
-    for c in &action.commands {
-        let completed = c.command_status == CommandStatus::Completed;
-        let collect = completed && c.command.kind.has_result();
-        if collect {
-            to_collect.push(c.index);
-        }
-        let outcome = match (&c.command_status, completed) {
-            _ if collect => CommandOutcome::Collecting,
-            (_, true) => CommandOutcome::CompletedNoResult,
-            (CommandStatus::Failed, _) => CommandOutcome::Failed,
-            _ => CommandOutcome::NotRun,
+impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+    /// Hands the run's chain to the next poll job.
+    async fn again(&self, polls: u32, cancels: u32, delay: Duration) -> Result<(), StageError> {
+        let next = PollJob {
+            v: MESSAGE_VERSION,
+            run_id: self.job.run_id.clone(),
+            action_id: self.job.action_id.clone(),
+            polls,
+            cancels,
         };
-        let rec = CommandRecord {
-            v: RECORD_VERSION,
-            index: c.index,
-            kind: c.command.kind,
-            command: c.command.clone(),
+        super::hand_off::<_, _, RunRecord, _>(
+            self.store,
+            self.queue,
+            self.clock,
+            &run_key(&self.job.run_id),
+            &self.msg.id,
+            &self.cfg.poll_queue_url,
+            (&encode(&next), delay),
+            |_| {},
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The job back on the queue until the GET budget has room: when the hourly budget is tight,
+    /// polls stretch out instead of provoking 429s.
+    async fn pace(&self, wait: Duration) -> Result<Done, StageError> {
+        self.again(
+            self.job.polls,
+            self.job.cancels,
+            wait.max(Duration::from_secs(1)),
+        )
+        .await?;
+        Ok(Done::new(
+            &self.job.run_id,
+            "paced",
+            format!("GET budget full; again in {}s", wait.as_secs()),
+        ))
+    }
+
+    /// Ends a run whose action can no longer be followed: tries once to cancel it (when
+    /// `cancel`, and the GET budget allows), then records every command as unknown, gives the
+    /// session back and writes the manifest.
+    async fn give_up<D: Defender>(
+        &self,
+        defender: &D,
+        run: &RunRecord,
+        outcome: RunOutcome,
+        mut reason: String,
+        cancel: bool,
+    ) -> Result<Done, StageError> {
+        if cancel {
+            let comment = format!(
+                "{}: the pipeline lost sight of this action and cancelled it",
+                run.run_id.comment_tag()
+            );
+            let tried = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+                defender.cancel_machine_action(&self.job.action_id, &comment)
+            })
+            .await?;
+            reason.push_str(match tried {
+                Paced::Ran(Ok(_)) => "; the action was cancelled",
+                Paced::Ran(Err(_)) => "; the action could not be cancelled",
+                Paced::Wait(_) => "; no GET budget was left to cancel the action",
+            });
+        }
+        end_run(
+            self.store,
+            &self.cfg.budget,
+            self.clock,
+            &run.run_id,
             outcome,
-            command_status: Some(format!("{:?}", c.command_status)),
-            errors: c.errors.clone(),
-            start_time: c.start_time.clone(),
-            end_time: c.end_time.clone(),
-            s3_key: None,
-            size: None,
-            sha256: None,
-            sha256_decompressed: None,
-            size_decompressed: None,
-            exit_code: None,
-            output_excerpt: None,
-            errors_excerpt: None,
-            recorded_at: Some(now),
-            reason: match outcome {
-                CommandOutcome::NotRun => {
-                    Some(format!("not run: the action ended {:?}", action.status))
-                }
-                _ => None,
-            },
+            &reason,
+            CommandOutcome::Unknown,
+        )
+        .await?;
+        Ok(Done::new(&run.run_id, "gave_up", reason))
+    }
+
+    /// Records every command's outcome (first record wins: a redelivered poll never overwrites
+    /// what collect wrote since), sends one collect job per command with a result that is still
+    /// waiting for its copy, then marks the run Collecting and ends the poll chain.
+    async fn finalize(
+        &self,
+        run: &RunRecord,
+        action: &MachineAction,
+        cancelled_by_us: bool,
+    ) -> Result<Done, StageError> {
+        let (store, now) = (self.store, self.clock.now());
+        let mut to_collect = Vec::new();
+        for c in &action.commands {
+            let completed = c.command_status == CommandStatus::Completed;
+            let collect = completed && c.command.kind.has_result();
+            let outcome = match (&c.command_status, completed) {
+                _ if collect => CommandOutcome::Collecting,
+                (_, true) => CommandOutcome::CompletedNoResult,
+                (CommandStatus::Failed, _) => CommandOutcome::Failed,
+                _ => CommandOutcome::NotRun,
+            };
+            let rec = CommandRecord {
+                v: RECORD_VERSION,
+                index: c.index,
+                kind: c.command.kind,
+                command: c.command.clone(),
+                outcome,
+                command_status: Some(format!("{:?}", c.command_status)),
+                errors: c.errors.clone(),
+                start_time: c.start_time.clone(),
+                end_time: c.end_time.clone(),
+                s3_key: None,
+                size: None,
+                sha256: None,
+                sha256_decompressed: None,
+                size_decompressed: None,
+                exit_code: None,
+                output_excerpt: None,
+                errors_excerpt: None,
+                recorded_at: Some(now),
+                reason: match outcome {
+                    CommandOutcome::NotRun => {
+                        Some(format!("not run: the action ended {:?}", action.status))
+                    }
+                    _ => None,
+                },
+                chain: Chain::default(),
+            };
+            create_command(store, &run.run_id, &rec).await?;
+            if collect
+                && load_command(store, &run.run_id, c.index)
+                    .await?
+                    .is_some_and(|r| r.outcome == CommandOutcome::Collecting)
+            {
+                to_collect.push(c.index);
+            }
+        }
+        for index in &to_collect {
+            let job = CollectJob {
+                v: MESSAGE_VERSION,
+                run_id: run.run_id.clone(),
+                action_id: action.id.clone(),
+                index: *index,
+                attempt: 0,
+                link_errors: 0,
+            };
+            self.queue
+                .send(&self.cfg.collect_queue_url, &encode(&job), Duration::ZERO)
+                .await?;
+        }
+        let outcome = match (&action.status, cancelled_by_us) {
+            (_, true) | (ActionStatus::TimeOut, _) => RunOutcome::TimedOut,
+            (ActionStatus::Succeeded, _) => RunOutcome::Succeeded,
+            (ActionStatus::Cancelled, _) => RunOutcome::Cancelled,
+            _ => RunOutcome::Failed,
         };
-        put_command(store, &run.run_id, &rec).await?;
-    }
-    let outcome = match (&action.status, cancelled_by_us) {
-        (_, true) | (ActionStatus::TimeOut, _) => RunOutcome::TimedOut,
-        (ActionStatus::Succeeded, _) => RunOutcome::Succeeded,
-        (ActionStatus::Cancelled, _) => RunOutcome::Cancelled,
-        _ => RunOutcome::Failed,
-    };
-    let reason = match (&action.status, cancelled_by_us) {
-        (_, true) => {
-            Some("the run's deadline passed: the pipeline cancelled the action".to_string())
-        }
-        (ActionStatus::Succeeded, _) => None,
-        (s, _) => Some(format!("the action ended {s:?}")),
-    };
-    update_run(store, &run.run_id, |r| {
-        r.state = RunState::Collecting;
-        r.action_status = Some(action.status.clone());
-        r.action_last_update = action.last_update_date_time_utc.clone();
-        r.computer_dns_name = action
-            .computer_dns_name
-            .clone()
-            .or(r.computer_dns_name.take());
-        r.requestor = action.requestor.clone().or(r.requestor.take());
-        r.cancelled_by_pipeline |= cancelled_by_us;
-        r.outcome = Some(outcome);
-        // What Defender ran is the record, whatever was asked.
-        r.commands = action.commands.iter().map(|c| c.command.clone()).collect();
-        if r.reason.is_none() {
-            r.reason = reason.clone();
-        }
-        true
-    })
-    .await?;
-    // The session is over: its slot in the tenant's budget is free again.
-    budget::release_session(store, &cfg.budget, clock, &run.run_id).await?;
-    for index in &to_collect {
-        send_collect(cfg, queue, &run.run_id, &action.id, *index).await?;
-    }
-    if to_collect.is_empty() {
+        let reason = match (&action.status, cancelled_by_us) {
+            (_, true) => {
+                Some("the run's deadline passed: the pipeline cancelled the action".to_string())
+            }
+            (ActionStatus::Succeeded, _) => None,
+            (s, _) => Some(format!("the action ended {s:?}")),
+        };
+        let me = &self.msg.id;
+        update_run(store, &run.run_id, |r| {
+            if r.state != RunState::Submitted || r.chain.holder.as_deref() != Some(me.as_str()) {
+                return false;
+            }
+            r.chain.end(now);
+            r.state = RunState::Collecting;
+            r.action_status = Some(action.status.clone());
+            r.action_last_update = action.last_update_date_time_utc.clone();
+            r.computer_dns_name = action
+                .computer_dns_name
+                .clone()
+                .or(r.computer_dns_name.take());
+            r.requestor = action.requestor.clone().or(r.requestor.take());
+            r.cancelled_by_pipeline |= cancelled_by_us;
+            r.outcome = Some(outcome);
+            // What Defender ran is the record, whatever was asked.
+            r.commands = action.commands.iter().map(|c| c.command.clone()).collect();
+            if r.reason.is_none() {
+                r.reason = reason.clone();
+            }
+            true
+        })
+        .await?;
+        // The session is over: its slot in the tenant's budget is free again.
+        budget::release_session(store, &self.cfg.budget, self.clock, &run.run_id).await?;
         finish_run_if_complete(store, &run.run_id).await?;
+        Ok(Done::new(
+            &run.run_id,
+            "ended",
+            format!(
+                "action {} ended {:?}; {} result(s) to collect",
+                action.id,
+                action.status,
+                to_collect.len()
+            ),
+        ))
     }
-    Ok(Done::new(
-        &run.run_id,
-        "ended",
-        format!(
-            "action {} ended {:?}; {} result(s) to collect",
-            action.id,
-            action.status,
-            to_collect.len()
-        ),
-    ))
 }
 
 #[cfg(test)]

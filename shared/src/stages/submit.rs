@@ -1,19 +1,21 @@
 //! submit: one live response per run. Defender's 429s and busy devices put the job back on the
-//! queue with a delay; neither is a failure. A submission that may have reached Defender is looked
-//! up by the run id in its comment before anything is sent again.
+//! queue with a delay; neither is a failure. Only the message that holds the run's chain acts
+//! (duplicate alerts and redeliveries are dropped), and a submission that may have reached Defender
+//! is looked up by the run id in its comment before anything is sent again, even past the deadline.
 
 use std::time::Duration;
 
-use time::OffsetDateTime;
-
-use super::{Done, StageError, jitter};
+use super::{Claimed, Done, StageError, claim, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
-use crate::messages::{MESSAGE_VERSION, PollJob, SubmitJob, encode};
+use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue, StoreError};
-use crate::store::{RunOutcome, RunRecord, RunState, finish_run_if_complete, update_run};
+use crate::store::{CommandOutcome, RunOutcome, RunRecord, RunState, run_key, update_run};
+
+/// Attempts (Defender errors worth retrying, lookups that failed) before the run is given up.
+pub const MAX_ATTEMPTS: u32 = 20;
 
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
@@ -21,41 +23,39 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     queue: &Q,
     defender: &D,
     clock: &dyn Clock,
-    body: &str,
+    msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let (job, run_id, run) = super::open::<SubmitJob, _>(store, body).await?;
-    match run.state {
-        RunState::Received | RunState::Submitting => {}
-        RunState::Submitted => {
-            // Recorded, but the poll job may not have been sent (a crash or failed send): send it.
-            if let Some(action_id) = &run.action_id {
-                send_poll(cfg, queue, &run, action_id.clone()).await?;
-            }
-            return Ok(Done::new(&run_id, "already_submitted", "poll job re-sent"));
+    let (job, run_id, _) = super::open::<SubmitJob, _>(store, &msg.body).await?;
+    let acts = |r: &RunRecord| matches!(r.state, RunState::Received | RunState::Submitting);
+    let run = match claim(store, &run_key(&run_id), &msg.id, clock, acts).await? {
+        Claimed::Mine(run) => run,
+        Claimed::Duplicate => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                "another submit job holds this run",
+            ));
         }
-        _ => {
+        Claimed::Idle(run) => {
             return Ok(Done::new(
                 &run_id,
                 "duplicate",
                 format!("run is {:?}", run.state),
             ));
         }
-    }
-    if now >= run.deadline {
-        fail_run(
-            cfg,
-            store,
-            clock,
-            &run,
-            RunOutcome::TimedOut,
-            "the deadline passed before Defender accepted the live response",
-        )
-        .await?;
-        return Ok(Done::new(&run_id, "deadline", "never submitted"));
-    }
+    };
+    let step = Step {
+        cfg,
+        store,
+        queue,
+        clock,
+        msg,
+        job: &job,
+    };
 
-    // An earlier attempt may have reached Defender before this invocation died: look first.
+    // An earlier attempt may have reached Defender before its answer was lost: look first, and
+    // before the deadline check, so that a live action is never left uncollected.
     if run.state == RunState::Submitting {
         let filter = ActionFilter {
             machine_id: Some(run.machine_id.clone()),
@@ -67,18 +67,20 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         })
         .await?
         {
-            Paced::Wait(wait) => return pace(cfg, queue, &job, wait).await,
+            Paced::Wait(wait) => return step.pace(wait).await,
             Paced::Ran(listed) => listed,
         };
         match listed {
             Ok(actions) => {
                 let tag = run.run_id.comment_tag();
+                // The tag is the comment's first word: an alert id cannot smuggle another run's.
                 if let Some(found) = actions.into_iter().find(|a| {
                     a.requestor_comment
                         .as_deref()
-                        .is_some_and(|c| c.contains(&tag))
+                        .and_then(|c| c.split_whitespace().next())
+                        == Some(tag.as_str())
                 }) {
-                    record_submitted(cfg, store, queue, &run, &found, now).await?;
+                    step.submitted(&run, &found).await?;
                     return Ok(Done::new(
                         &run_id,
                         "recovered",
@@ -87,10 +89,24 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 }
             }
             Err(e) => {
-                return retry_later(cfg, queue, &job, &e, "looking for an earlier submission")
+                return step
+                    .retry_later(&run, &e, "looking for an earlier submission")
                     .await;
             }
         }
+    }
+    if now >= run.deadline {
+        end_run(
+            store,
+            &cfg.budget,
+            clock,
+            &run_id,
+            RunOutcome::TimedOut,
+            "the deadline passed before Defender accepted the live response",
+            CommandOutcome::NotRun,
+        )
+        .await?;
+        return Ok(Done::new(&run_id, "deadline", "never submitted"));
     }
 
     // Keep within the tenant's submission rate and session cap before asking Defender.
@@ -109,37 +125,45 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     })
     .await?;
     let answer = match answer {
-        Paced::Wait(wait) => return pace(cfg, queue, &job, wait).await,
+        Paced::Wait(wait) => return step.pace(wait).await,
         Paced::Ran(answer) => answer?,
     };
     match answer {
         Ok(action) => {
-            record_submitted(cfg, store, queue, &run, &action, now).await?;
+            step.submitted(&run, &action).await?;
             Ok(Done::new(
                 &run_id,
                 "submitted",
                 format!("action {}", action.id),
             ))
         }
+        Err(e @ DefenderError::InvalidResponse(_)) => {
+            // A 2xx whose body could not be read: the action exists. The next attempt finds it by
+            // its comment; nothing is submitted again before that lookup.
+            step.retry_later(&run, &e, "reading Defender's answer")
+                .await
+        }
         Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
-            // Refused outright (throttled, device busy): no session was taken. After a transient
-            // failure it may have been, so the run keeps its place until poll or a retry settles it.
-            if matches!(
-                e,
-                DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
-            ) {
+            // Refused outright (throttled, device busy): this POST took no session. Give the
+            // session back only if no earlier POST of this run can have reached Defender: a
+            // session that a live action holds is never released.
+            let first_post = run.submit_attempts == 0;
+            let refused = matches!(e, DefenderError::RateLimited { .. })
+                || matches!(e, DefenderError::DeviceBusy { .. }) && first_post;
+            if refused {
                 budget::release_session(store, &cfg.budget, clock, &run_id).await?;
             }
-            retry_later(cfg, queue, &job, &e, "submitting").await
+            step.retry_later(&run, &e, "submitting").await
         }
         Err(e) => {
-            fail_run(
-                cfg,
+            end_run(
                 store,
+                &cfg.budget,
                 clock,
-                &run,
+                &run_id,
                 RunOutcome::Failed,
                 &format!("Defender refused the live response: {e}"),
+                CommandOutcome::NotRun,
             )
             .await?;
             Ok(Done::new(&run_id, "refused", e.to_string()))
@@ -147,116 +171,125 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     }
 }
 
-/// Puts the job back until the budget has room (no Defender call was made).
-async fn pace<Q: Queue>(
-    cfg: &SubmitConfig,
-    queue: &Q,
-    job: &SubmitJob,
-    wait: Duration,
-) -> Result<Done, StageError> {
-    let delay = wait.max(Duration::from_secs(1));
-    queue
-        .send(&cfg.submit_queue_url, &encode(job), delay)
+/// One submit job's context, for its ways out: pace, retry, hand over to poll.
+struct Step<'a, S, Q> {
+    cfg: &'a SubmitConfig,
+    store: &'a S,
+    queue: &'a Q,
+    clock: &'a dyn Clock,
+    msg: &'a Delivery,
+    job: &'a SubmitJob,
+}
+
+impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+    /// Hands the run's chain to the next submit job.
+    async fn again(&self, attempt: u32, delay: Duration) -> Result<bool, StageError> {
+        let next = SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: self.job.run_id.clone(),
+            attempt,
+        };
+        let handed = hand_off::<_, _, RunRecord, _>(
+            self.store,
+            self.queue,
+            self.clock,
+            &run_key(&self.job.run_id),
+            &self.msg.id,
+            &self.cfg.submit_queue_url,
+            (&encode(&next), delay),
+            |_| {},
+        )
         .await?;
-    Ok(Done::new(
-        &job.run_id,
-        "paced",
-        format!("tenant budget full; again in {}s", delay.as_secs()),
-    ))
-}
+        Ok(handed.is_some())
+    }
 
-/// Puts the job back with a delay: Defender's Retry-After when it gave one, else backoff.
-async fn retry_later<Q: Queue>(
-    cfg: &SubmitConfig,
-    queue: &Q,
-    job: &SubmitJob,
-    err: &DefenderError,
-    doing: &str,
-) -> Result<Done, StageError> {
-    let delay = match err.next() {
-        Next::RetryAfter(Some(d)) => d.max(Duration::from_secs(1)),
-        _ => cfg.retry.delay(job.attempt, jitter()),
-    };
-    let next = SubmitJob {
-        v: MESSAGE_VERSION,
-        run_id: job.run_id.clone(),
-        attempt: job.attempt + 1,
-    };
-    queue
-        .send(&cfg.submit_queue_url, &encode(&next), delay)
+    /// Puts the job back until the budget has room (no Defender call was made).
+    async fn pace(&self, wait: Duration) -> Result<Done, StageError> {
+        let delay = wait.max(Duration::from_secs(1));
+        self.again(self.job.attempt, delay).await?;
+        Ok(Done::new(
+            &self.job.run_id,
+            "paced",
+            format!("tenant budget full; again in {}s", delay.as_secs()),
+        ))
+    }
+
+    /// Puts the job back with a delay: Defender's Retry-After when it gave one, else backoff. After
+    /// [`MAX_ATTEMPTS`], or past the deadline when no submission can be pending, the run ends.
+    async fn retry_later(
+        &self,
+        run: &RunRecord,
+        err: &DefenderError,
+        doing: &str,
+    ) -> Result<Done, StageError> {
+        let run_id = &self.job.run_id;
+        let attempt = self.job.attempt + 1;
+        if attempt >= MAX_ATTEMPTS {
+            end_run(
+                self.store,
+                &self.cfg.budget,
+                self.clock,
+                run_id,
+                RunOutcome::Failed,
+                &format!("gave up after {attempt} attempts; last, {doing}: {err}"),
+                if run.state == RunState::Submitting {
+                    CommandOutcome::Unknown
+                } else {
+                    CommandOutcome::NotRun
+                },
+            )
+            .await?;
+            return Ok(Done::new(run_id, "gave_up", format!("{doing}: {err}")));
+        }
+        let delay = match err.next() {
+            Next::RetryAfter(Some(d)) => d.max(Duration::from_secs(1)),
+            _ => self.cfg.retry.delay(self.job.attempt, jitter()),
+        };
+        self.again(attempt, delay).await?;
+        let outcome = match err {
+            DefenderError::RateLimited { .. } => "throttled",
+            DefenderError::DeviceBusy { .. } => "device_busy",
+            _ => "transient",
+        };
+        Ok(Done::new(
+            run_id,
+            outcome,
+            format!("{doing}: {err}; again in {}s", delay.as_secs()),
+        ))
+    }
+
+    /// Records the action and hands the run's chain to its first poll job, in one write.
+    async fn submitted(&self, run: &RunRecord, action: &MachineAction) -> Result<(), StageError> {
+        let now = self.clock.now();
+        let job = PollJob {
+            v: MESSAGE_VERSION,
+            run_id: run.run_id.clone(),
+            action_id: action.id.clone(),
+            polls: 0,
+            cancels: 0,
+        };
+        hand_off::<_, _, RunRecord, _>(
+            self.store,
+            self.queue,
+            self.clock,
+            &run_key(&run.run_id),
+            &self.msg.id,
+            &self.cfg.poll_queue_url,
+            (&encode(&job), self.cfg.first_poll_delay),
+            |r| {
+                r.state = RunState::Submitted;
+                r.action_id = Some(action.id.clone());
+                r.action_status = Some(action.status.clone());
+                r.submitted_at.get_or_insert(now);
+                r.computer_dns_name = action
+                    .computer_dns_name
+                    .clone()
+                    .or(r.computer_dns_name.take());
+                r.requestor = action.requestor.clone().or(r.requestor.take());
+                r.action_created = action.creation_date_time_utc.clone();
+            },
+        )
         .await?;
-    let outcome = match err {
-        DefenderError::RateLimited { .. } => "throttled",
-        DefenderError::DeviceBusy { .. } => "device_busy",
-        _ => "transient",
-    };
-    Ok(Done::new(
-        &job.run_id,
-        outcome,
-        format!("{doing}: {err}; again in {}s", delay.as_secs()),
-    ))
-}
-
-async fn record_submitted<S: ObjectStore, Q: Queue>(
-    cfg: &SubmitConfig,
-    store: &S,
-    queue: &Q,
-    run: &RunRecord,
-    action: &MachineAction,
-    now: OffsetDateTime,
-) -> Result<(), StageError> {
-    update_run(store, &run.run_id, |r| {
-        r.state = RunState::Submitted;
-        r.action_id = Some(action.id.clone());
-        r.action_status = Some(action.status.clone());
-        r.submitted_at.get_or_insert(now);
-        r.computer_dns_name = action
-            .computer_dns_name
-            .clone()
-            .or(r.computer_dns_name.take());
-        r.requestor = action.requestor.clone().or(r.requestor.take());
-        r.action_created = action.creation_date_time_utc.clone();
-        true
-    })
-    .await?;
-    send_poll(cfg, queue, run, action.id.clone()).await
-}
-
-async fn send_poll<Q: Queue>(
-    cfg: &SubmitConfig,
-    queue: &Q,
-    run: &RunRecord,
-    action_id: crate::defender::ActionId,
-) -> Result<(), StageError> {
-    let job = PollJob {
-        v: MESSAGE_VERSION,
-        run_id: run.run_id.clone(),
-        action_id,
-        polls: 0,
-    };
-    queue
-        .send(&cfg.poll_queue_url, &encode(&job), cfg.first_poll_delay)
-        .await?;
-    Ok(())
-}
-
-async fn fail_run<S: ObjectStore>(
-    cfg: &SubmitConfig,
-    store: &S,
-    clock: &dyn Clock,
-    run: &RunRecord,
-    outcome: RunOutcome,
-    reason: &str,
-) -> Result<(), StageError> {
-    // Whatever session this run held is free again.
-    budget::release_session(store, &cfg.budget, clock, &run.run_id).await?;
-    update_run(store, &run.run_id, |r| {
-        r.state = RunState::Failed;
-        r.outcome = Some(outcome);
-        r.reason = Some(reason.to_string());
-        true
-    })
-    .await?;
-    finish_run_if_complete(store, &run.run_id).await?;
-    Ok(())
+        Ok(())
+    }
 }

@@ -1,6 +1,10 @@
 //! Run records, command records and the manifest, kept in S3 under `runs/{run_id}/`.
 //! Conditional writes make creation de-duplicating and updates compare-and-swap.
 
+pub mod chain;
+
+pub use chain::{Chain, Chained, Standing};
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -45,7 +49,8 @@ pub enum RunState {
     Collecting,
     /// Every command is accounted for and the manifest is written.
     Completed,
-    /// Ended without an action (refused by Defender, or never submitted before the deadline).
+    /// Ended before its results could be collected: refused by Defender, never submitted before
+    /// the deadline, or the pipeline lost sight of its action (the run's reason says which).
     Failed,
 }
 
@@ -99,6 +104,18 @@ pub struct RunRecord {
     pub outcome: Option<RunOutcome>,
     /// Why the run failed or ended early, in words.
     pub reason: Option<String>,
+    /// The submit or poll message that may act for the run.
+    #[serde(default)]
+    pub chain: Chain,
+}
+
+impl Chained for RunRecord {
+    fn chain(&self) -> &Chain {
+        &self.chain
+    }
+    fn chain_mut(&mut self) -> &mut Chain {
+        &mut self.chain
+    }
 }
 
 /// What became of one command.
@@ -117,6 +134,8 @@ pub enum CommandOutcome {
     NotRun,
     /// It completed but its result could not be copied (the reason says why).
     CollectFailed,
+    /// The pipeline could not learn what became of it (the action could not be read or cancelled).
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +164,53 @@ pub struct CommandRecord {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub recorded_at: Option<OffsetDateTime>,
     pub reason: Option<String>,
+    /// The collect message that may copy this command's result.
+    #[serde(default)]
+    pub chain: Chain,
+}
+
+impl Chained for CommandRecord {
+    fn chain(&self) -> &Chain {
+        &self.chain
+    }
+    fn chain_mut(&mut self) -> &mut Chain {
+        &mut self.chain
+    }
+}
+
+impl CommandRecord {
+    /// The record of a command whose result will not be collected: it never ran, or its fate is
+    /// unknown, or its copy failed; `reason` says why.
+    pub fn unfinished(
+        index: u32,
+        command: Command,
+        outcome: CommandOutcome,
+        reason: impl Into<String>,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            v: RECORD_VERSION,
+            index,
+            kind: command.kind,
+            command,
+            outcome,
+            command_status: None,
+            errors: vec![],
+            start_time: None,
+            end_time: None,
+            s3_key: None,
+            size: None,
+            sha256: None,
+            sha256_decompressed: None,
+            size_decompressed: None,
+            exit_code: None,
+            output_excerpt: None,
+            errors_excerpt: None,
+            recorded_at: Some(now),
+            reason: Some(reason.into()),
+            chain: Chain::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,35 +282,47 @@ pub async fn load_run<S: ObjectStore>(
     }
 }
 
-/// Applies `change` with compare-and-swap, retrying on a concurrent write. `change` returns false
-/// to leave the record as it is. Returns the record as stored afterwards.
-pub async fn update_run<S, F>(
+/// Applies `change` to the record at `key` with compare-and-swap, retrying on a concurrent write.
+/// `change` returns false to leave the record as it is. Returns the record as stored afterwards,
+/// or None when there is no record.
+pub async fn update_record<S, T, F>(
     store: &S,
-    run: &RunId,
+    key: &str,
     mut change: F,
-) -> Result<RunRecord, StoreError>
+) -> Result<Option<T>, StoreError>
+where
+    S: ObjectStore,
+    T: Serialize + serde::de::DeserializeOwned,
+    F: FnMut(&mut T) -> bool,
+{
+    for _ in 0..20 {
+        let Some(stored) = store.get(key).await? else {
+            return Ok(None);
+        };
+        let mut rec: T = parse(key, &stored.body)?;
+        if !change(&mut rec) {
+            return Ok(Some(rec));
+        }
+        match store
+            .put(key, json(&rec)?, Put::IfMatch(stored.etag))
+            .await?
+        {
+            PutResult::Written { .. } => return Ok(Some(rec)),
+            PutResult::Conflict => continue,
+        }
+    }
+    Err(StoreError(format!("{key}: too many concurrent updates")))
+}
+
+/// Applies `change` to a run record with compare-and-swap (see [`update_record`]).
+pub async fn update_run<S, F>(store: &S, run: &RunId, change: F) -> Result<RunRecord, StoreError>
 where
     S: ObjectStore,
     F: FnMut(&mut RunRecord) -> bool,
 {
-    for _ in 0..20 {
-        let Some((mut rec, etag)) = load_run(store, run).await? else {
-            return Err(StoreError(format!("run {run} has no record")));
-        };
-        if !change(&mut rec) {
-            return Ok(rec);
-        }
-        match store
-            .put(&run_key(run), json(&rec)?, Put::IfMatch(etag))
-            .await?
-        {
-            PutResult::Written { .. } => return Ok(rec),
-            PutResult::Conflict => continue,
-        }
-    }
-    Err(StoreError(format!(
-        "run {run}: too many concurrent updates"
-    )))
+    update_record(store, &run_key(run), change)
+        .await?
+        .ok_or_else(|| StoreError(format!("run {run} has no record")))
 }
 
 pub async fn put_command<S: ObjectStore>(
@@ -256,6 +334,21 @@ pub async fn put_command<S: ObjectStore>(
         .put(&command_key(run, rec.index), json(rec)?, Put::Always)
         .await
         .map(|_| ())
+}
+
+/// Writes a command record unless one exists (poll's first record of a command; a redelivered poll
+/// must not overwrite what collect has since written). True if this call wrote it.
+pub async fn create_command<S: ObjectStore>(
+    store: &S,
+    run: &RunId,
+    rec: &CommandRecord,
+) -> Result<bool, StoreError> {
+    Ok(matches!(
+        store
+            .put(&command_key(run, rec.index), json(rec)?, Put::IfAbsent)
+            .await?,
+        PutResult::Written { .. }
+    ))
 }
 
 pub async fn load_command<S: ObjectStore>(
@@ -270,8 +363,9 @@ pub async fn load_command<S: ObjectStore>(
     }
 }
 
-/// Writes the manifest when every command of a finished run has its record; exactly once
+/// Writes the manifest when every command of a finished run has its final record; exactly once
 /// (a conditional write), whichever stage gets there last. Returns true if this call wrote it.
+/// The manifest lists every command the run meant to execute, each with its outcome.
 pub async fn finish_run_if_complete<S: ObjectStore>(
     store: &S,
     run_id: &RunId,
@@ -287,12 +381,10 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         return Ok(false);
     }
     let mut commands = Vec::with_capacity(run.commands.len());
-    if run.action_id.is_some() {
-        for i in 0..run.commands.len() as u32 {
-            match load_command(store, run_id, i).await? {
-                Some(c) if c.outcome != CommandOutcome::Collecting => commands.push(c),
-                _ => return Ok(false),
-            }
+    for i in 0..run.commands.len() as u32 {
+        match load_command(store, run_id, i).await? {
+            Some(c) if c.outcome != CommandOutcome::Collecting => commands.push(c),
+            _ => return Ok(false),
         }
     }
     let now = OffsetDateTime::now_utc();

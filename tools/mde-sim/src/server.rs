@@ -652,7 +652,9 @@ async fn token(sim: Arc<Sim>, req: Request) -> Response {
     }
     let lifetime = sim.config.sim.token_lifetime_secs;
     let token = format!("simtok-{}", uuid::Uuid::new_v4().simple());
-    let exp = sim.clock.now() + Duration::seconds(lifetime as i64);
+    // Any lifetime can be configured (a client must survive an absurd expires_in); the token's own
+    // expiry stops at ten years.
+    let exp = sim.clock.now() + Duration::seconds(lifetime.min(10 * 365 * 86_400) as i64);
     {
         let mut st = sim.lock();
         st.tokens.insert(token.clone(), (exp, idx));
