@@ -811,15 +811,15 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
         for f in &functions {
             let (received, failed) = f.pump().await;
             busy |= received > 0;
-            if failed > 0 {
-                let refused = denials(&format!("stage=\"{}\"", f.binary));
-                assert!(
-                    refused.is_empty(),
-                    "{} failed {failed} message(s) under its role because a call was refused:\n{}",
-                    f.binary,
-                    refused.join("\n")
-                );
-            }
+            // A refusal may surface as a failed message or as a "transient" retry (moto answers
+            // JSON-protocol calls it refuses in XML, which the SDK cannot read as an error code).
+            let refused = denials(&world.prefix);
+            assert!(
+                refused.is_empty(),
+                "{} under its role: a call was refused ({failed} message(s) failed):\n{}",
+                f.binary,
+                refused.join("\n")
+            );
         }
         if let Some(m) = admin_store.get(&manifest_key).await.expect("read manifest") {
             break m;
@@ -890,9 +890,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
         1,
         "the refused alert is dead-lettered"
     );
-    // Nothing the run did was refused.
-    assert_eq!(denials(&world.prefix), Vec::<String>::new());
-    // And the roles really are confined (a test that passed because nothing was enforced would
+    // The roles really are confined (a test that passed because nothing was enforced would
     // say nothing): intake may not read the budget, poll may not write evidence.
     let intake_store = world.store_as(&world.sdk_of("intake").await);
     let denied = intake_store
