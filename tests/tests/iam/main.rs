@@ -119,8 +119,8 @@ struct Uses {
     /// PutObject, including multipart uploads and CopyObject targets.
     writes: Vec<String>,
     deletes: Vec<String>,
-    /// AbortMultipartUpload and ListParts (is an upload still open?).
-    uploads: Vec<String>,
+    /// AbortMultipartUpload.
+    aborts: Vec<String>,
     /// Queues (logical ids) it sends to.
     sends: Vec<&'static str>,
     reads_secret: bool,
@@ -152,7 +152,7 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         .writes
         .extend([k.checkpoint.clone(), k.staging.clone(), k.evidence.clone()]);
     collect.deletes = vec![k.checkpoint.clone(), k.staging.clone()];
-    collect.uploads = vec![k.staging.clone()];
+    collect.aborts = vec![k.staging.clone()];
     BTreeMap::from([
         (
             "intake",
@@ -313,8 +313,8 @@ fn each_role_has_exactly_the_access_its_stage_uses() {
                 ),
                 ("s3:PutObject", u.writes.contains(&key)),
                 ("s3:DeleteObject", u.deletes.contains(&key)),
-                ("s3:AbortMultipartUpload", u.uploads.contains(&key)),
-                ("s3:ListMultipartUploadParts", u.uploads.contains(&key)),
+                ("s3:AbortMultipartUpload", u.aborts.contains(&key)),
+                ("s3:ListMultipartUploadParts", false),
                 ("s3:GetObjectVersion", false),
                 ("s3:DeleteObjectVersion", false),
                 ("s3:PutObjectAcl", false),
