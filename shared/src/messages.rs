@@ -16,6 +16,9 @@ pub struct SubmitJob {
     pub run_id: RunId,
     /// Submissions tried so far (drives the backoff).
     pub attempt: u32,
+    /// The message that sent this one, when it handed on a run's or command's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// submit → poll, and poll → poll: look at the action again.
@@ -30,6 +33,9 @@ pub struct PollJob {
     /// Cancels tried past the deadline (bounded: then the run ends).
     #[serde(default)]
     pub cancels: u32,
+    /// The message that sent this one, when it handed on a run's or command's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// poll → collect: copy one command's result package.
@@ -46,6 +52,9 @@ pub struct CollectJob {
     /// recorded as not collected).
     #[serde(default)]
     pub link_errors: u32,
+    /// The message that sent this one, when it handed on a run's or command's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 /// A message as the queue delivered it: its id (the same on every redelivery of one send, new for
@@ -65,14 +74,22 @@ impl Delivery {
     }
 }
 
-/// A stage message: names the run it is about.
-pub trait Job: serde::de::DeserializeOwned {
+/// A stage message: names the run it is about, and the message that sent it.
+pub trait Job: serde::de::DeserializeOwned + Serialize {
     fn run_id(&self) -> &RunId;
+    fn prev(&self) -> Option<&str>;
+    fn set_prev(&mut self, prev: &str);
 }
 
 impl Job for SubmitJob {
     fn run_id(&self) -> &RunId {
         &self.run_id
+    }
+    fn prev(&self) -> Option<&str> {
+        self.prev.as_deref()
+    }
+    fn set_prev(&mut self, prev: &str) {
+        self.prev = Some(prev.to_string());
     }
 }
 
@@ -80,11 +97,23 @@ impl Job for PollJob {
     fn run_id(&self) -> &RunId {
         &self.run_id
     }
+    fn prev(&self) -> Option<&str> {
+        self.prev.as_deref()
+    }
+    fn set_prev(&mut self, prev: &str) {
+        self.prev = Some(prev.to_string());
+    }
 }
 
 impl Job for CollectJob {
     fn run_id(&self) -> &RunId {
         &self.run_id
+    }
+    fn prev(&self) -> Option<&str> {
+        self.prev.as_deref()
+    }
+    fn set_prev(&mut self, prev: &str) {
+        self.prev = Some(prev.to_string());
     }
 }
 
@@ -124,6 +153,7 @@ mod tests {
             v: MESSAGE_VERSION,
             run_id: RunId::derive("a", "b", "c", "d"),
             attempt: 2,
+            prev: Some("m-1".into()),
         };
         assert_eq!(decode::<SubmitJob>(&encode(&job)).unwrap(), job);
         assert!(

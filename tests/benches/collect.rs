@@ -143,6 +143,7 @@ async fn main() {
             index: 0,
             attempt: 0,
             link_errors: 0,
+            prev: None,
         };
         let started = Instant::now();
         let done = shared::stages::collect::handle(

@@ -10,7 +10,7 @@ use shared::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, 
 #[derive(Default)]
 pub struct MemStore {
     pub objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
-    uploads: Mutex<BTreeMap<String, Vec<(i32, Bytes)>>>,
+    uploads: Mutex<BTreeMap<String, BTreeMap<i32, Bytes>>>,
     version: Mutex<u64>,
 }
 
@@ -73,7 +73,10 @@ impl ObjectStore for MemStore {
 
     async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
         let id = format!("{key}#{}", self.next());
-        self.uploads.lock().unwrap().insert(id.clone(), Vec::new());
+        self.uploads
+            .lock()
+            .unwrap()
+            .insert(id.clone(), BTreeMap::new());
         Ok(id)
     }
     async fn upload_part(
@@ -87,19 +90,29 @@ impl ObjectStore for MemStore {
         let Some(parts) = u.get_mut(upload_id) else {
             return Ok(Upload::Gone);
         };
-        parts.push((n, body));
-        Ok(Upload::Done(format!("etag-{n}")))
+        // As S3 does, a part uploaded again under the same number replaces the first.
+        let etag = format!("etag-{n}-{}", body.len());
+        parts.insert(n, body);
+        Ok(Upload::Done(etag))
     }
     async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
-        _parts: Vec<(i32, String)>,
+        listed: Vec<(i32, String)>,
     ) -> Result<Upload<()>, StoreError> {
         let Some(parts) = self.uploads.lock().unwrap().remove(upload_id) else {
             return Ok(Upload::Gone);
         };
-        let body: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b.to_vec()).collect();
+        // The object is the listed parts, in order, each as last uploaded.
+        let mut body = Vec::new();
+        for (n, etag) in &listed {
+            let part = parts
+                .get(n)
+                .filter(|b| *etag == format!("etag-{n}-{}", b.len()))
+                .ok_or_else(|| StoreError(format!("InvalidPart: part {n} ({etag})")))?;
+            body.extend_from_slice(part);
+        }
         let v = self.next();
         self.objects
             .lock()

@@ -108,6 +108,7 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
             index: 0,
             attempt: 0,
             link_errors: 0,
+            prev: None,
         }),
     );
 

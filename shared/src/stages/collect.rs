@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::hash::ResumableSha256;
-use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, encode};
+use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError, Upload};
 use crate::store::{
     Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
@@ -105,7 +105,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     // command's chain copies it, and anything past Collecting means done already.
     let key = command_key(&run_id, job.index);
     let acts = |r: &CommandRecord| r.outcome == CommandOutcome::Collecting;
-    let pending = match claim(store, &key, &msg.id, clock, acts).await? {
+    let pending = match claim(store, &key, (&msg.id, job.prev.as_deref()), clock, acts).await? {
         Claimed::Mine(rec) => rec,
         Claimed::Duplicate => {
             return Ok(Done::new(
@@ -345,14 +345,14 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             ..self.job.clone()
         };
         debug_assert_eq!(next.v, MESSAGE_VERSION);
-        hand_off::<_, _, CommandRecord, _>(
+        hand_off::<_, _, CommandRecord, _, _>(
             self.store,
             self.queue,
             self.clock,
             &command_key(&self.job.run_id, self.job.index),
             &self.msg.id,
             &self.cfg.collect_queue_url,
-            (&encode(&next), delay),
+            (next, delay),
             |_| {},
         )
         .await?;

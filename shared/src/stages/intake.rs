@@ -88,6 +88,7 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         v: MESSAGE_VERSION,
         run_id: run_id.clone(),
         attempt: 0,
+        prev: None,
     };
     queue
         .send(

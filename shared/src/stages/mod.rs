@@ -149,45 +149,15 @@ pub(crate) enum Claimed<T> {
     Idle(T),
 }
 
-/// Takes or confirms the chain of the record at `key` for message `me`, if `acts` says the stage
-/// acts on the record as it is. A message that may be the one a holder is handing the chain to
-/// waits a moment for the holder to name it (a few milliseconds, normally); if it is still not
-/// named, it is left for SQS to deliver again.
+/// Takes or confirms the chain of the record at `key` for message `me` (sent by `prev`), if `acts`
+/// says the stage acts on the record as it is.
 pub(crate) async fn claim<S, T, A>(
     store: &S,
     key: &str,
-    me: &str,
+    (me, prev): (&str, Option<&str>),
     clock: &dyn Clock,
     acts: A,
 ) -> Result<Claimed<T>, StageError>
-where
-    S: ObjectStore,
-    T: Chained + serde::Serialize + serde::de::DeserializeOwned,
-    A: Fn(&T) -> bool,
-{
-    let mut pause = std::time::Duration::from_millis(50);
-    for _ in 0..7 {
-        match try_claim(store, key, me, clock, &acts).await? {
-            Some(claimed) => return Ok(claimed),
-            None => {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-        }
-    }
-    Err(StageError::Retry(format!(
-        "{key}: the previous message is still handing the chain on; deliver this one again later"
-    )))
-}
-
-/// One look at the chain; None while another message is handing it on.
-async fn try_claim<S, T, A>(
-    store: &S,
-    key: &str,
-    me: &str,
-    clock: &dyn Clock,
-    acts: &A,
-) -> Result<Option<Claimed<T>>, StageError>
 where
     S: ObjectStore,
     T: Chained + serde::Serialize + serde::de::DeserializeOwned,
@@ -197,7 +167,7 @@ where
     let mut standing = Standing::Duplicate;
     let mut acting = false;
     let rec = update_record::<_, T, _>(store, key, |r| {
-        standing = r.chain().standing(me, now);
+        standing = r.chain().standing(me, prev, now);
         acting = acts(r);
         if standing != Standing::Mine || !acting {
             return false;
@@ -217,31 +187,32 @@ where
         });
     };
     Ok(match standing {
-        Standing::HandoffPending => None,
-        _ if !acting => Some(Claimed::Idle(rec)),
-        Standing::Mine => Some(Claimed::Mine(rec)),
-        Standing::Duplicate => Some(Claimed::Duplicate),
+        _ if !acting => Claimed::Idle(rec),
+        Standing::Mine => Claimed::Mine(rec),
+        Standing::Duplicate => Claimed::Duplicate,
     })
 }
 
-/// Hands the chain of the record at `key` from `me` to a new message (`body` on `queue_url` after
-/// `delay`), applying `also` to the record in the same write as naming the new message. Returns
+/// Hands the chain of the record at `key` from `me` to a new message (`next`, sent with
+/// `prev: me`, on `queue_url` after `delay`), applying `also` to the record in the same write as
+/// naming the new message. Returns
 /// the record as stored, or None if `me` no longer held the chain (then nothing is recorded, and
 /// anything sent is dropped as a duplicate when it arrives).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn hand_off<S, Q, T, F>(
+pub(crate) async fn hand_off<S, Q, T, J, F>(
     store: &S,
     queue: &Q,
     clock: &dyn Clock,
     key: &str,
     me: &str,
     queue_url: &str,
-    (body, delay): (&str, std::time::Duration),
+    (mut next, delay): (J, std::time::Duration),
     mut also: F,
 ) -> Result<Option<T>, StageError>
 where
     S: ObjectStore,
     Q: Queue,
+    J: Job,
     T: Chained + serde::Serialize + serde::de::DeserializeOwned,
     F: FnMut(&mut T),
 {
@@ -259,7 +230,10 @@ where
     if !held {
         return Ok(None);
     }
-    let next = queue.send(queue_url, body, delay).await?;
+    next.set_prev(me);
+    let body = serde_json::to_string(&next)
+        .map_err(|e| StageError::Retry(format!("cannot encode the next message: {e}")))?;
+    let next = queue.send(queue_url, &body, delay).await?;
     let mut still = false;
     let rec = update_record::<_, T, _>(store, key, |r| {
         still = r.chain().is_handing_off(me);

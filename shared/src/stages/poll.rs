@@ -54,7 +54,15 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     let acts = |r: &RunRecord| {
         r.state == RunState::Submitted && r.action_id.as_ref() == Some(&job.action_id)
     };
-    let run = match claim(store, &run_key(&run_id), &msg.id, clock, acts).await? {
+    let run = match claim(
+        store,
+        &run_key(&run_id),
+        (&msg.id, job.prev.as_deref()),
+        clock,
+        acts,
+    )
+    .await?
+    {
         Claimed::Mine(run) => run,
         Claimed::Duplicate => {
             return Ok(Done::new(
@@ -194,15 +202,16 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             action_id: self.job.action_id.clone(),
             polls,
             cancels,
+            prev: None,
         };
-        super::hand_off::<_, _, RunRecord, _>(
+        super::hand_off::<_, _, RunRecord, _, _>(
             self.store,
             self.queue,
             self.clock,
             &run_key(&self.job.run_id),
             &self.msg.id,
             &self.cfg.poll_queue_url,
-            (&encode(&next), delay),
+            (next, delay),
             |_| {},
         )
         .await?;
@@ -328,6 +337,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
                 index: *index,
                 attempt: 0,
                 link_errors: 0,
+                prev: None,
             };
             self.queue
                 .send(&self.cfg.collect_queue_url, &encode(&job), Duration::ZERO)
@@ -348,7 +358,9 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
         };
         let me = &self.msg.id;
         update_run(store, &run.run_id, |r| {
-            if r.state != RunState::Submitted || r.chain.holder.as_deref() != Some(me.as_str()) {
+            let holds =
+                r.chain.holder.as_deref() == Some(me.as_str()) || r.chain.is_handing_off(me);
+            if r.state != RunState::Submitted || !holds {
                 return false;
             }
             r.chain.end(now);

@@ -10,7 +10,7 @@ use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
-use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob, encode};
+use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
 use crate::ports::{Defender, ObjectStore, Queue, StoreError};
 use crate::store::{CommandOutcome, RunOutcome, RunRecord, RunState, run_key, update_run};
 
@@ -28,7 +28,15 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     let now = clock.now();
     let (job, run_id, _) = super::open::<SubmitJob, _>(store, &msg.body).await?;
     let acts = |r: &RunRecord| matches!(r.state, RunState::Received | RunState::Submitting);
-    let run = match claim(store, &run_key(&run_id), &msg.id, clock, acts).await? {
+    let run = match claim(
+        store,
+        &run_key(&run_id),
+        (&msg.id, job.prev.as_deref()),
+        clock,
+        acts,
+    )
+    .await?
+    {
         Claimed::Mine(run) => run,
         Claimed::Duplicate => {
             return Ok(Done::new(
@@ -188,15 +196,16 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             v: MESSAGE_VERSION,
             run_id: self.job.run_id.clone(),
             attempt,
+            prev: None,
         };
-        let handed = hand_off::<_, _, RunRecord, _>(
+        let handed = hand_off::<_, _, RunRecord, _, _>(
             self.store,
             self.queue,
             self.clock,
             &run_key(&self.job.run_id),
             &self.msg.id,
             &self.cfg.submit_queue_url,
-            (&encode(&next), delay),
+            (next, delay),
             |_| {},
         )
         .await?;
@@ -267,15 +276,16 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             action_id: action.id.clone(),
             polls: 0,
             cancels: 0,
+            prev: None,
         };
-        hand_off::<_, _, RunRecord, _>(
+        hand_off::<_, _, RunRecord, _, _>(
             self.store,
             self.queue,
             self.clock,
             &run_key(&run.run_id),
             &self.msg.id,
             &self.cfg.poll_queue_url,
-            (&encode(&job), self.cfg.first_poll_delay),
+            (job, self.cfg.first_poll_delay),
             |r| {
                 r.state = RunState::Submitted;
                 r.action_id = Some(action.id.clone());

@@ -4,11 +4,13 @@
 //! next job after a crash, so several messages can name the same run. Each record names the one
 //! message that holds its chain; any other is a duplicate and is dropped. A holder hands the chain
 //! on in two steps, so that a crash at any point leaves exactly one message able to go on:
-//! `pending:<me>` is written first, then the next message is sent, then the record names the next
-//! message's id. A redelivery of the holder (same message id) finds itself named, or named as
-//! pending, and does the step again; the message sent by a step that died before naming it finds
-//! another id named and is dropped. A chain silent for longer than [`CHAIN_TTL`] (its holder went
-//! to a dead-letter queue) can be taken over by any message for the run, such as a re-drive.
+//! `pending:<me>` is written first, then the next message is sent (carrying `prev: <me>`), then the
+//! record names the next message's id. A redelivery of the holder (same message id) finds itself
+//! named, or named as pending, and does the step again. The next message, arriving while the
+//! record still says `pending:<its prev>`, takes the chain itself (its sender may have died before
+//! naming it). Whichever of the two names the chain first wins; any other message is dropped. A
+//! chain silent for longer than [`CHAIN_TTL`] (its holder went to a dead-letter queue) can be taken
+//! over by any message for the run, such as a re-drive.
 
 use std::time::Duration;
 
@@ -35,27 +37,23 @@ pub struct Chain {
 pub enum Standing {
     /// It holds the chain (or may take it).
     Mine,
-    /// Another message is handing the chain on right now; this may be the message it sends.
-    HandoffPending,
     /// Another message holds the chain.
     Duplicate,
 }
 
 impl Chain {
-    pub fn standing(&self, me: &str, now: OffsetDateTime) -> Standing {
+    /// Where message `me`, sent by `prev` (if a chain's holder sent it), stands.
+    pub fn standing(&self, me: &str, prev: Option<&str>, now: OffsetDateTime) -> Standing {
         let Some(holder) = &self.holder else {
             return Standing::Mine;
         };
-        if holder == me || holder.strip_prefix(PENDING) == Some(me) {
+        let pending = holder.strip_prefix(PENDING);
+        if holder == me || pending == Some(me) || (pending.is_some() && pending == prev) {
             return Standing::Mine;
         }
-        let stale = self.since.is_none_or(|since| {
-            now - since > time::Duration::try_from(CHAIN_TTL).unwrap_or_default()
-        });
-        if stale {
+        let ttl = time::Duration::try_from(CHAIN_TTL).unwrap_or_default();
+        if self.since.is_none_or(|since| now - since > ttl) {
             Standing::Mine
-        } else if holder.starts_with(PENDING) {
-            Standing::HandoffPending
         } else {
             Standing::Duplicate
         }
@@ -99,30 +97,45 @@ mod tests {
     fn one_holder_its_redeliveries_and_stale_chains() {
         let t = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
         let mut c = Chain::default();
-        assert_eq!(c.standing("a", t), Standing::Mine, "nobody holds it yet");
+        assert_eq!(
+            c.standing("a", None, t),
+            Standing::Mine,
+            "nobody holds it yet"
+        );
         c.hold("a", t);
         assert_eq!(
-            c.standing("a", t),
+            c.standing("a", None, t),
             Standing::Mine,
             "a redelivery of the holder"
         );
-        assert_eq!(c.standing("b", t), Standing::Duplicate);
+        assert_eq!(c.standing("b", None, t), Standing::Duplicate);
         c.begin_handoff("a", t);
         assert_eq!(
-            c.standing("a", t),
+            c.standing("a", None, t),
             Standing::Mine,
             "the holder died mid-handoff"
         );
-        assert_eq!(c.standing("n", t), Standing::HandoffPending);
+        assert_eq!(
+            c.standing("n", Some("a"), t),
+            Standing::Mine,
+            "the message a sent"
+        );
+        assert_eq!(c.standing("x", Some("z"), t), Standing::Duplicate);
+        assert_eq!(c.standing("y", None, t), Standing::Duplicate);
         c.hold("n", t);
-        assert_eq!(c.standing("a", t), Standing::Duplicate, "handed on");
+        assert_eq!(c.standing("a", None, t), Standing::Duplicate, "handed on");
+        assert_eq!(
+            c.standing("n2", Some("a"), t),
+            Standing::Duplicate,
+            "a's second send"
+        );
         let later = t + time::Duration::seconds(3601);
         assert_eq!(
-            c.standing("redrive", later),
+            c.standing("redrive", None, later),
             Standing::Mine,
             "silent for an hour"
         );
         c.end(t);
-        assert_eq!(c.standing("n", t), Standing::Duplicate);
+        assert_eq!(c.standing("n", None, t), Standing::Duplicate);
     }
 }

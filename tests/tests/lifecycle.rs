@@ -1,0 +1,836 @@
+//! The run lifecycle as a model: the four stages over in-memory ports, driven by a seeded random
+//! scheduler that delivers messages out of order, delivers some twice (SQS is at least once),
+//! kills a handler at a random await point on S3 or SQS (its message comes back), and has a fake
+//! Defender answer 401/403/404/429/5xx, unreadable bodies, lost answers, refused cancels, broken
+//! downloads and devices that never come online. After every schedule it checks the invariants:
+//! every run ends with one manifest that accounts for every command; at most one live response per
+//! run; no session left held; no message circulating past a bound; Defender's GET and submission
+//! limits never exceeded where Defender counts; every evidence object matches its recorded SHA-256.
+//!
+//! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use shared::alerts::playbook::Playbooks;
+use shared::budget::{self, BudgetConfig};
+use shared::clock::{Clock, ManualClock};
+use shared::config::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
+use shared::defender::{
+    ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
+    DownloadLink, LiveResponseRequest, MachineAction, MachineId,
+};
+use shared::messages::Delivery;
+use shared::ports::{
+    ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, Queue, QueueError,
+    StoreError, Stored, Upload,
+};
+use shared::secret::Secret;
+use shared::stages::{Done, StageError};
+use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
+use tests::Rng;
+use tests::fakes::{MemQueue, MemStore, Sent};
+use time::OffsetDateTime;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Kills the handler at its n-th operation on S3 or SQS: the operation never returns and the
+/// scheduler drops the handler's future there, as a Lambda timeout or crash would.
+struct Kill {
+    countdown: AtomicI64,
+    tripped: tokio::sync::Notify,
+}
+
+impl Kill {
+    async fn point(&self) {
+        if self.countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tripped.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+    fn arm(&self, after: i64) {
+        self.countdown.store(after, Ordering::SeqCst);
+    }
+}
+
+struct KStore<'a> {
+    inner: &'a MemStore,
+    kill: &'a Kill,
+}
+
+impl ObjectStore for KStore<'_> {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        self.kill.point().await;
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
+        self.kill.point().await;
+        self.inner.put(key, body, c).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.kill.point().await;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.kill.point().await;
+        self.inner.delete(key).await
+    }
+    async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
+        self.kill.point().await;
+        self.inner.open_read(key).await
+    }
+    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+        self.kill.point().await;
+        self.inner.begin_upload(key).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        id: &str,
+        n: i32,
+        body: Bytes,
+    ) -> Result<Upload<String>, StoreError> {
+        self.kill.point().await;
+        self.inner.upload_part(key, id, n, body).await
+    }
+    async fn complete_upload(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> Result<Upload<()>, StoreError> {
+        self.kill.point().await;
+        self.inner.complete_upload(key, id, parts).await
+    }
+    async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        self.kill.point().await;
+        self.inner.abort_upload(key, id).await
+    }
+    async fn publish(
+        &self,
+        from: &str,
+        to: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.kill.point().await;
+        self.inner.publish(from, to, meta).await
+    }
+}
+
+struct KQueue<'a> {
+    inner: &'a MemQueue,
+    kill: &'a Kill,
+}
+
+impl Queue for KQueue<'_> {
+    async fn send(&self, url: &str, body: &str, delay: Duration) -> Result<String, QueueError> {
+        self.kill.point().await;
+        self.inner.send(url, body, delay).await
+    }
+    async fn send_rejected(
+        &self,
+        dlq: &str,
+        body: &str,
+        stage: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.kill.point().await;
+        self.inner
+            .send_rejected(dlq, body, stage, code, reason)
+            .await
+    }
+}
+
+/// How a device behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Device {
+    /// Runs the action in `secs`.
+    Online { secs: i64 },
+    /// Never picks the action up: the deadline passes.
+    Offline,
+}
+
+#[derive(Debug, Clone)]
+struct FakeAction {
+    id: ActionId,
+    machine: MachineId,
+    comment: String,
+    created: OffsetDateTime,
+    commands: Vec<shared::defender::Command>,
+    cancelled: bool,
+}
+
+/// A Defender that answers from a model of its actions on the scheduler's clock, with faults drawn
+/// from the schedule's generator.
+struct FakeDefender<'a> {
+    clock: &'a ManualClock,
+    rng: Mutex<Rng>,
+    fault_rate: f64,
+    devices: HashMap<MachineId, Device>,
+    actions: Mutex<Vec<FakeAction>>,
+    /// When each GET and each submission reached Defender (unix ms).
+    gets: Mutex<Vec<i64>>,
+    posts: Mutex<Vec<i64>>,
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    shared::clock::unix_ms(t)
+}
+
+impl FakeDefender<'_> {
+    fn fault(&self) -> bool {
+        self.rng.lock().unwrap().chance(self.fault_rate)
+    }
+    fn pick(&self, n: u64) -> u64 {
+        self.rng.lock().unwrap().below(n)
+    }
+    /// A fault of the kind a GET can meet.
+    fn get_fault(&self) -> Option<DefenderError> {
+        if !self.fault() {
+            return None;
+        }
+        Some(match self.pick(6) {
+            0 => DefenderError::RateLimited {
+                retry_after: Some(Duration::from_secs(5)),
+            },
+            1 => DefenderError::RateLimited { retry_after: None },
+            2 => DefenderError::Transient {
+                reason: "503".into(),
+            },
+            3 => DefenderError::Unauthorized {
+                status: 403,
+                message: "forbidden".into(),
+            },
+            4 => DefenderError::NotFound {
+                code: "ResourceNotFound".into(),
+                message: "no".into(),
+            },
+            _ => DefenderError::InvalidResponse("truncated body".into()),
+        })
+    }
+    fn status(&self, a: &FakeAction) -> ActionStatus {
+        let now = self.clock.now();
+        if a.cancelled {
+            return ActionStatus::Cancelled;
+        }
+        match self.devices[&a.machine] {
+            Device::Offline if now - a.created > time::Duration::days(3) => ActionStatus::TimeOut,
+            Device::Offline => ActionStatus::Pending,
+            Device::Online { secs } if now - a.created >= time::Duration::seconds(secs) => {
+                ActionStatus::Succeeded
+            }
+            Device::Online { .. } => ActionStatus::InProgress,
+        }
+    }
+    fn view(&self, a: &FakeAction) -> MachineAction {
+        let status = self.status(a);
+        let done = status == ActionStatus::Succeeded;
+        MachineAction {
+            id: a.id.clone(),
+            kind: Some("LiveResponse".into()),
+            requestor: Some("pipeline".into()),
+            requestor_comment: Some(a.comment.clone()),
+            status,
+            machine_id: a.machine.clone(),
+            computer_dns_name: None,
+            creation_date_time_utc: None,
+            last_update_date_time_utc: None,
+            cancellation_requestor: None,
+            cancellation_comment: None,
+            cancellation_date_time_utc: None,
+            commands: a
+                .commands
+                .iter()
+                .enumerate()
+                .map(|(i, c)| CommandResult {
+                    index: i as u32,
+                    start_time: None,
+                    end_time: None,
+                    command_status: if done {
+                        CommandStatus::Completed
+                    } else {
+                        CommandStatus::Created
+                    },
+                    errors: vec![],
+                    command: c.clone(),
+                })
+                .collect(),
+        }
+    }
+    fn count_get(&self) {
+        self.gets.lock().unwrap().push(ms(self.clock.now()));
+    }
+}
+
+impl Defender for FakeDefender<'_> {
+    async fn run_live_response(
+        &self,
+        machine: &MachineId,
+        req: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        self.posts.lock().unwrap().push(ms(self.clock.now()));
+        if self.fault() {
+            match self.pick(2) {
+                0 => return Err(DefenderError::RateLimited { retry_after: None }),
+                _ => {
+                    return Err(DefenderError::Transient {
+                        reason: "502 before the action was made".into(),
+                    });
+                }
+            }
+        }
+        let mut actions = self.actions.lock().unwrap();
+        let busy = actions
+            .iter()
+            .any(|a| &a.machine == machine && !self.status(a).is_final());
+        if busy {
+            return Err(DefenderError::DeviceBusy {
+                message: "ActiveRequestAlreadyExists".into(),
+            });
+        }
+        let n = actions.len();
+        let a = FakeAction {
+            id: ActionId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap(),
+            machine: machine.clone(),
+            comment: req.comment.clone(),
+            created: self.clock.now(),
+            commands: req.commands.clone(),
+            cancelled: false,
+        };
+        let view = self.view(&a);
+        actions.push(a);
+        drop(actions);
+        if self.fault() {
+            // Accepted, but the answer is lost or unreadable.
+            return Err(match self.pick(2) {
+                0 => DefenderError::Transient {
+                    reason: "connection reset after the request was sent".into(),
+                },
+                _ => DefenderError::InvalidResponse("body is not JSON".into()),
+            });
+        }
+        Ok(view)
+    }
+    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
+        self.count_get();
+        if let Some(e) = self.get_fault() {
+            return Err(e);
+        }
+        let actions = self.actions.lock().unwrap();
+        let a = actions
+            .iter()
+            .find(|a| &a.id == id)
+            .expect("a known action");
+        Ok(self.view(a))
+    }
+    async fn list_machine_actions(
+        &self,
+        filter: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        self.count_get();
+        if let Some(e) = self.get_fault() {
+            return Err(e);
+        }
+        let actions = self.actions.lock().unwrap();
+        Ok(actions
+            .iter()
+            .filter(|a| filter.machine_id.as_ref().is_none_or(|m| m == &a.machine))
+            .map(|a| self.view(a))
+            .collect())
+    }
+    async fn result_download_link(
+        &self,
+        id: &ActionId,
+        index: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        self.count_get();
+        if let Some(e) = self.get_fault() {
+            return Err(e);
+        }
+        let se = self.clock.now() + time::Duration::minutes(30);
+        let se = se
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        Ok(DownloadLink {
+            url: Secret::new(format!(
+                "https://acct.blob.core.windows.net/c/{id}/{index}?se={}&sig=x",
+                se.replace(':', "%3A")
+            )),
+            expires_at: None,
+        })
+    }
+    async fn cancel_machine_action(
+        &self,
+        id: &ActionId,
+        _comment: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        self.count_get();
+        if self.fault() {
+            return Err(DefenderError::Rejected {
+                status: 400,
+                code: "InvalidRequest".into(),
+                message: "cannot cancel".into(),
+            });
+        }
+        let mut actions = self.actions.lock().unwrap();
+        let a = actions
+            .iter_mut()
+            .find(|a| &a.id == id)
+            .expect("a known action");
+        if !self.status(a).is_final() {
+            a.cancelled = true;
+        }
+        Ok(self.view(a))
+    }
+}
+
+/// The package behind a link: bytes derived from the link's path, so any copy can be checked.
+fn package(path: &str) -> Vec<u8> {
+    let seed = Sha256::digest(path.as_bytes());
+    let len = 1000 + (seed[0] as usize) * 40_000;
+    (0..len).map(|i| seed[i % 32] ^ (i as u8)).collect()
+}
+
+struct FakeFetch<'a> {
+    rng: &'a Mutex<Rng>,
+    fault_rate: f64,
+}
+
+impl Fetch for FakeFetch<'_> {
+    async fn open(&self, url: &Secret<String>, from: u64) -> Result<Download, String> {
+        let path = url
+            .expose()
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let body = package(&path);
+        let (fail_open, cut) = {
+            let mut rng = self.rng.lock().unwrap();
+            (
+                rng.chance(self.fault_rate),
+                rng.chance(self.fault_rate)
+                    .then(|| rng.below(body.len() as u64)),
+            )
+        };
+        if fail_open {
+            return Err("download answered HTTP 503".into());
+        }
+        let from = (from as usize).min(body.len());
+        let rest = body[from..].to_vec();
+        let content_length = Some(rest.len() as u64);
+        let mut chunks: Vec<Result<Bytes, String>> = rest
+            .chunks(7_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        if let Some(cut) = cut {
+            let keep = (cut as usize / 7_000).min(chunks.len());
+            chunks.truncate(keep);
+            chunks.push(Err("download broke off".into()));
+        }
+        Ok(Download {
+            content_length,
+            stream: Box::pin(futures_util::stream::iter(chunks)),
+        })
+    }
+}
+
+fn env(extra: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+    let mut e: HashMap<&'static str, &'static str> = [
+        ("EVIDENCE_BUCKET", "evidence"),
+        (
+            "SUBMIT_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/submit",
+        ),
+        (
+            "POLL_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/poll",
+        ),
+        (
+            "COLLECT_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/collect",
+        ),
+        (
+            "DEAD_LETTER_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
+        ),
+        ("MDE_CREDENTIALS_SECRET_ID", "s"),
+        ("RETRY_BASE_SECS", "2"),
+        ("RETRY_MAX_SECS", "120"),
+        ("COLLECT_PART_MIB", "5"),
+    ]
+    .into_iter()
+    .collect();
+    for (k, v) in extra {
+        e.insert(k, v);
+    }
+    e
+}
+
+struct Message {
+    last_failure: String,
+    id: String,
+    queue: String,
+    body: String,
+    visible_at: OffsetDateTime,
+    receives: u32,
+}
+
+/// The outcome of one schedule, for the summary line.
+#[derive(Default, Debug)]
+struct Tally {
+    deliveries: u64,
+    kills: u64,
+    duplicates: u64,
+    dead_lettered: u64,
+    outcomes: BTreeMap<String, u64>,
+}
+
+const RUNS: usize = 6;
+const MAX_RECEIVES: u32 = 5;
+/// No schedule of six runs needs this many deliveries unless something circulates.
+const MAX_DELIVERIES: u64 = 6_000;
+
+async fn schedule(seed: u64) -> Result<Tally, String> {
+    let mut rng = Rng::new(seed);
+    let fault_rate = [0.0, 0.05, 0.15, 0.3][rng.below(4) as usize];
+    let kill_rate = [0.0, 0.05, 0.2][rng.below(3) as usize];
+    let dup_rate = [0.0, 0.1, 0.3][rng.below(3) as usize];
+    let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+    let clock = ManualClock::at(t0);
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let kill = Kill {
+        countdown: AtomicI64::new(0),
+        tripped: tokio::sync::Notify::new(),
+    };
+    let mut devices = HashMap::new();
+    let mut alerts = Vec::new();
+    for i in 0..RUNS {
+        let machine = format!("{:040x}", seed.wrapping_mul(31).wrapping_add(i as u64 % 4));
+        let device = if rng.chance(0.2) {
+            Device::Offline
+        } else {
+            Device::Online {
+                secs: 5 + rng.below(1200) as i64,
+            }
+        };
+        devices
+            .entry(MachineId::parse(&machine).unwrap())
+            .or_insert(device);
+        alerts.push(
+            tests::native_alert(
+                &format!("a{seed}-{i}"),
+                &machine,
+                "Malware",
+                &[("file_path", "C:\\Users\\x\\evil.exe")],
+            )
+            .to_string(),
+        );
+    }
+    let defender = FakeDefender {
+        clock: &clock,
+        rng: Mutex::new(Rng::new(seed ^ 0xDEF)),
+        fault_rate,
+        devices,
+        actions: Mutex::new(Vec::new()),
+        gets: Mutex::new(Vec::new()),
+        posts: Mutex::new(Vec::new()),
+    };
+    let fetch_rng = Mutex::new(Rng::new(seed ^ 0xFE7));
+    let fetch = FakeFetch {
+        rng: &fetch_rng,
+        fault_rate: fault_rate / 2.0,
+    };
+    let e = env(&[("MAX_RUN_DEADLINE_SECS", "3600")]);
+    let intake_cfg = IntakeConfig::from_env(&e).unwrap();
+    let submit_cfg = SubmitConfig::from_env(&e).unwrap();
+    let poll_cfg = PollConfig::from_env(&e).unwrap();
+    let mut collect_cfg = CollectConfig::from_env(&e).unwrap();
+    // Small time budget: long copies are handed over through checkpoints.
+    collect_cfg.time_budget = Duration::from_millis(rng.below(3));
+    let budget_cfg: BudgetConfig = submit_cfg.budget;
+    let playbooks = Playbooks::bundled().unwrap();
+
+    let mut pool: Vec<Message> = Vec::new();
+    let mut sent_seen = 0usize;
+    let mut tally = Tally::default();
+    let mut run_ids = Vec::new();
+    let kstore = KStore {
+        inner: &store,
+        kill: &kill,
+    };
+    let kqueue = KQueue {
+        inner: &queue,
+        kill: &kill,
+    };
+    // Alerts arrive through intake (each alert possibly twice: duplicate alerts).
+    for alert in &alerts {
+        for _ in 0..(1 + rng.chance(dup_rate) as u32) {
+            let done = shared::stages::intake::handle(
+                &intake_cfg,
+                &playbooks,
+                &store,
+                &queue,
+                alert,
+                clock.now(),
+            )
+            .await
+            .map_err(|e| format!("intake refused a good alert: {e}"))?;
+            if let Some(r) = done.run_id
+                && !run_ids.contains(&r)
+            {
+                run_ids.push(r);
+            }
+        }
+    }
+    loop {
+        // Collect what the last handler sent.
+        {
+            let sent = queue.sent.lock().unwrap();
+            for s in &sent[sent_seen..] {
+                match s {
+                    Sent::Message {
+                        id,
+                        queue,
+                        body,
+                        delay,
+                    } => pool.push(Message {
+                        last_failure: String::new(),
+                        id: id.clone(),
+                        queue: queue.clone(),
+                        body: body.clone(),
+                        visible_at: clock.now() + time::Duration::try_from(*delay).unwrap(),
+                        receives: 0,
+                    }),
+                    Sent::Rejected { .. } => tally.dead_lettered += 1,
+                }
+            }
+            sent_seen = sent.len();
+        }
+        if pool.is_empty() {
+            break;
+        }
+        tally.deliveries += 1;
+        if tally.deliveries > MAX_DELIVERIES {
+            return Err(format!(
+                "messages still circulating after {MAX_DELIVERIES} deliveries"
+            ));
+        }
+        // The earliest visible message, or sometimes any visible one (out of order).
+        let earliest = pool.iter().map(|m| m.visible_at).min().unwrap();
+        if earliest > clock.now() {
+            // The manual clock counts whole milliseconds.
+            clock.set(earliest + time::Duration::milliseconds(1));
+        }
+        let visible: Vec<usize> = (0..pool.len())
+            .filter(|i| pool[*i].visible_at <= clock.now())
+            .collect();
+        let pick = visible[rng.below(visible.len() as u64) as usize];
+        pool[pick].receives += 1;
+        let msg = Delivery::new(&pool[pick].id, &pool[pick].body);
+        let q = pool[pick].queue.clone();
+        let killed_at = rng.chance(kill_rate).then(|| 1 + rng.below(12) as i64);
+        kill.arm(killed_at.unwrap_or(i64::MAX));
+        let handled = {
+            let fut = async {
+                match q.rsplit('/').next().unwrap_or_default() {
+                    "submit" => {
+                        shared::stages::submit::handle(
+                            &submit_cfg,
+                            &kstore,
+                            &kqueue,
+                            &defender,
+                            &clock,
+                            &msg,
+                        )
+                        .await
+                    }
+                    "poll" => {
+                        shared::stages::poll::handle(
+                            &poll_cfg, &kstore, &kqueue, &defender, &clock, &msg,
+                        )
+                        .await
+                    }
+                    "collect" => {
+                        shared::stages::collect::handle(
+                            &collect_cfg,
+                            &kstore,
+                            &kqueue,
+                            &defender,
+                            &fetch,
+                            &clock,
+                            &msg,
+                        )
+                        .await
+                    }
+                    other => panic!("no stage for queue {other}"),
+                }
+            };
+            tokio::select! {
+                r = fut => Some(r),
+                _ = kill.tripped.notified() => None,
+            }
+        };
+        kill.arm(i64::MAX);
+        clock.advance(Duration::from_millis(200));
+        let keep = match handled {
+            None => {
+                tally.kills += 1;
+                pool[pick].last_failure = "killed".into();
+                true
+            }
+            Some(Err(StageError::Retry(why))) => {
+                pool[pick].last_failure = why;
+                true
+            }
+            Some(Err(StageError::Reject { code, reason })) => {
+                return Err(format!("a stage message was refused ({code}): {reason}"));
+            }
+            Some(Ok(Done { outcome, .. })) => {
+                pool[pick].last_failure.clear();
+                *tally.outcomes.entry(outcome.to_string()).or_default() += 1;
+                // SQS may deliver a handled message again before its delete lands.
+                let again = rng.chance(dup_rate);
+                tally.duplicates += again as u64;
+                again
+            }
+        };
+        if keep && pool[pick].receives < MAX_RECEIVES {
+            pool[pick].visible_at = clock.now() + time::Duration::seconds(30);
+        } else {
+            if keep && !pool[pick].last_failure.is_empty() {
+                return Err(format!(
+                    "a {q} message went to the dead-letter queue after {MAX_RECEIVES} receives: {} (last: {})",
+                    pool[pick].body, pool[pick].last_failure
+                ));
+            }
+            pool.swap_remove(pick);
+        }
+    }
+
+    // Invariants.
+    let actions = defender.actions.lock().unwrap().clone();
+    for run_id in &run_ids {
+        let run: RunRecord = read(&store, &run_key(run_id)).await?;
+        let manifest: Manifest = read(&store, &manifest_key(run_id))
+            .await
+            .map_err(|e| format!("run {run_id} ({:?}, {:?}): {e}", run.state, run.reason))?;
+        if !run.state.is_final() {
+            return Err(format!("run {run_id} ended {:?}", run.state));
+        }
+        if manifest.commands.len() != run.commands.len() {
+            return Err(format!(
+                "run {run_id}: the manifest lists {} of {} commands",
+                manifest.commands.len(),
+                run.commands.len()
+            ));
+        }
+        for c in &manifest.commands {
+            if c.outcome == CommandOutcome::Collecting {
+                return Err(format!(
+                    "run {run_id}: command {} still collecting",
+                    c.index
+                ));
+            }
+            if c.outcome == CommandOutcome::Collected {
+                let key = c.s3_key.clone().unwrap_or_default();
+                let body = store
+                    .get(&key)
+                    .await
+                    .unwrap()
+                    .ok_or(format!("{key} is missing"))?
+                    .body;
+                if Some(hex::encode(Sha256::digest(&body))) != c.sha256 {
+                    return Err(format!("{key} does not match its recorded SHA-256"));
+                }
+            }
+        }
+        let tag = run_id.comment_tag();
+        let made = actions
+            .iter()
+            .filter(|a| a.comment.split_whitespace().next() == Some(tag.as_str()))
+            .count();
+        if made > 1 {
+            return Err(format!("run {run_id}: {made} live responses"));
+        }
+        *tally
+            .outcomes
+            .entry(format!("run_{:?}", manifest.outcome))
+            .or_default() += 1;
+    }
+    let held = budget::held_sessions(&store, &budget_cfg, &clock)
+        .await
+        .unwrap();
+    if !held.is_empty() {
+        return Err(format!(
+            "sessions still held after every run ended: {held:?}"
+        ));
+    }
+    let most = |stamps: &[i64]| {
+        let mut s = stamps.to_vec();
+        s.sort();
+        (0..s.len())
+            .map(|i| s[i..].iter().take_while(|t| **t - s[i] < 60_000).count())
+            .max()
+            .unwrap_or(0)
+    };
+    let gets = most(&defender.gets.lock().unwrap());
+    if gets > budget_cfg.gets_per_minute as usize {
+        return Err(format!("{gets} GETs in one minute"));
+    }
+    let posts = most(&defender.posts.lock().unwrap());
+    if posts > budget_cfg.submissions_per_minute as usize {
+        return Err(format!("{posts} submissions in one minute"));
+    }
+    let _ = MINUTE;
+    Ok(tally)
+}
+
+async fn read<T: serde::de::DeserializeOwned>(store: &MemStore, key: &str) -> Result<T, String> {
+    let s = store.get(key).await.unwrap().ok_or(format!("no {key}"))?;
+    serde_json::from_slice(&s.body).map_err(|e| format!("{key}: {e}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_schedule_keeps_the_lifecycle_invariants() {
+    let first = tests::seed_from_env("LIFECYCLE_SEED");
+    let n: u64 = std::env::var("LIFECYCLE_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if std::env::var("LIFECYCLE_SEED").is_ok() {
+            1
+        } else {
+            120
+        });
+    let started = std::time::Instant::now();
+    let mut total = Tally::default();
+    for k in 0..n {
+        let seed = first.wrapping_add(k);
+        match schedule(seed).await {
+            Ok(t) => {
+                total.deliveries += t.deliveries;
+                total.kills += t.kills;
+                total.duplicates += t.duplicates;
+                total.dead_lettered += t.dead_lettered;
+                for (o, c) in t.outcomes {
+                    *total.outcomes.entry(o).or_default() += c;
+                }
+            }
+            Err(e) => panic!("schedule failed: {e}\nreplay with LIFECYCLE_SEED={seed}"),
+        }
+    }
+    println!(
+        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries; {:?}",
+        started.elapsed().as_secs_f64(),
+        total.deliveries,
+        total.kills,
+        total.duplicates,
+        total.outcomes
+    );
+}
