@@ -385,6 +385,7 @@ pub fn collecting_run(
         outcome: None,
         reason: None,
         chain: Default::default(),
+        unfinished: None,
     }
 }
 

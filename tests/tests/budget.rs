@@ -244,3 +244,61 @@ async fn an_unreadable_budget_is_kept_aside_and_replaced_by_a_conservative_one()
     let later = get_call(&store, &cfg(), &clock, || async {}).await.unwrap();
     assert_eq!(later, Paced::Ran(()), "the pipeline goes on by itself");
 }
+
+/// Sessions leak when a release fails after the run moved on, or when a run's messages end in a
+/// dead-letter queue. A full cap reconciles against the run records instead of stopping every
+/// submission for three days.
+#[tokio::test]
+async fn a_full_session_cap_gives_back_sessions_of_runs_that_moved_on() {
+    use shared::store::{RunState, run_key};
+    let store = MemStore::default();
+    let clock = ManualClock::at(t0());
+    let cfg = cfg();
+    let machine = shared::defender::MachineId::parse(&"a".repeat(40)).unwrap();
+    let action = shared::defender::ActionId::parse("00000000-0000-0000-0000-000000000001").unwrap();
+    for (n, state) in [
+        (1, RunState::Completed),
+        (2, RunState::Submitted),
+        (3, RunState::Submitting),
+        (4, RunState::Received),
+    ] {
+        let mut rec = tests::collecting_run(&run(n), &format!("a{n}"), &machine, vec![], &action);
+        rec.state = state;
+        rec.chain.hold("m", t0());
+        store
+            .put(
+                &run_key(&run(n)),
+                serde_json::to_vec(&rec).unwrap(),
+                Put::Always,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(submit_at(&store, &clock, 1, 0).await, None);
+    assert_eq!(submit_at(&store, &clock, 2, 0).await, None);
+    clock.set(t0() + time::Duration::seconds(120));
+    assert!(
+        submit_at(&store, &clock, 3, 120).await.is_some(),
+        "the cap is full"
+    );
+    // Run 1 ended but its release was lost; run 2 is alive: one session comes back.
+    let freed = shared::stages::submit::reconcile_sessions(&store, &cfg, &clock)
+        .await
+        .unwrap();
+    assert_eq!(freed, 1);
+    assert_eq!(submit_at(&store, &clock, 3, 121).await, None);
+    // Run 2's chain then falls silent for more than an hour (its poll job was dead-lettered).
+    clock.set(t0() + time::Duration::seconds(2 * 3600));
+    assert!(submit_at(&store, &clock, 4, 2 * 3600).await.is_some());
+    let freed = shared::stages::submit::reconcile_sessions(&store, &cfg, &clock)
+        .await
+        .unwrap();
+    assert_eq!(
+        freed, 1,
+        "run 2's silent chain gives its session back; run 3 keeps its own"
+    );
+    let held = shared::budget::held_sessions(&store, &cfg, &clock)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![run(3).to_string()]);
+}

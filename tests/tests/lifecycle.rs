@@ -24,6 +24,7 @@ use shared::defender::{
     ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
     DownloadLink, LiveResponseRequest, MachineAction, MachineId,
 };
+use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
     ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, Queue, QueueError,
@@ -833,4 +834,131 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
         total.duplicates,
         total.outcomes
     );
+}
+
+/// A stored checkpoint is never trusted: garbage, a part size of 0 (which looped), a hash state with
+/// 65 pending bytes (which panicked), parts out of order or another command's staging key are each
+/// discarded, and the copy starts over and lands whole.
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
+    use shared::messages::{CollectJob, MESSAGE_VERSION};
+    use shared::stages::collect::checkpoint_key;
+    let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+    let clock = ManualClock::at(t0);
+    let machine = MachineId::parse(&"b".repeat(40)).unwrap();
+    let commands = vec![shared::defender::Command {
+        kind: shared::defender::CommandType::GetFile,
+        params: vec![shared::defender::Param {
+            key: "Path".into(),
+            value: "C:\\x.exe".into(),
+        }],
+    }];
+    let e = env(&[]);
+    let collect_cfg = CollectConfig::from_env(&e).unwrap();
+    let fetch_rng = Mutex::new(Rng::new(1));
+    let fetch = FakeFetch {
+        rng: &fetch_rng,
+        fault_rate: 0.0,
+    };
+    let run_id = RunId::derive("t", "corrupt", machine.as_str(), "p");
+    let staging = format!("staging/{run_id}/0-abc");
+    let good_hash = r#"{"state":[0,0,0,0,0,0,0,0],"len":0,"pending":""}"#;
+    let bad_hash = format!(
+        r#"{{"state":[0,0,0,0,0,0,0,0],"len":65,"pending":"{}"}}"#,
+        "00".repeat(65)
+    );
+    let checkpoint = |staging: &str, part_size: u64, parts: &str, offset: u64, hash: &str| {
+        format!(
+            r#"{{"v":1,"staging":"{staging}","upload_id":"u","part_size":{part_size},"parts":{parts},"offset":{offset},"package_len":null,"sha256":{hash},"invocations":1}}"#
+        )
+    };
+    let cases = [
+        ("garbage", "{not json".to_string()),
+        ("part size 0", checkpoint(&staging, 0, "[]", 0, good_hash)),
+        (
+            "65 pending hash bytes",
+            checkpoint(&staging, 5 << 20, "[]", 0, &bad_hash),
+        ),
+        (
+            "parts out of order",
+            checkpoint(&staging, 5 << 20, r#"[[2,"e"]]"#, 5 << 20, good_hash),
+        ),
+        (
+            "another run's staging key",
+            checkpoint("staging/other/0-abc", 5 << 20, "[]", 0, good_hash),
+        ),
+    ];
+    for (case, body) in cases {
+        let store = MemStore::default();
+        let queue = MemQueue::default();
+        let defender = FakeDefender {
+            clock: &clock,
+            rng: Mutex::new(Rng::new(2)),
+            fault_rate: 0.0,
+            devices: HashMap::new(),
+            actions: Mutex::new(Vec::new()),
+            gets: Mutex::new(Vec::new()),
+            posts: Mutex::new(Vec::new()),
+        };
+        let action = ActionId::parse("00000000-0000-0000-0000-000000000007").unwrap();
+        let rec = tests::collecting_run(&run_id, "corrupt", &machine, commands.clone(), &action);
+        store
+            .put(
+                &run_key(&run_id),
+                serde_json::to_vec(&rec).unwrap(),
+                Put::Always,
+            )
+            .await
+            .unwrap();
+        shared::store::put_command(
+            &store,
+            &run_id,
+            &tests::collecting_command(0, commands[0].clone()),
+        )
+        .await
+        .unwrap();
+        store
+            .put(&checkpoint_key(&run_id, 0), body.into_bytes(), Put::Always)
+            .await
+            .unwrap();
+        let job = CollectJob {
+            v: MESSAGE_VERSION,
+            run_id: run_id.clone(),
+            action_id: action.clone(),
+            index: 0,
+            attempt: 0,
+            link_errors: 0,
+            prev: None,
+        };
+        let msg = Delivery::new("c-1", serde_json::to_string(&job).unwrap());
+        let done = shared::stages::collect::handle(
+            &collect_cfg,
+            &store,
+            &queue,
+            &defender,
+            &fetch,
+            &clock,
+            &msg,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(done.outcome, "collected", "{case}: {}", done.detail);
+        let manifest: Manifest = read(&store, &manifest_key(&run_id)).await.unwrap();
+        let key = manifest.commands[0].s3_key.clone().unwrap();
+        let stored = store.get(&key).await.unwrap().unwrap().body;
+        let path = format!("https://acct.blob.core.windows.net/c/{action}/0");
+        assert_eq!(
+            &stored[..],
+            &package(&path)[..],
+            "{case}: the evidence is whole"
+        );
+        assert!(
+            store
+                .get(&checkpoint_key(&run_id, 0))
+                .await
+                .unwrap()
+                .is_none(),
+            "{case}: no checkpoint left"
+        );
+    }
 }

@@ -68,6 +68,7 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         outcome: None,
         reason: None,
         chain: Default::default(),
+        unfinished: None,
     };
     let outcome = match create_run(store, &record).await? {
         None => "accepted",

@@ -114,6 +114,7 @@ pub(crate) async fn end_run<S: ObjectStore>(
         }
         r.chain.end(clock.now());
         r.state = RunState::Failed;
+        r.unfinished = Some(unfinished);
         r.outcome = Some(outcome);
         r.reason.get_or_insert_with(|| reason.to_string());
         true
@@ -130,7 +131,8 @@ pub(crate) async fn end_run<S: ObjectStore>(
             .await?
             .is_some_and(|c| c.outcome != CommandOutcome::Collecting);
         if !done {
-            let rec = CommandRecord::unfinished(index, command.clone(), unfinished, &why, now);
+            let kind = run.unfinished.unwrap_or(unfinished);
+            let rec = CommandRecord::unfinished(index, command.clone(), kind, &why, now);
             put_command(store, run_id, &rec).await?;
         }
     }
@@ -246,4 +248,34 @@ where
     })
     .await?;
     Ok(rec.filter(|_| still))
+}
+
+/// Finishes what an interrupted ending left undone, for a message that found its run already past
+/// its stage: a Failed run gets its missing command records, its session back and its manifest; a
+/// collecting or completed run gets its manifest once every command is recorded. Idempotent.
+pub(crate) async fn finish_ended<S: ObjectStore>(
+    store: &S,
+    budget_cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    run: &RunRecord,
+) -> Result<(), StageError> {
+    match run.state {
+        RunState::Failed => {
+            end_run(
+                store,
+                budget_cfg,
+                clock,
+                &run.run_id,
+                run.outcome.unwrap_or(RunOutcome::Failed),
+                run.reason.as_deref().unwrap_or("ended"),
+                run.unfinished.unwrap_or(CommandOutcome::Unknown),
+            )
+            .await?;
+        }
+        RunState::Collecting | RunState::Completed => {
+            finish_run_if_complete(store, &run.run_id).await?;
+        }
+        RunState::Received | RunState::Submitting | RunState::Submitted => {}
+    }
+    Ok(())
 }

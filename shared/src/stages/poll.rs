@@ -72,6 +72,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             ));
         }
         Claimed::Idle(run) => {
+            super::finish_ended(store, &cfg.budget, clock, &run).await?;
             return Ok(Done::new(
                 &run_id,
                 "duplicate",

@@ -10,9 +10,13 @@ use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
+use crate::ids::RunId;
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
 use crate::ports::{Defender, ObjectStore, Queue, StoreError};
-use crate::store::{CommandOutcome, RunOutcome, RunRecord, RunState, run_key, update_run};
+use crate::store::chain::CHAIN_TTL;
+use crate::store::{
+    CommandOutcome, RunOutcome, RunRecord, RunState, load_run, run_key, update_run,
+};
 
 /// Attempts (Defender errors worth retrying, lookups that failed) before the run is given up.
 pub const MAX_ATTEMPTS: u32 = 20;
@@ -46,6 +50,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             ));
         }
         Claimed::Idle(run) => {
+            super::finish_ended(store, &cfg.budget, clock, &run).await?;
             return Ok(Done::new(
                 &run_id,
                 "duplicate",
@@ -133,7 +138,13 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     })
     .await?;
     let answer = match answer {
-        Paced::Wait(wait) => return step.pace(wait).await,
+        Paced::Wait(wait) => {
+            let freed = reconcile_sessions(store, &cfg.budget, clock).await?;
+            if freed > 0 {
+                tracing::warn!(run_id = %run_id, freed, "gave back sessions held by runs that no longer need them");
+            }
+            return step.pace(wait).await;
+        }
         Paced::Ran(answer) => answer?,
     };
     match answer {
@@ -302,4 +313,43 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
         .await?;
         Ok(())
     }
+}
+
+/// When the session cap is full, gives back the sessions of runs that no longer need them: a release
+/// that failed after the run moved on, a run that ended without one, or a run whose chain has been
+/// silent for longer than [`CHAIN_TTL`] (its messages went to a dead-letter queue). A full cap heals
+/// itself instead of stopping every submission until the three-day rule drops the leaks. Returns
+/// how many were given back.
+pub async fn reconcile_sessions<S: ObjectStore>(
+    store: &S,
+    budget_cfg: &crate::budget::BudgetConfig,
+    clock: &dyn Clock,
+) -> Result<u32, StageError> {
+    let held = budget::held_sessions(store, budget_cfg, clock).await?;
+    if (held.len() as u64) < budget_cfg.running_sessions as u64 {
+        return Ok(0);
+    }
+    let now = clock.now();
+    let silent = time::Duration::try_from(CHAIN_TTL).unwrap_or_default();
+    let mut freed = 0;
+    for held_by in held {
+        let Ok(run_id) = RunId::parse(&held_by) else {
+            continue;
+        };
+        let over = match load_run(store, &run_id).await {
+            Ok(None) => true,
+            Ok(Some((r, _))) => match r.state {
+                RunState::Received | RunState::Submitting => false,
+                RunState::Submitted => r.chain.since.is_some_and(|t| now - t > silent),
+                RunState::Collecting | RunState::Completed | RunState::Failed => true,
+            },
+            // An unreadable record is left to the three-day rule.
+            Err(_) => false,
+        };
+        if over {
+            budget::release_session(store, budget_cfg, clock, &run_id).await?;
+            freed += 1;
+        }
+    }
+    Ok(freed)
 }

@@ -107,6 +107,10 @@ pub struct RunRecord {
     /// The submit or poll message that may act for the run.
     #[serde(default)]
     pub chain: Chain,
+    /// For a run that ended without collection: what its commands without a record are recorded
+    /// as, so that a redelivery can finish an ending that was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<CommandOutcome>,
 }
 
 impl Chained for RunRecord {
