@@ -279,3 +279,41 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
     }
     Ok(())
 }
+
+/// Opens a submit or poll message and claims its run's chain: the job and the run to act on, or
+/// what became of the message (a duplicate, or a run past this stage, whose interrupted ending is
+/// finished on the way).
+pub(crate) async fn open_run<J: Job, S: ObjectStore>(
+    store: &S,
+    budget_cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    msg: &crate::messages::Delivery,
+    acts: impl Fn(&J, &RunRecord) -> bool,
+) -> Result<Result<(J, RunRecord), Done>, StageError> {
+    let (job, run_id, _) = open::<J, _>(store, &msg.body).await?;
+    let key = crate::store::run_key(&run_id);
+    let claimed = claim(
+        store,
+        &key,
+        (&msg.id, job.prev()),
+        clock,
+        |r: &RunRecord| acts(&job, r),
+    )
+    .await?;
+    Ok(match claimed {
+        Claimed::Mine(run) => Ok((job, run)),
+        Claimed::Duplicate => Err(Done::new(
+            &run_id,
+            "duplicate",
+            "another message holds this run",
+        )),
+        Claimed::Idle(run) => {
+            finish_ended(store, budget_cfg, clock, &run).await?;
+            Err(Done::new(
+                &run_id,
+                "duplicate",
+                format!("run is {:?}", run.state),
+            ))
+        }
+    })
+}

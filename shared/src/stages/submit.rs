@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Claimed, Done, StageError, claim, end_run, hand_off, jitter};
+use super::{Done, StageError, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
@@ -30,34 +30,13 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let (job, run_id, _) = super::open::<SubmitJob, _>(store, &msg.body).await?;
-    let acts = |r: &RunRecord| matches!(r.state, RunState::Received | RunState::Submitting);
-    let run = match claim(
-        store,
-        &run_key(&run_id),
-        (&msg.id, job.prev.as_deref()),
-        clock,
-        acts,
-    )
-    .await?
-    {
-        Claimed::Mine(run) => run,
-        Claimed::Duplicate => {
-            return Ok(Done::new(
-                &run_id,
-                "duplicate",
-                "another submit job holds this run",
-            ));
-        }
-        Claimed::Idle(run) => {
-            super::finish_ended(store, &cfg.budget, clock, &run).await?;
-            return Ok(Done::new(
-                &run_id,
-                "duplicate",
-                format!("run is {:?}", run.state),
-            ));
-        }
+    let acts =
+        |_: &SubmitJob, r: &RunRecord| matches!(r.state, RunState::Received | RunState::Submitting);
+    let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
+        Ok(opened) => opened,
+        Err(done) => return Ok(done),
     };
+    let run_id = run.run_id.clone();
     let step = Step {
         cfg,
         store,
