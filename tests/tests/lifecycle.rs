@@ -965,3 +965,51 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
         );
     }
 }
+
+/// A run record that cannot be read sends the message to the dead-letter queue at once with the
+/// reason (retrying cannot make it readable), and nothing panics.
+#[tokio::test]
+async fn an_unreadable_run_record_is_refused_with_its_reason() {
+    use shared::messages::{MESSAGE_VERSION, SubmitJob};
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let clock = ManualClock::at(OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap());
+    let defender = FakeDefender {
+        clock: &clock,
+        rng: Mutex::new(Rng::new(3)),
+        fault_rate: 0.0,
+        devices: HashMap::new(),
+        actions: Mutex::new(Vec::new()),
+        gets: Mutex::new(Vec::new()),
+        posts: Mutex::new(Vec::new()),
+    };
+    let run_id = RunId::derive("t", "garbled", "m", "p");
+    for garbage in [
+        &b"{\"v\":1,"[..],
+        b"\xff\xfe",
+        b"[]",
+        b"{\"state\":\"exploded\"}",
+    ] {
+        store
+            .put(&run_key(&run_id), garbage.to_vec(), Put::Always)
+            .await
+            .unwrap();
+        let job = SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run_id.clone(),
+            attempt: 0,
+            prev: None,
+        };
+        let msg = Delivery::new("s-1", serde_json::to_string(&job).unwrap());
+        let cfg = SubmitConfig::from_env(&env(&[])).unwrap();
+        let out =
+            shared::stages::submit::handle(&cfg, &store, &queue, &defender, &clock, &msg).await;
+        match out {
+            Err(StageError::Reject { code, reason }) => {
+                assert_eq!(code, "unreadable_run");
+                assert!(reason.contains(&run_key(&run_id)), "{reason}");
+            }
+            other => panic!("{garbage:?}: {other:?}"),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::ports::Queue;
 use crate::ports::{ObjectStore, QueueError, StoreError};
 use crate::store::{
     Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
-    finish_run_if_complete, load_command, load_run, put_command, update_record, update_run,
+    finish_run_if_complete, load_command, put_command, update_record, update_run,
 };
 
 /// What a stage did with a message, for the one log line per message and the metrics.
@@ -82,12 +82,19 @@ pub(crate) async fn open<J: Job, S: ObjectStore>(
         reason,
     })?;
     let run_id = job.run_id().clone();
-    let Some((run, _)) = load_run(store, &run_id).await? else {
+    let key = crate::store::run_key(&run_id);
+    let Some(stored) = store.get(&key).await? else {
         return Err(StageError::Reject {
             code: "unknown_run",
             reason: format!("run {run_id} has no record"),
         });
     };
+    // A record that cannot be read will not become readable by retrying: the message goes to the
+    // dead-letter queue at once, with the reason, for an operator to repair the record and re-drive.
+    let run: RunRecord = serde_json::from_slice(&stored.body).map_err(|e| StageError::Reject {
+        code: "unreadable_run",
+        reason: format!("{key} is not a valid run record: {e}"),
+    })?;
     Ok((job, run_id, run))
 }
 
