@@ -44,10 +44,15 @@ const MINUTE: Duration = Duration::from_secs(60);
 struct Kill {
     countdown: AtomicI64,
     tripped: tokio::sync::Notify,
+    /// While two handlers run at once, each S3 or SQS operation lets the other go first.
+    interleave: std::sync::atomic::AtomicBool,
 }
 
 impl Kill {
     async fn point(&self) {
+        if self.interleave.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
         if self.countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.tripped.notify_one();
             std::future::pending::<()>().await;
@@ -485,6 +490,7 @@ struct Message {
 /// The outcome of one schedule, for the summary line.
 #[derive(Default, Debug)]
 struct Tally {
+    concurrent: u64,
     deliveries: u64,
     kills: u64,
     duplicates: u64,
@@ -502,6 +508,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let fault_rate = [0.0, 0.05, 0.15, 0.3][rng.below(4) as usize];
     let kill_rate = [0.0, 0.05, 0.2][rng.below(3) as usize];
     let dup_rate = [0.0, 0.1, 0.3][rng.below(3) as usize];
+    let concurrency = [0.0, 0.1, 0.3][rng.below(3) as usize];
     let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
     let clock = ManualClock::at(t0);
     let store = MemStore::default();
@@ -509,6 +516,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let kill = Kill {
         countdown: AtomicI64::new(0),
         tripped: tokio::sync::Notify::new(),
+        interleave: std::sync::atomic::AtomicBool::new(false),
     };
     let mut devices = HashMap::new();
     let mut alerts = Vec::new();
@@ -641,44 +649,90 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         let last_chance = pool[pick].receives >= MAX_RECEIVES;
         let killed_at = (!last_chance && rng.chance(kill_rate)).then(|| 1 + rng.below(12) as i64);
         kill.arm(killed_at.unwrap_or(i64::MAX));
-        let handled = {
-            let fut = async {
-                match q.rsplit('/').next().unwrap_or_default() {
-                    "submit" => {
-                        shared::stages::submit::handle(
-                            &submit_cfg,
-                            &kstore,
-                            &kqueue,
-                            &defender,
-                            &clock,
-                            &msg,
-                        )
-                        .await
+        macro_rules! dispatch {
+            ($q:expr, $msg:expr) => {
+                async {
+                    match $q.rsplit('/').next().unwrap_or_default() {
+                        "submit" => {
+                            shared::stages::submit::handle(
+                                &submit_cfg,
+                                &kstore,
+                                &kqueue,
+                                &defender,
+                                &clock,
+                                $msg,
+                            )
+                            .await
+                        }
+                        "poll" => {
+                            shared::stages::poll::handle(
+                                &poll_cfg, &kstore, &kqueue, &defender, &clock, $msg,
+                            )
+                            .await
+                        }
+                        "collect" => {
+                            shared::stages::collect::handle(
+                                &collect_cfg,
+                                &kstore,
+                                &kqueue,
+                                &defender,
+                                &fetch,
+                                &clock,
+                                $msg,
+                            )
+                            .await
+                        }
+                        other => panic!("no stage for queue {other}"),
                     }
-                    "poll" => {
-                        shared::stages::poll::handle(
-                            &poll_cfg, &kstore, &kqueue, &defender, &clock, &msg,
-                        )
-                        .await
-                    }
-                    "collect" => {
-                        shared::stages::collect::handle(
-                            &collect_cfg,
-                            &kstore,
-                            &kqueue,
-                            &defender,
-                            &fetch,
-                            &clock,
-                            &msg,
-                        )
-                        .await
-                    }
-                    other => panic!("no stage for queue {other}"),
                 }
             };
-            tokio::select! {
-                r = fut => Some(r),
-                _ = kill.tripped.notified() => None,
+        }
+        // Sometimes a second handler runs at the same time, interleaved at every S3 and SQS
+        // operation: another visible message, or a second copy of the same one (SQS can hand a
+        // message to two consumers when its visibility lapses mid-handling).
+        let second = rng.chance(concurrency).then(|| {
+            if rng.chance(0.5) {
+                pick
+            } else {
+                visible[rng.below(visible.len() as u64) as usize]
+            }
+        });
+        let handled = match second {
+            None => {
+                tokio::select! {
+                    r = dispatch!(q, &msg) => Some(r),
+                    _ = kill.tripped.notified() => None,
+                }
+            }
+            Some(other) => {
+                tally.concurrent += 1;
+                let msg2 = Delivery::new(&pool[other].id, &pool[other].body);
+                let q2 = pool[other].queue.clone();
+                if other != pick {
+                    pool[other].receives += 1;
+                }
+                // No kills while two run at once (a tripped kill would hold the pair forever).
+                kill.arm(i64::MAX);
+                kill.interleave.store(true, Ordering::SeqCst);
+                let (r1, r2) = tokio::join!(dispatch!(q, &msg), dispatch!(q2, &msg2));
+                kill.interleave.store(false, Ordering::SeqCst);
+                match r2 {
+                    Err(StageError::Reject { code, reason }) => {
+                        return Err(format!("a stage message was refused ({code}): {reason}"));
+                    }
+                    Err(StageError::Retry(why)) if other != pick => {
+                        pool[other].last_failure = why;
+                        pool[other].visible_at = clock.now() + time::Duration::seconds(30);
+                    }
+                    Ok(_) if other != pick => {
+                        pool[other].last_failure.clear();
+                        // Handled: deleted (swap_remove below keeps indices of others stable
+                        // only for `pick`, so mark it visible far later and drop it there).
+                        pool[other].receives = u32::MAX;
+                    }
+                    _ => {}
+                }
+                Some(r1)
             }
         };
         kill.arm(i64::MAX);
@@ -716,6 +770,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             }
             pool.swap_remove(pick);
         }
+        pool.retain(|m| m.receives != u32::MAX);
     }
 
     // Invariants.
@@ -736,6 +791,14 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             ));
         }
         for c in &manifest.commands {
+            let rec: shared::store::CommandRecord =
+                read(&store, &shared::store::command_key(run_id, c.index)).await?;
+            if rec.outcome != c.outcome || rec.sha256 != c.sha256 {
+                return Err(format!(
+                    "run {run_id}: command {} is {:?} in the manifest but {:?} in its record",
+                    c.index, c.outcome, rec.outcome
+                ));
+            }
             if c.outcome == CommandOutcome::Collecting {
                 return Err(format!(
                     "run {run_id}: command {} still collecting",
@@ -753,6 +816,19 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                 if Some(hex::encode(Sha256::digest(&body))) != c.sha256 {
                     return Err(format!("{key} does not match its recorded SHA-256"));
                 }
+            }
+        }
+        for key in store
+            .list(&format!("runs/{run_id}/evidence/"))
+            .await
+            .unwrap()
+        {
+            if !manifest
+                .commands
+                .iter()
+                .any(|c| c.s3_key.as_deref() == Some(key.as_str()))
+            {
+                return Err(format!("{key} is evidence the manifest does not list"));
             }
         }
         let tag = run_id.comment_tag();
@@ -821,6 +897,7 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
                 total.deliveries += t.deliveries;
                 total.kills += t.kills;
                 total.duplicates += t.duplicates;
+                total.concurrent += t.concurrent;
                 total.dead_lettered += t.dead_lettered;
                 for (o, c) in t.outcomes {
                     *total.outcomes.entry(o).or_default() += c;
@@ -830,11 +907,12 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
         }
     }
     println!(
-        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries; {:?}",
+        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries, {} concurrent pairs; {:?}",
         started.elapsed().as_secs_f64(),
         total.deliveries,
         total.kills,
         total.duplicates,
+        total.concurrent,
         total.outcomes
     );
 }

@@ -23,7 +23,7 @@ use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError, Upload};
 use crate::store::{
     Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
-    finish_run_if_complete, load_command, put_command,
+    finish_run_if_complete, load_command, update_record,
 };
 
 /// S3 allows at most 10,000 parts.
@@ -170,6 +170,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             }
             record_failure(
                 store,
+                &msg.id,
                 &run,
                 &job,
                 command.kind,
@@ -184,6 +185,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
         record_failure(
             store,
+            &msg.id,
             &run,
             &job,
             command.kind,
@@ -238,7 +240,16 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 reason: None,
                 chain: ended_chain(now),
             };
-            put_command(store, &run_id, &rec).await?;
+            if !finish_command(store, &run_id, &msg.id, &rec).await? {
+                return Ok(Done::new(
+                    &run_id,
+                    "duplicate",
+                    format!(
+                        "a concurrent copy of this job finished command {}",
+                        job.index
+                    ),
+                ));
+            }
             // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
             // lifecycle rule removes staging objects a crash leaves here).
             cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
@@ -269,6 +280,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             if job.attempt + 1 >= cfg.max_attempts {
                 record_failure(
                     store,
+                    &msg.id,
                     &run,
                     &job,
                     command.kind,
@@ -362,14 +374,13 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
 
 async fn record_failure<S: ObjectStore>(
     store: &S,
+    me: &str,
     run: &RunRecord,
     job: &CollectJob,
     kind: CommandType,
     reason: String,
     now: OffsetDateTime,
 ) -> Result<(), StageError> {
-    // An unfinished copy of this command is abandoned with it.
-    discard_checkpoint(store, &run.run_id, job.index).await?;
     let command =
         run.commands
             .get(job.index as usize)
@@ -404,9 +415,34 @@ async fn record_failure<S: ObjectStore>(
         reason: Some(reason),
         chain: ended_chain(now),
     };
-    put_command(store, &run.run_id, &rec).await?;
+    if finish_command(store, &run.run_id, me, &rec).await? {
+        // An unfinished copy of this command is abandoned with it.
+        discard_checkpoint(store, &run.run_id, job.index).await?;
+    }
     finish_run_if_complete(store, &run.run_id).await?;
     Ok(())
+}
+
+/// Writes a command's final record if it is still waiting for its copy and `me` holds it. False
+/// when a concurrent copy of the same message finished it first: the first final record stands,
+/// and the manifest agrees with it.
+async fn finish_command<S: ObjectStore>(
+    store: &S,
+    run: &crate::ids::RunId,
+    me: &str,
+    rec: &CommandRecord,
+) -> Result<bool, StoreError> {
+    let mut wrote = false;
+    update_record::<_, CommandRecord, _>(store, &command_key(run, rec.index), |r| {
+        let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+        wrote = r.outcome == CommandOutcome::Collecting && holds;
+        if wrote {
+            *r = rec.clone();
+        }
+        wrote
+    })
+    .await?;
+    Ok(wrote)
 }
 
 enum CopyError {

@@ -14,7 +14,7 @@ use crate::ports::Queue;
 use crate::ports::{ObjectStore, QueueError, StoreError};
 use crate::store::{
     Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
-    finish_run_if_complete, load_command, put_command, update_record, update_run,
+    create_command, finish_run_if_complete, update_record, update_run,
 };
 
 /// What a stage did with a message, for the one log line per message and the metrics.
@@ -134,14 +134,11 @@ pub(crate) async fn end_run<S: ObjectStore>(
     let why = run.reason.clone().unwrap_or_else(|| reason.to_string());
     for (index, command) in run.commands.iter().enumerate() {
         let index = index as u32;
-        let done = load_command(store, run_id, index)
-            .await?
-            .is_some_and(|c| c.outcome != CommandOutcome::Collecting);
-        if !done {
-            let kind = run.unfinished.unwrap_or(unfinished);
-            let rec = CommandRecord::unfinished(index, command.clone(), kind, &why, now);
-            put_command(store, run_id, &rec).await?;
-        }
+        // Only missing records are written: a command poll already handed to collect (a finalize
+        // that crashed before marking the run) keeps its record, and collect finishes it.
+        let kind = run.unfinished.unwrap_or(unfinished);
+        let rec = CommandRecord::unfinished(index, command.clone(), kind, &why, now);
+        create_command(store, run_id, &rec).await?;
     }
     budget::release_session(store, budget_cfg, clock, run_id).await?;
     finish_run_if_complete(store, run_id).await?;

@@ -124,7 +124,23 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             Paced::Ran(cancel) => cancel,
         };
         return match cancel {
-            Ok(cancelled) => step.finalize(&run, &cancelled, true).await,
+            // A reply that is final and lists every command is the record; otherwise the next
+            // poll reads the action again (a reply without commands never shrinks the manifest).
+            Ok(cancelled)
+                if cancelled.status.is_final()
+                    && cancelled.commands.len() == run.commands.len() =>
+            {
+                step.finalize(&run, &cancelled, true).await
+            }
+            Ok(_) => {
+                step.again(job.polls + 1, job.cancels, Duration::from_secs(1))
+                    .await?;
+                Ok(Done::new(
+                    &run_id,
+                    "cancelled",
+                    "cancel accepted; reading the action again",
+                ))
+            }
             Err(e) if job.cancels + 1 >= MAX_CANCELS => {
                 let reason = format!(
                     "the run's deadline passed and Defender refused the cancel {} times (last: {e}); the action may still be running",
@@ -353,8 +369,10 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             r.requestor = action.requestor.clone().or(r.requestor.take());
             r.cancelled_by_pipeline |= cancelled_by_us;
             r.outcome = Some(outcome);
-            // What Defender ran is the record, whatever was asked.
-            r.commands = action.commands.iter().map(|c| c.command.clone()).collect();
+            // What Defender ran is the record, whatever was asked (never a shorter list).
+            if action.commands.len() >= r.commands.len() {
+                r.commands = action.commands.iter().map(|c| c.command.clone()).collect();
+            }
             if r.reason.is_none() {
                 r.reason = reason.clone();
             }

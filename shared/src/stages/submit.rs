@@ -30,8 +30,13 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let acts =
-        |_: &SubmitJob, r: &RunRecord| matches!(r.state, RunState::Received | RunState::Submitting);
+    let me = msg.id.as_str();
+    let acts = |_: &SubmitJob, r: &RunRecord| match r.state {
+        RunState::Received | RunState::Submitting => true,
+        // Recorded as submitted by this message, which died before handing over to poll.
+        RunState::Submitted => r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me),
+        _ => false,
+    };
     let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
         Ok(opened) => opened,
         Err(done) => return Ok(done),
@@ -45,6 +50,11 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         msg,
         job: &job,
     };
+
+    if run.state == RunState::Submitted {
+        step.hand_to_poll(&run).await?;
+        return Ok(Done::new(&run_id, "submitted", "handed over to poll again"));
+    }
 
     // An earlier attempt may have reached Defender before its answer was lost: look first, and
     // before the deadline check, so that a live action is never left uncollected.
@@ -106,14 +116,38 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         commands: run.commands.clone(),
         comment: run.comment.clone(),
     };
+    // The write before the POST checks that this message still holds a run that is not yet
+    // submitted: a concurrent copy of the message (SQS can hand one message to two consumers) that
+    // lost the race neither rewinds the run nor posts.
+    let first_post = std::sync::atomic::AtomicBool::new(false);
     let answer = budget::submission_call(store, &cfg.budget, clock, &run_id, || async {
-        update_run(store, &run_id, |r| {
+        let mut mine = false;
+        let stored = update_run(store, &run_id, |r| {
+            let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+            mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
+            if !mine {
+                return false;
+            }
+            first_post.store(r.submit_attempts == 0, std::sync::atomic::Ordering::SeqCst);
             r.state = RunState::Submitting;
             r.submit_attempts += 1;
             true
         })
         .await?;
-        Ok::<_, StoreError>(defender.run_live_response(&run.machine_id, &request).await)
+        if !mine {
+            // The grant may have taken a session for a run whose action already ended: give it
+            // back (a submitted run's live action keeps its session).
+            if !matches!(
+                stored.state,
+                RunState::Received | RunState::Submitting | RunState::Submitted
+            ) {
+                budget::release_session(store, &cfg.budget, clock, &run_id).await?;
+            }
+            return Ok::<_, StoreError>(None);
+        }
+        Ok(Some(
+            defender.run_live_response(&run.machine_id, &request).await,
+        ))
     })
     .await?;
     let answer = match answer {
@@ -124,8 +158,18 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             }
             return step.pace(wait).await;
         }
-        Paced::Ran(answer) => answer?,
+        Paced::Ran(answer) => match answer? {
+            Some(answer) => answer,
+            None => {
+                return Ok(Done::new(
+                    &run_id,
+                    "duplicate",
+                    "another copy of this message moved the run on",
+                ));
+            }
+        },
     };
+    let first_post = first_post.load(std::sync::atomic::Ordering::SeqCst);
     match answer {
         Ok(action) => {
             step.submitted(&run, &action).await?;
@@ -145,9 +189,11 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             // Refused outright (throttled, device busy): this POST took no session. Give the
             // session back only if no earlier POST of this run can have reached Defender: a
             // session that a live action holds is never released.
-            let first_post = run.submit_attempts == 0;
-            let refused = matches!(e, DefenderError::RateLimited { .. })
-                || matches!(e, DefenderError::DeviceBusy { .. }) && first_post;
+            let refused = first_post
+                && matches!(
+                    e,
+                    DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
+                );
             if refused {
                 budget::release_session(store, &cfg.budget, clock, &run_id).await?;
             }
@@ -223,7 +269,13 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
     ) -> Result<Done, StageError> {
         let run_id = &self.job.run_id;
         let attempt = self.job.attempt + 1;
-        if attempt >= MAX_ATTEMPTS {
+        // A busy device or a throttled tenant is waited out until the deadline; only failures
+        // count against the attempts.
+        let waiting = matches!(
+            err,
+            DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
+        );
+        if attempt >= MAX_ATTEMPTS && !waiting {
             end_run(
                 self.store,
                 &self.cfg.budget,
@@ -257,13 +309,50 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
         ))
     }
 
-    /// Records the action and hands the run's chain to its first poll job, in one write.
+    /// Records the action (only while this message holds the run and it is not yet submitted),
+    /// then hands the run's chain to its first poll job. The record comes first, so that the poll
+    /// job finds the run submitted however soon it arrives.
     async fn submitted(&self, run: &RunRecord, action: &MachineAction) -> Result<(), StageError> {
         let now = self.clock.now();
+        let me = self.msg.id.as_str();
+        let mut mine = false;
+        let rec = update_run(self.store, &run.run_id, |r| {
+            let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+            mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
+            if !mine {
+                return false;
+            }
+            r.state = RunState::Submitted;
+            r.action_id = Some(action.id.clone());
+            r.action_status = Some(action.status.clone());
+            r.submitted_at.get_or_insert(now);
+            r.computer_dns_name = action
+                .computer_dns_name
+                .clone()
+                .or(r.computer_dns_name.take());
+            r.requestor = action.requestor.clone().or(r.requestor.take());
+            r.action_created = action.creation_date_time_utc.clone();
+            true
+        })
+        .await?;
+        if mine {
+            self.hand_to_poll(&rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a submitted run's chain to its first poll job.
+    async fn hand_to_poll(&self, run: &RunRecord) -> Result<(), StageError> {
+        let Some(action_id) = run.action_id.clone() else {
+            return Err(StageError::Retry(format!(
+                "run {} is submitted without an action id",
+                run.run_id
+            )));
+        };
         let job = PollJob {
             v: MESSAGE_VERSION,
             run_id: run.run_id.clone(),
-            action_id: action.id.clone(),
+            action_id,
             polls: 0,
             cancels: 0,
             prev: None,
@@ -276,18 +365,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             &self.msg.id,
             &self.cfg.poll_queue_url,
             (job, self.cfg.first_poll_delay),
-            |r| {
-                r.state = RunState::Submitted;
-                r.action_id = Some(action.id.clone());
-                r.action_status = Some(action.status.clone());
-                r.submitted_at.get_or_insert(now);
-                r.computer_dns_name = action
-                    .computer_dns_name
-                    .clone()
-                    .or(r.computer_dns_name.take());
-                r.requestor = action.requestor.clone().or(r.requestor.take());
-                r.action_created = action.creation_date_time_utc.clone();
-            },
+            |_| {},
         )
         .await?;
         Ok(())
