@@ -690,13 +690,18 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         // Sometimes a second handler runs at the same time, interleaved at every S3 and SQS
         // operation: another visible message, or a second copy of the same one (SQS can hand a
         // message to two consumers when its visibility lapses mid-handling).
+        // Not for collect: its visibility timeout (5400 s) outlasts its function timeout (900 s),
+        // so a copy of a collect job only comes after the first one finished or died. (Two copies
+        // copying at once would each publish; the first final record stands, but if that one is a
+        // failure the other's object is not in the manifest: see the README's limits.)
         let second = rng.chance(concurrency).then(|| {
-            if rng.chance(0.5) {
+            if rng.chance(0.5) && !q.ends_with("/collect") {
                 pick
             } else {
                 visible[rng.below(visible.len() as u64) as usize]
             }
         });
+        let second = second.filter(|o| *o != pick || !q.ends_with("/collect"));
         let handled = match second {
             None => {
                 tokio::select! {
