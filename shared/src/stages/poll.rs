@@ -240,7 +240,22 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
         mut reason: String,
         cancel: bool,
     ) -> Result<Done, StageError> {
-        if cancel {
+        // A finalize that was interrupted after recording the commands saw the action end: its
+        // commands waiting for a copy are handed to collect (again; duplicates are dropped there)
+        // and no cancel is needed.
+        let mut finalized = false;
+        for index in 0..run.commands.len() as u32 {
+            let Some(rec) = load_command(self.store, &run.run_id, index).await? else {
+                continue;
+            };
+            finalized = true;
+            if rec.outcome == CommandOutcome::Collecting {
+                self.send_collect(index).await?;
+            }
+        }
+        if finalized {
+            reason.push_str("; the action had ended and its results are collected");
+        } else if cancel {
             let comment = format!(
                 "{}: the pipeline lost sight of this action and cancelled it",
                 run.run_id.comment_tag()
@@ -266,6 +281,23 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
         )
         .await?;
         Ok(Done::new(&run.run_id, "gave_up", reason))
+    }
+
+    /// Sends the collect job for one command of this poll job's action.
+    async fn send_collect(&self, index: u32) -> Result<(), StageError> {
+        let job = CollectJob {
+            v: MESSAGE_VERSION,
+            run_id: self.job.run_id.clone(),
+            action_id: self.job.action_id.clone(),
+            index,
+            attempt: 0,
+            link_errors: 0,
+            prev: None,
+        };
+        self.queue
+            .send(&self.cfg.collect_queue_url, &encode(&job), Duration::ZERO)
+            .await?;
+        Ok(())
     }
 
     /// Records every command's outcome (first record wins: a redelivered poll never overwrites
@@ -325,18 +357,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             }
         }
         for index in &to_collect {
-            let job = CollectJob {
-                v: MESSAGE_VERSION,
-                run_id: run.run_id.clone(),
-                action_id: action.id.clone(),
-                index: *index,
-                attempt: 0,
-                link_errors: 0,
-                prev: None,
-            };
-            self.queue
-                .send(&self.cfg.collect_queue_url, &encode(&job), Duration::ZERO)
-                .await?;
+            self.send_collect(*index).await?;
         }
         let outcome = match (&action.status, cancelled_by_us) {
             (_, true) | (ActionStatus::TimeOut, _) => RunOutcome::TimedOut,
