@@ -7,9 +7,7 @@ use shared::config::{Backoff, CollectConfig};
 use shared::defender::{Command, CommandStatus, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
 use shared::ports::{HttpFetch, ObjectStore, Put};
-use shared::store::{
-    CommandOutcome, CommandRecord, RECORD_VERSION, evidence_key, load_command, run_key,
-};
+use shared::store::{CommandOutcome, evidence_key, load_command, run_key};
 use tests::fakes::{MemQueue, MemStore};
 use tests::*;
 
@@ -54,28 +52,7 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
         )
         .await
         .unwrap();
-    let pending = CommandRecord {
-        v: RECORD_VERSION,
-        index: 0,
-        kind: commands[0].kind,
-        command: commands[0].clone(),
-        outcome: CommandOutcome::Collecting,
-        command_status: Some("Completed".into()),
-        errors: vec![],
-        start_time: None,
-        end_time: None,
-        s3_key: None,
-        size: None,
-        sha256: None,
-        sha256_decompressed: None,
-        size_decompressed: None,
-        exit_code: None,
-        output_excerpt: None,
-        errors_excerpt: None,
-        recorded_at: None,
-        reason: None,
-        chain: Default::default(),
-    };
+    let pending = tests::collecting_command(0, commands[0].clone());
     shared::store::put_command(&store, &run_id, &pending)
         .await
         .unwrap();

@@ -393,28 +393,16 @@ async fn record_failure<S: ObjectStore>(
         .await?
         .map(|r| (r.start_time, r.end_time))
         .unwrap_or_default();
-    let rec = CommandRecord {
-        v: RECORD_VERSION,
-        index: job.index,
-        kind,
+    let mut rec = CommandRecord::unfinished(
+        job.index,
         command,
-        outcome: CommandOutcome::CollectFailed,
-        command_status: Some("Completed".into()),
-        errors: vec![],
-        start_time,
-        end_time,
-        s3_key: None,
-        size: None,
-        sha256: None,
-        sha256_decompressed: None,
-        size_decompressed: None,
-        exit_code: None,
-        output_excerpt: None,
-        errors_excerpt: None,
-        recorded_at: Some(now),
-        reason: Some(reason),
-        chain: ended_chain(now),
-    };
+        CommandOutcome::CollectFailed,
+        reason,
+        now,
+    );
+    rec.command_status = Some("Completed".into());
+    (rec.start_time, rec.end_time) = (start_time, end_time);
+    rec.chain = ended_chain(now);
     if finish_command(store, &run.run_id, me, &rec).await? {
         // An unfinished copy of this command is abandoned with it.
         discard_checkpoint(store, &run.run_id, job.index).await?;
