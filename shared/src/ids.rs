@@ -53,7 +53,11 @@ impl<'de> Deserialize<'de> for RunId {
     }
 }
 
-/// An alert's id in its source system: 1 to 128 of `A-Z a-z 0-9 _ - . :`.
+/// Words the pipeline writes into a live response's comment.
+const COMMENT_KEYWORDS: [&str; 3] = ["lr-run:", "alert:", "playbook:"];
+
+/// An alert's id in its source system: 1 to 128 of `A-Z a-z 0-9 _ - . :`, without the pipeline's
+/// comment keywords.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct AlertId(String);
@@ -63,14 +67,21 @@ impl AlertId {
         let ok = (1..=128).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
+        if !ok {
+            return Err(format!(
                 "alert id must be 1-128 characters of A-Z a-z 0-9 _ - . :, got {:?}",
                 s.chars().take(40).collect::<String>()
-            ))
+            ));
         }
+        // The requestor comment is `lr-run:<run> alert:<id> playbook:<name>`: an id carrying one of
+        // the pipeline's own keywords could pass for another run's tag.
+        let lower = s.to_ascii_lowercase();
+        if let Some(word) = COMMENT_KEYWORDS.iter().find(|k| lower.contains(*k)) {
+            return Err(format!(
+                "alert id must not contain the pipeline's comment keyword {word:?}"
+            ));
+        }
+        Ok(Self(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -110,6 +121,15 @@ mod tests {
     fn alert_ids_refuse_path_and_url_tricks() {
         assert!(AlertId::parse("da637471012345678901_-1234567890").is_ok());
         assert!(AlertId::parse("ALERT-2026:11.24").is_ok());
+        for smuggled in [
+            "x-lr-run:0123abcd",
+            "LR-RUN:ab",
+            "alert:1",
+            "a.playbook:triage",
+        ] {
+            let e = AlertId::parse(smuggled).unwrap_err();
+            assert!(e.contains("keyword"), "{smuggled}: {e}");
+        }
         for bad in [
             "",
             "a/b",

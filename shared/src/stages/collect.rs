@@ -52,6 +52,7 @@ pub fn check_link(url: &str, allowed_hosts: &[String], now: OffsetDateTime) -> R
     if !u.username().is_empty() || u.password().is_some() {
         return Err(format!("the result link to {host} carries credentials"));
     }
+
     let allowed = allowed_hosts.iter().any(|a| match a.strip_prefix('.') {
         Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
         None => host == *a,
@@ -69,6 +70,15 @@ pub fn check_link(url: &str, allowed_hosts: &[String], now: OffsetDateTime) -> R
         "https" => {}
         "http" if loopback => {}
         s => return Err(format!("the result link uses {s}; only https is followed")),
+    }
+    // Only the default port (an allowed host on another port reaches whatever listens there);
+    // a loopback host, which is how the local simulator serves, may name its port.
+    if let Some(port) = u.port()
+        && !loopback
+    {
+        return Err(format!(
+            "the result link to {host} names port {port}; only the default port is followed"
+        ));
     }
     let se = u
         .query_pairs()
@@ -1081,6 +1091,10 @@ mod tests {
                 "not a time",
             ),
             ("file:///etc/passwd", "not an allowed"),
+            (
+                "https://acct.blob.core.windows.net:6379/x?se=2026-01-01T00%3A30%3A00Z",
+                "port 6379",
+            ),
             (
                 "http://localhost:80/x?se=2026-01-01T00%3A30%3A00Z",
                 "not an allowed",
