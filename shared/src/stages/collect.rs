@@ -143,78 +143,91 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         job: &job,
     };
 
-    let link = budget::get_call(store, &cfg.budget, clock, || {
-        defender.result_download_link(&job.action_id, job.index)
-    })
-    .await?;
-    let link = match link {
-        Paced::Wait(wait) => {
-            step.again(
-                job.attempt,
-                job.link_errors,
-                wait.max(Duration::from_secs(1)),
-            )
-            .await?;
-            return Ok(Done::new(
-                &run_id,
-                "paced",
-                format!("GET budget full; again in {}s", wait.as_secs()),
-            ));
-        }
-        Paced::Ran(link) => link,
+    // A copy whose upload completed before a crash needs no link: only publishing is left.
+    let ck_key = checkpoint_key(&run_id, job.index);
+    let finished = match load_checkpoint(store, &ck_key, &run_id, job.index).await? {
+        Some(Saved::Usable(ck)) if ck.completed.is_some() => Some(*ck),
+        _ => None,
     };
-    let link = match link {
-        Ok(l) => l,
-        Err(e) => {
-            if let Next::RetryAfter(after) = e.next()
-                && job.link_errors + 1 < MAX_LINK_ERRORS
-            {
-                // Asking for the link is not the copy failing: its own count grows instead.
-                let delay = after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, jitter()));
-                step.again(job.attempt, job.link_errors + 1, delay).await?;
-                return Ok(Done::new(
-                    &run_id,
-                    "throttled",
-                    format!("{e}; again in {}s", delay.as_secs()),
-                ));
+    let result = match finished {
+        Some(ck) => publish(store, &run, &job, command.kind, &ck).await,
+        None => {
+            let link = budget::get_call(store, &cfg.budget, clock, || {
+                defender.result_download_link(&job.action_id, job.index)
+            })
+            .await?;
+            let link = match link {
+                Paced::Wait(wait) => {
+                    step.again(
+                        job.attempt,
+                        job.link_errors,
+                        wait.max(Duration::from_secs(1)),
+                    )
+                    .await?;
+                    return Ok(Done::new(
+                        &run_id,
+                        "paced",
+                        format!("GET budget full; again in {}s", wait.as_secs()),
+                    ));
+                }
+                Paced::Ran(link) => link,
+            };
+            let link = match link {
+                Ok(l) => l,
+                Err(e) => {
+                    if let Next::RetryAfter(after) = e.next()
+                        && job.link_errors + 1 < MAX_LINK_ERRORS
+                    {
+                        // Asking for the link is not the copy failing: its own count grows instead.
+                        let delay =
+                            after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, jitter()));
+                        step.again(job.attempt, job.link_errors + 1, delay).await?;
+                        return Ok(Done::new(
+                            &run_id,
+                            "throttled",
+                            format!("{e}; again in {}s", delay.as_secs()),
+                        ));
+                    }
+                    record_failure(
+                        store,
+                        &msg.id,
+                        &run,
+                        &job,
+                        command.kind,
+                        format!("no result link: {e}"),
+                        now,
+                    )
+                    .await?;
+                    return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
+                }
+            };
+            if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
+                tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
+                record_failure(
+                    store,
+                    &msg.id,
+                    &run,
+                    &job,
+                    command.kind,
+                    format!("link refused: {reason}"),
+                    now,
+                )
+                .await?;
+                return Ok(Done::new(&run_id, "link_refused", reason));
             }
-            record_failure(
+
+            let source = Source {
                 store,
-                &msg.id,
-                &run,
-                &job,
-                command.kind,
-                format!("no result link: {e}"),
-                now,
-            )
-            .await?;
-            return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
+                defender,
+                fetch,
+                cfg,
+                clock,
+                job: &job,
+            };
+            copy(store, &source, &run, command.kind, &link, deadline).await
         }
     };
-    if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
-        tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
-        record_failure(
-            store,
-            &msg.id,
-            &run,
-            &job,
-            command.kind,
-            format!("link refused: {reason}"),
-            now,
-        )
-        .await?;
-        return Ok(Done::new(&run_id, "link_refused", reason));
-    }
-
-    let source = Source {
-        store,
-        defender,
-        fetch,
-        cfg,
-        clock,
-        job: &job,
-    };
-    match copy(store, &source, &run, command.kind, &link, deadline).await {
+    match result {
         Ok(CopyResult::Paused { offset }) => {
             step.again(job.attempt, job.link_errors, Duration::ZERO)
                 .await?;
