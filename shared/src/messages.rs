@@ -79,6 +79,10 @@ pub trait Job: serde::de::DeserializeOwned + Serialize {
     fn run_id(&self) -> &RunId;
     fn prev(&self) -> Option<&str>;
     fn set_prev(&mut self, prev: &str);
+    /// The Defender action the job is about, which must be the run's own (poll and collect jobs).
+    fn action_id(&self) -> Option<&ActionId> {
+        None
+    }
 }
 
 impl Job for SubmitJob {
@@ -97,6 +101,9 @@ impl Job for PollJob {
     fn run_id(&self) -> &RunId {
         &self.run_id
     }
+    fn action_id(&self) -> Option<&ActionId> {
+        Some(&self.action_id)
+    }
     fn prev(&self) -> Option<&str> {
         self.prev.as_deref()
     }
@@ -108,6 +115,9 @@ impl Job for PollJob {
 impl Job for CollectJob {
     fn run_id(&self) -> &RunId {
         &self.run_id
+    }
+    fn action_id(&self) -> Option<&ActionId> {
+        Some(&self.action_id)
     }
     fn prev(&self) -> Option<&str> {
         self.prev.as_deref()

@@ -95,8 +95,39 @@ pub(crate) async fn open<J: Job, S: ObjectStore>(
         code: "unreadable_run",
         reason: format!("{key} is not a valid run record: {e}"),
     })?;
+    // A job may only act on its run's own action: a forged or stale job naming another action
+    // would otherwise poll, cancel or copy that action's results into this run.
+    if let Some(named) = job.action_id()
+        && run.action_id.as_ref() != Some(named)
+    {
+        return Err(StageError::Reject {
+            code: "action_mismatch",
+            reason: format!(
+                "the job names action {named}, but run {run_id} {}",
+                match &run.action_id {
+                    Some(own) => format!("is action {own}"),
+                    None => "has no action yet".to_string(),
+                }
+            ),
+        });
+    }
     Ok((job, run_id, run))
 }
+
+/// How a run ends when its results will not be collected, and from which states.
+pub(crate) struct Ending<'a> {
+    pub outcome: RunOutcome,
+    pub reason: &'a str,
+    /// The outcome of every command without a final record.
+    pub unfinished: CommandOutcome,
+    /// The states the caller may end the run from; in any other the run is left as it is.
+    pub from: &'static [RunState],
+}
+
+/// Submit ends runs only before Defender accepted them.
+pub(crate) const BEFORE_SUBMISSION: &[RunState] = &[RunState::Received, RunState::Submitting];
+/// Poll ends runs only while their action is out.
+pub(crate) const WHILE_SUBMITTED: &[RunState] = &[RunState::Submitted];
 
 /// Ends a run whose results will not be collected (refused, never submitted, its action lost or
 /// not cancellable): the run is marked Failed with `outcome` and `reason` (the first reason
@@ -108,15 +139,18 @@ pub(crate) async fn end_run<S: ObjectStore>(
     budget_cfg: &BudgetConfig,
     clock: &dyn Clock,
     run_id: &RunId,
-    outcome: RunOutcome,
-    reason: &str,
-    unfinished: CommandOutcome,
+    ending: Ending<'_>,
 ) -> Result<RunRecord, StageError> {
+    let Ending {
+        outcome,
+        reason,
+        unfinished,
+        from,
+    } = ending;
     let run = update_run(store, run_id, |r| {
-        if !matches!(
-            r.state,
-            RunState::Received | RunState::Submitting | RunState::Submitted
-        ) {
+        // Decided inside the write: a copy of the message that read the run before another
+        // copy moved it on (a 201 recorded meanwhile) must not end it.
+        if !from.contains(&r.state) {
             return false;
         }
         r.chain.end(clock.now());
@@ -270,9 +304,12 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
                 budget_cfg,
                 clock,
                 &run.run_id,
-                run.outcome.unwrap_or(RunOutcome::Failed),
-                run.reason.as_deref().unwrap_or("ended"),
-                run.unfinished.unwrap_or(CommandOutcome::Unknown),
+                Ending {
+                    outcome: run.outcome.unwrap_or(RunOutcome::Failed),
+                    reason: run.reason.as_deref().unwrap_or("ended"),
+                    unfinished: run.unfinished.unwrap_or(CommandOutcome::Unknown),
+                    from: &[],
+                },
             )
             .await?;
         }

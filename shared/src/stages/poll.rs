@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{Done, StageError, end_run, jitter};
+use super::{Done, Ending, StageError, WHILE_SUBMITTED, end_run, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::PollConfig;
@@ -50,9 +50,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let acts = |job: &PollJob, r: &RunRecord| {
-        r.state == RunState::Submitted && r.action_id.as_ref() == Some(&job.action_id)
-    };
+    // `open` has checked that the job names the run's own action.
+    let acts = |_: &PollJob, r: &RunRecord| r.state == RunState::Submitted;
     let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
         Ok(opened) => opened,
         Err(done) => return Ok(done),
@@ -275,9 +274,12 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             &self.cfg.budget,
             self.clock,
             &run.run_id,
-            outcome,
-            &reason,
-            CommandOutcome::Unknown,
+            Ending {
+                outcome,
+                reason: &reason,
+                unfinished: CommandOutcome::Unknown,
+                from: WHILE_SUBMITTED,
+            },
         )
         .await?;
         Ok(Done::new(&run.run_id, "gave_up", reason))

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Done, StageError, end_run, hand_off, jitter};
+use super::{BEFORE_SUBMISSION, Done, Ending, StageError, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::config::SubmitConfig;
@@ -103,9 +103,12 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             &cfg.budget,
             clock,
             &run_id,
-            RunOutcome::TimedOut,
-            "the deadline passed before Defender accepted the live response",
-            CommandOutcome::NotRun,
+            Ending {
+                outcome: RunOutcome::TimedOut,
+                reason: "the deadline passed before Defender accepted the live response",
+                unfinished: CommandOutcome::NotRun,
+                from: BEFORE_SUBMISSION,
+            },
         )
         .await?;
         return Ok(Done::new(&run_id, "deadline", "never submitted"));
@@ -205,9 +208,12 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 &cfg.budget,
                 clock,
                 &run_id,
-                RunOutcome::Failed,
-                &format!("Defender refused the live response: {e}"),
-                CommandOutcome::NotRun,
+                Ending {
+                    outcome: RunOutcome::Failed,
+                    reason: &format!("Defender refused the live response: {e}"),
+                    unfinished: CommandOutcome::NotRun,
+                    from: BEFORE_SUBMISSION,
+                },
             )
             .await?;
             Ok(Done::new(&run_id, "refused", e.to_string()))
@@ -281,12 +287,15 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
                 &self.cfg.budget,
                 self.clock,
                 run_id,
-                RunOutcome::Failed,
-                &format!("gave up after {attempt} attempts; last, {doing}: {err}"),
-                if run.state == RunState::Submitting {
-                    CommandOutcome::Unknown
-                } else {
-                    CommandOutcome::NotRun
+                Ending {
+                    outcome: RunOutcome::Failed,
+                    reason: &format!("gave up after {attempt} attempts; last, {doing}: {err}"),
+                    unfinished: if run.state == RunState::Submitting {
+                        CommandOutcome::Unknown
+                    } else {
+                        CommandOutcome::NotRun
+                    },
+                    from: BEFORE_SUBMISSION,
                 },
             )
             .await?;

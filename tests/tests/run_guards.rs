@@ -1,0 +1,349 @@
+//! A job acts only on its own run: a poll or collect job naming another action is refused with
+//! its reason (issue 10, defect 6), and a copy of a submit message that read its run before
+//! another copy's submission was recorded does not end the submitted run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::budget::BudgetConfig;
+use shared::config::{Backoff, CollectConfig, PollConfig, SubmitConfig};
+use shared::defender::{
+    ActionFilter, ActionId, Command, DefenderError, DownloadLink, LiveResponseRequest,
+    MachineAction, MachineId,
+};
+use shared::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
+use shared::ports::{Defender, HttpFetch, ObjectStore, Put};
+use shared::stages::StageError;
+use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key, run_key};
+use tests::fakes::{MemQueue, MemStore};
+use tests::*;
+
+fn no_env() -> std::collections::HashMap<&'static str, &'static str> {
+    Default::default()
+}
+
+fn backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(1),
+    }
+}
+
+/// A live response on `machine` in the simulator, finished, with its result ready.
+async fn finished_action(
+    sim: &mde_sim::SimServer,
+    defender: &impl Defender,
+    machine: &MachineId,
+    commands: &[Command],
+    comment: &str,
+) -> ActionId {
+    let action = defender
+        .run_live_response(
+            machine,
+            &LiveResponseRequest {
+                commands: commands.to_vec(),
+                comment: comment.into(),
+            },
+        )
+        .await
+        .unwrap();
+    sim.advance(time::Duration::seconds(60));
+    action.id
+}
+
+async fn store_run(store: &MemStore, record: &shared::store::RunRecord) {
+    store
+        .put(
+            &run_key(&record.run_id),
+            serde_json::to_vec(record).unwrap(),
+            Put::Always,
+        )
+        .await
+        .unwrap();
+}
+
+/// Every call the simulator answered, on any endpoint.
+fn calls(sim: &mde_sim::SimServer) -> u64 {
+    sim.stats().calls.values().flat_map(|c| c.values()).sum()
+}
+
+fn rejected_code(result: Result<shared::stages::Done, StageError>) -> &'static str {
+    match result {
+        Err(StageError::Reject { code, .. }) => code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_collect_job_naming_another_action_is_refused_and_copies_nothing() {
+    let config = sim_config();
+    let sim = start_sim(config.clone()).await;
+    let defender = client(&sim, &config);
+    let commands = vec![Command::get_file(FILE)];
+    let victim = MachineId::parse(M1).unwrap();
+    let other = MachineId::parse(M2).unwrap();
+    let own = finished_action(&sim, &defender, &victim, &commands, "victim").await;
+    let foreign = finished_action(&sim, &defender, &other, &commands, "attacker").await;
+
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let run_id = run_id("native", "guarded-collect", M1, "malware-file");
+    store_run(
+        &store,
+        &collecting_run(&run_id, "guarded-collect", &victim, commands.clone(), &own),
+    )
+    .await;
+    shared::store::put_command(&store, &run_id, &collecting_command(0, commands[0].clone()))
+        .await
+        .unwrap();
+    let cfg = CollectConfig {
+        bucket: "b".into(),
+        budget: BudgetConfig::from_env(&no_env()).unwrap(),
+        collect_queue_url: "collect".into(),
+        dead_letter_queue_url: "dlq".into(),
+        allowed_hosts: vec!["127.0.0.1".into()],
+        part_size_min: 5 << 20,
+        max_attempts: 3,
+        retry: backoff(),
+        download_timeout: Duration::from_secs(30),
+        time_budget: Duration::from_secs(60),
+    };
+    let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
+    let job = |action: &ActionId, index: u32| {
+        Delivery::new(
+            format!("collect-{index}-{action}"),
+            encode(&CollectJob {
+                v: MESSAGE_VERSION,
+                run_id: run_id.clone(),
+                action_id: action.clone(),
+                index,
+                attempt: 0,
+                link_errors: 0,
+                prev: None,
+            }),
+        )
+    };
+    let clock = shared::clock::SystemClock;
+    let collect = |msg: Delivery| {
+        let (cfg, store, queue, defender, fetch, clock) =
+            (&cfg, &store, &queue, &defender, &fetch, &clock);
+        async move {
+            shared::stages::collect::handle(cfg, store, queue, defender, fetch, clock, &msg).await
+        }
+    };
+
+    let links_before = sim.stats().links_issued;
+    assert_eq!(
+        rejected_code(collect(job(&foreign, 0)).await),
+        "action_mismatch"
+    );
+    assert_eq!(
+        rejected_code(collect(job(&own, 7)).await),
+        "unknown_command"
+    );
+    assert_eq!(
+        sim.stats().links_issued,
+        links_before,
+        "no result link was asked for"
+    );
+    let keys = store.list("").await.unwrap();
+    assert!(
+        !keys.iter().any(|k| k.contains("evidence")),
+        "nothing was copied: {keys:?}"
+    );
+    let rec = load_command(&store, &run_id, 0).await.unwrap().unwrap();
+    assert_eq!(rec.outcome, CommandOutcome::Collecting, "the command waits");
+
+    // The run's own job still copies its own result.
+    let done = collect(job(&own, 0)).await.unwrap();
+    assert_eq!(done.outcome, "collected", "{}", done.detail);
+}
+
+#[tokio::test]
+async fn a_poll_job_naming_another_action_is_refused() {
+    let config = sim_config();
+    let sim = start_sim(config.clone()).await;
+    let defender = client(&sim, &config);
+    let commands = vec![Command::get_file(FILE)];
+    let victim = MachineId::parse(M1).unwrap();
+    let own = finished_action(&sim, &defender, &victim, &commands, "victim").await;
+    let foreign = finished_action(
+        &sim,
+        &defender,
+        &MachineId::parse(M2).unwrap(),
+        &commands,
+        "attacker",
+    )
+    .await;
+
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let run_id = run_id("native", "guarded-poll", M1, "malware-file");
+    let mut record = collecting_run(&run_id, "guarded-poll", &victim, commands, &own);
+    record.state = RunState::Submitted;
+    store_run(&store, &record).await;
+    let cfg = PollConfig {
+        bucket: "b".into(),
+        budget: BudgetConfig::from_env(&no_env()).unwrap(),
+        poll_queue_url: "poll".into(),
+        collect_queue_url: "collect".into(),
+        dead_letter_queue_url: "dlq".into(),
+        poll_delays: vec![Duration::from_secs(15)],
+        retry: backoff(),
+    };
+    let job = |action: &ActionId| {
+        Delivery::new(
+            format!("poll-{action}"),
+            encode(&PollJob {
+                v: MESSAGE_VERSION,
+                run_id: run_id.clone(),
+                action_id: action.clone(),
+                polls: 0,
+                cancels: 0,
+                prev: None,
+            }),
+        )
+    };
+    let clock = shared::clock::SystemClock;
+    let polled = calls(&sim);
+    let result =
+        shared::stages::poll::handle(&cfg, &store, &queue, &defender, &clock, &job(&foreign)).await;
+    assert_eq!(rejected_code(result), "action_mismatch");
+    assert_eq!(calls(&sim), polled, "Defender was not asked");
+    let (after, _) = load_run(&store, &run_id).await.unwrap().unwrap();
+    assert_eq!(after.state, RunState::Submitted);
+    assert_eq!(after.chain.holder, None, "the forged job took no chain");
+
+    // A run that has no action yet refuses any poll job.
+    record.state = RunState::Submitting;
+    record.action_id = None;
+    store_run(&store, &record).await;
+    let result =
+        shared::stages::poll::handle(&cfg, &store, &queue, &defender, &clock, &job(&own)).await;
+    assert_eq!(rejected_code(result), "action_mismatch");
+}
+
+/// Answers the submission look-up with nothing, after recording another copy's submission in the
+/// run (as if that copy's 201 was written while this one was looking).
+struct SubmittedMeanwhile {
+    store: Arc<MemStore>,
+    action: ActionId,
+}
+
+impl Defender for SubmittedMeanwhile {
+    async fn run_live_response(
+        &self,
+        _: &MachineId,
+        _: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("past its deadline, submit must not submit")
+    }
+    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
+        panic!("submit does not read actions")
+    }
+    async fn list_machine_actions(
+        &self,
+        f: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        let run = {
+            let objects = self.store.objects.lock().unwrap();
+            let (key, _) = objects
+                .iter()
+                .find(|(k, _)| k.ends_with("run.json"))
+                .expect("a run");
+            key.clone()
+        };
+        let stored = self.store.get(&run).await.unwrap().unwrap();
+        let mut rec: shared::store::RunRecord = serde_json::from_slice(&stored.body).unwrap();
+        assert_eq!(f.machine_id.as_ref(), Some(&rec.machine_id));
+        rec.state = RunState::Submitted;
+        rec.action_id = Some(self.action.clone());
+        self.store
+            .put(&run, serde_json::to_vec(&rec).unwrap(), Put::Always)
+            .await
+            .unwrap();
+        Ok(Vec::new())
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        panic!("submit does not collect")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("submit does not cancel")
+    }
+}
+
+#[tokio::test]
+async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitted() {
+    let store = Arc::new(MemStore::default());
+    let queue = MemQueue::default();
+    let machine = MachineId::parse(M1).unwrap();
+    let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0b").unwrap();
+    let run_id = run_id("native", "late-copy", M1, "malware-file");
+    let mut record = collecting_run(
+        &run_id,
+        "late-copy",
+        &machine,
+        vec![Command::get_file(FILE)],
+        &action,
+    );
+    // As the copy read it: submission begun by the same message, the deadline just past.
+    record.state = RunState::Submitting;
+    record.action_id = None;
+    record.deadline = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    store_run(&store, &record).await;
+
+    let cfg = SubmitConfig {
+        bucket: "b".into(),
+        budget: BudgetConfig::from_env(&no_env()).unwrap(),
+        submit_queue_url: "submit".into(),
+        poll_queue_url: "poll".into(),
+        dead_letter_queue_url: "dlq".into(),
+        first_poll_delay: Duration::from_secs(15),
+        retry: backoff(),
+    };
+    let defender = SubmittedMeanwhile {
+        store: store.clone(),
+        action: action.clone(),
+    };
+    let msg = Delivery::new(
+        "submit-1",
+        encode(&shared::messages::SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run_id.clone(),
+            attempt: 1,
+            prev: None,
+        }),
+    );
+    let done = shared::stages::submit::handle(
+        &cfg,
+        &*store,
+        &queue,
+        &defender,
+        &shared::clock::SystemClock,
+        &msg,
+    )
+    .await
+    .unwrap();
+    let (after, _) = load_run(&*store, &run_id).await.unwrap().unwrap();
+    assert_eq!(
+        after.state,
+        RunState::Submitted,
+        "the submitted run was left to poll ({}: {})",
+        done.outcome,
+        done.detail
+    );
+    assert_eq!(after.action_id, Some(action));
+    assert!(after.outcome.is_none());
+    assert!(
+        store.get(&manifest_key(&run_id)).await.unwrap().is_none(),
+        "no manifest for a run still running"
+    );
+}
