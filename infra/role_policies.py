@@ -3,6 +3,9 @@ translator, then each role's inline policies with the intrinsic functions resolv
 resources you name. Offline; no AWS calls.
 
     role_policies.py [BINDINGS.json | -]           print {"functions": {binary: role}} as JSON
+    role_policies.py BINDINGS.json --resource-policies
+                                                   also {"resource_policies": {logical id: document}},
+                                                   the bucket and queue policies
     role_policies.py BINDINGS.json --create-users  also create one IAM user per role on the AWS endpoint
                                                    in AWS_ENDPOINT_URL (moto with IAM enforced) with
                                                    exactly the role's policies, and print their keys
@@ -49,6 +52,9 @@ class Resolver:
             name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()
         }
         self.params.update(bindings.get("parameters", {}))
+        for name, p in template.get("Parameters", {}).items():
+            if p.get("Type") == "CommaDelimitedList":
+                self.params[name] = str(self.params[name]).split(",")
         self.resources = bindings.get("resources", {})
         self.pseudo = {
             "AWS::Partition": "aws",
@@ -165,6 +171,17 @@ def roles(bindings):
     return out
 
 
+def resource_policies(bindings):
+    """{logical id: policy document} of the bucket and queue policies, resolved."""
+    t = transformed_template()
+    r = Resolver(t, bindings)
+    return {
+        name: r.value(res["Properties"]["PolicyDocument"])
+        for name, res in t["Resources"].items()
+        if res["Type"] in ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy")
+    }
+
+
 def create_users(functions, prefix, extra_users):
     """One IAM user per role, carrying exactly the role's policies (inline and managed), plus the
     extra users {name: policy document} a test asks for; returns their keys."""
@@ -196,7 +213,10 @@ def main(argv):
     users = {}
     if "--create-users" in argv:
         users = create_users(functions, bindings.get("prefix", "lr"), bindings.get("extra_users", {}))
-    json.dump({"functions": functions, "users": users}, sys.stdout, indent=1, sort_keys=True)
+    out = {"functions": functions, "users": users}
+    if "--resource-policies" in argv:
+        out["resource_policies"] = resource_policies(bindings)
+    json.dump(out, sys.stdout, indent=1, sort_keys=True)
     print()
 
 

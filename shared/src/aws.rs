@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 
+use crate::config::{Retention, RetentionMode};
 use crate::defender::{CredentialSource, Credentials, DefenderError};
 use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
 
@@ -84,6 +85,7 @@ impl CredentialSource for SecretsManagerCredentials {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    retention: Option<Retention>,
 }
 
 impl S3Store {
@@ -91,7 +93,34 @@ impl S3Store {
         Self {
             client,
             bucket: bucket.into(),
+            retention: None,
         }
+    }
+
+    /// Every write under `evidence/` carries this Object Lock retention (state never does).
+    pub fn retaining(mut self, retention: Option<Retention>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The Object Lock mode and retain-until date for a write to `key`, if it is evidence.
+    fn lock_for(
+        &self,
+        key: &str,
+    ) -> Option<(
+        aws_sdk_s3::types::ObjectLockMode,
+        aws_sdk_s3::primitives::DateTime,
+    )> {
+        let r = self
+            .retention
+            .filter(|_| crate::store::keys::is_evidence(key))?;
+        let until = std::time::SystemTime::now()
+            + std::time::Duration::from_secs(u64::from(r.days) * 86_400);
+        let mode = match r.mode {
+            RetentionMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+            RetentionMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        };
+        Some((mode, until.into()))
     }
 
     pub fn bucket(&self) -> &str {
@@ -166,6 +195,13 @@ impl ObjectStore for S3Store {
             .key(key)
             .content_type("application/json")
             .body(body.into());
+        if let Some((mode, until)) = self.lock_for(key) {
+            // S3 wants an integrity checksum on any write with Object Lock parameters.
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+        }
         req = match &condition {
             Put::Always => req,
             Put::IfAbsent => req.if_none_match("*"),
@@ -328,6 +364,8 @@ impl ObjectStore for S3Store {
         to: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
+        let lock = self.lock_for(to);
+        let locked = lock.is_some();
         self.client
             .copy_object()
             .bucket(&self.bucket)
@@ -336,6 +374,17 @@ impl ObjectStore for S3Store {
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .content_type("application/octet-stream")
             .set_metadata(Some(metadata.into_iter().collect()))
+            .set_object_lock_mode(lock.as_ref().map(|(m, _)| m.clone()))
+            .set_object_lock_retain_until_date(lock.map(|(_, u)| u))
+            .customize()
+            .mutate_request(move |req| {
+                // S3 wants an integrity header on a write with Object Lock parameters; a copy
+                // has no body, so it is the MD5 of the empty body.
+                if locked {
+                    req.headers_mut()
+                        .insert("content-md5", "1B2M2Y8AsgTpgAZUnWbyWQ==");
+                }
+            })
             .send()
             .await
             .map_err(|e| s3_err("publish", to, e))?;

@@ -21,7 +21,7 @@ use crate::config::{ConfigError, Env, number};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
-pub const BUDGET_KEY: &str = "budget/tenant.json";
+pub use crate::store::keys::BUDGET_KEY;
 const STALE_SESSION_MS: i64 = (3 * 24 + 1) * 3600 * 1000;
 /// Stamps further in the future than this were not written by a sane clock: they are pulled back.
 const MAX_CLOCK_SKEW_MS: i64 = 60_000;
@@ -220,7 +220,7 @@ fn window_wait(
 
 /// Applies `decide` to the budget with compare-and-swap; `decide` gets the time (unix ms) and
 /// returns its answer and whether it changed the budget. A budget object that cannot be parsed is
-/// set aside under `budget/corrupt-<ms>.json` for an operator and replaced by a conservative one.
+/// set aside under `state/budget/corrupt-<ms>.json` for an operator and replaced by a conservative one.
 async fn with_budget<S, F, R>(
     store: &S,
     cfg: &BudgetConfig,
@@ -238,7 +238,7 @@ where
             Some(s) => match serde_json::from_slice::<TenantBudget>(&s.body) {
                 Ok(b) => (b, Put::IfMatch(s.etag)),
                 Err(e) => {
-                    let aside = format!("budget/corrupt-{now}.json");
+                    let aside = crate::store::keys::corrupt_budget_key(now);
                     tracing::error!(key = BUDGET_KEY, error = %e, kept_as = %aside,
                         "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown)");
                     if let Err(e) = store.put(&aside, s.body.to_vec(), Put::Always).await {

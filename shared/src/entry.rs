@@ -9,7 +9,8 @@ use crate::aws::{S3Store, SecretsManagerCredentials, SqsQueue, s3_client};
 use crate::batch;
 use crate::clock::SystemClock;
 use crate::config::{
-    CollectConfig, ConfigError, DefenderConfig, Env, IntakeConfig, PollConfig, SubmitConfig,
+    CollectConfig, ConfigError, DefenderConfig, Env, IntakeConfig, PollConfig, Retention,
+    SubmitConfig,
 };
 use crate::defender::{DefenderClient, TokenProvider, http_client};
 use crate::ports::{HttpFetch, ObjectStore};
@@ -35,6 +36,27 @@ fn defender(cfg: &DefenderConfig, sdk: &aws_config::SdkConfig) -> Result<Defende
     );
     let auth = TokenProvider::new(creds, http.clone(), &cfg.login_base, &cfg.scope);
     Ok(DefenderClient::new(http, &cfg.api_base, auth))
+}
+
+/// Everything a stage that talks to Defender reads from its environment, checked (no AWS calls).
+pub struct Settings<C> {
+    pub stage: C,
+    pub defender: DefenderConfig,
+    /// Object Lock retention for what it writes under `evidence/`.
+    pub retention: Option<Retention>,
+}
+
+impl<C> Settings<C> {
+    fn from_env(
+        env: &dyn Env,
+        stage: impl FnOnce(&dyn Env) -> Result<C, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            stage: stage(env)?,
+            defender: DefenderConfig::from_env(env)?,
+            retention: Retention::from_env(env)?,
+        })
+    }
 }
 
 /// Messages handled at once within a batch (collect handles one at a time: memory stays bounded).
@@ -114,14 +136,18 @@ pub struct Submit {
 
 impl Submit {
     /// Every setting submit reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<(SubmitConfig, DefenderConfig), ConfigError> {
-        Ok((SubmitConfig::from_env(env)?, DefenderConfig::from_env(env)?))
+    pub fn config(env: &dyn Env) -> Result<Settings<SubmitConfig>, ConfigError> {
+        Settings::from_env(env, SubmitConfig::from_env)
     }
 
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let (cfg, defender_cfg) = Self::config(env)?;
+        let Settings {
+            stage: cfg,
+            defender: defender_cfg,
+            retention,
+        } = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket),
+            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             defender: defender(&defender_cfg, sdk)?,
             cfg,
@@ -160,14 +186,18 @@ pub struct Poll {
 
 impl Poll {
     /// Every setting poll reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<(PollConfig, DefenderConfig), ConfigError> {
-        Ok((PollConfig::from_env(env)?, DefenderConfig::from_env(env)?))
+    pub fn config(env: &dyn Env) -> Result<Settings<PollConfig>, ConfigError> {
+        Settings::from_env(env, PollConfig::from_env)
     }
 
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let (cfg, defender_cfg) = Self::config(env)?;
+        let Settings {
+            stage: cfg,
+            defender: defender_cfg,
+            retention,
+        } = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket),
+            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             defender: defender(&defender_cfg, sdk)?,
             cfg,
@@ -207,17 +237,18 @@ pub struct Collect {
 
 impl Collect {
     /// Every setting collect reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<(CollectConfig, DefenderConfig), ConfigError> {
-        Ok((
-            CollectConfig::from_env(env)?,
-            DefenderConfig::from_env(env)?,
-        ))
+    pub fn config(env: &dyn Env) -> Result<Settings<CollectConfig>, ConfigError> {
+        Settings::from_env(env, CollectConfig::from_env)
     }
 
     pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let (cfg, defender_cfg) = Self::config(env)?;
+        let Settings {
+            stage: cfg,
+            defender: defender_cfg,
+            retention,
+        } = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket),
+            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             defender: defender(&defender_cfg, sdk)?,
             fetch: HttpFetch::new(cfg.download_timeout).map_err(InitError::Other)?,

@@ -234,7 +234,7 @@ async fn an_unreadable_budget_is_kept_aside_and_replaced_by_a_conservative_one()
     // Nobody knows what was sent in the last minute: wait a minute rather than risk a 429.
     let first = get_call(&store, &cfg(), &clock, || async {}).await.unwrap();
     assert_eq!(first, Paced::Wait(Duration::from_secs(60)));
-    let kept = store.list("budget/corrupt-").await.unwrap();
+    let kept = store.list("state/budget/corrupt-").await.unwrap();
     assert_eq!(kept.len(), 1, "the unreadable body is kept for an operator");
     assert_eq!(
         &store.get(&kept[0]).await.unwrap().unwrap().body[..],

@@ -823,11 +823,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                 }
             }
         }
-        for key in store
-            .list(&format!("runs/{run_id}/evidence/"))
-            .await
-            .unwrap()
-        {
+        for key in store.list(&format!("evidence/{run_id}/")).await.unwrap() {
             if !manifest
                 .commands
                 .iter()
@@ -928,7 +924,7 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
     use shared::messages::{CollectJob, MESSAGE_VERSION};
-    use shared::stages::collect::checkpoint_key;
+    use shared::store::keys::checkpoint_key;
     let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
     let clock = ManualClock::at(t0);
     let machine = MachineId::parse(&"b".repeat(40)).unwrap();
@@ -947,7 +943,7 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
         fault_rate: 0.0,
     };
     let run_id = RunId::derive("t", "corrupt", machine.as_str(), "p");
-    let staging = format!("staging/{run_id}/0-abc");
+    let staging = format!("{}abc", shared::store::keys::staging_prefix(&run_id, 0));
     let good_hash = r#"{"state":[0,0,0,0,0,0,0,0],"len":0,"pending":""}"#;
     let bad_hash = format!(
         r#"{{"state":[0,0,0,0,0,0,0,0],"len":65,"pending":"{}"}}"#,
@@ -971,7 +967,7 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
         ),
         (
             "another run's staging key",
-            checkpoint("staging/other/0-abc", 5 << 20, "[]", 0, good_hash),
+            checkpoint("state/staging/other/0-abc", 5 << 20, "[]", 0, good_hash),
         ),
     ];
     for (case, body) in cases {

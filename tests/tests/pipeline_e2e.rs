@@ -117,12 +117,59 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
     );
     assert_eq!(meta.get("run-id").map(String::as_str), Some(run.as_str()));
 
+    // Evidence and the manifest are retained (the local stack's bucket has Object Lock on, as a
+    // deployment with EnableObjectLock=true); state is not.
+    // (moto answers GetObjectRetention with a 500: HeadObject carries the same fields.)
+    let lock = |key: String| {
+        let (s3, bucket) = (&stack.s3, &stack.stack.bucket);
+        async move {
+            let head = s3.head_object().bucket(bucket).key(&key).send().await;
+            let head = head.unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+            (
+                head.object_lock_mode().cloned(),
+                head.object_lock_retain_until_date().map(|d| d.secs()),
+            )
+        }
+    };
+    for key in [key.clone(), shared::store::manifest_key(&run)] {
+        let (mode, until) = lock(key.clone()).await;
+        assert_eq!(
+            mode,
+            Some(aws_sdk_s3::types::ObjectLockMode::Governance),
+            "{key}"
+        );
+        let until = until.expect("a retain-until date");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = local_stack::RETENTION_DAYS as i64 * 86_400;
+        assert!(
+            (now + days - 600..=now + days + 60).contains(&until),
+            "{key} is retained until {until}, not about {} days from now",
+            local_stack::RETENTION_DAYS
+        );
+    }
+    assert_eq!(
+        lock(shared::store::run_key(&run)).await,
+        (None, None),
+        "a run record carries no retention"
+    );
+    // The manifest cannot be written twice.
+    let again = stack
+        .s3
+        .put_object()
+        .bucket(&stack.stack.bucket)
+        .key(shared::store::manifest_key(&run))
+        .if_none_match("*")
+        .body(b"{}".to_vec().into())
+        .send()
+        .await;
+    assert!(again.is_err(), "a second manifest write was accepted");
+
     // No staging object nor unfinished upload is left behind.
     let staging = stack
         .s3
         .list_objects_v2()
         .bucket(&stack.stack.bucket)
-        .prefix(format!("staging/{run}/"))
+        .prefix(format!("state/staging/{run}/"))
         .send()
         .await
         .unwrap();
@@ -687,7 +734,7 @@ async fn a_package_that_outlasts_an_invocation_continues_from_its_checkpoint() {
     );
     assert!(
         stack
-            .object(&format!("runs/{run}/checkpoints/1.json"))
+            .object(&shared::store::keys::checkpoint_key(&run, 1))
             .await
             .is_none(),
         "the checkpoint is gone"

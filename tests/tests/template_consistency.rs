@@ -69,6 +69,8 @@ fn sample(name: &str, params: &Value) -> String {
         "PLAYBOOKS_S3_URI" => "s3://playbooks-bucket/playbooks.toml".into(),
         "MAX_RUN_DEADLINE_SECS" => "7200".into(),
         "BUDGET_RUNNING_SESSIONS" => default("BudgetRunningSessions"),
+        "EVIDENCE_RETENTION_DAYS" => default("ObjectLockRetentionDays"),
+        "EVIDENCE_RETENTION_MODE" => default("ObjectLockMode"),
         other => panic!(
             "the template sets {other}, which this test does not know: add it here and to the code"
         ),

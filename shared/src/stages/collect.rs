@@ -21,6 +21,7 @@ use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::hash::ResumableSha256;
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError, Upload};
+use crate::store::keys::{self, checkpoint_key};
 use crate::store::{
     Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
     finish_run_if_complete, load_command, update_record,
@@ -581,7 +582,7 @@ impl Checkpoint {
     /// A stored checkpoint is checked before it is used: it must describe an upload of this
     /// command within S3's limits, with a hash state that matches its offset.
     pub fn check(&self, run: &crate::ids::RunId, index: u32) -> Result<(), String> {
-        let prefix = format!("staging/{run}/{index}-");
+        let prefix = keys::staging_prefix(run, index);
         if !self.staging.starts_with(&prefix) || self.staging.contains("..") {
             return Err(format!(
                 "staging key {:?} is not this command's",
@@ -626,10 +627,6 @@ impl Checkpoint {
         }
         Ok(())
     }
-}
-
-pub fn checkpoint_key(run: &crate::ids::RunId, index: u32) -> String {
-    format!("runs/{run}/checkpoints/{index}.json")
 }
 
 /// What is stored under a checkpoint key.
@@ -744,13 +741,7 @@ async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
                 .await
                 .map_err(CopyError::Download)?;
             let part_size = part_size(download.content_length, cfg.part_size_min);
-            // Staging lives outside runs/ so that a lifecycle rule can expire what a crash leaves behind.
-            let staging = format!(
-                "staging/{}/{}-{}",
-                run.run_id,
-                job.index,
-                uuid::Uuid::new_v4().simple()
-            );
+            let staging = keys::new_staging_key(&run.run_id, job.index);
             let upload_id = store
                 .begin_upload(&staging)
                 .await

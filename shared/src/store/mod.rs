@@ -1,9 +1,11 @@
-//! Run records, command records and the manifest, kept in S3 under `runs/{run_id}/`.
+//! Run records, command records and the manifest; where each lives is [`keys`].
 //! Conditional writes make creation de-duplicating and updates compare-and-swap.
 
 pub mod chain;
+pub mod keys;
 
 pub use chain::{Chain, Chained, Standing};
+pub use keys::{command_key, evidence_key, manifest_key, run_key};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -14,27 +16,6 @@ use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
 pub const RECORD_VERSION: u32 = 1;
-
-pub fn run_key(run: &RunId) -> String {
-    format!("runs/{run}/run.json")
-}
-
-pub fn command_key(run: &RunId, index: u32) -> String {
-    format!("runs/{run}/commands/{index}.json")
-}
-
-pub fn manifest_key(run: &RunId) -> String {
-    format!("runs/{run}/manifest.json")
-}
-
-/// Where a command's result package lands (built from validated ids only).
-pub fn evidence_key(run: &RunId, index: u32, kind: CommandType) -> String {
-    match kind {
-        CommandType::GetFile => format!("runs/{run}/evidence/{index}-getfile.gz"),
-        CommandType::RunScript => format!("runs/{run}/evidence/{index}-runscript.json"),
-        CommandType::PutFile => format!("runs/{run}/evidence/{index}-putfile"),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

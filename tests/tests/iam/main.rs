@@ -24,7 +24,7 @@ use shared::defender::CommandType;
 use shared::entry::{Collect, Intake, Poll, Submit};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
-use shared::store::{CommandOutcome, RunOutcome, RunState};
+use shared::store::{CommandOutcome, RunOutcome, RunState, keys};
 use tests::*;
 
 const ACCOUNT: &str = "123456789012";
@@ -64,14 +64,20 @@ impl Keys {
             command: shared::store::command_key(&run_id, 1),
             manifest: shared::store::manifest_key(&run_id),
             evidence: shared::store::evidence_key(&run_id, 1, CommandType::GetFile),
-            checkpoint: shared::stages::collect::checkpoint_key(&run_id, 1),
-            staging: format!("staging/{run_id}/1-0123456789abcdef0123456789abcdef"),
-            budget: shared::budget::BUDGET_KEY.to_string(),
-            corrupt_budget: "budget/corrupt-1767225600000.json".into(),
+            checkpoint: keys::checkpoint_key(&run_id, 1),
+            staging: format!(
+                "{}0123456789abcdef0123456789abcdef",
+                keys::staging_prefix(&run_id, 1)
+            ),
+            budget: keys::BUDGET_KEY.to_string(),
+            corrupt_budget: keys::corrupt_budget_key(1_767_225_600_000),
             decoys: vec![
-                format!("runs/{run_id}/notes.json"),
+                format!("state/runs/{run_id}/notes.json"),
+                format!("runs/{run_id}/run.json"),
+                format!("evidence/{run_id}/notes.json"),
                 "playbooks/default.toml".into(),
                 "evidence/loose.bin".into(),
+                "state/other.json".into(),
                 "other.json".into(),
             ],
             run_id,
@@ -98,13 +104,15 @@ impl Keys {
         let r = &self.run_id;
         vec![
             String::new(),
-            "runs/".into(),
-            "budget/".into(),
-            "staging/".into(),
-            format!("runs/{r}/"),
-            format!("runs/{r}/evidence/"),
-            format!("runs/{r}/checkpoints/"),
-            format!("runs/{r}/commands/"),
+            keys::STATE_PREFIX.into(),
+            keys::EVIDENCE_PREFIX.into(),
+            "state/runs/".into(),
+            "state/budget/".into(),
+            "state/staging/".into(),
+            format!("state/runs/{r}/"),
+            format!("state/runs/{r}/checkpoints/"),
+            format!("state/runs/{r}/commands/"),
+            format!("evidence/{r}/"),
         ]
     }
 }
@@ -123,13 +131,16 @@ struct Uses {
     aborts: Vec<String>,
     /// Queues (logical ids) it sends to.
     sends: Vec<&'static str>,
+    /// The queue (logical id) its event source reads.
+    receives: &'static str,
     reads_secret: bool,
 }
 
 fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
     // submit, poll and collect: the tenant budget (an unreadable one is kept aside), run and
     // command records (update_record, end_run, finish_run_if_complete), the manifest (If-None-Match).
-    let records = |sends: Vec<&'static str>| Uses {
+    let records = |receives: &'static str, sends: Vec<&'static str>| Uses {
+        receives,
         reads_maybe_absent: vec![k.budget.clone(), k.run.clone(), k.command.clone()],
         writes: vec![
             k.budget.clone(),
@@ -142,7 +153,10 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         reads_secret: true,
         ..Uses::default()
     };
-    let mut collect = records(vec!["CollectQueue", "CollectDeadLetterQueue"]);
+    let mut collect = records(
+        "CollectQueue",
+        vec!["CollectQueue", "CollectDeadLetterQueue"],
+    );
     // Checkpoints are read (maybe absent), written and deleted; the package goes to staging
     // through a multipart upload, is read back (hash of a resumed GetFile; CopyObject's source),
     // published by CopyObject to its evidence key, and the staging object deleted.
@@ -161,16 +175,23 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
                 reads_maybe_absent: vec![k.run.clone()],
                 writes: vec![k.run.clone()],
                 sends: vec!["SubmitQueue", "AlertsDeadLetterQueue"],
+                receives: "AlertsQueue",
                 ..Uses::default()
             },
         ),
         (
             "submit",
-            records(vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"]),
+            records(
+                "SubmitQueue",
+                vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"],
+            ),
         ),
         (
             "poll",
-            records(vec!["PollQueue", "CollectQueue", "PollDeadLetterQueue"]),
+            records(
+                "PollQueue",
+                vec!["PollQueue", "CollectQueue", "PollDeadLetterQueue"],
+            ),
         ),
         ("collect", collect),
     ])
@@ -291,19 +312,12 @@ fn each_role_has_exactly_the_access_its_stage_uses() {
     let mut f = Findings::default();
     for (binary, u) in uses(&keys) {
         let role = &roles[binary];
-        f.check(
-            role.managed_policy_arns
-                == [
-                    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
-                    "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole",
-                ],
-            || {
-                format!(
-                    "{binary}: managed policies {:?} (only SAM's logging and SQS event source ones)",
-                    role.managed_policy_arns
-                )
-            },
-        );
+        f.check(role.managed_policy_arns.is_empty(), || {
+            format!(
+                "{binary}: managed policies {:?} (SAM's SQS one receives and deletes on every queue)",
+                role.managed_policy_arns
+            )
+        });
         for key in keys.all() {
             let arn = object_arn("lr-evidence", &key);
             let expect = [
@@ -357,7 +371,20 @@ fn each_role_has_exactly_the_access_its_stage_uses() {
                 format!("{binary}: {action} on the bucket")
             });
         }
-        for (_, queue, dlq) in QUEUES {
+        for (stage, queue, dlq) in QUEUES {
+            // Each function receives and deletes on its own queue only (its event source).
+            let own = u.receives == queue;
+            for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage"] {
+                for q in [queue, dlq] {
+                    let may = role.allows(action, &queue_arn(q), None);
+                    f.check(may == (own && q == queue), || {
+                        format!(
+                            "{binary}: {action} on {q} ({stage}): {}",
+                            if may { "allowed" } else { "denied" }
+                        )
+                    });
+                }
+            }
             for q in [queue, dlq] {
                 let may = role.allows("sqs:SendMessage", &queue_arn(q), None);
                 let must = u.sends.contains(&q);
@@ -418,6 +445,137 @@ fn intake_reads_the_playbook_file_it_is_given_and_nothing_else() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn with_object_lock_only_what_writes_evidence_may_set_its_retention() {
+    let keys = Keys::new();
+    let roles = static_roles(json!({"EnableObjectLock": "true"}));
+    let mut f = Findings::default();
+    for (binary, u) in uses(&keys) {
+        let role = &roles[binary];
+        for key in keys.all() {
+            let arn = object_arn("lr-evidence", &key);
+            let may = role.allows("s3:PutObjectRetention", &arn, None);
+            let must = u.writes.contains(&key) && keys::is_evidence(&key);
+            f.check(may == must, || {
+                format!(
+                    "{binary}: s3:PutObjectRetention on {key}: {}",
+                    if may { "allowed" } else { "denied" }
+                )
+            });
+            f.check(
+                !role.allows("s3:BypassGovernanceRetention", &arn, None),
+                || format!("{binary}: may bypass retention on {key}"),
+            );
+        }
+    }
+    f.assert_none("retention grants that differ from what the stages write");
+}
+
+/// The bucket and queue policies, resolved with these template parameters.
+fn resource_policies(parameters: Value) -> BTreeMap<String, Value> {
+    let mut bindings = symbolic_bindings(parameters);
+    bindings["resources"]["AccessLogBucket"] =
+        json!({"Ref": "lr-logs", "Arn": "arn:aws:s3:::lr-logs"});
+    policy::with_resource_policies(&bindings).resource_policies
+}
+
+#[test]
+fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
+    use policy::Decision::{Deny, Silent};
+    let k = Keys::new();
+    let put = |policy: &Value, key: &str, headers: &[(&str, &str)]| {
+        let mut context: policy::Context = headers.iter().copied().collect();
+        context.insert("aws:SecureTransport", "true");
+        policy::decide(
+            &[policy],
+            "s3:PutObject",
+            &object_arn("lr-evidence", key),
+            &context,
+        )
+    };
+    let create = [("s3:if-none-match", "*")];
+    let retained = [("s3:object-lock-mode", "GOVERNANCE")];
+    let both = [create[0], retained[0]];
+    for lock in ["false", "true"] {
+        let policies = resource_policies(json!({"EnableObjectLock": lock}));
+        let bucket = &policies["EvidenceBucketPolicy"];
+        let locked = lock == "true";
+        // A manifest may only be created, never replaced, by anyone.
+        assert_eq!(put(bucket, &k.manifest, &retained), Deny, "lock {lock}");
+        assert_eq!(put(bucket, &k.manifest, &both), Silent, "lock {lock}");
+        // Evidence must carry its retention when Object Lock is on.
+        let bare = put(bucket, &k.evidence, &[]);
+        assert_eq!(bare, if locked { Deny } else { Silent }, "lock {lock}");
+        assert_eq!(put(bucket, &k.evidence, &retained), Silent, "lock {lock}");
+        assert_eq!(
+            put(bucket, &k.manifest, &create),
+            if locked { Deny } else { Silent },
+            "lock {lock}: a manifest without retention"
+        );
+        // State is rewritten freely, and never needs retention.
+        for key in [&k.run, &k.budget, &k.checkpoint, &k.staging] {
+            assert_eq!(put(bucket, key, &[]), Silent, "lock {lock}: {key}");
+        }
+        // Plain HTTP is refused for everything.
+        let plain: policy::Context = [("aws:SecureTransport", "false")].into_iter().collect();
+        let read = policy::decide(
+            &[bucket],
+            "s3:GetObject",
+            &object_arn("lr-evidence", &k.run),
+            &plain,
+        );
+        assert_eq!(read, Deny);
+    }
+}
+
+#[test]
+fn only_the_named_senders_may_put_alerts_on_the_queue() {
+    use policy::Decision::{Allow, Deny};
+    let forwarder = "arn:aws:iam::123456789012:role/alert-forwarder";
+    let topic = "arn:aws:sns:us-east-1:123456789012:defender-alerts";
+    let rule = "arn:aws:events:us-east-1:123456789012:rule/defender-alerts";
+    let alerts = queue_arn("AlertsQueue");
+    let send = |policy: &Value, caller: &[(&str, &str)]| {
+        let mut context: policy::Context = caller.iter().copied().collect();
+        context.insert("aws:SecureTransport", "true");
+        policy::decide(&[policy], "sqs:SendMessage", &alerts, &context)
+    };
+    let named = resource_policies(json!({
+        "AlertSenderPrincipalArns": forwarder,
+        "AlertSourceArns": format!("{topic},{rule}"),
+    }));
+    let queue = &named["AlertsQueuePolicy"];
+    assert_ne!(send(queue, &[("aws:PrincipalArn", forwarder)]), Deny);
+    for other in [
+        "arn:aws:iam::123456789012:role/developer",
+        "arn:aws:iam::123456789012:role/alert-forwarder-2",
+        "arn:aws:iam::123456789012:root",
+    ] {
+        assert_eq!(send(queue, &[("aws:PrincipalArn", other)]), Deny, "{other}");
+    }
+    // SNS and EventBridge deliver with the topic's or rule's ARN and no principal ARN.
+    assert_eq!(send(queue, &[("aws:SourceArn", topic)]), Allow);
+    assert_eq!(send(queue, &[("aws:SourceArn", rule)]), Allow);
+    let elsewhere = "arn:aws:sns:us-east-1:123456789012:anything";
+    assert_eq!(send(queue, &[("aws:SourceArn", elsewhere)]), Deny);
+    // A listed source does not let an unlisted principal through.
+    assert_eq!(
+        send(
+            queue,
+            &[
+                ("aws:PrincipalArn", "arn:aws:iam::123456789012:role/x"),
+                ("aws:SourceArn", elsewhere)
+            ]
+        ),
+        Deny
+    );
+    // Deployed without senders, the queue takes alerts from nobody.
+    let none = resource_policies(json!({}));
+    let queue = &none["AlertsQueuePolicy"];
+    assert_eq!(send(queue, &[("aws:PrincipalArn", forwarder)]), Deny);
+    assert_eq!(send(queue, &[("aws:SourceArn", topic)]), Deny);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,7 +725,9 @@ impl World {
             "CredentialsSecret".into(),
             json!({ "Ref": stack.secret_arn }),
         );
+        // The local stack's bucket has Object Lock on (evidence is written with retention).
         let bindings = json!({
+            "parameters": {"EnableObjectLock": "true"},
             "resources": resources,
             "prefix": prefix,
             "extra_users": extra_users,
@@ -861,8 +1021,8 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     );
     // The copy went through checkpoints, all removed with their staging objects.
     for prefix in [
-        format!("runs/{run}/checkpoints/"),
-        format!("staging/{run}/"),
+        format!("state/runs/{run}/checkpoints/"),
+        format!("state/staging/{run}/"),
     ] {
         assert_eq!(
             world.keys_under(&prefix).await,
@@ -872,7 +1032,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     }
     assert!(
         world
-            .keys_under("budget/")
+            .keys_under("state/budget/")
             .await
             .contains(&shared::budget::BUDGET_KEY.to_string()),
         "the budget object was created on the fresh stack"
@@ -926,20 +1086,26 @@ async fn a_read_refused_by_iam_names_the_key_and_the_missing_permission() {
     .await;
     let admin = world.store_as(&world.admin);
     admin
-        .put("runs/x/run.json", b"{}".to_vec(), Put::Always)
+        .put("state/runs/x/run.json", b"{}".to_vec(), Put::Always)
         .await
         .expect("write as the administrator");
 
     // May read, may not list: an object that exists is read; one that does not is refused, and
     // the error says what to grant.
     let reader = world.store_as(&world.sdk_of_user("reader").await);
-    assert!(reader.get("runs/x/run.json").await.expect("read").is_some());
+    assert!(
+        reader
+            .get("state/runs/x/run.json")
+            .await
+            .expect("read")
+            .is_some()
+    );
     let e = reader
-        .get("budget/tenant.json")
+        .get(keys::BUDGET_KEY)
         .await
         .expect_err("S3 answers 403 to a caller that may not list");
     for needle in [
-        "budget/tenant.json",
+        keys::BUDGET_KEY,
         "access denied",
         "s3:ListBucket",
         "s3:prefix",
@@ -964,11 +1130,11 @@ async fn a_read_refused_by_iam_names_the_key_and_the_missing_permission() {
     }
     // Outside what it may read: refused, naming the key and the permission.
     let e = poll
-        .get("runs/x/evidence/0-getfile.gz")
+        .get("evidence/x/0-getfile.gz")
         .await
         .expect_err("poll does not read evidence");
     assert!(
-        e.0.contains("runs/x/evidence/0-getfile.gz") && e.0.contains("s3:GetObject"),
+        e.0.contains("evidence/x/0-getfile.gz") && e.0.contains("s3:GetObject"),
         "{e}"
     );
 }

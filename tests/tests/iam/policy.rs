@@ -63,17 +63,36 @@ pub struct Roles {
     pub functions: BTreeMap<String, Role>,
     #[serde(default)]
     pub users: BTreeMap<String, UserKeys>,
+    /// The bucket and queue policies, by logical id.
+    #[serde(default)]
+    pub resource_policies: BTreeMap<String, Value>,
 }
 
 /// The roles, resolved against `bindings` (see infra/role_policies.py). With `create_users`, also
 /// creates their IAM users (and `bindings.extra_users`) on the endpoint in `aws_env` (moto with
 /// IAM enforced) and returns their keys.
 pub fn roles(bindings: &Value, create_users: bool, aws_env: &[(&str, String)]) -> Roles {
+    run_role_policies(
+        bindings,
+        &[create_users.then_some("--create-users")],
+        aws_env,
+    )
+}
+
+/// The roles and the resolved bucket and queue policies (`bindings` must name every resource
+/// those policies refer to).
+pub fn with_resource_policies(bindings: &Value) -> Roles {
+    run_role_policies(bindings, &[Some("--resource-policies")], &[])
+}
+
+fn run_role_policies(
+    bindings: &Value,
+    flags: &[Option<&str>],
+    aws_env: &[(&str, String)],
+) -> Roles {
     let mut cmd = Command::new(sam_python());
     cmd.arg(format!("{ROOT}/infra/role_policies.py")).arg("-");
-    if create_users {
-        cmd.arg("--create-users");
-    }
+    cmd.args(flags.iter().flatten());
     for (k, v) in aws_env {
         cmd.env(k, v);
     }
@@ -132,32 +151,52 @@ fn any_matches(patterns: &Value, value: &str, ignore_case: bool) -> bool {
     })
 }
 
-fn condition_holds(op: &str, key: &str, expected: &Value, prefix: Option<&str>) -> bool {
-    assert_eq!(
-        key, "s3:prefix",
-        "the evaluator knows only s3:prefix conditions; teach it {key}"
+/// What a request carries that a condition may ask about: `s3:prefix` (ListBucket),
+/// `aws:PrincipalArn`, `aws:SourceArn`, `s3:if-none-match`, `s3:object-lock-mode`.
+pub type Context<'a> = BTreeMap<&'a str, &'a str>;
+
+const KNOWN_KEYS: [&str; 6] = [
+    "s3:prefix",
+    "aws:SecureTransport",
+    "aws:PrincipalArn",
+    "aws:SourceArn",
+    "s3:if-none-match",
+    "s3:object-lock-mode",
+];
+
+fn condition_holds(op: &str, key: &str, expected: &Value, context: &Context) -> bool {
+    assert!(
+        KNOWN_KEYS.contains(&key),
+        "the evaluator does not know the condition key {key}; teach it"
     );
-    let (base, if_exists) = match op.strip_suffix("IfExists") {
-        Some(b) => (b, true),
-        None => (op, false),
-    };
-    let Some(actual) = prefix else {
-        return if_exists || base.starts_with("StringNot");
-    };
     let values: Vec<&str> = as_list(expected)
         .iter()
         .map(|v| v.as_str().expect("a string condition value"))
         .collect();
+    if op == "Null" {
+        // "Null": "true" holds when the request lacks the key.
+        return values
+            .iter()
+            .all(|v| (*v == "true") != context.contains_key(key));
+    }
+    let (base, if_exists) = match op.strip_suffix("IfExists") {
+        Some(b) => (b, true),
+        None => (op, false),
+    };
+    let Some(actual) = context.get(key).copied() else {
+        return if_exists || base.contains("Not");
+    };
     match base {
-        "StringEquals" => values.contains(&actual),
-        "StringNotEquals" => !values.contains(&actual),
-        "StringLike" => values.iter().any(|v| glob(v, actual)),
-        "StringNotLike" => !values.iter().any(|v| glob(v, actual)),
+        "StringEquals" | "ArnEquals" => values.contains(&actual),
+        "StringNotEquals" | "ArnNotEquals" => !values.contains(&actual),
+        "StringLike" | "ArnLike" => values.iter().any(|v| glob(v, actual)),
+        "StringNotLike" | "ArnNotLike" => !values.iter().any(|v| glob(v, actual)),
+        "Bool" => values.contains(&actual),
         other => panic!("the evaluator does not know the condition operator {other}"),
     }
 }
 
-fn applies(st: &Value, action: &str, resource: &str, prefix: Option<&str>) -> bool {
+fn applies(st: &Value, action: &str, resource: &str, context: &Context) -> bool {
     let action_ok = match (st.get("Action"), st.get("NotAction")) {
         (Some(a), _) => any_matches(a, action, true),
         (None, Some(na)) => !any_matches(na, action, true),
@@ -179,25 +218,42 @@ fn applies(st: &Value, action: &str, resource: &str, prefix: Option<&str>) -> bo
             .as_object()
             .expect("condition block")
             .iter()
-            .all(|(key, expected)| condition_holds(op, key, expected, prefix))
+            .all(|(key, expected)| condition_holds(op, key, expected, context))
     })
 }
 
-/// IAM's rule for identity policies: allowed when some statement allows and none denies.
-pub fn allowed(documents: &[&Value], action: &str, resource: &str, prefix: Option<&str>) -> bool {
-    let mut allow = false;
+/// What the statements say about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// An explicit deny: nothing else can allow it.
+    Deny,
+    /// No statement speaks of it.
+    Silent,
+}
+
+/// IAM's rule: an explicit deny wins, else any allow, else nothing. Statements with a `Principal`
+/// (resource policies) are taken to name the caller: test them with callers they name.
+pub fn decide(documents: &[&Value], action: &str, resource: &str, context: &Context) -> Decision {
+    let mut decision = Decision::Silent;
     for doc in documents {
         for st in as_list(&doc["Statement"]) {
-            if applies(st, action, resource, prefix) {
+            if applies(st, action, resource, context) {
                 match st["Effect"].as_str() {
-                    Some("Deny") => return false,
-                    Some("Allow") => allow = true,
+                    Some("Deny") => return Decision::Deny,
+                    Some("Allow") => decision = Decision::Allow,
                     other => panic!("statement effect {other:?}"),
                 }
             }
         }
     }
-    allow
+    decision
+}
+
+/// Identity policies: allowed when some statement allows and none denies.
+pub fn allowed(documents: &[&Value], action: &str, resource: &str, prefix: Option<&str>) -> bool {
+    let context: Context = prefix.map(|p| ("s3:prefix", p)).into_iter().collect();
+    decide(documents, action, resource, &context) == Decision::Allow
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub const MAX_RECEIVE_COUNT: u32 = 5;
 pub const VISIBILITY_FACTOR: u32 = 6;
 pub const DLQ_RETENTION_SECS: u32 = 14 * 24 * 3600;
 pub const QUEUE_RETENTION_SECS: u32 = 4 * 24 * 3600;
+/// Days the local stack retains evidence and manifests (Object Lock, governance mode).
+pub const RETENTION_DAYS: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -166,7 +168,15 @@ pub async fn provision(
     }
 
     let bucket = names.bucket();
-    match s3.create_bucket().bucket(&bucket).send().await {
+    // Object Lock on, as a deployment with EnableObjectLock=true: evidence and manifests are
+    // written with a retention date (EVIDENCE_RETENTION_*), state never is.
+    match s3
+        .create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+    {
         Ok(_) => {}
         Err(e) => {
             let text = sdk_err(e);
@@ -237,6 +247,10 @@ pub async fn provision(
             .map_err(|e| ProvisionError::S3(sdk_err(e)))?;
     }
     out.env.insert("EVIDENCE_BUCKET".into(), bucket.clone());
+    out.env
+        .insert("EVIDENCE_RETENTION_DAYS".into(), RETENTION_DAYS.to_string());
+    out.env
+        .insert("EVIDENCE_RETENTION_MODE".into(), "GOVERNANCE".into());
     out.bucket = bucket;
 
     let secret_name = names.secret();

@@ -213,11 +213,15 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
             return Err(format!("no manifest after {timeout_secs}s (last state: {last})").into());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let keys = store.list("runs/").await?;
+        let keys = store.list("state/runs/").await?;
         let Some(run_key) = keys.iter().find(|k| k.ends_with("/run.json")) else {
             continue;
         };
-        let run_dir = run_key.trim_end_matches("run.json").to_string();
+        let run_id = run_key
+            .trim_start_matches("state/runs/")
+            .trim_end_matches("/run.json");
+        let manifest_key =
+            shared::ids::RunId::parse(run_id).map(|r| shared::store::manifest_key(&r))?;
         if let Some(rec) = store.get(run_key).await? {
             let v: serde_json::Value = serde_json::from_slice(&rec.body)?;
             let state = format!(
@@ -231,8 +235,8 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
                 last = state;
             }
         }
-        if let Some(m) = store.get(&format!("{run_dir}manifest.json")).await? {
-            break (format!("{run_dir}manifest.json"), m.body);
+        if let Some(m) = store.get(&manifest_key).await? {
+            break (manifest_key, m.body);
         }
     };
     pipeline.stop().await;
