@@ -2,6 +2,7 @@
 //! either wrapped in an SNS notification or an EventBridge event, normalised into one [`Alert`].
 
 pub mod playbook;
+pub mod render;
 
 use std::collections::BTreeMap;
 

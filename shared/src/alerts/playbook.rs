@@ -1,11 +1,14 @@
 //! Playbooks: rules that pick one for an alert, and the commands it runs. An alert only fills
-//! declared placeholders, each validated by its kind; it never supplies a command.
+//! declared placeholders, each validated by its kind; it never supplies a command. Where a kind
+//! may go and how its value is written there is in [`super::render`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use super::render::{self, Slot, check_windows_path, is_dos_device_name, valid_library_name};
 use super::{Alert, AlertError};
 use crate::defender::{Command, CommandType};
 
@@ -86,13 +89,18 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaceholderKind {
-    /// An absolute Windows path: `C:\...`, no `..`, no device or UNC paths, no wildcards or quotes.
+    /// An absolute Windows path: `C:\...`, no `..`, UNC, device paths or DOS device names, no
+    /// alternate data streams, wildcards, quotes or braces. Goes only into a GetFile path (as the
+    /// whole path) or into args as one quoted literal (then ASCII only).
     WindowsPath,
-    /// A script argument token: letters, digits and `-_.,:=` only, no spaces or quotes.
+    /// A script argument token: letters, digits and `-_.,=` only, no `..`, not starting with `-`,
+    /// not a DOS device name. Goes only into args, as a whole argument.
     ScriptArg,
-    /// A SHA-256 in hex.
+    /// A SHA-256 in hex. Goes into args, or anywhere inside a GetFile path.
     Sha256,
-    /// A process name such as `OfficeClickToRun` (letters, digits, `-_.`).
+    /// A process name such as `OfficeClickToRun` (letters, digits, `-_.`; no `..`, not starting
+    /// with `.` or `-` nor ending with `.`, not a DOS device name). Goes into args, or into a
+    /// GetFile path as the start of a name (`C:\dir\{p}.dmp`).
     ProcessName,
 }
 
@@ -210,6 +218,13 @@ impl Playbook {
         Duration::from_secs(self.deadline_minutes * 60)
     }
 
+    /// Hex SHA-256 of the playbook's canonical JSON (fields in declaration order, placeholders
+    /// sorted by name): names exactly what ran.
+    pub fn sha256(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
+
     fn validate(&self) -> Result<(), PlaybookError> {
         if !(1..=64).contains(&self.name.len())
             || !self
@@ -228,7 +243,7 @@ impl Playbook {
         let mut used = std::collections::BTreeSet::new();
         for (i, c) in self.commands.iter().enumerate() {
             let field = format!("commands[{i}]");
-            let texts: Vec<&str> = match c {
+            let names = match c {
                 CommandTemplate::PutFile { file } => {
                     if !valid_library_name(file) {
                         return Err(self.error(
@@ -245,21 +260,18 @@ impl Playbook {
                             "script must be a library file name (letters, digits, '-', '_', '.')",
                         ));
                     }
-                    args.iter().map(String::as_str).collect()
-                }
-                CommandTemplate::GetFile { path } => vec![path.as_str()],
-            };
-            for t in texts {
-                for name in placeholders_in(t).map_err(|p| self.error(&field, p))? {
-                    if !self.placeholders.contains_key(&name) {
-                        return Err(self.error(
-                            &field,
-                            format!("uses {{{name}}}, which is not declared under placeholders"),
-                        ));
+                    match args {
+                        Some(a) => render::check_args_template(a, &self.placeholders),
+                        None => Ok(vec![]),
                     }
-                    used.insert(name);
+                    .map_err(|p| self.error(&field, p))?
                 }
-            }
+                CommandTemplate::GetFile { path } => {
+                    render::check_path_template(path, &self.placeholders)
+                        .map_err(|p| self.error(&field, p))?
+                }
+            };
+            used.extend(names);
         }
         for name in self.placeholders.keys() {
             if !used.contains(name) {
@@ -272,7 +284,8 @@ impl Playbook {
         Ok(())
     }
 
-    /// The commands for this alert, placeholders filled with validated values.
+    /// The commands for this alert, placeholders filled with validated values in one pass, each
+    /// command re-checked by [`render::check_rendered`].
     pub fn render(&self, alert: &Alert) -> Result<Vec<Command>, AlertError> {
         let mut values = BTreeMap::new();
         for (name, ph) in &self.placeholders {
@@ -282,7 +295,7 @@ impl Playbook {
                         code: "invalid_parameter",
                         message: format!("parameter {name} for playbook {}: {problem}", self.name),
                     })?;
-                    values.insert(name.clone(), v.clone());
+                    values.insert(name.clone(), (ph.kind, v.clone()));
                 }
                 None if ph.required => {
                     return Err(AlertError {
@@ -296,25 +309,29 @@ impl Playbook {
                 None => {}
             }
         }
-        let fill = |t: &str| -> Option<String> {
-            let mut out = t.to_string();
-            for name in placeholders_in(t).unwrap_or_default() {
-                let v = values.get(&name)?;
-                out = out.replace(&format!("{{{name}}}"), v);
-            }
-            Some(out)
-        };
+        let fill = |t: &str, slot| render::fill(&self.name, t, slot, &values);
         let mut commands = Vec::new();
         for c in &self.commands {
             // A command whose optional placeholder has no value is left out.
             let cmd = match c {
                 CommandTemplate::PutFile { file } => Some(Command::put_file(file)),
                 CommandTemplate::RunScript { script, args } => match args {
-                    Some(a) => fill(a).map(|a| Command::run_script(script, Some(&a))),
+                    Some(a) => fill(a, Slot::Arg)?.map(|a| Command::run_script(script, Some(&a))),
                     None => Some(Command::run_script(script, None)),
                 },
-                CommandTemplate::GetFile { path } => fill(path).map(|p| Command::get_file(&p)),
+                CommandTemplate::GetFile { path } => {
+                    fill(path, Slot::Path)?.map(|p| Command::get_file(&p))
+                }
             };
+            if let Some(cmd) = &cmd {
+                render::check_rendered(cmd).map_err(|problem| AlertError {
+                    code: "unsafe_render",
+                    message: format!(
+                        "playbook {}: a rendered {:?} command failed the final check: {problem}",
+                        self.name, cmd.kind
+                    ),
+                })?;
+            }
             commands.extend(cmd);
         }
         // Defender runs PutFile, then RunScript, then GetFile commands; keep that order.
@@ -333,54 +350,27 @@ impl Playbook {
     }
 }
 
-fn valid_library_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// The `{name}` placeholders in a template.
-fn placeholders_in(t: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut rest = t;
-    while let Some(start) = rest.find('{') {
-        let after = &rest[start + 1..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in {t:?}"))?;
-        let name = &after[..end];
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(format!("placeholder {{{name}}} must be a-z 0-9 _"));
-        }
-        out.push(name.to_string());
-        rest = &after[end + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("stray '}}' in {t:?}"));
-    }
-    Ok(out)
-}
-
 impl PlaceholderKind {
+    /// Whether a value may fill a placeholder of this kind (wherever it goes; a path that goes into
+    /// a script argument must also be ASCII, checked when it is rendered).
     pub fn check(self, v: &str) -> Result<(), String> {
         match self {
             Self::WindowsPath => check_windows_path(v),
             Self::ScriptArg => {
-                if (1..=128).contains(&v.len())
-                    && v.bytes().all(|b| {
-                        b.is_ascii_alphanumeric()
-                            || matches!(b, b'-' | b'_' | b'.' | b',' | b':' | b'=')
+                if !(1..=128).contains(&v.len())
+                    || !v.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b',' | b'=')
                     })
                 {
-                    Ok(())
-                } else {
-                    Err("a script argument is 1-128 of letters, digits and - _ . , : = (no spaces, quotes or shell characters)".into())
+                    return Err("a script argument is 1-128 of letters, digits and - _ . , = (no spaces, quotes, colons or shell characters)".into());
                 }
+                if v.starts_with('-') {
+                    return Err(
+                        "a script argument must not start with '-' (it would name a parameter)"
+                            .into(),
+                    );
+                }
+                check_name_like(v)
             }
             Self::Sha256 => {
                 if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -390,51 +380,35 @@ impl PlaceholderKind {
                 }
             }
             Self::ProcessName => {
-                if (1..=64).contains(&v.len())
-                    && v.bytes()
+                if !(1..=64).contains(&v.len())
+                    || !v
+                        .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 {
-                    Ok(())
-                } else {
-                    Err("a process name is 1-64 of letters, digits, '-', '_' and '.'".into())
+                    return Err(
+                        "a process name is 1-64 of letters, digits, '-', '_' and '.'".into(),
+                    );
                 }
+                if v.starts_with(['.', '-']) || v.ends_with('.') {
+                    return Err(
+                        "a process name must not start with '.' or '-' nor end with '.'".into(),
+                    );
+                }
+                check_name_like(v)
             }
         }
     }
 }
 
-fn check_windows_path(v: &str) -> Result<(), String> {
-    if v.len() > 260 {
-        return Err("a path is at most 260 characters".into());
+/// What script arguments and process names share: no `..`, no DOS device name.
+fn check_name_like(v: &str) -> Result<(), String> {
+    if v.contains("..") {
+        return Err("must not contain '..'".into());
     }
-    let b = v.as_bytes();
-    if b.len() < 4 || !b[0].is_ascii_alphabetic() || b[1] != b':' || b[2] != b'\\' {
-        return Err(
-            "must be an absolute path on a drive, like C:\\dir\\file (no UNC or device paths)"
-                .into(),
-        );
-    }
-    if v.chars()
-        .any(|c| c.is_control() || !(c.is_ascii() || c.is_alphanumeric()))
-    {
-        return Err("holds control or unusual characters".into());
-    }
-    const FORBIDDEN: &[char] = &[
-        '"', '\'', '`', '*', '?', '<', '>', '|', ';', '&', '$', '%', '/', ':',
-    ];
-    if v[2..].contains(FORBIDDEN) {
-        return Err("holds a character that is not allowed in a path (quotes, wildcards, pipes, ; & $ % / :)".into());
-    }
-    for seg in v[3..].split('\\') {
-        if seg.is_empty() {
-            return Err("has an empty path segment".into());
-        }
-        if seg == "." || seg == ".." {
-            return Err("must not contain . or .. segments".into());
-        }
-        if seg.ends_with(' ') || seg.ends_with('.') {
-            return Err("a segment ends with a space or dot".into());
-        }
+    if is_dos_device_name(v) {
+        return Err(format!(
+            "{v:?} is a DOS device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
+        ));
     }
     Ok(())
 }
@@ -442,27 +416,7 @@ fn check_windows_path(v: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::{AlertFormat, Envelope};
-    use crate::defender::MachineId;
-    use crate::ids::AlertId;
-
-    fn alert(category: &str, params: &[(&str, &str)]) -> Alert {
-        Alert {
-            format: AlertFormat::Native,
-            envelope: Envelope::None,
-            alert_id: AlertId::parse("a1").unwrap(),
-            machine_id: MachineId::parse(&"a".repeat(40)).unwrap(),
-            title: "Suspicious PowerShell".into(),
-            category: category.into(),
-            severity: "High".into(),
-            source: "edr".into(),
-            playbook: None,
-            parameters: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
+    use crate::alerts::render::tests::alert;
 
     #[test]
     fn the_bundled_playbooks_load() {
@@ -549,5 +503,98 @@ type = "RunShell"
 cmd = "calc"
 "#;
         assert!(Playbooks::from_toml(unknown_type).is_err());
+    }
+
+    #[test]
+    fn no_value_carries_braces() {
+        for bad in [
+            "C:\\Users\\a\\{file_path}.exe",
+            "C:\\Temp\\}{",
+            "C:\\a\\{x}",
+        ] {
+            assert!(PlaceholderKind::WindowsPath.check(bad).is_err(), "{bad:?}");
+        }
+        for kind in [PlaceholderKind::ScriptArg, PlaceholderKind::ProcessName] {
+            assert!(kind.check("{mode}").is_err());
+        }
+    }
+
+    #[test]
+    fn dos_device_names_are_refused_in_every_kind() {
+        for bad in [
+            "C:\\Users\\a\\NUL.txt",
+            "C:\\CON",
+            "C:\\Users\\a\\com1",
+            "C:\\Temp\\con .log",
+            "C:\\Temp\\aux.tar.gz",
+            "C:\\Users\\LPT3\\x.exe",
+            "C:\\Temp\\LPT\u{b9}.txt",
+            "C:\\Temp\\Com\u{b2}",
+            "C:\\Temp\\COM0.bin",
+            "C:\\Temp\\prn.docx.exe",
+        ] {
+            assert!(PlaceholderKind::WindowsPath.check(bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "C:\\Temp\\CONSOLE.txt",
+            "C:\\Temp\\com10",
+            "C:\\Temp\\nul_x.txt",
+            "C:\\Temp\\x.con",
+            "C:\\Temp\\auxiliary\\x.exe",
+        ] {
+            assert!(PlaceholderKind::WindowsPath.check(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["NUL", "con.exe", "COM9", "Lpt1", "aux.x"] {
+            assert!(PlaceholderKind::ProcessName.check(bad).is_err(), "{bad:?}");
+            assert!(PlaceholderKind::ScriptArg.check(bad).is_err(), "{bad:?}");
+        }
+        assert!(PlaceholderKind::ProcessName.check("conhost").is_ok());
+        assert!(PlaceholderKind::ScriptArg.check("Console").is_ok());
+    }
+
+    #[test]
+    fn dot_dot_leading_dashes_and_streams_are_refused() {
+        for bad in ["..", "a..b", ".hidden", "-Force", "lsass."] {
+            assert!(PlaceholderKind::ProcessName.check(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["..", "a..b", "x:y", "C:evil", "a.txt:stream", "-Recurse"] {
+            assert!(PlaceholderKind::ScriptArg.check(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            PlaceholderKind::WindowsPath
+                .check("C:\\a\\b.txt:evil")
+                .is_err()
+        );
+        assert!(PlaceholderKind::ProcessName.check("svc.host-1_x").is_ok());
+        assert!(PlaceholderKind::ScriptArg.check("Level=3,Quick").is_ok());
+    }
+
+    #[test]
+    fn the_bundled_memory_dump_refuses_device_names_and_traversal() {
+        let p = Playbooks::bundled().unwrap();
+        for bad in ["NUL", "..", "a..b", "-Force", "COM1.exe"] {
+            let a = alert("CredentialAccess", &[("process_name", bad)]);
+            let pb = p.select(&a).unwrap();
+            assert_eq!(pb.name, "memory-dump");
+            assert_eq!(
+                pb.render(&a).unwrap_err().code,
+                "invalid_parameter",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_playbook_hash_is_stable_and_tells_playbooks_apart() {
+        let p = Playbooks::bundled().unwrap();
+        let hashes: Vec<String> = p.all().iter().map(Playbook::sha256).collect();
+        assert!(hashes.iter().all(|h| h.len() == 64));
+        let again = Playbooks::bundled().unwrap();
+        assert_eq!(again.all()[0].sha256(), hashes[0]);
+        let distinct: std::collections::BTreeSet<_> = hashes.iter().collect();
+        assert_eq!(distinct.len(), hashes.len());
+        let mut changed = p.all()[0].clone();
+        changed.deadline_minutes += 1;
+        assert_ne!(changed.sha256(), hashes[0]);
     }
 }
