@@ -366,6 +366,7 @@ pub fn collecting_run(
         run_id: run_id.clone(),
         alert,
         playbook: "malware-file".into(),
+        playbook_sha256: None,
         machine_id: machine.clone(),
         commands,
         comment: run_id.comment_tag(),

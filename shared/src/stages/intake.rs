@@ -49,6 +49,7 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
             playbook.name
         ),
         playbook: playbook.name.clone(),
+        playbook_sha256: Some(playbook.sha256()),
         machine_id: alert.machine_id.clone(),
         alert,
         commands,

@@ -61,6 +61,10 @@ pub struct RunRecord {
     pub run_id: RunId,
     pub alert: Alert,
     pub playbook: String,
+    /// SHA-256 of the playbook as it rendered the commands (its canonical JSON): which version of
+    /// the playbook asked for what, whatever the file says later.
+    #[serde(default)]
+    pub playbook_sha256: Option<String>,
     pub machine_id: MachineId,
     pub commands: Vec<Command>,
     /// The requestor comment sent to Defender; carries the run id.
@@ -203,6 +207,8 @@ pub struct Manifest {
     pub v: u32,
     pub run_id: RunId,
     pub playbook: String,
+    /// SHA-256 of the playbook that rendered the commands (see [`RunRecord::playbook_sha256`]).
+    pub playbook_sha256: Option<String>,
     pub alert: Alert,
     pub device: ManifestDevice,
     pub action: Option<ManifestAction>,
@@ -382,6 +388,7 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         v: RECORD_VERSION,
         run_id: run.run_id.clone(),
         playbook: run.playbook.clone(),
+        playbook_sha256: run.playbook_sha256.clone(),
         alert: run.alert.clone(),
         device: ManifestDevice {
             machine_id: run.machine_id.clone(),
