@@ -62,7 +62,11 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
     assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
     assert_eq!(m.playbook, "malware-file");
     let bundled = shared::alerts::playbook::Playbooks::bundled().unwrap();
-    let used = bundled.all().iter().find(|p| p.name == "malware-file").unwrap();
+    let used = bundled
+        .all()
+        .iter()
+        .find(|p| p.name == "malware-file")
+        .unwrap();
     assert_eq!(
         m.playbook_sha256.as_deref(),
         Some(used.sha256().as_str()),
