@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 
-use crate::config::{Retention, RetentionMode};
 use crate::defender::{CredentialSource, Credentials, DefenderError};
 use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
+use crate::store::retention::{Retention, RetentionMode};
 
 /// The shared SDK configuration: region, credentials and endpoint from the environment.
 pub async fn sdk_config() -> aws_config::SdkConfig {

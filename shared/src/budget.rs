@@ -261,7 +261,7 @@ where
             PutResult::Conflict => {
                 // Another invocation won the race: back off a little and read again.
                 tokio::time::sleep(Duration::from_millis(
-                    5 + (crate::stages::jitter() * 20.0) as u64,
+                    5 + (crate::retry::jitter() * 20.0) as u64,
                 ))
                 .await;
             }
@@ -273,7 +273,7 @@ where
 fn new_slot(window: Window) -> Slot {
     Slot {
         window,
-        id: crate::stages::jitter().to_bits(),
+        id: crate::retry::jitter().to_bits(),
     }
 }
 

@@ -8,13 +8,12 @@ use crate::alerts::playbook::{PlaybookError, Playbooks};
 use crate::aws::{S3Store, SecretsManagerCredentials, SqsQueue, s3_client};
 use crate::batch;
 use crate::clock::SystemClock;
-use crate::config::{
-    CollectConfig, ConfigError, DefenderConfig, Env, IntakeConfig, PollConfig, Retention,
-    SubmitConfig,
-};
-use crate::defender::{DefenderClient, TokenProvider, http_client};
+use crate::config::{ConfigError, Env};
+use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
 use crate::ports::{HttpFetch, ObjectStore};
 use crate::stages;
+use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
+use crate::store::retention::Retention;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod logging;
 pub mod messages;
 pub mod ports;
+pub mod retry;
 pub mod secret;
 pub mod stages;
 pub mod store;

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use mde_sim::{Device, DeviceFile, SimConfig};
 use shared::aws::{S3Store, SqsQueue};
-use shared::config::{Backoff, CollectConfig};
 use shared::defender::{Command, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
 use shared::ports::{HttpFetch, ObjectStore, Put};
+use shared::retry::Backoff;
+use shared::stages::settings::CollectConfig;
 use shared::store::run_key;
 use tests::*;
 

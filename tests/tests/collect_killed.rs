@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use shared::config::{Backoff, CollectConfig};
 use shared::defender::{Command, CommandStatus, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
 use shared::ports::{HttpFetch, ObjectStore, Put};
+use shared::retry::Backoff;
+use shared::stages::settings::CollectConfig;
 use shared::store::{CommandOutcome, evidence_key, load_command, run_key};
 use tests::fakes::{MemQueue, MemStore};
 use tests::*;

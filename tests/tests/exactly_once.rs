@@ -4,13 +4,14 @@
 
 use shared::alerts::playbook::Playbooks;
 use shared::budget::BudgetConfig;
-use shared::config::{Backoff, IntakeConfig, SubmitConfig};
 use shared::defender::{
     ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
     MachineId,
 };
 use shared::messages::Delivery;
 use shared::ports::Defender;
+use shared::retry::Backoff;
+use shared::stages::settings::{IntakeConfig, SubmitConfig};
 use shared::store::{RunState, load_run};
 use std::time::Duration;
 use tests::fakes::{MemQueue, MemStore, Sent};

@@ -4,7 +4,7 @@
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use shared::alerts::playbook::Playbooks;
-use shared::config::IntakeConfig;
+use shared::stages::settings::IntakeConfig;
 use tests::fakes::{MemQueue, MemStore, Sent};
 use tests::*;
 

@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 use shared::alerts::playbook::Playbooks;
 use shared::budget::{self, BudgetConfig};
 use shared::clock::{Clock, ManualClock};
-use shared::config::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::defender::{
     ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
     DownloadLink, LiveResponseRequest, MachineAction, MachineId,
@@ -31,6 +30,7 @@ use shared::ports::{
     StoreError, Stored, Upload,
 };
 use shared::secret::Secret;
+use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
 use tests::Rng;

@@ -2,11 +2,13 @@
 
 pub mod auth;
 pub mod client;
+pub mod cloud;
 pub mod error;
 pub mod model;
 
 pub use auth::{CredentialSource, Credentials, StaticCredentials, Token, TokenProvider};
 pub use client::{DefenderClient, DownloadLink, LibraryUpload, http_client};
+pub use cloud::{CloudPreset, DefenderConfig, cloud_preset, clouds};
 pub use error::{DefenderError, Next};
 pub use model::{
     ActionFilter, ActionId, ActionStatus, Command, CommandResult, CommandStatus, CommandType,

@@ -12,11 +12,11 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
-use crate::config::CollectConfig;
 use crate::defender::{CommandType, DownloadLink, Next, Transcript};
 use crate::hash::ResumableSha256;
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};

@@ -2,9 +2,9 @@
 
 use time::OffsetDateTime;
 
+use super::settings::IntakeConfig;
 use super::{Done, StageError};
 use crate::alerts::{self, playbook::Playbooks};
-use crate::config::IntakeConfig;
 use crate::ids::RunId;
 use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
 use crate::ports::{ObjectStore, Queue};

@@ -4,6 +4,7 @@
 pub mod collect;
 pub mod intake;
 pub mod poll;
+pub mod settings;
 pub mod submit;
 
 use crate::budget::{self, BudgetConfig};
@@ -12,6 +13,7 @@ use crate::ids::RunId;
 use crate::messages::{Job, decode};
 use crate::ports::Queue;
 use crate::ports::{ObjectStore, QueueError, StoreError};
+pub use crate::retry::jitter;
 use crate::store::{
     Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
     create_command, finish_run_if_complete, update_record, update_run,
@@ -63,13 +65,6 @@ impl From<QueueError> for StageError {
     fn from(e: QueueError) -> Self {
         Self::Retry(e.to_string())
     }
-}
-
-/// A number in [0, 1) that differs between calls, for backoff jitter.
-pub fn jitter() -> f64 {
-    let b = uuid::Uuid::new_v4();
-    let x = u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Decodes a stage message and loads the run it names; either failing is the message's fault.

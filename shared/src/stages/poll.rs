@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use super::settings::PollConfig;
 use super::{Done, Ending, StageError, WHILE_SUBMITTED, end_run, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
-use crate::config::PollConfig;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use super::settings::SubmitConfig;
 use super::{BEFORE_SUBMISSION, Done, Ending, StageError, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
-use crate::config::SubmitConfig;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::ids::RunId;
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};

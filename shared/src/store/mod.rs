@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod keys;
+pub mod retention;
 
 pub use chain::{Chain, Chained, Standing};
 pub use keys::{command_key, evidence_key, manifest_key, run_key};

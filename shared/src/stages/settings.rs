@@ -1,0 +1,280 @@
+//! What each stage reads from its environment, checked once per cold start: queue URLs, the
+//! bucket, the poll schedule, the copy's limits. One place for the four, so that the template test
+//! can hold every variable the deployment sets against what the code reads.
+
+use std::time::Duration;
+
+use crate::budget::BudgetConfig;
+use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, secs_list};
+use crate::retry::Backoff;
+
+fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
+    match optional(env, "MAX_RUN_DEADLINE_SECS") {
+        None => Ok(None),
+        Some(_) => number(env, "MAX_RUN_DEADLINE_SECS", 0u64, 1..=3 * 24 * 3600)
+            .map(|s| Some(Duration::from_secs(s))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeConfig {
+    pub bucket: String,
+    pub submit_queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// `s3://bucket/key` of a playbook file replacing the bundled one.
+    pub playbooks_s3_uri: Option<String>,
+    /// Caps every playbook's deadline.
+    pub max_run_deadline: Option<Duration>,
+}
+
+impl IntakeConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let playbooks_s3_uri = match optional(env, "PLAYBOOKS_S3_URI") {
+            Some(u) if u.starts_with("s3://") && u[5..].contains('/') => Some(u),
+            Some(u) => {
+                return Err(ConfigError::Invalid {
+                    var: "PLAYBOOKS_S3_URI",
+                    value: u,
+                    reason: "expected s3://bucket/key".into(),
+                });
+            }
+            None => None,
+        };
+        Ok(Self {
+            bucket: bucket(env)?,
+            submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            playbooks_s3_uri,
+            max_run_deadline: max_deadline(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitConfig {
+    pub bucket: String,
+    pub budget: BudgetConfig,
+    pub submit_queue_url: String,
+    pub poll_queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub first_poll_delay: Duration,
+    pub retry: Backoff,
+}
+
+impl SubmitConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            bucket: bucket(env)?,
+            budget: BudgetConfig::from_env(env)?,
+            submit_queue_url: queue_url(
+                env,
+                "SUBMIT_QUEUE_URL",
+                "the submit stage's own queue (for delayed retries)",
+            )?,
+            poll_queue_url: queue_url(env, "POLL_QUEUE_URL", "the poll stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            first_poll_delay: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?[0],
+            retry: Backoff::from_env(env)?,
+        })
+    }
+}
+
+/// Poll after 15 s, then back off to every 15 minutes (SQS's longest delay).
+pub const DEFAULT_POLL_DELAYS: &str = "15,30,60,120,300,600,900";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollConfig {
+    pub bucket: String,
+    pub budget: BudgetConfig,
+    pub poll_queue_url: String,
+    pub collect_queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub poll_delays: Vec<Duration>,
+    pub retry: Backoff,
+}
+
+impl PollConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            bucket: bucket(env)?,
+            budget: BudgetConfig::from_env(env)?,
+            poll_queue_url: queue_url(
+                env,
+                "POLL_QUEUE_URL",
+                "the poll stage's own queue (it re-enqueues itself)",
+            )?,
+            collect_queue_url: queue_url(env, "COLLECT_QUEUE_URL", "the collect stage's queue")?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            poll_delays: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?,
+            retry: Backoff::from_env(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectConfig {
+    pub bucket: String,
+    pub budget: BudgetConfig,
+    pub collect_queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// Host suffixes a result link may point at.
+    pub allowed_hosts: Vec<String>,
+    /// Smallest multipart part; larger when a package would need more than 10,000 parts.
+    pub part_size_min: usize,
+    /// Copies tried before a command is recorded as not collected.
+    pub max_attempts: u32,
+    pub retry: Backoff,
+    pub download_timeout: Duration,
+    /// How long one invocation copies before it saves a checkpoint and hands the rest to the next
+    /// (the function's timeout is 900 s).
+    pub time_budget: Duration,
+}
+
+pub const DEFAULT_ALLOWED_HOSTS: &str = ".blob.core.windows.net,.blob.core.usgovcloudapi.net";
+
+impl CollectConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let raw =
+            optional(env, "DOWNLOAD_ALLOWED_HOSTS").unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.into());
+        let allowed_hosts: Vec<String> = raw
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if allowed_hosts.is_empty()
+            || allowed_hosts
+                .iter()
+                .any(|h| h.contains(['/', ':', '*', ' ']))
+        {
+            return Err(ConfigError::Invalid {
+                var: "DOWNLOAD_ALLOWED_HOSTS",
+                value: raw,
+                reason:
+                    "expected comma-separated host names or suffixes such as .blob.core.windows.net"
+                        .into(),
+            });
+        }
+        Ok(Self {
+            bucket: bucket(env)?,
+            budget: BudgetConfig::from_env(env)?,
+            collect_queue_url: queue_url(
+                env,
+                "COLLECT_QUEUE_URL",
+                "the collect stage's own queue (for retries)",
+            )?,
+            dead_letter_queue_url: queue_url(
+                env,
+                "DEAD_LETTER_QUEUE_URL",
+                "this stage's dead-letter queue, for refused messages",
+            )?,
+            allowed_hosts,
+            part_size_min: number(env, "COLLECT_PART_MIB", 8usize, 5..=512)? << 20,
+            max_attempts: number(env, "COLLECT_MAX_ATTEMPTS", 5u32, 1..=50)?,
+            retry: Backoff::from_env(env)?,
+            download_timeout: Duration::from_secs(number(
+                env,
+                "DOWNLOAD_READ_TIMEOUT_SECS",
+                60u64,
+                5..=900,
+            )?),
+            time_budget: Duration::from_secs(number(
+                env,
+                "COLLECT_TIME_BUDGET_SECS",
+                600u64,
+                0..=870,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        [
+            ("EVIDENCE_BUCKET", "lr-evidence"),
+            (
+                "SUBMIT_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/submit",
+            ),
+            (
+                "POLL_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/poll",
+            ),
+            (
+                "COLLECT_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/collect",
+            ),
+            (
+                "DEAD_LETTER_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/dlq",
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn stage_configs_read_and_name_bad_variables() {
+        let env = base();
+        assert!(IntakeConfig::from_env(&env).is_ok());
+        let s = SubmitConfig::from_env(&env).unwrap();
+        assert_eq!(s.first_poll_delay, Duration::from_secs(15));
+        let p = PollConfig::from_env(&env).unwrap();
+        assert_eq!(p.poll_delays.last(), Some(&Duration::from_secs(900)));
+        let c = CollectConfig::from_env(&env).unwrap();
+        assert_eq!(c.part_size_min, 8 << 20);
+        assert_eq!(
+            c.allowed_hosts,
+            vec![".blob.core.windows.net", ".blob.core.usgovcloudapi.net"]
+        );
+
+        let cases: Vec<(&'static str, &'static str)> = vec![
+            ("EVIDENCE_BUCKET", "Bad_Bucket"),
+            ("POLL_DELAYS_SECS", "15,abc"),
+            ("POLL_DELAYS_SECS", "15,1000"),
+            ("DOWNLOAD_ALLOWED_HOSTS", "https://x/"),
+            ("COLLECT_PART_MIB", "1"),
+            ("RETRY_BASE_SECS", "0"),
+            ("PLAYBOOKS_S3_URI", "https://bucket/key"),
+            ("MAX_RUN_DEADLINE_SECS", "forever"),
+            ("SUBMIT_QUEUE_URL", "not a url"),
+        ];
+        for (var, value) in cases {
+            let mut env = base();
+            env.insert(var, value);
+            let errs = [
+                IntakeConfig::from_env(&env).err(),
+                SubmitConfig::from_env(&env).err(),
+                PollConfig::from_env(&env).err(),
+                CollectConfig::from_env(&env).err(),
+            ];
+            let e = errs
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| panic!("{var}={value} accepted"));
+            assert_eq!(e.var(), var, "{e}");
+        }
+        let mut env = base();
+        env.remove("DEAD_LETTER_QUEUE_URL");
+        assert_eq!(
+            IntakeConfig::from_env(&env).unwrap_err().var(),
+            "DEAD_LETTER_QUEUE_URL"
+        );
+    }
+}
