@@ -1,8 +1,12 @@
 //! SHA-256 whose state can be saved and restored, so that a copy that spans invocations keeps one
 //! hash over all of its bytes (sha2's own hasher keeps its state private).
 
+use std::io::Write;
+
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::digest::generic_array::GenericArray;
+use sha2::{Digest, Sha256};
 
 const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -120,6 +124,37 @@ mod hex_bytes {
         let s: String = serde::Deserialize::deserialize(d)?;
         hex::decode(s).map_err(serde::de::Error::custom)
     }
+}
+
+/// Counts and hashes what a gzip decoder writes into it.
+pub struct HashSink {
+    pub hasher: Sha256,
+    pub len: u64,
+}
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SHA-256 and length of a gzip stream's content (None if it is not clean gzip).
+pub async fn hash_gzip(mut stream: crate::ports::ByteStream) -> Option<(String, u64)> {
+    let mut d = flate2::write::GzDecoder::new(HashSink {
+        hasher: Sha256::new(),
+        len: 0,
+    });
+    while let Some(chunk) = stream.next().await {
+        d.write_all(&chunk.ok()?).ok()?;
+    }
+    d.finish()
+        .ok()
+        .map(|s| (hex::encode(s.hasher.finalize()), s.len))
 }
 
 #[cfg(test)]

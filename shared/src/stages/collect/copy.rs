@@ -1,0 +1,423 @@
+//! The streaming engine: a package from its download link into a staging multipart upload, part
+//! by part, hashing as it goes (SHA-256 of the package and, for a GetFile, of the file inside the
+//! gzip), resuming a broken download with a Range request, checkpointing at part boundaries when
+//! the invocation's time runs out, and publishing the whole object under its evidence key.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::checkpoint::{Checkpoint, Saved, discard_checkpoint, load_checkpoint, save_checkpoint};
+use super::excerpt;
+use super::link::Source;
+use crate::defender::{CommandType, DownloadLink, Transcript};
+use crate::hash::{HashSink, ResumableSha256, hash_gzip};
+use crate::messages::CollectJob;
+use crate::ports::{Defender, Fetch, ObjectStore, StoreError, Upload};
+use crate::store::keys::{self, checkpoint_key};
+use crate::store::{RunRecord, evidence_key};
+
+/// S3 allows at most 10,000 parts.
+pub const MAX_PARTS: u64 = 10_000;
+pub(super) const MIB: u64 = 1 << 20;
+/// Transcripts are parsed for their exit code when at most this large.
+pub(super) const TRANSCRIPT_PARSE_LIMIT: usize = 4 << 20;
+
+/// The part size for a package: the configured minimum, or more when the package would need more
+/// than 10,000 parts; whole MiB.
+pub fn part_size(content_length: Option<u64>, min: usize) -> usize {
+    let min = (min as u64).max(5 * MIB);
+    let needed = content_length.map(|l| l.div_ceil(MAX_PARTS)).unwrap_or(0);
+    (needed.max(min).div_ceil(MIB) * MIB) as usize
+}
+
+pub(super) enum CopyError {
+    /// The download failed or broke off: worth another attempt with a fresh link.
+    Download(String),
+    /// S3 failed: SQS delivers the job again.
+    Store(StoreError),
+    /// The multipart upload no longer exists.
+    UploadGone,
+}
+
+/// A copy whose staging object is whole: its hashes and, for a transcript, its summary. Saved in
+/// the checkpoint before publishing, so that a failure after this point only publishes again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finished {
+    pub size: u64,
+    pub sha256: String,
+    pub sha256_decompressed: Option<String>,
+    pub size_decompressed: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub output_excerpt: Option<String>,
+    pub errors_excerpt: Option<String>,
+}
+
+/// A published copy.
+pub(super) struct Copied {
+    pub(super) key: String,
+    pub(super) staging: String,
+    pub(super) size: u64,
+    pub(super) sha256: String,
+    pub(super) sha256_decompressed: Option<String>,
+    pub(super) size_decompressed: Option<u64>,
+    pub(super) exit_code: Option<i64>,
+    pub(super) output_excerpt: Option<String>,
+    pub(super) errors_excerpt: Option<String>,
+}
+
+/// Resumptions with a Range request within one copy attempt.
+pub(super) const MAX_RESUMES: u32 = 10;
+
+pub(super) enum CopyResult {
+    Copied(Copied),
+    /// The time budget ran out; a checkpoint holds the place.
+    Paused {
+        offset: u64,
+    },
+}
+
+pub(super) async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
+    store: &S,
+    source: &Source<'_, S, D, F>,
+    run: &RunRecord,
+    kind: CommandType,
+    link: &DownloadLink,
+    deadline: std::time::Instant,
+) -> Result<CopyResult, CopyError> {
+    let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
+    let ck_key = checkpoint_key(&run.run_id, job.index);
+    let mut saved = load_checkpoint(store, &ck_key, &run.run_id, job.index)
+        .await
+        .map_err(CopyError::Store)?;
+    if let Some(Saved::Corrupt(why)) = &saved {
+        tracing::warn!(run_id = %run.run_id, index = job.index, reason = %why, "checkpoint unusable; starting the copy over");
+        store.delete(&ck_key).await.map_err(CopyError::Store)?;
+        saved = None;
+    }
+    let (download, mut ck) = match saved {
+        Some(Saved::Usable(ck)) if ck.completed.is_some() => {
+            // The upload completed before a failure: only publishing is left.
+            return publish(store, run, job, kind, &ck).await;
+        }
+        Some(Saved::Usable(ck)) => {
+            let mut ck = *ck;
+            let download = fetch
+                .open(&link.url, ck.offset)
+                .await
+                .map_err(CopyError::Download)?;
+            if let (Some(len), Some(rest)) = (ck.package_len, download.content_length)
+                && len != ck.offset + rest
+            {
+                discard_checkpoint(store, &run.run_id, job.index)
+                    .await
+                    .map_err(CopyError::Store)?;
+                return Err(CopyError::Download(format!(
+                    "the package is now {} bytes, not the {len} the checkpoint was made for",
+                    ck.offset + rest
+                )));
+            }
+            ck.invocations += 1;
+            tracing::info!(run_id = %run.run_id, index = job.index, offset = ck.offset, "resuming a copy from its checkpoint");
+            (download, ck)
+        }
+        _ => {
+            let download = fetch
+                .open(&link.url, 0)
+                .await
+                .map_err(CopyError::Download)?;
+            let part_size = part_size(download.content_length, cfg.part_size_min);
+            let staging = keys::new_staging_key(&run.run_id, job.index);
+            let upload_id = store
+                .begin_upload(&staging)
+                .await
+                .map_err(CopyError::Store)?;
+            let ck = Checkpoint {
+                v: 1,
+                staging,
+                upload_id,
+                part_size,
+                parts: Vec::new(),
+                offset: 0,
+                package_len: download.content_length,
+                sha256: ResumableSha256::new(),
+                invocations: 1,
+                completed: None,
+            };
+            (download, ck)
+        }
+    };
+    let resumed = ck.offset > 0;
+    let hashes = match stream_parts(store, &mut ck, kind, download, source, deadline).await {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            save_checkpoint(store, &ck_key, &ck)
+                .await
+                .map_err(CopyError::Store)?;
+            return Ok(CopyResult::Paused { offset: ck.offset });
+        }
+        Err(CopyError::UploadGone) => return upload_gone(store, &ck_key).await,
+        Err(e) => {
+            if ck.parts.is_empty() {
+                // Nothing worth keeping: never leave an orphaned upload behind a failed copy.
+                if let Err(abort) = store.abort_upload(&ck.staging, &ck.upload_id).await {
+                    tracing::warn!(run_id = %run.run_id, error = %abort, "could not abort a failed upload");
+                }
+                let _ = store.delete(&ck_key).await;
+            } else {
+                // The next attempt goes on from the last uploaded part.
+                save_checkpoint(store, &ck_key, &ck)
+                    .await
+                    .map_err(CopyError::Store)?;
+            }
+            return Err(e);
+        }
+    };
+    let completed = store
+        .complete_upload(&ck.staging, &ck.upload_id, ck.parts.clone())
+        .await
+        .map_err(CopyError::Store)?;
+    if completed == Upload::Gone {
+        return upload_gone(store, &ck_key).await;
+    }
+    let mut hashes = hashes;
+    if resumed && kind == CommandType::GetFile {
+        // The decompressor's state cannot be saved; hash the file from the stored package instead.
+        let decompressed = hash_gzip(
+            store
+                .open_read(&ck.staging)
+                .await
+                .map_err(CopyError::Store)?,
+        )
+        .await;
+        hashes.sha256_decompressed = decompressed.as_ref().map(|d| d.0.clone());
+        hashes.size_decompressed = decompressed.map(|d| d.1);
+    }
+    ck.completed = Some(Finished {
+        size: hashes.size,
+        sha256: hashes.sha256,
+        sha256_decompressed: hashes.sha256_decompressed,
+        size_decompressed: hashes.size_decompressed,
+        exit_code: hashes.transcript.as_ref().and_then(|t| t.exit_code),
+        output_excerpt: hashes
+            .transcript
+            .as_ref()
+            .map(|t| excerpt(&t.script_output)),
+        errors_excerpt: hashes
+            .transcript
+            .as_ref()
+            .map(|t| excerpt(&t.script_errors)),
+    });
+    // Completion is recorded before publishing: a failure from here on publishes again.
+    save_checkpoint(store, &ck_key, &ck)
+        .await
+        .map_err(CopyError::Store)?;
+    publish(store, run, job, kind, &ck).await
+}
+
+/// The upload a checkpoint named no longer exists (it was completed before a crash, aborted, or
+/// expired): forget the checkpoint; the next attempt starts the copy over.
+pub(super) async fn upload_gone<S: ObjectStore>(
+    store: &S,
+    ck_key: &str,
+) -> Result<CopyResult, CopyError> {
+    store.delete(ck_key).await.map_err(CopyError::Store)?;
+    Err(CopyError::Download(
+        "the multipart upload the checkpoint named is gone; the copy starts over".into(),
+    ))
+}
+
+/// Copies a completed staging object to its final key with its hashes in its metadata. Safe to
+/// repeat: the staging object and the checkpoint are removed only after the command is recorded.
+pub(super) async fn publish<S: ObjectStore>(
+    store: &S,
+    run: &RunRecord,
+    job: &CollectJob,
+    kind: CommandType,
+    ck: &Checkpoint,
+) -> Result<CopyResult, CopyError> {
+    let Some(done) = ck.completed.clone() else {
+        return Err(CopyError::Download("the copy is not complete".into()));
+    };
+    let key = evidence_key(&run.run_id, job.index, kind);
+    let mut meta = BTreeMap::new();
+    meta.insert("sha256".to_string(), done.sha256.clone());
+    meta.insert("size".to_string(), done.size.to_string());
+    if let Some(d) = &done.sha256_decompressed {
+        meta.insert("sha256-decompressed".to_string(), d.clone());
+    }
+    if let Some(n) = done.size_decompressed {
+        meta.insert("size-decompressed".to_string(), n.to_string());
+    }
+    meta.insert("run-id".to_string(), run.run_id.to_string());
+    meta.insert("action-id".to_string(), job.action_id.to_string());
+    meta.insert("command-index".to_string(), job.index.to_string());
+    store
+        .publish(&ck.staging, &key, meta)
+        .await
+        .map_err(CopyError::Store)?;
+    Ok(CopyResult::Copied(Copied {
+        key,
+        staging: ck.staging.clone(),
+        size: done.size,
+        sha256: done.sha256,
+        sha256_decompressed: done.sha256_decompressed,
+        size_decompressed: done.size_decompressed,
+        exit_code: done.exit_code,
+        output_excerpt: done.output_excerpt,
+        errors_excerpt: done.errors_excerpt,
+    }))
+}
+
+pub(super) struct Hashes {
+    pub(super) size: u64,
+    pub(super) sha256: String,
+    pub(super) sha256_decompressed: Option<String>,
+    pub(super) size_decompressed: Option<u64>,
+    pub(super) transcript: Option<Transcript>,
+}
+
+/// Streams the download into parts from the checkpoint's place on. Returns the hashes when done,
+/// or `None` when the time budget ran out (the checkpoint then stands at a part boundary). The
+/// checkpoint only ever moves at part boundaries, so on an error it still says where to go on.
+pub(super) async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
+    store: &S,
+    ck: &mut Checkpoint,
+    kind: CommandType,
+    mut download: crate::ports::Download,
+    source: &Source<'_, S, D, F>,
+    deadline: std::time::Instant,
+) -> Result<Option<Hashes>, CopyError> {
+    let mut resumes = 0u32;
+    let part_size = ck.part_size;
+    let mut hasher = ck.sha256.clone();
+    // The decompressed hash is taken on the way only when the copy starts at the beginning.
+    let mut gz = (kind == CommandType::GetFile && ck.offset == 0).then(|| {
+        flate2::write::GzDecoder::new(HashSink {
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    });
+    let mut transcript = (kind == CommandType::RunScript && ck.offset == 0).then(Vec::new);
+    let mut buf = BytesMut::with_capacity(part_size);
+    let mut total = ck.offset;
+    while let Some(chunk) = download.stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(reason) => {
+                // Everything received so far is hashed and buffered or uploaded: go on from there.
+                resumes += 1;
+                if resumes > MAX_RESUMES {
+                    return Err(CopyError::Download(format!(
+                        "{reason} (after {MAX_RESUMES} resumptions)"
+                    )));
+                }
+                tracing::info!(run_id = %source.job.run_id, index = source.job.index, at = total, %reason, "download broke off; resuming with a fresh link");
+                download = source.reopen(total).await?;
+                if let (Some(len), Some(rest)) = (ck.package_len, download.content_length)
+                    && len != total + rest
+                {
+                    return Err(CopyError::Download(format!(
+                        "resumed download is {rest} bytes from {total}, but the package is {len}"
+                    )));
+                }
+                continue;
+            }
+        };
+        total += chunk.len() as u64;
+        if let Some(d) = gz.as_mut()
+            && d.write_all(&chunk).is_err()
+        {
+            // Not gzip after all: keep the stored bytes' hash only.
+            gz = None;
+        }
+        if let Some(t) = transcript.as_mut() {
+            if t.len() + chunk.len() <= TRANSCRIPT_PARSE_LIMIT {
+                t.extend_from_slice(&chunk);
+            } else {
+                transcript = None;
+            }
+        }
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            let take = (part_size - buf.len()).min(rest.len());
+            // Hash exactly what enters the part, so that the state at a boundary is the boundary's.
+            hasher.update(&rest[..take]);
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buf.len() == part_size {
+                let n = ck.parts.len() as i32 + 1;
+                let body: Bytes = buf.split().freeze();
+                let Upload::Done(etag) = store
+                    .upload_part(&ck.staging, &ck.upload_id, n, body)
+                    .await
+                    .map_err(CopyError::Store)?
+                else {
+                    return Err(CopyError::UploadGone);
+                };
+                ck.parts.push((n, etag));
+                ck.offset += part_size as u64;
+                ck.sha256 = hasher.clone();
+                buf.reserve(part_size);
+                let more = ck.package_len.is_none_or(|len| ck.offset < len);
+                // Bytes of this chunk past the boundary are neither hashed nor kept: the next
+                // invocation downloads them again from the checkpoint's offset.
+                if more && std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    if let Some(len) = ck.package_len
+        && len != total
+    {
+        return Err(CopyError::Download(format!(
+            "download ended after {total} of {len} bytes"
+        )));
+    }
+    if !buf.is_empty() || ck.parts.is_empty() {
+        let n = ck.parts.len() as i32 + 1;
+        let len = buf.len() as u64;
+        let Upload::Done(etag) = store
+            .upload_part(&ck.staging, &ck.upload_id, n, buf.split().freeze())
+            .await
+            .map_err(CopyError::Store)?
+        else {
+            return Err(CopyError::UploadGone);
+        };
+        ck.parts.push((n, etag));
+        ck.offset += len;
+        ck.sha256 = hasher.clone();
+    }
+    // A gzip stream that does not finish cleanly (bad CRC or size) gets no decompressed hash.
+    let decompressed = gz
+        .and_then(|d| d.finish().ok())
+        .map(|s| (hex::encode(s.hasher.finalize()), s.len));
+    let transcript = transcript.and_then(|t| serde_json::from_slice::<Transcript>(&t).ok());
+    Ok(Some(Hashes {
+        size: total,
+        sha256: hasher.finish_hex(),
+        sha256_decompressed: decompressed.as_ref().map(|d| d.0.clone()),
+        size_decompressed: decompressed.map(|d| d.1),
+        transcript,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_stay_within_s3_limits() {
+        assert_eq!(part_size(None, 8 << 20), 8 << 20);
+        assert_eq!(part_size(Some(100), 8 << 20), 8 << 20);
+        assert_eq!(part_size(Some(1 << 30), 1 << 20), 5 << 20, "at least 5 MiB");
+        let big = 200u64 << 30;
+        let p = part_size(Some(big), 8 << 20) as u64;
+        assert!(big.div_ceil(p) <= MAX_PARTS);
+        assert_eq!(p % MIB, 0);
+    }
+}

@@ -1,0 +1,401 @@
+//! collect: ask for a command's result link, check it, and stream the package into S3 through a
+//! multipart upload with bounded memory, hashing as it goes. The evidence object appears under its
+//! final key only when complete, with its hashes in its metadata (uploaded to a staging key, then
+//! published by a server-side copy). The last command to land writes the run's manifest.
+//!
+//! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
+//! the parts it drives: [`link`] (which result links are followed, and asking for a fresh one),
+//! [`copy`] (the streaming engine: parts, resumption, publishing), [`checkpoint`] (where an
+//! unfinished copy stands, saved between invocations).
+
+mod checkpoint;
+mod copy;
+mod link;
+
+pub use checkpoint::Checkpoint;
+pub use copy::{Finished, MAX_PARTS, part_size};
+pub use link::check_link;
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
+use self::copy::{CopyError, CopyResult, copy, publish};
+use self::link::Source;
+use super::settings::CollectConfig;
+use super::{Claimed, claim, hand_off};
+use super::{Done, StageError, jitter};
+use crate::budget::{self, Paced};
+use crate::clock::Clock;
+use crate::defender::{CommandType, Next};
+use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
+use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
+use crate::store::keys::checkpoint_key;
+use crate::store::{
+    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key,
+    finish_run_if_complete, load_command, update_record,
+};
+
+pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
+    cfg: &CollectConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    fetch: &F,
+    clock: &dyn Clock,
+    msg: &Delivery,
+) -> Result<Done, StageError> {
+    let now = clock.now();
+    let deadline = std::time::Instant::now() + cfg.time_budget;
+    let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
+    let Some(command) = run.commands.get(job.index as usize).cloned() else {
+        return Err(StageError::Reject {
+            code: "unknown_command",
+            reason: format!("run {run_id} has no command {}", job.index),
+        });
+    };
+    // Poll left a record with Defender's view of the command; only the message holding the
+    // command's chain copies it, and anything past Collecting means done already.
+    let key = command_key(&run_id, job.index);
+    let acts = |r: &CommandRecord| r.outcome == CommandOutcome::Collecting;
+    let pending = match claim(store, &key, (&msg.id, job.prev.as_deref()), clock, acts).await? {
+        Claimed::Mine(rec) => rec,
+        Claimed::Duplicate => {
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("another collect job holds command {}", job.index),
+            ));
+        }
+        Claimed::Idle(rec) => {
+            finish_run_if_complete(store, &run_id).await?;
+            return Ok(Done::new(
+                &run_id,
+                "duplicate",
+                format!("command {} already {:?}", job.index, rec.outcome),
+            ));
+        }
+    };
+    let (start_time, end_time) = (pending.start_time, pending.end_time);
+    let step = Step {
+        cfg,
+        store,
+        queue,
+        clock,
+        msg,
+        job: &job,
+    };
+
+    // A copy whose upload completed before a crash needs no link: only publishing is left.
+    let ck_key = checkpoint_key(&run_id, job.index);
+    let finished = match load_checkpoint(store, &ck_key, &run_id, job.index).await? {
+        Some(Saved::Usable(ck)) if ck.completed.is_some() => Some(*ck),
+        _ => None,
+    };
+    let result = match finished {
+        Some(ck) => publish(store, &run, &job, command.kind, &ck).await,
+        None => {
+            let link = budget::get_call(store, &cfg.budget, clock, || {
+                defender.result_download_link(&job.action_id, job.index)
+            })
+            .await?;
+            let link = match link {
+                Paced::Wait(wait) => {
+                    step.again(
+                        job.attempt,
+                        job.link_errors,
+                        wait.max(Duration::from_secs(1)),
+                    )
+                    .await?;
+                    return Ok(Done::new(
+                        &run_id,
+                        "paced",
+                        format!("GET budget full; again in {}s", wait.as_secs()),
+                    ));
+                }
+                Paced::Ran(link) => link,
+            };
+            let link = match link {
+                Ok(l) => l,
+                Err(e) => {
+                    if let Next::RetryAfter(after) = e.next()
+                        && job.link_errors + 1 < MAX_LINK_ERRORS
+                    {
+                        // Asking for the link is not the copy failing: its own count grows instead.
+                        let delay =
+                            after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, jitter()));
+                        step.again(job.attempt, job.link_errors + 1, delay).await?;
+                        return Ok(Done::new(
+                            &run_id,
+                            "throttled",
+                            format!("{e}; again in {}s", delay.as_secs()),
+                        ));
+                    }
+                    record_failure(
+                        store,
+                        &msg.id,
+                        &run,
+                        &job,
+                        command.kind,
+                        format!("no result link: {e}"),
+                        now,
+                    )
+                    .await?;
+                    return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
+                }
+            };
+            if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
+                tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
+                record_failure(
+                    store,
+                    &msg.id,
+                    &run,
+                    &job,
+                    command.kind,
+                    format!("link refused: {reason}"),
+                    now,
+                )
+                .await?;
+                return Ok(Done::new(&run_id, "link_refused", reason));
+            }
+
+            let source = Source {
+                store,
+                defender,
+                fetch,
+                cfg,
+                clock,
+                job: &job,
+            };
+            copy(store, &source, &run, command.kind, &link, deadline).await
+        }
+    };
+    match result {
+        Ok(CopyResult::Paused { offset }) => {
+            step.again(job.attempt, job.link_errors, Duration::ZERO)
+                .await?;
+            Ok(Done::new(
+                &run_id,
+                "continued",
+                format!(
+                    "command {} paused at byte {offset}; the next invocation goes on from there",
+                    job.index
+                ),
+            ))
+        }
+        Ok(CopyResult::Copied(copied)) => {
+            let rec = CommandRecord {
+                v: RECORD_VERSION,
+                index: job.index,
+                kind: command.kind,
+                command,
+                outcome: CommandOutcome::Collected,
+                command_status: Some("Completed".into()),
+                errors: vec![],
+                start_time,
+                end_time,
+                s3_key: Some(copied.key.clone()),
+                size: Some(copied.size),
+                sha256: Some(copied.sha256.clone()),
+                sha256_decompressed: copied.sha256_decompressed.clone(),
+                size_decompressed: copied.size_decompressed,
+                exit_code: copied.exit_code,
+                output_excerpt: copied.output_excerpt.clone(),
+                errors_excerpt: copied.errors_excerpt.clone(),
+                recorded_at: Some(now),
+                reason: None,
+                chain: ended_chain(now),
+            };
+            if !finish_command(store, &run_id, &msg.id, &rec).await? {
+                return Ok(Done::new(
+                    &run_id,
+                    "duplicate",
+                    format!(
+                        "a concurrent copy of this job finished command {}",
+                        job.index
+                    ),
+                ));
+            }
+            // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
+            // lifecycle rule removes staging objects a crash leaves here).
+            cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
+            let manifest = finish_run_if_complete(store, &run_id).await?;
+            let time_to_evidence = (OffsetDateTime::now_utc() - run.created_at).as_seconds_f64();
+            let done = Done::new(
+                &run_id,
+                "collected",
+                format!(
+                    "command {} → {} ({} bytes, sha256 {}){}",
+                    job.index,
+                    copied.key,
+                    copied.size,
+                    copied.sha256,
+                    if manifest { "; manifest written" } else { "" }
+                ),
+            )
+            .with_metric("BytesCopied", copied.size as f64, "Bytes")
+            .with_metric("TimeToEvidence", time_to_evidence, "Seconds");
+            Ok(done)
+        }
+        Err(CopyError::Store(e)) => Err(e.into()),
+        Err(e @ (CopyError::Download(_) | CopyError::UploadGone)) => {
+            let reason = match e {
+                CopyError::Download(reason) => reason,
+                _ => "the multipart upload is gone; the copy starts over".to_string(),
+            };
+            if job.attempt + 1 >= cfg.max_attempts {
+                record_failure(
+                    store,
+                    &msg.id,
+                    &run,
+                    &job,
+                    command.kind,
+                    format!("copy failed {} times, last: {reason}", job.attempt + 1),
+                    now,
+                )
+                .await?;
+                return Ok(Done::new(&run_id, "collect_failed", reason));
+            }
+            let delay = cfg
+                .retry
+                .delay(job.attempt, jitter())
+                .min(Duration::from_secs(60));
+            step.again(job.attempt + 1, job.link_errors, delay).await?;
+            Ok(Done::new(
+                &run_id,
+                "copy_retry",
+                format!("{reason}; again in {}s", delay.as_secs()),
+            ))
+        }
+    }
+}
+
+pub(super) fn excerpt(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Link requests that may fail with something worth retrying before the command is given up.
+pub const MAX_LINK_ERRORS: u32 = 8;
+
+fn ended_chain(now: OffsetDateTime) -> Chain {
+    let mut c = Chain::default();
+    c.end(now);
+    c
+}
+
+/// Removes what a finished copy no longer needs; failures only leave garbage behind.
+async fn cleanup<S: ObjectStore>(store: &S, staging: &str, checkpoint: &str) {
+    for key in [staging, checkpoint] {
+        if let Err(e) = store.delete(key).await {
+            tracing::warn!(%key, error = %e, "could not remove a finished copy's leftovers");
+        }
+    }
+}
+
+/// One collect job's context, for handing the command's chain on.
+struct Step<'a, S, Q> {
+    cfg: &'a CollectConfig,
+    store: &'a S,
+    queue: &'a Q,
+    clock: &'a dyn Clock,
+    msg: &'a Delivery,
+    job: &'a CollectJob,
+}
+
+impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+    async fn again(
+        &self,
+        attempt: u32,
+        link_errors: u32,
+        delay: Duration,
+    ) -> Result<(), StageError> {
+        let next = CollectJob {
+            attempt,
+            link_errors,
+            ..self.job.clone()
+        };
+        debug_assert_eq!(next.v, MESSAGE_VERSION);
+        hand_off::<_, _, CommandRecord, _, _>(
+            self.store,
+            self.queue,
+            self.clock,
+            &command_key(&self.job.run_id, self.job.index),
+            &self.msg.id,
+            &self.cfg.collect_queue_url,
+            (next, delay),
+            |_| {},
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn record_failure<S: ObjectStore>(
+    store: &S,
+    me: &str,
+    run: &RunRecord,
+    job: &CollectJob,
+    kind: CommandType,
+    reason: String,
+    now: OffsetDateTime,
+) -> Result<(), StageError> {
+    let command =
+        run.commands
+            .get(job.index as usize)
+            .cloned()
+            .unwrap_or(crate::defender::Command {
+                kind,
+                params: vec![],
+            });
+    let (start_time, end_time) = load_command(store, &run.run_id, job.index)
+        .await?
+        .map(|r| (r.start_time, r.end_time))
+        .unwrap_or_default();
+    let mut rec = CommandRecord::unfinished(
+        job.index,
+        command,
+        CommandOutcome::CollectFailed,
+        reason,
+        now,
+    );
+    rec.command_status = Some("Completed".into());
+    (rec.start_time, rec.end_time) = (start_time, end_time);
+    rec.chain = ended_chain(now);
+    if finish_command(store, &run.run_id, me, &rec).await? {
+        // An unfinished copy of this command is abandoned with it.
+        discard_checkpoint(store, &run.run_id, job.index).await?;
+    }
+    finish_run_if_complete(store, &run.run_id).await?;
+    Ok(())
+}
+
+/// Writes a command's final record if it is still waiting for its copy and `me` holds it. False
+/// when a concurrent copy of the same message finished it first: the first final record stands,
+/// and the manifest agrees with it.
+async fn finish_command<S: ObjectStore>(
+    store: &S,
+    run: &crate::ids::RunId,
+    me: &str,
+    rec: &CommandRecord,
+) -> Result<bool, StoreError> {
+    let mut wrote = false;
+    update_record::<_, CommandRecord, _>(store, &command_key(run, rec.index), |r| {
+        let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+        wrote = r.outcome == CommandOutcome::Collecting && holds;
+        if wrote {
+            *r = rec.clone();
+        }
+        wrote
+    })
+    .await?;
+    Ok(wrote)
+}
