@@ -10,6 +10,11 @@ use serde_json::{Value, json};
 const MACHINE: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 const PATH: &str = "D:\\bench\\big.bin";
 
+/// Sends a request and reads its JSON answer.
+async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -44,8 +49,8 @@ async fn main() {
         .await
         .expect("simulator starts");
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!(
+    let token = send_json(
+        http.post(format!(
             "{}/{}/oauth2/v2.0/token",
             sim.login_base, client.tenant_id
         ))
@@ -54,38 +59,26 @@ async fn main() {
             ("client_id", &client.client_id),
             ("client_secret", &client.client_secret),
             ("scope", "https://api.securitycenter.microsoft.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ]),
+    )
+    .await;
     let token = token["access_token"].as_str().unwrap().to_string();
-    let action: Value = http
-        .post(format!("{}/api/machines/{MACHINE}/runliveresponse", sim.api_base))
+    let action = send_json(
+        http.post(format!("{}/api/machines/{MACHINE}/runliveresponse", sim.api_base))
         .bearer_auth(&token)
-        .json(&json!({"Commands": [{"type": "GetFile", "params": [{"key": "Path", "value": PATH}]}], "Comment": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"Commands": [{"type": "GetFile", "params": [{"key": "Path", "value": PATH}]}], "Comment": "bench"})),
+    )
+    .await;
     sim.advance(time::Duration::seconds(60));
     let id = action["id"].as_str().unwrap();
-    let link: Value = http
-        .get(format!(
+    let link = send_json(
+        http.get(format!(
             "{}/api/machineactions/{id}/GetLiveResponseResultDownloadLink(index=0)",
             sim.api_base
         ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&token),
+    )
+    .await;
     let url = link["value"].as_str().unwrap().to_string();
     for round in ["first (includes the CRC pass)", "second (CRC cached)"] {
         let started = Instant::now();

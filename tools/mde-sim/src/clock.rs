@@ -49,26 +49,11 @@ impl SimClock {
     }
 }
 
-/// Defender's timestamp format: `2021-02-04T15:36:52.7788848Z` (7 fractional digits).
-pub fn format_ts(t: OffsetDateTime) -> String {
+/// `2021-02-04T15:36:52` in UTC, the part both formats below share.
+fn utc_seconds(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond() / 100
-    )
-}
-
-/// The `se` form of a blob link: `2021-02-04T16:13:50Z`.
-pub fn format_se(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         t.year(),
         t.month() as u8,
         t.day(),
@@ -76,6 +61,16 @@ pub fn format_se(t: OffsetDateTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// Defender's timestamp format: `2021-02-04T15:36:52.7788848Z` (7 fractional digits).
+pub fn format_ts(t: OffsetDateTime) -> String {
+    format!("{}.{:07}Z", utc_seconds(t), t.nanosecond() / 100)
+}
+
+/// The `se` form of a blob link: `2021-02-04T16:13:50Z`.
+pub fn format_se(t: OffsetDateTime) -> String {
+    format!("{}Z", utc_seconds(t))
 }
 
 #[cfg(test)]

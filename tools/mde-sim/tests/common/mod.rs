@@ -1,10 +1,13 @@
 #![allow(dead_code)]
-//! Helpers for the simulator's tests: a simulator on an ephemeral port and a raw HTTP client.
+//! Helpers for the simulator's tests (each file in `tests/` is one family: auth, actions, limits,
+//! downloads, faults, library, control): a simulator on an ephemeral port, a raw HTTP client, and
+//! one home for sending a request and reading its answer (`reply`, `Harness::api`).
 
 use std::net::SocketAddr;
 
 use mde_sim::{Client, Device, DeviceFile, Script, SimConfig, SimServer};
-use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -104,47 +107,33 @@ impl Harness {
         format!("{}{path}", self.sim.api_base)
     }
 
-    pub async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let r = self
-            .http
-            .get(self.url(path))
+    /// A request to the API at `path`, with the harness's bearer token.
+    pub fn api(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
             .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let headers = r.headers().clone();
-        (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post(
-        &self,
-        path: &str,
-        body: &Value,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let headers = r.headers().clone();
-        (status, headers, r.json().await.unwrap_or(Value::Null))
+    pub async fn get(&self, path: &str) -> Reply {
+        reply(self.api(Method::GET, path)).await
     }
 
-    pub async fn submit(
-        &self,
-        machine: &str,
-        commands: Value,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        reply(self.api(Method::POST, path).json(body)).await
+    }
+
+    pub async fn submit(&self, machine: &str, commands: Value) -> Reply {
         self.post(
             &format!("/api/machines/{machine}/runliveresponse"),
             &json!({"Commands": commands, "Comment": "test run"}),
         )
         .await
+    }
+
+    /// Submits and returns the new action's id.
+    pub async fn submit_id(&self, machine: &str, commands: Value) -> String {
+        let (_, _, v) = self.submit(machine, commands).await;
+        v["id"].as_str().unwrap().to_string()
     }
 
     pub async fn action(&self, id: &str) -> Value {
@@ -162,9 +151,66 @@ impl Harness {
         (s, v)
     }
 
+    /// The URL of a result link (the link call's `value`), whatever the call answered.
+    pub async fn link_url(&self, id: &str, index: usize) -> String {
+        let (_, v) = self.link(id, index).await;
+        v["value"].as_str().unwrap().to_string()
+    }
+
+    /// A plain GET of a full URL (a result link): no bearer token.
+    pub async fn fetch(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).send().await.unwrap()
+    }
+
+    /// The whole body behind a result link.
+    pub async fn download(&self, url: &str) -> bytes::Bytes {
+        self.fetch(url).await.bytes().await.unwrap()
+    }
+
+    /// A `/sim` control endpoint's JSON (no auth).
+    pub async fn sim_get(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn advance(&self, secs: i64) {
         self.sim.advance(time::Duration::seconds(secs));
     }
+}
+
+/// What a call answered: status, headers, and the body as JSON (`Null` when it is not JSON).
+pub type Reply = (StatusCode, HeaderMap, Value);
+
+/// Sends a request and reads the answer.
+pub async fn reply(request: RequestBuilder) -> Reply {
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A run on M1 whose three commands (RunScript, GetFile, PutFile) have all completed.
+pub async fn finished_run(h: &Harness) -> String {
+    let (_, _, v) = h
+        .submit(
+            M1,
+            json!([
+                run_script("triage.ps1", "-Quick"),
+                get_file(FILE),
+                put_file("triage.ps1")
+            ]),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    h.advance(120);
+    assert_eq!(h.action(&id).await["status"], "Succeeded");
+    id
 }
 
 pub fn run_script(name: &str, args: &str) -> Value {
@@ -179,7 +225,8 @@ pub fn put_file(name: &str) -> Value {
     json!({"type": "PutFile", "params": [{"key": "FileName", "value": name}]})
 }
 
-/// The documented content formula, written out again here so the test does not trust the simulator's code.
+/// The documented content formula (README.md, "The Defender simulator"), written out again here so
+/// the test does not trust the simulator's code.
 pub fn expected_file(machine_id: &str, path: &str, size: u64) -> Vec<u8> {
     let d = Sha256::digest(format!(
         "mde-sim/v1\n{}\n{}\n{}",

@@ -1,0 +1,197 @@
+//! The live response library: the files a PutFile or RunScript can name. Seeded from the config's
+//! scripts and `library_files`; over the API, list (`GET /api/libraryfiles`), upload (multipart,
+//! hashed as it streams, within the API's size limit; `OverrideIfExists` to replace) and delete.
+//!
+//! Separate because it is its own API family (its own fault key) and its own state, which
+//! submissions only read (does the named file exist?).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::Sim;
+use super::auth::client_of;
+use super::reply::{bad_request, json_response, not_found};
+use crate::clock::format_ts;
+use crate::config::{SimConfig, valid_library_name};
+
+#[derive(Clone)]
+pub(super) struct LibraryFile {
+    sha256: String,
+    description: String,
+    parameters_description: String,
+    has_parameters: bool,
+    created: OffsetDateTime,
+    updated: OffsetDateTime,
+    created_by: String,
+}
+
+/// Lower-case name -> (name as uploaded, file).
+pub(super) type Library = BTreeMap<String, (String, LibraryFile)>;
+
+/// The library a fresh (or reset) simulator starts with: the configured scripts and library files.
+pub(super) fn seeded(config: &SimConfig, now: OffsetDateTime) -> Library {
+    let mut library = BTreeMap::new();
+    let seeded = config
+        .scripts
+        .iter()
+        .map(|s| (s.name.clone(), s.description.clone(), s.has_parameters))
+        .chain(
+            config
+                .library_files
+                .iter()
+                .map(|n| (n.clone(), String::new(), false)),
+        );
+    for (name, description, has_parameters) in seeded {
+        library.insert(
+            name.to_ascii_lowercase(),
+            (
+                name.clone(),
+                LibraryFile {
+                    sha256: hex::encode(Sha256::digest(name.as_bytes())),
+                    description,
+                    parameters_description: String::new(),
+                    has_parameters,
+                    created: now,
+                    updated: now,
+                    created_by: "mde-sim".into(),
+                },
+            ),
+        );
+    }
+    library
+}
+
+fn library_entity(name: &str, f: &LibraryFile) -> Value {
+    json!({
+        "fileName": name,
+        "sha256": f.sha256,
+        "description": f.description,
+        "creationTime": format_ts(f.created),
+        "lastUpdatedTime": format_ts(f.updated),
+        "createdBy": f.created_by,
+        "hasParameters": f.has_parameters,
+        "parametersDescription": f.parameters_description,
+    })
+}
+
+/// `GET /api/libraryfiles`.
+pub(super) async fn library_list(sim: Arc<Sim>) -> Response {
+    let st = sim.lock();
+    let values: Vec<Value> = st
+        .library
+        .values()
+        .map(|(n, f)| library_entity(n, f))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"@odata.context": format!("{}/api/$metadata#LibraryFiles", sim.api_base), "value": values}),
+    )
+}
+
+/// An upload's file (name as sent, SHA-256 of its bytes) and its other form fields.
+struct Upload {
+    file: Option<(String, String)>,
+    fields: HashMap<String, String>,
+}
+
+/// Reads a multipart upload, hashing the file as it streams and refusing it past `max` bytes.
+async fn read_upload(req: Request, max: u64) -> Result<Upload, Response> {
+    let bad = |msg: String| bad_request("InvalidRequestBody", &msg);
+    let malformed =
+        |e: axum::extract::multipart::MultipartError| bad(format!("Malformed multipart body: {e}"));
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| bad(format!("Expected multipart/form-data: {e}")))?;
+    let mut upload = Upload {
+        file: None,
+        fields: HashMap::new(),
+    };
+    while let Some(mut field) = mp.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            let fname = field.file_name().unwrap_or_default().to_string();
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            while let Some(c) = field.chunk().await.map_err(malformed)? {
+                len += c.len() as u64;
+                if len > max {
+                    return Err(bad(format!(
+                        "File is larger than the {max}-byte limit for API uploads"
+                    )));
+                }
+                hasher.update(&c);
+            }
+            upload.file = Some((fname, hex::encode(hasher.finalize())));
+        } else {
+            let text = field.text().await.map_err(malformed)?;
+            upload.fields.insert(name, text);
+        }
+    }
+    Ok(upload)
+}
+
+/// `POST /api/libraryfiles` (multipart: `file`, `Description`, `ParametersDescription`,
+/// `HasParameters`, `OverrideIfExists`).
+pub(super) async fn library_upload(sim: Arc<Sim>, req: Request) -> Result<Response, Response> {
+    let client = client_of(&req);
+    let Upload { file, fields } = read_upload(req, sim.config.sim.library_max_bytes).await?;
+    let Some((fname, sha)) = file else {
+        return Err(bad_request("MissingRequiredParameter", "file is required"));
+    };
+    if !valid_library_name(&fname) {
+        return Err(bad_request(
+            "InvalidInput",
+            &format!("File name '{fname}' may hold only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    let flag = |k: &str| {
+        fields
+            .get(k)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    };
+    let now = sim.clock.now();
+    let mut st = sim.lock();
+    let key = fname.to_ascii_lowercase();
+    let created = match st.library.get(&key) {
+        Some(_) if !flag("OverrideIfExists") => {
+            return Err(bad_request(
+                "InvalidRequestBody",
+                &format!(
+                    "File {fname} already exists in the library; set OverrideIfExists to replace it"
+                ),
+            ));
+        }
+        Some((_, f)) => f.created,
+        None => now,
+    };
+    let entry = LibraryFile {
+        sha256: sha,
+        description: fields.get("Description").cloned().unwrap_or_default(),
+        parameters_description: fields
+            .get("ParametersDescription")
+            .cloned()
+            .unwrap_or_default(),
+        has_parameters: flag("HasParameters"),
+        created,
+        updated: now,
+        created_by: sim.requestor(client),
+    };
+    let body = library_entity(&fname, &entry);
+    st.library.insert(key, (fname, entry));
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// `DELETE /api/libraryfiles/{name}`.
+pub(super) async fn library_delete(sim: Arc<Sim>, name: String) -> Response {
+    match sim.lock().library.remove(&name.to_ascii_lowercase()) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => not_found(&format!("Library file {name} was not found")),
+    }
+}

@@ -1,0 +1,207 @@
+//! The HTTP side: one listener serving the login, API, blob and `/sim` control paths.
+//!
+//! This module holds the running server (`SimServer`: start, shutdown and the calls tests make on
+//! it directly) and `Sim`, what every handler shares: the config, the simulated clock, the state
+//! behind one lock and the key that signs result links. Each API family has its own module:
+//!
+//! - `routes`: the route table, the endpoint names, the call counts
+//! - `guard`: what a call passes before its handler: injected faults, the bearer, the limits
+//! - `auth`: the OAuth token endpoint and the bearer check
+//! - `actions`: runliveresponse, machine actions (get, list, cancel) and result links
+//! - `commands`: validation of a runliveresponse body
+//! - `filter`: the OData `$filter` subset the list endpoint accepts
+//! - `library`: the live response library (list, upload, delete)
+//! - `blob`: result links (issued and checked) and the download itself (Range, HEAD, cuts)
+//! - `control`: the `/sim/*` endpoints
+//! - `state`: what the simulator remembers between requests, and its `Stats`
+//! - `reply`: how each service answers an error (API, login, storage)
+
+// Handlers pass ready-made error responses up; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+mod actions;
+mod auth;
+mod blob;
+mod commands;
+mod control;
+mod filter;
+mod guard;
+mod library;
+mod reply;
+mod routes;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+
+use crate::clock::SimClock;
+use crate::config::{Faults, SimConfig};
+use state::State;
+pub use state::Stats;
+
+pub(crate) struct Sim {
+    config: SimConfig,
+    clock: SimClock,
+    state: Mutex<State>,
+    /// Signs result links (see `blob`).
+    key: [u8; 32],
+    api_base: String,
+    blob_base: String,
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    pub api_base: String,
+    pub login_base: String,
+    pub blob_base: String,
+    sim: Arc<Sim>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Binds `bind` (port 0 for an ephemeral port) and serves until dropped or shut down.
+    pub async fn start(
+        config: SimConfig,
+        bind: SocketAddr,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        config.validate()?;
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let base = format!("http://{addr}");
+        let start = match &config.sim.start_time {
+            Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("sim.start_time {s:?} is not RFC 3339: {e}"))?,
+            None => OffsetDateTime::now_utc(),
+        };
+        let clock = SimClock::new(start, config.sim.time_scale);
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let sim = Arc::new(Sim {
+            state: Mutex::new(State::new(&config, start)),
+            config,
+            clock,
+            key,
+            api_base: base.clone(),
+            blob_base: format!("{base}/blob"),
+        });
+        let app = Router::new()
+            .fallback(routes::dispatch)
+            .layer(DefaultBodyLimit::disable())
+            .with_state(sim.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            login_base: format!("{base}/login"),
+            blob_base: sim.blob_base.clone(),
+            api_base: base,
+            sim,
+            shutdown: Some(tx),
+            join: Some(join),
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.lock().stats.clone()
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.sim.clock.now()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.sim.clock.advance(by);
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.sim.lock().set_faults(faults);
+    }
+
+    /// Every action created, as the API shows it now.
+    pub fn actions(&self) -> Vec<Value> {
+        self.sim.action_entities()
+    }
+
+    pub fn reset(&self) {
+        self.sim.reset();
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.sim.lock().issued.clone()
+    }
+
+    /// Rotates a client's secret: the old one stops working at once.
+    pub fn set_client_secret(&self, client_id: &str, secret: &str) {
+        let mut st = self.sim.lock();
+        for c in st.clients.iter_mut().filter(|c| c.client_id == client_id) {
+            c.client_secret = secret.to_string();
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(j) = self.join.take() {
+            let _ = j.await;
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Sim {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets actions, links, library changes and statistics; keeps tokens, clients and faults.
+    fn reset(&self) {
+        let mut st = self.lock();
+        let tokens = std::mem::take(&mut st.tokens);
+        let clients = std::mem::take(&mut st.clients);
+        let issued = std::mem::take(&mut st.issued);
+        let faults = st.faults.clone();
+        *st = State::new(&self.config, self.clock.now());
+        st.tokens = tokens;
+        st.clients = clients;
+        st.issued = issued;
+        st.set_faults(faults);
+    }
+
+    /// Every action created, as the API shows it now.
+    fn action_entities(&self) -> Vec<Value> {
+        let now = self.clock.now();
+        self.lock().actions.iter().map(|a| a.entity(now)).collect()
+    }
+
+    /// The `requestor` the API records for the client at `client` (see `auth::client_of`).
+    fn requestor(&self, client: usize) -> String {
+        self.config
+            .clients
+            .get(client)
+            .map(|c| c.requestor.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,105 @@
+//! What the simulator remembers between requests: clients and tokens, actions, issued links, the
+//! library, the limit windows, the fault dice, and the `Stats` tests and benchmarks read.
+//!
+//! Separate from the handlers so that one struct lists everything one lock guards; each API family
+//! reads and writes its own fields.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use super::blob::Link;
+use super::library::{self, Library};
+use crate::action::Action;
+use crate::config::{Client, Faults, SimConfig};
+use crate::content::FileContent;
+use crate::limits::{SeededRng, SlidingWindow};
+
+/// Calls and outcomes, for tests and benchmarks.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Stats {
+    /// Calls by endpoint, then by HTTP status.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// 429 responses sent, for any reason.
+    pub throttled: u64,
+    /// 429s sent because a documented limit was reached (not injected).
+    pub throttled_by_limit: u64,
+    /// Faults injected (429, 500, 503, early 404s, cut downloads, early link expiry).
+    pub injected_faults: u64,
+    /// Most submission calls (any outcome) in one sliding minute of simulated time.
+    pub max_submissions_per_minute: u32,
+    /// Most sessions (Pending or InProgress) at one time.
+    pub max_concurrent_sessions: u32,
+    pub actions_created: u64,
+    pub links_issued: u64,
+    pub downloads_cut: u64,
+    pub blob_bytes_sent: u64,
+    /// Blob requests that carried an Authorization header (a client leaking its bearer token).
+    pub blob_requests_with_authorization: u64,
+    /// Where each ranged blob request started, in order.
+    pub blob_range_starts: Vec<u64>,
+}
+
+pub(super) struct State {
+    pub(super) clients: Vec<Client>,
+    /// Every token ever issued (tests scan logs for them).
+    pub(super) issued: Vec<String>,
+    pub(super) actions: Vec<Action>,
+    pub(super) by_id: HashMap<String, usize>,
+    /// Token -> (expiry, index of its client).
+    pub(super) tokens: HashMap<String, (OffsetDateTime, usize)>,
+    /// Link nonce -> the result it opens.
+    pub(super) links: HashMap<String, Link>,
+    pub(super) submit_window: SlidingWindow,
+    pub(super) submit_calls: SlidingWindow,
+    /// GET limit group -> (per-minute, per-hour) windows.
+    pub(super) get_windows: HashMap<&'static str, (SlidingWindow, SlidingWindow)>,
+    pub(super) library: Library,
+    pub(super) crc_cache: HashMap<FileContent, u32>,
+    pub(super) rng: SeededRng,
+    pub(super) faults: Faults,
+    pub(super) stats: Stats,
+}
+
+impl State {
+    pub(super) fn new(config: &SimConfig, now: OffsetDateTime) -> Self {
+        let l = &config.limits;
+        Self {
+            clients: config.clients.clone(),
+            issued: Vec::new(),
+            actions: Vec::new(),
+            by_id: HashMap::new(),
+            tokens: HashMap::new(),
+            links: HashMap::new(),
+            submit_window: SlidingWindow::new(Duration::minutes(1), l.submissions_per_minute),
+            submit_calls: SlidingWindow::new(Duration::minutes(1), u32::MAX),
+            get_windows: HashMap::new(),
+            library: library::seeded(config, now),
+            crc_cache: HashMap::new(),
+            rng: SeededRng::new(config.faults.seed),
+            faults: config.faults.clone(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// New faults, with the dice reseeded from them.
+    pub(super) fn set_faults(&mut self, faults: Faults) {
+        self.rng = SeededRng::new(faults.seed);
+        self.faults = faults;
+    }
+
+    pub(super) fn running_sessions(&self, now: OffsetDateTime) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| !a.status(now).is_final())
+            .count()
+    }
+
+    /// An action by id, without regard to case.
+    pub(super) fn find_action(&self, id: &str) -> Option<&Action> {
+        self.by_id
+            .get(&id.to_ascii_lowercase())
+            .and_then(|i| self.actions.get(*i))
+    }
+}
