@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use shared::alerts::playbook::Playbooks;
-use shared::alerts::render::{check_rendered, split_args};
+use shared::alerts::render::{check_rendered, quote_literal, split_args};
 use shared::alerts::{Alert, AlertFormat, Envelope};
 use shared::defender::{CommandType, MachineId};
 use shared::ids::AlertId;
@@ -96,6 +96,8 @@ fuzz_target!(|data: &[u8]| {
         }
         let got = split_args(args).expect("checked above");
         assert_eq!(got, expected, "{name}={value:?}: {args}");
+        // Written as a literal, whatever its kind (bare, PowerShell may read a number or an array).
+        assert!(args.contains(&quote_literal(&value)), "{name}={value:?}: {args}");
         if *name == "path" {
             assert!(
                 commands

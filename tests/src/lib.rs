@@ -367,6 +367,7 @@ pub fn collecting_run(
         alert,
         playbook: "malware-file".into(),
         playbook_sha256: None,
+        refused_parameters: Vec::new(),
         machine_id: machine.clone(),
         commands,
         comment: run_id.comment_tag(),

@@ -147,3 +147,89 @@ fn the_parser_never_panics_on_mutations_of_the_corpus() {
         let _ = shared::alerts::parse(&String::from_utf8_lossy(&flipped));
     }
 }
+
+/// Defender alerts whose file names are odd (`tests/corpus/unfetchable-files.jsonl`). A name
+/// Windows refuses (made on the endpoint through `\\?\` by an attacker) cannot be fetched: the value
+/// is dropped and recorded, and the alert still runs the next playbook that fits (triage), so that a
+/// file's name cannot stop all collection for its alert. A legal but odd name (`refused: null`) is
+/// fetched as it is, literally.
+#[tokio::test]
+async fn an_unfetchable_file_name_does_not_stop_collection() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        name: String,
+        body: String,
+        refused: Option<String>,
+    }
+    let cfg = IntakeConfig {
+        bucket: "b".into(),
+        submit_queue_url: "submit".into(),
+        dead_letter_queue_url: "alerts-dlq".into(),
+        playbooks_s3_uri: None,
+        max_run_deadline: None,
+    };
+    let playbooks = Playbooks::bundled().unwrap();
+    let cases: Vec<Case> = include_str!("../corpus/unfetchable-files.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("corpus line"))
+        .collect();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let store = MemStore::default();
+        let queue = MemQueue::default();
+        let done = shared::stages::intake::handle(
+            &cfg,
+            &playbooks,
+            &store,
+            &queue,
+            &case.body,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: refused: {e}", case.name));
+        let run = done.run_id.expect("a run");
+        let (rec, _) = shared::store::load_run(&store, &run)
+            .await
+            .unwrap()
+            .unwrap();
+        let get_file = rec
+            .commands
+            .iter()
+            .find(|c| c.kind == shared::defender::CommandType::GetFile);
+        let Some(refused) = case.refused else {
+            assert_eq!(rec.playbook, "malware-file", "{}", case.name);
+            assert!(rec.refused_parameters.is_empty(), "{}", case.name);
+            let path = get_file.and_then(|c| c.param("Path")).expect("a GetFile");
+            assert_eq!(
+                Some(path),
+                rec.alert.parameters.get("file_path").map(String::as_str)
+            );
+            assert!(
+                path.contains('{'),
+                "{}: fetched literally: {path}",
+                case.name
+            );
+            continue;
+        };
+        assert_eq!(rec.playbook, "triage", "{}", case.name);
+        assert_eq!(
+            rec.refused_parameters
+                .iter()
+                .map(|r| (r.name.as_str(), r.playbook.as_str()))
+                .collect::<Vec<_>>(),
+            [(refused.as_str(), "malware-file")],
+            "{}",
+            case.name
+        );
+        assert!(
+            !rec.refused_parameters[0].reason.is_empty(),
+            "{}: the reason is kept",
+            case.name
+        );
+        assert!(
+            get_file.is_none(),
+            "{}: nothing is fetched under the refused name",
+            case.name
+        );
+    }
+}

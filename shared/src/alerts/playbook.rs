@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::render::{self, Slot, check_windows_path, is_dos_device_name, valid_library_name};
-use super::{Alert, AlertError};
+use super::{Alert, AlertError, AlertFormat};
 use crate::defender::{Command, CommandType};
 
 /// The playbooks shipped with the project (`shared/playbooks/default.toml`).
@@ -112,6 +112,23 @@ pub struct PlaybookError {
     pub problem: String,
 }
 
+/// What intake runs for an alert (see [`Playbooks::plan`]).
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub playbook: &'a Playbook,
+    pub commands: Vec<Command>,
+    /// Values of the alert a playbook refused; the run went on without them.
+    pub refused: Vec<RefusedParameter>,
+}
+
+/// An alert's value a playbook refused, and why (kept in the run's record and manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedParameter {
+    pub name: String,
+    pub playbook: String,
+    pub reason: String,
+}
+
 /// A loaded, validated set of playbooks, tried in order.
 #[derive(Debug, Clone)]
 pub struct Playbooks(Vec<Playbook>);
@@ -146,6 +163,47 @@ impl Playbooks {
 
     pub fn all(&self) -> &[Playbook] {
         &self.0
+    }
+
+    /// What to run for an alert: the playbook, its commands, and the values it went on without.
+    /// A Defender alert's values come from the endpoint (an attacker may have named the file): a
+    /// value the chosen playbook refuses is dropped, recorded, and the playbooks are tried again
+    /// without it, so that a file's name cannot stop all collection for its alert. The values of
+    /// an `lr.alert/v1` alert are its sender's: a refused one refuses the alert.
+    pub fn plan(&self, alert: &Alert) -> Result<Plan<'_>, AlertError> {
+        let mut alert = alert.clone();
+        let mut refused: Vec<RefusedParameter> = Vec::new();
+        loop {
+            let playbook = self.select(&alert).map_err(|mut e| {
+                for r in &refused {
+                    e.message.push_str(&format!(
+                        "; parameter {} was refused by playbook {}: {}",
+                        r.name, r.playbook, r.reason
+                    ));
+                }
+                e
+            })?;
+            let bad = match alert.format {
+                AlertFormat::Defender => playbook.refused_values(&alert),
+                AlertFormat::Native => Vec::new(),
+            };
+            if bad.is_empty() {
+                let commands = playbook.render(&alert)?;
+                return Ok(Plan {
+                    playbook,
+                    commands,
+                    refused,
+                });
+            }
+            for (name, reason) in bad {
+                alert.parameters.remove(&name);
+                refused.push(RefusedParameter {
+                    name,
+                    playbook: playbook.name.clone(),
+                    reason,
+                });
+            }
+        }
     }
 
     /// The playbook for an alert: the one it names, else the first whose rule matches.
@@ -206,6 +264,32 @@ impl Rule {
 }
 
 impl Playbook {
+    /// The alert's values this playbook would refuse, by their kind or by a place they would go,
+    /// with the reason.
+    pub fn refused_values(&self, alert: &Alert) -> Vec<(String, String)> {
+        self.placeholders
+            .iter()
+            .filter_map(|(name, ph)| {
+                let v = alert.parameters.get(name)?;
+                let problem = ph.kind.check(v).err().or_else(|| {
+                    self.slots_of(name)
+                        .find_map(|slot| render::check_in_slot(ph.kind, v, slot).err())
+                })?;
+                Some((name.clone(), problem))
+            })
+            .collect()
+    }
+
+    /// Where a placeholder goes in this playbook's commands.
+    fn slots_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Slot> + 'a {
+        let tag = format!("{{{name}}}");
+        self.commands.iter().filter_map(move |c| match c {
+            CommandTemplate::RunScript { args: Some(a), .. } if a.contains(&tag) => Some(Slot::Arg),
+            CommandTemplate::GetFile { path } if path.contains(&tag) => Some(Slot::Path),
+            _ => None,
+        })
+    }
+
     fn error(&self, field: &str, problem: impl Into<String>) -> PlaybookError {
         PlaybookError {
             playbook: self.name.clone(),
@@ -444,6 +528,41 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_defender_value_is_dropped_and_the_alert_still_runs() {
+        let p = Playbooks::bundled().unwrap();
+        // A name Windows itself refuses (made through \\?\ by an attacker): malware-file cannot
+        // fetch it, so the alert runs the next playbook that fits, triage, and says why.
+        let mut a = alert("Malware", &[("file_path", "C:\\Users\\a\\NUL.exe")]);
+        a.format = AlertFormat::Defender;
+        let plan = p.plan(&a).unwrap();
+        assert_eq!(plan.playbook.name, "triage");
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(
+            (
+                plan.refused[0].name.as_str(),
+                plan.refused[0].playbook.as_str()
+            ),
+            ("file_path", "malware-file")
+        );
+        assert!(
+            plan.refused[0].reason.contains("DOS device"),
+            "{:?}",
+            plan.refused
+        );
+        // A legal name with characters a script argument could not carry is collected as it is.
+        let odd = "C:\\Users\\a\\Bob\u{2019}s it's {setup} 100% a&b.exe";
+        let mut a = alert("Malware", &[("file_path", odd)]);
+        a.format = AlertFormat::Defender;
+        let plan = p.plan(&a).unwrap();
+        assert_eq!(plan.playbook.name, "malware-file");
+        assert!(plan.refused.is_empty());
+        assert!(plan.commands.iter().any(|c| c.param("Path") == Some(odd)));
+        // The sender of an lr.alert/v1 alert chose its values: a refused one refuses the alert.
+        let native = alert("Malware", &[("file_path", "C:\\Users\\a\\NUL.exe")]);
+        assert_eq!(p.plan(&native).unwrap_err().code, "invalid_parameter");
+    }
+
+    #[test]
     fn placeholder_values_cannot_smuggle_commands_or_paths() {
         for bad in [
             "C:\\a\\..\\..\\Windows\\System32\\config\\SAM",
@@ -506,15 +625,22 @@ cmd = "calc"
     }
 
     #[test]
-    fn no_value_carries_braces() {
-        for bad in [
+    fn no_script_value_carries_braces() {
+        // A file may be named with braces: a GetFile path takes it literally (rendering is one
+        // pass, nothing in a value is expanded), a script argument does not take it at all.
+        for path in [
             "C:\\Users\\a\\{file_path}.exe",
             "C:\\Temp\\}{",
             "C:\\a\\{x}",
         ] {
-            assert!(PlaceholderKind::WindowsPath.check(bad).is_err(), "{bad:?}");
+            assert!(PlaceholderKind::WindowsPath.check(path).is_ok(), "{path:?}");
+            assert!(render::check_path_argument(path).is_err(), "{path:?}");
         }
-        for kind in [PlaceholderKind::ScriptArg, PlaceholderKind::ProcessName] {
+        for kind in [
+            PlaceholderKind::ScriptArg,
+            PlaceholderKind::ProcessName,
+            PlaceholderKind::Sha256,
+        ] {
             assert!(kind.check("{mode}").is_err());
         }
     }

@@ -6,9 +6,9 @@
 //! decides where a value may go, how it is written there and whether the result is safe lives here,
 //! in one place, so that it can be reviewed and fuzzed on its own:
 //!
-//! - positions: in RunScript `args` a placeholder is a whole space-separated token; a
-//!   `windows_path` there is written as one PowerShell single-quoted literal, other kinds bare
-//!   (their values are restricted to characters that need no quoting). In a GetFile `path`, a
+//! - positions: in RunScript `args` a placeholder is a whole space-separated token, written as
+//!   one PowerShell single-quoted literal whatever its kind (bare, `1kb` would be a number and
+//!   `a,b` an array); a path there must also pass [`check_path_argument`]. In a GetFile `path`, a
 //!   `windows_path` is the whole path; a `sha256` may sit anywhere inside a literal path, a
 //!   `process_name` only as the start of a file or directory name (`C:\dir\{p}.dmp`); a
 //!   `script_arg` never goes into a path. Playbooks that break these rules do not load.
@@ -197,11 +197,10 @@ fn fill_with<'v>(
         match *piece {
             Piece::Text(t) => out.push_str(t),
             Piece::Placeholder(name) => {
-                let (kind, v) = value(name)?;
-                if slot == Slot::Arg && kind == PlaceholderKind::WindowsPath {
-                    out.push_str(&quote_literal(v));
-                } else {
-                    out.push_str(v);
+                let (_, v) = value(name)?;
+                match slot {
+                    Slot::Arg => out.push_str(&quote_literal(v)),
+                    Slot::Path => out.push_str(v),
                 }
             }
         }
@@ -214,8 +213,18 @@ pub fn quote_literal(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
+/// Whether a value already checked for its kind may also go into `slot`: a path that goes into a
+/// script argument must pass [`check_path_argument`].
+pub(crate) fn check_in_slot(kind: PlaceholderKind, v: &str, slot: Slot) -> Result<(), String> {
+    match (kind, slot) {
+        (PlaceholderKind::WindowsPath, Slot::Arg) => check_path_argument(v),
+        _ => Ok(()),
+    }
+}
+
 /// Renders one template for an alert's checked values: `Ok(None)` when an optional placeholder has
-/// no value (the command is left out). A path that goes into a script argument must be ASCII.
+/// no value (the command is left out). A path that goes into a script argument must pass
+/// [`check_path_argument`].
 pub(crate) fn fill(
     playbook: &str,
     template: &str,
@@ -227,16 +236,13 @@ pub(crate) fn fill(
         message: format!("playbook {playbook}: {p}"),
     })?;
     for piece in &pieces {
-        if let (Piece::Placeholder(name), Slot::Arg) = (piece, slot)
-            && let Some((PlaceholderKind::WindowsPath, v)) = values.get(*name)
-            && !v.is_ascii()
+        if let Piece::Placeholder(name) = piece
+            && let Some((kind, v)) = values.get(*name)
         {
-            return Err(AlertError {
+            check_in_slot(*kind, v, slot).map_err(|problem| AlertError {
                 code: "invalid_parameter",
-                message: format!(
-                    "parameter {name} for playbook {playbook}: goes into a script argument, which must be ASCII (PowerShell reads some non-ASCII quotes and dashes as syntax)"
-                ),
-            });
+                message: format!("parameter {name} for playbook {playbook}: {problem}"),
+            })?;
         }
     }
     Ok(fill_with(&pieces, slot, |name| {
@@ -300,9 +306,10 @@ fn bare_ok(b: u8) -> bool {
 }
 
 /// A character allowed inside a quoted literal (besides a doubled `'`): printable ASCII without
-/// the characters any shell layer might read, none of which a checked path holds.
+/// the characters any shell layer might read or a script's `-Path` might take as a wildcard, none
+/// of which a value that may go into args holds.
 fn quoted_ok(b: u8) -> bool {
-    (0x20..0x7f).contains(&b) && !b"'\"`$%;|&<>*?".contains(&b)
+    (0x20..0x7f).contains(&b) && !b"'\"`$%;|&<>*?[]{}".contains(&b)
 }
 
 /// Splits rendered args into arguments, refusing anything that is not plainly literal: printable
@@ -382,11 +389,15 @@ pub fn is_dos_device_name(segment: &str) -> bool {
     )
 }
 
-/// An absolute path on a drive: no `..`, UNC, device names or paths, alternate data streams,
-/// wildcards, quotes, braces or shell characters. Non-ASCII letters are allowed (real file names
-/// have them); a path that goes into a script argument must also be ASCII (checked when rendering).
+/// A path as Windows allows a file to be named, for a GetFile path (no shell reads it): absolute on
+/// a drive, none of the characters Windows forbids in a name (`< > : " / \\ | ? *`, so no
+/// alternate data stream and no wildcard), no control or direction-override characters, no `.` or
+/// `..` segment, no segment ending in a space or dot, no DOS device name (`NUL.txt`), no `%NAME%`
+/// pair (an environment variable some layer might expand), at most 260 characters. Apostrophes,
+/// `&`, `$`, braces, brackets and letters of any script are allowed: attacker-named files have
+/// them, and refusing them would let a file's name stop its collection.
 pub fn check_windows_path(v: &str) -> Result<(), String> {
-    if v.len() > 260 {
+    if v.chars().count() > 260 {
         return Err("a path is at most 260 characters".into());
     }
     let b = v.as_bytes();
@@ -396,16 +407,23 @@ pub fn check_windows_path(v: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    if v.chars()
-        .any(|c| c.is_control() || !(c.is_ascii() || c.is_alphanumeric()))
-    {
-        return Err("holds control or unusual characters".into());
+    if v.chars().any(|c| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+            || c == '\u{feff}'
+    }) {
+        return Err("holds control or direction-override characters".into());
     }
-    const FORBIDDEN: &[char] = &[
-        '"', '\'', '`', '*', '?', '<', '>', '|', ';', '&', '$', '%', '/', ':', '{', '}',
-    ];
+    const FORBIDDEN: &[char] = &['"', '*', '?', '<', '>', '|', '/', ':'];
     if v[2..].contains(FORBIDDEN) {
-        return Err("holds a character that is not allowed in a path (quotes, wildcards, braces, pipes, ; & $ % / : after the drive)".into());
+        return Err(
+            "holds a character Windows does not allow in a name (\" * ? < > | / or : after the drive)"
+                .into(),
+        );
+    }
+    if v.matches('%').count() > 1 {
+        return Err("holds a %NAME% pair (an environment variable)".into());
     }
     for seg in v[3..].split('\\') {
         if seg.is_empty() {
@@ -422,6 +440,26 @@ pub fn check_windows_path(v: &str) -> Result<(), String> {
                 "{seg:?} is a DOS device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A path that goes into a script argument, on top of [`check_windows_path`]: printable ASCII
+/// only (PowerShell reads some non-ASCII quotes and dashes as syntax), none of the characters a
+/// shell or a `-Path` parameter might read (`' ` $ % ; & { } [ ]`), and no ` -` (should the
+/// arguments ever be split on spaces, it would not pass for a parameter name).
+pub fn check_path_argument(v: &str) -> Result<(), String> {
+    check_windows_path(v)?;
+    if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("goes into a script argument, which must be printable ASCII (PowerShell reads some non-ASCII quotes and dashes as syntax)".into());
+    }
+    if let Some(c) = v.chars().find(|c| "'`$%;&{}[]".contains(*c)) {
+        return Err(format!(
+            "goes into a script argument, which must not hold {c:?} (' ` $ % ; & {{ }} [ ])"
+        ));
+    }
+    if v.contains(" -") {
+        return Err("goes into a script argument, which must not hold \" -\"".into());
     }
     Ok(())
 }
@@ -509,9 +547,10 @@ required = false
         )
         .unwrap();
         assert_eq!(cmds[0].param("Args"), Some("-Path 'C:\\x.exe'"));
+        // Every value is a literal: bare, `1kb` would be a number and `a,b` an array.
         assert_eq!(
             cmds[1].param("Args").unwrap(),
-            format!("-Mode Quick -Sha {} -Name lsass", "ab".repeat(32))
+            format!("-Mode 'Quick' -Sha '{}' -Name 'lsass'", "ab".repeat(32))
         );
     }
 
@@ -619,13 +658,13 @@ kind = "script_arg"
 
     #[test]
     fn one_pass_never_expands_a_placeholder_inside_a_value() {
-        // Values cannot hold braces (the kinds refuse them); this checks the pass itself.
+        // Script values cannot hold braces (the kinds refuse them); this checks the pass itself.
         let v = values(&[
             ("a", PlaceholderKind::ScriptArg, "{b}"),
             ("b", PlaceholderKind::ScriptArg, "B"),
         ]);
         let out = fill("p", "{a} {b} {a}", Slot::Arg, &v).unwrap();
-        assert_eq!(out.as_deref(), Some("{b} B {b}"));
+        assert_eq!(out.as_deref(), Some("'{b}' 'B' '{b}'"));
         let v = values(&[
             ("a", PlaceholderKind::Sha256, "{a}"),
             ("b", PlaceholderKind::Sha256, "x"),
@@ -639,15 +678,35 @@ kind = "script_arg"
     fn a_path_argument_is_one_literal_and_its_quotes_are_doubled() {
         assert_eq!(quote_literal("C:\\a (1)\\#b"), "'C:\\a (1)\\#b'");
         assert_eq!(quote_literal("C:\\it's"), "'C:\\it''s'");
-        let v = values(&[("p", PlaceholderKind::WindowsPath, "C:\\it's a (1).exe")]);
+        let v = values(&[("p", PlaceholderKind::WindowsPath, "C:\\a b (1).exe")]);
         let out = fill("p", "-Path {p} -Quick", Slot::Arg, &v)
             .unwrap()
             .unwrap();
-        assert_eq!(out, "-Path 'C:\\it''s a (1).exe' -Quick");
+        assert_eq!(out, "-Path 'C:\\a b (1).exe' -Quick");
         assert_eq!(
             split_args(&out).unwrap(),
-            ["-Path", "C:\\it's a (1).exe", "-Quick"]
+            ["-Path", "C:\\a b (1).exe", "-Quick"]
         );
+        // A legal file name that a script argument cannot carry safely is refused there (in a
+        // GetFile path it is collected as it is).
+        for name in [
+            "C:\\it's.exe",
+            "C:\\a&b.exe",
+            "C:\\x$.exe",
+            "C:\\[a].exe",
+            "C:\\a -Recurse b.exe",
+        ] {
+            let v = values(&[("p", PlaceholderKind::WindowsPath, name)]);
+            assert_eq!(
+                fill("p", "{p}", Slot::Arg, &v).unwrap_err().code,
+                "invalid_parameter",
+                "{name}"
+            );
+            assert_eq!(
+                fill("p", "{p}", Slot::Path, &v).unwrap().as_deref(),
+                Some(name)
+            );
+        }
         let v = values(&[("p", PlaceholderKind::WindowsPath, "C:\\\u{2018}x\u{2019}")]);
         assert_eq!(
             fill("p", "{p}", Slot::Arg, &v).unwrap_err().code,
@@ -698,7 +757,7 @@ kind = "script_arg"
             "C:\\Temp\\NUL.txt",
             "C:\\x\\..\\y",
             "C:\\x:ads",
-            "C:\\{x}",
+            "C:\\%TEMP%\\x",
             "\\\\srv\\x",
         ] {
             assert!(check_rendered(&Command::get_file(bad)).is_err(), "{bad:?}");
@@ -714,6 +773,13 @@ kind = "script_arg"
         extra.params.push(extra.params[0].clone());
         assert!(check_rendered(&extra).is_err());
         assert!(check_rendered(&Command::get_file("C:\\Program Files\\a (1)\\b.exe")).is_ok());
+        // Names Windows allows, attackers choose, and no shell reads in a GetFile path.
+        for ok in [
+            "C:\\Users\\a\\it's {setup} [1] 100% a&b x$.exe",
+            "C:\\Users\\a\\Invoice \u{2013} Bob\u{2019}s.exe",
+        ] {
+            assert!(check_rendered(&Command::get_file(ok)).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -23,8 +23,12 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         reason: e.message,
     };
     let alert = alerts::parse(body).map_err(reject)?;
-    let playbook = playbooks.select(&alert).map_err(reject)?;
-    let commands = playbook.render(&alert).map_err(reject)?;
+    let plan = playbooks.plan(&alert).map_err(reject)?;
+    for r in &plan.refused {
+        tracing::warn!(parameter = %r.name, playbook = %r.playbook, reason = %r.reason,
+            "an alert value was refused; the run goes on without it");
+    }
+    let (playbook, commands) = (plan.playbook, plan.commands);
     let format = serde_json::to_value(alert.format)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -50,6 +54,7 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         ),
         playbook: playbook.name.clone(),
         playbook_sha256: Some(playbook.sha256()),
+        refused_parameters: plan.refused,
         machine_id: alert.machine_id.clone(),
         alert,
         commands,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::alerts::Alert;
+use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, CommandType, MachineId};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
@@ -66,6 +67,9 @@ pub struct RunRecord {
     /// the playbook asked for what, whatever the file says later.
     #[serde(default)]
     pub playbook_sha256: Option<String>,
+    /// Values of a Defender alert a playbook refused; the run went on without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_parameters: Vec<RefusedParameter>,
     pub machine_id: MachineId,
     pub commands: Vec<Command>,
     /// The requestor comment sent to Defender; carries the run id.
@@ -210,6 +214,9 @@ pub struct Manifest {
     pub playbook: String,
     /// SHA-256 of the playbook that rendered the commands (see [`RunRecord::playbook_sha256`]).
     pub playbook_sha256: Option<String>,
+    /// Values of the alert a playbook refused; the run went on without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_parameters: Vec<RefusedParameter>,
     pub alert: Alert,
     pub device: ManifestDevice,
     pub action: Option<ManifestAction>,
@@ -390,6 +397,7 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         run_id: run.run_id.clone(),
         playbook: run.playbook.clone(),
         playbook_sha256: run.playbook_sha256.clone(),
+        refused_parameters: run.refused_parameters.clone(),
         alert: run.alert.clone(),
         device: ManifestDevice {
             machine_id: run.machine_id.clone(),

@@ -509,6 +509,17 @@ fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
         let bare = put(bucket, &k.evidence, &[]);
         assert_eq!(bare, if locked { Deny } else { Silent }, "lock {lock}");
         assert_eq!(put(bucket, &k.evidence, &retained), Silent, "lock {lock}");
+        // Only the deployment's mode: a writer picking COMPLIANCE would lock it for everyone.
+        let compliance = put(
+            bucket,
+            &k.evidence,
+            &[("s3:object-lock-mode", "COMPLIANCE")],
+        );
+        assert_eq!(
+            compliance,
+            if locked { Deny } else { Silent },
+            "lock {lock}"
+        );
         assert_eq!(
             put(bucket, &k.manifest, &create),
             if locked { Deny } else { Silent },
@@ -576,6 +587,21 @@ fn only_the_named_senders_may_put_alerts_on_the_queue() {
     let queue = &none["AlertsQueuePolicy"];
     assert_eq!(send(queue, &[("aws:PrincipalArn", forwarder)]), Deny);
     assert_eq!(send(queue, &[("aws:SourceArn", topic)]), Deny);
+    let text = serde_json::to_string(queue).unwrap();
+    assert!(
+        !text.contains("\"\""),
+        "no empty ARN in a condition: {text}"
+    );
+    // Only principals named: no topic or rule gets through.
+    let principals = resource_policies(json!({"AlertSenderPrincipalArns": forwarder}));
+    let queue = &principals["AlertsQueuePolicy"];
+    assert_ne!(send(queue, &[("aws:PrincipalArn", forwarder)]), Deny);
+    assert_eq!(send(queue, &[("aws:SourceArn", topic)]), Deny);
+    // Only sources named: no principal of the account gets through.
+    let sources = resource_policies(json!({"AlertSourceArns": topic}));
+    let queue = &sources["AlertsQueuePolicy"];
+    assert_eq!(send(queue, &[("aws:SourceArn", topic)]), Allow);
+    assert_eq!(send(queue, &[("aws:PrincipalArn", forwarder)]), Deny);
 }
 
 // ---------------------------------------------------------------------------------------------
