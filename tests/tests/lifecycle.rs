@@ -824,10 +824,11 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             }
         }
         for key in store.list(&format!("evidence/{run_id}/")).await.unwrap() {
-            if !manifest
-                .commands
-                .iter()
-                .any(|c| c.s3_key.as_deref() == Some(key.as_str()))
+            if key != shared::store::manifest_key(run_id)
+                && !manifest
+                    .commands
+                    .iter()
+                    .any(|c| c.s3_key.as_deref() == Some(key.as_str()))
             {
                 return Err(format!("{key} is evidence the manifest does not list"));
             }
