@@ -1,6 +1,7 @@
 //! Alert input: the project's own schema, a Defender alert as the alerts API returns it, and
 //! either wrapped in an SNS notification or an EventBridge event, normalised into one [`Alert`].
 
+pub mod kinds;
 pub mod playbook;
 pub mod render;
 
