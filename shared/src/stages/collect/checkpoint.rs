@@ -2,10 +2,26 @@
 //! enough for the next invocation to go on. A stored checkpoint is state read back from S3, so it
 //! is checked before it is trusted; an unusable one is discarded and the copy starts over.
 
-use super::copy::{Finished, MAX_PARTS, MIB};
 use crate::hash::ResumableSha256;
 use crate::ports::{ObjectStore, StoreError};
 use crate::store::keys::{self, checkpoint_key};
+
+/// S3 allows at most 10,000 parts.
+pub const MAX_PARTS: u64 = 10_000;
+pub(super) const MIB: u64 = 1 << 20;
+
+/// A copy whose staging object is whole: its hashes and, for a transcript, its summary. Saved in
+/// the checkpoint before publishing, so that a failure after this point only publishes again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finished {
+    pub size: u64,
+    pub sha256: String,
+    pub sha256_decompressed: Option<String>,
+    pub size_decompressed: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub output_excerpt: Option<String>,
+    pub errors_excerpt: Option<String>,
+}
 
 /// Where an unfinished copy stands, saved at a part boundary: enough for the next invocation to go
 /// on without downloading the uploaded parts again; or, once the upload is complete, what is left

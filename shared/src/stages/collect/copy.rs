@@ -1,28 +1,32 @@
 //! The streaming engine: a package from its download link into a staging multipart upload, part
 //! by part, hashing as it goes (SHA-256 of the package and, for a GetFile, of the file inside the
-//! gzip), resuming a broken download with a Range request, checkpointing at part boundaries when
+//! gzip), resuming a broken download with a fresh link and a Range request, checkpointing at part boundaries when
 //! the invocation's time runs out, and publishing the whole object under its evidence key.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::{Checkpoint, Saved, discard_checkpoint, load_checkpoint, save_checkpoint};
+use super::checkpoint::{
+    Checkpoint, Finished, MAX_PARTS, MIB, Saved, discard_checkpoint, load_checkpoint,
+    save_checkpoint,
+};
 use super::excerpt;
-use super::link::Source;
+use super::link::check_link;
+use crate::budget::{self, Paced};
+use crate::clock::Clock;
 use crate::defender::{CommandType, DownloadLink, Transcript};
 use crate::hash::{HashSink, ResumableSha256, hash_gzip};
 use crate::messages::CollectJob;
 use crate::ports::{Defender, Fetch, ObjectStore, StoreError, Upload};
+use crate::stages::settings::CollectConfig;
 use crate::store::keys::{self, checkpoint_key};
 use crate::store::{RunRecord, evidence_key};
 
-/// S3 allows at most 10,000 parts.
-pub const MAX_PARTS: u64 = 10_000;
-pub(super) const MIB: u64 = 1 << 20;
 /// Transcripts are parsed for their exit code when at most this large.
 pub(super) const TRANSCRIPT_PARSE_LIMIT: usize = 4 << 20;
 
@@ -43,17 +47,49 @@ pub(super) enum CopyError {
     UploadGone,
 }
 
-/// A copy whose staging object is whole: its hashes and, for a transcript, its summary. Saved in
-/// the checkpoint before publishing, so that a failure after this point only publishes again.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Finished {
-    pub size: u64,
-    pub sha256: String,
-    pub sha256_decompressed: Option<String>,
-    pub size_decompressed: Option<u64>,
-    pub exit_code: Option<i64>,
-    pub output_excerpt: Option<String>,
-    pub errors_excerpt: Option<String>,
+/// Where the package comes from; asked again for a fresh link when a download breaks off.
+pub(super) struct Source<'a, S, D, F> {
+    pub(super) store: &'a S,
+    pub(super) defender: &'a D,
+    pub(super) fetch: &'a F,
+    pub(super) cfg: &'a CollectConfig,
+    pub(super) clock: &'a dyn Clock,
+    pub(super) job: &'a CollectJob,
+}
+
+impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
+    /// A fresh link, checked like the first, opened at byte `from`.
+    pub(super) async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
+        // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
+        let mut waited = Duration::ZERO;
+        let link = loop {
+            let call = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+                self.defender
+                    .result_download_link(&self.job.action_id, self.job.index)
+            })
+            .await
+            .map_err(CopyError::Store)?;
+            match call {
+                Paced::Ran(link) => break link,
+                Paced::Wait(w) => {
+                    waited += w;
+                    if waited > Duration::from_secs(60) {
+                        return Err(CopyError::Download(
+                            "GET budget exhausted while resuming".into(),
+                        ));
+                    }
+                    tokio::time::sleep(w).await;
+                }
+            }
+        }
+        .map_err(|e| CopyError::Download(format!("asking for a fresh link: {e}")))?;
+        check_link(link.url.expose(), &self.cfg.allowed_hosts, self.clock.now())
+            .map_err(CopyError::Download)?;
+        self.fetch
+            .open(&link.url, from)
+            .await
+            .map_err(CopyError::Download)
+    }
 }
 
 /// A published copy.

@@ -1,17 +1,7 @@
-//! Which result links collect follows, and asking Defender for a fresh one when a download breaks
-//! off. A link is attacker-influenced data (it comes back from an API and names a host): it is
+//! Which result links collect follows. A link is attacker-influenced data (it comes back from an API and names a host): it is
 //! followed only over https to an allowed host on the default port, before its `se` expiry.
 
-use std::time::Duration;
-
 use time::OffsetDateTime;
-
-use super::copy::CopyError;
-use crate::budget::{self, Paced};
-use crate::clock::Clock;
-use crate::messages::CollectJob;
-use crate::ports::{Defender, Fetch, ObjectStore};
-use crate::stages::settings::CollectConfig;
 
 /// A result link is followed only over https to an allowed host (plain http only to an allowed
 /// loopback host, which is how the local simulator serves), and only before its `se` expiry.
@@ -64,51 +54,6 @@ pub fn check_link(url: &str, allowed_hosts: &[String], now: OffsetDateTime) -> R
         return Err(format!("the result link expired at {se}"));
     }
     Ok(())
-}
-
-/// Where the package comes from; asked again for a fresh link when a download breaks off.
-pub(super) struct Source<'a, S, D, F> {
-    pub(super) store: &'a S,
-    pub(super) defender: &'a D,
-    pub(super) fetch: &'a F,
-    pub(super) cfg: &'a CollectConfig,
-    pub(super) clock: &'a dyn Clock,
-    pub(super) job: &'a CollectJob,
-}
-
-impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
-    /// A fresh link, checked like the first, opened at byte `from`.
-    pub(super) async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
-        // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
-        let mut waited = Duration::ZERO;
-        let link = loop {
-            let call = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
-                self.defender
-                    .result_download_link(&self.job.action_id, self.job.index)
-            })
-            .await
-            .map_err(CopyError::Store)?;
-            match call {
-                Paced::Ran(link) => break link,
-                Paced::Wait(w) => {
-                    waited += w;
-                    if waited > Duration::from_secs(60) {
-                        return Err(CopyError::Download(
-                            "GET budget exhausted while resuming".into(),
-                        ));
-                    }
-                    tokio::time::sleep(w).await;
-                }
-            }
-        }
-        .map_err(|e| CopyError::Download(format!("asking for a fresh link: {e}")))?;
-        check_link(link.url.expose(), &self.cfg.allowed_hosts, self.clock.now())
-            .map_err(CopyError::Download)?;
-        self.fetch
-            .open(&link.url, from)
-            .await
-            .map_err(CopyError::Download)
-    }
 }
 
 #[cfg(test)]

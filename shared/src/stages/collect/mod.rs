@@ -4,16 +4,17 @@
 //! published by a server-side copy). The last command to land writes the run's manifest.
 //!
 //! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
-//! the parts it drives: [`link`] (which result links are followed, and asking for a fresh one),
-//! [`copy`] (the streaming engine: parts, resumption, publishing), [`checkpoint`] (where an
-//! unfinished copy stands, saved between invocations).
+//! the parts it drives: [`link`] (which result links are followed), [`copy`] (the streaming
+//! engine: parts, fresh links and resumption, publishing), [`checkpoint`] (where an unfinished
+//! copy stands, saved between invocations).
 
 mod checkpoint;
 mod copy;
 mod link;
 
 pub use checkpoint::Checkpoint;
-pub use copy::{Finished, MAX_PARTS, part_size};
+pub use checkpoint::{Finished, MAX_PARTS};
+pub use copy::part_size;
 pub use link::check_link;
 
 use std::time::Duration;
@@ -21,8 +22,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
+use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
-use self::link::Source;
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, jitter};
