@@ -1,5 +1,10 @@
-//! The four functions' entry points: clients built once per cold start from the environment, and a
-//! batch handler. The Lambda binaries and the local runner both call these.
+//! The four functions as one shape: a [`Function`] has a name, a batch concurrency, settings read
+//! from the environment (checked without AWS calls), clients built once per cold start, and what it
+//! does with one message. [`handle`] turns a batch into a partial batch response and [`run`] is a
+//! Lambda binary's whole `main`; the local runner calls [`Function::build`] and [`handle`] too, so
+//! the four functions are wired in one place.
+
+use std::future::Future;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use time::OffsetDateTime;
@@ -8,11 +13,12 @@ use crate::alerts::playbook::{PlaybookError, Playbooks};
 use crate::aws::{S3Store, SecretsManagerCredentials, SqsQueue, s3_client};
 use crate::batch;
 use crate::clock::SystemClock;
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, ProcessEnv};
 use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
+use crate::messages::Delivery;
 use crate::ports::{HttpFetch, ObjectStore};
-use crate::stages;
 use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
+use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +33,58 @@ pub enum InitError {
 
 pub type Defender = DefenderClient<SecretsManagerCredentials>;
 
-fn defender(cfg: &DefenderConfig, sdk: &aws_config::SdkConfig) -> Result<Defender, InitError> {
-    let http = http_client(cfg.http_timeout).map_err(|e| InitError::Other(e.to_string()))?;
-    let creds = SecretsManagerCredentials::new(
-        aws_sdk_secretsmanager::Client::new(sdk),
-        &cfg.credentials_secret_id,
-    );
-    let auth = TokenProvider::new(creds, http.clone(), &cfg.login_base, &cfg.scope);
-    Ok(DefenderClient::new(http, &cfg.api_base, auth))
+/// One Lambda function of the pipeline.
+pub trait Function: Sized + Send + Sync + 'static {
+    /// The stage's name in logs, metrics and reject attributes.
+    const NAME: &'static str;
+    /// Messages handled at once within a batch (collect takes one: memory stays bounded).
+    const CONCURRENCY: usize;
+    /// Everything it reads from its environment.
+    type Settings;
+
+    /// Its settings, checked (no AWS calls).
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError>;
+
+    /// Its clients, built once per cold start.
+    fn build(
+        env: &dyn Env,
+        sdk: &aws_config::SdkConfig,
+    ) -> impl Future<Output = Result<Self, InitError>>;
+
+    /// What it does with one message.
+    fn process(&self, msg: Delivery) -> impl Future<Output = Result<Done, StageError>> + Send;
+
+    /// Where it sends the messages it refuses.
+    fn dead_letters(&self) -> (&SqsQueue, &str);
+}
+
+/// One SQS batch through a function: a span and a log line per message, refused messages to the
+/// dead-letter queue with their reason, the rest reported for redelivery.
+pub async fn handle<F: Function>(f: &F, event: SqsEvent) -> SqsBatchResponse {
+    let (queue, dead_letter_queue_url) = f.dead_letters();
+    batch::handle(
+        event,
+        F::NAME,
+        dead_letter_queue_url,
+        queue,
+        F::CONCURRENCY,
+        |msg| f.process(msg),
+    )
+    .await
+}
+
+/// A Lambda binary's `main`: logging, the AWS SDK, the function built once, then every batch.
+pub async fn run<F: Function>() -> Result<(), lambda_runtime::Error> {
+    crate::logging::init();
+    let sdk = crate::aws::sdk_config().await;
+    let function = F::build(&ProcessEnv, &sdk).await?;
+    let function = &function;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
+            Ok::<_, lambda_runtime::Error>(handle(function, event.payload).await)
+        },
+    ))
+    .await
 }
 
 /// Everything a stage that talks to Defender reads from its environment, checked (no AWS calls).
@@ -58,7 +108,35 @@ impl<C> Settings<C> {
     }
 }
 
-/// Messages handled at once within a batch (collect handles one at a time: memory stays bounded).
+/// The clients of a stage that talks to Defender.
+struct Clients {
+    store: S3Store,
+    queue: SqsQueue,
+    defender: Defender,
+}
+
+impl Clients {
+    fn new<C>(
+        settings: &Settings<C>,
+        bucket: &str,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, InitError> {
+        let cfg = &settings.defender;
+        let http = http_client(cfg.http_timeout).map_err(|e| InitError::Other(e.to_string()))?;
+        let creds = SecretsManagerCredentials::new(
+            aws_sdk_secretsmanager::Client::new(sdk),
+            &cfg.credentials_secret_id,
+        );
+        let auth = TokenProvider::new(creds, http.clone(), &cfg.login_base, &cfg.scope);
+        Ok(Self {
+            store: S3Store::new(s3_client(sdk), bucket).retaining(settings.retention),
+            queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
+            defender: DefenderClient::new(http, &cfg.api_base, auth),
+        })
+    }
+}
+
+/// Messages handled at once within a batch by the stages that are not collect.
 const CONCURRENCY: usize = 10;
 
 pub struct Intake {
@@ -69,212 +147,182 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Every setting intake reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<IntakeConfig, ConfigError> {
+    /// The bundled playbooks, or the file `PLAYBOOKS_S3_URI` names.
+    async fn playbooks(
+        cfg: &IntakeConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Playbooks, InitError> {
+        let Some(uri) = &cfg.playbooks_s3_uri else {
+            return Ok(Playbooks::bundled()?);
+        };
+        let (bucket, key) = uri[5..].split_once('/').unwrap_or_default();
+        let other = S3Store::new(s3_client(sdk), bucket);
+        let body = other
+            .get(key)
+            .await
+            .map_err(|e| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: {e}")))?
+            .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
+        let text = String::from_utf8(body.body.to_vec())
+            .map_err(|_| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text")))?;
+        Ok(Playbooks::from_toml(&text)?)
+    }
+}
+
+impl Function for Intake {
+    const NAME: &'static str = "intake";
+    const CONCURRENCY: usize = CONCURRENCY;
+    type Settings = IntakeConfig;
+
+    fn config(env: &dyn Env) -> Result<IntakeConfig, ConfigError> {
         IntakeConfig::from_env(env)
     }
 
-    pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let cfg = Self::config(env)?;
-        let store = S3Store::new(s3_client(sdk), &cfg.bucket);
-        let playbooks = match &cfg.playbooks_s3_uri {
-            None => Playbooks::bundled()?,
-            Some(uri) => {
-                let (bucket, key) = uri[5..].split_once('/').unwrap_or_default();
-                let other = S3Store::new(s3_client(sdk), bucket);
-                let body = other
-                    .get(key)
-                    .await
-                    .map_err(|e| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: {e}")))?
-                    .ok_or_else(|| {
-                        InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object"))
-                    })?;
-                let text = String::from_utf8(body.body.to_vec()).map_err(|_| {
-                    InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text"))
-                })?;
-                Playbooks::from_toml(&text)?
-            }
-        };
         Ok(Self {
-            cfg,
-            playbooks,
-            store,
+            playbooks: Self::playbooks(&cfg, sdk).await?,
+            store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
+            cfg,
         })
     }
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        batch::handle(
-            event,
-            "intake",
-            &self.cfg.dead_letter_queue_url,
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        stages::intake::handle(
+            &self.cfg,
+            &self.playbooks,
+            &self.store,
             &self.queue,
-            CONCURRENCY,
-            |msg| async move {
-                stages::intake::handle(
-                    &self.cfg,
-                    &self.playbooks,
-                    &self.store,
-                    &self.queue,
-                    &msg.body,
-                    OffsetDateTime::now_utc(),
-                )
-                .await
-            },
+            &msg.body,
+            OffsetDateTime::now_utc(),
         )
         .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.queue, &self.cfg.dead_letter_queue_url)
     }
 }
 
 pub struct Submit {
     pub cfg: SubmitConfig,
-    store: S3Store,
-    queue: SqsQueue,
-    defender: Defender,
+    clients: Clients,
 }
 
-impl Submit {
-    /// Every setting submit reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<Settings<SubmitConfig>, ConfigError> {
+impl Function for Submit {
+    const NAME: &'static str = "submit";
+    const CONCURRENCY: usize = CONCURRENCY;
+    type Settings = Settings<SubmitConfig>;
+
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
         Settings::from_env(env, SubmitConfig::from_env)
     }
 
-    pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let Settings {
-            stage: cfg,
-            defender: defender_cfg,
-            retention,
-        } = Self::config(env)?;
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let settings = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
-            queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(&defender_cfg, sdk)?,
-            cfg,
+            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            cfg: settings.stage,
         })
     }
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        batch::handle(
-            event,
-            "submit",
-            &self.cfg.dead_letter_queue_url,
-            &self.queue,
-            CONCURRENCY,
-            |msg| async move {
-                stages::submit::handle(
-                    &self.cfg,
-                    &self.store,
-                    &self.queue,
-                    &self.defender,
-                    &SystemClock,
-                    &msg,
-                )
-                .await
-            },
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let c = &self.clients;
+        stages::submit::handle(
+            &self.cfg,
+            &c.store,
+            &c.queue,
+            &c.defender,
+            &SystemClock,
+            &msg,
         )
         .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
     }
 }
 
 pub struct Poll {
     pub cfg: PollConfig,
-    store: S3Store,
-    queue: SqsQueue,
-    defender: Defender,
+    clients: Clients,
 }
 
-impl Poll {
-    /// Every setting poll reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<Settings<PollConfig>, ConfigError> {
+impl Function for Poll {
+    const NAME: &'static str = "poll";
+    const CONCURRENCY: usize = CONCURRENCY;
+    type Settings = Settings<PollConfig>;
+
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
         Settings::from_env(env, PollConfig::from_env)
     }
 
-    pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let Settings {
-            stage: cfg,
-            defender: defender_cfg,
-            retention,
-        } = Self::config(env)?;
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let settings = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
-            queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(&defender_cfg, sdk)?,
-            cfg,
+            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            cfg: settings.stage,
         })
     }
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        batch::handle(
-            event,
-            "poll",
-            &self.cfg.dead_letter_queue_url,
-            &self.queue,
-            CONCURRENCY,
-            |msg| async move {
-                stages::poll::handle(
-                    &self.cfg,
-                    &self.store,
-                    &self.queue,
-                    &self.defender,
-                    &SystemClock,
-                    &msg,
-                )
-                .await
-            },
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let c = &self.clients;
+        stages::poll::handle(
+            &self.cfg,
+            &c.store,
+            &c.queue,
+            &c.defender,
+            &SystemClock,
+            &msg,
         )
         .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
     }
 }
 
 pub struct Collect {
     pub cfg: CollectConfig,
-    store: S3Store,
-    queue: SqsQueue,
-    defender: Defender,
+    clients: Clients,
     fetch: HttpFetch,
 }
 
-impl Collect {
-    /// Every setting collect reads, checked (no AWS calls).
-    pub fn config(env: &dyn Env) -> Result<Settings<CollectConfig>, ConfigError> {
+impl Function for Collect {
+    const NAME: &'static str = "collect";
+    const CONCURRENCY: usize = 1;
+    type Settings = Settings<CollectConfig>;
+
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
         Settings::from_env(env, CollectConfig::from_env)
     }
 
-    pub async fn from_env(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let Settings {
-            stage: cfg,
-            defender: defender_cfg,
-            retention,
-        } = Self::config(env)?;
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let settings = Self::config(env)?;
         Ok(Self {
-            store: S3Store::new(s3_client(sdk), &cfg.bucket).retaining(retention),
-            queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: defender(&defender_cfg, sdk)?,
-            fetch: HttpFetch::new(cfg.download_timeout).map_err(InitError::Other)?,
-            cfg,
+            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            fetch: HttpFetch::new(settings.stage.download_timeout).map_err(InitError::Other)?,
+            cfg: settings.stage,
         })
     }
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        batch::handle(
-            event,
-            "collect",
-            &self.cfg.dead_letter_queue_url,
-            &self.queue,
-            1,
-            |msg| async move {
-                stages::collect::handle(
-                    &self.cfg,
-                    &self.store,
-                    &self.queue,
-                    &self.defender,
-                    &self.fetch,
-                    &SystemClock,
-                    &msg,
-                )
-                .await
-            },
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let c = &self.clients;
+        stages::collect::handle(
+            &self.cfg,
+            &c.store,
+            &c.queue,
+            &c.defender,
+            &self.fetch,
+            &SystemClock,
+            &msg,
         )
         .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
     }
 }

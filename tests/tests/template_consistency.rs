@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use serde_yaml::Value;
 use shared::config::Env;
-use shared::entry::{Collect, Intake, Poll, Submit};
+use shared::entry::{Collect, Function, Intake, Poll, Submit};
 
 /// Serves a fixed map and remembers every name asked for.
 struct RecordingEnv {

@@ -1,17 +1,8 @@
-//! The poll Lambda function: builds its clients once, then hands every SQS batch to the shared
-//! stage code (`shared::entry::Poll`), answering with a partial batch response.
-
-use aws_lambda_events::event::sqs::SqsEvent;
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+//! The poll Lambda function: everything it does is `shared::entry::Poll`, run as a
+//! [`shared::entry::Function`] (clients built once, every SQS batch answered with a partial batch
+//! response).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    shared::logging::init();
-    let sdk = shared::aws::sdk_config().await;
-    let stage = shared::entry::Poll::from_env(&shared::config::ProcessEnv, &sdk).await?;
-    let stage = &stage;
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(stage.handle(event.payload).await)
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::entry::run::<shared::entry::Poll>().await
 }

@@ -21,7 +21,7 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
 use shared::aws::S3Store;
 use shared::defender::CommandType;
-use shared::entry::{Collect, Intake, Poll, Submit};
+use shared::entry::{self, Collect, Function, Intake, Poll, Submit};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
 use shared::store::{CommandOutcome, RunOutcome, RunState, keys};
@@ -805,20 +805,20 @@ impl World {
     }
 }
 
-enum Function {
+enum Stage {
     Intake(Intake),
     Submit(Submit),
     Poll(Poll),
     Collect(Collect),
 }
 
-impl Function {
+impl Stage {
     async fn handle(&self, e: SqsEvent) -> SqsBatchResponse {
         match self {
-            Function::Intake(f) => f.handle(e).await,
-            Function::Submit(f) => f.handle(e).await,
-            Function::Poll(f) => f.handle(e).await,
-            Function::Collect(f) => f.handle(e).await,
+            Stage::Intake(f) => entry::handle(f, e).await,
+            Stage::Submit(f) => entry::handle(f, e).await,
+            Stage::Poll(f) => entry::handle(f, e).await,
+            Stage::Collect(f) => entry::handle(f, e).await,
         }
     }
 }
@@ -827,7 +827,7 @@ impl Function {
 /// AWSLambdaSQSQueueExecutionRole lets the role receive and delete).
 struct Deployed {
     binary: &'static str,
-    function: Function,
+    function: Stage,
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     batch: i32,
@@ -937,10 +937,10 @@ async fn deploy(world: &World, sim: &mde_sim::SimServer, extra: &[(&str, &str)])
         }
         let sdk = world.sdk_of(binary).await;
         let function = match binary {
-            "intake" => Function::Intake(Intake::from_env(&env, &sdk).await.expect("intake")),
-            "submit" => Function::Submit(Submit::from_env(&env, &sdk).await.expect("submit")),
-            "poll" => Function::Poll(Poll::from_env(&env, &sdk).await.expect("poll")),
-            _ => Function::Collect(Collect::from_env(&env, &sdk).await.expect("collect")),
+            "intake" => Stage::Intake(Intake::build(&env, &sdk).await.expect("intake")),
+            "submit" => Stage::Submit(Submit::build(&env, &sdk).await.expect("submit")),
+            "poll" => Stage::Poll(Poll::build(&env, &sdk).await.expect("poll")),
+            _ => Stage::Collect(Collect::build(&env, &sdk).await.expect("collect")),
         };
         out.push(Deployed {
             binary,

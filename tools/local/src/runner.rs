@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use shared::entry::{Collect, InitError, Intake, Poll, Submit};
+use shared::entry::{self, Collect, Function, InitError, Intake, Poll, Submit};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -67,38 +67,25 @@ impl LocalPipeline {
             );
             e
         };
-        let intake = Arc::new(Intake::from_env(&stage_env("alerts"), sdk).await?);
-        let submit = Arc::new(Submit::from_env(&stage_env("submit"), sdk).await?);
-        let poll = Arc::new(Poll::from_env(&stage_env("poll"), sdk).await?);
-        let collect = Arc::new(Collect::from_env(&stage_env("collect"), sdk).await?);
         let handlers: HashMap<&str, (Handler, i32)> = HashMap::from([
             (
                 "alerts",
                 (
-                    handler(move |e| {
-                        let s = intake.clone();
-                        async move { s.handle(e).await }
-                    }),
+                    handler(Intake::build(&stage_env("alerts"), sdk).await?),
                     options.batch_size,
                 ),
             ),
             (
                 "submit",
                 (
-                    handler(move |e| {
-                        let s = submit.clone();
-                        async move { s.handle(e).await }
-                    }),
+                    handler(Submit::build(&stage_env("submit"), sdk).await?),
                     options.batch_size,
                 ),
             ),
             (
                 "poll",
                 (
-                    handler(move |e| {
-                        let s = poll.clone();
-                        async move { s.handle(e).await }
-                    }),
+                    handler(Poll::build(&stage_env("poll"), sdk).await?),
                     options.batch_size,
                 ),
             ),
@@ -106,10 +93,7 @@ impl LocalPipeline {
             (
                 "collect",
                 (
-                    handler(move |e| {
-                        let s = collect.clone();
-                        async move { s.handle(e).await }
-                    }),
+                    handler(Collect::build(&stage_env("collect"), sdk).await?),
                     1,
                 ),
             ),
@@ -152,12 +136,13 @@ impl LocalPipeline {
     }
 }
 
-fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(SqsEvent) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = SqsBatchResponse> + Send + 'static,
-{
-    Arc::new(move |e| Box::pin(f(e)))
+/// A function's batch handler, as the event-source loop calls it.
+fn handler<F: Function>(function: F) -> Handler {
+    let function = Arc::new(function);
+    Arc::new(move |e| {
+        let f = function.clone();
+        Box::pin(async move { entry::handle(&*f, e).await })
+    })
 }
 
 async fn event_source(
