@@ -139,6 +139,7 @@ impl Clients {
 /// Messages handled at once within a batch by the stages that are not collect.
 const CONCURRENCY: usize = 10;
 
+/// Alert in, playbook chosen, run recorded, submit job out.
 pub struct Intake {
     pub cfg: IntakeConfig,
     playbooks: Playbooks,
@@ -204,86 +205,60 @@ impl Function for Intake {
     }
 }
 
-pub struct Submit {
-    pub cfg: SubmitConfig,
-    clients: Clients,
+/// Submit and poll have the same clients and the same shape; only their settings and stage differ.
+macro_rules! defender_stage {
+    ($(#[$doc:meta])* $name:ident, $stage:literal, $config:ty, $handle:path) => {
+        $(#[$doc])*
+        pub struct $name {
+            pub cfg: $config,
+            clients: Clients,
+        }
+
+        impl Function for $name {
+            const NAME: &'static str = $stage;
+            const CONCURRENCY: usize = CONCURRENCY;
+            type Settings = Settings<$config>;
+
+            fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
+                Settings::from_env(env, <$config>::from_env)
+            }
+
+            async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+                let settings = Self::config(env)?;
+                Ok(Self {
+                    clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+                    cfg: settings.stage,
+                })
+            }
+
+            async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+                let c = &self.clients;
+                $handle(&self.cfg, &c.store, &c.queue, &c.defender, &SystemClock, &msg).await
+            }
+
+            fn dead_letters(&self) -> (&SqsQueue, &str) {
+                (&self.clients.queue, &self.cfg.dead_letter_queue_url)
+            }
+        }
+    };
 }
 
-impl Function for Submit {
-    const NAME: &'static str = "submit";
-    const CONCURRENCY: usize = CONCURRENCY;
-    type Settings = Settings<SubmitConfig>;
+defender_stage!(
+    /// One live response per run, paced under Defender's limits.
+    Submit,
+    "submit",
+    SubmitConfig,
+    stages::submit::handle
+);
+defender_stage!(
+    /// Follows each action until it ends, cancels it at the deadline, hands results to collect.
+    Poll,
+    "poll",
+    PollConfig,
+    stages::poll::handle
+);
 
-    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
-        Settings::from_env(env, SubmitConfig::from_env)
-    }
-
-    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let settings = Self::config(env)?;
-        Ok(Self {
-            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
-            cfg: settings.stage,
-        })
-    }
-
-    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
-        let c = &self.clients;
-        stages::submit::handle(
-            &self.cfg,
-            &c.store,
-            &c.queue,
-            &c.defender,
-            &SystemClock,
-            &msg,
-        )
-        .await
-    }
-
-    fn dead_letters(&self) -> (&SqsQueue, &str) {
-        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
-    }
-}
-
-pub struct Poll {
-    pub cfg: PollConfig,
-    clients: Clients,
-}
-
-impl Function for Poll {
-    const NAME: &'static str = "poll";
-    const CONCURRENCY: usize = CONCURRENCY;
-    type Settings = Settings<PollConfig>;
-
-    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
-        Settings::from_env(env, PollConfig::from_env)
-    }
-
-    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let settings = Self::config(env)?;
-        Ok(Self {
-            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
-            cfg: settings.stage,
-        })
-    }
-
-    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
-        let c = &self.clients;
-        stages::poll::handle(
-            &self.cfg,
-            &c.store,
-            &c.queue,
-            &c.defender,
-            &SystemClock,
-            &msg,
-        )
-        .await
-    }
-
-    fn dead_letters(&self) -> (&SqsQueue, &str) {
-        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
-    }
-}
-
+/// Copies one result package into evidence.
 pub struct Collect {
     pub cfg: CollectConfig,
     clients: Clients,

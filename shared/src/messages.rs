@@ -85,47 +85,32 @@ pub trait Job: serde::de::DeserializeOwned + Serialize {
     }
 }
 
-impl Job for SubmitJob {
-    fn run_id(&self) -> &RunId {
-        &self.run_id
-    }
-    fn prev(&self) -> Option<&str> {
-        self.prev.as_deref()
-    }
-    fn set_prev(&mut self, prev: &str) {
-        self.prev = Some(prev.to_string());
-    }
+/// The [`Job`] methods every stage message has alike, and `action_id` for those that name the
+/// field holding their action.
+macro_rules! job {
+    ($t:ty $(, $action:ident)?) => {
+        impl Job for $t {
+            fn run_id(&self) -> &RunId {
+                &self.run_id
+            }
+            fn prev(&self) -> Option<&str> {
+                self.prev.as_deref()
+            }
+            fn set_prev(&mut self, prev: &str) {
+                self.prev = Some(prev.to_string());
+            }
+            $(
+                fn action_id(&self) -> Option<&ActionId> {
+                    Some(&self.$action)
+                }
+            )?
+        }
+    };
 }
 
-impl Job for PollJob {
-    fn run_id(&self) -> &RunId {
-        &self.run_id
-    }
-    fn action_id(&self) -> Option<&ActionId> {
-        Some(&self.action_id)
-    }
-    fn prev(&self) -> Option<&str> {
-        self.prev.as_deref()
-    }
-    fn set_prev(&mut self, prev: &str) {
-        self.prev = Some(prev.to_string());
-    }
-}
-
-impl Job for CollectJob {
-    fn run_id(&self) -> &RunId {
-        &self.run_id
-    }
-    fn action_id(&self) -> Option<&ActionId> {
-        Some(&self.action_id)
-    }
-    fn prev(&self) -> Option<&str> {
-        self.prev.as_deref()
-    }
-    fn set_prev(&mut self, prev: &str) {
-        self.prev = Some(prev.to_string());
-    }
-}
+job!(SubmitJob);
+job!(PollJob, action_id);
+job!(CollectJob, action_id);
 
 /// Parses a stage message, checking its version; the error says what was wrong.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {

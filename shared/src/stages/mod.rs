@@ -19,6 +19,35 @@ use crate::store::{
     create_command, finish_run_if_complete, update_record, update_run,
 };
 
+/// What one message's handling works with: its stage's settings, the ports, the message and its
+/// job. Each stage adds its own steps (`again`, `pace`, ...) in an `impl` for its settings and job.
+pub(crate) struct Step<'a, C, J, S, Q> {
+    pub cfg: &'a C,
+    pub store: &'a S,
+    pub queue: &'a Q,
+    pub clock: &'a dyn Clock,
+    pub msg: &'a crate::messages::Delivery,
+    pub job: &'a J,
+}
+
+impl<'a, C, J, S, Q> Step<'a, C, J, S, Q> {
+    pub fn new(
+        cfg: &'a C,
+        (store, queue, clock): (&'a S, &'a Q, &'a dyn Clock),
+        msg: &'a crate::messages::Delivery,
+        job: &'a J,
+    ) -> Self {
+        Self {
+            cfg,
+            store,
+            queue,
+            clock,
+            msg,
+            job,
+        }
+    }
+}
+
 /// What a stage did with a message, for the one log line per message and the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {

@@ -7,15 +7,15 @@
 use std::time::Duration;
 
 use super::settings::PollConfig;
-use super::{Done, Ending, StageError, WHILE_SUBMITTED, end_run, jitter};
+use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
 use crate::store::{
-    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunOutcome, RunRecord, RunState,
-    create_command, finish_run_if_complete, load_command, run_key, update_run,
+    CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, create_command,
+    finish_run_if_complete, load_command, run_key, update_run,
 };
 
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
@@ -57,14 +57,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         Err(done) => return Ok(done),
     };
     let run_id = run.run_id.clone();
-    let step = Step {
-        cfg,
-        store,
-        queue,
-        clock,
-        msg,
-        job: &job,
-    };
+    let step = Step::new(cfg, (store, queue, clock), msg, &job);
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
     let past_deadline: Duration = (now - run.deadline).try_into().unwrap_or(Duration::ZERO);
     let read = budget::get_call(store, &cfg.budget, clock, || {
@@ -177,17 +170,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     ))
 }
 
-/// One poll job's context, for its ways out: pace, poll again, give up, finalize.
-struct Step<'a, S, Q> {
-    cfg: &'a PollConfig,
-    store: &'a S,
-    queue: &'a Q,
-    clock: &'a dyn Clock,
-    msg: &'a Delivery,
-    job: &'a PollJob,
-}
-
-impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
     /// Hands the run's chain to the next poll job.
     async fn again(&self, polls: u32, cancels: u32, delay: Duration) -> Result<(), StageError> {
         let next = PollJob {
@@ -322,33 +305,9 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
                 (CommandStatus::Failed, _) => CommandOutcome::Failed,
                 _ => CommandOutcome::NotRun,
             };
-            let rec = CommandRecord {
-                v: RECORD_VERSION,
-                index: c.index,
-                kind: c.command.kind,
-                command: c.command.clone(),
-                outcome,
-                command_status: Some(format!("{:?}", c.command_status)),
-                errors: c.errors.clone(),
-                start_time: c.start_time.clone(),
-                end_time: c.end_time.clone(),
-                s3_key: None,
-                size: None,
-                sha256: None,
-                sha256_decompressed: None,
-                size_decompressed: None,
-                exit_code: None,
-                output_excerpt: None,
-                errors_excerpt: None,
-                recorded_at: Some(now),
-                reason: match outcome {
-                    CommandOutcome::NotRun => {
-                        Some(format!("not run: the action ended {:?}", action.status))
-                    }
-                    _ => None,
-                },
-                chain: Chain::default(),
-            };
+            let reason = (outcome == CommandOutcome::NotRun)
+                .then(|| format!("not run: the action ended {:?}", action.status));
+            let rec = CommandRecord::observed(c, outcome, reason, now);
             create_command(store, &run.run_id, &rec).await?;
             if collect
                 && load_command(store, &run.run_id, c.index)

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::settings::SubmitConfig;
-use super::{BEFORE_SUBMISSION, Done, Ending, StageError, end_run, hand_off, jitter};
+use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
@@ -42,14 +42,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         Err(done) => return Ok(done),
     };
     let run_id = run.run_id.clone();
-    let step = Step {
-        cfg,
-        store,
-        queue,
-        clock,
-        msg,
-        job: &job,
-    };
+    let step = Step::new(cfg, (store, queue, clock), msg, &job);
 
     if run.state == RunState::Submitted {
         step.hand_to_poll(&run).await?;
@@ -98,17 +91,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         }
     }
     if now >= run.deadline {
-        end_run(
-            store,
-            &cfg.budget,
-            clock,
-            &run_id,
-            Ending {
-                outcome: RunOutcome::TimedOut,
-                reason: "the deadline passed before Defender accepted the live response",
-                unfinished: CommandOutcome::NotRun,
-                from: BEFORE_SUBMISSION,
-            },
+        step.end(
+            RunOutcome::TimedOut,
+            "the deadline passed before Defender accepted the live response",
+            CommandOutcome::NotRun,
         )
         .await?;
         return Ok(Done::new(&run_id, "deadline", "never submitted"));
@@ -203,17 +189,10 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             step.retry_later(&run, &e, "submitting").await
         }
         Err(e) => {
-            end_run(
-                store,
-                &cfg.budget,
-                clock,
-                &run_id,
-                Ending {
-                    outcome: RunOutcome::Failed,
-                    reason: &format!("Defender refused the live response: {e}"),
-                    unfinished: CommandOutcome::NotRun,
-                    from: BEFORE_SUBMISSION,
-                },
+            step.end(
+                RunOutcome::Failed,
+                &format!("Defender refused the live response: {e}"),
+                CommandOutcome::NotRun,
             )
             .await?;
             Ok(Done::new(&run_id, "refused", e.to_string()))
@@ -221,17 +200,31 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     }
 }
 
-/// One submit job's context, for its ways out: pace, retry, hand over to poll.
-struct Step<'a, S, Q> {
-    cfg: &'a SubmitConfig,
-    store: &'a S,
-    queue: &'a Q,
-    clock: &'a dyn Clock,
-    msg: &'a Delivery,
-    job: &'a SubmitJob,
-}
+impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
+    /// Ends the run before Defender accepted it (see [`end_run`]).
+    async fn end(
+        &self,
+        outcome: RunOutcome,
+        reason: &str,
+        unfinished: CommandOutcome,
+    ) -> Result<(), StageError> {
+        let ending = Ending {
+            outcome,
+            reason,
+            unfinished,
+            from: BEFORE_SUBMISSION,
+        };
+        end_run(
+            self.store,
+            &self.cfg.budget,
+            self.clock,
+            &self.job.run_id,
+            ending,
+        )
+        .await?;
+        Ok(())
+    }
 
-impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
     /// Hands the run's chain to the next submit job.
     async fn again(&self, attempt: u32, delay: Duration) -> Result<bool, StageError> {
         let next = SubmitJob {
@@ -282,23 +275,13 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
             DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
         );
         if attempt >= MAX_ATTEMPTS && !waiting {
-            end_run(
-                self.store,
-                &self.cfg.budget,
-                self.clock,
-                run_id,
-                Ending {
-                    outcome: RunOutcome::Failed,
-                    reason: &format!("gave up after {attempt} attempts; last, {doing}: {err}"),
-                    unfinished: if run.state == RunState::Submitting {
-                        CommandOutcome::Unknown
-                    } else {
-                        CommandOutcome::NotRun
-                    },
-                    from: BEFORE_SUBMISSION,
-                },
-            )
-            .await?;
+            let unfinished = if run.state == RunState::Submitting {
+                CommandOutcome::Unknown
+            } else {
+                CommandOutcome::NotRun
+            };
+            let reason = format!("gave up after {attempt} attempts; last, {doing}: {err}");
+            self.end(RunOutcome::Failed, &reason, unfinished).await?;
             return Ok(Done::new(run_id, "gave_up", format!("{doing}: {err}")));
         }
         let delay = match err.next() {

@@ -173,6 +173,22 @@ impl Chained for CommandRecord {
 }
 
 impl CommandRecord {
+    /// The record poll leaves for a command as Defender reported it when its action ended.
+    pub fn observed(
+        c: &crate::defender::CommandResult,
+        outcome: CommandOutcome,
+        reason: Option<String>,
+        now: OffsetDateTime,
+    ) -> Self {
+        let mut rec = Self::unfinished(c.index, c.command.clone(), outcome, "", now);
+        rec.command_status = Some(format!("{:?}", c.command_status));
+        rec.errors = c.errors.clone();
+        rec.start_time = c.start_time.clone();
+        rec.end_time = c.end_time.clone();
+        rec.reason = reason;
+        rec
+    }
+
     /// The record of a command whose result will not be collected: it never ran, or its fate is
     /// unknown, or its copy failed; `reason` says why.
     pub fn unfinished(

@@ -26,7 +26,7 @@ use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
-use super::{Done, StageError, jitter};
+use super::{Done, StageError, Step, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::defender::{CommandType, Next};
@@ -79,14 +79,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         }
     };
     let (start_time, end_time) = (pending.start_time, pending.end_time);
-    let step = Step {
-        cfg,
-        store,
-        queue,
-        clock,
-        msg,
-        job: &job,
-    };
+    let step = Step::new(cfg, (store, queue, clock), msg, &job);
 
     // A copy whose upload completed before a crash needs no link: only publishing is left.
     let ck_key = checkpoint_key(&run_id, job.index);
@@ -133,31 +126,15 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                             format!("{e}; again in {}s", delay.as_secs()),
                         ));
                     }
-                    record_failure(
-                        store,
-                        &msg.id,
-                        &run,
-                        &job,
-                        command.kind,
-                        format!("no result link: {e}"),
-                        now,
-                    )
-                    .await?;
+                    step.fail(&run, command.kind, format!("no result link: {e}"), now)
+                        .await?;
                     return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
                 }
             };
             if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
                 tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
-                record_failure(
-                    store,
-                    &msg.id,
-                    &run,
-                    &job,
-                    command.kind,
-                    format!("link refused: {reason}"),
-                    now,
-                )
-                .await?;
+                step.fail(&run, command.kind, format!("link refused: {reason}"), now)
+                    .await?;
                 return Ok(Done::new(&run_id, "link_refused", reason));
             }
 
@@ -246,11 +223,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 _ => "the multipart upload is gone; the copy starts over".to_string(),
             };
             if job.attempt + 1 >= cfg.max_attempts {
-                record_failure(
-                    store,
-                    &msg.id,
+                step.fail(
                     &run,
-                    &job,
                     command.kind,
                     format!("copy failed {} times, last: {reason}", job.attempt + 1),
                     now,
@@ -302,17 +276,7 @@ async fn cleanup<S: ObjectStore>(store: &S, staging: &str, checkpoint: &str) {
     }
 }
 
-/// One collect job's context, for handing the command's chain on.
-struct Step<'a, S, Q> {
-    cfg: &'a CollectConfig,
-    store: &'a S,
-    queue: &'a Q,
-    clock: &'a dyn Clock,
-    msg: &'a Delivery,
-    job: &'a CollectJob,
-}
-
-impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
+impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
     async fn again(
         &self,
         attempt: u32,
@@ -340,43 +304,45 @@ impl<S: ObjectStore, Q: Queue> Step<'_, S, Q> {
     }
 }
 
-async fn record_failure<S: ObjectStore>(
-    store: &S,
-    me: &str,
-    run: &RunRecord,
-    job: &CollectJob,
-    kind: CommandType,
-    reason: String,
-    now: OffsetDateTime,
-) -> Result<(), StageError> {
-    let command =
-        run.commands
-            .get(job.index as usize)
-            .cloned()
-            .unwrap_or(crate::defender::Command {
-                kind,
-                params: vec![],
-            });
-    let (start_time, end_time) = load_command(store, &run.run_id, job.index)
-        .await?
-        .map(|r| (r.start_time, r.end_time))
-        .unwrap_or_default();
-    let mut rec = CommandRecord::unfinished(
-        job.index,
-        command,
-        CommandOutcome::CollectFailed,
-        reason,
-        now,
-    );
-    rec.command_status = Some("Completed".into());
-    (rec.start_time, rec.end_time) = (start_time, end_time);
-    rec.chain = ended_chain(now);
-    if finish_command(store, &run.run_id, me, &rec).await? {
-        // An unfinished copy of this command is abandoned with it.
-        discard_checkpoint(store, &run.run_id, job.index).await?;
+impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
+    /// Records the command as not collected, with the reason, and ends the run if it was the last.
+    async fn fail(
+        &self,
+        run: &RunRecord,
+        kind: CommandType,
+        reason: String,
+        now: OffsetDateTime,
+    ) -> Result<(), StageError> {
+        let (store, job) = (self.store, self.job);
+        let command =
+            run.commands
+                .get(job.index as usize)
+                .cloned()
+                .unwrap_or(crate::defender::Command {
+                    kind,
+                    params: vec![],
+                });
+        let (start_time, end_time) = load_command(store, &run.run_id, job.index)
+            .await?
+            .map(|r| (r.start_time, r.end_time))
+            .unwrap_or_default();
+        let mut rec = CommandRecord::unfinished(
+            job.index,
+            command,
+            CommandOutcome::CollectFailed,
+            reason,
+            now,
+        );
+        rec.command_status = Some("Completed".into());
+        (rec.start_time, rec.end_time) = (start_time, end_time);
+        rec.chain = ended_chain(now);
+        if finish_command(store, &run.run_id, &self.msg.id, &rec).await? {
+            // An unfinished copy of this command is abandoned with it.
+            discard_checkpoint(store, &run.run_id, job.index).await?;
+        }
+        finish_run_if_complete(store, &run.run_id).await?;
+        Ok(())
     }
-    finish_run_if_complete(store, &run.run_id).await?;
-    Ok(())
 }
 
 /// Writes a command's final record if it is still waiting for its copy and `me` holds it. False
