@@ -8,6 +8,7 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::StreamExt;
 
+use crate::codes::RejectCode;
 use crate::messages::Delivery;
 use crate::ports::Queue;
 use crate::stages::{Done, StageError};
@@ -38,7 +39,7 @@ where
             let body = record.body.clone().unwrap_or_default();
             let result = if body.is_empty() {
                 Err(StageError::Reject {
-                    code: "empty_body",
+                    code: RejectCode::EmptyBody,
                     reason: "the message has no body".into(),
                 })
             } else {
@@ -46,15 +47,15 @@ where
             };
             let failed = match result {
                 Ok(done) => {
-                    add(&outcome_metric(done.outcome), 1.0, "Count");
-                    for (name, value, unit) in &done.metrics {
-                        add(name, *value, unit);
+                    add(&outcome_metric(done.outcome.as_str()), 1.0, "Count");
+                    for (metric, value) in &done.metrics {
+                        add(metric.as_str(), *value, metric.unit());
                     }
                     tracing::info!(
                         stage,
                         message_id = %message_id,
                         run_id = done.run_id.as_ref().map(|r| r.as_str()).unwrap_or("-"),
-                        outcome = done.outcome,
+                        outcome = done.outcome.as_str(),
                         detail = %done.detail,
                         "message handled"
                     );
@@ -62,16 +63,16 @@ where
                 }
                 Err(StageError::Reject { code, reason }) => {
                     match queue
-                        .send_rejected(dead_letter_queue_url, &body, stage, code, &reason)
+                        .send_rejected(dead_letter_queue_url, &body, stage, code.as_str(), &reason)
                         .await
                     {
                         Ok(()) => {
                             add("Rejected", 1.0, "Count");
-                            tracing::warn!(stage, message_id = %message_id, outcome = "rejected", code, reason = %reason, "message refused; original body sent to the dead-letter queue");
+                            tracing::warn!(stage, message_id = %message_id, outcome = "rejected", code = code.as_str(), reason = %reason, "message refused; original body sent to the dead-letter queue");
                             false
                         }
                         Err(e) => {
-                            tracing::error!(stage, message_id = %message_id, outcome = "reject_failed", code, reason = %reason, error = %e, "message refused but could not be dead-lettered; leaving it for redelivery");
+                            tracing::error!(stage, message_id = %message_id, outcome = "reject_failed", code = code.as_str(), reason = %reason, error = %e, "message refused but could not be dead-lettered; leaving it for redelivery");
                             true
                         }
                     }

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod batch;
 pub mod budget;
 pub mod clock;
+pub mod codes;
 pub mod config;
 pub mod defender;
 pub mod entry;

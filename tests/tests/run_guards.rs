@@ -68,7 +68,7 @@ fn calls(sim: &mde_sim::SimServer) -> u64 {
     sim.stats().calls.values().flat_map(|c| c.values()).sum()
 }
 
-fn rejected_code(result: Result<shared::stages::Done, StageError>) -> &'static str {
+fn rejected_code(result: Result<shared::stages::Done, StageError>) -> shared::codes::RejectCode {
     match result {
         Err(StageError::Reject { code, .. }) => code,
         other => panic!("expected a rejection, got {other:?}"),

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::codes::RejectCode;
 use crate::defender::MachineId;
 use crate::ids::AlertId;
 
@@ -56,11 +57,11 @@ pub struct Alert {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct AlertError {
-    pub code: &'static str,
+    pub code: RejectCode,
     pub message: String,
 }
 
-fn err(code: &'static str, message: impl Into<String>) -> AlertError {
+fn err(code: RejectCode, message: impl Into<String>) -> AlertError {
     AlertError {
         code,
         message: message.into(),
@@ -113,7 +114,7 @@ const NATIVE_SCHEMA: &str = "lr.alert/v1";
 pub fn parse(body: &str) -> Result<Alert, AlertError> {
     if body.len() > MAX_ALERT_BYTES {
         return Err(err(
-            "too_large",
+            RejectCode::TooLarge,
             format!(
                 "alert body is {} bytes; the limit is {MAX_ALERT_BYTES}",
                 body.len()
@@ -128,12 +129,12 @@ pub fn parse(body: &str) -> Result<Alert, AlertError> {
         parse_defender(value)?
     } else if value.get("id").is_some() {
         return Err(err(
-            "missing_machine",
+            RejectCode::MissingMachine,
             "the Defender alert has no machineId",
         ));
     } else {
         return Err(err(
-            "unknown_format",
+            RejectCode::UnknownFormat,
             format!(
                 "not an lr.alert/v1 alert (no \"schema\") nor a Defender alert (no \"id\" and \"machineId\"); top-level keys: {}",
                 keys(&value)
@@ -229,9 +230,9 @@ fn parse_json_strict(body: &str) -> Result<Value, AlertError> {
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| {
             let code = if e.to_string().contains("duplicate key") {
-                "duplicate_key"
+                RejectCode::DuplicateKey
             } else {
-                "invalid_json"
+                RejectCode::InvalidJson
             };
             err(code, format!("alert body is not valid JSON: {e}"))
         })?;
@@ -241,14 +242,23 @@ fn parse_json_strict(body: &str) -> Result<Value, AlertError> {
 fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
     // SNS notification: {"Type": "Notification", "Message": "<json string>", ...}
     if v.get("Type").and_then(Value::as_str) == Some("Notification") {
-        let msg = v
-            .get("Message")
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("bad_envelope", "SNS notification without a string Message"))?;
-        let inner = parse_json_strict(msg)
-            .map_err(|e| err("bad_envelope", format!("SNS Message: {}", e.message)))?;
+        let msg = v.get("Message").and_then(Value::as_str).ok_or_else(|| {
+            err(
+                RejectCode::BadEnvelope,
+                "SNS notification without a string Message",
+            )
+        })?;
+        let inner = parse_json_strict(msg).map_err(|e| {
+            err(
+                RejectCode::BadEnvelope,
+                format!("SNS Message: {}", e.message),
+            )
+        })?;
         if inner.get("Type").is_some() || inner.get("detail-type").is_some() {
-            return Err(err("bad_envelope", "nested envelopes are not accepted"));
+            return Err(err(
+                RejectCode::BadEnvelope,
+                "nested envelopes are not accepted",
+            ));
         }
         return Ok((inner, Envelope::Sns));
     }
@@ -258,14 +268,25 @@ fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
             .get("detail")
             .filter(|d| d.is_object())
             .cloned()
-            .ok_or_else(|| err("bad_envelope", "EventBridge event without an object detail"))?;
+            .ok_or_else(|| {
+                err(
+                    RejectCode::BadEnvelope,
+                    "EventBridge event without an object detail",
+                )
+            })?;
         if detail.get("Type").is_some() || detail.get("detail-type").is_some() {
-            return Err(err("bad_envelope", "nested envelopes are not accepted"));
+            return Err(err(
+                RejectCode::BadEnvelope,
+                "nested envelopes are not accepted",
+            ));
         }
         return Ok((detail, Envelope::EventBridge));
     }
     if !v.is_object() {
-        return Err(err("unknown_format", "alert body must be a JSON object"));
+        return Err(err(
+            RejectCode::UnknownFormat,
+            "alert body must be a JSON object",
+        ));
     }
     Ok((v, Envelope::None))
 }
@@ -274,7 +295,7 @@ fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
 fn text(field: &str, s: &str, max: usize) -> Result<String, AlertError> {
     if s.chars().count() > max {
         return Err(err(
-            "invalid_field",
+            RejectCode::InvalidField,
             format!("{field} is longer than {max} characters"),
         ));
     }
@@ -284,7 +305,7 @@ fn text(field: &str, s: &str, max: usize) -> Result<String, AlertError> {
             || ('\u{2066}'..='\u{2069}').contains(&c)
     }) {
         return Err(err(
-            "invalid_field",
+            RejectCode::InvalidField,
             format!("{field} holds control or direction-override characters"),
         ));
     }
@@ -295,20 +316,20 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
     let schema = v.get("schema").and_then(Value::as_str).unwrap_or_default();
     if schema != NATIVE_SCHEMA {
         return Err(err(
-            "unknown_schema",
+            RejectCode::UnknownSchema,
             format!(
                 "schema {:?} is not supported (expected {NATIVE_SCHEMA:?})",
                 schema.chars().take(40).collect::<String>()
             ),
         ));
     }
-    let a: NativeAlert =
-        serde_json::from_value(v).map_err(|e| err("invalid_field", format!("lr.alert/v1: {e}")))?;
-    let alert_id = AlertId::parse(&a.alert_id).map_err(|m| err("invalid_alert_id", m))?;
-    let machine_id =
-        MachineId::parse(&a.machine_id).map_err(|e| err("invalid_machine_id", e.to_string()))?;
+    let a: NativeAlert = serde_json::from_value(v)
+        .map_err(|e| err(RejectCode::InvalidField, format!("lr.alert/v1: {e}")))?;
+    let alert_id = AlertId::parse(&a.alert_id).map_err(|m| err(RejectCode::InvalidAlertId, m))?;
+    let machine_id = MachineId::parse(&a.machine_id)
+        .map_err(|e| err(RejectCode::InvalidMachineId, e.to_string()))?;
     if a.parameters.len() > 16 {
-        return Err(err("invalid_field", "at most 16 parameters"));
+        return Err(err(RejectCode::InvalidField, "at most 16 parameters"));
     }
     let mut parameters = BTreeMap::new();
     for (k, val) in a.parameters {
@@ -318,7 +339,7 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(err(
-                "invalid_field",
+                RejectCode::InvalidField,
                 format!(
                     "parameter name {:?} must be 1-64 of a-z 0-9 _",
                     k.chars().take(40).collect::<String>()
@@ -343,13 +364,16 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
 
 fn parse_defender(v: Value) -> Result<Alert, AlertError> {
     let a: DefenderAlert = serde_json::from_value(v)
-        .map_err(|e| err("invalid_field", format!("Defender alert: {e}")))?;
-    let alert_id = AlertId::parse(&a.id).map_err(|m| err("invalid_alert_id", m))?;
-    let machine = a
-        .machine_id
-        .ok_or_else(|| err("missing_machine", "the Defender alert has no machineId"))?;
+        .map_err(|e| err(RejectCode::InvalidField, format!("Defender alert: {e}")))?;
+    let alert_id = AlertId::parse(&a.id).map_err(|m| err(RejectCode::InvalidAlertId, m))?;
+    let machine = a.machine_id.ok_or_else(|| {
+        err(
+            RejectCode::MissingMachine,
+            "the Defender alert has no machineId",
+        )
+    })?;
     let machine_id =
-        MachineId::parse(&machine).map_err(|e| err("invalid_machine_id", e.to_string()))?;
+        MachineId::parse(&machine).map_err(|e| err(RejectCode::InvalidMachineId, e.to_string()))?;
     let mut parameters = BTreeMap::new();
     // The first file evidence gives the file to fetch.
     if let Some(file) = a.evidence.iter().flatten().find(|e| {

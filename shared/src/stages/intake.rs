@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use super::settings::IntakeConfig;
 use super::{Done, StageError};
 use crate::alerts::{self, playbook::Playbooks};
+use crate::codes::Outcome;
 use crate::ids::RunId;
 use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
 use crate::ports::{ObjectStore, Queue};
@@ -77,13 +78,13 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         unfinished: None,
     };
     let outcome = match create_run(store, &record).await? {
-        None => "accepted",
+        None => Outcome::Accepted,
         // Seen before. If it never reached submit (a crash between the two writes), send it on.
-        Some(existing) if existing.state == RunState::Received => "resent",
+        Some(existing) if existing.state == RunState::Received => Outcome::Resent,
         Some(existing) => {
             return Ok(Done::new(
                 &run_id,
-                "duplicate",
+                Outcome::Duplicate,
                 format!(
                     "alert already handled by run {run_id} ({:?})",
                     existing.state

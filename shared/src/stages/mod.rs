@@ -9,6 +9,7 @@ pub mod submit;
 
 use crate::budget::{self, BudgetConfig};
 use crate::clock::Clock;
+use crate::codes::{Metric, Outcome, RejectCode};
 use crate::ids::RunId;
 use crate::messages::{Job, decode};
 use crate::ports::Queue;
@@ -52,14 +53,14 @@ impl<'a, C, J, S, Q> Step<'a, C, J, S, Q> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub run_id: Option<RunId>,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub detail: String,
-    /// Values for CloudWatch (name, value, unit), beyond the count of outcomes.
-    pub metrics: Vec<(&'static str, f64, &'static str)>,
+    /// Values for CloudWatch, beyond the count of outcomes.
+    pub metrics: Vec<(Metric, f64)>,
 }
 
 impl Done {
-    pub fn new(run_id: &RunId, outcome: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(run_id: &RunId, outcome: Outcome, detail: impl Into<String>) -> Self {
         Self {
             run_id: Some(run_id.clone()),
             outcome,
@@ -68,8 +69,8 @@ impl Done {
         }
     }
 
-    pub fn with_metric(mut self, name: &'static str, value: f64, unit: &'static str) -> Self {
-        self.metrics.push((name, value, unit));
+    pub fn with_metric(mut self, metric: Metric, value: f64) -> Self {
+        self.metrics.push((metric, value));
         self
     }
 }
@@ -81,7 +82,7 @@ pub enum StageError {
     Retry(String),
     /// The message itself is wrong: send its body to the dead-letter queue with this reason.
     #[error("reject ({code}): {reason}")]
-    Reject { code: &'static str, reason: String },
+    Reject { code: RejectCode, reason: String },
 }
 
 impl From<StoreError> for StageError {
@@ -102,21 +103,21 @@ pub(crate) async fn open<J: Job, S: ObjectStore>(
     body: &str,
 ) -> Result<(J, RunId, RunRecord), StageError> {
     let job: J = decode(body).map_err(|reason| StageError::Reject {
-        code: "invalid_message",
+        code: RejectCode::InvalidMessage,
         reason,
     })?;
     let run_id = job.run_id().clone();
     let key = crate::store::run_key(&run_id);
     let Some(stored) = store.get(&key).await? else {
         return Err(StageError::Reject {
-            code: "unknown_run",
+            code: RejectCode::UnknownRun,
             reason: format!("run {run_id} has no record"),
         });
     };
     // A record that cannot be read will not become readable by retrying: the message goes to the
     // dead-letter queue at once, with the reason, for an operator to repair the record and re-drive.
     let run: RunRecord = serde_json::from_slice(&stored.body).map_err(|e| StageError::Reject {
-        code: "unreadable_run",
+        code: RejectCode::UnreadableRun,
         reason: format!("{key} is not a valid run record: {e}"),
     })?;
     // A job may only act on its run's own action: a forged or stale job naming another action
@@ -125,7 +126,7 @@ pub(crate) async fn open<J: Job, S: ObjectStore>(
         && run.action_id.as_ref() != Some(named)
     {
         return Err(StageError::Reject {
-            code: "action_mismatch",
+            code: RejectCode::ActionMismatch,
             reason: format!(
                 "the job names action {named}, but run {run_id} {}",
                 match &run.action_id {
@@ -246,7 +247,7 @@ where
     .await?;
     let Some(rec) = rec else {
         return Err(StageError::Reject {
-            code: "unknown_record",
+            code: RejectCode::UnknownRecord,
             reason: format!("{key} does not exist"),
         });
     };
@@ -369,14 +370,14 @@ pub(crate) async fn open_run<J: Job, S: ObjectStore>(
         Claimed::Mine(run) => Ok((job, run)),
         Claimed::Duplicate => Err(Done::new(
             &run_id,
-            "duplicate",
+            Outcome::Duplicate,
             "another message holds this run",
         )),
         Claimed::Idle(run) => {
             finish_ended(store, budget_cfg, clock, &run).await?;
             Err(Done::new(
                 &run_id,
-                "duplicate",
+                Outcome::Duplicate,
                 format!("run is {:?}", run.state),
             ))
         }

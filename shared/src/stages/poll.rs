@@ -10,6 +10,7 @@ use super::settings::PollConfig;
 use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
+use crate::codes::Outcome;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
 use crate::ports::{Defender, ObjectStore, Queue};
@@ -76,7 +77,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 .await?;
             return Ok(Done::new(
                 &run_id,
-                "not_yet_visible",
+                Outcome::NotYetVisible,
                 "action answered 404; looking again shortly",
             ));
         }
@@ -88,7 +89,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             step.again(job.polls + 1, job.cancels, delay).await?;
             return Ok(Done::new(
                 &run_id,
-                "throttled",
+                Outcome::Throttled,
                 format!("{e}; again in {}s", delay.as_secs()),
             ));
         }
@@ -129,7 +130,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                     .await?;
                 Ok(Done::new(
                     &run_id,
-                    "cancelled",
+                    Outcome::Cancelled,
                     "cancel accepted; reading the action again",
                 ))
             }
@@ -150,7 +151,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 step.again(job.polls + 1, job.cancels + 1, delay).await?;
                 Ok(Done::new(
                     &run_id,
-                    "cancel_retry",
+                    Outcome::CancelRetry,
                     format!("{e}; again in {}s", delay.as_secs()),
                 ))
             }
@@ -160,7 +161,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     step.again(job.polls + 1, job.cancels, delay).await?;
     Ok(Done::new(
         &run_id,
-        "waiting",
+        Outcome::Waiting,
         format!(
             "action {} is {:?}; again in {}s",
             action.id,
@@ -206,7 +207,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         .await?;
         Ok(Done::new(
             &self.job.run_id,
-            "paced",
+            Outcome::Paced,
             format!("GET budget full; again in {}s", wait.as_secs()),
         ))
     }
@@ -265,7 +266,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             },
         )
         .await?;
-        Ok(Done::new(&run.run_id, "gave_up", reason))
+        Ok(Done::new(&run.run_id, Outcome::GaveUp, reason))
     }
 
     /// Sends the collect job for one command of this poll job's action.
@@ -366,7 +367,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         finish_run_if_complete(store, &run.run_id).await?;
         Ok(Done::new(
             &run.run_id,
-            "ended",
+            Outcome::Ended,
             format!(
                 "action {} ended {:?}; {} result(s) to collect",
                 action.id,

@@ -9,6 +9,7 @@ use super::settings::SubmitConfig;
 use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
+use crate::codes::Outcome;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::ids::RunId;
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
@@ -46,7 +47,11 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
 
     if run.state == RunState::Submitted {
         step.hand_to_poll(&run).await?;
-        return Ok(Done::new(&run_id, "submitted", "handed over to poll again"));
+        return Ok(Done::new(
+            &run_id,
+            Outcome::Submitted,
+            "handed over to poll again",
+        ));
     }
 
     // An earlier attempt may have reached Defender before its answer was lost: look first, and
@@ -78,7 +83,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                     step.submitted(&run, &found).await?;
                     return Ok(Done::new(
                         &run_id,
-                        "recovered",
+                        Outcome::Recovered,
                         format!("found action {} from an earlier attempt", found.id),
                     ));
                 }
@@ -97,7 +102,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             CommandOutcome::NotRun,
         )
         .await?;
-        return Ok(Done::new(&run_id, "deadline", "never submitted"));
+        return Ok(Done::new(&run_id, Outcome::Deadline, "never submitted"));
     }
 
     // Keep within the tenant's submission rate and session cap before asking Defender.
@@ -152,7 +157,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             None => {
                 return Ok(Done::new(
                     &run_id,
-                    "duplicate",
+                    Outcome::Duplicate,
                     "another copy of this message moved the run on",
                 ));
             }
@@ -164,7 +169,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
             step.submitted(&run, &action).await?;
             Ok(Done::new(
                 &run_id,
-                "submitted",
+                Outcome::Submitted,
                 format!("action {}", action.id),
             ))
         }
@@ -195,7 +200,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
                 CommandOutcome::NotRun,
             )
             .await?;
-            Ok(Done::new(&run_id, "refused", e.to_string()))
+            Ok(Done::new(&run_id, Outcome::Refused, e.to_string()))
         }
     }
 }
@@ -253,7 +258,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
         self.again(self.job.attempt, delay).await?;
         Ok(Done::new(
             &self.job.run_id,
-            "paced",
+            Outcome::Paced,
             format!("tenant budget full; again in {}s", delay.as_secs()),
         ))
     }
@@ -282,7 +287,11 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
             };
             let reason = format!("gave up after {attempt} attempts; last, {doing}: {err}");
             self.end(RunOutcome::Failed, &reason, unfinished).await?;
-            return Ok(Done::new(run_id, "gave_up", format!("{doing}: {err}")));
+            return Ok(Done::new(
+                run_id,
+                Outcome::GaveUp,
+                format!("{doing}: {err}"),
+            ));
         }
         let delay = match err.next() {
             Next::RetryAfter(Some(d)) => d.max(Duration::from_secs(1)),
@@ -290,9 +299,9 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
         };
         self.again(attempt, delay).await?;
         let outcome = match err {
-            DefenderError::RateLimited { .. } => "throttled",
-            DefenderError::DeviceBusy { .. } => "device_busy",
-            _ => "transient",
+            DefenderError::RateLimited { .. } => Outcome::Throttled,
+            DefenderError::DeviceBusy { .. } => Outcome::DeviceBusy,
+            _ => Outcome::Transient,
         };
         Ok(Done::new(
             run_id,

@@ -12,6 +12,7 @@ pub use super::kinds::{Placeholder, PlaceholderKind};
 use super::kinds::{Slot, check_in_slot};
 use super::render::{self, valid_library_name};
 use super::{Alert, AlertError, AlertFormat};
+use crate::codes::RejectCode;
 use crate::defender::{Command, CommandType};
 
 /// The playbooks shipped with the project (`shared/playbooks/default.toml`).
@@ -186,7 +187,7 @@ impl Playbooks {
                 .iter()
                 .find(|p| p.name.eq_ignore_ascii_case(name))
                 .ok_or_else(|| AlertError {
-                    code: "unknown_playbook",
+                    code: RejectCode::UnknownPlaybook,
                     message: format!(
                         "the alert asks for playbook {name:?}, which is not configured (known: {})",
                         self.names()
@@ -197,7 +198,7 @@ impl Playbooks {
             .iter()
             .find(|p| p.rule.matches(alert))
             .ok_or_else(|| AlertError {
-                code: "no_playbook",
+                code: RejectCode::NoPlaybook,
                 message: format!(
                     "no playbook matches category {:?}, severity {:?}, source {:?}, title {:?}",
                     alert.category, alert.severity, alert.source, alert.title
@@ -348,14 +349,14 @@ impl Playbook {
             match alert.parameters.get(name) {
                 Some(v) => {
                     ph.kind.check(v).map_err(|problem| AlertError {
-                        code: "invalid_parameter",
+                        code: RejectCode::InvalidParameter,
                         message: format!("parameter {name} for playbook {}: {problem}", self.name),
                     })?;
                     values.insert(name.clone(), (ph.kind, v.clone()));
                 }
                 None if ph.required => {
                     return Err(AlertError {
-                        code: "missing_parameter",
+                        code: RejectCode::MissingParameter,
                         message: format!(
                             "playbook {} needs parameter {name} ({:?})",
                             self.name, ph.kind
@@ -381,7 +382,7 @@ impl Playbook {
             };
             if let Some(cmd) = &cmd {
                 render::check_rendered(cmd).map_err(|problem| AlertError {
-                    code: "unsafe_render",
+                    code: RejectCode::UnsafeRender,
                     message: format!(
                         "playbook {}: a rendered {:?} command failed the final check: {problem}",
                         self.name, cmd.kind
@@ -398,7 +399,7 @@ impl Playbook {
         });
         if commands.is_empty() {
             return Err(AlertError {
-                code: "nothing_to_run",
+                code: RejectCode::NothingToRun,
                 message: format!("playbook {} renders no command for this alert", self.name),
             });
         }

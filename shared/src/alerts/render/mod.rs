@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use super::AlertError;
 pub use super::kinds::Slot;
 use super::kinds::{Placeholder, PlaceholderKind, check_in_slot, check_windows_path};
+use crate::codes::RejectCode;
 use crate::defender::{Command, CommandType};
 
 /// One piece of a command template.
@@ -215,7 +216,7 @@ pub(crate) fn fill(
     values: &BTreeMap<String, (PlaceholderKind, String)>,
 ) -> Result<Option<String>, AlertError> {
     let pieces = parse_template(template).map_err(|p| AlertError {
-        code: "unsafe_render",
+        code: RejectCode::UnsafeRender,
         message: format!("playbook {playbook}: {p}"),
     })?;
     for piece in &pieces {
@@ -223,7 +224,7 @@ pub(crate) fn fill(
             && let Some((kind, v)) = values.get(*name)
         {
             check_in_slot(*kind, v, slot).map_err(|problem| AlertError {
-                code: "invalid_parameter",
+                code: RejectCode::InvalidParameter,
                 message: format!("parameter {name} for playbook {playbook}: {problem}"),
             })?;
         }

@@ -29,6 +29,7 @@ use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, Step, jitter};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
+use crate::codes::{Metric, Outcome, RejectCode};
 use crate::defender::{CommandType, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
@@ -52,7 +53,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
     let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
     let Some(command) = run.commands.get(job.index as usize).cloned() else {
         return Err(StageError::Reject {
-            code: "unknown_command",
+            code: RejectCode::UnknownCommand,
             reason: format!("run {run_id} has no command {}", job.index),
         });
     };
@@ -65,7 +66,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
         Claimed::Duplicate => {
             return Ok(Done::new(
                 &run_id,
-                "duplicate",
+                Outcome::Duplicate,
                 format!("another collect job holds command {}", job.index),
             ));
         }
@@ -73,7 +74,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             finish_run_if_complete(store, &run_id).await?;
             return Ok(Done::new(
                 &run_id,
-                "duplicate",
+                Outcome::Duplicate,
                 format!("command {} already {:?}", job.index, rec.outcome),
             ));
         }
@@ -104,7 +105,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                     .await?;
                     return Ok(Done::new(
                         &run_id,
-                        "paced",
+                        Outcome::Paced,
                         format!("GET budget full; again in {}s", wait.as_secs()),
                     ));
                 }
@@ -122,20 +123,20 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                         step.again(job.attempt, job.link_errors + 1, delay).await?;
                         return Ok(Done::new(
                             &run_id,
-                            "throttled",
+                            Outcome::Throttled,
                             format!("{e}; again in {}s", delay.as_secs()),
                         ));
                     }
                     step.fail(&run, command.kind, format!("no result link: {e}"), now)
                         .await?;
-                    return Ok(Done::new(&run_id, "collect_failed", e.to_string()));
+                    return Ok(Done::new(&run_id, Outcome::CollectFailed, e.to_string()));
                 }
             };
             if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
                 tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
                 step.fail(&run, command.kind, format!("link refused: {reason}"), now)
                     .await?;
-                return Ok(Done::new(&run_id, "link_refused", reason));
+                return Ok(Done::new(&run_id, Outcome::LinkRefused, reason));
             }
 
             let source = Source {
@@ -155,7 +156,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                 .await?;
             Ok(Done::new(
                 &run_id,
-                "continued",
+                Outcome::Continued,
                 format!(
                     "command {} paused at byte {offset}; the next invocation goes on from there",
                     job.index
@@ -188,7 +189,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             if !finish_command(store, &run_id, &msg.id, &rec).await? {
                 return Ok(Done::new(
                     &run_id,
-                    "duplicate",
+                    Outcome::Duplicate,
                     format!(
                         "a concurrent copy of this job finished command {}",
                         job.index
@@ -202,7 +203,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             let time_to_evidence = (OffsetDateTime::now_utc() - run.created_at).as_seconds_f64();
             let done = Done::new(
                 &run_id,
-                "collected",
+                Outcome::Collected,
                 format!(
                     "command {} → {} ({} bytes, sha256 {}){}",
                     job.index,
@@ -212,8 +213,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                     if manifest { "; manifest written" } else { "" }
                 ),
             )
-            .with_metric("BytesCopied", copied.size as f64, "Bytes")
-            .with_metric("TimeToEvidence", time_to_evidence, "Seconds");
+            .with_metric(Metric::BytesCopied, copied.size as f64)
+            .with_metric(Metric::TimeToEvidence, time_to_evidence);
             Ok(done)
         }
         Err(CopyError::Store(e)) => Err(e.into()),
@@ -230,7 +231,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
                     now,
                 )
                 .await?;
-                return Ok(Done::new(&run_id, "collect_failed", reason));
+                return Ok(Done::new(&run_id, Outcome::CollectFailed, reason));
             }
             let delay = cfg
                 .retry
@@ -239,7 +240,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
             step.again(job.attempt + 1, job.link_errors, delay).await?;
             Ok(Done::new(
                 &run_id,
-                "copy_retry",
+                Outcome::CopyRetry,
                 format!("{reason}; again in {}s", delay.as_secs()),
             ))
         }

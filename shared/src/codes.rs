@@ -1,0 +1,174 @@
+//! The names the pipeline reports: what became of a message ([`Outcome`]), why a message was
+//! refused ([`RejectCode`]) and the values it measures ([`Metric`]). Each is an enum so that the
+//! whole set is visible to the compiler and to a reader in one place; the string each stands for
+//! (in logs, metrics, dead-letter attributes and manifests) is derived here and nowhere else.
+
+/// An enum of names: its variants, the string each stands for, and comparisons with strings (for
+/// tests and logs).
+macro_rules! names {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vm])* $v,)*
+        }
+
+        impl $name {
+            /// Every name, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$v,)*];
+
+            /// The string this name stands for.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+names! {
+    /// What a stage did with a message: one log line and one count per message.
+    pub enum Outcome {
+        /// intake: a new run.
+        Accepted = "accepted",
+        /// intake: a run seen before that never reached submit, sent on.
+        Resent = "resent",
+        /// Another message holds the run or command, or it is past this stage.
+        Duplicate = "duplicate",
+        /// submit: Defender accepted the live response.
+        Submitted = "submitted",
+        /// submit: an earlier attempt's submission was found by its comment.
+        Recovered = "recovered",
+        /// submit: the deadline passed before Defender accepted it.
+        Deadline = "deadline",
+        /// submit: Defender refused the live response.
+        Refused = "refused",
+        /// submit or poll: too many failures, or the action was lost; the run ended.
+        GaveUp = "gave_up",
+        /// Defender answered 429: the message waits.
+        Throttled = "throttled",
+        /// submit: the device already has a live response session.
+        DeviceBusy = "device_busy",
+        /// A failure worth retrying (5xx, timeout): the message waits.
+        Transient = "transient",
+        /// The tenant budget is spent for now: the message waits.
+        Paced = "paced",
+        /// poll: the action is still running.
+        Waiting = "waiting",
+        /// poll: Defender does not show the action yet (right after creation).
+        NotYetVisible = "not_yet_visible",
+        /// poll: the action was cancelled at the deadline.
+        Cancelled = "cancelled",
+        /// poll: a cancel is to be tried again.
+        CancelRetry = "cancel_retry",
+        /// poll: the action ended; its results were handed to collect.
+        Ended = "ended",
+        /// collect: the package is evidence.
+        Collected = "collected",
+        /// collect: the copy goes on in the next invocation, from its checkpoint.
+        Continued = "continued",
+        /// collect: the copy failed and is tried again.
+        CopyRetry = "copy_retry",
+        /// collect: the command is recorded as not collected.
+        CollectFailed = "collect_failed",
+        /// collect: the result link was not one collect follows.
+        LinkRefused = "link_refused",
+    }
+}
+
+names! {
+    /// Why a message was refused: the `lr-reject-code` attribute of its body in the dead-letter
+    /// queue, so an operator can tell what to fix before re-driving it.
+    pub enum RejectCode {
+        EmptyBody = "empty_body",
+        TooLarge = "too_large",
+        InvalidJson = "invalid_json",
+        DuplicateKey = "duplicate_key",
+        BadEnvelope = "bad_envelope",
+        UnknownFormat = "unknown_format",
+        UnknownSchema = "unknown_schema",
+        MissingMachine = "missing_machine",
+        InvalidField = "invalid_field",
+        InvalidAlertId = "invalid_alert_id",
+        InvalidMachineId = "invalid_machine_id",
+        UnknownPlaybook = "unknown_playbook",
+        NoPlaybook = "no_playbook",
+        InvalidParameter = "invalid_parameter",
+        MissingParameter = "missing_parameter",
+        NothingToRun = "nothing_to_run",
+        /// A rendered command failed its final check (a bug in rendering, never an alert's fault).
+        UnsafeRender = "unsafe_render",
+        /// A stage message that is not JSON, has another version or does not fit its schema.
+        InvalidMessage = "invalid_message",
+        UnknownRun = "unknown_run",
+        UnreadableRun = "unreadable_run",
+        UnknownRecord = "unknown_record",
+        UnknownCommand = "unknown_command",
+        /// A poll or collect job naming another action than its run's.
+        ActionMismatch = "action_mismatch",
+    }
+}
+
+names! {
+    /// A value a stage measures, besides the count of outcomes.
+    pub enum Metric {
+        BytesCopied = "BytesCopied",
+        TimeToEvidence = "TimeToEvidence",
+    }
+}
+
+impl Metric {
+    /// The CloudWatch unit of its values.
+    pub const fn unit(self) -> &'static str {
+        match self {
+            Self::BytesCopied => "Bytes",
+            Self::TimeToEvidence => "Seconds",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_snake_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in Outcome::ALL.iter().map(|o| o.as_str()) {
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            assert!(seen.insert(s), "{s} twice");
+        }
+        seen.clear();
+        for s in RejectCode::ALL.iter().map(|c| c.as_str()) {
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            assert!(seen.insert(s), "{s} twice");
+        }
+        assert_eq!(Outcome::GaveUp, "gave_up");
+        assert_eq!(RejectCode::ActionMismatch.to_string(), "action_mismatch");
+    }
+}
