@@ -1,16 +1,79 @@
-//! Pipeline ids: validated once, safe to use in S3 keys and Defender comments.
+//! Every id the pipeline handles, validated once where it enters, through one pattern: a type per
+//! id whose only constructor checks it, so that whatever holds one may put it in an S3 key, a
+//! Defender URL or a comment. A refused id is an [`IdError`] naming which id and what it must be.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// One pipeline run: an alert on a device handled by a playbook. 32 lower-case hex characters,
-/// derived from (alert source, alert id, machine id, playbook) so that duplicates of an alert map
-/// to the same run.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct RunId(String);
+/// Why an id was refused: which id, what it must be, and (a bounded, printable prefix of) what
+/// came instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {rule}, got {got:?}")]
+pub struct IdError {
+    pub what: &'static str,
+    pub rule: String,
+    pub got: String,
+}
+
+/// An id type: a string that passed `$check` (which returns the value to keep, or the rule it
+/// broke), serialised as the string, checked again when deserialised.
+macro_rules! validated_id {
+    ($(#[$m:meta])* $name:ident, $what:literal, $check:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                let check: fn(&str) -> Result<String, String> = $check;
+                check(s).map(Self).map_err(|rule| IdError {
+                    what: $what,
+                    rule,
+                    // Ids come from untrusted input: echo only a bounded, printable prefix.
+                    got: s.chars().take(64).filter(|c| !c.is_control()).collect(),
+                })
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn hex_of_len(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+validated_id!(
+    /// One pipeline run: an alert on a device handled by a playbook. 32 lower-case hex
+    /// characters, derived from (alert source, alert id, machine id, playbook) so that duplicates
+    /// of an alert map to the same run.
+    RunId,
+    "run id",
+    |s| {
+        if hex_of_len(s, 32) && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(s.to_string())
+        } else {
+            Err("must be 32 lower-case hex characters".into())
+        }
+    }
+);
 
 impl RunId {
     pub fn derive(source: &str, alert_id: &str, machine_id: &str, playbook: &str) -> Self {
@@ -20,86 +83,70 @@ impl RunId {
         Self(hex::encode(&d[..16]))
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
-                "run id must be 32 lower-case hex characters, got {:?}",
-                s.chars().take(40).collect::<String>()
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The marker a run leaves in Defender's `requestorComment`, to find its action again.
     pub fn comment_tag(&self) -> String {
         format!("lr-run:{}", self.0)
     }
 }
 
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RunId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Words the pipeline writes into a live response's comment.
 const COMMENT_KEYWORDS: [&str; 3] = ["lr-run:", "alert:", "playbook:"];
 
-/// An alert's id in its source system: 1 to 128 of `A-Z a-z 0-9 _ - . :`, without the pipeline's
-/// comment keywords.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct AlertId(String);
-
-impl AlertId {
-    pub fn parse(s: &str) -> Result<Self, String> {
+validated_id!(
+    /// An alert's id in its source system: 1 to 128 of `A-Z a-z 0-9 _ - . :`, without the
+    /// pipeline's comment keywords.
+    AlertId,
+    "alert id",
+    |s| {
         let ok = (1..=128).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
         if !ok {
-            return Err(format!(
-                "alert id must be 1-128 characters of A-Z a-z 0-9 _ - . :, got {:?}",
-                s.chars().take(40).collect::<String>()
-            ));
+            return Err("must be 1-128 characters of A-Z a-z 0-9 _ - . :".into());
         }
-        // The requestor comment is `lr-run:<run> alert:<id> playbook:<name>`: an id carrying one of
-        // the pipeline's own keywords could pass for another run's tag.
+        // The requestor comment is `lr-run:<run> alert:<id> playbook:<name>`: an id carrying one
+        // of the pipeline's own keywords could pass for another run's tag.
         let lower = s.to_ascii_lowercase();
         if let Some(word) = COMMENT_KEYWORDS.iter().find(|k| lower.contains(*k)) {
             return Err(format!(
-                "alert id must not contain the pipeline's comment keyword {word:?}"
+                "must not contain the pipeline's comment keyword {word:?}"
             ));
         }
-        Ok(Self(s.to_string()))
+        Ok(s.to_string())
     }
+);
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+validated_id!(
+    /// A Defender device id: 40 hex characters, kept in lower case.
+    MachineId,
+    "machine id",
+    |s| {
+        if hex_of_len(s, 40) {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err("must be 40 hexadecimal characters".into())
+        }
     }
-}
+);
 
-impl fmt::Display for AlertId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+validated_id!(
+    /// A machine action id (a GUID), kept in lower case.
+    ActionId,
+    "machine action id",
+    |s| {
+        let groups: Vec<&str> = s.split('-').collect();
+        let ok = groups.len() == 5
+            && groups
+                .iter()
+                .zip([8, 4, 4, 4, 12])
+                .all(|(g, n)| hex_of_len(g, n));
+        if ok {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err("must be a GUID (8-4-4-4-12 hexadecimal)".into())
+        }
     }
-}
-
-impl<'de> Deserialize<'de> for AlertId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
+);
 
 #[cfg(test)]
 mod tests {
@@ -128,7 +175,7 @@ mod tests {
             "a.playbook:triage",
         ] {
             let e = AlertId::parse(smuggled).unwrap_err();
-            assert!(e.contains("keyword"), "{smuggled}: {e}");
+            assert!(e.to_string().contains("keyword"), "{smuggled}: {e}");
         }
         for bad in [
             "",

@@ -325,7 +325,8 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
     }
     let a: NativeAlert = serde_json::from_value(v)
         .map_err(|e| err(RejectCode::InvalidField, format!("lr.alert/v1: {e}")))?;
-    let alert_id = AlertId::parse(&a.alert_id).map_err(|m| err(RejectCode::InvalidAlertId, m))?;
+    let alert_id =
+        AlertId::parse(&a.alert_id).map_err(|e| err(RejectCode::InvalidAlertId, e.to_string()))?;
     let machine_id = MachineId::parse(&a.machine_id)
         .map_err(|e| err(RejectCode::InvalidMachineId, e.to_string()))?;
     if a.parameters.len() > 16 {
@@ -365,7 +366,8 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
 fn parse_defender(v: Value) -> Result<Alert, AlertError> {
     let a: DefenderAlert = serde_json::from_value(v)
         .map_err(|e| err(RejectCode::InvalidField, format!("Defender alert: {e}")))?;
-    let alert_id = AlertId::parse(&a.id).map_err(|m| err(RejectCode::InvalidAlertId, m))?;
+    let alert_id =
+        AlertId::parse(&a.id).map_err(|e| err(RejectCode::InvalidAlertId, e.to_string()))?;
     let machine = a.machine_id.ok_or_else(|| {
         err(
             RejectCode::MissingMachine,

@@ -1,94 +1,9 @@
 //! Defender's entities as typed values: ids that validate, statuses that are enums, and
 //! entities that ignore fields they do not know.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-/// Why an id was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdError {
-    #[error("machine id must be 40 hexadecimal characters, got {0:?}")]
-    MachineId(String),
-    #[error("machine action id must be a GUID (8-4-4-4-12 hexadecimal), got {0:?}")]
-    ActionId(String),
-}
-
-fn shown(s: &str) -> String {
-    // Ids come from untrusted input: echo only a bounded, printable prefix.
-    s.chars().take(64).filter(|c| !c.is_control()).collect()
-}
-
-/// A Defender device id: 40 hex characters, kept in lower case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct MachineId(String);
-
-impl MachineId {
-    pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Self(s.to_ascii_lowercase()))
-        } else {
-            Err(IdError::MachineId(shown(s)))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for MachineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for MachineId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A machine action id (a GUID), kept in lower case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct ActionId(String);
-
-impl ActionId {
-    pub fn parse(s: &str) -> Result<Self, IdError> {
-        let groups: Vec<&str> = s.split('-').collect();
-        let lens = [8, 4, 4, 4, 12];
-        let ok = groups.len() == 5
-            && groups
-                .iter()
-                .zip(lens)
-                .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
-        if ok {
-            Ok(Self(s.to_ascii_lowercase()))
-        } else {
-            Err(IdError::ActionId(shown(s)))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ActionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ActionId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::ids::{ActionId, IdError, MachineId};
 
 /// A machine action's status. Unknown values are kept rather than failing the whole entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
