@@ -9,14 +9,17 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use time::OffsetDateTime;
 
+use crate::adapters::http::HttpFetch;
+use crate::adapters::s3::{S3Store, s3_client};
+use crate::adapters::secrets::SecretsManagerCredentials;
+use crate::adapters::sqs::SqsQueue;
 use crate::alerts::playbook::{PlaybookError, Playbooks};
-use crate::aws::{S3Store, SecretsManagerCredentials, SqsQueue, s3_client};
 use crate::batch;
 use crate::clock::SystemClock;
 use crate::config::{ConfigError, Env, ProcessEnv};
 use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
 use crate::messages::Delivery;
-use crate::ports::{HttpFetch, ObjectStore};
+use crate::ports::ObjectStore;
 use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
@@ -76,7 +79,7 @@ pub async fn handle<F: Function>(f: &F, event: SqsEvent) -> SqsBatchResponse {
 /// A Lambda binary's `main`: logging, the AWS SDK, the function built once, then every batch.
 pub async fn run<F: Function>() -> Result<(), lambda_runtime::Error> {
     crate::logging::init();
-    let sdk = crate::aws::sdk_config().await;
+    let sdk = crate::adapters::sdk_config().await;
     let function = F::build(&ProcessEnv, &sdk).await?;
     let function = &function;
     lambda_runtime::run(lambda_runtime::service_fn(

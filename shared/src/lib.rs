@@ -1,8 +1,8 @@
 //! Library code shared by the live response functions: configuration, the Defender client,
 //! AWS adapters and logging. Handlers in `functions/*` only build clients and call into here.
 
+pub mod adapters;
 pub mod alerts;
-pub mod aws;
 pub mod batch;
 pub mod budget;
 pub mod clock;

@@ -1,5 +1,8 @@
-//! The narrow interfaces the stages work through. Adapters (S3, SQS, the Defender client, an HTTP
-//! downloader) implement them at the edge; tests can implement them in memory.
+//! The narrow interfaces the stages work through, split by capability so that a stage asks for
+//! what it uses: records ([`ObjectStore`]), uploads ([`Uploads`], collect only), messages
+//! ([`Queue`]), Defender ([`Defender`]) and downloads ([`Fetch`]). The adapters that implement them
+//! (S3, SQS, the Defender client, an HTTP downloader, and in-memory ones for tests) live in
+//! [`crate::adapters`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,8 +13,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::defender::{
-    ActionFilter, ActionId, DefenderClient, DefenderError, DownloadLink, LiveResponseRequest,
-    MachineAction, MachineId,
+    ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
+    MachineId,
 };
 use crate::secret::Secret;
 
@@ -53,6 +56,7 @@ pub enum Upload<T> {
     Gone,
 }
 
+/// Records: read, write with a condition (create-only or compare-and-swap), list, delete.
 pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
     fn put(
@@ -63,6 +67,11 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<PutResult, StoreError>> + Send;
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Multipart uploads, reading objects back and server-side copies: what collect needs beyond
+/// records.
+pub trait Uploads: ObjectStore {
     /// Streams an object's bytes.
     fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
     fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
@@ -146,39 +155,6 @@ pub trait Defender: Send + Sync {
     ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
 }
 
-impl<C: crate::defender::CredentialSource> Defender for DefenderClient<C> {
-    async fn run_live_response(
-        &self,
-        machine: &MachineId,
-        request: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        DefenderClient::run_live_response(self, machine, request).await
-    }
-    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
-        DefenderClient::get_machine_action(self, id).await
-    }
-    async fn list_machine_actions(
-        &self,
-        filter: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        DefenderClient::list_machine_actions(self, filter, Some(1000), None).await
-    }
-    async fn result_download_link(
-        &self,
-        id: &ActionId,
-        index: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        DefenderClient::result_download_link(self, id, index).await
-    }
-    async fn cancel_machine_action(
-        &self,
-        id: &ActionId,
-        comment: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        DefenderClient::cancel_machine_action(self, id, comment).await
-    }
-}
-
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// An open download.
@@ -195,57 +171,4 @@ pub trait Fetch: Send + Sync {
         url: &Secret<String>,
         from: u64,
     ) -> impl Future<Output = Result<Download, String>> + Send;
-}
-
-/// The reqwest downloader.
-#[derive(Clone)]
-pub struct HttpFetch {
-    http: reqwest::Client,
-}
-
-impl HttpFetch {
-    pub fn new(timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { http })
-    }
-}
-
-impl Fetch for HttpFetch {
-    async fn open(&self, url: &Secret<String>, from: u64) -> Result<Download, String> {
-        use futures_util::StreamExt;
-        let mut req = self.http.get(url.expose());
-        if from > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("download failed: {}", e.without_url()))?;
-        let status = resp.status().as_u16();
-        let expected = if from > 0 { 206 } else { 200 };
-        if status != expected {
-            let code = resp
-                .headers()
-                .get("x-ms-error-code")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            return Err(format!("download answered HTTP {status} {code}")
-                .trim()
-                .to_string());
-        }
-        let content_length = resp.content_length();
-        let stream = resp
-            .bytes_stream()
-            .map(|r| r.map_err(|e| format!("download broke off: {}", e.without_url())));
-        Ok(Download {
-            content_length,
-            stream: Box::pin(stream),
-        })
-    }
 }

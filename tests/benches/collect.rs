@@ -6,10 +6,12 @@
 use std::time::Instant;
 
 use mde_sim::{Device, DeviceFile, SimConfig};
-use shared::aws::{S3Store, SqsQueue};
+use shared::adapters::http::HttpFetch;
+use shared::adapters::s3::S3Store;
+use shared::adapters::sqs::SqsQueue;
 use shared::defender::{Command, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
-use shared::ports::{HttpFetch, ObjectStore, Put};
+use shared::ports::{ObjectStore, Put};
 use shared::retry::Backoff;
 use shared::stages::settings::CollectConfig;
 use shared::store::run_key;
@@ -61,7 +63,7 @@ async fn main() {
     let sim = start_sim(config.clone()).await;
     let defender = client(&sim, &config);
     let sdk = aws().await;
-    let s3 = shared::aws::s3_client(&sdk);
+    let s3 = shared::adapters::s3::s3_client(&sdk);
     let bucket = unique("bench");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let store = S3Store::new(s3.clone(), &bucket);

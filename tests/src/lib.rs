@@ -1,8 +1,6 @@
 //! Shared set-up for the integration tests: moto (started by `./dev test`), the simulator, and
 //! clients wired the way the functions wire them.
 
-pub mod fakes;
-
 use std::net::SocketAddr;
 
 use mde_sim::{Device, DeviceFile, Script, SimConfig, SimServer};
@@ -178,7 +176,7 @@ impl Stack {
         for (k, v) in extra {
             env.insert(k.to_string(), v.clone());
         }
-        let s3 = shared::aws::s3_client(&sdk);
+        let s3 = shared::adapters::s3::s3_client(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let mut me = Self {
             sim,

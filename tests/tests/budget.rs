@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shared::adapters::memory::MemStore;
 use shared::budget::{
     BUDGET_KEY, BudgetConfig, Grant, Paced, acquire_get, acquire_submission, get_call,
     release_session, settle, submission_call,
@@ -11,7 +12,6 @@ use shared::budget::{
 use shared::clock::{Clock, ManualClock};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
-use tests::fakes::MemStore;
 
 fn cfg() -> BudgetConfig {
     BudgetConfig {

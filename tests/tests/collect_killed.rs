@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use shared::adapters::http::HttpFetch;
+use shared::adapters::memory::{MemQueue, MemStore};
 use shared::defender::{Command, CommandStatus, LiveResponseRequest, MachineId};
 use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
-use shared::ports::{HttpFetch, ObjectStore, Put};
+use shared::ports::{ObjectStore, Put};
 use shared::retry::Backoff;
 use shared::stages::settings::CollectConfig;
 use shared::store::{CommandOutcome, evidence_key, load_command, run_key};
-use tests::fakes::{MemQueue, MemStore};
 use tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use mde_sim::{EndpointFaults, Faults};
-use shared::aws::SecretsManagerCredentials;
+use shared::adapters::secrets::SecretsManagerCredentials;
 use shared::defender::{
     ActionFilter, ActionStatus, Command, CommandStatus, CommandType, DefenderError, LibraryUpload,
     LiveResponseRequest, MachineId, Next, StaticCredentials, Transcript,

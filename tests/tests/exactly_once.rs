@@ -2,6 +2,7 @@
 //! invocation died before recording it) is found again by the run id in its comment: the live
 //! response runs once.
 
+use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::budget::BudgetConfig;
 use shared::defender::{
@@ -14,7 +15,6 @@ use shared::retry::Backoff;
 use shared::stages::settings::{IntakeConfig, SubmitConfig};
 use shared::store::{RunState, load_run};
 use std::time::Duration;
-use tests::fakes::{MemQueue, MemStore, Sent};
 use tests::*;
 
 /// Passes every call through, but loses the answer to the first submission.

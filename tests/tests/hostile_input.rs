@@ -3,9 +3,9 @@
 //! with the reason, and a good alert in the same batch goes through.
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::stages::settings::IntakeConfig;
-use tests::fakes::{MemQueue, MemStore, Sent};
 use tests::*;
 
 fn message(id: usize, body: &str) -> SqsMessage {

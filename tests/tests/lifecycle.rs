@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::budget::{self, BudgetConfig};
 use shared::clock::{Clock, ManualClock};
@@ -27,14 +28,13 @@ use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
     ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, Queue, QueueError,
-    StoreError, Stored, Upload,
+    StoreError, Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
 use tests::Rng;
-use tests::fakes::{MemQueue, MemStore, Sent};
 use time::OffsetDateTime;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -85,6 +85,9 @@ impl ObjectStore for KStore<'_> {
         self.kill.point().await;
         self.inner.delete(key).await
     }
+}
+
+impl Uploads for KStore<'_> {
     async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
         self.kill.point().await;
         self.inner.open_read(key).await

@@ -57,7 +57,7 @@ async fn provisions_queues_bucket_and_secret_idempotently() {
         );
     }
 
-    let s3 = shared::aws::s3_client(&sdk);
+    let s3 = shared::adapters::s3::s3_client(&sdk);
     let enc = s3
         .get_bucket_encryption()
         .bucket(&stack.bucket)
@@ -128,7 +128,7 @@ async fn the_tls_only_policy_refuses_plain_http() {
     )
     .await
     .unwrap();
-    let s3 = shared::aws::s3_client(&sdk);
+    let s3 = shared::adapters::s3::s3_client(&sdk);
     let policy = s3
         .get_bucket_policy()
         .bucket(&stack.bucket)

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use shared::aws::SecretsManagerCredentials;
+use shared::adapters::secrets::SecretsManagerCredentials;
 use shared::defender::{Command, LiveResponseRequest, MachineId};
 use tests::*;
 

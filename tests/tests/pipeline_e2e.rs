@@ -223,7 +223,7 @@ path = "{file_path}"
 kind = "windows_path"
 "#;
     let sdk = aws().await;
-    let s3 = shared::aws::s3_client(&sdk);
+    let s3 = shared::adapters::s3::s3_client(&sdk);
     let bucket = unique("playbooks");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     s3.put_object()

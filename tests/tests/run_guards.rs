@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::adapters::http::HttpFetch;
+use shared::adapters::memory::{MemQueue, MemStore};
 use shared::budget::BudgetConfig;
 use shared::defender::{
     ActionFilter, ActionId, Command, DefenderError, DownloadLink, LiveResponseRequest,
     MachineAction, MachineId,
 };
 use shared::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
-use shared::ports::{Defender, HttpFetch, ObjectStore, Put};
+use shared::ports::{Defender, ObjectStore, Put};
 use shared::retry::Backoff;
 use shared::stages::StageError;
 use shared::stages::settings::{CollectConfig, PollConfig, SubmitConfig};
 use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key, run_key};
-use tests::fakes::{MemQueue, MemStore};
 use tests::*;
 
 fn no_env() -> std::collections::HashMap<&'static str, &'static str> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
-use shared::aws::S3Store;
+use shared::adapters::s3::S3Store;
 use shared::defender::CommandType;
 use shared::entry::{self, Collect, Function, Intake, Poll, Submit};
 use shared::ids::RunId;
@@ -793,7 +793,7 @@ impl World {
     }
 
     fn store_as(&self, sdk: &aws_config::SdkConfig) -> S3Store {
-        S3Store::new(shared::aws::s3_client(sdk), &self.stack.bucket)
+        S3Store::new(shared::adapters::s3::s3_client(sdk), &self.stack.bucket)
     }
 
     /// Objects under `prefix`, listed as the administrator.

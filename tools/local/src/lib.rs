@@ -114,7 +114,7 @@ pub async fn provision(
     options: ProvisionOptions,
 ) -> Result<ProvisionedStack, ProvisionError> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let s3 = shared::aws::s3_client(sdk);
+    let s3 = shared::adapters::s3::s3_client(sdk);
     let sm = aws_sdk_secretsmanager::Client::new(sdk);
     let mut out = ProvisionedStack::default();
 

@@ -105,7 +105,7 @@ async fn up(args: &StackArgs) -> Result<Up, BoxError> {
         "[stack] mde-sim (Defender) at {} (time x{})",
         sim.api_base, args.time_scale
     );
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::adapters::sdk_config().await;
     let creds = serde_json::json!({
         "tenant_id": client.tenant_id,
         "client_id": client.client_id,
@@ -204,8 +204,8 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
     )
     .await?;
 
-    let s3 = shared::aws::s3_client(&sdk);
-    let store = shared::aws::S3Store::new(s3.clone(), &stack.bucket);
+    let s3 = shared::adapters::s3::s3_client(&sdk);
+    let store = shared::adapters::s3::S3Store::new(s3.clone(), &stack.bucket);
     let started = std::time::Instant::now();
     let mut last = String::new();
     let manifest = loop {

@@ -3,7 +3,7 @@
 //! is checked before it is trusted; an unusable one is discarded and the copy starts over.
 
 use crate::hash::ResumableSha256;
-use crate::ports::{ObjectStore, StoreError};
+use crate::ports::{StoreError, Uploads};
 use crate::store::keys::{self, checkpoint_key};
 
 /// S3 allows at most 10,000 parts.
@@ -102,7 +102,7 @@ pub(super) enum Saved {
     Corrupt(String),
 }
 
-pub(super) async fn load_checkpoint<S: ObjectStore>(
+pub(super) async fn load_checkpoint<S: Uploads>(
     store: &S,
     key: &str,
     run: &crate::ids::RunId,
@@ -122,7 +122,7 @@ pub(super) async fn load_checkpoint<S: ObjectStore>(
     ))
 }
 
-pub(super) async fn save_checkpoint<S: ObjectStore>(
+pub(super) async fn save_checkpoint<S: Uploads>(
     store: &S,
     key: &str,
     ck: &Checkpoint,
@@ -135,7 +135,7 @@ pub(super) async fn save_checkpoint<S: ObjectStore>(
 }
 
 /// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint.
-pub(super) async fn discard_checkpoint<S: ObjectStore>(
+pub(super) async fn discard_checkpoint<S: Uploads>(
     store: &S,
     run: &crate::ids::RunId,
     index: u32,

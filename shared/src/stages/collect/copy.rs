@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::defender::{CommandType, DownloadLink, Transcript};
 use crate::hash::{HashSink, ResumableSha256, hash_gzip};
 use crate::messages::CollectJob;
-use crate::ports::{Defender, Fetch, ObjectStore, StoreError, Upload};
+use crate::ports::{Defender, Fetch, StoreError, Upload, Uploads};
 use crate::stages::settings::CollectConfig;
 use crate::store::keys::{self, checkpoint_key};
 use crate::store::{RunRecord, evidence_key};
@@ -57,7 +57,7 @@ pub(super) struct Source<'a, S, D, F> {
     pub(super) job: &'a CollectJob,
 }
 
-impl<S: ObjectStore, D: Defender, F: Fetch> Source<'_, S, D, F> {
+impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
     /// A fresh link, checked like the first, opened at byte `from`.
     pub(super) async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
         // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
@@ -116,7 +116,7 @@ pub(super) enum CopyResult {
     },
 }
 
-pub(super) async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
+pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
     store: &S,
     source: &Source<'_, S, D, F>,
     run: &RunRecord,
@@ -256,7 +256,7 @@ pub(super) async fn copy<S: ObjectStore, D: Defender, F: Fetch>(
 
 /// The upload a checkpoint named no longer exists (it was completed before a crash, aborted, or
 /// expired): forget the checkpoint; the next attempt starts the copy over.
-pub(super) async fn upload_gone<S: ObjectStore>(
+pub(super) async fn upload_gone<S: Uploads>(
     store: &S,
     ck_key: &str,
 ) -> Result<CopyResult, CopyError> {
@@ -268,7 +268,7 @@ pub(super) async fn upload_gone<S: ObjectStore>(
 
 /// Copies a completed staging object to its final key with its hashes in its metadata. Safe to
 /// repeat: the staging object and the checkpoint are removed only after the command is recorded.
-pub(super) async fn publish<S: ObjectStore>(
+pub(super) async fn publish<S: Uploads>(
     store: &S,
     run: &RunRecord,
     job: &CollectJob,
@@ -319,7 +319,7 @@ pub(super) struct Hashes {
 /// Streams the download into parts from the checkpoint's place on. Returns the hashes when done,
 /// or `None` when the time budget ran out (the checkpoint then stands at a part boundary). The
 /// checkpoint only ever moves at part boundaries, so on an error it still says where to go on.
-pub(super) async fn stream_parts<S: ObjectStore, D: Defender, F: Fetch>(
+pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     store: &S,
     ck: &mut Checkpoint,
     kind: CommandType,

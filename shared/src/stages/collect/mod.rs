@@ -32,14 +32,14 @@ use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
 use crate::defender::{CommandType, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
-use crate::ports::{Defender, Fetch, ObjectStore, Queue, StoreError};
+use crate::ports::{Defender, Fetch, Queue, StoreError, Uploads};
 use crate::store::keys::checkpoint_key;
 use crate::store::{
     Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key,
     finish_run_if_complete, load_command, update_record,
 };
 
-pub async fn handle<S: ObjectStore, Q: Queue, D: Defender, F: Fetch>(
+pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     cfg: &CollectConfig,
     store: &S,
     queue: &Q,
@@ -269,7 +269,7 @@ fn ended_chain(now: OffsetDateTime) -> Chain {
 }
 
 /// Removes what a finished copy no longer needs; failures only leave garbage behind.
-async fn cleanup<S: ObjectStore>(store: &S, staging: &str, checkpoint: &str) {
+async fn cleanup<S: Uploads>(store: &S, staging: &str, checkpoint: &str) {
     for key in [staging, checkpoint] {
         if let Err(e) = store.delete(key).await {
             tracing::warn!(%key, error = %e, "could not remove a finished copy's leftovers");
@@ -277,7 +277,7 @@ async fn cleanup<S: ObjectStore>(store: &S, staging: &str, checkpoint: &str) {
     }
 }
 
-impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
+impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
     async fn again(
         &self,
         attempt: u32,
@@ -305,7 +305,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
     }
 }
 
-impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
+impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
     /// Records the command as not collected, with the reason, and ends the run if it was the last.
     async fn fail(
         &self,
@@ -349,7 +349,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
 /// Writes a command's final record if it is still waiting for its copy and `me` holds it. False
 /// when a concurrent copy of the same message finished it first: the first final record stands,
 /// and the manifest agrees with it.
-async fn finish_command<S: ObjectStore>(
+async fn finish_command<S: Uploads>(
     store: &S,
     run: &crate::ids::RunId,
     me: &str,

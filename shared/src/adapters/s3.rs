@@ -1,21 +1,13 @@
-//! AWS adapters: the SDK configuration (honouring `AWS_ENDPOINT_URL` for the local stack) and the
-//! Defender credentials read from Secrets Manager.
+//! The evidence bucket as records and uploads: conditional writes for create-only and
+//! compare-and-swap, a 403 on a read explained (S3 answers 403 for a missing key the role may not
+//! list), Object Lock retention on every write under `evidence/`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use crate::defender::{CredentialSource, Credentials, DefenderError};
-use crate::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
+use crate::ports::{ObjectStore, Put, PutResult, StoreError, Stored, Upload, Uploads};
 use crate::store::retention::{Retention, RetentionMode};
-
-/// The shared SDK configuration: region, credentials and endpoint from the environment.
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
-}
 
 /// An S3 client; path-style addressing when the endpoint is overridden (moto on loopback has no
 /// per-bucket host names).
@@ -23,61 +15,6 @@ pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let builder =
         aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
     aws_sdk_s3::Client::from_conf(builder.build())
-}
-
-/// `{tenant_id, client_id, client_secret}` from a Secrets Manager secret.
-#[derive(Clone)]
-pub struct SecretsManagerCredentials {
-    client: aws_sdk_secretsmanager::Client,
-    secret_id: String,
-}
-
-impl SecretsManagerCredentials {
-    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
-        Self {
-            client,
-            secret_id: secret_id.into(),
-        }
-    }
-}
-
-impl CredentialSource for SecretsManagerCredentials {
-    async fn fetch(&self) -> Result<Credentials, DefenderError> {
-        let out = self
-            .client
-            .get_secret_value()
-            .secret_id(&self.secret_id)
-            .send()
-            .await
-            .map_err(|e| {
-                let code = e.code().unwrap_or_default().to_string();
-                let detail = format!(
-                    "cannot read secret {}: {}",
-                    self.secret_id,
-                    DisplayErrorContext(&e)
-                );
-                match code.as_str() {
-                    "ResourceNotFoundException"
-                    | "AccessDeniedException"
-                    | "DecryptionFailure"
-                    | "InvalidRequestException"
-                    | "InvalidParameterException" => DefenderError::Credentials(detail),
-                    _ => DefenderError::Transient { reason: detail },
-                }
-            })?;
-        let text = out.secret_string().ok_or_else(|| {
-            DefenderError::Credentials(format!(
-                "secret {} holds no SecretString (binary secrets are not supported)",
-                self.secret_id
-            ))
-        })?;
-        Credentials::from_json(text).map_err(|e| match e {
-            DefenderError::Credentials(m) => {
-                DefenderError::Credentials(format!("secret {}: {m}", self.secret_id))
-            }
-            other => other,
-        })
-    }
 }
 
 /// The evidence bucket as an [`ObjectStore`].
@@ -256,7 +193,9 @@ impl ObjectStore for S3Store {
             .map(|_| ())
             .map_err(|e| s3_err("delete", key, e))
     }
+}
 
+impl Uploads for S3Store {
     async fn open_read(&self, key: &str) -> Result<crate::ports::ByteStream, StoreError> {
         let out = self
             .client
@@ -389,80 +328,5 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| s3_err("publish", to, e))?;
         Ok(())
-    }
-}
-
-/// SQS as a [`Queue`].
-#[derive(Clone)]
-pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
-}
-
-impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client) -> Self {
-        Self { client }
-    }
-}
-
-/// SQS's largest DelaySeconds.
-pub const MAX_DELAY: Duration = Duration::from_secs(900);
-
-impl Queue for SqsQueue {
-    async fn send(
-        &self,
-        queue_url: &str,
-        body: &str,
-        delay: Duration,
-    ) -> Result<String, QueueError> {
-        let secs = delay.min(MAX_DELAY).as_secs_f64().ceil() as i32;
-        let out = self
-            .client
-            .send_message()
-            .queue_url(queue_url)
-            .message_body(body)
-            .delay_seconds(secs)
-            .send()
-            .await
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
-        out.message_id
-            .ok_or_else(|| QueueError(format!("{queue_url}: SendMessage returned no message id")))
-    }
-
-    async fn send_rejected(
-        &self,
-        dlq_url: &str,
-        body: &str,
-        stage: &str,
-        code: &str,
-        reason: &str,
-    ) -> Result<(), QueueError> {
-        use aws_sdk_sqs::types::MessageAttributeValue;
-        let attr = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v.chars().take(1024).collect::<String>())
-                .build()
-                .map_err(|e| QueueError(e.to_string()))
-        };
-        // An empty body cannot be sent to SQS; the attributes still say what arrived.
-        let body = if body.is_empty() {
-            "(empty message body)"
-        } else {
-            body
-        };
-        self.client
-            .send_message()
-            .queue_url(dlq_url)
-            .message_body(body)
-            .message_attributes("lr-stage", attr(stage)?)
-            .message_attributes("lr-reject-code", attr(code)?)
-            .message_attributes(
-                "lr-reject-reason",
-                attr(if reason.is_empty() { "-" } else { reason })?,
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
     }
 }

@@ -1,11 +1,14 @@
-//! In-memory ports, for stage tests that need no network.
+//! In-memory adapters, for stage tests that need no network: a store with S3's conditional writes
+//! and multipart semantics, and a queue that records what was sent.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::ports::{
+    ByteStream, ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload, Uploads,
+};
 use bytes::Bytes;
-use shared::ports::{ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -60,7 +63,10 @@ impl ObjectStore for MemStore {
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
-    async fn open_read(&self, key: &str) -> Result<shared::ports::ByteStream, StoreError> {
+}
+
+impl Uploads for MemStore {
+    async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
         let body = self
             .objects
             .lock()
