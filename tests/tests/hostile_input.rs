@@ -159,7 +159,12 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
     struct Case {
         name: String,
         body: String,
+        /// The value refused, if any (else the file is fetched as named, by malware-file).
         refused: Option<String>,
+        /// Which playbook refused it (malware-file unless said).
+        refused_by: Option<String>,
+        /// Which playbook runs instead (triage unless said).
+        playbook: Option<String>,
     }
     let cfg = IntakeConfig {
         bucket: "b".into(),
@@ -211,13 +216,15 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
             );
             continue;
         };
-        assert_eq!(rec.playbook, "triage", "{}", case.name);
+        let runs = case.playbook.as_deref().unwrap_or("triage");
+        assert_eq!(rec.playbook, runs, "{}", case.name);
+        let by = case.refused_by.as_deref().unwrap_or("malware-file");
         assert_eq!(
             rec.refused_parameters
                 .iter()
                 .map(|r| (r.name.as_str(), r.playbook.as_str()))
                 .collect::<Vec<_>>(),
-            [(refused.as_str(), "malware-file")],
+            [(refused.as_str(), by)],
             "{}",
             case.name
         );
@@ -226,10 +233,20 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
             "{}: the reason is kept",
             case.name
         );
-        assert!(
-            get_file.is_none(),
-            "{}: nothing is fetched under the refused name",
-            case.name
-        );
+        if runs == "triage" {
+            assert!(
+                get_file.is_none(),
+                "{}: nothing is fetched under the refused name",
+                case.name
+            );
+        } else {
+            let path = get_file.and_then(|c| c.param("Path"));
+            assert_eq!(
+                path,
+                rec.alert.parameters.get("file_path").map(String::as_str),
+                "{}: fetched literally",
+                case.name
+            );
+        }
     }
 }

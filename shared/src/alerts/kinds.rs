@@ -37,7 +37,7 @@ pub enum PlaceholderKind {
 
 impl PlaceholderKind {
     /// Whether a value may fill a placeholder of this kind (wherever it goes; a path that goes into
-    /// a script argument must also be ASCII, checked when it is rendered).
+    /// a script argument must also pass [`check_path_argument`], checked by [`check_in_slot`]).
     pub fn check(self, v: &str) -> Result<(), String> {
         match self {
             Self::WindowsPath => check_windows_path(v),

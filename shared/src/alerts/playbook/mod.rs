@@ -90,7 +90,8 @@ pub struct PlaybookError {
 pub struct Plan<'a> {
     pub playbook: &'a Playbook,
     pub commands: Vec<Command>,
-    /// Values of the alert a playbook refused; the run went on without them.
+    /// Values of the alert a playbook refused: that playbook did not run (another did, or the run
+    /// went on without the values).
     pub refused: Vec<RefusedParameter>,
 }
 
@@ -139,43 +140,67 @@ impl Playbooks {
     }
 
     /// What to run for an alert: the playbook, its commands, and the values it went on without.
-    /// A Defender alert's values come from the endpoint (an attacker may have named the file): a
-    /// value the chosen playbook refuses is dropped, recorded, and the playbooks are tried again
-    /// without it, so that a file's name cannot stop all collection for its alert. The values of
-    /// an `lr.alert/v1` alert are its sender's: a refused one refuses the alert.
+    ///
+    /// A Defender alert's values come from the endpoint (an attacker may have named the file), so
+    /// a value is not allowed to stop its alert: the first matching playbook that takes every value
+    /// as it is runs; if none does, the values they refused are dropped (and recorded, with the
+    /// reasons) and the playbooks are tried again without them. An `lr.alert/v1` alert's values
+    /// are its sender's, and it may name its playbook: a refused value refuses the alert.
     pub fn plan(&self, alert: &Alert) -> Result<Plan<'_>, AlertError> {
+        if alert.format == AlertFormat::Native || alert.playbook.is_some() {
+            let playbook = self.select(alert)?;
+            let commands = playbook.render(alert)?;
+            return Ok(Plan {
+                playbook,
+                commands,
+                refused: Vec::new(),
+            });
+        }
         let mut alert = alert.clone();
         let mut refused: Vec<RefusedParameter> = Vec::new();
-        loop {
-            let playbook = self.select(&alert).map_err(|mut e| {
-                for r in &refused {
-                    e.message.push_str(&format!(
-                        "; parameter {} was refused by playbook {}: {}",
-                        r.name, r.playbook, r.reason
-                    ));
-                }
-                e
-            })?;
-            let bad = match alert.format {
-                AlertFormat::Defender => playbook.refused_values(&alert),
-                AlertFormat::Native => Vec::new(),
-            };
-            if bad.is_empty() {
-                let commands = playbook.render(&alert)?;
-                return Ok(Plan {
-                    playbook,
-                    commands,
-                    refused,
-                });
+        let noted = |mut e: AlertError, refused: &[RefusedParameter]| {
+            for r in refused {
+                e.message.push_str(&format!(
+                    "; parameter {} was refused by playbook {}: {}",
+                    r.name, r.playbook, r.reason
+                ));
             }
-            for (name, reason) in bad {
-                alert.parameters.remove(&name);
-                refused.push(RefusedParameter {
+            e
+        };
+        // Each round drops at least one value the alert carries, so the rounds end.
+        loop {
+            let mut this_round = Vec::new();
+            for playbook in self.0.iter().filter(|p| p.rule.matches(&alert)) {
+                let bad = playbook.refused_values(&alert);
+                if bad.is_empty() {
+                    // What earlier playbooks refused is kept: the run says why they did not run.
+                    refused.extend(this_round);
+                    let commands = playbook.render(&alert).map_err(|e| noted(e, &refused))?;
+                    return Ok(Plan {
+                        playbook,
+                        commands,
+                        refused,
+                    });
+                }
+                this_round.extend(bad.into_iter().map(|(name, reason)| RefusedParameter {
                     name,
                     playbook: playbook.name.clone(),
                     reason,
-                });
+                }));
             }
+            if this_round.is_empty() {
+                return Err(noted(
+                    self.select(&alert).err().unwrap_or_else(|| AlertError {
+                        code: RejectCode::NoPlaybook,
+                        message: "no playbook takes this alert".into(),
+                    }),
+                    &refused,
+                ));
+            }
+            for r in &this_round {
+                alert.parameters.remove(&r.name);
+            }
+            refused.extend(this_round);
         }
     }
 

@@ -13,7 +13,7 @@
 //!   `process_name` only as the start of a file or directory name (`C:\dir\{p}.dmp`); a
 //!   `script_arg` never goes into a path. Playbooks that break these rules do not load.
 //! - rendering is one left-to-right pass over the template, so a value is never scanned for
-//!   placeholders (values cannot hold braces either).
+//!   placeholders (a GetFile path may hold braces, taken literally; script values cannot).
 //! - [`check_rendered`] re-checks every rendered command, independently of how it was rendered.
 
 use std::collections::BTreeMap;
