@@ -1,0 +1,132 @@
+//! The manifest: what an analyst reads, in `evidence/{run}/manifest.json`, written exactly once
+//! when every command of a finished run has its final record.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::command::{CommandOutcome, CommandRecord, load_command};
+use super::keys::manifest_key;
+use super::run::{RunOutcome, RunState, load_run, update_run};
+use super::{RECORD_VERSION, json};
+use crate::alerts::Alert;
+use crate::alerts::playbook::RefusedParameter;
+use crate::defender::{ActionId, ActionStatus, MachineId};
+use crate::ids::RunId;
+use crate::ports::{ObjectStore, Put, PutResult, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub v: u32,
+    pub run_id: RunId,
+    pub playbook: String,
+    /// SHA-256 of the playbook that rendered the commands (see [`RunRecord::playbook_sha256`]).
+    pub playbook_sha256: Option<String>,
+    /// Values of the alert a playbook refused; the run went on without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_parameters: Vec<RefusedParameter>,
+    pub alert: Alert,
+    pub device: ManifestDevice,
+    pub action: Option<ManifestAction>,
+    pub run_state: RunState,
+    pub outcome: Option<RunOutcome>,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub completed_at: OffsetDateTime,
+    pub commands: Vec<CommandRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDevice {
+    pub machine_id: MachineId,
+    pub computer_dns_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestAction {
+    pub id: ActionId,
+    pub status: Option<ActionStatus>,
+    pub requestor: Option<String>,
+    pub requestor_comment: String,
+    pub created: Option<String>,
+    pub last_update: Option<String>,
+    pub cancelled_by_pipeline: bool,
+}
+
+/// Writes the manifest when every command of a finished run has its final record; exactly once
+/// (a conditional write), whichever stage gets there last. Returns true if this call wrote it.
+/// The manifest lists every command the run meant to execute, each with its outcome.
+pub async fn finish_run_if_complete<S: ObjectStore>(
+    store: &S,
+    run_id: &RunId,
+) -> Result<bool, StoreError> {
+    let Some((run, _)) = load_run(store, run_id).await? else {
+        return Ok(false);
+    };
+    let ended = matches!(
+        run.state,
+        RunState::Collecting | RunState::Completed | RunState::Failed
+    );
+    if !ended {
+        return Ok(false);
+    }
+    let mut commands = Vec::with_capacity(run.commands.len());
+    for i in 0..run.commands.len() as u32 {
+        match load_command(store, run_id, i).await? {
+            Some(c) if c.outcome != CommandOutcome::Collecting => commands.push(c),
+            _ => return Ok(false),
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let final_state = if run.state == RunState::Failed {
+        RunState::Failed
+    } else {
+        RunState::Completed
+    };
+    let manifest = Manifest {
+        v: RECORD_VERSION,
+        run_id: run.run_id.clone(),
+        playbook: run.playbook.clone(),
+        playbook_sha256: run.playbook_sha256.clone(),
+        refused_parameters: run.refused_parameters.clone(),
+        alert: run.alert.clone(),
+        device: ManifestDevice {
+            machine_id: run.machine_id.clone(),
+            computer_dns_name: run.computer_dns_name.clone(),
+        },
+        action: run.action_id.clone().map(|id| ManifestAction {
+            id,
+            status: run.action_status.clone(),
+            requestor: run.requestor.clone(),
+            requestor_comment: run.comment.clone(),
+            created: run.action_created.clone(),
+            last_update: run.action_last_update.clone(),
+            cancelled_by_pipeline: run.cancelled_by_pipeline,
+        }),
+        run_state: final_state,
+        outcome: run.outcome,
+        reason: run.reason.clone(),
+        created_at: run.created_at,
+        completed_at: now,
+        commands,
+    };
+    let wrote = matches!(
+        store
+            .put(&manifest_key(run_id), json(&manifest)?, Put::IfAbsent)
+            .await?,
+        PutResult::Written { .. }
+    );
+    if run.state != final_state || run.finished_at.is_none() {
+        update_run(store, run_id, |r| {
+            if r.state == final_state && r.finished_at.is_some() {
+                return false;
+            }
+            r.state = final_state;
+            r.finished_at.get_or_insert(now);
+            true
+        })
+        .await?;
+    }
+    Ok(wrote)
+}
