@@ -10,9 +10,7 @@ use tracing::Instrument;
 
 use super::auth::{CredentialSource, TokenProvider};
 use super::error::DefenderError;
-use super::model::{
-    ActionFilter, ActionId, LibraryFile, LiveResponseRequest, MachineAction, MachineId,
-};
+use super::model::{ActionFilter, ActionId, LiveResponseRequest, MachineAction, MachineId};
 use crate::secret::Secret;
 
 /// A result package's pre-signed link. The URL carries a signature, so it is kept secret.
@@ -38,17 +36,6 @@ impl DownloadLink {
             expires_at,
         })
     }
-}
-
-/// Options for the library upload.
-#[derive(Debug, Clone, Default)]
-pub struct LibraryUpload {
-    pub file_name: String,
-    pub content: Vec<u8>,
-    pub description: String,
-    pub parameters_description: Option<String>,
-    pub has_parameters: bool,
-    pub override_if_exists: bool,
 }
 
 pub struct DefenderClient<C> {
@@ -84,7 +71,7 @@ impl<C: CredentialSource> DefenderClient<C> {
     }
 
     /// Sends a request with a bearer token; after a 401 gets a new token and sends it once more.
-    async fn send(
+    pub(super) async fn send(
         &self,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<bytes::Bytes, DefenderError> {
@@ -118,7 +105,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         }
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(super) async fn json<T: DeserializeOwned>(
         &self,
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
@@ -128,7 +115,7 @@ impl<C: CredentialSource> DefenderClient<C> {
             .map_err(|e| DefenderError::InvalidResponse(format!("{what}: {e}")))
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api_base)
     }
 
@@ -213,47 +200,5 @@ impl<C: CredentialSource> DefenderClient<C> {
         self.json("cancel", |h| h.post(&url).json(&body))
             .instrument(span)
             .await
-    }
-
-    pub async fn list_library(&self) -> Result<Vec<LibraryFile>, DefenderError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            value: Vec<LibraryFile>,
-        }
-        let url = self.url("/api/libraryfiles");
-        let page: Page = self.json("library list", |h| h.get(&url)).await?;
-        Ok(page.value)
-    }
-
-    pub async fn upload_library_file(
-        &self,
-        upload: &LibraryUpload,
-    ) -> Result<LibraryFile, DefenderError> {
-        let url = self.url("/api/libraryfiles");
-        let span =
-            tracing::info_span!("defender.upload_library_file", file_name = %upload.file_name);
-        self.json("library upload", |h| {
-            let mut form = reqwest::multipart::Form::new()
-                .part(
-                    "file",
-                    reqwest::multipart::Part::bytes(upload.content.clone())
-                        .file_name(upload.file_name.clone()),
-                )
-                .text("Description", upload.description.clone())
-                .text("HasParameters", upload.has_parameters.to_string())
-                .text("OverrideIfExists", upload.override_if_exists.to_string());
-            if let Some(p) = &upload.parameters_description {
-                form = form.text("ParametersDescription", p.clone());
-            }
-            h.post(&url).multipart(form)
-        })
-        .instrument(span)
-        .await
-    }
-
-    pub async fn delete_library_file(&self, file_name: &str) -> Result<(), DefenderError> {
-        let name: String = url::form_urlencoded::byte_serialize(file_name.as_bytes()).collect();
-        let url = self.url(&format!("/api/libraryfiles/{name}"));
-        self.send(|h| h.delete(&url)).await.map(|_| ())
     }
 }

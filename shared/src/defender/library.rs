@@ -1,0 +1,65 @@
+//! The live response library through the API: list, upload (multipart, 20 MB at most) and
+//! delete the scripts and files that playbooks run and put. Apart from the machine actions the
+//! stages use, for the tools that keep the library in step with the playbooks.
+
+use tracing::Instrument;
+
+use super::auth::CredentialSource;
+use super::client::DefenderClient;
+use super::error::DefenderError;
+use super::model::LibraryFile;
+
+/// Options for the library upload.
+#[derive(Debug, Clone, Default)]
+pub struct LibraryUpload {
+    pub file_name: String,
+    pub content: Vec<u8>,
+    pub description: String,
+    pub parameters_description: Option<String>,
+    pub has_parameters: bool,
+    pub override_if_exists: bool,
+}
+
+impl<C: CredentialSource> DefenderClient<C> {
+    pub async fn list_library(&self) -> Result<Vec<LibraryFile>, DefenderError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            value: Vec<LibraryFile>,
+        }
+        let url = self.url("/api/libraryfiles");
+        let page: Page = self.json("library list", |h| h.get(&url)).await?;
+        Ok(page.value)
+    }
+
+    pub async fn upload_library_file(
+        &self,
+        upload: &LibraryUpload,
+    ) -> Result<LibraryFile, DefenderError> {
+        let url = self.url("/api/libraryfiles");
+        let span =
+            tracing::info_span!("defender.upload_library_file", file_name = %upload.file_name);
+        self.json("library upload", |h| {
+            let mut form = reqwest::multipart::Form::new()
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(upload.content.clone())
+                        .file_name(upload.file_name.clone()),
+                )
+                .text("Description", upload.description.clone())
+                .text("HasParameters", upload.has_parameters.to_string())
+                .text("OverrideIfExists", upload.override_if_exists.to_string());
+            if let Some(p) = &upload.parameters_description {
+                form = form.text("ParametersDescription", p.clone());
+            }
+            h.post(&url).multipart(form)
+        })
+        .instrument(span)
+        .await
+    }
+
+    pub async fn delete_library_file(&self, file_name: &str) -> Result<(), DefenderError> {
+        let name: String = url::form_urlencoded::byte_serialize(file_name.as_bytes()).collect();
+        let url = self.url(&format!("/api/libraryfiles/{name}"));
+        self.send(|h| h.delete(&url)).await.map(|_| ())
+    }
+}
