@@ -1,5 +1,25 @@
-//! Library code shared by the live response functions: configuration, the Defender client,
-//! AWS adapters and logging. Handlers in `functions/*` only build clients and call into here.
+//! Everything the four Lambda functions do, as a library: `functions/*` only call
+//! [`entry::run`]. An alert comes in as an SQS message, becomes a run, a Defender live response,
+//! and evidence in S3 with a manifest. Follow one message from the top:
+//!
+//! - [`entry`]: the four functions as one [`entry::Function`] shape; clients built once.
+//! - [`batch`]: an SQS batch into one outcome per message and a partial batch response.
+//! - [`stages`]: intake, submit, poll and collect as plain functions over the ports, with the
+//!   chain of messages that acts for a run ([`stages::settings`]: what each reads from its
+//!   environment).
+//! - [`alerts`]: the four alert formats into one [`alerts::Alert`]; playbooks, placeholder kinds and
+//!   rendering into commands.
+//! - [`messages`]: the versioned jobs the stages send each other.
+//! - [`store`]: run and command records, the manifest, every S3 key ([`store::keys`]), which
+//!   message holds a record ([`store::chain`]), evidence retention.
+//! - [`budget`]: the tenant's Defender call budget, shared through one S3 object.
+//! - [`defender`]: the Defender API client: cloud presets, tokens, typed entities and errors, the
+//!   library.
+//! - [`ports`]: the traits the stages work through; [`adapters`]: S3, SQS, Secrets Manager, the
+//!   Defender client, HTTP downloads, and in-memory ones for tests.
+//! - Small rooms: [`ids`] (validated ids), [`codes`] (outcomes, reject codes, metrics), [`config`]
+//!   (reading the environment), [`retry`] (backoff), [`clock`], [`hash`] (resumable SHA-256),
+//!   [`secret`] (values that never print), [`logging`].
 
 pub mod adapters;
 pub mod alerts;

@@ -1,6 +1,6 @@
 //! The adapters behind the ports, at the edge: S3 ([`s3`]), SQS ([`sqs`]), the Defender
 //! credentials in Secrets Manager ([`secrets`]), the Defender client as a port ([`defender`]), the
-//! result-link downloader ([`http`]), and in-memory ones for tests ([`memory`], with the `testing`
+//! result-link downloader ([`http`]), and in-memory ones for tests (`memory`, with the `testing`
 //! feature). Stages never name an adapter; the entry points build them once per cold start.
 
 pub mod defender;

@@ -19,7 +19,7 @@ pub struct Manifest {
     pub v: u32,
     pub run_id: RunId,
     pub playbook: String,
-    /// SHA-256 of the playbook that rendered the commands (see [`RunRecord::playbook_sha256`]).
+    /// SHA-256 of the playbook that rendered the commands (see [`super::RunRecord::playbook_sha256`]).
     pub playbook_sha256: Option<String>,
     /// Values of the alert a playbook refused; the run went on without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

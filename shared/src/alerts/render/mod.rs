@@ -8,7 +8,7 @@
 //!
 //! - positions: in RunScript `args` a placeholder is a whole space-separated token, written as
 //!   one PowerShell single-quoted literal whatever its kind (bare, `1kb` would be a number and
-//!   `a,b` an array); a path there must also pass [`check_path_argument`]. In a GetFile `path`, a
+//!   `a,b` an array); a path there must also pass [`super::kinds::check_path_argument`]. In a GetFile `path`, a
 //!   `windows_path` is the whole path; a `sha256` may sit anywhere inside a literal path, a
 //!   `process_name` only as the start of a file or directory name (`C:\dir\{p}.dmp`); a
 //!   `script_arg` never goes into a path. Playbooks that break these rules do not load.

@@ -4,8 +4,8 @@
 //! published by a server-side copy). The last command to land writes the run's manifest.
 //!
 //! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
-//! the parts it drives: [`link`] (which result links are followed), [`copy`] (the streaming
-//! engine: parts, fresh links and resumption, publishing), [`checkpoint`] (where an unfinished
+//! the parts it drives: `link` (which result links are followed), `copy` (the streaming
+//! engine: parts, fresh links and resumption, publishing), `checkpoint` (where an unfinished
 //! copy stands, saved between invocations).
 
 mod checkpoint;
