@@ -122,6 +122,8 @@ names! {
         UnknownRun = "unknown_run",
         UnreadableRun = "unreadable_run",
         UnknownRecord = "unknown_record",
+        /// A stored command record (or other record) that does not parse.
+        UnreadableRecord = "unreadable_record",
         UnknownCommand = "unknown_command",
         /// A poll or collect job naming another action than its run's.
         ActionMismatch = "action_mismatch",

@@ -23,6 +23,21 @@ use crate::secret::Secret;
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
 
+/// How a record that cannot be read says so: retrying will not make it readable.
+const UNREADABLE: &str = "unreadable record: ";
+
+impl StoreError {
+    /// A stored record that does not parse (`key`, and why).
+    pub fn unreadable(key: &str, why: impl std::fmt::Display) -> Self {
+        Self(format!("{UNREADABLE}{key}: {why}"))
+    }
+
+    /// Whether this is a record that cannot be read (not a failure worth retrying).
+    pub fn is_unreadable(&self) -> bool {
+        self.0.starts_with(UNREADABLE)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
     Always,

@@ -86,8 +86,18 @@ pub enum StageError {
 }
 
 impl From<StoreError> for StageError {
+    /// S3 failing is worth retrying; a record that does not parse will not parse on the next
+    /// delivery either: the message goes to the dead-letter queue with the reason, for an operator
+    /// to repair the record and re-drive it.
     fn from(e: StoreError) -> Self {
-        Self::Retry(e.to_string())
+        if e.is_unreadable() {
+            Self::Reject {
+                code: RejectCode::UnreadableRecord,
+                reason: e.0,
+            }
+        } else {
+            Self::Retry(e.to_string())
+        }
     }
 }
 
@@ -382,4 +392,38 @@ pub(crate) async fn open_run<J: Job, S: ObjectStore>(
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::MemStore;
+    use crate::clock::ManualClock;
+    use crate::ports::Put;
+    use crate::store::{CommandRecord, command_key};
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_refused_with_its_key_not_retried() {
+        let store = MemStore::default();
+        let run = RunId::derive("t", "corrupt", "m", "p");
+        let key = command_key(&run, 0);
+        store
+            .put(&key, b"{\"v\": 1, \"index\":".to_vec(), Put::Always)
+            .await
+            .unwrap();
+        let clock = ManualClock::at(time::OffsetDateTime::UNIX_EPOCH);
+        let claimed =
+            claim::<_, CommandRecord, _>(&store, &key, ("m-1", None), &clock, |_| true).await;
+        match claimed {
+            Err(StageError::Reject { code, reason }) => {
+                assert_eq!(code, RejectCode::UnreadableRecord);
+                assert!(reason.contains(&key), "{reason}");
+            }
+            Err(other) => panic!("expected a rejection naming {key}, got {other}"),
+            Ok(_) => panic!("expected a rejection naming {key}, got a claim"),
+        }
+        // A store that fails is still worth retrying.
+        let e: StageError = StoreError("s3 timed out".into()).into();
+        assert!(matches!(e, StageError::Retry(_)));
+    }
 }
