@@ -14,12 +14,11 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use super::Sim;
 use super::auth::client_of;
 use super::commands::parse_commands;
 use super::filter::{matches, parse_filter};
-use super::reply::{bad_request, json_body, json_response, not_found};
-use super::routes::query_of;
+use super::reply::{bad_request, json_body, json_response, not_found, query_of};
+use super::sim::Sim;
 use super::state::State;
 use crate::action::{Action, Cancellation, CommandStatus, CommandType, Status, Submission};
 

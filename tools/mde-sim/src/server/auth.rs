@@ -14,8 +14,8 @@ use axum::response::Response;
 use serde_json::json;
 use time::Duration;
 
-use super::Sim;
 use super::reply::{api_error, json_response, oauth_error};
+use super::sim::Sim;
 
 /// The API client `guarded` authorised for this request: an index into the configured clients.
 #[derive(Clone, Copy)]

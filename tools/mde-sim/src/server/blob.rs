@@ -17,10 +17,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
-use super::Sim;
-use super::reply::azure_error;
-use super::routes::query_of;
-use super::state::State;
+use super::reply::{azure_error, query_of};
+use super::sim::Sim;
+use super::state::{Link, State};
 use crate::action::ResultBody;
 use crate::clock::format_se;
 use crate::content::GzipPackage;
@@ -29,14 +28,6 @@ const BLOB_CONTAINER: &str = "investigation-actions-data";
 /// The storage service version a link is signed for (`sv`).
 const SAS_VERSION: &str = "2019-07-07";
 const CHUNK: usize = 256 * 1024;
-
-/// What an issued link opens.
-pub(super) struct Link {
-    action_id: String,
-    index: usize,
-    /// Set when the link was chosen to stop working before its `se`.
-    dies_at: Option<OffsetDateTime>,
-}
 
 impl Sim {
     fn sign(&self, path: &str, se: &str) -> String {

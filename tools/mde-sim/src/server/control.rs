@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::Duration;
 
-use super::Sim;
 use super::reply::{api_error, bad_request, json_response};
+use super::sim::Sim;
 use crate::clock::format_ts;
 use crate::config::Faults;
 

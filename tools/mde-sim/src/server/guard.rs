@@ -16,9 +16,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::{Duration, OffsetDateTime};
 
-use super::Sim;
 use super::auth::ClientIndex;
 use super::reply::api_error;
+use super::sim::Sim;
 use super::state::State;
 use crate::limits::SlidingWindow;
 

@@ -1,11 +1,12 @@
-//! The live response library: the files a PutFile or RunScript can name. Seeded from the config's
-//! scripts and `library_files`; over the API, list (`GET /api/libraryfiles`), upload (multipart,
-//! hashed as it streams, within the API's size limit; `OverrideIfExists` to replace) and delete.
+//! The live response library over the API: the files a PutFile or RunScript can name, seeded from
+//! the config's scripts and `library_files` (the records and the seeding are in `state`); list
+//! (`GET /api/libraryfiles`), upload (multipart, hashed as it streams, within the API's size limit;
+//! `OverrideIfExists` to replace) and delete.
 //!
-//! Separate because it is its own API family (its own fault key) and its own state, which
-//! submissions only read (does the named file exist?).
+//! Separate because it is its own API family (its own fault key) and the only one that changes the
+//! library, which submissions only read (does the named file exist?).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, Multipart, Request};
@@ -13,60 +14,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
-use super::Sim;
 use super::auth::client_of;
 use super::reply::{bad_request, json_response, not_found};
+use super::sim::Sim;
+use super::state::LibraryFile;
 use crate::clock::format_ts;
-use crate::config::{SimConfig, valid_library_name};
-
-#[derive(Clone)]
-pub(super) struct LibraryFile {
-    sha256: String,
-    description: String,
-    parameters_description: String,
-    has_parameters: bool,
-    created: OffsetDateTime,
-    updated: OffsetDateTime,
-    created_by: String,
-}
-
-/// Lower-case name -> (name as uploaded, file).
-pub(super) type Library = BTreeMap<String, (String, LibraryFile)>;
-
-/// The library a fresh (or reset) simulator starts with: the configured scripts and library files.
-pub(super) fn seeded(config: &SimConfig, now: OffsetDateTime) -> Library {
-    let mut library = BTreeMap::new();
-    let seeded = config
-        .scripts
-        .iter()
-        .map(|s| (s.name.clone(), s.description.clone(), s.has_parameters))
-        .chain(
-            config
-                .library_files
-                .iter()
-                .map(|n| (n.clone(), String::new(), false)),
-        );
-    for (name, description, has_parameters) in seeded {
-        library.insert(
-            name.to_ascii_lowercase(),
-            (
-                name.clone(),
-                LibraryFile {
-                    sha256: hex::encode(Sha256::digest(name.as_bytes())),
-                    description,
-                    parameters_description: String::new(),
-                    has_parameters,
-                    created: now,
-                    updated: now,
-                    created_by: "mde-sim".into(),
-                },
-            ),
-        );
-    }
-    library
-}
+use crate::config::valid_library_name;
 
 fn library_entity(name: &str, f: &LibraryFile) -> Value {
     json!({

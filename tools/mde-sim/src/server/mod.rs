@@ -1,8 +1,7 @@
 //! The HTTP side: one listener serving the login, API, blob and `/sim` control paths.
 //!
 //! This module holds the running server (`SimServer`: start, shutdown and the calls tests make on
-//! it directly) and `Sim`, what every handler shares: the config, the simulated clock, the state
-//! behind one lock and the key that signs result links. Each API family has its own module:
+//! it directly). Each API family has its own module, and they stand on what they all share:
 //!
 //! - `routes`: the route table, the endpoint names, the call counts
 //! - `guard`: what a call passes before its handler: injected faults, the bearer, the limits
@@ -13,8 +12,13 @@
 //! - `library`: the live response library (list, upload, delete)
 //! - `blob`: result links (issued and checked) and the download itself (Range, HEAD, cuts)
 //! - `control`: the `/sim/*` endpoints
+//! - `sim`: `Sim`, what every handler shares: the config, the clock, the state behind one lock
 //! - `state`: what the simulator remembers between requests, and its `Stats`
-//! - `reply`: how each service answers an error (API, login, storage)
+//! - `reply`: how each service answers an error (API, login, storage), and reading a request
+//!
+//! The imports run one way, down: this module starts `routes`; `routes` names the handlers and
+//! `guard`; they stand on `sim`, `sim` on `state`; `reply`, `filter` and `state` import nothing of
+//! the server.
 
 // Handlers pass ready-made error responses up; boxing them would only add noise.
 #![allow(clippy::result_large_err)]
@@ -29,10 +33,11 @@ mod guard;
 mod library;
 mod reply;
 mod routes;
+mod sim;
 mod state;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -41,18 +46,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::clock::SimClock;
 use crate::config::{Faults, SimConfig};
+use sim::Sim;
 use state::State;
 pub use state::Stats;
-
-pub(crate) struct Sim {
-    config: SimConfig,
-    clock: SimClock,
-    state: Mutex<State>,
-    /// Signs result links (see `blob`).
-    key: [u8; 32],
-    api_base: String,
-    blob_base: String,
-}
 
 /// A running simulator. Dropping it stops the server.
 pub struct SimServer {
@@ -168,40 +164,5 @@ impl Drop for SimServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-    }
-}
-
-impl Sim {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Forgets actions, links, library changes and statistics; keeps tokens, clients and faults.
-    fn reset(&self) {
-        let mut st = self.lock();
-        let tokens = std::mem::take(&mut st.tokens);
-        let clients = std::mem::take(&mut st.clients);
-        let issued = std::mem::take(&mut st.issued);
-        let faults = st.faults.clone();
-        *st = State::new(&self.config, self.clock.now());
-        st.tokens = tokens;
-        st.clients = clients;
-        st.issued = issued;
-        st.set_faults(faults);
-    }
-
-    /// Every action created, as the API shows it now.
-    fn action_entities(&self) -> Vec<Value> {
-        let now = self.clock.now();
-        self.lock().actions.iter().map(|a| a.entity(now)).collect()
-    }
-
-    /// The `requestor` the API records for the client at `client` (see `auth::client_of`).
-    fn requestor(&self, client: usize) -> String {
-        self.config
-            .clients
-            .get(client)
-            .map(|c| c.requestor.clone())
-            .unwrap_or_default()
     }
 }

@@ -1,9 +1,11 @@
 //! How each of the three services the simulator plays answers: the Defender API's JSON error
 //! (`{"error": {"code", "message", "target"}}`), the login service's OAuth error, and Azure
-//! Storage's XML error with `x-ms-error-code`; plus reading a JSON request body.
+//! Storage's XML error with `x-ms-error-code`; plus reading a request's JSON body and query string.
 //!
 //! Separate so that every handler spells an error the same way and a client under test sees the
-//! shapes the real services send.
+//! shapes the real services send, and so that every handler reads a request the same way.
+
+use std::collections::HashMap;
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -71,4 +73,11 @@ pub(super) async fn json_body(req: Request, limit: usize) -> Result<Value, Respo
             &format!("Request body is not valid JSON: {e}"),
         )
     })
+}
+
+/// A request's query string as name -> value (decoded; the last of a repeated name wins).
+pub(super) fn query_of(req: &Request) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }

@@ -5,14 +5,12 @@
 //! Separate so that the whole API surface can be read in one place, and the names endpoints go by
 //! (in `Stats`, in `[faults.endpoints]`) are given in one place.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State as AxState};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
-use super::Sim;
 use super::actions::{cancel, get_action, list_actions, result_link, submit};
 use super::auth::token;
 use super::blob::blob;
@@ -20,6 +18,7 @@ use super::control::control;
 use super::guard::{Handler, guarded, handler};
 use super::library::{library_delete, library_list, library_upload};
 use super::reply::api_error;
+use super::sim::Sim;
 
 enum Route {
     /// A login or API call: faults under `fault_key`, then the bearer (not for the token
@@ -177,11 +176,4 @@ fn decode_segment(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// A request's query string as name -> value (decoded; the last of a repeated name wins).
-pub(super) fn query_of(req: &Request) -> HashMap<String, String> {
-    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
 }

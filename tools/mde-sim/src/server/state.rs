@@ -1,16 +1,17 @@
 //! What the simulator remembers between requests: clients and tokens, actions, issued links, the
-//! library, the limit windows, the fault dice, and the `Stats` tests and benchmarks read.
+//! library, the limit windows, the fault dice, and the `Stats` tests and benchmarks read; with the
+//! records it keeps of an issued link (`Link`) and of a library file (`LibraryFile`).
 //!
 //! Separate from the handlers so that one struct lists everything one lock guards; each API family
-//! reads and writes its own fields.
+//! reads and writes its own fields (`blob` issues and opens links, `library` lists and changes the
+//! library).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use super::blob::Link;
-use super::library::{self, Library};
 use crate::action::Action;
 use crate::config::{Client, Faults, SimConfig};
 use crate::content::FileContent;
@@ -75,7 +76,7 @@ impl State {
             submit_window: SlidingWindow::new(Duration::minutes(1), l.submissions_per_minute),
             submit_calls: SlidingWindow::new(Duration::minutes(1), u32::MAX),
             get_windows: HashMap::new(),
-            library: library::seeded(config, now),
+            library: seeded_library(config, now),
             crc_cache: HashMap::new(),
             rng: SeededRng::new(config.faults.seed),
             faults: config.faults.clone(),
@@ -102,4 +103,60 @@ impl State {
             .get(&id.to_ascii_lowercase())
             .and_then(|i| self.actions.get(*i))
     }
+}
+
+/// What an issued link opens.
+pub(super) struct Link {
+    pub(super) action_id: String,
+    pub(super) index: usize,
+    /// Set when the link was chosen to stop working before its `se`.
+    pub(super) dies_at: Option<OffsetDateTime>,
+}
+
+/// A file in the live response library (the API's view of it: `library::library_entity`).
+#[derive(Clone)]
+pub(super) struct LibraryFile {
+    pub(super) sha256: String,
+    pub(super) description: String,
+    pub(super) parameters_description: String,
+    pub(super) has_parameters: bool,
+    pub(super) created: OffsetDateTime,
+    pub(super) updated: OffsetDateTime,
+    pub(super) created_by: String,
+}
+
+/// Lower-case name -> (name as uploaded, file).
+pub(super) type Library = BTreeMap<String, (String, LibraryFile)>;
+
+/// The library a fresh (or reset) simulator starts with: the configured scripts and library files.
+fn seeded_library(config: &SimConfig, now: OffsetDateTime) -> Library {
+    let mut library = BTreeMap::new();
+    let seeded = config
+        .scripts
+        .iter()
+        .map(|s| (s.name.clone(), s.description.clone(), s.has_parameters))
+        .chain(
+            config
+                .library_files
+                .iter()
+                .map(|n| (n.clone(), String::new(), false)),
+        );
+    for (name, description, has_parameters) in seeded {
+        library.insert(
+            name.to_ascii_lowercase(),
+            (
+                name.clone(),
+                LibraryFile {
+                    sha256: hex::encode(Sha256::digest(name.as_bytes())),
+                    description,
+                    parameters_description: String::new(),
+                    has_parameters,
+                    created: now,
+                    updated: now,
+                    created_by: "mde-sim".into(),
+                },
+            ),
+        );
+    }
+    library
 }
