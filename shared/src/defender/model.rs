@@ -193,6 +193,8 @@ pub struct ActionFilter {
     pub status: Option<ActionStatus>,
     pub requestor: Option<String>,
     pub live_response_only: bool,
+    /// Only actions created at or after this time.
+    pub created_since: Option<time::OffsetDateTime>,
 }
 
 impl ActionFilter {
@@ -211,6 +213,16 @@ impl ActionFilter {
         }
         if self.live_response_only {
             terms.push("type eq 'LiveResponse'".into());
+        }
+        if let Some(t) = self.created_since {
+            // An OData DateTimeOffset literal is written bare: 2026-11-29T23:00:00Z.
+            let t = t
+                .to_offset(time::UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()?;
+            terms.push(format!("creationDateTimeUtc ge {t}"));
         }
         (!terms.is_empty()).then(|| terms.join(" and "))
     }
@@ -304,6 +316,7 @@ mod tests {
             status: Some(ActionStatus::Pending),
             requestor: Some("o'brien".into()),
             live_response_only: true,
+            created_since: None,
         };
         assert_eq!(
             f.to_odata().unwrap(),
@@ -313,5 +326,13 @@ mod tests {
             )
         );
         assert_eq!(ActionFilter::default().to_odata(), None);
+        let since = ActionFilter {
+            created_since: Some(time::macros::datetime!(2026-11-29 23:00:00.123 +01:00)),
+            ..ActionFilter::default()
+        };
+        assert_eq!(
+            since.to_odata().as_deref(),
+            Some("creationDateTimeUtc ge 2026-11-29T22:00:00Z")
+        );
     }
 }

@@ -57,9 +57,13 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     // An earlier attempt may have reached Defender before its answer was lost: look first, and
     // before the deadline check, so that a live action is never left uncollected.
     if run.state == RunState::Submitting {
+        // Only actions since the run was recorded (less a margin for clocks): an earlier
+        // submission of this run cannot be older, and a device's long history cannot push it
+        // out of the page.
         let filter = ActionFilter {
             machine_id: Some(run.machine_id.clone()),
             live_response_only: true,
+            created_since: Some(run.created_at - time::Duration::minutes(10)),
             ..ActionFilter::default()
         };
         let listed = match budget::get_call(store, &cfg.budget, clock, || {

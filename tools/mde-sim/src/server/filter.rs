@@ -1,23 +1,44 @@
 //! The OData `$filter` subset `GET /api/machineactions` accepts: clauses `field eq 'value'` on
-//! `id`, `status`, `machineId`, `type` and `requestor`, joined by `and` (binds tighter) and `or`,
-//! with `''` for a quote inside a value; values compare without regard to case.
+//! `id`, `status`, `machineId`, `type` and `requestor`, and `creationDateTimeUtc` compared with
+//! `eq`, `ge`, `gt`, `le` or `lt` to a bare date-time (`2026-11-29T23:00:00Z`), joined by `and`
+//! (binds tighter) and `or`, with `''` for a quote inside a value; strings compare without regard
+//! to case.
 //!
 //! Separate because it is a small parser with its own tests, and nothing else in the list handler
 //! needs to know OData.
 
 use serde_json::Value;
 
-/// A parsed filter: any of the alternatives, each all of its `(field, value)` clauses.
-pub(super) type Filter = Vec<Vec<(String, String)>>;
+/// One clause: a string field equal to a value, or the creation time compared to an instant.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Clause {
+    Eq(String, String),
+    Created(std::cmp::Ordering, bool, time::OffsetDateTime),
+}
+
+/// A parsed filter: any of the alternatives, each all of its clauses.
+pub(super) type Filter = Vec<Vec<Clause>>;
+
+fn instant(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
 
 /// Whether an action entity passes `filter`.
 pub(super) fn matches(filter: &Filter, entity: &Value) -> bool {
     filter.iter().any(|all| {
-        all.iter().all(|(field, want)| {
-            entity
+        all.iter().all(|clause| match clause {
+            Clause::Eq(field, want) => entity
                 .get(field)
                 .and_then(Value::as_str)
-                .is_some_and(|got| got.eq_ignore_ascii_case(want))
+                .is_some_and(|got| got.eq_ignore_ascii_case(want)),
+            Clause::Created(order, or_equal, at) => entity
+                .get("creationDateTimeUtc")
+                .and_then(Value::as_str)
+                .and_then(instant)
+                .is_some_and(|created| {
+                    let o = created.cmp(at);
+                    o == *order || (*or_equal && o == std::cmp::Ordering::Equal)
+                }),
         })
     })
 }
@@ -34,10 +55,26 @@ pub(super) fn parse_filter(filter: &str) -> Result<Filter, String> {
             else {
                 return Err(format!("cannot parse filter clause '{clause}'"));
             };
+            let value = value.trim();
+            if field.eq_ignore_ascii_case("creationDateTimeUtc") {
+                use std::cmp::Ordering::{Equal, Greater, Less};
+                let (order, or_equal) = match op.to_ascii_lowercase().as_str() {
+                    "eq" => (Equal, true),
+                    "ge" => (Greater, true),
+                    "gt" => (Greater, false),
+                    "le" => (Less, true),
+                    "lt" => (Less, false),
+                    other => return Err(format!("operator '{other}' is not supported")),
+                };
+                let at = instant(value).ok_or_else(|| {
+                    format!("'{value}' is not a date-time (2026-01-01T00:00:00Z)")
+                })?;
+                all.push(Clause::Created(order, or_equal, at));
+                continue;
+            }
             if !op.eq_ignore_ascii_case("eq") {
                 return Err(format!("operator '{op}' is not supported (only eq)"));
             }
-            let value = value.trim();
             let value = value
                 .strip_prefix('\'')
                 .and_then(|v| v.strip_suffix('\''))
@@ -50,7 +87,7 @@ pub(super) fn parse_filter(filter: &str) -> Result<Filter, String> {
                 "requestor" => "requestor",
                 other => return Err(format!("cannot filter on '{other}'")),
             };
-            all.push((field.to_string(), value.replace("''", "'")));
+            all.push(Clause::Eq(field.to_string(), value.replace("''", "'")));
         }
         any.push(all);
     }
@@ -101,13 +138,32 @@ mod tests {
         assert_eq!(
             f[0],
             vec![
-                ("machineId".into(), "abc".into()),
-                ("status".into(), "Pending".into())
+                Clause::Eq("machineId".into(), "abc".into()),
+                Clause::Eq("status".into(), "Pending".into())
             ]
         );
         assert!(parse_filter("machineId gt 'a'").is_err());
         assert!(parse_filter("foo eq 'a'").is_err());
         let q = parse_filter("requestor eq 'a or b'").unwrap();
-        assert_eq!(q, vec![vec![("requestor".into(), "a or b".into())]]);
+        assert_eq!(
+            q,
+            vec![vec![Clause::Eq("requestor".into(), "a or b".into())]]
+        );
+    }
+
+    #[test]
+    fn creation_time_compares_as_an_instant() {
+        let f =
+            parse_filter("type eq 'LiveResponse' and creationDateTimeUtc ge 2026-11-29T23:00:00Z")
+                .unwrap();
+        let at = |t: &str| serde_json::json!({"type": "LiveResponse", "creationDateTimeUtc": t});
+        assert!(matches(&f, &at("2026-11-29T23:00:00Z")));
+        assert!(matches(&f, &at("2026-11-29T23:00:00.5Z")));
+        assert!(!matches(&f, &at("2026-11-29T22:59:59.9Z")));
+        let lt = parse_filter("creationDateTimeUtc lt 2026-11-29T23:00:00Z").unwrap();
+        assert!(matches(&lt, &at("2026-11-29T22:00:00Z")));
+        assert!(!matches(&lt, &at("2026-11-29T23:00:00Z")));
+        assert!(parse_filter("creationDateTimeUtc ge yesterday").is_err());
+        assert!(parse_filter("creationDateTimeUtc ne 2026-11-29T23:00:00Z").is_err());
     }
 }
