@@ -210,7 +210,7 @@ pub(crate) async fn end_run<S: ObjectStore>(
         create_command(store, run_id, &rec).await?;
     }
     budget::release_session(store, budget_cfg, clock, run_id).await?;
-    finish_run_if_complete(store, run_id).await?;
+    finish_run_if_complete(store, run_id, clock).await?;
     Ok(run)
 }
 
@@ -349,7 +349,7 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
             .await?;
         }
         RunState::Collecting | RunState::Completed => {
-            finish_run_if_complete(store, &run.run_id).await?;
+            finish_run_if_complete(store, &run.run_id, clock).await?;
         }
         RunState::Received | RunState::Submitting | RunState::Submitted => {}
     }

@@ -364,7 +364,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         .await?;
         // The session is over: its slot in the tenant's budget is free again.
         budget::release_session(store, &self.cfg.budget, self.clock, &run.run_id).await?;
-        finish_run_if_complete(store, &run.run_id).await?;
+        finish_run_if_complete(store, &run.run_id, self.clock).await?;
         Ok(Done::new(
             &run.run_id,
             Outcome::Ended,

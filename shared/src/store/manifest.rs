@@ -9,6 +9,7 @@ use super::keys::manifest_key;
 use super::run::{RunOutcome, RunState, load_run, update_run};
 use super::{RECORD_VERSION, json};
 use crate::alerts::Alert;
+use crate::clock::Clock;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, MachineId};
 use crate::ids::RunId;
@@ -60,6 +61,7 @@ pub struct ManifestAction {
 pub async fn finish_run_if_complete<S: ObjectStore>(
     store: &S,
     run_id: &RunId,
+    clock: &dyn Clock,
 ) -> Result<bool, StoreError> {
     let Some((run, _)) = load_run(store, run_id).await? else {
         return Ok(false);
@@ -78,7 +80,7 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
             _ => return Ok(false),
         }
     }
-    let now = OffsetDateTime::now_utc();
+    let now = clock.now();
     let final_state = if run.state == RunState::Failed {
         RunState::Failed
     } else {

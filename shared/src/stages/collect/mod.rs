@@ -71,7 +71,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             ));
         }
         Claimed::Idle(rec) => {
-            finish_run_if_complete(store, &run_id).await?;
+            finish_run_if_complete(store, &run_id, clock).await?;
             return Ok(Done::new(
                 &run_id,
                 Outcome::Duplicate,
@@ -199,8 +199,8 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
             // lifecycle rule removes staging objects a crash leaves here).
             cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
-            let manifest = finish_run_if_complete(store, &run_id).await?;
-            let time_to_evidence = (OffsetDateTime::now_utc() - run.created_at).as_seconds_f64();
+            let manifest = finish_run_if_complete(store, &run_id, clock).await?;
+            let time_to_evidence = (clock.now() - run.created_at).as_seconds_f64();
             let done = Done::new(
                 &run_id,
                 Outcome::Collected,
@@ -341,7 +341,7 @@ impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
             // An unfinished copy of this command is abandoned with it.
             discard_checkpoint(store, &run.run_id, job.index).await?;
         }
-        finish_run_if_complete(store, &run.run_id).await?;
+        finish_run_if_complete(store, &run.run_id, self.clock).await?;
         Ok(())
     }
 }
