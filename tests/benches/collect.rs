@@ -1,7 +1,7 @@
 //! Collect's throughput and memory: a GetFile package of 100 MiB and of 1 GiB streamed from the
 //! simulator into moto's S3 through the real collect stage. Prints numbers; asserts nothing.
 //! Needs moto: `./dev moto` in another shell, then
-//! `LR_MOTO_ENDPOINT=... cargo bench -p tests --bench collect` (LR_BENCH_MIB=100,1024 by default).
+//! `LR_MOTO_ENDPOINT=... cargo bench -p testkit --bench collect` (LR_BENCH_MIB=100,1024 by default).
 
 use std::time::Instant;
 
@@ -9,13 +9,14 @@ use mde_sim::{Device, DeviceFile, SimConfig};
 use shared::adapters::http::HttpFetch;
 use shared::adapters::s3::S3Store;
 use shared::adapters::sqs::SqsQueue;
-use shared::defender::{Command, LiveResponseRequest, MachineId};
-use shared::messages::{CollectJob, MESSAGE_VERSION, encode};
-use shared::ports::{ObjectStore, Put};
-use shared::retry::Backoff;
+use shared::defender::Command;
+use shared::messages::encode;
 use shared::stages::settings::CollectConfig;
-use shared::store::run_key;
-use tests::*;
+use testkit::alerts::run_id;
+use testkit::aws::{aws, unique};
+use testkit::configs::collect_config;
+use testkit::records::{collect_job, seed_collecting_run};
+use testkit::sim::{client, finished_action, machine, machine_id, start_sim};
 
 const PATH: &str = "D:\\cases\\disk-image.bin";
 
@@ -47,7 +48,7 @@ async fn main() {
         .iter()
         .enumerate()
         .map(|(i, mib)| Device {
-            machine_id: format!("{:040x}", 0xbe0000 + i),
+            machine_id: machine(0xbe0000, i),
             files: vec![DeviceFile {
                 path: PATH.into(),
                 size: mib << 20,
@@ -79,21 +80,13 @@ async fn main() {
         .to_string();
     let cfg = CollectConfig {
         bucket: bucket.clone(),
-        budget: shared::budget::BudgetConfig::from_env(
-            &std::collections::HashMap::<&str, &str>::new(),
-        )
-        .unwrap(),
         collect_queue_url: queue_url.clone(),
         dead_letter_queue_url: queue_url,
-        allowed_hosts: vec!["127.0.0.1".into()],
         part_size_min: 8 << 20,
         max_attempts: 1,
-        retry: Backoff {
-            base: std::time::Duration::from_secs(1),
-            cap: std::time::Duration::from_secs(1),
-        },
         download_timeout: std::time::Duration::from_secs(60),
         time_budget: std::time::Duration::from_secs(870),
+        ..collect_config()
     };
     let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
     let queue = SqsQueue::new(sqs);
@@ -103,51 +96,20 @@ async fn main() {
     );
     println!("baseline RSS {:.1} MiB", rss_kib("VmRSS:") as f64 / 1024.0);
     for (device, mib) in devices.iter().zip(&sizes) {
-        let machine = MachineId::parse(&device.machine_id).unwrap();
+        let machine = machine_id(&device.machine_id);
         let commands = vec![Command::get_file(PATH)];
-        let action = defender
-            .run_live_response(
-                &machine,
-                &LiveResponseRequest {
-                    commands: commands.clone(),
-                    comment: "bench".into(),
-                },
-            )
-            .await
-            .unwrap();
-        sim.advance(time::Duration::seconds(60));
+        let action = finished_action(&sim, &defender, &machine, &commands, "bench").await;
         let run_id = run_id("native", &format!("bench-{mib}"), machine.as_str(), "bench");
-        let record = collecting_run(
+        seed_collecting_run(
+            &store,
             &run_id,
             &format!("bench-{mib}"),
             &machine,
-            commands.clone(),
-            &action.id,
-        );
-        store
-            .put(
-                &run_key(&run_id),
-                serde_json::to_vec(&record).unwrap(),
-                Put::Always,
-            )
-            .await
-            .unwrap();
-        shared::store::put_command(
-            &store,
-            &run_id,
-            &tests::collecting_command(0, commands[0].clone()),
+            &commands,
+            &action,
         )
-        .await
-        .unwrap();
-        let job = CollectJob {
-            v: MESSAGE_VERSION,
-            run_id: run_id.clone(),
-            action_id: action.id.clone(),
-            index: 0,
-            attempt: 0,
-            link_errors: 0,
-            prev: None,
-        };
+        .await;
+        let job = collect_job(&run_id, &action, 0);
         let started = Instant::now();
         let done = shared::stages::collect::handle(
             &cfg,

@@ -12,6 +12,9 @@ use shared::budget::{
 use shared::clock::{Clock, ManualClock};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
+use testkit::records::{collecting_run, put_run};
+use testkit::seeded::{Rng, seed_from_env};
+use testkit::sim::machine_id;
 
 fn cfg() -> BudgetConfig {
     BudgetConfig {
@@ -182,13 +185,13 @@ async fn concurrent_delayed_calls_never_exceed_the_limit_where_defender_counts()
         ..cfg()
     };
     let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seed = tests::seed_from_env("BUDGET_SEED");
+    let seed = seed_from_env("BUDGET_SEED");
     println!("seed {seed} (BUDGET_SEED={seed} replays the delays)");
     let mut tasks = Vec::new();
     for worker in 0..8u64 {
         let (store, clock, arrivals) = (store.clone(), clock.clone(), arrivals.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = tests::Rng::new(seed ^ worker);
+            let mut rng = Rng::new(seed ^ worker);
             let mut made = 0;
             while made < 6 {
                 let delay = Duration::from_millis(rng.below(120));
@@ -250,11 +253,11 @@ async fn an_unreadable_budget_is_kept_aside_and_replaced_by_a_conservative_one()
 /// submission for three days.
 #[tokio::test]
 async fn a_full_session_cap_gives_back_sessions_of_runs_that_moved_on() {
-    use shared::store::{RunState, run_key};
+    use shared::store::RunState;
     let store = MemStore::default();
     let clock = ManualClock::at(t0());
     let cfg = cfg();
-    let machine = shared::defender::MachineId::parse(&"a".repeat(40)).unwrap();
+    let machine = machine_id(&"a".repeat(40));
     let action = shared::defender::ActionId::parse("00000000-0000-0000-0000-000000000001").unwrap();
     for (n, state) in [
         (1, RunState::Completed),
@@ -262,17 +265,10 @@ async fn a_full_session_cap_gives_back_sessions_of_runs_that_moved_on() {
         (3, RunState::Submitting),
         (4, RunState::Received),
     ] {
-        let mut rec = tests::collecting_run(&run(n), &format!("a{n}"), &machine, vec![], &action);
+        let mut rec = collecting_run(&run(n), &format!("a{n}"), &machine, vec![], &action);
         rec.state = state;
         rec.chain.hold("m", t0());
-        store
-            .put(
-                &run_key(&run(n)),
-                serde_json::to_vec(&rec).unwrap(),
-                Put::Always,
-            )
-            .await
-            .unwrap();
+        put_run(&store, &rec).await;
     }
     assert_eq!(submit_at(&store, &clock, 1, 0).await, None);
     assert_eq!(submit_at(&store, &clock, 2, 0).await, None);

@@ -7,19 +7,20 @@ use mde_sim::{EndpointFaults, Faults};
 use shared::adapters::secrets::SecretsManagerCredentials;
 use shared::defender::{
     ActionFilter, ActionStatus, Command, CommandStatus, CommandType, DefenderError, LibraryUpload,
-    LiveResponseRequest, MachineId, Next, StaticCredentials, Transcript,
+    LiveResponseRequest, Next, StaticCredentials, Transcript,
 };
-use tests::*;
+use testkit::aws::{aws, unique};
+use testkit::content::expected_file;
+use testkit::sim::{
+    FILE, M1, M2, SCOPE, client, client_with, download, machine_id, sim_config, sim_credentials,
+    start_sim,
+};
 
 fn request(commands: Vec<Command>) -> LiveResponseRequest {
     LiveResponseRequest {
         commands,
         comment: "integration test".into(),
     }
-}
-
-fn m(id: &str) -> MachineId {
-    MachineId::parse(id).unwrap()
 }
 
 #[tokio::test]
@@ -30,7 +31,7 @@ async fn every_endpoint_round_trips() {
 
     let action = client
         .run_live_response(
-            &m(M1),
+            &machine_id(M1),
             &request(vec![
                 Command::run_script("triage.ps1", Some("-Full")),
                 Command::get_file(FILE),
@@ -39,7 +40,7 @@ async fn every_endpoint_round_trips() {
         .await
         .unwrap();
     assert_eq!(action.status, ActionStatus::Pending);
-    assert_eq!(action.machine_id, m(M1));
+    assert_eq!(action.machine_id, machine_id(M1));
     assert_eq!(action.commands.len(), 2);
     assert_eq!(action.commands[1].command_status, CommandStatus::Created);
     assert_eq!(
@@ -53,7 +54,7 @@ async fn every_endpoint_round_trips() {
     let listed = client
         .list_machine_actions(
             &ActionFilter {
-                machine_id: Some(m(M1)),
+                machine_id: Some(machine_id(M1)),
                 live_response_only: true,
                 ..ActionFilter::default()
             },
@@ -69,7 +70,7 @@ async fn every_endpoint_round_trips() {
     let none = client
         .list_machine_actions(
             &ActionFilter {
-                machine_id: Some(m(M2)),
+                machine_id: Some(machine_id(M2)),
                 ..ActionFilter::default()
             },
             None,
@@ -86,23 +87,13 @@ async fn every_endpoint_round_trips() {
     let link = client.result_download_link(&done.id, 0).await.unwrap();
     let expiry = link.expires_at.expect("se parsed");
     assert!(expiry > sim.now() + time::Duration::minutes(29));
-    let body = reqwest::get(link.url.expose())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = download(&link).await;
     let t: Transcript = serde_json::from_slice(&body).unwrap();
     assert_eq!(t.exit_code, Some(0));
     assert_eq!(t.script_output, "triage of host-1e5bc9.test");
 
     let link = client.result_download_link(&done.id, 1).await.unwrap();
-    let gz = reqwest::get(link.url.expose())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let gz = download(&link).await;
     let mut file = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut file)
@@ -111,7 +102,7 @@ async fn every_endpoint_round_trips() {
 
     // Cancel a session that is still pending.
     let other = client
-        .run_live_response(&m(M2), &request(vec![Command::get_file(FILE)]))
+        .run_live_response(&machine_id(M2), &request(vec![Command::get_file(FILE)]))
         .await
         .unwrap();
     let cancelled = client
@@ -162,7 +153,7 @@ async fn error_classes_tell_the_caller_what_to_do() {
 
     let err = client
         .run_live_response(
-            &m("ffffffffffffffffffffffffffffffffffffffff"),
+            &machine_id("ffffffffffffffffffffffffffffffffffffffff"),
             &request(vec![Command::get_file(FILE)]),
         )
         .await
@@ -174,11 +165,11 @@ async fn error_classes_tell_the_caller_what_to_do() {
     assert_eq!(err.next(), Next::GiveUp);
 
     let first = client
-        .run_live_response(&m(M1), &request(vec![Command::get_file(FILE)]))
+        .run_live_response(&machine_id(M1), &request(vec![Command::get_file(FILE)]))
         .await
         .unwrap();
     let err = client
-        .run_live_response(&m(M1), &request(vec![Command::get_file(FILE)]))
+        .run_live_response(&machine_id(M1), &request(vec![Command::get_file(FILE)]))
         .await
         .unwrap_err();
     assert!(matches!(err, DefenderError::DeviceBusy { .. }), "{err}");
@@ -397,7 +388,7 @@ async fn put_file_commands_have_no_result() {
     let client = client(&sim, &config);
     let a = client
         .run_live_response(
-            &m(M1),
+            &machine_id(M1),
             &request(vec![
                 Command::put_file("triage.ps1"),
                 Command::run_script("triage.ps1", None),

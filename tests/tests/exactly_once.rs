@@ -4,7 +4,6 @@
 
 use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
-use shared::budget::BudgetConfig;
 use shared::defender::{
     ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
     MachineId,
@@ -12,10 +11,12 @@ use shared::defender::{
 use shared::messages::Delivery;
 use shared::ports::Defender;
 use shared::retry::Backoff;
-use shared::stages::settings::{IntakeConfig, SubmitConfig};
+use shared::stages::settings::SubmitConfig;
 use shared::store::{RunState, load_run};
 use std::time::Duration;
-use tests::*;
+use testkit::alerts::native_alert;
+use testkit::configs::{intake_config, submit_config};
+use testkit::sim::{FILE, M1, client, sim_config, start_sim};
 
 /// Passes every call through, but loses the answer to the first submission.
 struct LosesFirstAnswer<D> {
@@ -92,24 +93,20 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     };
     let store = MemStore::default();
     let queue = MemQueue::default();
-    let intake_cfg = IntakeConfig {
-        bucket: "b".into(),
-        submit_queue_url: "submit".into(),
-        dead_letter_queue_url: "dlq".into(),
-        playbooks_s3_uri: None,
-        max_run_deadline: None,
-    };
+    let intake_cfg = intake_config();
     let submit_cfg = SubmitConfig {
-        bucket: "b".into(),
-        budget: BudgetConfig::from_env(&std::collections::HashMap::<&str, &str>::new()).unwrap(),
-        submit_queue_url: "submit".into(),
-        poll_queue_url: "poll".into(),
-        dead_letter_queue_url: "dlq".into(),
-        first_poll_delay: Duration::from_secs(15),
         retry: Backoff {
             base: Duration::from_secs(2),
             cap: Duration::from_secs(60),
         },
+        ..submit_config()
+    };
+    let submit = |job: Delivery| {
+        let (cfg, store, queue, defender) = (&submit_cfg, &store, &queue, &defender);
+        async move {
+            let clock = shared::clock::SystemClock;
+            shared::stages::submit::handle(cfg, store, queue, defender, &clock, &job).await
+        }
     };
     let now = time::OffsetDateTime::now_utc();
     let alert = native_alert("lost-1", M1, "Malware", &[("file_path", FILE)]).to_string();
@@ -126,16 +123,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     let run = done.run_id.unwrap();
 
     let (job, _) = last_message(&queue, "submit");
-    let first = shared::stages::submit::handle(
-        &submit_cfg,
-        &store,
-        &queue,
-        &defender,
-        &shared::clock::SystemClock,
-        &job,
-    )
-    .await
-    .unwrap();
+    let first = submit(job).await.unwrap();
     assert_eq!(first.outcome, "transient", "{}", first.detail);
     assert_eq!(sim.stats().actions_created, 1, "Defender did accept it");
     let (retry, delay) = last_message(&queue, "submit");
@@ -145,16 +133,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
         RunState::Submitting
     );
 
-    let second = shared::stages::submit::handle(
-        &submit_cfg,
-        &store,
-        &queue,
-        &defender,
-        &shared::clock::SystemClock,
-        &retry,
-    )
-    .await
-    .unwrap();
+    let second = submit(retry.clone()).await.unwrap();
     assert_eq!(second.outcome, "recovered", "{}", second.detail);
     assert_eq!(sim.stats().actions_created, 1, "no second live response");
     let (rec, _) = load_run(&store, &run).await.unwrap().unwrap();
@@ -168,16 +147,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     assert_eq!(delay, Duration::from_secs(15));
 
     // The same submit job delivered again (SQS is at-least-once) changes nothing.
-    let third = shared::stages::submit::handle(
-        &submit_cfg,
-        &store,
-        &queue,
-        &defender,
-        &shared::clock::SystemClock,
-        &retry,
-    )
-    .await
-    .unwrap();
+    let third = submit(retry).await.unwrap();
     assert_eq!(third.outcome, "duplicate", "{}", third.detail);
     assert_eq!(sim.stats().actions_created, 1);
     let polls = queue

@@ -6,7 +6,9 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::stages::settings::IntakeConfig;
-use tests::*;
+use testkit::alerts::{corpus, native_alert};
+use testkit::configs::intake_config;
+use testkit::sim::M1;
 
 fn message(id: usize, body: &str) -> SqsMessage {
     let mut m = SqsMessage::default();
@@ -26,11 +28,8 @@ fn the_corpus_has_at_least_fifty_cases_with_distinct_names() {
 #[tokio::test]
 async fn every_hostile_alert_is_refused_with_its_code_and_kept_intact() {
     let cfg = IntakeConfig {
-        bucket: "b".into(),
-        submit_queue_url: "submit".into(),
         dead_letter_queue_url: "alerts-dlq".into(),
-        playbooks_s3_uri: None,
-        max_run_deadline: None,
+        ..intake_config()
     };
     let playbooks = Playbooks::bundled().unwrap();
     let store = MemStore::default();
@@ -167,11 +166,8 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
         playbook: Option<String>,
     }
     let cfg = IntakeConfig {
-        bucket: "b".into(),
-        submit_queue_url: "submit".into(),
         dead_letter_queue_url: "alerts-dlq".into(),
-        playbooks_s3_uri: None,
-        max_run_deadline: None,
+        ..intake_config()
     };
     let playbooks = Playbooks::bundled().unwrap();
     let cases: Vec<Case> = include_str!("../corpus/unfetchable-files.jsonl")

@@ -34,7 +34,10 @@ use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
-use tests::Rng;
+use testkit::alerts::native_alert;
+use testkit::content::sha256_hex;
+use testkit::records::{collect_job, seed_collecting_run};
+use testkit::seeded::{Rng, seed_from_env};
 use time::OffsetDateTime;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -191,7 +194,23 @@ fn ms(t: OffsetDateTime) -> i64 {
     shared::clock::unix_ms(t)
 }
 
-impl FakeDefender<'_> {
+impl<'a> FakeDefender<'a> {
+    fn new(
+        clock: &'a ManualClock,
+        seed: u64,
+        fault_rate: f64,
+        devices: HashMap<MachineId, Device>,
+    ) -> Self {
+        Self {
+            clock,
+            rng: Mutex::new(Rng::new(seed)),
+            fault_rate,
+            devices,
+            actions: Mutex::new(Vec::new()),
+            gets: Mutex::new(Vec::new()),
+            posts: Mutex::new(Vec::new()),
+        }
+    }
     fn fault(&self) -> bool {
         self.rng.lock().unwrap().chance(self.fault_rate)
     }
@@ -536,7 +555,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .entry(MachineId::parse(&machine).unwrap())
             .or_insert(device);
         alerts.push(
-            tests::native_alert(
+            native_alert(
                 &format!("a{seed}-{i}"),
                 &machine,
                 "Malware",
@@ -545,15 +564,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .to_string(),
         );
     }
-    let defender = FakeDefender {
-        clock: &clock,
-        rng: Mutex::new(Rng::new(seed ^ 0xDEF)),
-        fault_rate,
-        devices,
-        actions: Mutex::new(Vec::new()),
-        gets: Mutex::new(Vec::new()),
-        posts: Mutex::new(Vec::new()),
-    };
+    let defender = FakeDefender::new(&clock, seed ^ 0xDEF, fault_rate, devices);
     let fetch_rng = Mutex::new(Rng::new(seed ^ 0xFE7));
     let fetch = FakeFetch {
         rng: &fetch_rng,
@@ -821,7 +832,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                     .unwrap()
                     .ok_or(format!("{key} is missing"))?
                     .body;
-                if Some(hex::encode(Sha256::digest(&body))) != c.sha256 {
+                if Some(sha256_hex(&body)) != c.sha256 {
                     return Err(format!("{key} does not match its recorded SHA-256"));
                 }
             }
@@ -884,7 +895,7 @@ async fn read<T: serde::de::DeserializeOwned>(store: &MemStore, key: &str) -> Re
 
 #[tokio::test(start_paused = true)]
 async fn every_schedule_keeps_the_lifecycle_invariants() {
-    let first = tests::seed_from_env("LIFECYCLE_SEED");
+    let first = seed_from_env("LIFECYCLE_SEED");
     let n: u64 = std::env::var("LIFECYCLE_SCHEDULES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -927,7 +938,6 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
 /// discarded, and the copy starts over and lands whole.
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
-    use shared::messages::{CollectJob, MESSAGE_VERSION};
     use shared::store::keys::checkpoint_key;
     let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
     let clock = ManualClock::at(t0);
@@ -977,45 +987,14 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
     for (case, body) in cases {
         let store = MemStore::default();
         let queue = MemQueue::default();
-        let defender = FakeDefender {
-            clock: &clock,
-            rng: Mutex::new(Rng::new(2)),
-            fault_rate: 0.0,
-            devices: HashMap::new(),
-            actions: Mutex::new(Vec::new()),
-            gets: Mutex::new(Vec::new()),
-            posts: Mutex::new(Vec::new()),
-        };
+        let defender = FakeDefender::new(&clock, 2, 0.0, HashMap::new());
         let action = ActionId::parse("00000000-0000-0000-0000-000000000007").unwrap();
-        let rec = tests::collecting_run(&run_id, "corrupt", &machine, commands.clone(), &action);
-        store
-            .put(
-                &run_key(&run_id),
-                serde_json::to_vec(&rec).unwrap(),
-                Put::Always,
-            )
-            .await
-            .unwrap();
-        shared::store::put_command(
-            &store,
-            &run_id,
-            &tests::collecting_command(0, commands[0].clone()),
-        )
-        .await
-        .unwrap();
+        seed_collecting_run(&store, &run_id, "corrupt", &machine, &commands, &action).await;
         store
             .put(&checkpoint_key(&run_id, 0), body.into_bytes(), Put::Always)
             .await
             .unwrap();
-        let job = CollectJob {
-            v: MESSAGE_VERSION,
-            run_id: run_id.clone(),
-            action_id: action.clone(),
-            index: 0,
-            attempt: 0,
-            link_errors: 0,
-            prev: None,
-        };
+        let job = collect_job(&run_id, &action, 0);
         let msg = Delivery::new("c-1", serde_json::to_string(&job).unwrap());
         let done = shared::stages::collect::handle(
             &collect_cfg,
@@ -1057,15 +1036,7 @@ async fn an_unreadable_run_record_is_refused_with_its_reason() {
     let store = MemStore::default();
     let queue = MemQueue::default();
     let clock = ManualClock::at(OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap());
-    let defender = FakeDefender {
-        clock: &clock,
-        rng: Mutex::new(Rng::new(3)),
-        fault_rate: 0.0,
-        devices: HashMap::new(),
-        actions: Mutex::new(Vec::new()),
-        gets: Mutex::new(Vec::new()),
-        posts: Mutex::new(Vec::new()),
-    };
+    let defender = FakeDefender::new(&clock, 3, 0.0, HashMap::new());
     let run_id = RunId::derive("t", "garbled", "m", "p");
     for garbage in [
         &b"{\"v\":1,"[..],

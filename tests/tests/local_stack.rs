@@ -5,7 +5,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use local_stack::{
     MAX_RECEIVE_COUNT, ProvisionOptions, QUEUES, StackNames, VISIBILITY_FACTOR, provision,
 };
-use tests::*;
+use testkit::aws::{aws, unique};
 
 #[tokio::test]
 async fn provisions_queues_bucket_and_secret_idempotently() {

@@ -2,36 +2,23 @@
 //! calling the API and downloading a result holds neither the client secret, nor a token, nor a
 //! link signature.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use shared::adapters::secrets::SecretsManagerCredentials;
-use shared::defender::{Command, LiveResponseRequest, MachineId};
-use tests::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use shared::defender::{Command, LiveResponseRequest};
+use testkit::aws::{aws, unique};
+use testkit::logs::LogCapture;
+use testkit::sim::{
+    FILE, M1, client_with, credentials_json, download, machine_id, sim_config, start_sim,
+};
 
 #[tokio::test]
 async fn no_secret_or_token_reaches_the_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
+    let capture = LogCapture::default();
     tracing_subscriber::fmt()
         .json()
         .with_max_level(tracing::Level::TRACE)
         .with_current_span(true)
         .with_span_list(true)
-        .with_writer(move || writer.clone())
+        .with_writer(capture.clone())
         .init();
 
     let mut config = sim_config();
@@ -43,17 +30,14 @@ async fn no_secret_or_token_reaches_the_logs() {
     let c = &config.clients[0];
     sm.create_secret()
         .name(&name)
-        .secret_string(
-            serde_json::json!({"tenant_id": c.tenant_id, "client_id": c.client_id, "client_secret": c.client_secret})
-                .to_string(),
-        )
+        .secret_string(credentials_json(&config))
         .send()
         .await
         .unwrap();
     let client = client_with(&sim, SecretsManagerCredentials::new(sm, &name));
     let action = client
         .run_live_response(
-            &MachineId::parse(M1).unwrap(),
+            &machine_id(M1),
             &LiveResponseRequest {
                 commands: vec![Command::get_file(FILE)],
                 comment: "log scan".into(),
@@ -66,15 +50,10 @@ async fn no_secret_or_token_reaches_the_logs() {
     tracing::info!(?done, "fetched");
     let link = client.result_download_link(&done.id, 0).await.unwrap();
     tracing::info!(?link, "link");
-    let body = reqwest::get(link.url.expose())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = download(&link).await;
     assert!(!body.is_empty());
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(capture.bytes()).unwrap();
     assert!(
         logs.len() > 1000,
         "the capture saw the run ({} bytes)",

@@ -4,13 +4,20 @@ use std::io::Read;
 
 use mde_sim::{Device, DeviceFile, Script, SimConfig};
 use shared::store::{CommandOutcome, RunOutcome, RunState};
-use tests::*;
+use testkit::alerts::{corpus, native_alert, run_id};
+use testkit::aws::{aws, unique};
+use testkit::content::{expected_file, expected_sha256, sha256_hex};
+use testkit::sim::{M1, flaky, machine};
+use testkit::stack::{Stack, file_alert};
 
 const MIB: u64 = 1 << 20;
 const BIG: &str = "C:\\Users\\alice\\Downloads\\invoice.pdf.exe";
+/// This file's fleet of machine ids ([`machine`]).
+const FLEET: u64 = 0xabc0000;
 
-fn machine(i: usize) -> String {
-    format!("{:040x}", 0xabc0000 + i)
+/// `n` machine ids of the fleet from the `first`.
+fn machines(first: usize, n: usize) -> Vec<String> {
+    (first..first + n).map(|i| machine(FLEET, i)).collect()
 }
 
 fn fleet(devices: Vec<Device>) -> SimConfig {
@@ -53,9 +60,7 @@ fn dev(id: &str, files: &[(&str, u64)]) -> Device {
 async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
     let size = 100 * MIB;
     let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, size)])]), &[]).await;
-    let alert = native_alert("e2e-1", M1, "Malware", &[("file_path", BIG)]);
-    stack.send_alert(&alert.to_string()).await;
-    let run = run_id("native", "e2e-1", M1, "malware-file");
+    let run = stack.send_file_alert("e2e-1", M1, BIG).await;
     let m = stack.manifest(&run, 120).await;
 
     assert_eq!(m.run_state, RunState::Completed);
@@ -95,7 +100,7 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
     let expected = expected_file(M1, BIG, size);
     assert_eq!(
         file.sha256_decompressed.as_deref(),
-        Some(sha256_hex(&expected).as_str())
+        Some(expected_sha256(M1, BIG, size).as_str())
     );
     assert_eq!(file.size_decompressed, Some(size));
 
@@ -239,7 +244,7 @@ kind = "windows_path"
     )
     .await;
     stack
-        .send_alert(&native_alert("mid-fail", M1, "Malware", &[("file_path", BIG)]).to_string())
+        .send_alert(&file_alert("mid-fail", M1, BIG).to_string())
         .await;
     let m = stack
         .manifest(&run_id("native", "mid-fail", M1, "three-steps"), 60)
@@ -270,10 +275,7 @@ async fn an_offline_device_past_the_deadline_is_cancelled_and_recorded_timed_out
         &[("MAX_RUN_DEADLINE_SECS", "3".into())],
     )
     .await;
-    stack
-        .send_alert(&native_alert("offline-1", M1, "Malware", &[("file_path", BIG)]).to_string())
-        .await;
-    let run = run_id("native", "offline-1", M1, "malware-file");
+    let run = stack.send_file_alert("offline-1", M1, BIG).await;
     let m = stack.manifest(&run, 60).await;
     assert_eq!(m.outcome, Some(RunOutcome::TimedOut));
     let action = m.action.unwrap();
@@ -306,17 +308,11 @@ async fn a_busy_device_waits_its_turn() {
     let mut slow = dev(M1, &[(BIG, 1000)]);
     slow.command_secs = 100;
     let stack = Stack::start(fleet(vec![slow]), &[]).await;
-    stack
-        .send_alert(&native_alert("busy-1", M1, "Malware", &[("file_path", BIG)]).to_string())
+    let runs = stack
+        .send_file_alerts("busy", &[M1.into(), M1.into()], BIG)
         .await;
-    stack
-        .send_alert(&native_alert("busy-2", M1, "Malware", &[("file_path", BIG)]).to_string())
-        .await;
-    for id in ["busy-1", "busy-2"] {
-        let m = stack
-            .manifest(&run_id("native", id, M1, "malware-file"), 90)
-            .await;
-        assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "{id}");
+    for (run, m) in runs.iter().zip(stack.manifests(&runs, 90).await) {
+        assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "{run}");
     }
     let stats = stack.sim.stats();
     assert_eq!(stats.actions_created, 2);
@@ -330,31 +326,17 @@ async fn a_busy_device_waits_its_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_alerts_for_twenty_devices_at_once() {
+    let machines = machines(0, 20);
     let devices: Vec<Device> = (0..20)
-        .map(|i| dev(&machine(i), &[(BIG, 50_000 + i as u64)]))
+        .map(|i| dev(&machines[i], &[(BIG, 50_000 + i as u64)]))
         .collect();
     let stack = Stack::start(fleet(devices), &[]).await;
-    for i in 0..20 {
-        let alert = native_alert(
-            &format!("burst-{i}"),
-            &machine(i),
-            "Malware",
-            &[("file_path", BIG)],
-        );
-        stack.send_alert(&alert.to_string()).await;
-    }
-    for i in 0..20 {
-        let m = stack
-            .manifest(
-                &run_id("native", &format!("burst-{i}"), &machine(i), "malware-file"),
-                180,
-            )
-            .await;
+    let runs = stack.send_file_alerts("burst", &machines, BIG).await;
+    for (i, m) in stack.manifests(&runs, 180).await.iter().enumerate() {
         assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "alert {i}");
-        let expected = expected_file(&machine(i), BIG, 50_000 + i as u64);
         assert_eq!(
             m.commands[1].sha256_decompressed.as_deref(),
-            Some(sha256_hex(&expected).as_str())
+            Some(expected_sha256(&machines[i], BIG, 50_000 + i as u64).as_str())
         );
     }
     assert_eq!(
@@ -367,7 +349,8 @@ async fn twenty_alerts_for_twenty_devices_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_four_input_formats_are_accepted() {
-    let devices: Vec<Device> = (0..4).map(|i| dev(&machine(i), &[(BIG, 1000)])).collect();
+    let machines = machines(0, 4);
+    let devices: Vec<Device> = machines.iter().map(|m| dev(m, &[(BIG, 1000)])).collect();
     let stack = Stack::start(fleet(devices), &[]).await;
     let defender_alert = |id: &str, m: &str| {
         serde_json::json!({
@@ -376,30 +359,30 @@ async fn all_four_input_formats_are_accepted() {
             "evidence": [{"entityType": "File", "filePath": "C:\\Users\\alice\\Downloads", "fileName": "invoice.pdf.exe"}]
         })
     };
-    let native = native_alert("fmt-native", &machine(0), "Malware", &[("file_path", BIG)]);
-    let defender = defender_alert("da6370000000000000_1", &machine(1));
+    let native = file_alert("fmt-native", &machines[0], BIG);
+    let defender = defender_alert("da6370000000000000_1", &machines[1]);
     let sns = serde_json::json!({"Type": "Notification", "MessageId": "1", "TopicArn": "arn:aws:sns:us-east-1:1:alerts",
-        "Message": defender_alert("da6370000000000000_2", &machine(2)).to_string()});
+        "Message": defender_alert("da6370000000000000_2", &machines[2]).to_string()});
     let eventbridge = serde_json::json!({"version": "0", "id": "e1", "detail-type": "Security Alert", "source": "custom.siem",
-        "detail": native_alert("fmt-eventbridge", &machine(3), "Malware", &[("file_path", BIG)])});
+        "detail": file_alert("fmt-eventbridge", &machines[3], BIG)});
     for body in [&native, &defender, &sns, &eventbridge] {
         stack.send_alert(&body.to_string()).await;
     }
     let runs = [
-        run_id("native", "fmt-native", &machine(0), "malware-file"),
+        run_id("native", "fmt-native", &machines[0], "malware-file"),
         run_id(
             "defender",
             "da6370000000000000_1",
-            &machine(1),
+            &machines[1],
             "malware-file",
         ),
         run_id(
             "defender",
             "da6370000000000000_2",
-            &machine(2),
+            &machines[2],
             "malware-file",
         ),
-        run_id("native", "fmt-eventbridge", &machine(3), "malware-file"),
+        run_id("native", "fmt-eventbridge", &machines[3], "malware-file"),
     ];
     for (run, envelope) in runs.iter().zip(["none", "none", "sns", "event_bridge"]) {
         let m = stack.manifest(run, 90).await;
@@ -417,13 +400,7 @@ async fn an_alert_that_matches_no_playbook_is_rejected_with_its_body_kept() {
     alert["severity"] = "Low".into();
     let body = alert.to_string();
     stack.send_alert(&body).await;
-    let mut dead = Vec::new();
-    for _ in 0..20 {
-        dead.extend(stack.dead_letters("alerts").await);
-        if !dead.is_empty() {
-            break;
-        }
-    }
+    let dead = stack.await_dead_letters("alerts", 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, body, "the original body, intact");
     assert_eq!(dead[0].1["lr-reject-code"], "no_playbook");
@@ -436,7 +413,7 @@ async fn an_alert_that_matches_no_playbook_is_rejected_with_its_body_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_duplicate_alert_makes_one_run() {
     let stack = Stack::start(fleet(vec![dev(M1, &[(BIG, 1000)])]), &[]).await;
-    let body = native_alert("dup-1", M1, "Malware", &[("file_path", BIG)]).to_string();
+    let body = file_alert("dup-1", M1, BIG).to_string();
     for _ in 0..3 {
         stack.send_alert(&body).await;
     }
@@ -453,9 +430,8 @@ async fn a_duplicate_alert_makes_one_run() {
 async fn injected_faults_are_survived_and_the_hashes_still_match() {
     use mde_sim::Faults;
     let size = 10 * MIB;
-    let devices: Vec<Device> = (0..3)
-        .map(|i| dev(&machine(100 + i), &[(BIG, size)]))
-        .collect();
+    let machines = machines(100, 3);
+    let devices: Vec<Device> = machines.iter().map(|m| dev(m, &[(BIG, size)])).collect();
     let mut config = fleet(devices);
     let mut faults = Faults {
         seed: 7,
@@ -478,49 +454,23 @@ async fn injected_faults_are_survived_and_the_hashes_still_match() {
         .insert("list_actions".into(), flaky(0.0, 0.2, 0.0));
     config.faults = faults;
     let stack = Stack::start(config, &[]).await;
-    for i in 0..3 {
-        let alert = native_alert(
-            &format!("faulty-{i}"),
-            &machine(100 + i),
-            "Malware",
-            &[("file_path", BIG)],
-        );
-        stack.send_alert(&alert.to_string()).await;
-    }
-    for i in 0..3 {
-        let m = stack
-            .manifest(
-                &run_id(
-                    "native",
-                    &format!("faulty-{i}"),
-                    &machine(100 + i),
-                    "malware-file",
-                ),
-                240,
-            )
-            .await;
+    let runs = stack.send_file_alerts("faulty", &machines, BIG).await;
+    for (i, m) in stack.manifests(&runs, 240).await.iter().enumerate() {
         assert_eq!(
             m.outcome,
             Some(RunOutcome::Succeeded),
             "alert {i}: {:?}",
             m.reason
         );
-        let expected = expected_file(&machine(100 + i), BIG, size);
         assert_eq!(
             m.commands[1].outcome,
             CommandOutcome::Collected,
             "{:?}",
             m.commands[1].reason
         );
-        assert_eq!(
-            m.commands[1].sha256_decompressed.as_deref(),
-            Some(sha256_hex(&expected).as_str())
-        );
-        let stored = stack
-            .object(m.commands[1].s3_key.as_ref().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(Some(sha256_hex(&stored)), m.commands[1].sha256);
+        stack
+            .assert_evidence(&m.commands[1], &machines[i], BIG, size)
+            .await;
     }
     let stats = stack.sim.stats();
     assert_eq!(stats.actions_created, 3, "no live response ran twice");
@@ -540,7 +490,7 @@ async fn the_hostile_corpus_lands_in_the_dead_letter_queue_with_reasons() {
         .into_iter()
         .filter(|(_, b, _)| b.len() < 250 * 1024)
         .collect();
-    let good = native_alert("good-amid-hostile", M1, "Malware", &[("file_path", BIG)]).to_string();
+    let good = file_alert("good-amid-hostile", M1, BIG).to_string();
     for chunk in cases.chunks(10) {
         let entries = chunk
             .iter()
@@ -571,13 +521,7 @@ async fn the_hostile_corpus_lands_in_the_dead_letter_queue_with_reasons() {
         )
         .await;
     assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
-    let mut dead = Vec::new();
-    for _ in 0..60 {
-        dead.extend(stack.dead_letters("alerts").await);
-        if dead.len() >= cases.len() {
-            break;
-        }
-    }
+    let dead = stack.await_dead_letters("alerts", cases.len()).await;
     assert_eq!(dead.len(), cases.len());
     for (name, body, code) in &cases {
         let (_, attrs) = dead
@@ -593,32 +537,12 @@ async fn the_hostile_corpus_lands_in_the_dead_letter_queue_with_reasons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_sixty_alerts_stays_within_defenders_limits_without_a_429() {
-    let devices: Vec<Device> = (0..60)
-        .map(|i| dev(&machine(200 + i), &[(BIG, 20_000)]))
-        .collect();
+    let machines = machines(200, 60);
+    let devices: Vec<Device> = machines.iter().map(|m| dev(m, &[(BIG, 20_000)])).collect();
     // The documented limits (the simulator's defaults) and no injected faults.
     let stack = Stack::start(fleet(devices), &[]).await;
-    for i in 0..60 {
-        let alert = native_alert(
-            &format!("burst60-{i}"),
-            &machine(200 + i),
-            "Malware",
-            &[("file_path", BIG)],
-        );
-        stack.send_alert(&alert.to_string()).await;
-    }
-    for i in 0..60 {
-        let m = stack
-            .manifest(
-                &run_id(
-                    "native",
-                    &format!("burst60-{i}"),
-                    &machine(200 + i),
-                    "malware-file",
-                ),
-                300,
-            )
-            .await;
+    let runs = stack.send_file_alerts("burst60", &machines, BIG).await;
+    for (i, m) in stack.manifests(&runs, 300).await.iter().enumerate() {
         assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "alert {i}");
     }
     let stats = stack.sim.stats();
@@ -642,56 +566,27 @@ async fn a_burst_of_sixty_alerts_stays_within_defenders_limits_without_a_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_stages_mid_flight_loses_nothing_and_runs_nothing_twice() {
     let n = 12;
+    let machines = machines(300, n);
     let devices: Vec<Device> = (0..n)
-        .map(|i| dev(&machine(300 + i), &[(BIG, 4 * MIB + i as u64)]))
+        .map(|i| dev(&machines[i], &[(BIG, 4 * MIB + i as u64)]))
         .collect();
     let mut stack = Stack::start(fleet(devices), &[]).await;
-    for i in 0..n {
-        let alert = native_alert(
-            &format!("kill-{i}"),
-            &machine(300 + i),
-            "Malware",
-            &[("file_path", BIG)],
-        );
-        stack.send_alert(&alert.to_string()).await;
-    }
+    let runs = stack.send_file_alerts("kill", &machines, BIG).await;
     // Kill at uneven points while runs are being submitted, polled and collected.
     for pause_ms in [700u64, 1300, 2100, 900] {
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
         stack.kill_and_restart().await;
     }
-    for i in 0..n {
-        let m = stack
-            .manifest(
-                &run_id(
-                    "native",
-                    &format!("kill-{i}"),
-                    &machine(300 + i),
-                    "malware-file",
-                ),
-                240,
-            )
-            .await;
+    for (i, m) in stack.manifests(&runs, 240).await.iter().enumerate() {
         assert_eq!(
             m.outcome,
             Some(RunOutcome::Succeeded),
             "alert {i}: {:?}",
             m.reason
         );
-        let expected = expected_file(&machine(300 + i), BIG, 4 * MIB + i as u64);
-        assert_eq!(
-            m.commands[1].sha256_decompressed.as_deref(),
-            Some(sha256_hex(&expected).as_str())
-        );
-        let stored = stack
-            .object(m.commands[1].s3_key.as_ref().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            Some(sha256_hex(&stored)),
-            m.commands[1].sha256,
-            "the evidence object is whole"
-        );
+        stack
+            .assert_evidence(&m.commands[1], &machines[i], BIG, 4 * MIB + i as u64)
+            .await;
     }
     assert_eq!(
         stack.sim.stats().actions_created,
@@ -713,20 +608,10 @@ async fn a_package_that_outlasts_an_invocation_continues_from_its_checkpoint() {
         ],
     )
     .await;
-    stack
-        .send_alert(&native_alert("long-copy", M1, "Malware", &[("file_path", BIG)]).to_string())
-        .await;
-    let run = run_id("native", "long-copy", M1, "malware-file");
+    let run = stack.send_file_alert("long-copy", M1, BIG).await;
     let m = stack.manifest(&run, 120).await;
     assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
-    let file = &m.commands[1];
-    let expected = expected_file(M1, BIG, size);
-    assert_eq!(
-        file.sha256_decompressed.as_deref(),
-        Some(sha256_hex(&expected).as_str())
-    );
-    let stored = stack.object(file.s3_key.as_ref().unwrap()).await.unwrap();
-    assert_eq!(Some(sha256_hex(&stored)), file.sha256);
+    stack.assert_evidence(&m.commands[1], M1, BIG, size).await;
     // Each invocation asked for the package from its checkpoint on, never from the start again.
     let stats = stack.sim.stats();
     assert_eq!(
@@ -761,12 +646,8 @@ async fn links_to_hosts_outside_the_allow_list_are_refused_and_recorded() {
         &[("DOWNLOAD_ALLOWED_HOSTS", ".blob.core.windows.net".into())],
     )
     .await;
-    stack
-        .send_alert(&native_alert("ssrf-1", M1, "Malware", &[("file_path", BIG)]).to_string())
-        .await;
-    let m = stack
-        .manifest(&run_id("native", "ssrf-1", M1, "malware-file"), 60)
-        .await;
+    let run = stack.send_file_alert("ssrf-1", M1, BIG).await;
+    let m = stack.manifest(&run, 60).await;
     for c in &m.commands {
         assert_eq!(c.outcome, CommandOutcome::CollectFailed);
         let reason = c.reason.as_deref().unwrap();

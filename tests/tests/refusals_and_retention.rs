@@ -11,20 +11,7 @@ use serde_json::json;
 use shared::alerts::parse;
 use shared::alerts::playbook::Playbooks;
 use shared::defender::CommandType;
-
-fn defender_alert(category: &str, severity: &str, dir: &str, name: &str) -> String {
-    json!({
-        "id": "da637000000000000000_2",
-        "machineId": "b".repeat(40),
-        "title": "Detected",
-        "category": category,
-        "severity": severity,
-        "detectionSource": "WindowsDefenderAv",
-        "evidence": [{"entityType": "File", "filePath": dir, "fileName": name,
-                      "sha256": "cd".repeat(32)}]
-    })
-    .to_string()
-}
+use testkit::alerts::defender_file_alert;
 
 /// README (Threat model): "a Defender alert goes on without the refused value ..., so a file's
 /// name can at most cost the collection of that file". For the bundled `file-details` playbook
@@ -43,7 +30,7 @@ fn a_file_name_does_not_stop_an_unwanted_software_alert() {
         "a&b.exe",
         "setup[1].exe",
     ] {
-        let alert = parse(&defender_alert(
+        let alert = parse(&defender_file_alert(
             "UnwantedSoftware",
             "Low",
             "C:\\Users\\alice\\Downloads",
@@ -98,7 +85,7 @@ type = "RunScript"
 script = "triage.ps1"
 "#;
     let p = Playbooks::from_toml(PB).unwrap();
-    let alert = parse(&defender_alert(
+    let alert = parse(&defender_file_alert(
         "Malware",
         "High",
         "C:\\Users\\alice\\Downloads",
@@ -131,7 +118,7 @@ path = "{file_path}"
 kind = "windows_path"
 "#;
     let p = Playbooks::from_toml(PB).unwrap();
-    let alert = parse(&defender_alert(
+    let alert = parse(&defender_file_alert(
         "Malware",
         "High",
         "C:\\Users\\alice",
@@ -157,44 +144,9 @@ kind = "windows_path"
 #[test]
 fn the_retention_mode_pin_covers_put_object_retention() {
     use policy::Decision::Deny;
-    let mut resources = serde_json::Map::new();
-    resources.insert(
-        "EvidenceBucket".into(),
-        json!({"Ref": "lr-evidence", "Arn": "arn:aws:s3:::lr-evidence"}),
+    let roles = policy::symbolic_roles_and_policies(
+        json!({"EnableObjectLock": "true", "ObjectLockMode": "GOVERNANCE"}),
     );
-    resources.insert(
-        "EvidenceKey".into(),
-        json!({"Ref": "k-1", "Arn": "arn:aws:kms:us-east-1:123456789012:key/k-1"}),
-    );
-    resources.insert(
-        "CredentialsSecret".into(),
-        json!({"Ref": "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-AbCdEf"}),
-    );
-    for q in [
-        "AlertsQueue",
-        "AlertsDeadLetterQueue",
-        "SubmitQueue",
-        "SubmitDeadLetterQueue",
-        "PollQueue",
-        "PollDeadLetterQueue",
-        "CollectQueue",
-        "CollectDeadLetterQueue",
-    ] {
-        resources.insert(
-            q.into(),
-            json!({"Ref": format!("https://sqs.us-east-1.amazonaws.com/123456789012/{q}"),
-                   "Arn": format!("arn:aws:sqs:us-east-1:123456789012:{q}")}),
-        );
-    }
-    resources.insert(
-        "AccessLogBucket".into(),
-        json!({"Ref": "lr-logs", "Arn": "arn:aws:s3:::lr-logs"}),
-    );
-    let bindings = json!({
-        "parameters": {"EnableObjectLock": "true", "ObjectLockMode": "GOVERNANCE"},
-        "resources": resources,
-    });
-    let roles = policy::with_resource_policies(&bindings);
     let bucket = &roles.resource_policies["EvidenceBucketPolicy"];
     let manifest = "arn:aws:s3:::lr-evidence/evidence/r-1/manifest.json";
     let submit = &roles.functions["submit"];

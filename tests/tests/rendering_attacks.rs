@@ -6,20 +6,7 @@
 use shared::alerts::playbook::Playbooks;
 use shared::alerts::{AlertError, parse};
 use shared::defender::{Command, CommandType};
-
-fn defender_alert(category: &str, severity: &str, dir: &str, name: &str) -> String {
-    serde_json::json!({
-        "id": "da637000000000000000_1",
-        "machineId": "a".repeat(40),
-        "title": "Malware detected",
-        "category": category,
-        "severity": severity,
-        "detectionSource": "WindowsDefenderAv",
-        "evidence": [{"entityType": "File", "filePath": dir, "fileName": name,
-                      "sha256": "ab".repeat(32)}]
-    })
-    .to_string()
-}
+use testkit::alerts::defender_file_alert;
 
 fn render_bundled(body: &str) -> Result<Vec<Command>, AlertError> {
     let playbooks = Playbooks::bundled().unwrap();
@@ -45,7 +32,7 @@ fn an_attacker_chosen_file_name_does_not_stop_all_collection() {
         "a&b.exe",
         "x$.exe",
     ] {
-        let body = defender_alert("Malware", "High", dir, name);
+        let body = defender_file_alert("Malware", "High", dir, name);
         match render_bundled(&body) {
             Ok(cmds) => assert!(!cmds.is_empty()),
             Err(e) => dropped.push(format!("{name:?}: {} ({})", e.code, e.message)),
@@ -129,7 +116,7 @@ kind = "script_arg"
 /// script. A path that goes into args could refuse " -" (a space followed by a dash) at no cost.
 #[test]
 fn a_path_in_args_cannot_look_like_a_parameter_if_split_on_spaces() {
-    let body = defender_alert(
+    let body = defender_file_alert(
         "UnwantedSoftware",
         "Low",
         "C:\\Users\\alice\\Downloads",

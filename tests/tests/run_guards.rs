@@ -3,66 +3,21 @@
 //! another copy's submission was recorded does not end the submitted run.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use shared::adapters::http::HttpFetch;
 use shared::adapters::memory::{MemQueue, MemStore};
-use shared::budget::BudgetConfig;
 use shared::defender::{
     ActionFilter, ActionId, Command, DefenderError, DownloadLink, LiveResponseRequest,
     MachineAction, MachineId,
 };
-use shared::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
+use shared::messages::{Delivery, MESSAGE_VERSION, PollJob, encode};
 use shared::ports::{Defender, ObjectStore, Put};
-use shared::retry::Backoff;
 use shared::stages::StageError;
-use shared::stages::settings::{CollectConfig, PollConfig, SubmitConfig};
-use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key, run_key};
-use tests::*;
-
-fn no_env() -> std::collections::HashMap<&'static str, &'static str> {
-    Default::default()
-}
-
-fn backoff() -> Backoff {
-    Backoff {
-        base: Duration::from_secs(1),
-        cap: Duration::from_secs(1),
-    }
-}
-
-/// A live response on `machine` in the simulator, finished, with its result ready.
-async fn finished_action(
-    sim: &mde_sim::SimServer,
-    defender: &impl Defender,
-    machine: &MachineId,
-    commands: &[Command],
-    comment: &str,
-) -> ActionId {
-    let action = defender
-        .run_live_response(
-            machine,
-            &LiveResponseRequest {
-                commands: commands.to_vec(),
-                comment: comment.into(),
-            },
-        )
-        .await
-        .unwrap();
-    sim.advance(time::Duration::seconds(60));
-    action.id
-}
-
-async fn store_run(store: &MemStore, record: &shared::store::RunRecord) {
-    store
-        .put(
-            &run_key(&record.run_id),
-            serde_json::to_vec(record).unwrap(),
-            Put::Always,
-        )
-        .await
-        .unwrap();
-}
+use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key};
+use testkit::alerts::run_id;
+use testkit::configs::{collect_config, poll_config, submit_config};
+use testkit::records::{collect_job, collecting_run, put_run, seed_collecting_run};
+use testkit::sim::{FILE, M1, M2, client, finished_action, machine_id, sim_config, start_sim};
 
 /// Every call the simulator answered, on any endpoint.
 fn calls(sim: &mde_sim::SimServer) -> u64 {
@@ -82,47 +37,21 @@ async fn a_collect_job_naming_another_action_is_refused_and_copies_nothing() {
     let sim = start_sim(config.clone()).await;
     let defender = client(&sim, &config);
     let commands = vec![Command::get_file(FILE)];
-    let victim = MachineId::parse(M1).unwrap();
-    let other = MachineId::parse(M2).unwrap();
+    let victim = machine_id(M1);
+    let other = machine_id(M2);
     let own = finished_action(&sim, &defender, &victim, &commands, "victim").await;
     let foreign = finished_action(&sim, &defender, &other, &commands, "attacker").await;
 
     let store = MemStore::default();
     let queue = MemQueue::default();
     let run_id = run_id("native", "guarded-collect", M1, "malware-file");
-    store_run(
-        &store,
-        &collecting_run(&run_id, "guarded-collect", &victim, commands.clone(), &own),
-    )
-    .await;
-    shared::store::put_command(&store, &run_id, &collecting_command(0, commands[0].clone()))
-        .await
-        .unwrap();
-    let cfg = CollectConfig {
-        bucket: "b".into(),
-        budget: BudgetConfig::from_env(&no_env()).unwrap(),
-        collect_queue_url: "collect".into(),
-        dead_letter_queue_url: "dlq".into(),
-        allowed_hosts: vec!["127.0.0.1".into()],
-        part_size_min: 5 << 20,
-        max_attempts: 3,
-        retry: backoff(),
-        download_timeout: Duration::from_secs(30),
-        time_budget: Duration::from_secs(60),
-    };
+    seed_collecting_run(&store, &run_id, "guarded-collect", &victim, &commands, &own).await;
+    let cfg = collect_config();
     let fetch = HttpFetch::new(cfg.download_timeout).unwrap();
     let job = |action: &ActionId, index: u32| {
         Delivery::new(
             format!("collect-{index}-{action}"),
-            encode(&CollectJob {
-                v: MESSAGE_VERSION,
-                run_id: run_id.clone(),
-                action_id: action.clone(),
-                index,
-                attempt: 0,
-                link_errors: 0,
-                prev: None,
-            }),
+            encode(&collect_job(&run_id, action, index)),
         )
     };
     let clock = shared::clock::SystemClock;
@@ -167,32 +96,17 @@ async fn a_poll_job_naming_another_action_is_refused() {
     let sim = start_sim(config.clone()).await;
     let defender = client(&sim, &config);
     let commands = vec![Command::get_file(FILE)];
-    let victim = MachineId::parse(M1).unwrap();
+    let victim = machine_id(M1);
     let own = finished_action(&sim, &defender, &victim, &commands, "victim").await;
-    let foreign = finished_action(
-        &sim,
-        &defender,
-        &MachineId::parse(M2).unwrap(),
-        &commands,
-        "attacker",
-    )
-    .await;
+    let foreign = finished_action(&sim, &defender, &machine_id(M2), &commands, "attacker").await;
 
     let store = MemStore::default();
     let queue = MemQueue::default();
     let run_id = run_id("native", "guarded-poll", M1, "malware-file");
     let mut record = collecting_run(&run_id, "guarded-poll", &victim, commands, &own);
     record.state = RunState::Submitted;
-    store_run(&store, &record).await;
-    let cfg = PollConfig {
-        bucket: "b".into(),
-        budget: BudgetConfig::from_env(&no_env()).unwrap(),
-        poll_queue_url: "poll".into(),
-        collect_queue_url: "collect".into(),
-        dead_letter_queue_url: "dlq".into(),
-        poll_delays: vec![Duration::from_secs(15)],
-        retry: backoff(),
-    };
+    put_run(&store, &record).await;
+    let cfg = poll_config();
     let job = |action: &ActionId| {
         Delivery::new(
             format!("poll-{action}"),
@@ -219,7 +133,7 @@ async fn a_poll_job_naming_another_action_is_refused() {
     // A run that has no action yet refuses any poll job.
     record.state = RunState::Submitting;
     record.action_id = None;
-    store_run(&store, &record).await;
+    put_run(&store, &record).await;
     let result =
         shared::stages::poll::handle(&cfg, &store, &queue, &defender, &clock, &job(&own)).await;
     assert_eq!(rejected_code(result), "action_mismatch");
@@ -286,7 +200,7 @@ impl Defender for SubmittedMeanwhile {
 async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitted() {
     let store = Arc::new(MemStore::default());
     let queue = MemQueue::default();
-    let machine = MachineId::parse(M1).unwrap();
+    let machine = machine_id(M1);
     let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0b").unwrap();
     let run_id = run_id("native", "late-copy", M1, "malware-file");
     let mut record = collecting_run(
@@ -300,17 +214,9 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
     record.state = RunState::Submitting;
     record.action_id = None;
     record.deadline = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    store_run(&store, &record).await;
+    put_run(&*store, &record).await;
 
-    let cfg = SubmitConfig {
-        bucket: "b".into(),
-        budget: BudgetConfig::from_env(&no_env()).unwrap(),
-        submit_queue_url: "submit".into(),
-        poll_queue_url: "poll".into(),
-        dead_letter_queue_url: "dlq".into(),
-        first_poll_delay: Duration::from_secs(15),
-        retry: backoff(),
-    };
+    let cfg = submit_config();
     let defender = SubmittedMeanwhile {
         store: store.clone(),
         action: action.clone(),

@@ -5,46 +5,31 @@
 //! nothing secret in the logs captured throughout.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use mde_sim::{Device, DeviceFile, Faults, Script, SimConfig};
 use shared::store::{CommandOutcome, RunOutcome};
-use tests::*;
+use testkit::alerts::corpus;
+use testkit::logs::LogCapture;
+use testkit::sim::{flaky, machine};
+use testkit::stack::Stack;
 
 const PATH: &str = "C:\\Users\\alice\\Downloads\\invoice.pdf.exe";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn machine(i: usize) -> String {
-    format!("{:040x}", 0x50a0000 + i)
-}
+/// This file's fleet of machine ids ([`machine`]).
+const FLEET: u64 = 0x50a0000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
-    let capture = Capture::default();
-    let writer = capture.clone();
+    let capture = LogCapture::default();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-        .with_writer(move || writer.clone())
+        .with_writer(capture.clone())
         .init();
 
     // 60 devices: most online with a file, every tenth offline for good, every seventh without the file.
     let devices: Vec<Device> = (0..60)
         .map(|i| Device {
-            machine_id: machine(i),
+            machine_id: machine(FLEET, i),
             dns_name: format!("soak-{i}"),
             online: i % 10 != 9,
             command_secs: 10,
@@ -93,24 +78,20 @@ async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
     let mut stack = Stack::start(config, &[]).await;
 
     // 180 good alerts (three per device, so devices are busy), 20 hostile ones.
-    let mut expected: BTreeMap<shared::ids::RunId, usize> = BTreeMap::new();
     let hostile: Vec<(String, String, String)> = corpus()
         .into_iter()
         .filter(|(_, b, _)| b.len() < 200 * 1024)
         .take(20)
         .collect();
-    let mut bodies = Vec::new();
-    for k in 0..180 {
-        let i = k % 60;
-        let id = format!("soak-{k}");
-        bodies.push(native_alert(&id, &machine(i), "Malware", &[("file_path", PATH)]).to_string());
-        expected.insert(run_id("native", &id, &machine(i), "malware-file"), i);
+    let machines: Vec<String> = (0..180).map(|k| machine(FLEET, k % 60)).collect();
+    assert_eq!(machines.len() + hostile.len(), 200);
+    let runs = stack.send_file_alerts("soak", &machines, PATH).await;
+    for (_, body, _) in &hostile {
+        stack.send_alert(body).await;
     }
-    bodies.extend(hostile.iter().map(|(_, b, _)| b.clone()));
-    assert_eq!(bodies.len(), 200);
-    for b in &bodies {
-        stack.send_alert(b).await;
-    }
+    // Run -> device.
+    let expected: BTreeMap<shared::ids::RunId, usize> =
+        runs.into_iter().zip((0..180).map(|k| k % 60)).collect();
     for pause_ms in [1500u64, 2500, 4000, 3000, 5000] {
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
         stack.kill_and_restart().await;
@@ -130,14 +111,9 @@ async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
                     "{run}: {:?}",
                     file.reason
                 );
-                let want = expected_file(&machine(*i), PATH, 256 * 1024 + *i as u64);
-                assert_eq!(
-                    file.sha256_decompressed.as_deref(),
-                    Some(sha256_hex(&want).as_str()),
-                    "{run}"
-                );
-                let stored = stack.object(file.s3_key.as_ref().unwrap()).await.unwrap();
-                assert_eq!(Some(sha256_hex(&stored)), file.sha256, "{run}");
+                stack
+                    .assert_evidence(file, &machine(FLEET, *i), PATH, 256 * 1024 + *i as u64)
+                    .await;
             }
             _ => assert!(m.reason.is_some(), "{run}: a failure carries its reason"),
         }
@@ -151,13 +127,7 @@ async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
         };
         assert_eq!(outcome, want, "{run} on device {i}: {:?}", m.reason);
     }
-    let mut dead = Vec::new();
-    for _ in 0..60 {
-        dead.extend(stack.dead_letters("alerts").await);
-        if dead.len() >= hostile.len() {
-            break;
-        }
-    }
+    let dead = stack.await_dead_letters("alerts", hostile.len()).await;
     for (name, body, code) in &hostile {
         let (_, attrs) = dead
             .iter()
@@ -194,7 +164,7 @@ async fn two_hundred_alerts_under_faults_and_kills_are_all_accounted_for() {
     let tokens = stack.sim.issued_tokens();
     stack.stop().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(
         logs.len() > 100_000,
         "logs were captured ({} bytes)",

@@ -13,11 +13,12 @@
 mod policy;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use policy::{ACCOUNT, QUEUES, REGION, SECRET, queue_arn, resource_policies};
 use serde_json::{Value, json};
 use shared::adapters::s3::S3Store;
 use shared::defender::CommandType;
@@ -25,18 +26,12 @@ use shared::entry::{self, Collect, Function, Intake, Poll, Submit};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
 use shared::store::{CommandOutcome, RunOutcome, RunState, keys};
-use tests::*;
-
-const ACCOUNT: &str = "123456789012";
-const REGION: &str = "us-east-1";
-
-/// The pipeline's queues: (stage as the local stack names it, logical id in the template).
-const QUEUES: [(&str, &str, &str); 4] = [
-    ("alerts", "AlertsQueue", "AlertsDeadLetterQueue"),
-    ("submit", "SubmitQueue", "SubmitDeadLetterQueue"),
-    ("poll", "PollQueue", "PollDeadLetterQueue"),
-    ("collect", "CollectQueue", "CollectDeadLetterQueue"),
-];
+use testkit::alerts::run_id;
+use testkit::aws::{provision, sdk_as, unique};
+use testkit::content::{expected_sha256, sha256_hex};
+use testkit::logs::LogCapture;
+use testkit::sim::{FILE, M1, credentials_json, device, sim_config, start_sim};
+use testkit::stack::{file_alert, function_env};
 
 // ---------------------------------------------------------------------------------------------
 // What each stage's code does with S3, SQS and Secrets Manager.
@@ -201,37 +196,8 @@ fn object_arn(bucket: &str, key: &str) -> String {
     format!("arn:aws:s3:::{bucket}/{key}")
 }
 
-fn queue_arn(name: &str) -> String {
-    format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}")
-}
-
-const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-AbCdEf";
-
-/// What CloudFormation would resolve, for a stack whose resources are named after their logical ids.
-fn symbolic_bindings(parameters: Value) -> Value {
-    let mut resources = serde_json::Map::new();
-    resources.insert(
-        "EvidenceBucket".into(),
-        json!({"Ref": "lr-evidence", "Arn": "arn:aws:s3:::lr-evidence"}),
-    );
-    resources.insert(
-        "EvidenceKey".into(),
-        json!({"Ref": "k-1", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-1")}),
-    );
-    resources.insert("CredentialsSecret".into(), json!({ "Ref": SECRET }));
-    for (_, queue, dlq) in QUEUES {
-        for q in [queue, dlq] {
-            resources.insert(
-                q.into(),
-                json!({"Ref": format!("https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{q}"), "Arn": queue_arn(q)}),
-            );
-        }
-    }
-    json!({"parameters": parameters, "resources": resources})
-}
-
 fn static_roles(parameters: Value) -> BTreeMap<String, policy::Role> {
-    policy::roles(&symbolic_bindings(parameters), false, &[]).functions
+    policy::roles(&policy::symbolic_bindings(parameters), false, &[]).functions
 }
 
 /// Collects what is wrong instead of stopping at the first, so one run shows every gap.
@@ -473,14 +439,6 @@ fn with_object_lock_only_what_writes_evidence_may_set_its_retention() {
     f.assert_none("retention grants that differ from what the stages write");
 }
 
-/// The bucket and queue policies, resolved with these template parameters.
-fn resource_policies(parameters: Value) -> BTreeMap<String, Value> {
-    let mut bindings = symbolic_bindings(parameters);
-    bindings["resources"]["AccessLogBucket"] =
-        json!({"Ref": "lr-logs", "Arn": "arn:aws:s3:::lr-logs"});
-    policy::with_resource_policies(&bindings).resource_policies
-}
-
 #[test]
 fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
     use policy::Decision::{Deny, Silent};
@@ -626,53 +584,25 @@ fn moto_iam() -> MotoIam {
     serde_json::from_str(&text).expect("moto_iam.py's admin file")
 }
 
-async fn sdk_as(endpoint: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new(REGION))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            key, secret, None, None, "iam-test",
-        ))
-        .load()
-        .await
-}
-
 /// Log lines of every stage, kept to show why a stage failed under its role.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+fn logs() -> &'static LogCapture {
+    static LOGS: OnceLock<LogCapture> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
+        let capture = LogCapture::default();
         let _ = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(move || LogWriter(sink.clone()))
+            .with_writer(capture.clone())
             .try_init();
-        buf
+        capture
     })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Log lines that say a call was refused.
 fn denials(prefix: &str) -> Vec<String> {
-    let buf = logs();
-    let text = String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    text.lines()
+    logs()
+        .text()
+        .lines()
         .filter(|l| {
             l.contains(prefix)
                 && (l.contains("AccessDenied")
@@ -681,13 +611,6 @@ fn denials(prefix: &str) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
-}
-
-fn last_log_lines(n: usize) -> String {
-    let buf = logs();
-    let text = String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One provisioned stack on the enforcing moto, with a user per role.
@@ -705,18 +628,9 @@ impl World {
         let moto = moto_iam();
         let admin = sdk_as(&moto.endpoint, &moto.access_key_id, &moto.secret_access_key).await;
         let prefix = unique("iam");
-        let stack = local_stack::provision(
-            &admin,
-            &local_stack::StackNames {
-                prefix: prefix.clone(),
-            },
-            sim_credentials_json,
-            local_stack::ProvisionOptions {
-                tls_only_policy: false,
-            },
-        )
-        .await
-        .expect("provisioning on moto with IAM enforced (as its administrator)");
+        let stack = provision(&admin, prefix.clone(), sim_credentials_json)
+            .await
+            .expect("provisioning on moto with IAM enforced (as its administrator)");
         let sqs = aws_sdk_sqs::Client::new(&admin);
         let mut resources = serde_json::Map::new();
         for (stage, queue, dlq) in QUEUES {
@@ -917,24 +831,18 @@ async fn deploy(world: &World, sim: &mde_sim::SimServer, extra: &[(&str, &str)])
         ("poll", "poll", 10),
         ("collect", "collect", 1),
     ] {
-        let mut env: BTreeMap<String, String> = world.stack.env.clone();
-        env.insert(
+        let mut base = world.stack.env.clone();
+        base.insert(
             "DEAD_LETTER_QUEUE_URL".into(),
             world.stack.dlq_urls[stage].clone(),
         );
         // As the template passes it: the secret's ARN.
-        env.insert(
+        base.insert(
             "MDE_CREDENTIALS_SECRET_ID".into(),
             world.stack.secret_arn.clone(),
         );
-        env.insert("MDE_API_BASE_URL".into(), sim.api_base.clone());
-        env.insert("MDE_LOGIN_BASE_URL".into(), sim.login_base.clone());
-        for (k, v) in fast_env() {
-            env.insert(k.into(), v);
-        }
-        for (k, v) in extra {
-            env.insert(k.to_string(), v.to_string());
-        }
+        let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let env = function_env(&base, sim, &extra);
         let sdk = world.sdk_of(binary).await;
         let function = match binary {
             "intake" => Stage::Intake(Intake::build(&env, &sdk).await.expect("intake")),
@@ -965,9 +873,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     config.devices = vec![device(M1, size)];
     config.sim.time_scale = 20.0;
     let sim = start_sim(config.clone()).await;
-    let c = &config.clients[0];
-    let creds = json!({"tenant_id": c.tenant_id, "client_id": c.client_id, "client_secret": c.client_secret});
-    let world = World::new(&creds.to_string(), json!({})).await;
+    let world = World::new(&credentials_json(&config), json!({})).await;
     let functions = deploy(
         &world,
         &sim,
@@ -977,7 +883,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
 
     // An alert pipeline sends an alert (and one that intake refuses) to the alerts queue.
     let admin_sqs = aws_sdk_sqs::Client::new(&world.admin);
-    let alert = native_alert("iam-e2e", M1, "Malware", &[("file_path", FILE)]);
+    let alert = file_alert("iam-e2e", M1, FILE);
     for body in [alert.to_string(), "{\"not\": \"an alert\"}".to_string()] {
         admin_sqs
             .send_message()
@@ -1020,7 +926,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
                 .flatten()
                 .map(|s| String::from_utf8_lossy(&s.body).into_owned()),
             denials(""),
-            last_log_lines(40)
+            logs().last_lines(40)
         );
         if !busy {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1043,7 +949,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     let file = &m.commands[1];
     assert_eq!(
         file.sha256_decompressed.as_deref(),
-        Some(sha256_hex(&expected_file(M1, FILE, size)).as_str())
+        Some(expected_sha256(M1, FILE, size).as_str())
     );
     // The copy went through checkpoints, all removed with their staging objects.
     for prefix in [

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -254,6 +254,65 @@ pub fn decide(documents: &[&Value], action: &str, resource: &str, context: &Cont
 pub fn allowed(documents: &[&Value], action: &str, resource: &str, prefix: Option<&str>) -> bool {
     let context: Context = prefix.map(|p| ("s3:prefix", p)).into_iter().collect();
     decide(documents, action, resource, &context) == Decision::Allow
+}
+
+// ---------------------------------------------------------------------------------------------
+// A stack named after the template's logical ids, to resolve roles and policies without a deployment.
+
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+
+/// The pipeline's queues: (stage as the local stack names it, logical id in the template).
+pub const QUEUES: [(&str, &str, &str); 4] = [
+    ("alerts", "AlertsQueue", "AlertsDeadLetterQueue"),
+    ("submit", "SubmitQueue", "SubmitDeadLetterQueue"),
+    ("poll", "PollQueue", "PollDeadLetterQueue"),
+    ("collect", "CollectQueue", "CollectDeadLetterQueue"),
+];
+
+/// A queue's ARN in that stack.
+pub fn queue_arn(name: &str) -> String {
+    format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}")
+}
+
+/// The credentials secret's ARN in that stack.
+pub const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-AbCdEf";
+
+/// What CloudFormation would resolve, for a stack whose resources are named after their logical ids.
+pub fn symbolic_bindings(parameters: Value) -> Value {
+    let mut resources = serde_json::Map::new();
+    resources.insert(
+        "EvidenceBucket".into(),
+        json!({"Ref": "lr-evidence", "Arn": "arn:aws:s3:::lr-evidence"}),
+    );
+    resources.insert(
+        "EvidenceKey".into(),
+        json!({"Ref": "k-1", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-1")}),
+    );
+    resources.insert("CredentialsSecret".into(), json!({ "Ref": SECRET }));
+    for (_, queue, dlq) in QUEUES {
+        for q in [queue, dlq] {
+            resources.insert(
+                q.into(),
+                json!({"Ref": format!("https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{q}"), "Arn": queue_arn(q)}),
+            );
+        }
+    }
+    json!({"parameters": parameters, "resources": resources})
+}
+
+/// The roles with the bucket and queue policies, resolved with these template parameters for the
+/// stack of [`symbolic_bindings`] (plus its access-log bucket).
+pub fn symbolic_roles_and_policies(parameters: Value) -> Roles {
+    let mut bindings = symbolic_bindings(parameters);
+    bindings["resources"]["AccessLogBucket"] =
+        json!({"Ref": "lr-logs", "Arn": "arn:aws:s3:::lr-logs"});
+    with_resource_policies(&bindings)
+}
+
+/// The bucket and queue policies, resolved with these template parameters.
+pub fn resource_policies(parameters: Value) -> BTreeMap<String, Value> {
+    symbolic_roles_and_policies(parameters).resource_policies
 }
 
 #[test]
