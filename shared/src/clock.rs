@@ -1,12 +1,19 @@
-//! The wall clock as a port. Pacing stamps each Defender call with the time it *returned*, which a
-//! stage's start-of-message `now` cannot give; tests and the lifecycle model drive a manual clock.
+//! Time and chance as one port: the clock (pacing stamps each Defender call with the time it
+//! *returned*, which a stage's start-of-message `now` cannot give) and the jitter that spreads
+//! retries. Tests and the lifecycle model drive a manual clock whose jitter comes from a seed, so
+//! that a printed seed replays the same schedule.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use time::OffsetDateTime;
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> OffsetDateTime;
+
+    /// A number in [0, 1) that differs between calls, for backoff jitter.
+    fn jitter(&self) -> f64 {
+        crate::retry::jitter()
+    }
 }
 
 /// The system's clock.
@@ -19,13 +26,20 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told (milliseconds since the Unix epoch).
+/// A clock that moves only when told (milliseconds since the Unix epoch), with jitter drawn from
+/// a seeded sequence.
 #[derive(Debug)]
-pub struct ManualClock(AtomicI64);
+pub struct ManualClock(AtomicI64, AtomicU64);
 
 impl ManualClock {
+    /// At `t`, with jitter from seed 0.
     pub fn at(t: OffsetDateTime) -> Self {
-        Self(AtomicI64::new(unix_ms(t)))
+        Self::seeded(t, 0)
+    }
+
+    /// At `t`, with jitter from `seed`: the same seed gives the same jitter, call by call.
+    pub fn seeded(t: OffsetDateTime, seed: u64) -> Self {
+        Self(AtomicI64::new(unix_ms(t)), AtomicU64::new(seed))
     }
 
     pub fn advance(&self, by: std::time::Duration) {
@@ -40,6 +54,18 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         from_unix_ms(self.0.load(Ordering::SeqCst))
+    }
+
+    fn jitter(&self) -> f64 {
+        // SplitMix64 over a shared counter.
+        let mut z = self
+            .1
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -261,7 +261,7 @@ where
             PutResult::Conflict => {
                 // Another invocation won the race: back off a little and read again.
                 tokio::time::sleep(Duration::from_millis(
-                    5 + (crate::retry::jitter() * 20.0) as u64,
+                    5 + (clock.jitter() * 20.0) as u64,
                 ))
                 .await;
             }
@@ -270,10 +270,10 @@ where
     Err(StoreError("budget: too many concurrent updates".into()))
 }
 
-fn new_slot(window: Window) -> Slot {
+fn new_slot(window: Window, clock: &dyn Clock) -> Slot {
     Slot {
         window,
-        id: crate::retry::jitter().to_bits(),
+        id: clock.jitter().to_bits(),
     }
 }
 
@@ -285,7 +285,7 @@ pub async fn acquire_submission<S: ObjectStore>(
     clock: &dyn Clock,
     run: &RunId,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Submissions);
+    let slot = new_slot(Window::Submissions, clock);
     let id = slot.id;
     let granted = with_budget(store, cfg, clock, |b, now| {
         if let Some(wait) = window_wait(
@@ -322,7 +322,7 @@ pub async fn acquire_get<S: ObjectStore>(
     cfg: &BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Gets);
+    let slot = new_slot(Window::Gets, clock);
     let id = slot.id;
     let hour = cfg.hour();
     let wait = with_budget(store, cfg, clock, |b, now| {

@@ -14,7 +14,6 @@ use crate::ids::RunId;
 use crate::messages::{Job, decode};
 use crate::ports::Queue;
 use crate::ports::{ObjectStore, QueueError, StoreError};
-pub use crate::retry::jitter;
 use crate::store::{
     Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
     create_command, finish_run_if_complete, update_record, update_run,

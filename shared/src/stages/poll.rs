@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::settings::PollConfig;
-use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run, jitter};
+use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::Outcome;
@@ -84,7 +84,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         Err(e) if matches!(e.next(), Next::RetryAfter(_)) && past_deadline < LOST_AFTER => {
             let delay = match e.next() {
                 Next::RetryAfter(Some(d)) => d,
-                _ => cfg.retry.delay(job.polls.min(8), jitter()),
+                _ => cfg.retry.delay(job.polls.min(8), clock.jitter()),
             };
             step.again(job.polls + 1, job.cancels, delay).await?;
             return Ok(Done::new(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::settings::SubmitConfig;
-use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off, jitter};
+use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::Outcome;
@@ -299,7 +299,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
         }
         let delay = match err.next() {
             Next::RetryAfter(Some(d)) => d.max(Duration::from_secs(1)),
-            _ => self.cfg.retry.delay(self.job.attempt, jitter()),
+            _ => self.cfg.retry.delay(self.job.attempt, self.clock.jitter()),
         };
         self.again(attempt, delay).await?;
         let outcome = match err {

@@ -122,7 +122,7 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
     run: &RunRecord,
     kind: CommandType,
     link: &DownloadLink,
-    deadline: std::time::Instant,
+    deadline: time::OffsetDateTime,
 ) -> Result<CopyResult, CopyError> {
     let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
     let ck_key = checkpoint_key(&run.run_id, job.index);
@@ -325,7 +325,7 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     kind: CommandType,
     mut download: crate::ports::Download,
     source: &Source<'_, S, D, F>,
-    deadline: std::time::Instant,
+    deadline: time::OffsetDateTime,
 ) -> Result<Option<Hashes>, CopyError> {
     let mut resumes = 0u32;
     let part_size = ck.part_size;
@@ -401,7 +401,7 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
                 let more = ck.package_len.is_none_or(|len| ck.offset < len);
                 // Bytes of this chunk past the boundary are neither hashed nor kept: the next
                 // invocation downloads them again from the checkpoint's offset.
-                if more && std::time::Instant::now() >= deadline {
+                if more && source.clock.now() >= deadline {
                     return Ok(None);
                 }
             }

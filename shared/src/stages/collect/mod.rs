@@ -26,7 +26,7 @@ use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
-use super::{Done, StageError, Step, jitter};
+use super::{Done, StageError, Step};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
@@ -49,7 +49,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
-    let deadline = std::time::Instant::now() + cfg.time_budget;
+    let deadline = now + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
     let Some(command) = run.commands.get(job.index as usize).cloned() else {
         return Err(StageError::Reject {
@@ -119,7 +119,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
                     {
                         // Asking for the link is not the copy failing: its own count grows instead.
                         let delay =
-                            after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, jitter()));
+                            after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, clock.jitter()));
                         step.again(job.attempt, job.link_errors + 1, delay).await?;
                         return Ok(Done::new(
                             &run_id,
@@ -235,7 +235,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             }
             let delay = cfg
                 .retry
-                .delay(job.attempt, jitter())
+                .delay(job.attempt, clock.jitter())
                 .min(Duration::from_secs(60));
             step.again(job.attempt + 1, job.link_errors, delay).await?;
             Ok(Done::new(
