@@ -260,10 +260,7 @@ where
             PutResult::Written { .. } => return Ok(answer),
             PutResult::Conflict => {
                 // Another invocation won the race: back off a little and read again.
-                tokio::time::sleep(Duration::from_millis(
-                    5 + (clock.jitter() * 20.0) as u64,
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(5 + (clock.jitter() * 20.0) as u64)).await;
             }
         }
     }

@@ -26,8 +26,7 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(body)
-        .map_err(|e| StoreError::unreadable(key, e))
+    serde_json::from_slice(body).map_err(|e| StoreError::unreadable(key, e))
 }
 
 /// Applies `change` to the record at `key` with compare-and-swap, retrying on a concurrent write.

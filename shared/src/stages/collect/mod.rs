@@ -118,8 +118,8 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
                         && job.link_errors + 1 < MAX_LINK_ERRORS
                     {
                         // Asking for the link is not the copy failing: its own count grows instead.
-                        let delay =
-                            after.unwrap_or_else(|| cfg.retry.delay(job.link_errors, clock.jitter()));
+                        let delay = after
+                            .unwrap_or_else(|| cfg.retry.delay(job.link_errors, clock.jitter()));
                         step.again(job.attempt, job.link_errors + 1, delay).await?;
                         return Ok(Done::new(
                             &run_id,
