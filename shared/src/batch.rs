@@ -13,6 +13,11 @@ use crate::messages::Delivery;
 use crate::ports::Queue;
 use crate::stages::{Done, StageError};
 
+/// Runs `process` over the batch's messages, `concurrency` at a time, and returns the failures
+/// for SQS to redeliver. A message `process` rejects goes to `dead_letter_queue_url` with its
+/// code and reason (and counts as handled); if that send fails, it is redelivered instead. Logs
+/// one line per message and emits the outcome counts and metrics as CloudWatch embedded
+/// metrics, tagged with `stage`.
 pub async fn handle<Q, F, Fut>(
     event: SqsEvent,
     stage: &'static str,

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use time::OffsetDateTime;
 
+/// Time and jitter for the stages: [`SystemClock`] in production, [`ManualClock`] in tests.
 pub trait Clock: Send + Sync {
+    /// The current time (UTC).
     fn now(&self) -> OffsetDateTime;
 
     /// A number in [0, 1) that differs between calls, for backoff jitter.
@@ -42,10 +44,12 @@ impl ManualClock {
         Self(AtomicI64::new(unix_ms(t)), AtomicU64::new(seed))
     }
 
+    /// Moves the clock forward by `by` (millisecond precision).
     pub fn advance(&self, by: std::time::Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
+    /// Sets the clock to `t` (millisecond precision); it may move backwards.
     pub fn set(&self, t: OffsetDateTime) {
         self.0.store(unix_ms(t), Ordering::SeqCst);
     }

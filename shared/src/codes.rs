@@ -99,31 +99,51 @@ names! {
     /// Why a message was refused: the `lr-reject-code` attribute of its body in the dead-letter
     /// queue, so an operator can tell what to fix before re-driving it.
     pub enum RejectCode {
+        /// The SQS message has no body.
         EmptyBody = "empty_body",
+        /// The alert body is larger than [`crate::alerts::MAX_ALERT_BYTES`].
         TooLarge = "too_large",
+        /// The alert body is not valid JSON.
         InvalidJson = "invalid_json",
+        /// The alert's JSON names a key twice in one object (ambiguous: refused rather than guessed).
         DuplicateKey = "duplicate_key",
+        /// An SNS or EventBridge wrapping without the alert where it belongs, or wrapped twice.
         BadEnvelope = "bad_envelope",
+        /// Neither an `lr.alert/v1` alert nor a Defender alert.
         UnknownFormat = "unknown_format",
+        /// An alert with a `schema` other than `lr.alert/v1`.
         UnknownSchema = "unknown_schema",
+        /// A Defender alert without a `machineId`.
         MissingMachine = "missing_machine",
+        /// A field too long, with control or bidirectional characters, or too many parameters.
         InvalidField = "invalid_field",
+        /// The alert id is not a valid [`crate::ids::AlertId`].
         InvalidAlertId = "invalid_alert_id",
+        /// The machine id is not 40 hex characters.
         InvalidMachineId = "invalid_machine_id",
+        /// The alert asks for a playbook that is not configured.
         UnknownPlaybook = "unknown_playbook",
+        /// No playbook matches the alert (or every match refused its values).
         NoPlaybook = "no_playbook",
+        /// An alert value fails its placeholder's kind or the place it would go.
         InvalidParameter = "invalid_parameter",
+        /// A required placeholder has no value in the alert.
         MissingParameter = "missing_parameter",
+        /// Every command of the chosen playbook was left out for missing optional values.
         NothingToRun = "nothing_to_run",
         /// A rendered command failed its final check (a bug in rendering, never an alert's fault).
         UnsafeRender = "unsafe_render",
         /// A stage message that is not JSON, has another version or does not fit its schema.
         InvalidMessage = "invalid_message",
+        /// A stage message names a run that has no record.
         UnknownRun = "unknown_run",
+        /// A stage message names a run whose record does not parse.
         UnreadableRun = "unreadable_run",
+        /// The record a stage message would act on does not exist.
         UnknownRecord = "unknown_record",
         /// A stored command record (or other record) that does not parse.
         UnreadableRecord = "unreadable_record",
+        /// A collect job names a command index the run does not have.
         UnknownCommand = "unknown_command",
         /// A poll or collect job naming another action than its run's.
         ActionMismatch = "action_mismatch",
@@ -133,7 +153,9 @@ names! {
 names! {
     /// A value a stage measures, besides the count of outcomes.
     pub enum Metric {
+        /// Bytes of a result package stored as evidence (unit `Bytes`).
         BytesCopied = "BytesCopied",
+        /// Seconds from intake accepting the alert to a package stored as evidence (unit `Seconds`).
         TimeToEvidence = "TimeToEvidence",
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// Where settings come from: the process environment, or a map in tests.
 pub trait Env {
+    /// The variable's value, or `None` if it is not set.
     fn var(&self, name: &str) -> Option<String>;
 }
 
@@ -39,22 +40,31 @@ impl Env for HashMap<&str, &str> {
     }
 }
 
+/// A setting that cannot be used; the message names the variable and says what to set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A required variable is unset or blank.
     #[error("environment variable {var} is not set: {what}")]
     Missing {
+        /// The variable's name.
         var: &'static str,
+        /// What the variable should hold, for the message.
         what: &'static str,
     },
+    /// A variable is set to something unusable.
     #[error("environment variable {var}={value:?} is not valid: {reason}")]
     Invalid {
+        /// The variable's name.
         var: &'static str,
+        /// The value as set (settings hold no secrets, so it is shown).
         value: String,
+        /// What is wrong with it, or what was expected.
         reason: String,
     },
 }
 
 impl ConfigError {
+    /// The name of the variable at fault.
     pub fn var(&self) -> &'static str {
         match self {
             Self::Missing { var, .. } | Self::Invalid { var, .. } => var,
@@ -79,6 +89,8 @@ pub(crate) fn optional(env: &dyn Env, var: &'static str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The whole number in `var`, or `default` when it is unset or blank; an error if it does
+/// not parse or is outside `range`.
 pub fn number<T>(
     env: &dyn Env,
     var: &'static str,

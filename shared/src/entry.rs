@@ -24,16 +24,21 @@ use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitCon
 use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
 
+/// Why a function could not start: fix the setting, the playbook file or the resource named.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// An environment variable is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The playbook file does not load.
     #[error(transparent)]
     Playbooks(#[from] PlaybookError),
+    /// Anything else at start-up, e.g. the playbook object cannot be read or an HTTP client cannot be built.
     #[error("{0}")]
     Other(String),
 }
 
+/// The production Defender client: credentials from Secrets Manager.
 pub type Defender = DefenderClient<SecretsManagerCredentials>;
 
 /// One Lambda function of the pipeline.
@@ -92,7 +97,9 @@ pub async fn run<F: Function>() -> Result<(), lambda_runtime::Error> {
 
 /// Everything a stage that talks to Defender reads from its environment, checked (no AWS calls).
 pub struct Settings<C> {
+    /// The stage's own settings.
     pub stage: C,
+    /// How to reach Defender.
     pub defender: DefenderConfig,
     /// Object Lock retention for what it writes under `evidence/`.
     pub retention: Option<Retention>,
@@ -144,6 +151,7 @@ const CONCURRENCY: usize = 10;
 
 /// Alert in, playbook chosen, run recorded, submit job out.
 pub struct Intake {
+    /// The stage's settings.
     pub cfg: IntakeConfig,
     playbooks: Playbooks,
     store: S3Store,
@@ -213,6 +221,7 @@ macro_rules! defender_stage {
     ($(#[$doc:meta])* $name:ident, $stage:literal, $config:ty, $handle:path) => {
         $(#[$doc])*
         pub struct $name {
+            /// The stage's settings.
             pub cfg: $config,
             clients: Clients,
         }
@@ -263,6 +272,7 @@ defender_stage!(
 
 /// Copies one result package into evidence.
 pub struct Collect {
+    /// The stage's settings.
     pub cfg: CollectConfig,
     clients: Clients,
     fetch: HttpFetch,

@@ -12,6 +12,8 @@ const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
+/// A SHA-256 whose state serialises (as the eight state words, the length and the unfinished
+/// block in hex), so a hash can be saved in a checkpoint and continued later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Saved")]
 pub struct ResumableSha256 {
@@ -34,18 +36,22 @@ impl Default for ResumableSha256 {
 }
 
 impl ResumableSha256 {
+    /// A hash of nothing yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// Whether nothing has been hashed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Hashes `data` after what came before.
     pub fn update(&mut self, mut data: &[u8]) {
         self.len = self.len.wrapping_add(data.len() as u64);
         if !self.pending.is_empty() {
@@ -128,7 +134,9 @@ mod hex_bytes {
 
 /// Counts and hashes what a gzip decoder writes into it.
 pub struct HashSink {
+    /// The hash of what was written so far.
     pub hasher: Sha256,
+    /// Bytes written so far.
     pub len: u64,
 }
 

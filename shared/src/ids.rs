@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} {rule}, got {got:?}")]
 pub struct IdError {
+    /// Which id, e.g. `run id`.
     pub what: &'static str,
+    /// What the id must be.
     pub rule: String,
+    /// A printable prefix (at most 64 characters) of the value refused.
     pub got: String,
 }
 
@@ -27,6 +30,8 @@ macro_rules! validated_id {
         pub struct $name(String);
 
         impl $name {
+            /// Checks `s`; the id it keeps may be normalised (machine ids are lower-cased). The error
+            /// says which rule `s` broke.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 let check: fn(&str) -> Result<String, String> = $check;
                 check(s).map(Self).map_err(|rule| IdError {
@@ -37,6 +42,7 @@ macro_rules! validated_id {
                 })
             }
 
+            /// The id as a string, as checked.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -76,6 +82,8 @@ validated_id!(
 );
 
 impl RunId {
+    /// The run for this alert on this device with this playbook: the same inputs always give the
+    /// same id, so a duplicate alert finds the existing run.
     pub fn derive(source: &str, alert_id: &str, machine_id: &str, playbook: &str) -> Self {
         let d = Sha256::digest(format!(
             "lr-run/v1\n{source}\n{alert_id}\n{machine_id}\n{playbook}"

@@ -21,6 +21,8 @@
 //!   (reading the environment), [`retry`] (backoff), [`clock`], [`hash`] (resumable SHA-256),
 //!   [`secret`] (values that never print), [`logging`].
 
+#![warn(missing_docs)]
+
 pub mod adapters;
 pub mod alerts;
 pub mod batch;

@@ -3,6 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Installs the `tracing` subscriber for a Lambda; a second call does nothing.
 pub fn init() {
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .ok()

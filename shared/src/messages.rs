@@ -6,13 +6,16 @@ use serde::{Deserialize, Serialize};
 use crate::defender::ActionId;
 use crate::ids::RunId;
 
+/// The `v` every stage message carries; [`decode`] refuses any other.
 pub const MESSAGE_VERSION: u32 = 1;
 
 /// intake → submit: submit this run (again, after a delay, when Defender said wait).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
+    /// Message format version ([`MESSAGE_VERSION`]).
     pub v: u32,
+    /// The run to submit.
     pub run_id: RunId,
     /// Submissions tried so far (drives the backoff).
     pub attempt: u32,
@@ -25,8 +28,11 @@ pub struct SubmitJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollJob {
+    /// Message format version ([`MESSAGE_VERSION`]).
     pub v: u32,
+    /// The run the action belongs to.
     pub run_id: RunId,
+    /// The action to look at; must be the run's own.
     pub action_id: ActionId,
     /// Polls so far (picks the next step of the delay schedule).
     pub polls: u32,
@@ -42,9 +48,13 @@ pub struct PollJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectJob {
+    /// Message format version ([`MESSAGE_VERSION`]).
     pub v: u32,
+    /// The run the command belongs to.
     pub run_id: RunId,
+    /// The action that ran the command; must be the run's own.
     pub action_id: ActionId,
+    /// The command's position in the run, from 0.
     pub index: u32,
     /// Copies tried so far.
     pub attempt: u32,
@@ -61,11 +71,14 @@ pub struct CollectJob {
 /// every send) and its body. The id is what a record's chain names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The queue's message id.
     pub id: String,
+    /// The message body, as sent.
     pub body: String,
 }
 
 impl Delivery {
+    /// A delivery of `body` with message id `id`.
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
         Self {
             id: id.into(),
@@ -76,8 +89,11 @@ impl Delivery {
 
 /// A stage message: names the run it is about, and the message that sent it.
 pub trait Job: serde::de::DeserializeOwned + Serialize {
+    /// The run the job is about.
     fn run_id(&self) -> &RunId;
+    /// The message that sent this one, if it handed on a chain.
     fn prev(&self) -> Option<&str>;
+    /// Records `prev` as the message that sent this one (set before sending).
     fn set_prev(&mut self, prev: &str);
     /// The Defender action the job is about, which must be the run's own (poll and collect jobs).
     fn action_id(&self) -> Option<&ActionId> {
@@ -133,6 +149,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
     serde_json::from_str(body).map_err(|e| format!("message does not fit its schema: {e}"))
 }
 
+/// A stage message as its JSON body.
 pub fn encode<T: Serialize>(msg: &T) -> String {
     // These types serialise infallibly (strings and numbers only).
     serde_json::to_string(msg).unwrap_or_default()

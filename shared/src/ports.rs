@@ -38,8 +38,10 @@ impl StoreError {
     }
 }
 
+/// The condition a [`ObjectStore::put`] writes under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
+    /// Unconditionally, replacing whatever is there.
     Always,
     /// Only if no object has the key (`If-None-Match: *`).
     IfAbsent,
@@ -47,24 +49,31 @@ pub enum Put {
     IfMatch(String),
 }
 
+/// What a conditional [`ObjectStore::put`] came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutResult {
+    /// The object was written.
     Written {
+        /// The new object's ETag, for a later `Put::IfMatch`.
         etag: String,
     },
     /// The condition did not hold: someone else wrote first.
     Conflict,
 }
 
+/// A record as read, with the ETag to compare-and-swap against.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// The object's bytes.
     pub body: Bytes,
+    /// The ETag of exactly these bytes; pass it to `Put::IfMatch` to update them.
     pub etag: String,
 }
 
 /// What a step of a multipart upload came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upload<T> {
+    /// The step happened; its result.
     Done(T),
     /// The upload no longer exists (completed, aborted, or expired by a lifecycle rule): a copy
     /// that named it must start over.
@@ -73,14 +82,18 @@ pub enum Upload<T> {
 
 /// Records: read, write with a condition (create-only or compare-and-swap), list, delete.
 pub trait ObjectStore: Send + Sync {
+    /// The object at `key`, or `None` if there is none.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+    /// Writes `body` to `key` if `condition` holds; `Conflict` (not an error) if it does not.
     fn put(
         &self,
         key: &str,
         body: Vec<u8>,
         condition: Put,
     ) -> impl Future<Output = Result<PutResult, StoreError>> + Send;
+    /// Every key that starts with `prefix` (all pages).
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Deletes `key`; deleting a key that does not exist succeeds.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -89,6 +102,7 @@ pub trait ObjectStore: Send + Sync {
 pub trait Uploads: ObjectStore {
     /// Streams an object's bytes.
     fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
+    /// Starts a multipart upload to `key`; returns its upload id.
     fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
     /// Uploads one part; its ETag, or `Gone` when the upload no longer exists.
     fn upload_part(
@@ -98,12 +112,15 @@ pub trait Uploads: ObjectStore {
         part_number: i32,
         body: Bytes,
     ) -> impl Future<Output = Result<Upload<String>, StoreError>> + Send;
+    /// Joins the uploaded parts, given as (part number, ETag) in order, into the object;
+    /// `Gone` when the upload no longer exists.
     fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
     ) -> impl Future<Output = Result<Upload<()>, StoreError>> + Send;
+    /// Drops an unfinished upload and the parts stored so far.
     fn abort_upload(
         &self,
         key: &str,
@@ -123,6 +140,7 @@ pub trait Uploads: ObjectStore {
 #[error("queue: {0}")]
 pub struct QueueError(pub String);
 
+/// Messages between the stages (SQS in production).
 pub trait Queue: Send + Sync {
     /// Sends `body`, visible after `delay` (SQS caps delays at 900 s; callers cap too); returns the
     /// new message's id.
@@ -145,24 +163,29 @@ pub trait Queue: Send + Sync {
 
 /// The Defender calls the stages make.
 pub trait Defender: Send + Sync {
+    /// Starts a live response; see [`crate::defender::DefenderClient::run_live_response`].
     fn run_live_response(
         &self,
         machine: &MachineId,
         request: &LiveResponseRequest,
     ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+    /// The machine action as it stands now.
     fn get_machine_action(
         &self,
         id: &ActionId,
     ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+    /// Machine actions matching `filter` (the first page, up to 1,000).
     fn list_machine_actions(
         &self,
         filter: &ActionFilter,
     ) -> impl Future<Output = Result<Vec<MachineAction>, DefenderError>> + Send;
+    /// A fresh download link for command `index` of action `id`.
     fn result_download_link(
         &self,
         id: &ActionId,
         index: u32,
     ) -> impl Future<Output = Result<DownloadLink, DefenderError>> + Send;
+    /// Asks Defender to cancel the action, with `comment`.
     fn cancel_machine_action(
         &self,
         id: &ActionId,
@@ -170,17 +193,21 @@ pub trait Defender: Send + Sync {
     ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
 }
 
+/// A stream of downloaded or read bytes; an error is a message fit to record (no URLs).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
 /// An open download.
 pub struct Download {
     /// The length of what this response carries (from `from` to the end), when the server said.
     pub content_length: Option<u64>,
+    /// The bytes, from `from` on.
     pub stream: ByteStream,
 }
 
 /// Downloads a pre-signed link (no bearer token: the link carries its own signature).
 pub trait Fetch: Send + Sync {
+    /// Opens `url` at byte `from` (a Range request when above 0); the error is a message fit to
+    /// record, without the URL.
     fn open(
         &self,
         url: &Secret<String>,

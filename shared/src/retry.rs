@@ -9,7 +9,9 @@ use crate::config::{ConfigError, Env, number};
 /// Exponential backoff with jitter and a cap, for waits Defender did not size itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first retry's wait, before jitter; doubles with each attempt.
     pub base: Duration,
+    /// The longest wait, whatever the attempt.
     pub cap: Duration,
 }
 

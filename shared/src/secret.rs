@@ -2,10 +2,13 @@
 
 use std::fmt;
 
+/// A value that must never be printed (tokens, client secrets, signed links): `Debug` and
+/// `Display` show a placeholder; [`Secret::expose`] gives the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
+    /// Wraps `value`.
     pub fn new(value: T) -> Self {
         Self(value)
     }

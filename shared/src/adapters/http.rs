@@ -13,6 +13,8 @@ pub struct HttpFetch {
 }
 
 impl HttpFetch {
+    /// A downloader that gives up when no bytes arrive for `timeout`; the error is reqwest's
+    /// reason if the client cannot be built.
     pub fn new(timeout: Duration) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -10,8 +10,11 @@ use crate::ports::{
 };
 use bytes::Bytes;
 
+/// An in-memory object store with S3's conditional writes and multipart uploads; ETags are a
+/// counter, so every write gets a new one.
 #[derive(Default)]
 pub struct MemStore {
+    /// The stored objects by key, each with its ETag number; tests read and seed it directly.
     pub objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
     uploads: Mutex<BTreeMap<String, BTreeMap<i32, Bytes>>>,
     version: Mutex<u64>,
@@ -150,23 +153,36 @@ impl Uploads for MemStore {
 /// A sent message: queue, body, delay; or a rejected one: DLQ, body, code, reason.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sent {
+    /// A message sent with [`Queue::send`].
     Message {
+        /// The id returned to the sender (`mem-1`, `mem-2`, ...).
         id: String,
+        /// The queue URL it was sent to.
         queue: String,
+        /// The body.
         body: String,
+        /// The delay asked for.
         delay: Duration,
     },
+    /// A message refused with [`Queue::send_rejected`].
     Rejected {
+        /// The dead-letter queue URL.
         dlq: String,
+        /// The original body.
         body: String,
+        /// The stage that refused it.
         stage: String,
+        /// The reject code.
         code: String,
+        /// Why, in words.
         reason: String,
     },
 }
 
+/// An in-memory queue that records every send; nothing is delivered.
 #[derive(Default)]
 pub struct MemQueue {
+    /// Everything sent, in order.
     pub sent: Mutex<Vec<Sent>>,
 }
 

@@ -26,6 +26,8 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The bucket `bucket` through `client` (make it with [`s3_client`]); no retention until
+    /// [`S3Store::retaining`].
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
         Self {
             client,
@@ -60,6 +62,7 @@ impl S3Store {
         Some((mode, until.into()))
     }
 
+    /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

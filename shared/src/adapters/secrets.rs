@@ -12,6 +12,7 @@ pub struct SecretsManagerCredentials {
 }
 
 impl SecretsManagerCredentials {
+    /// Reads the secret `secret_id` (name or ARN) through `client` on each fetch.
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
         Self {
             client,

@@ -12,6 +12,7 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// Sends through `client`; queue URLs are given per call.
     pub fn new(client: aws_sdk_sqs::Client) -> Self {
         Self { client }
     }

@@ -5,10 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A placeholder a playbook declares: the kind of value it takes, and whether it must have one.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placeholder {
+    /// What values it accepts and where it may go.
     pub kind: PlaceholderKind,
+    /// Whether an alert without the value is refused (the default); if `false`, a command using
+    /// the placeholder is left out when there is no value.
     #[serde(default = "yes")]
     pub required: bool,
 }
@@ -17,6 +21,7 @@ fn yes() -> bool {
     true
 }
 
+/// The kinds of value a placeholder can take, each with a checked shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaceholderKind {

@@ -27,23 +27,34 @@ pub enum AlertFormat {
     Defender,
 }
 
+/// The wrapping the alert arrived in, kept in the run record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Envelope {
+    /// The alert itself was the message body.
     None,
+    /// An SNS notification whose `Message` is the alert.
     Sns,
+    /// An EventBridge event whose `detail` is the alert.
     EventBridge,
 }
 
 /// One alert, whatever it arrived as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
+    /// Which schema the alert used; only native alerts may name a playbook.
     pub format: AlertFormat,
+    /// The wrapping it arrived in.
     pub envelope: Envelope,
+    /// The sender's id for the alert; part of the run id.
     pub alert_id: AlertId,
+    /// The device the live response runs on.
     pub machine_id: MachineId,
+    /// The alert's title; empty if it had none (at most 512 characters).
     pub title: String,
+    /// The alert's category; empty if it had none (at most 128 characters).
     pub category: String,
+    /// The alert's severity, as sent; empty if it had none (at most 32 characters).
     pub severity: String,
     /// The detection source or product that raised it.
     pub source: String,
@@ -57,7 +68,9 @@ pub struct Alert {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct AlertError {
+    /// The stable reject code, for the dead-letter attributes and metrics.
     pub code: RejectCode,
+    /// What is wrong with the alert, for the sender to fix.
     pub message: String,
 }
 

@@ -26,11 +26,16 @@ const STALE_SESSION_MS: i64 = (3 * 24 + 1) * 3600 * 1000;
 /// Stamps further in the future than this were not written by a sane clock: they are pulled back.
 const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
+/// The tenant's Defender limits that the budget keeps every stage within, together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetConfig {
+    /// Live response submissions per minute (`BUDGET_SUBMISSIONS_PER_MINUTE`).
     pub submissions_per_minute: u32,
+    /// Live response sessions running at once (`BUDGET_RUNNING_SESSIONS`).
     pub running_sessions: u32,
+    /// Defender calls other than submissions (status, result link, list, cancel) per minute (`BUDGET_GETS_PER_MINUTE`).
     pub gets_per_minute: u32,
+    /// The same calls per hour (`BUDGET_GETS_PER_HOUR`).
     pub gets_per_hour: u32,
     /// The length of Defender's "minute" (60 s; shorter only against a time-scaled simulator).
     pub minute: Duration,

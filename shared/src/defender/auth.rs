@@ -10,16 +10,19 @@ use tokio::time::Instant;
 use super::error::DefenderError;
 use crate::secret::Secret;
 
-/// The app registration's credentials, as the secret holds them:
-/// `{"tenant_id": "...", "client_id": "...", "client_secret": "..."}`.
 /// The longest token lifetime believed from the token endpoint (24 h).
 const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
+/// The app registration's credentials, as the secret holds them:
+/// `{"tenant_id": "...", "client_id": "...", "client_secret": "..."}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    /// The Entra tenant (GUID or domain name) the token is requested from.
     pub tenant_id: String,
+    /// The app registration's application (client) id.
     pub client_id: String,
+    /// The app registration's client secret.
     pub client_secret: Secret<String>,
 }
 
@@ -75,6 +78,8 @@ fn redact_serde(e: &serde_json::Error) -> String {
 
 /// Where credentials come from (Secrets Manager in production, a fixed value in tests).
 pub trait CredentialSource: Send + Sync {
+    /// Reads the credentials: on the first token request, and again when the token endpoint
+    /// refuses cached ones (the secret may have been rotated).
     fn fetch(&self) -> impl Future<Output = Result<Credentials, DefenderError>> + Send;
 }
 
@@ -91,6 +96,7 @@ impl CredentialSource for StaticCredentials {
 /// A bearer token and the generation it belongs to (to drop exactly this one after a 401).
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// The bearer value; expose it only for the `Authorization` header.
     pub value: Secret<String>,
     generation: u64,
 }
@@ -108,6 +114,8 @@ struct State {
     generation: u64,
 }
 
+/// Gets client-credentials tokens from the login endpoint and caches them until shortly
+/// before they expire. Credentials are fetched lazily from `C` and kept.
 pub struct TokenProvider<C> {
     source: C,
     http: reqwest::Client,
@@ -131,6 +139,8 @@ struct OAuthError {
 }
 
 impl<C: CredentialSource> TokenProvider<C> {
+    /// A provider asking `login_base` (a trailing `/` is dropped) for tokens for `scope`
+    /// (ending in `/.default`). Nothing is fetched until the first `token()`.
     pub fn new(source: C, http: reqwest::Client, login_base: &str, scope: &str) -> Self {
         Self {
             source,

@@ -16,12 +16,14 @@ use crate::secret::Secret;
 /// A result package's pre-signed link. The URL carries a signature, so it is kept secret.
 #[derive(Debug, Clone)]
 pub struct DownloadLink {
+    /// The full link; expose it only to download.
     pub url: Secret<String>,
     /// The link's `se` parameter, when present and readable.
     pub expires_at: Option<OffsetDateTime>,
 }
 
 impl DownloadLink {
+    /// Wraps a link Defender returned and reads its expiry; an error if it is not a URL.
     pub fn parse(url: String) -> Result<Self, DefenderError> {
         let parsed = url::Url::parse(&url)
             .map_err(|_| DefenderError::InvalidResponse("result link is not a URL".into()))?;
@@ -38,6 +40,8 @@ impl DownloadLink {
     }
 }
 
+/// The Defender API client over a credential source `C`: adds the bearer token, refreshes it
+/// once after a 401, and maps every failure to a [`DefenderError`].
 pub struct DefenderClient<C> {
     http: reqwest::Client,
     api_base: String,
@@ -62,6 +66,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, DefenderError> 
 }
 
 impl<C: CredentialSource> DefenderClient<C> {
+    /// A client for `api_base` (a trailing `/` is dropped). Build `http` with [`http_client`].
     pub fn new(http: reqwest::Client, api_base: &str, auth: TokenProvider<C>) -> Self {
         Self {
             http,
@@ -119,6 +124,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         format!("{}{path}", self.api_base)
     }
 
+    /// Starts a live response on `machine`; the returned action is usually `Pending`.
     pub async fn run_live_response(
         &self,
         machine: &MachineId,
@@ -133,6 +139,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         .await
     }
 
+    /// The machine action `id` as it stands now. A fresh action may still answer `NotFound`.
     pub async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
         let url = self.url(&format!("/api/machineactions/{id}"));
         let span = tracing::info_span!("defender.get_machine_action", action_id = %id);
@@ -141,6 +148,8 @@ impl<C: CredentialSource> DefenderClient<C> {
             .await
     }
 
+    /// Machine actions matching `filter`, one page: `top` caps the page (at most 10,000), `skip`
+    /// skips that many; `None` leaves each to Defender's default.
     pub async fn list_machine_actions(
         &self,
         filter: &ActionFilter,
@@ -169,6 +178,8 @@ impl<C: CredentialSource> DefenderClient<C> {
         Ok(page.value)
     }
 
+    /// The download link for command `index` (from 0) of action `id`; links expire, so fetch
+    /// one right before downloading.
     pub async fn result_download_link(
         &self,
         id: &ActionId,
@@ -189,6 +200,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         DownloadLink::parse(v.value)
     }
 
+    /// Asks Defender to cancel the action, with `comment` shown in the portal.
     pub async fn cancel_machine_action(
         &self,
         id: &ActionId,

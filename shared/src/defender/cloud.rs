@@ -8,8 +8,11 @@ use crate::config::{ConfigError, Env, base_url, number, optional, required};
 /// Defender cloud presets: API host, login host and token scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudPreset {
+    /// Defender API base URL, without a trailing `/`.
     pub api_base: String,
+    /// Entra login base URL, without a trailing `/`.
     pub login_base: String,
+    /// The client-credentials scope for the API (ends in `/.default`).
     pub scope: String,
 }
 
@@ -134,11 +137,15 @@ pub fn cloud_preset(name: &str) -> Option<CloudPreset> {
 /// How to reach Defender and where its credentials are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefenderConfig {
+    /// Defender API base URL: the preset's or `MDE_API_BASE_URL`.
     pub api_base: String,
+    /// Entra login base URL: the preset's or `MDE_LOGIN_BASE_URL`.
     pub login_base: String,
+    /// Token scope: the preset's or `MDE_TOKEN_SCOPE`.
     pub scope: String,
     /// Secrets Manager id (name or ARN) of `{tenant_id, client_id, client_secret}`.
     pub credentials_secret_id: String,
+    /// Timeout for one whole Defender request (`MDE_HTTP_TIMEOUT_SECS`).
     pub http_timeout: Duration,
 }
 

@@ -11,28 +11,51 @@ pub enum Next {
     GiveUp,
 }
 
+/// A failed Defender call, classified by what the caller should do: see [`DefenderError::next`].
 #[derive(Debug, thiserror::Error)]
 pub enum DefenderError {
     /// 429: a documented limit was hit.
     #[error("Defender rate limit hit (retry after {retry_after:?})")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// The `Retry-After` wait; `None` if absent or not in seconds.
+        retry_after: Option<Duration>,
+    },
     /// 400 ActiveRequestAlreadyExists: the device already has a live response session.
     #[error("device busy: {message}")]
-    DeviceBusy { message: String },
+    DeviceBusy {
+        /// Defender's message.
+        message: String,
+    },
     /// 404: the machine or action does not exist (or not yet: actions can 404 right after creation).
     #[error("not found ({code}): {message}")]
-    NotFound { code: String, message: String },
+    NotFound {
+        /// Defender's error code; empty if the body had none.
+        code: String,
+        /// Defender's message, or the start of the raw body.
+        message: String,
+    },
     /// 401/403 after a fresh token: the app's permissions or credentials are wrong.
     #[error("unauthorized ({status}): {message}")]
-    Unauthorized { status: u16, message: String },
+    Unauthorized {
+        /// The HTTP status, 401 or 403.
+        status: u16,
+        /// Defender's message, or the start of the raw body.
+        message: String,
+    },
     /// 5xx, timeouts and connection errors: worth retrying.
     #[error("transient failure: {reason}")]
-    Transient { reason: String },
+    Transient {
+        /// What failed (status and message, or the kind of network error), without URLs.
+        reason: String,
+    },
     /// Any other 4xx, with Defender's code and message: the request itself is wrong.
     #[error("rejected ({status} {code}): {message}")]
     Rejected {
+        /// The HTTP status.
         status: u16,
+        /// Defender's error code; empty if the body had none.
         code: String,
+        /// Defender's message, or the start of the raw body.
         message: String,
     },
     /// The credentials secret is missing, unreadable or malformed.
@@ -44,6 +67,7 @@ pub enum DefenderError {
 }
 
 impl DefenderError {
+    /// Retry (rate limits, a busy device, transient failures) or give up (everything else).
     pub fn next(&self) -> Next {
         match self {
             Self::RateLimited { retry_after } => Next::RetryAfter(*retry_after),
@@ -94,6 +118,8 @@ impl DefenderError {
         }
     }
 
+    /// A network-level failure (timeout, connection, broken body) as `Transient`; the URL is
+    /// dropped because result links carry signatures.
     pub fn from_reqwest(e: reqwest::Error) -> Self {
         // The URL is left out: result links carry signatures.
         let kind = if e.is_timeout() {

@@ -12,15 +12,22 @@ use super::model::LibraryFile;
 /// Options for the library upload.
 #[derive(Debug, Clone, Default)]
 pub struct LibraryUpload {
+    /// The name scripts and `PutFile` commands will use; Defender's library is flat.
     pub file_name: String,
+    /// The file's bytes (20 MB at most).
     pub content: Vec<u8>,
+    /// Shown in the portal's library list.
     pub description: String,
+    /// What the script's arguments mean; sent only when `Some`.
     pub parameters_description: Option<String>,
+    /// Whether the script takes `Args`.
     pub has_parameters: bool,
+    /// Replace a file of the same name; when `false`, an existing name makes the upload fail.
     pub override_if_exists: bool,
 }
 
 impl<C: CredentialSource> DefenderClient<C> {
+    /// Every file in the tenant's library.
     pub async fn list_library(&self) -> Result<Vec<LibraryFile>, DefenderError> {
         #[derive(serde::Deserialize)]
         struct Page {
@@ -31,6 +38,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         Ok(page.value)
     }
 
+    /// Uploads one file as multipart form data and returns the entity Defender made of it.
     pub async fn upload_library_file(
         &self,
         upload: &LibraryUpload,
@@ -57,6 +65,7 @@ impl<C: CredentialSource> DefenderClient<C> {
         .await
     }
 
+    /// Deletes the library file `file_name` (URL-encoded into the path).
     pub async fn delete_library_file(&self, file_name: &str) -> Result<(), DefenderError> {
         let name: String = url::form_urlencoded::byte_serialize(file_name.as_bytes()).collect();
         let url = self.url(&format!("/api/libraryfiles/{name}"));

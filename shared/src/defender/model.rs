@@ -8,12 +8,19 @@ pub use crate::ids::{ActionId, IdError, MachineId};
 /// A machine action's status. Unknown values are kept rather than failing the whole entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionStatus {
+    /// Queued; Defender has not started it.
     Pending,
+    /// Running on the machine.
     InProgress,
+    /// Every command finished; results may be downloadable.
     Succeeded,
+    /// Defender gave up; the command results say why.
     Failed,
+    /// The machine did not respond in time.
     TimeOut,
+    /// Cancelled, by the pipeline at the run's deadline or by someone else.
     Cancelled,
+    /// A status this code does not know, kept verbatim; treated as not final.
     #[serde(untagged)]
     Other(String),
 }
@@ -25,20 +32,30 @@ impl ActionStatus {
     }
 }
 
+/// One command's status inside a machine action. Unknown values are kept as `Other`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandStatus {
+    /// Accepted, not started.
     Created,
+    /// Running.
     InProgress,
+    /// Finished; a result package exists if the type has one.
     Completed,
+    /// Finished with errors (see `CommandResult::errors`).
     Failed,
+    /// A status this code does not know, kept verbatim.
     #[serde(untagged)]
     Other(String),
 }
 
+/// The live response command types this code sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CommandType {
+    /// Copy a file from the live response library to the machine; no result package.
     PutFile,
+    /// Run a library script; the result package is a transcript.
     RunScript,
+    /// Collect a file from the machine; the result package is the file (usually gzip-compressed).
     GetFile,
 }
 
@@ -49,21 +66,27 @@ impl CommandType {
     }
 }
 
+/// One named command parameter (`ScriptName`, `Args`, `Path`, `FileName`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Param {
+    /// Parameter name, as Defender spells it (case-sensitive).
     pub key: String,
+    /// Parameter value, sent verbatim.
     pub value: String,
 }
 
 /// One live response command as Defender takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// What the command does; serialized as `type`.
     #[serde(rename = "type")]
     pub kind: CommandType,
+    /// The command's parameters, in the order they are sent.
     pub params: Vec<Param>,
 }
 
 impl Command {
+    /// A `RunScript` of a library script, with `Args` only when `args` is `Some`.
     pub fn run_script(script: &str, args: Option<&str>) -> Self {
         let mut params = vec![Param {
             key: "ScriptName".into(),
@@ -81,6 +104,7 @@ impl Command {
         }
     }
 
+    /// A `GetFile` of `path` on the machine.
     pub fn get_file(path: &str) -> Self {
         Self {
             kind: CommandType::GetFile,
@@ -91,6 +115,7 @@ impl Command {
         }
     }
 
+    /// A `PutFile` of the library file `file_name`.
     pub fn put_file(file_name: &str) -> Self {
         Self {
             kind: CommandType::PutFile,
@@ -101,6 +126,7 @@ impl Command {
         }
     }
 
+    /// The value of the first parameter named `key` (exact case), or `None` if absent.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
@@ -112,21 +138,30 @@ impl Command {
 /// The body of `POST /api/machines/{id}/runliveresponse` (property names are case-sensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LiveResponseRequest {
+    /// The commands, run in order on the machine.
     #[serde(rename = "Commands")]
     pub commands: Vec<Command>,
+    /// Free text shown in the Defender portal with the action.
     #[serde(rename = "Comment")]
     pub comment: String,
 }
 
+/// One command's progress inside a `MachineAction`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandResult {
+    /// Position of the command in the request, from 0; used to fetch its result package.
     pub index: u32,
+    /// When it started, as Defender's timestamp text; `None` until it starts.
     pub start_time: Option<String>,
+    /// When it ended, as Defender's timestamp text; `None` until it ends.
     pub end_time: Option<String>,
+    /// Where the command stands.
     pub command_status: CommandStatus,
+    /// Error messages from Defender; empty (also when sent as `null`) if none.
     #[serde(default, deserialize_with = "null_as_default")]
     pub errors: Vec<String>,
+    /// The command as submitted.
     pub command: Command,
 }
 
@@ -134,19 +169,32 @@ pub struct CommandResult {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineAction {
+    /// The action's id; every later call about it uses this.
     pub id: ActionId,
+    /// Action type, e.g. `LiveResponse`; `None` if Defender omits it.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// Who submitted the action, as Defender names them.
     pub requestor: Option<String>,
+    /// The comment given at submission.
     pub requestor_comment: Option<String>,
+    /// Where the action stands; see `ActionStatus::is_final`.
     pub status: ActionStatus,
+    /// The machine the action runs on.
     pub machine_id: MachineId,
+    /// The machine's DNS name, if Defender knows it.
     pub computer_dns_name: Option<String>,
+    /// When the action was created, as Defender's UTC timestamp text.
     pub creation_date_time_utc: Option<String>,
+    /// When the action last changed, as Defender's UTC timestamp text.
     pub last_update_date_time_utc: Option<String>,
+    /// Who cancelled the action; `None` unless cancelled.
     pub cancellation_requestor: Option<String>,
+    /// The comment given when cancelling; `None` unless cancelled.
     pub cancellation_comment: Option<String>,
+    /// When the action was cancelled, as UTC timestamp text; `None` unless cancelled.
     pub cancellation_date_time_utc: Option<String>,
+    /// Per-command progress, in request order; empty (also when sent as `null`) if none.
     #[serde(default, deserialize_with = "null_as_default")]
     pub commands: Vec<CommandResult>,
 }
@@ -162,11 +210,15 @@ where
 /// A RunScript result package. Both spellings of the error field are accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transcript {
+    /// The script that ran (also read from `name`).
     #[serde(alias = "name")]
     pub script_name: Option<String>,
+    /// The script's exit code; `None` if it did not finish or Defender omits it.
     pub exit_code: Option<i64>,
+    /// Standard output; empty if absent.
     #[serde(default)]
     pub script_output: String,
+    /// Standard error; empty if absent.
     #[serde(default, alias = "script_error")]
     pub script_errors: String,
 }
@@ -175,29 +227,42 @@ pub struct Transcript {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LibraryFile {
+    /// The name scripts and `PutFile` refer to it by.
     pub file_name: String,
+    /// Hex SHA-256 of the content, if Defender reports it.
     pub sha256: Option<String>,
+    /// Description given at upload.
     pub description: Option<String>,
+    /// Upload time, as Defender's timestamp text.
     pub creation_time: Option<String>,
+    /// Last replacement time, as Defender's timestamp text.
     pub last_updated_time: Option<String>,
+    /// Who uploaded it.
     pub created_by: Option<String>,
+    /// Whether the script takes `Args`; `false` if absent.
     #[serde(default)]
     pub has_parameters: bool,
+    /// What the script's arguments mean, as given at upload.
     pub parameters_description: Option<String>,
 }
 
 /// `$filter` terms for listing machine actions (`eq` clauses joined by `and`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActionFilter {
+    /// Only actions on this machine.
     pub machine_id: Option<MachineId>,
+    /// Only actions in this status.
     pub status: Option<ActionStatus>,
+    /// Only actions submitted by this requestor.
     pub requestor: Option<String>,
+    /// Only live response actions (`type eq 'LiveResponse'`).
     pub live_response_only: bool,
     /// Only actions created at or after this time.
     pub created_since: Option<time::OffsetDateTime>,
 }
 
 impl ActionFilter {
+    /// The `$filter` value, or `None` when no term is set (or a status or time cannot be written), in which case nothing is filtered.
     pub fn to_odata(&self) -> Option<String> {
         let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let mut terms = Vec::new();

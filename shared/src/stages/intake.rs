@@ -11,6 +11,9 @@ use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
 use crate::ports::{ObjectStore, Queue};
 use crate::store::{RECORD_VERSION, RunRecord, RunState, create_run};
 
+/// Handles one alert body received at `now`: parses it, picks the playbook, creates the run
+/// record (or finds the run a duplicate alert already made) and sends the submit job. An alert
+/// that cannot be used is a `Reject` with its code; S3 or SQS failing is a `Retry`.
 pub async fn handle<S: ObjectStore, Q: Queue>(
     cfg: &IntakeConfig,
     playbooks: &Playbooks,

@@ -51,14 +51,18 @@ impl<'a, C, J, S, Q> Step<'a, C, J, S, Q> {
 /// What a stage did with a message, for the one log line per message and the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
+    /// The run the message was about; logged as `-` when `None`.
     pub run_id: Option<RunId>,
+    /// What became of the message, counted as a metric.
     pub outcome: Outcome,
+    /// One line on what happened, for the log.
     pub detail: String,
     /// Values for CloudWatch, beyond the count of outcomes.
     pub metrics: Vec<(Metric, f64)>,
 }
 
 impl Done {
+    /// A result for `run_id` with no metrics beyond the outcome.
     pub fn new(run_id: &RunId, outcome: Outcome, detail: impl Into<String>) -> Self {
         Self {
             run_id: Some(run_id.clone()),
@@ -68,12 +72,14 @@ impl Done {
         }
     }
 
+    /// Adds a CloudWatch value to report with the outcome.
     pub fn with_metric(mut self, metric: Metric, value: f64) -> Self {
         self.metrics.push((metric, value));
         self
     }
 }
 
+/// Why a stage did not finish a message; decides whether SQS redelivers it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StageError {
     /// Infrastructure failed (S3, SQS): leave the message for SQS to deliver again.
@@ -81,7 +87,12 @@ pub enum StageError {
     Retry(String),
     /// The message itself is wrong: send its body to the dead-letter queue with this reason.
     #[error("reject ({code}): {reason}")]
-    Reject { code: RejectCode, reason: String },
+    Reject {
+        /// The reject code, for the dead-letter attributes and metrics.
+        code: RejectCode,
+        /// What is wrong with the message, for whoever re-drives it.
+        reason: String,
+    },
 }
 
 impl From<StoreError> for StageError {

@@ -42,6 +42,9 @@ fn cancel_delay(cancels: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << cancels.min(6)).min(300))
 }
 
+/// Handles one poll job: reads the action; while it runs, sends the next poll job; past the
+/// deadline, cancels it; once it ends, records every command and sends one collect job per
+/// command with a result (the manifest is written if none has one).
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
     store: &S,

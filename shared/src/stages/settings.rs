@@ -16,10 +16,14 @@ fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
     }
 }
 
+/// What intake reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntakeConfig {
+    /// The evidence bucket (`EVIDENCE_BUCKET`).
     pub bucket: String,
+    /// Where accepted alerts go as submit jobs (`SUBMIT_QUEUE_URL`).
     pub submit_queue_url: String,
+    /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
     /// `s3://bucket/key` of a playbook file replacing the bundled one.
     pub playbooks_s3_uri: Option<String>,
@@ -28,6 +32,8 @@ pub struct IntakeConfig {
 }
 
 impl IntakeConfig {
+    /// Reads `EVIDENCE_BUCKET`, `SUBMIT_QUEUE_URL`, `DEAD_LETTER_QUEUE_URL`, optional
+    /// `PLAYBOOKS_S3_URI` and `MAX_RUN_DEADLINE_SECS`; the error names the variable to fix.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let playbooks_s3_uri = match optional(env, "PLAYBOOKS_S3_URI") {
             Some(u) if u.starts_with("s3://") && u[5..].contains('/') => Some(u),
@@ -54,18 +60,28 @@ impl IntakeConfig {
     }
 }
 
+/// What submit reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitConfig {
+    /// The evidence bucket (`EVIDENCE_BUCKET`).
     pub bucket: String,
+    /// The tenant's Defender call budget.
     pub budget: BudgetConfig,
+    /// Submit's own queue, for delayed retries (`SUBMIT_QUEUE_URL`).
     pub submit_queue_url: String,
+    /// Where submitted runs go to be polled (`POLL_QUEUE_URL`).
     pub poll_queue_url: String,
+    /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
+    /// The delay before the first poll: the first of `POLL_DELAYS_SECS`.
     pub first_poll_delay: Duration,
+    /// Backoff for retrying a failed submit.
     pub retry: Backoff,
 }
 
 impl SubmitConfig {
+    /// Reads the bucket, budget, queue URLs, `POLL_DELAYS_SECS` and the retry backoff; the error
+    /// names the variable to fix.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
             bucket: bucket(env)?,
@@ -90,18 +106,28 @@ impl SubmitConfig {
 /// Poll after 15 s, then back off to every 15 minutes (SQS's longest delay).
 pub const DEFAULT_POLL_DELAYS: &str = "15,30,60,120,300,600,900";
 
+/// What poll reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollConfig {
+    /// The evidence bucket (`EVIDENCE_BUCKET`).
     pub bucket: String,
+    /// The tenant's Defender call budget.
     pub budget: BudgetConfig,
+    /// Poll's own queue; it re-enqueues itself (`POLL_QUEUE_URL`).
     pub poll_queue_url: String,
+    /// Where finished actions go to be collected (`COLLECT_QUEUE_URL`).
     pub collect_queue_url: String,
+    /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
+    /// Delays between polls (`POLL_DELAYS_SECS`); the last repeats once they run out.
     pub poll_delays: Vec<Duration>,
+    /// Backoff for retrying a failed poll.
     pub retry: Backoff,
 }
 
 impl PollConfig {
+    /// Reads the bucket, budget, queue URLs, `POLL_DELAYS_SECS` and the retry backoff; the error
+    /// names the variable to fix.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(Self {
             bucket: bucket(env)?,
@@ -123,11 +149,16 @@ impl PollConfig {
     }
 }
 
+/// What collect reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectConfig {
+    /// The evidence bucket (`EVIDENCE_BUCKET`).
     pub bucket: String,
+    /// The tenant's Defender call budget.
     pub budget: BudgetConfig,
+    /// Collect's own queue, for retries and continuations (`COLLECT_QUEUE_URL`).
     pub collect_queue_url: String,
+    /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
     /// Host suffixes a result link may point at.
     pub allowed_hosts: Vec<String>,
@@ -135,16 +166,22 @@ pub struct CollectConfig {
     pub part_size_min: usize,
     /// Copies tried before a command is recorded as not collected.
     pub max_attempts: u32,
+    /// Backoff between copy attempts.
     pub retry: Backoff,
+    /// How long a download may wait for its next bytes (`DOWNLOAD_READ_TIMEOUT_SECS`, default 60).
     pub download_timeout: Duration,
     /// How long one invocation copies before it saves a checkpoint and hands the rest to the next
     /// (the function's timeout is 900 s).
     pub time_budget: Duration,
 }
 
+/// The default `DOWNLOAD_ALLOWED_HOSTS`: the commercial and US Government blob hosts.
 pub const DEFAULT_ALLOWED_HOSTS: &str = ".blob.core.windows.net,.blob.core.usgovcloudapi.net";
 
 impl CollectConfig {
+    /// Reads the bucket, budget, queue URLs, `DOWNLOAD_ALLOWED_HOSTS`, `COLLECT_PART_MIB`,
+    /// `COLLECT_MAX_ATTEMPTS`, `DOWNLOAD_READ_TIMEOUT_SECS`, `COLLECT_TIME_BUDGET_SECS` and the
+    /// retry backoff; the error names the variable to fix.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let raw =
             optional(env, "DOWNLOAD_ALLOWED_HOSTS").unwrap_or_else(|| DEFAULT_ALLOWED_HOSTS.into());

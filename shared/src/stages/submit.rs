@@ -22,6 +22,9 @@ use crate::store::{
 /// Attempts (Defender errors worth retrying, lookups that failed) before the run is given up.
 pub const MAX_ATTEMPTS: u32 = 20;
 
+/// Handles one submit job: submits the run's live response within the budget, or puts the job
+/// back with a delay (throttled, device busy, paced), or ends the run (refused, deadline, too
+/// many attempts). On success the run's chain is handed to its first poll job.
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
     store: &S,

@@ -23,6 +23,8 @@ pub const CHAIN_TTL: Duration = Duration::from_secs(3600);
 
 const PENDING: &str = "pending:";
 
+/// Which message may act on a record: at most one at a time, handed on from message to message
+/// as the run moves through the stages, so that a duplicate delivery finds it taken.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
     /// The message id that holds the chain, or `pending:<id>` while that message hands it on.
@@ -85,7 +87,9 @@ impl Chain {
 
 /// A record that carries a chain.
 pub trait Chained {
+    /// The record's chain.
     fn chain(&self) -> &Chain;
+    /// The record's chain, to change it.
     fn chain_mut(&mut self) -> &mut Chain;
 }
 

@@ -32,17 +32,28 @@ pub enum CommandOutcome {
     Unknown,
 }
 
+/// The record of one command, in `state/runs/{run}/commands/{index}.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
+    /// Record format version ([`super::RECORD_VERSION`]).
     pub v: u32,
+    /// The command's position in the run, from 0.
     pub index: u32,
+    /// The command's type.
     pub kind: CommandType,
+    /// The command as sent to Defender.
     pub command: Command,
+    /// What became of it.
     pub outcome: CommandOutcome,
+    /// Defender's status for it, in Rust debug form (e.g. `Completed`); `None` if not reported.
     pub command_status: Option<String>,
+    /// Defender's error messages for it; empty if none.
     pub errors: Vec<String>,
+    /// When it started, as Defender's timestamp text.
     pub start_time: Option<String>,
+    /// When it ended, as Defender's timestamp text.
     pub end_time: Option<String>,
+    /// Where the result package is in the bucket; `None` unless collected.
     pub s3_key: Option<String>,
     /// Bytes stored (the package as Defender served it).
     pub size: Option<u64>,
@@ -50,13 +61,18 @@ pub struct CommandRecord {
     pub sha256: Option<String>,
     /// For gzip GetFile packages: the file itself.
     pub sha256_decompressed: Option<String>,
+    /// Bytes of the decompressed file; `None` unless the package is gzip.
     pub size_decompressed: Option<u64>,
     /// For RunScript transcripts.
     pub exit_code: Option<i64>,
+    /// The transcript's standard output, cut at 2,000 bytes (`…` marks a cut).
     pub output_excerpt: Option<String>,
+    /// The transcript's standard error, cut at 2,000 bytes (`…` marks a cut).
     pub errors_excerpt: Option<String>,
+    /// When the record was written (UTC).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub recorded_at: Option<OffsetDateTime>,
+    /// Why the result was not collected, in words; `None` when collected.
     pub reason: Option<String>,
     /// The collect message that may copy this command's result.
     #[serde(default)]
@@ -123,6 +139,8 @@ impl CommandRecord {
     }
 }
 
+/// Writes the command record unconditionally, replacing any (the stages use [`create_command`]
+/// or a compare-and-swap instead).
 pub async fn put_command<S: ObjectStore>(
     store: &S,
     run: &RunId,
@@ -149,6 +167,7 @@ pub async fn create_command<S: ObjectStore>(
     ))
 }
 
+/// The command record `index` of `run`, or `None` if there is none yet.
 pub async fn load_command<S: ObjectStore>(
     store: &S,
     run: &RunId,

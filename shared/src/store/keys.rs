@@ -26,10 +26,12 @@ pub fn corrupt_budget_key(ms: i64) -> String {
     format!("state/budget/corrupt-{ms}.json")
 }
 
+/// The run record of `run`.
 pub fn run_key(run: &RunId) -> String {
     format!("state/runs/{run}/run.json")
 }
 
+/// The record of command `index` (from 0) of `run`.
 pub fn command_key(run: &RunId, index: u32) -> String {
     format!("state/runs/{run}/commands/{index}.json")
 }
@@ -54,6 +56,7 @@ pub fn new_staging_key(run: &RunId, index: u32) -> String {
     )
 }
 
+/// The manifest of `run`; under `evidence/`, so it gets Object Lock retention.
 pub fn manifest_key(run: &RunId) -> String {
     format!("evidence/{run}/manifest.json")
 }

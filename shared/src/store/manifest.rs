@@ -15,43 +15,68 @@ use crate::defender::{ActionId, ActionStatus, MachineId};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
+/// The manifest of a finished run, in `evidence/{run}/manifest.json`: the run and every
+/// command's final record, written once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Record format version ([`super::RECORD_VERSION`]).
     pub v: u32,
+    /// The run's id.
     pub run_id: RunId,
+    /// The name of the playbook that ran.
     pub playbook: String,
     /// SHA-256 of the playbook that rendered the commands (see [`super::RunRecord::playbook_sha256`]).
     pub playbook_sha256: Option<String>,
     /// Values of the alert a playbook refused; the run went on without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_parameters: Vec<RefusedParameter>,
+    /// The alert as intake read it.
     pub alert: Alert,
+    /// The device the live response ran on.
     pub device: ManifestDevice,
+    /// The Defender action; `None` if the run never got one (it failed before submission).
     pub action: Option<ManifestAction>,
+    /// `Completed` or `Failed`.
     pub run_state: RunState,
+    /// How the run ended, in one word.
     pub outcome: Option<RunOutcome>,
+    /// Why the run failed or ended early, in words; `None` when it did not.
     pub reason: Option<String>,
+    /// When intake accepted the alert (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the manifest was written (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub completed_at: OffsetDateTime,
+    /// Every command the run meant to execute, in order, each with its final record.
     pub commands: Vec<CommandRecord>,
 }
 
+/// The device of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestDevice {
+    /// Defender's machine id.
     pub machine_id: MachineId,
+    /// The DNS name, if the action reported one.
     pub computer_dns_name: Option<String>,
 }
 
+/// The Defender action of a manifest, as last seen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestAction {
+    /// Defender's action id.
     pub id: ActionId,
+    /// The action's last status seen.
     pub status: Option<ActionStatus>,
+    /// Who Defender says requested it.
     pub requestor: Option<String>,
+    /// The comment sent with it; carries the run id.
     pub requestor_comment: String,
+    /// The action's creation time, as Defender's timestamp text.
     pub created: Option<String>,
+    /// The action's last update time, as Defender's timestamp text.
     pub last_update: Option<String>,
+    /// Whether the pipeline cancelled it (the deadline passed).
     pub cancelled_by_pipeline: bool,
 }
 

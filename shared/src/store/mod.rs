@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
+/// The `v` written in every run record, command record and manifest.
 pub const RECORD_VERSION: u32 = 1;
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {

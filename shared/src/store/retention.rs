@@ -8,10 +8,13 @@ use crate::config::{ConfigError, Env, number, optional};
 /// no default retention rule (which would also lock the records rewritten many times a minute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
+    /// Governance or compliance mode (`EVIDENCE_RETENTION_MODE`).
     pub mode: RetentionMode,
+    /// Days each object is retained from its write (`EVIDENCE_RETENTION_DAYS`).
     pub days: u32,
 }
 
+/// The Object Lock retention mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionMode {
     /// Users with s3:BypassGovernanceRetention may still delete (an administrator's escape hatch).

@@ -14,6 +14,7 @@ use crate::defender::{ActionId, ActionStatus, Command, MachineId};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
+/// Where a run stands; only moves forward, and `Completed` and `Failed` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -33,6 +34,7 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Whether the run has ended (`Completed` or `Failed`) and will not change state again.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Failed)
     }
@@ -52,11 +54,16 @@ pub enum RunOutcome {
     Cancelled,
 }
 
+/// The run record: everything known about one run, in `state/runs/{run}/run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// Record format version ([`super::RECORD_VERSION`]).
     pub v: u32,
+    /// The run's id, derived from the alert, device and playbook.
     pub run_id: RunId,
+    /// The alert as intake read it (values a playbook refused removed).
     pub alert: Alert,
+    /// The name of the playbook that runs.
     pub playbook: String,
     /// SHA-256 of the playbook as it rendered the commands (its canonical JSON): which version of
     /// the playbook asked for what, whatever the file says later.
@@ -65,27 +72,44 @@ pub struct RunRecord {
     /// Values of a Defender alert a playbook refused; the run went on without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_parameters: Vec<RefusedParameter>,
+    /// The device the live response runs on.
     pub machine_id: MachineId,
+    /// The commands as rendered for Defender, in order; command records are indexed by position here.
     pub commands: Vec<Command>,
     /// The requestor comment sent to Defender; carries the run id.
     pub comment: String,
+    /// Where the run stands.
     pub state: RunState,
+    /// When intake accepted the alert (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the run must be over: `created_at` plus the playbook's deadline, capped by
+    /// `MAX_RUN_DEADLINE_SECS`. After it the pipeline cancels the action.
     #[serde(with = "time::serde::rfc3339")]
     pub deadline: OffsetDateTime,
+    /// How many times submit has tried to post the live response.
     pub submit_attempts: u32,
+    /// Defender's action id; `None` until Defender accepted the submission.
     pub action_id: Option<ActionId>,
+    /// The action's last status seen; `None` until submitted.
     pub action_status: Option<ActionStatus>,
+    /// When Defender accepted the submission; `None` before that.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub submitted_at: Option<OffsetDateTime>,
+    /// When the run reached `Completed` or `Failed`; `None` until then.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// The device's DNS name, as the action reported it.
     pub computer_dns_name: Option<String>,
+    /// Who Defender says requested the action.
     pub requestor: Option<String>,
+    /// The action's creation time, as Defender's timestamp text.
     pub action_created: Option<String>,
+    /// The action's last update time, as Defender's timestamp text.
     pub action_last_update: Option<String>,
+    /// Whether the pipeline cancelled the action (the deadline passed).
     pub cancelled_by_pipeline: bool,
+    /// How the run ended; `None` while it is going on.
     pub outcome: Option<RunOutcome>,
     /// Why the run failed or ended early, in words.
     pub reason: Option<String>,
@@ -121,6 +145,7 @@ pub async fn create_run<S: ObjectStore>(
     }
 }
 
+/// The run record and its ETag (for a compare-and-swap), or `None` if there is none.
 pub async fn load_run<S: ObjectStore>(
     store: &S,
     run: &RunId,

@@ -18,16 +18,22 @@ use crate::defender::{Command, CommandType};
 /// The playbooks shipped with the project (`shared/playbooks/default.toml`).
 pub const BUNDLED: &str = include_str!("../../../playbooks/default.toml");
 
+/// A playbooks TOML file as written: `[[playbooks]]` tables, tried in file order.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaybookFile {
+    /// The playbooks, in the order they are tried.
     pub playbooks: Vec<Playbook>,
 }
 
+/// One playbook: when it applies, the commands it runs, and the placeholders an alert may fill.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
+    /// Unique name (1-64 of letters, digits, `-`, `_`; compared case-insensitively); an alert may
+    /// ask for it by name.
     pub name: String,
+    /// Free text for people; empty if absent.
     #[serde(default)]
     pub description: String,
     /// How long a run may take from intake to the last result, before it is cancelled.
@@ -36,7 +42,11 @@ pub struct Playbook {
     /// Every given condition must hold (lists: any of the values; case-insensitive).
     #[serde(default, rename = "match")]
     pub rule: Rule,
+    /// The live response commands, in order (at least one). Only `RunScript` args and `GetFile`
+    /// paths may hold `{name}` placeholders.
     pub commands: Vec<CommandTemplate>,
+    /// The placeholders an alert may fill, by name, each with its kind; an alert's other values
+    /// are ignored.
     #[serde(default)]
     pub placeholders: BTreeMap<String, Placeholder>,
 }
@@ -45,15 +55,20 @@ fn default_deadline() -> u64 {
     240
 }
 
+/// When a playbook applies to an alert; an empty list places no condition.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Any of these alert categories.
     #[serde(default)]
     pub category: Vec<String>,
+    /// Any of these severities.
     #[serde(default)]
     pub severity: Vec<String>,
+    /// Any of these alert sources.
     #[serde(default)]
     pub source: Vec<String>,
+    /// The title contains any of these substrings.
     #[serde(default)]
     pub title_contains: Vec<String>,
     /// Only alerts that carry these parameters.
@@ -61,34 +76,49 @@ pub struct Rule {
     pub has_parameters: Vec<String>,
 }
 
+/// One command of a playbook, before an alert's values are filled in; `type` in TOML names
+/// the variant.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "type")]
 pub enum CommandTemplate {
+    /// Put a library file on the machine.
     PutFile {
+        /// The library file name; no placeholders.
         file: String,
     },
+    /// Run a library script.
     RunScript {
+        /// The library script name; no placeholders.
         script: String,
+        /// The script's arguments; placeholders only as whole space-separated arguments.
         #[serde(default)]
         args: Option<String>,
     },
+    /// Collect a file from the machine.
     GetFile {
+        /// The file's path on the machine; may hold placeholders.
         path: String,
     },
 }
 
+/// A playbook file that cannot be used; fix the file where `field` says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("playbook {playbook}: {field}: {problem}")]
 pub struct PlaybookError {
+    /// The playbook's name, or `(file)` for a problem with the whole file.
     pub playbook: String,
+    /// Where in the playbook, e.g. `name`, `commands[2]`, `toml`.
     pub field: String,
+    /// What is wrong, in words.
     pub problem: String,
 }
 
 /// What intake runs for an alert (see [`Playbooks::plan`]).
 #[derive(Debug)]
 pub struct Plan<'a> {
+    /// The playbook that runs.
     pub playbook: &'a Playbook,
+    /// Its commands with the alert's values filled in, ready for Defender.
     pub commands: Vec<Command>,
     /// Values of the alert a playbook refused: that playbook did not run (another did, or the run
     /// went on without the values).
@@ -98,8 +128,11 @@ pub struct Plan<'a> {
 /// An alert's value a playbook refused, and why (kept in the run's record and manifest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedParameter {
+    /// The alert parameter's name.
     pub name: String,
+    /// The playbook that refused it.
     pub playbook: String,
+    /// Why, e.g. the kind's check or the place it would go.
     pub reason: String,
 }
 
@@ -108,10 +141,13 @@ pub struct RefusedParameter {
 pub struct Playbooks(Vec<Playbook>);
 
 impl Playbooks {
+    /// The playbooks shipped with the project ([`BUNDLED`]); an error means the shipped file is broken.
     pub fn bundled() -> Result<Self, PlaybookError> {
         Self::from_toml(BUNDLED)
     }
 
+    /// Parses and validates a playbooks TOML file; the error names the playbook and field to fix.
+    /// Names must be unique and the file must hold at least one playbook.
     pub fn from_toml(text: &str) -> Result<Self, PlaybookError> {
         let file: PlaybookFile = toml::from_str(text).map_err(|e| PlaybookError {
             playbook: "(file)".into(),
@@ -135,6 +171,7 @@ impl Playbooks {
         Ok(Self(file.playbooks))
     }
 
+    /// Every playbook, in the order they are tried.
     pub fn all(&self) -> &[Playbook] {
         &self.0
     }
@@ -241,6 +278,7 @@ impl Playbooks {
 }
 
 impl Rule {
+    /// Whether every condition holds for `alert` (lists: any value, case-insensitive).
     pub fn matches(&self, alert: &Alert) -> bool {
         let any = |list: &[String], v: &str| {
             list.is_empty() || list.iter().any(|x| x.eq_ignore_ascii_case(v))
@@ -296,6 +334,7 @@ impl Playbook {
         }
     }
 
+    /// `deadline_minutes` as a duration.
     pub fn deadline(&self) -> Duration {
         Duration::from_secs(self.deadline_minutes * 60)
     }

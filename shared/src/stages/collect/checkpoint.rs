@@ -14,12 +14,19 @@ pub(super) const MIB: u64 = 1 << 20;
 /// the checkpoint before publishing, so that a failure after this point only publishes again.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finished {
+    /// Bytes in the package as stored.
     pub size: u64,
+    /// Hex SHA-256 of the stored bytes.
     pub sha256: String,
+    /// Hex SHA-256 of the decompressed file; `None` unless the package is gzip.
     pub sha256_decompressed: Option<String>,
+    /// Bytes of the decompressed file; `None` unless the package is gzip.
     pub size_decompressed: Option<u64>,
+    /// A transcript's exit code; `None` for other packages or when absent.
     pub exit_code: Option<i64>,
+    /// A transcript's standard output, cut short; `None` for other packages.
     pub output_excerpt: Option<String>,
+    /// A transcript's standard error, cut short; `None` for other packages.
     pub errors_excerpt: Option<String>,
 }
 
@@ -28,16 +35,23 @@ pub struct Finished {
 /// to publish.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
+    /// Checkpoint format version (1).
     pub v: u32,
+    /// The staging object's key; must be under this command's staging prefix.
     pub staging: String,
+    /// The multipart upload id.
     pub upload_id: String,
+    /// Bytes per part (all but the last), within S3's limits (5 MiB to 5 GiB).
     pub part_size: usize,
+    /// The uploaded parts as (part number from 1, ETag), in order.
     pub parts: Vec<(i32, String)>,
     /// Bytes uploaded so far (the sum of the parts).
     pub offset: u64,
+    /// The package's length as the download first announced it; `None` if it did not.
     pub package_len: Option<u64>,
     /// SHA-256 of the first `offset` bytes.
     pub sha256: ResumableSha256,
+    /// Invocations that have worked on this copy, counting the current one.
     pub invocations: u32,
     /// Set once CompleteMultipartUpload succeeded: the staging object is whole.
     #[serde(default)]

@@ -39,6 +39,9 @@ use crate::store::{
     finish_run_if_complete, load_command, update_record,
 };
 
+/// Handles one collect job: fetches the command's result link, copies the package into the
+/// evidence bucket (resuming from a checkpoint, or saving one when the time budget runs out)
+/// and records the command; the last command to land writes the manifest.
 pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     cfg: &CollectConfig,
     store: &S,
