@@ -61,7 +61,7 @@ pub fn collecting_command(index: u32, command: Command) -> CommandRecord {
         "",
         time::OffsetDateTime::now_utc(),
     );
-    rec.command_status = Some("Completed".into());
+    rec.command_status = Some(shared::defender::CommandStatus::Completed);
     rec.reason = None;
     rec
 }

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::chain::{Chain, Chained};
 use super::keys::command_key;
 use super::{RECORD_VERSION, json, parse};
-use crate::defender::{Command, CommandType};
+use crate::defender::{Command, CommandStatus, CommandType};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
@@ -45,8 +45,9 @@ pub struct CommandRecord {
     pub command: Command,
     /// What became of it.
     pub outcome: CommandOutcome,
-    /// Defender's status for it, in Rust debug form (e.g. `Completed`); `None` if not reported.
-    pub command_status: Option<String>,
+    /// Defender's status for it as Defender wrote it (`Completed`, or an unknown value kept
+    /// verbatim); `None` if not reported.
+    pub command_status: Option<CommandStatus>,
     /// Defender's error messages for it; empty if none.
     pub errors: Vec<String>,
     /// When it started, as Defender's timestamp text.
@@ -97,7 +98,7 @@ impl CommandRecord {
         now: OffsetDateTime,
     ) -> Self {
         let mut rec = Self::unfinished(c.index, c.command.clone(), outcome, "", now);
-        rec.command_status = Some(format!("{:?}", c.command_status));
+        rec.command_status = Some(c.command_status.clone());
         rec.errors = c.errors.clone();
         rec.start_time = c.start_time.clone();
         rec.end_time = c.end_time.clone();
@@ -177,5 +178,35 @@ pub async fn load_command<S: ObjectStore>(
     match store.get(&key).await? {
         Some(s) => Ok(Some(parse(&key, &s.body)?)),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::defender::CommandResult;
+
+    #[test]
+    fn defender_s_command_status_is_kept_as_defender_wrote_it() {
+        let result = |status: CommandStatus| CommandResult {
+            index: 0,
+            start_time: None,
+            end_time: None,
+            command_status: status,
+            errors: vec![],
+            command: Command::get_file("C:\\x"),
+        };
+        let now = OffsetDateTime::UNIX_EPOCH;
+        for (status, written) in [
+            (CommandStatus::Completed, "\"Completed\""),
+            (CommandStatus::Other("Queued".into()), "\"Queued\""),
+        ] {
+            let rec =
+                CommandRecord::observed(&result(status.clone()), CommandOutcome::NotRun, None, now);
+            let json = serde_json::to_value(&rec).unwrap();
+            assert_eq!(json["command_status"].to_string(), written);
+            let back: CommandRecord = serde_json::from_value(json).unwrap();
+            assert_eq!(back.command_status, Some(status));
+        }
     }
 }

@@ -30,7 +30,7 @@ use super::{Done, StageError, Step};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
-use crate::defender::{CommandType, Next};
+use crate::defender::{CommandStatus, CommandType, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, Queue, StoreError, Uploads};
 use crate::store::keys::checkpoint_key;
@@ -173,7 +173,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
                 kind: command.kind,
                 command,
                 outcome: CommandOutcome::Collected,
-                command_status: Some("Completed".into()),
+                command_status: Some(CommandStatus::Completed),
                 errors: vec![],
                 start_time,
                 end_time,
@@ -337,7 +337,7 @@ impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
             reason,
             now,
         );
-        rec.command_status = Some("Completed".into());
+        rec.command_status = Some(CommandStatus::Completed);
         (rec.start_time, rec.end_time) = (start_time, end_time);
         rec.chain = ended_chain(now);
         if finish_command(store, &run.run_id, &self.msg.id, &rec).await? {
