@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::chain::{Chain, Chained};
 use super::keys::command_key;
-use super::{RECORD_VERSION, json, parse};
+use super::record::{RECORD_VERSION, json, parse};
 use crate::defender::{Command, CommandStatus, CommandType};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};

@@ -6,8 +6,8 @@ use time::OffsetDateTime;
 
 use super::command::{CommandOutcome, CommandRecord, load_command};
 use super::keys::manifest_key;
+use super::record::{RECORD_VERSION, json};
 use super::run::{RunOutcome, RunState, load_run, update_run};
-use super::{RECORD_VERSION, json};
 use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::clock::Clock;

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use super::chain::{Chain, Chained};
 use super::command::CommandOutcome;
 use super::keys::run_key;
-use super::{json, parse, update_record};
+use super::record::{json, parse, update_record};
 use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, MachineId};

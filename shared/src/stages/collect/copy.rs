@@ -15,7 +15,6 @@ use super::checkpoint::{
     Checkpoint, Finished, MAX_PARTS, MIB, Saved, discard_checkpoint, load_checkpoint,
     save_checkpoint,
 };
-use super::excerpt;
 use super::link::check_link;
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
@@ -440,6 +439,19 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
         size_decompressed: decompressed.map(|d| d.1),
         transcript,
     }))
+}
+
+/// A transcript's text for the manifest: at most 2,000 bytes, cut at a character boundary.
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

@@ -250,18 +250,6 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     }
 }
 
-pub(super) fn excerpt(s: &str) -> String {
-    const MAX: usize = 2000;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 /// Link requests that may fail with something worth retrying before the command is given up.
 pub const MAX_LINK_ERRORS: u32 = 8;
 
