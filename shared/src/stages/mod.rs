@@ -258,7 +258,7 @@ where
             return false;
         }
         let c = r.chain();
-        if c.holder.as_deref() == Some(me) || c.is_handing_off(me) {
+        if c.held_by(me) {
             return false;
         }
         r.chain_mut().hold(me, now);
@@ -304,7 +304,7 @@ where
     let mut held = false;
     update_record::<_, T, _>(store, key, |r| {
         let c = r.chain();
-        held = c.holder.as_deref() == Some(me) || c.is_handing_off(me);
+        held = c.held_by(me);
         if !held || c.is_handing_off(me) {
             return false;
         }

@@ -339,8 +339,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         };
         let me = &self.msg.id;
         update_run(store, &run.run_id, |r| {
-            let holds =
-                r.chain.holder.as_deref() == Some(me.as_str()) || r.chain.is_handing_off(me);
+            let holds = r.chain.held_by(me);
             if r.state != RunState::Submitted || !holds {
                 return false;
             }

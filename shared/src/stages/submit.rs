@@ -38,7 +38,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     let acts = |_: &SubmitJob, r: &RunRecord| match r.state {
         RunState::Received | RunState::Submitting => true,
         // Recorded as submitted by this message, which died before handing over to poll.
-        RunState::Submitted => r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me),
+        RunState::Submitted => r.chain.held_by(me),
         _ => false,
     };
     let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
@@ -124,7 +124,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     let answer = budget::submission_call(store, &cfg.budget, clock, &run_id, || async {
         let mut mine = false;
         let stored = update_run(store, &run_id, |r| {
-            let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+            let holds = r.chain.held_by(me);
             mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
             if !mine {
                 return false;
@@ -325,7 +325,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
         let me = self.msg.id.as_str();
         let mut mine = false;
         let rec = update_run(self.store, &run.run_id, |r| {
-            let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+            let holds = r.chain.held_by(me);
             mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
             if !mine {
                 return false;

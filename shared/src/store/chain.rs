@@ -73,6 +73,12 @@ impl Chain {
         self.since = Some(now);
     }
 
+    /// Whether `me` holds the chain: it is the holder, or it is handing the chain on (it sent the
+    /// next message and may still finish writing for it).
+    pub fn held_by(&self, me: &str) -> bool {
+        self.holder.as_deref() == Some(me) || self.is_handing_off(me)
+    }
+
     /// Whether `me` is the one handing the chain on.
     pub fn is_handing_off(&self, me: &str) -> bool {
         self.holder.as_deref().and_then(|h| h.strip_prefix(PENDING)) == Some(me)

@@ -348,7 +348,7 @@ async fn finish_command<S: Uploads>(
 ) -> Result<bool, StoreError> {
     let mut wrote = false;
     update_record::<_, CommandRecord, _>(store, &command_key(run, rec.index), |r| {
-        let holds = r.chain.holder.as_deref() == Some(me) || r.chain.is_handing_off(me);
+        let holds = r.chain.held_by(me);
         wrote = r.outcome == CommandOutcome::Collecting && holds;
         if wrote {
             *r = rec.clone();
