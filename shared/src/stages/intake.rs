@@ -6,10 +6,9 @@ use super::settings::IntakeConfig;
 use super::{Done, StageError};
 use crate::alerts::{self, playbook::Playbooks};
 use crate::codes::Outcome;
-use crate::ids::RunId;
 use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
 use crate::ports::{ObjectStore, Queue};
-use crate::store::{RECORD_VERSION, RunRecord, RunState, create_run};
+use crate::store::{RunRecord, RunState, create_run};
 
 /// Handles one alert body received at `now`: parses it, picks the playbook, creates the run
 /// record (or finds the run a duplicate alert already made) and sends the submit job. An alert
@@ -32,54 +31,12 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         tracing::warn!(parameter = %r.name, playbook = %r.playbook, reason = %r.reason,
             "an alert value was refused; the run goes on without it");
     }
-    let (playbook, commands) = (plan.playbook, plan.commands);
-    let format = serde_json::to_value(alert.format)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let run_id = RunId::derive(
-        &format,
-        alert.alert_id.as_str(),
-        alert.machine_id.as_str(),
-        &playbook.name,
-    );
     let deadline = match cfg.max_run_deadline {
-        Some(cap) => playbook.deadline().min(cap),
-        None => playbook.deadline(),
+        Some(cap) => plan.playbook.deadline().min(cap),
+        None => plan.playbook.deadline(),
     };
-    let record = RunRecord {
-        v: RECORD_VERSION,
-        run_id: run_id.clone(),
-        comment: format!(
-            "{} alert:{} playbook:{}",
-            run_id.comment_tag(),
-            alert.alert_id,
-            playbook.name
-        ),
-        playbook: playbook.name.clone(),
-        playbook_sha256: Some(playbook.sha256()),
-        refused_parameters: plan.refused,
-        machine_id: alert.machine_id.clone(),
-        alert,
-        commands,
-        state: RunState::Received,
-        created_at: now,
-        deadline: now + deadline,
-        submit_attempts: 0,
-        action_id: None,
-        action_status: None,
-        submitted_at: None,
-        finished_at: None,
-        computer_dns_name: None,
-        requestor: None,
-        action_created: None,
-        action_last_update: None,
-        cancelled_by_pipeline: false,
-        outcome: None,
-        reason: None,
-        chain: Default::default(),
-        unfinished: None,
-    };
+    let record = RunRecord::received(alert, plan, now, deadline);
+    let run_id = record.run_id.clone();
     let outcome = match create_run(store, &record).await? {
         None => Outcome::Accepted,
         // Seen before. If it never reached submit (a crash between the two writes), send it on.

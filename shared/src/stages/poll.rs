@@ -345,13 +345,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             }
             r.chain.end(now);
             r.state = RunState::Collecting;
-            r.action_status = Some(action.status.clone());
-            r.action_last_update = action.last_update_date_time_utc.clone();
-            r.computer_dns_name = action
-                .computer_dns_name
-                .clone()
-                .or(r.computer_dns_name.take());
-            r.requestor = action.requestor.clone().or(r.requestor.take());
+            r.absorb(action);
             r.cancelled_by_pipeline |= cancelled_by_us;
             r.outcome = Some(outcome);
             // What Defender ran is the record, whatever was asked (never a shorter list).

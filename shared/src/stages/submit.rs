@@ -332,14 +332,8 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
             }
             r.state = RunState::Submitted;
             r.action_id = Some(action.id.clone());
-            r.action_status = Some(action.status.clone());
             r.submitted_at.get_or_insert(now);
-            r.computer_dns_name = action
-                .computer_dns_name
-                .clone()
-                .or(r.computer_dns_name.take());
-            r.requestor = action.requestor.clone().or(r.requestor.take());
-            r.action_created = action.creation_date_time_utc.clone();
+            r.absorb(action);
             true
         })
         .await?;

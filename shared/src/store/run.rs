@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use super::chain::{Chain, Chained};
 use super::command::CommandOutcome;
 use super::keys::run_key;
-use super::record::{json, parse, update_record};
+use super::record::{RECORD_VERSION, json, parse, update_record};
 use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, MachineId};
@@ -120,6 +120,81 @@ pub struct RunRecord {
     /// as, so that a redelivery can finish an ending that was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfinished: Option<CommandOutcome>,
+}
+
+impl RunRecord {
+    /// A run as intake records it: the alert, the commands its playbook rendered (and the values
+    /// playbooks refused), and a deadline `deadline` from `now`. Its id derives from the alert's
+    /// format, id, device and the playbook, so that duplicates of an alert make one run; its
+    /// Defender comment starts with the run's tag.
+    pub fn received(
+        alert: Alert,
+        plan: crate::alerts::playbook::Plan<'_>,
+        now: OffsetDateTime,
+        deadline: std::time::Duration,
+    ) -> Self {
+        let format = serde_json::to_value(alert.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let playbook = plan.playbook;
+        let run_id = RunId::derive(
+            &format,
+            alert.alert_id.as_str(),
+            alert.machine_id.as_str(),
+            &playbook.name,
+        );
+        Self {
+            v: RECORD_VERSION,
+            comment: format!(
+                "{} alert:{} playbook:{}",
+                run_id.comment_tag(),
+                alert.alert_id,
+                playbook.name
+            ),
+            run_id,
+            playbook: playbook.name.clone(),
+            playbook_sha256: Some(playbook.sha256()),
+            refused_parameters: plan.refused,
+            machine_id: alert.machine_id.clone(),
+            alert,
+            commands: plan.commands,
+            state: RunState::Received,
+            created_at: now,
+            deadline: now + deadline,
+            submit_attempts: 0,
+            action_id: None,
+            action_status: None,
+            submitted_at: None,
+            finished_at: None,
+            computer_dns_name: None,
+            requestor: None,
+            action_created: None,
+            action_last_update: None,
+            cancelled_by_pipeline: false,
+            outcome: None,
+            reason: None,
+            chain: Chain::default(),
+            unfinished: None,
+        }
+    }
+
+    /// Takes in what Defender says of the run's action: its status, times, device name and
+    /// requestor (a value Defender leaves out keeps the one recorded).
+    pub fn absorb(&mut self, action: &crate::defender::MachineAction) {
+        self.action_status = Some(action.status.clone());
+        self.computer_dns_name = action
+            .computer_dns_name
+            .clone()
+            .or(self.computer_dns_name.take());
+        self.requestor = action.requestor.clone().or(self.requestor.take());
+        if action.creation_date_time_utc.is_some() {
+            self.action_created = action.creation_date_time_utc.clone();
+        }
+        if action.last_update_date_time_utc.is_some() {
+            self.action_last_update = action.last_update_date_time_utc.clone();
+        }
+    }
 }
 
 impl Chained for RunRecord {
