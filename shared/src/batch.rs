@@ -8,7 +8,7 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::StreamExt;
 
-use crate::codes::RejectCode;
+use crate::codes::{Disposition, Metric, RejectCode};
 use crate::messages::Delivery;
 use crate::ports::Queue;
 use crate::stages::{Done, StageError};
@@ -52,7 +52,7 @@ where
             };
             let failed = match result {
                 Ok(done) => {
-                    add(&outcome_metric(done.outcome.as_str()), 1.0, "Count");
+                    add(&done.outcome.metric_name(), 1.0, "Count");
                     for (metric, value) in &done.metrics {
                         add(metric.as_str(), *value, metric.unit());
                     }
@@ -72,19 +72,19 @@ where
                         .await
                     {
                         Ok(()) => {
-                            add("Rejected", 1.0, "Count");
-                            tracing::warn!(stage, message_id = %message_id, outcome = "rejected", code = code.as_str(), reason = %reason, "message refused; original body sent to the dead-letter queue");
+                            add(Metric::Rejected.as_str(), 1.0, Metric::Rejected.unit());
+                            tracing::warn!(stage, message_id = %message_id, outcome = Disposition::Rejected.as_str(), code = code.as_str(), reason = %reason, "message refused; original body sent to the dead-letter queue");
                             false
                         }
                         Err(e) => {
-                            tracing::error!(stage, message_id = %message_id, outcome = "reject_failed", code = code.as_str(), reason = %reason, error = %e, "message refused but could not be dead-lettered; leaving it for redelivery");
+                            tracing::error!(stage, message_id = %message_id, outcome = Disposition::RejectFailed.as_str(), code = code.as_str(), reason = %reason, error = %e, "message refused but could not be dead-lettered; leaving it for redelivery");
                             true
                         }
                     }
                 }
                 Err(StageError::Retry(reason)) => {
-                    add("Redelivered", 1.0, "Count");
-                    tracing::warn!(stage, message_id = %message_id, outcome = "retry", reason = %reason, "message left for redelivery");
+                    add(Metric::Redelivered.as_str(), 1.0, Metric::Redelivered.unit());
+                    tracing::warn!(stage, message_id = %message_id, outcome = Disposition::Retry.as_str(), reason = %reason, "message left for redelivery");
                     true
                 }
             };
@@ -107,19 +107,6 @@ where
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
     response
-}
-
-/// `throttled` → `Throttled`, `copy_retry` → `CopyRetry`: outcomes as metric names.
-fn outcome_metric(outcome: &str) -> String {
-    outcome
-        .split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// A CloudWatch Embedded Metric Format record for one batch, dimensioned by stage.
@@ -181,6 +168,5 @@ mod tests {
             .map(|d| d["Name"].as_str().unwrap())
             .collect();
         assert_eq!(names, vec!["BytesCopied", "Submitted"]);
-        assert_eq!(outcome_metric("copy_retry"), "CopyRetry");
     }
 }

@@ -150,6 +150,33 @@ names! {
     }
 }
 
+impl Outcome {
+    /// Its CloudWatch metric name: `throttled` → `Throttled`, `copy_retry` → `CopyRetry`.
+    pub fn metric_name(self) -> String {
+        self.as_str()
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+names! {
+    /// What the batch did with a message a stage did not handle: logged as its outcome.
+    pub enum Disposition {
+        /// Refused: its body went to the dead-letter queue with the reason.
+        Rejected = "rejected",
+        /// Refused, but the dead-letter queue could not take it: left for redelivery.
+        RejectFailed = "reject_failed",
+        /// Left for SQS to deliver again (a failure worth retrying).
+        Retry = "retry",
+    }
+}
+
 names! {
     /// A value a stage measures, besides the count of outcomes.
     pub enum Metric {
@@ -157,6 +184,10 @@ names! {
         BytesCopied = "BytesCopied",
         /// Seconds from intake accepting the alert to a package stored as evidence (unit `Seconds`).
         TimeToEvidence = "TimeToEvidence",
+        /// Messages refused to the dead-letter queue (unit `Count`).
+        Rejected = "Rejected",
+        /// Messages left for redelivery (unit `Count`).
+        Redelivered = "Redelivered",
     }
 }
 
@@ -166,6 +197,7 @@ impl Metric {
         match self {
             Self::BytesCopied => "Bytes",
             Self::TimeToEvidence => "Seconds",
+            Self::Rejected | Self::Redelivered => "Count",
         }
     }
 }
@@ -193,6 +225,8 @@ mod tests {
             assert!(seen.insert(s), "{s} twice");
         }
         assert_eq!(Outcome::GaveUp, "gave_up");
+        assert_eq!(Outcome::CopyRetry.metric_name(), "CopyRetry");
+        assert_eq!(Outcome::Throttled.metric_name(), "Throttled");
         assert_eq!(RejectCode::ActionMismatch.to_string(), "action_mismatch");
     }
 }
