@@ -252,6 +252,18 @@ fn parse_json_strict(body: &str) -> Result<Value, AlertError> {
     Ok(v)
 }
 
+/// An envelope inside an envelope is refused: one unwrapping, so that no wrapping can hide what
+/// the alert is.
+fn refuse_nested(inner: &Value) -> Result<(), AlertError> {
+    if inner.get("Type").is_some() || inner.get("detail-type").is_some() {
+        return Err(err(
+            RejectCode::BadEnvelope,
+            "nested envelopes are not accepted",
+        ));
+    }
+    Ok(())
+}
+
 fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
     // SNS notification: {"Type": "Notification", "Message": "<json string>", ...}
     if v.get("Type").and_then(Value::as_str) == Some("Notification") {
@@ -267,12 +279,7 @@ fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
                 format!("SNS Message: {}", e.message),
             )
         })?;
-        if inner.get("Type").is_some() || inner.get("detail-type").is_some() {
-            return Err(err(
-                RejectCode::BadEnvelope,
-                "nested envelopes are not accepted",
-            ));
-        }
+        refuse_nested(&inner)?;
         return Ok((inner, Envelope::Sns));
     }
     // EventBridge event: {"version": "0", "detail-type": ..., "source": ..., "detail": {...}}
@@ -287,12 +294,7 @@ fn unwrap_envelope(v: Value) -> Result<(Value, Envelope), AlertError> {
                     "EventBridge event without an object detail",
                 )
             })?;
-        if detail.get("Type").is_some() || detail.get("detail-type").is_some() {
-            return Err(err(
-                RejectCode::BadEnvelope,
-                "nested envelopes are not accepted",
-            ));
-        }
+        refuse_nested(&detail)?;
         return Ok((detail, Envelope::EventBridge));
     }
     if !v.is_object() {

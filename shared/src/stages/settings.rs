@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use crate::budget::BudgetConfig;
 use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, secs_list};
+
+/// `DEAD_LETTER_QUEUE_URL`: where every stage sends the messages it refuses.
+fn dead_letter_queue_url(env: &dyn Env) -> Result<String, ConfigError> {
+    queue_url(
+        env,
+        "DEAD_LETTER_QUEUE_URL",
+        "this stage's dead-letter queue, for refused messages",
+    )
+}
 use crate::retry::Backoff;
 
 fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
@@ -49,11 +58,7 @@ impl IntakeConfig {
         Ok(Self {
             bucket: bucket(env)?,
             submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
-            dead_letter_queue_url: queue_url(
-                env,
-                "DEAD_LETTER_QUEUE_URL",
-                "this stage's dead-letter queue, for refused messages",
-            )?,
+            dead_letter_queue_url: dead_letter_queue_url(env)?,
             playbooks_s3_uri,
             max_run_deadline: max_deadline(env)?,
         })
@@ -92,11 +97,7 @@ impl SubmitConfig {
                 "the submit stage's own queue (for delayed retries)",
             )?,
             poll_queue_url: queue_url(env, "POLL_QUEUE_URL", "the poll stage's queue")?,
-            dead_letter_queue_url: queue_url(
-                env,
-                "DEAD_LETTER_QUEUE_URL",
-                "this stage's dead-letter queue, for refused messages",
-            )?,
+            dead_letter_queue_url: dead_letter_queue_url(env)?,
             first_poll_delay: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?[0],
             retry: Backoff::from_env(env)?,
         })
@@ -138,11 +139,7 @@ impl PollConfig {
                 "the poll stage's own queue (it re-enqueues itself)",
             )?,
             collect_queue_url: queue_url(env, "COLLECT_QUEUE_URL", "the collect stage's queue")?,
-            dead_letter_queue_url: queue_url(
-                env,
-                "DEAD_LETTER_QUEUE_URL",
-                "this stage's dead-letter queue, for refused messages",
-            )?,
+            dead_letter_queue_url: dead_letter_queue_url(env)?,
             poll_delays: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?,
             retry: Backoff::from_env(env)?,
         })
@@ -211,11 +208,7 @@ impl CollectConfig {
                 "COLLECT_QUEUE_URL",
                 "the collect stage's own queue (for retries)",
             )?,
-            dead_letter_queue_url: queue_url(
-                env,
-                "DEAD_LETTER_QUEUE_URL",
-                "this stage's dead-letter queue, for refused messages",
-            )?,
+            dead_letter_queue_url: dead_letter_queue_url(env)?,
             allowed_hosts,
             part_size_min: number(env, "COLLECT_PART_MIB", 8usize, 5..=512)? << 20,
             max_attempts: number(env, "COLLECT_MAX_ATTEMPTS", 5u32, 1..=50)?,
