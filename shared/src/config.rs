@@ -89,6 +89,16 @@ pub(crate) fn optional(env: &dyn Env, var: &'static str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whole seconds in `var` as a duration (see [`number`]).
+pub fn seconds(
+    env: &dyn Env,
+    var: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    number(env, var, default, range).map(Duration::from_secs)
+}
+
 /// The whole number in `var`, or `default` when it is unset or blank; an error if it does
 /// not parse or is outside `range`.
 pub fn number<T>(

@@ -95,16 +95,19 @@ fn status_of<E>(
     e.raw_response().map(|r| r.status().as_u16())
 }
 
+impl S3Store {
+    /// GetObject of `key` in the bucket.
+    fn get_object(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        self.client.get_object().bucket(&self.bucket).key(key)
+    }
+}
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.get_object(key).send().await {
             Ok(out) => {
                 let etag = out.e_tag().unwrap_or_default().to_string();
                 let body = out
@@ -201,10 +204,7 @@ impl ObjectStore for S3Store {
 impl Uploads for S3Store {
     async fn open_read(&self, key: &str) -> Result<crate::ports::ByteStream, StoreError> {
         let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
+            .get_object(key)
             .send()
             .await
             .map_err(|e| s3_err("read", key, e))?;

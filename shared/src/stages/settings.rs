@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::budget::BudgetConfig;
-use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, secs_list};
+use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, seconds, secs_list};
 
 /// `DEAD_LETTER_QUEUE_URL`: where every stage sends the messages it refuses.
 fn dead_letter_queue_url(env: &dyn Env) -> Result<String, ConfigError> {
@@ -213,18 +213,8 @@ impl CollectConfig {
             part_size_min: number(env, "COLLECT_PART_MIB", 8usize, 5..=512)? << 20,
             max_attempts: number(env, "COLLECT_MAX_ATTEMPTS", 5u32, 1..=50)?,
             retry: Backoff::from_env(env)?,
-            download_timeout: Duration::from_secs(number(
-                env,
-                "DOWNLOAD_READ_TIMEOUT_SECS",
-                60u64,
-                5..=900,
-            )?),
-            time_budget: Duration::from_secs(number(
-                env,
-                "COLLECT_TIME_BUDGET_SECS",
-                600u64,
-                0..=870,
-            )?),
+            download_timeout: seconds(env, "DOWNLOAD_READ_TIMEOUT_SECS", 60, 5..=900)?,
+            time_budget: seconds(env, "COLLECT_TIME_BUDGET_SECS", 600, 0..=870)?,
         })
     }
 }
