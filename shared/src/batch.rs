@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::codes::{Disposition, Metric, RejectCode};
 use crate::messages::Delivery;
-use crate::ports::Queue;
+use crate::ports::{Queue, Rejection};
 use crate::stages::{Done, StageError};
 
 /// Runs `process` over the batch's messages, `concurrency` at a time, and returns the failures
@@ -68,7 +68,15 @@ where
                 }
                 Err(StageError::Reject { code, reason }) => {
                     match queue
-                        .send_rejected(dead_letter_queue_url, &body, stage, code.as_str(), &reason)
+                        .send_rejected(
+                            dead_letter_queue_url,
+                            &body,
+                            &Rejection {
+                                stage,
+                                code,
+                                reason: &reason,
+                            },
+                        )
                         .await
                     {
                         Ok(()) => {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::codes::RejectCode;
 use crate::defender::{
     ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
     MachineId,
@@ -150,15 +151,25 @@ pub trait Queue: Send + Sync {
         body: &str,
         delay: Duration,
     ) -> impl Future<Output = Result<String, QueueError>> + Send;
-    /// Puts a refused message's original body on a dead-letter queue with the reason beside it.
+    /// Puts a refused message's original body on a dead-letter queue with why beside it.
     fn send_rejected(
         &self,
         dlq_url: &str,
         body: &str,
-        stage: &str,
-        code: &str,
-        reason: &str,
+        why: &Rejection<'_>,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Why a message was refused, as it travels with the body to the dead-letter queue (the
+/// `lr-stage`, `lr-reject-code` and `lr-reject-reason` attributes).
+#[derive(Debug, Clone, Copy)]
+pub struct Rejection<'a> {
+    /// The stage that refused it.
+    pub stage: &'a str,
+    /// What kind of refusal.
+    pub code: RejectCode,
+    /// Why, in words.
+    pub reason: &'a str,
 }
 
 /// The Defender calls the stages make.

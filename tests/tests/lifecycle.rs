@@ -28,7 +28,7 @@ use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
     ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, Queue, QueueError,
-    StoreError, Stored, Upload, Uploads,
+    Rejection, StoreError, Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
@@ -147,14 +147,10 @@ impl Queue for KQueue<'_> {
         &self,
         dlq: &str,
         body: &str,
-        stage: &str,
-        code: &str,
-        reason: &str,
+        why: &Rejection<'_>,
     ) -> Result<(), QueueError> {
         self.kill.point().await;
-        self.inner
-            .send_rejected(dlq, body, stage, code, reason)
-            .await
+        self.inner.send_rejected(dlq, body, why).await
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ports::{
-    ByteStream, ObjectStore, Put, PutResult, Queue, QueueError, StoreError, Stored, Upload, Uploads,
+    ByteStream, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, StoreError, Stored,
+    Upload, Uploads,
 };
 use bytes::Bytes;
 
@@ -207,16 +208,14 @@ impl Queue for MemQueue {
         &self,
         dlq_url: &str,
         body: &str,
-        stage: &str,
-        code: &str,
-        reason: &str,
+        why: &Rejection<'_>,
     ) -> Result<(), QueueError> {
         self.sent.lock().unwrap().push(Sent::Rejected {
             dlq: dlq_url.into(),
             body: body.into(),
-            stage: stage.into(),
-            code: code.into(),
-            reason: reason.into(),
+            stage: why.stage.into(),
+            code: why.code.as_str().into(),
+            reason: why.reason.into(),
         });
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::ports::{Queue, QueueError};
+use crate::ports::{Queue, QueueError, Rejection};
 
 /// SQS as a [`Queue`].
 #[derive(Clone)]
@@ -46,10 +46,9 @@ impl Queue for SqsQueue {
         &self,
         dlq_url: &str,
         body: &str,
-        stage: &str,
-        code: &str,
-        reason: &str,
+        why: &Rejection<'_>,
     ) -> Result<(), QueueError> {
+        let (stage, code, reason) = (why.stage, why.code.as_str(), why.reason);
         use aws_sdk_sqs::types::MessageAttributeValue;
         let attr = |v: &str| {
             MessageAttributeValue::builder()
