@@ -133,11 +133,11 @@ mod hex_bytes {
 }
 
 /// Counts and hashes what a gzip decoder writes into it.
-pub struct HashSink {
+pub(crate) struct HashSink {
     /// The hash of what was written so far.
-    pub hasher: Sha256,
+    pub(crate) hasher: Sha256,
     /// Bytes written so far.
-    pub len: u64,
+    pub(crate) len: u64,
 }
 
 impl Write for HashSink {

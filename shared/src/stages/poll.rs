@@ -22,12 +22,12 @@ use crate::store::{
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
 const NOT_FOUND_POLLS: u32 = 10;
 /// Cancels tried past the deadline before the run ends as timed out without one.
-pub const MAX_CANCELS: u32 = 5;
+pub(crate) const MAX_CANCELS: u32 = 5;
 /// Past its deadline by this much, a run whose action cannot be read (throttled, 5xx) ends.
-pub const LOST_AFTER: Duration = Duration::from_secs(1800);
+pub(crate) const LOST_AFTER: Duration = Duration::from_secs(1800);
 
 /// The delay before poll number `polls` (0-based), never later than just past the deadline.
-pub fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Duration) -> Duration {
+pub(crate) fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Duration) -> Duration {
     let step = schedule
         .get(polls as usize)
         .or(schedule.last())

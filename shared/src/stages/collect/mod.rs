@@ -12,11 +12,6 @@ mod checkpoint;
 mod copy;
 mod link;
 
-pub use checkpoint::Checkpoint;
-pub use checkpoint::{Finished, MAX_PARTS};
-pub use copy::part_size;
-pub use link::check_link;
-
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -24,6 +19,7 @@ use time::OffsetDateTime;
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
+use self::link::check_link;
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, Step};
@@ -251,7 +247,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
 }
 
 /// Link requests that may fail with something worth retrying before the command is given up.
-pub const MAX_LINK_ERRORS: u32 = 8;
+pub(crate) const MAX_LINK_ERRORS: u32 = 8;
 
 fn ended_chain(now: OffsetDateTime) -> Chain {
     let mut c = Chain::default();
