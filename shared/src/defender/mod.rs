@@ -1,4 +1,6 @@
-//! Microsoft Defender for Endpoint: credentials, tokens, the typed client and its errors.
+//! Microsoft Defender for Endpoint: which cloud ([`cloud`]), credentials and tokens ([`auth`]),
+//! the typed client ([`client`]) and its entities ([`model`]), the library API ([`library`]), and
+//! errors phrased as what to do next ([`error`]).
 
 pub mod auth;
 pub mod client;

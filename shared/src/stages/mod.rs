@@ -1,5 +1,10 @@
-//! The four stages as plain functions over the ports. Each takes one message body and says
-//! what became of it; `crate::batch` turns that into an SQS partial batch response.
+//! The four stages as plain functions over the ports. Each takes one message and says what became
+//! of it; `crate::batch` turns that into an SQS partial batch response.
+//!
+//! Here is what they share: `open` (decode a job and load its run; a job naming another action
+//! is refused), `claim` and `hand_off` (one message acts for a record: take its chain, pass it
+//! on around a send), `end_run` (every way a run ends without collection, with the states each
+//! caller may end from), and `Step` (one message's context, which each stage extends).
 
 pub mod collect;
 pub mod intake;
