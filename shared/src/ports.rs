@@ -127,13 +127,14 @@ pub trait Uploads: ObjectStore {
         key: &str,
         upload_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Server-side copy to `to` with this metadata (replacing any); `from` stays.
+    /// Server-side copy to `to` with this metadata (replacing any); `from` stays. Returns the new
+    /// object's version id when the store keeps versions.
     fn publish(
         &self,
         from: &str,
         to: &str,
         metadata: BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 /// A message queue failure: worth retrying.

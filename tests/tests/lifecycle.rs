@@ -127,7 +127,7 @@ impl Uploads for KStore<'_> {
         from: &str,
         to: &str,
         meta: BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.kill.point().await;
         self.inner.publish(from, to, meta).await
     }

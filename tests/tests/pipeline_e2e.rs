@@ -132,6 +132,23 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
         file.sha256_decompressed.as_ref()
     );
     assert_eq!(meta.get("run-id").map(String::as_str), Some(run.as_str()));
+    // The record pins the version it hashed: a later write to the key cannot pass for it.
+    assert!(
+        file.s3_version_id.is_some(),
+        "the evidence version is recorded"
+    );
+    assert_eq!(file.s3_version_id.as_deref(), head.version_id());
+    let version = stack
+        .s3
+        .get_object()
+        .bucket(&stack.stack.bucket)
+        .key(&key)
+        .version_id(file.s3_version_id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let pinned = version.body.collect().await.unwrap().into_bytes();
+    assert_eq!(Some(sha256_hex(&pinned)), file.sha256);
 
     // Evidence and the manifest are retained (the local stack's bucket has Object Lock on, as a
     // deployment with EnableObjectLock=true); state is not.

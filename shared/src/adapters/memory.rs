@@ -139,7 +139,7 @@ impl Uploads for MemStore {
         from: &str,
         to: &str,
         _metadata: BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let v = self.next();
         let mut o = self.objects.lock().unwrap();
         let (body, _) = o
@@ -147,7 +147,7 @@ impl Uploads for MemStore {
             .cloned()
             .ok_or_else(|| StoreError(format!("no {from}")))?;
         o.insert(to.to_string(), (body, v));
-        Ok(())
+        Ok(Some(v.to_string()))
     }
 }
 

@@ -305,10 +305,11 @@ impl Uploads for S3Store {
         from: &str,
         to: &str,
         metadata: BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let lock = self.lock_for(to);
         let locked = lock.is_some();
-        self.client
+        let out = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
@@ -330,6 +331,6 @@ impl Uploads for S3Store {
             .send()
             .await
             .map_err(|e| s3_err("publish", to, e))?;
-        Ok(())
+        Ok(out.version_id().map(str::to_string))
     }
 }

@@ -56,6 +56,10 @@ pub struct CommandRecord {
     pub end_time: Option<String>,
     /// Where the result package is in the bucket; `None` unless collected.
     pub s3_key: Option<String>,
+    /// The version of the evidence object the hashes describe (the bucket keeps versions, so this
+    /// pins it even if the key is written again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_version_id: Option<String>,
     /// Bytes stored (the package as Defender served it).
     pub size: Option<u64>,
     /// SHA-256 of the stored bytes.
@@ -126,6 +130,7 @@ impl CommandRecord {
             start_time: None,
             end_time: None,
             s3_key: None,
+            s3_version_id: None,
             size: None,
             sha256: None,
             sha256_decompressed: None,

@@ -94,6 +94,8 @@ impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
 /// A published copy.
 pub(super) struct Copied {
     pub(super) key: String,
+    /// The evidence object's version, when the bucket keeps versions.
+    pub(super) version_id: Option<String>,
     pub(super) staging: String,
     pub(super) size: u64,
     pub(super) sha256: String,
@@ -290,12 +292,13 @@ pub(super) async fn publish<S: Uploads>(
     meta.insert("run-id".to_string(), run.run_id.to_string());
     meta.insert("action-id".to_string(), job.action_id.to_string());
     meta.insert("command-index".to_string(), job.index.to_string());
-    store
+    let version_id = store
         .publish(&ck.staging, &key, meta)
         .await
         .map_err(CopyError::Store)?;
     Ok(CopyResult::Copied(Copied {
         key,
+        version_id,
         staging: ck.staging.clone(),
         size: done.size,
         sha256: done.sha256,

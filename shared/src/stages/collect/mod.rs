@@ -174,6 +174,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
                 start_time,
                 end_time,
                 s3_key: Some(copied.key.clone()),
+                s3_version_id: copied.version_id.clone(),
                 size: Some(copied.size),
                 sha256: Some(copied.sha256.clone()),
                 sha256_decompressed: copied.sha256_decompressed.clone(),
