@@ -930,6 +930,18 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
     );
 }
 
+/// Seeds that once found a bug (they replay exactly): each still keeps every invariant.
+/// - 1796051785961714617: poll died after marking its run Collecting and before giving the
+///   session back; the redelivery found the run past its stage and left the session held.
+#[tokio::test(start_paused = true)]
+async fn schedules_that_found_bugs_keep_the_invariants() {
+    for seed in [1_796_051_785_961_714_617u64] {
+        if let Err(e) = schedule(seed).await {
+            panic!("schedule {seed} failed again: {e}");
+        }
+    }
+}
+
 /// A printed seed replays its schedule exactly: the same deliveries, kills, duplicates, concurrent
 /// pairs and outcomes, twice over (the stages' jitter comes from the seeded clock).
 #[tokio::test(start_paused = true)]

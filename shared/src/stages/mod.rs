@@ -340,7 +340,8 @@ where
 
 /// Finishes what an interrupted ending left undone, for a message that found its run already past
 /// its stage: a Failed run gets its missing command records, its session back and its manifest; a
-/// collecting or completed run gets its manifest once every command is recorded. Idempotent.
+/// collecting or completed run gets its session back and its manifest once every command is
+/// recorded. Idempotent.
 pub(crate) async fn finish_ended<S: ObjectStore>(
     store: &S,
     budget_cfg: &BudgetConfig,
@@ -364,6 +365,9 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
             .await?;
         }
         RunState::Collecting | RunState::Completed => {
+            // The action ended before the run left Submitted: its session is free, also when the
+            // message that marked it died before giving the session back.
+            budget::release_session(store, budget_cfg, clock, &run.run_id).await?;
             finish_run_if_complete(store, &run.run_id, clock).await?;
         }
         RunState::Received | RunState::Submitting | RunState::Submitted => {}
