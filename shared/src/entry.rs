@@ -9,7 +9,9 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use time::OffsetDateTime;
 
+use crate::adapters::events::{EventBridgeEvents, event_bus};
 use crate::adapters::http::HttpFetch;
+use crate::adapters::kms::{KmsSigner, signing_key_id};
 use crate::adapters::s3::{S3Store, s3_client};
 use crate::adapters::secrets::SecretsManagerCredentials;
 use crate::adapters::sqs::SqsQueue;
@@ -19,7 +21,7 @@ use crate::clock::SystemClock;
 use crate::config::{ConfigError, Env, ProcessEnv};
 use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
 use crate::messages::Delivery;
-use crate::ports::ObjectStore;
+use crate::ports::{Notary, ObjectStore};
 use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
@@ -103,6 +105,10 @@ pub struct Settings<C> {
     pub defender: DefenderConfig,
     /// Object Lock retention for what it writes under `evidence/`.
     pub retention: Option<Retention>,
+    /// The KMS key that signs manifests (`SIGNING_KEY_ID`).
+    pub signing_key_id: String,
+    /// The bus completion events go to (`EVENT_BUS_NAME`, `default` if unset).
+    pub event_bus: String,
 }
 
 impl<C> Settings<C> {
@@ -114,6 +120,8 @@ impl<C> Settings<C> {
             stage: stage(env)?,
             defender: DefenderConfig::from_env(env)?,
             retention: Retention::from_env(env)?,
+            signing_key_id: signing_key_id(env)?,
+            event_bus: event_bus(env),
         })
     }
 }
@@ -123,6 +131,17 @@ struct Clients {
     store: S3Store,
     queue: SqsQueue,
     defender: Defender,
+    signer: KmsSigner,
+    events: EventBridgeEvents,
+}
+
+impl Clients {
+    fn notary(&self) -> Notary<'_> {
+        Notary {
+            signer: &self.signer,
+            events: &self.events,
+        }
+    }
 }
 
 impl Clients {
@@ -142,6 +161,11 @@ impl Clients {
             store: S3Store::new(s3_client(sdk), bucket).retaining(settings.retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             defender: DefenderClient::new(http, &cfg.api_base, auth),
+            signer: KmsSigner::new(aws_sdk_kms::Client::new(sdk), &settings.signing_key_id),
+            events: EventBridgeEvents::new(
+                aws_sdk_eventbridge::Client::new(sdk),
+                &settings.event_bus,
+            ),
         })
     }
 }
@@ -245,7 +269,16 @@ macro_rules! defender_stage {
 
             async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
                 let c = &self.clients;
-                $handle(&self.cfg, &c.store, &c.queue, &c.defender, &SystemClock, &msg).await
+                $handle(
+                    &self.cfg,
+                    &c.store,
+                    &c.queue,
+                    &c.defender,
+                    c.notary(),
+                    &SystemClock,
+                    &msg,
+                )
+                .await
             }
 
             fn dead_letters(&self) -> (&SqsQueue, &str) {
@@ -304,6 +337,7 @@ impl Function for Collect {
             &c.queue,
             &c.defender,
             &self.fetch,
+            c.notary(),
             &SystemClock,
             &msg,
         )

@@ -12,6 +12,12 @@ const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
+/// The SHA-256 of `bytes` in lower-case hex: how every hash is written in records, manifests and
+/// signatures.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// A SHA-256 whose state serialises (as the eight state words, the length and the unfinished
 /// block in hex), so a hash can be saved in a checkpoint and continued later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,8 @@
 //! - [`messages`]: the versioned jobs the stages send each other.
 //! - [`store`]: run and command records, the manifest, every S3 key ([`store::keys`]), which
 //!   message holds a record ([`store::chain`]), evidence retention.
+//! - [`custody`]: the manifest's signed statement and the completion event (their formats and
+//!   checks; `stages::finish` writes them).
 //! - [`budget`]: the tenant's Defender call budget, shared through one S3 object.
 //! - [`defender`]: the Defender API client: cloud presets, tokens, typed entities and errors, the
 //!   library.
@@ -30,6 +32,7 @@ pub mod budget;
 pub mod clock;
 pub mod codes;
 pub mod config;
+pub mod custody;
 pub mod defender;
 pub mod entry;
 pub mod hash;

@@ -1,6 +1,7 @@
 //! The narrow interfaces the stages work through, split by capability so that a stage asks for
 //! what it uses: records ([`ObjectStore`]), uploads ([`Uploads`], collect only), messages
-//! ([`Queue`]), Defender ([`Defender`]) and downloads ([`Fetch`]). The adapters that implement them
+//! ([`Queue`]), Defender ([`Defender`]), downloads ([`Fetch`]), and what ends a run beyond its
+//! records ([`Notary`]: a [`Signer`] for the manifest and the [`Events`] bus). The adapters that implement them
 //! (S3, SQS, the Defender client, an HTTP downloader, and in-memory ones for tests) live in
 //! [`crate::adapters`].
 
@@ -96,6 +97,10 @@ pub trait ObjectStore: Send + Sync {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Deletes `key`; deleting a key that does not exist succeeds.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Where `key` is, for people and events (`s3://bucket/key` for S3).
+    fn location(&self, key: &str) -> String {
+        key.to_string()
+    }
 }
 
 /// Multipart uploads, reading objects back and server-side copies: what collect needs beyond
@@ -225,4 +230,45 @@ pub trait Fetch: Send + Sync {
         url: &Secret<String>,
         from: u64,
     ) -> impl Future<Output = Result<Download, String>> + Send;
+}
+
+/// A future a dyn-compatible port returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a signature or an event could not be made: worth retrying (a key that is disabled or a
+/// bus that is missing says so in the text, and the message ends in the dead-letter queue with it
+/// after its receives, to be re-driven once fixed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NotaryError(pub String);
+
+/// Signs small statements with an asymmetric key (KMS, `ECDSA_SHA_256` over the raw message).
+/// Dyn-compatible: a run is signed once, and stages take it beside the clock without a generic.
+pub trait Signer: Send + Sync {
+    /// The key, as configured (its ARN in a deployment); statements name it.
+    fn key_id(&self) -> &str;
+    /// Signs `message` (at most 4,096 bytes: KMS signs raw messages up to that size); the
+    /// DER-encoded ECDSA signature.
+    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, NotaryError>>;
+}
+
+/// Where run events go (EventBridge in production).
+pub trait Events: Send + Sync {
+    /// Publishes one event with this source, detail type and JSON detail.
+    fn publish<'a>(
+        &'a self,
+        source: &'a str,
+        detail_type: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotaryError>>;
+}
+
+/// What ends a run beyond its records: the signer of its manifest and the bus its end is announced
+/// on.
+#[derive(Clone, Copy)]
+pub struct Notary<'a> {
+    /// Signs the manifest's statement.
+    pub signer: &'a dyn Signer,
+    /// Carries the run's completion event.
+    pub events: &'a dyn Events,
 }

@@ -117,6 +117,7 @@ async fn main() {
             &queue,
             &defender,
             &fetch,
+            testkit::notary::notary(),
             &shared::clock::SystemClock,
             &shared::messages::Delivery::new(format!("bench-{mib}"), encode(&job)),
         )

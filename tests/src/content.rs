@@ -1,7 +1,7 @@
 //! The content oracle: what a device's file holds in the simulator (its documented content
 //! formula, computed here independently) and the hashes its evidence must carry.
 
-use shared::store::CommandRecord;
+use shared::store::ManifestCommand;
 
 /// The simulator's documented file content (MDE-SIM content formula), computed here independently.
 pub fn expected_file(machine_id: &str, path: &str, size: u64) -> Vec<u8> {
@@ -41,7 +41,7 @@ pub fn expected_sha256(machine_id: &str, path: &str, size: u64) -> String {
 /// A collected file is the device's file: its package decompresses to content with the oracle's
 /// hash, and the stored object `stored` is the one its record hashed.
 pub fn assert_evidence(
-    command: &CommandRecord,
+    command: &ManifestCommand,
     stored: &[u8],
     machine_id: &str,
     path: &str,

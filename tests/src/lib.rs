@@ -8,6 +8,7 @@
 //! - [`records`]: run and command records as poll leaves them, seeded into a store.
 //! - [`configs`]: stage configurations with test values, for handlers called directly.
 //! - [`logs`]: log capture, for tests that read what was logged.
+//! - [`notary`]: an in-memory signer and bus for stage handlers called directly.
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
 //!   out.
 //! - [`seeded`]: seeds and a seeded generator for randomised tests.
@@ -17,6 +18,7 @@ pub mod aws;
 pub mod configs;
 pub mod content;
 pub mod logs;
+pub mod notary;
 pub mod records;
 pub mod seeded;
 pub mod sim;

@@ -49,6 +49,8 @@ pub fn collecting_run(
         reason: None,
         chain: Default::default(),
         unfinished: None,
+        statuses: Vec::new(),
+        announcement: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mde_sim::{SimConfig, SimServer};
 use shared::ids::RunId;
-use shared::store::{CommandRecord, Manifest};
+use shared::store::{Manifest, ManifestCommand};
 
 use crate::alerts::{native_alert, run_id};
 use crate::aws::{aws, provision, unique};
@@ -192,7 +192,7 @@ impl Stack {
     /// the device's file whole ([`assert_evidence`]).
     pub async fn assert_evidence(
         &self,
-        command: &CommandRecord,
+        command: &ManifestCommand,
         machine_id: &str,
         path: &str,
         size: u64,

@@ -56,6 +56,7 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
             &queue,
             &defender,
             &fetch,
+            testkit::notary::notary(),
             &shared::clock::SystemClock,
             &job,
         )
@@ -91,7 +92,7 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
     let rec = load_command(&store, &run_id, 0).await.unwrap().unwrap();
     assert_eq!(rec.outcome, CommandOutcome::Collected);
     let stored = store.get(&key).await.unwrap().unwrap().body;
-    assert_evidence(&rec, &stored, M1, FILE, size);
+    assert_evidence(&rec.into(), &stored, M1, FILE, size);
     assert!(
         store
             .get(&shared::store::manifest_key(&run_id))

@@ -105,7 +105,16 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
         let (cfg, store, queue, defender) = (&submit_cfg, &store, &queue, &defender);
         async move {
             let clock = shared::clock::SystemClock;
-            shared::stages::submit::handle(cfg, store, queue, defender, &clock, &job).await
+            shared::stages::submit::handle(
+                cfg,
+                store,
+                queue,
+                defender,
+                testkit::notary::notary(),
+                &clock,
+                &job,
+            )
+            .await
         }
     };
     let now = time::OffsetDateTime::now_utc();

@@ -5,7 +5,11 @@
 //! downloads and devices that never come online. After every schedule it checks the invariants:
 //! every run ends with one manifest that accounts for every command; at most one live response per
 //! run; no session left held; no message circulating past a bound; Defender's GET and submission
-//! limits never exceeded where Defender counts; every evidence object matches its recorded SHA-256.
+//! limits never exceeded where Defender counts; every evidence object matches its recorded SHA-256;
+//! every manifest carries a signature that verifies offline over its exact bytes; every run's
+//! completion event is published, agrees with the manifest, and goes out once (twice only when a
+//! handler died between publishing and recording it). Signing and publishing fail and are killed
+//! too.
 //!
 //! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
 
@@ -16,10 +20,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use shared::adapters::memory::{MemQueue, MemStore, Sent};
+use shared::adapters::memory::{MemEvents, MemQueue, MemSigner, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::budget::{self, BudgetConfig};
 use shared::clock::{Clock, ManualClock};
+use shared::custody::event::RunFinished;
+use shared::custody::signature::{ManifestSignature, check_statement, verify_offline};
 use shared::defender::{
     ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
     DownloadLink, LiveResponseRequest, MachineAction, MachineId,
@@ -27,8 +33,8 @@ use shared::defender::{
 use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
-    ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, Queue, QueueError,
-    Rejection, StoreError, Stored, Upload, Uploads,
+    BoxFuture, ByteStream, Defender, Download, Events, Fetch, Notary, NotaryError, ObjectStore,
+    Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
@@ -151,6 +157,71 @@ impl Queue for KQueue<'_> {
     ) -> Result<(), QueueError> {
         self.kill.point().await;
         self.inner.send_rejected(dlq, body, why).await
+    }
+}
+
+/// The notary with kill points and faults: a signature or a publish may fail (as a throttled KMS or
+/// EventBridge would), and a handler may die before signing, before publishing, or after
+/// publishing and before recording it (the one place a second event is allowed).
+struct KNotary<'a> {
+    signer: &'a MemSigner,
+    events: &'a MemEvents,
+    kill: &'a Kill,
+    rng: Mutex<Rng>,
+    fault_rate: f64,
+    /// Off for a message's last receive, as kills are.
+    faults_on: std::sync::atomic::AtomicBool,
+    /// Runs whose publishing handler was killed after its event went out.
+    killed_after_publish: Mutex<Vec<String>>,
+}
+
+impl KNotary<'_> {
+    fn fault(&self, what: &str) -> Result<(), NotaryError> {
+        if self.faults_on.load(Ordering::SeqCst) && self.rng.lock().unwrap().chance(self.fault_rate)
+        {
+            return Err(NotaryError(format!("{what} throttled")));
+        }
+        Ok(())
+    }
+}
+
+impl Signer for KNotary<'_> {
+    fn key_id(&self) -> &str {
+        self.signer.key_id()
+    }
+    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, NotaryError>> {
+        Box::pin(async move {
+            self.kill.point().await;
+            self.fault("KMS Sign")?;
+            self.signer.sign(message).await
+        })
+    }
+}
+
+impl Events for KNotary<'_> {
+    fn publish<'a>(
+        &'a self,
+        source: &'a str,
+        detail_type: &'a str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotaryError>> {
+        Box::pin(async move {
+            self.kill.point().await;
+            self.fault("PutEvents")?;
+            self.events.publish(source, detail_type, detail).await?;
+            let run = serde_json::from_str::<serde_json::Value>(detail)
+                .ok()
+                .and_then(|v| v["run_id"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.killed_after_publish.lock().unwrap().push(run.clone());
+            self.kill.point().await;
+            // Not killed: the publish is recorded by the caller.
+            let mut k = self.killed_after_publish.lock().unwrap();
+            if let Some(i) = k.iter().rposition(|r| *r == run) {
+                k.remove(i);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -513,6 +584,7 @@ struct Tally {
     kills: u64,
     duplicates: u64,
     dead_lettered: u64,
+    events: u64,
     outcomes: BTreeMap<String, u64>,
 }
 
@@ -562,6 +634,21 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         );
     }
     let defender = FakeDefender::new(&clock, seed ^ 0xDEF, fault_rate, devices);
+    let signer = MemSigner::seeded((seed % 250) as u8 + 1);
+    let events = MemEvents::default();
+    let knotary = KNotary {
+        signer: &signer,
+        events: &events,
+        kill: &kill,
+        rng: Mutex::new(Rng::new(seed ^ 0x5167)),
+        fault_rate: fault_rate / 2.0,
+        faults_on: std::sync::atomic::AtomicBool::new(true),
+        killed_after_publish: Mutex::new(Vec::new()),
+    };
+    let notary = Notary {
+        signer: &knotary,
+        events: &knotary,
+    };
     let fetch_rng = Mutex::new(Rng::new(seed ^ 0xFE7));
     let fetch = FakeFetch {
         rng: &fetch_rng,
@@ -660,6 +747,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         let last_chance = pool[pick].receives >= MAX_RECEIVES;
         let killed_at = (!last_chance && rng.chance(kill_rate)).then(|| 1 + rng.below(12) as i64);
         kill.arm(killed_at.unwrap_or(i64::MAX));
+        knotary.faults_on.store(!last_chance, Ordering::SeqCst);
         macro_rules! dispatch {
             ($q:expr, $msg:expr) => {
                 async {
@@ -670,6 +758,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                                 &kstore,
                                 &kqueue,
                                 &defender,
+                                notary,
                                 &clock,
                                 $msg,
                             )
@@ -677,7 +766,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         }
                         "poll" => {
                             shared::stages::poll::handle(
-                                &poll_cfg, &kstore, &kqueue, &defender, &clock, $msg,
+                                &poll_cfg, &kstore, &kqueue, &defender, notary, &clock, $msg,
                             )
                             .await
                         }
@@ -688,6 +777,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                                 &kqueue,
                                 &defender,
                                 &fetch,
+                                notary,
                                 &clock,
                                 $msg,
                             )
@@ -834,8 +924,62 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                 }
             }
         }
+        // The signature binds the manifest's exact bytes and verifies offline.
+        let mkey = manifest_key(run_id);
+        let manifest_bytes = store.get(&mkey).await.unwrap().unwrap().body;
+        let sig: ManifestSignature = read(&store, &shared::store::signature_key(run_id)).await?;
+        check_statement(&sig, run_id, &mkey, &manifest_bytes)
+            .and_then(|_| verify_offline(&sig, &signer.public_key()))
+            .map_err(|e| format!("run {run_id}: {e}"))?;
+        // One event, that says what the manifest says (two only when a handler died between
+        // publishing and recording it).
+        let published: Vec<RunFinished> = events
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, _, d)| serde_json::from_str::<RunFinished>(d).ok())
+            .filter(|e| &e.run_id == run_id)
+            .collect();
+        let may_repeat = knotary
+            .killed_after_publish
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| *r == run_id.as_str())
+            .count();
+        if published.is_empty() || published.len() > 1 + may_repeat {
+            return Err(format!(
+                "run {run_id}: {} completion events ({may_repeat} handler(s) died after publishing)",
+                published.len()
+            ));
+        }
+        if run
+            .announcement
+            .as_ref()
+            .and_then(|a| a.published_at)
+            .is_none()
+        {
+            return Err(format!(
+                "run {run_id}: its event is not recorded as published"
+            ));
+        }
+        for e in &published {
+            if e.manifest.sha256 != sha256_hex(&manifest_bytes)
+                || e.state != manifest.run_state
+                || e.outcome != manifest.outcome
+                || e.commands.len() != manifest.commands.len()
+                || e.event_id != run_id.as_str()
+            {
+                return Err(format!(
+                    "run {run_id}: the event disagrees with the manifest: {e:?}"
+                ));
+            }
+        }
+        tally.events += published.len() as u64;
         for key in store.list(&format!("evidence/{run_id}/")).await.unwrap() {
             if key != shared::store::manifest_key(run_id)
+                && key != shared::store::signature_key(run_id)
                 && !manifest
                     .commands
                     .iter()
@@ -912,6 +1056,7 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
                 total.duplicates += t.duplicates;
                 total.concurrent += t.concurrent;
                 total.dead_lettered += t.dead_lettered;
+                total.events += t.events;
                 for (o, c) in t.outcomes {
                     *total.outcomes.entry(o).or_default() += c;
                 }
@@ -920,12 +1065,13 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
         }
     }
     println!(
-        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries, {} concurrent pairs; {:?}",
+        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries, {} concurrent pairs, {} events; {:?}",
         started.elapsed().as_secs_f64(),
         total.deliveries,
         total.kills,
         total.duplicates,
         total.concurrent,
+        total.events,
         total.outcomes
     );
 }
@@ -1024,6 +1170,7 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
             &queue,
             &defender,
             &fetch,
+            testkit::notary::notary(),
             &clock,
             &msg,
         )
@@ -1078,8 +1225,16 @@ async fn an_unreadable_run_record_is_refused_with_its_reason() {
         };
         let msg = Delivery::new("s-1", serde_json::to_string(&job).unwrap());
         let cfg = SubmitConfig::from_env(&env(&[])).unwrap();
-        let out =
-            shared::stages::submit::handle(&cfg, &store, &queue, &defender, &clock, &msg).await;
+        let out = shared::stages::submit::handle(
+            &cfg,
+            &store,
+            &queue,
+            &defender,
+            testkit::notary::notary(),
+            &clock,
+            &msg,
+        )
+        .await;
         match out {
             Err(StageError::Reject { code, reason }) => {
                 assert_eq!(code, "unreadable_run");

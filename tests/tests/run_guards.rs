@@ -59,7 +59,17 @@ async fn a_collect_job_naming_another_action_is_refused_and_copies_nothing() {
         let (cfg, store, queue, defender, fetch, clock) =
             (&cfg, &store, &queue, &defender, &fetch, &clock);
         async move {
-            shared::stages::collect::handle(cfg, store, queue, defender, fetch, clock, &msg).await
+            shared::stages::collect::handle(
+                cfg,
+                store,
+                queue,
+                defender,
+                fetch,
+                testkit::notary::notary(),
+                clock,
+                &msg,
+            )
+            .await
         }
     };
 
@@ -122,8 +132,16 @@ async fn a_poll_job_naming_another_action_is_refused() {
     };
     let clock = shared::clock::SystemClock;
     let polled = calls(&sim);
-    let result =
-        shared::stages::poll::handle(&cfg, &store, &queue, &defender, &clock, &job(&foreign)).await;
+    let result = shared::stages::poll::handle(
+        &cfg,
+        &store,
+        &queue,
+        &defender,
+        testkit::notary::notary(),
+        &clock,
+        &job(&foreign),
+    )
+    .await;
     assert_eq!(rejected_code(result), "action_mismatch");
     assert_eq!(calls(&sim), polled, "Defender was not asked");
     let (after, _) = load_run(&store, &run_id).await.unwrap().unwrap();
@@ -134,8 +152,16 @@ async fn a_poll_job_naming_another_action_is_refused() {
     record.state = RunState::Submitting;
     record.action_id = None;
     put_run(&store, &record).await;
-    let result =
-        shared::stages::poll::handle(&cfg, &store, &queue, &defender, &clock, &job(&own)).await;
+    let result = shared::stages::poll::handle(
+        &cfg,
+        &store,
+        &queue,
+        &defender,
+        testkit::notary::notary(),
+        &clock,
+        &job(&own),
+    )
+    .await;
     assert_eq!(rejected_code(result), "action_mismatch");
 }
 
@@ -235,6 +261,7 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
         &*store,
         &queue,
         &defender,
+        testkit::notary::notary(),
         &shared::clock::SystemClock,
         &msg,
     )

@@ -220,3 +220,89 @@ impl Queue for MemQueue {
         Ok(())
     }
 }
+
+/// A signer with a P-256 key held in memory (the same key for the same seed), for tests; offline
+/// verification takes [`MemSigner::public_key`]. `fail` makes every signature fail, as a disabled
+/// KMS key would.
+pub struct MemSigner {
+    key: p256::ecdsa::SigningKey,
+    /// When true, signing fails.
+    pub fail: std::sync::atomic::AtomicBool,
+    /// Signatures made.
+    pub signed: std::sync::atomic::AtomicUsize,
+}
+
+impl MemSigner {
+    /// The key made from `seed` (any value but zero).
+    pub fn seeded(seed: u8) -> Self {
+        Self {
+            key: p256::ecdsa::SigningKey::from_slice(&[seed.max(1); 32])
+                .expect("a non-zero scalar below the order is a key"),
+            fail: Default::default(),
+            signed: Default::default(),
+        }
+    }
+
+    /// The public key that verifies its signatures.
+    pub fn public_key(&self) -> p256::ecdsa::VerifyingKey {
+        *self.key.verifying_key()
+    }
+}
+
+impl Default for MemSigner {
+    fn default() -> Self {
+        Self::seeded(7)
+    }
+}
+
+impl crate::ports::Signer for MemSigner {
+    fn key_id(&self) -> &str {
+        "mem-signing-key"
+    }
+
+    fn sign<'a>(
+        &'a self,
+        message: &'a [u8],
+    ) -> crate::ports::BoxFuture<'a, Result<Vec<u8>, crate::ports::NotaryError>> {
+        use p256::ecdsa::signature::Signer as _;
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(crate::ports::NotaryError("the key is disabled".into()));
+            }
+            self.signed.fetch_add(1, Ordering::SeqCst);
+            let sig: p256::ecdsa::Signature = self.key.sign(message);
+            Ok(sig.to_der().as_bytes().to_vec())
+        })
+    }
+}
+
+/// A bus that keeps every event published (source, detail type, detail); `fail` makes publishing
+/// fail, as a missing bus would.
+#[derive(Default)]
+pub struct MemEvents {
+    /// Every event published, in order.
+    pub published: Mutex<Vec<(String, String, String)>>,
+    /// When true, publishing fails.
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::ports::Events for MemEvents {
+    fn publish<'a>(
+        &'a self,
+        source: &'a str,
+        detail_type: &'a str,
+        detail: &'a str,
+    ) -> crate::ports::BoxFuture<'a, Result<(), crate::ports::NotaryError>> {
+        Box::pin(async move {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::ports::NotaryError("no such bus".into()));
+            }
+            self.published
+                .lock()
+                .unwrap()
+                .push((source.into(), detail_type.into(), detail.into()));
+            Ok(())
+        })
+    }
+}

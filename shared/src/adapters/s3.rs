@@ -106,6 +106,10 @@ impl S3Store {
 }
 
 impl ObjectStore for S3Store {
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         match self.get_object(key).send().await {
             Ok(out) => {

@@ -7,6 +7,7 @@
 //! caller may end from), and `Step` (one message's context, which each stage extends).
 
 pub mod collect;
+pub mod finish;
 pub mod intake;
 pub mod poll;
 pub mod settings;
@@ -17,12 +18,12 @@ use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
 use crate::ids::RunId;
 use crate::messages::{Job, decode};
-use crate::ports::Queue;
-use crate::ports::{ObjectStore, QueueError, StoreError};
+use crate::ports::{Notary, ObjectStore, Queue, QueueError, StoreError};
 use crate::store::{
     Chained, CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, Standing,
-    create_command, finish_run_if_complete, update_record, update_run,
+    create_command, update_record, update_run,
 };
+use finish::finish_run_if_complete;
 
 /// What one message's handling works with: its stage's settings, the ports, the message and its
 /// job. Each stage adds its own steps (`again`, `pace`, ...) in an `impl` for its settings and job.
@@ -31,6 +32,7 @@ pub(crate) struct Step<'a, C, J, S, Q> {
     pub store: &'a S,
     pub queue: &'a Q,
     pub clock: &'a dyn Clock,
+    pub notary: Notary<'a>,
     pub msg: &'a crate::messages::Delivery,
     pub job: &'a J,
 }
@@ -38,7 +40,7 @@ pub(crate) struct Step<'a, C, J, S, Q> {
 impl<'a, C, J, S, Q> Step<'a, C, J, S, Q> {
     pub fn new(
         cfg: &'a C,
-        (store, queue, clock): (&'a S, &'a Q, &'a dyn Clock),
+        (store, queue, clock, notary): (&'a S, &'a Q, &'a dyn Clock, Notary<'a>),
         msg: &'a crate::messages::Delivery,
         job: &'a J,
     ) -> Self {
@@ -47,6 +49,7 @@ impl<'a, C, J, S, Q> Step<'a, C, J, S, Q> {
             store,
             queue,
             clock,
+            notary,
             msg,
             job,
         }
@@ -186,6 +189,7 @@ pub(crate) const WHILE_SUBMITTED: &[RunState] = &[RunState::Submitted];
 /// already reached collection is left to it.
 pub(crate) async fn end_run<S: ObjectStore>(
     store: &S,
+    notary: Notary<'_>,
     budget_cfg: &BudgetConfig,
     clock: &dyn Clock,
     run_id: &RunId,
@@ -225,7 +229,7 @@ pub(crate) async fn end_run<S: ObjectStore>(
         create_command(store, run_id, &rec).await?;
     }
     budget::release_session(store, budget_cfg, clock, run_id).await?;
-    finish_run_if_complete(store, run_id, clock).await?;
+    finish_run_if_complete(store, notary, run_id, clock).await?;
     Ok(run)
 }
 
@@ -344,6 +348,7 @@ where
 /// recorded. Idempotent.
 pub(crate) async fn finish_ended<S: ObjectStore>(
     store: &S,
+    notary: Notary<'_>,
     budget_cfg: &BudgetConfig,
     clock: &dyn Clock,
     run: &RunRecord,
@@ -352,6 +357,7 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
         RunState::Failed => {
             end_run(
                 store,
+                notary,
                 budget_cfg,
                 clock,
                 &run.run_id,
@@ -368,7 +374,7 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
             // The action ended before the run left Submitted: its session is free, also when the
             // message that marked it died before giving the session back.
             budget::release_session(store, budget_cfg, clock, &run.run_id).await?;
-            finish_run_if_complete(store, &run.run_id, clock).await?;
+            finish_run_if_complete(store, notary, &run.run_id, clock).await?;
         }
         RunState::Received | RunState::Submitting | RunState::Submitted => {}
     }
@@ -380,6 +386,7 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
 /// finished on the way).
 pub(crate) async fn open_run<J: Job, S: ObjectStore>(
     store: &S,
+    notary: Notary<'_>,
     budget_cfg: &BudgetConfig,
     clock: &dyn Clock,
     msg: &crate::messages::Delivery,
@@ -403,7 +410,7 @@ pub(crate) async fn open_run<J: Job, S: ObjectStore>(
             "another message holds this run",
         )),
         Claimed::Idle(run) => {
-            finish_ended(store, budget_cfg, clock, &run).await?;
+            finish_ended(store, notary, budget_cfg, clock, &run).await?;
             Err(Done::new(
                 &run_id,
                 Outcome::Duplicate,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::finish::finish_run_if_complete;
 use super::settings::PollConfig;
 use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run};
 use crate::budget::{self, Paced};
@@ -13,10 +14,10 @@ use crate::clock::Clock;
 use crate::codes::Outcome;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
-use crate::ports::{Defender, ObjectStore, Queue};
+use crate::ports::{Defender, Notary, ObjectStore, Queue};
 use crate::store::{
-    CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, create_command,
-    finish_run_if_complete, load_command, run_key, update_run,
+    CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, create_command, load_command,
+    run_key, update_run,
 };
 
 /// How many times an action may answer 404 (it can, just after creation) before the run fails.
@@ -50,18 +51,19 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     store: &S,
     queue: &Q,
     defender: &D,
+    notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
     let now = clock.now();
     // `open` has checked that the job names the run's own action.
     let acts = |_: &PollJob, r: &RunRecord| r.state == RunState::Submitted;
-    let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
+    let (job, run) = match super::open_run(store, notary, &cfg.budget, clock, msg, acts).await? {
         Ok(opened) => opened,
         Err(done) => return Ok(done),
     };
     let run_id = run.run_id.clone();
-    let step = Step::new(cfg, (store, queue, clock), msg, &job);
+    let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
     let past_deadline: Duration = (now - run.deadline).try_into().unwrap_or(Duration::ZERO);
     let read = budget::get_call(store, &cfg.budget, clock, || {
@@ -161,7 +163,8 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         };
     }
     let delay = next_delay(&cfg.poll_delays, job.polls + 1, until_deadline);
-    step.again(job.polls + 1, job.cancels, delay).await?;
+    step.again_seeing(job.polls + 1, job.cancels, delay, Some(&action))
+        .await?;
     Ok(Done::new(
         &run_id,
         Outcome::Waiting,
@@ -177,6 +180,19 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
 impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
     /// Hands the run's chain to the next poll job.
     async fn again(&self, polls: u32, cancels: u32, delay: Duration) -> Result<(), StageError> {
+        self.again_seeing(polls, cancels, delay, None).await
+    }
+
+    /// Hands the run's chain to the next poll job, recording the action as `seen` (its status in
+    /// the run's timeline) in the same write.
+    async fn again_seeing(
+        &self,
+        polls: u32,
+        cancels: u32,
+        delay: Duration,
+        seen: Option<&MachineAction>,
+    ) -> Result<(), StageError> {
+        let now = self.clock.now();
         let next = PollJob {
             v: MESSAGE_VERSION,
             run_id: self.job.run_id.clone(),
@@ -193,7 +209,11 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             &self.msg.id,
             &self.cfg.poll_queue_url,
             (next, delay),
-            |_| {},
+            |r: &mut RunRecord| {
+                if let Some(action) = seen {
+                    r.absorb(action, now);
+                }
+            },
         )
         .await?;
         Ok(())
@@ -258,6 +278,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         }
         end_run(
             self.store,
+            self.notary,
             &self.cfg.budget,
             self.clock,
             &run.run_id,
@@ -345,7 +366,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             }
             r.chain.end(now);
             r.state = RunState::Collecting;
-            r.absorb(action);
+            r.absorb(action, now);
             r.cancelled_by_pipeline |= cancelled_by_us;
             r.outcome = Some(outcome);
             // What Defender ran is the record, whatever was asked (never a shorter list).
@@ -360,7 +381,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         .await?;
         // The session is over: its slot in the tenant's budget is free again.
         budget::release_session(store, &self.cfg.budget, self.clock, &run.run_id).await?;
-        finish_run_if_complete(store, &run.run_id, self.clock).await?;
+        finish_run_if_complete(store, self.notary, &run.run_id, self.clock).await?;
         Ok(Done::new(
             &run.run_id,
             Outcome::Ended,

@@ -13,7 +13,7 @@ use crate::codes::Outcome;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::ids::RunId;
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
-use crate::ports::{Defender, ObjectStore, Queue, StoreError};
+use crate::ports::{Defender, Notary, ObjectStore, Queue, StoreError};
 use crate::store::chain::CHAIN_TTL;
 use crate::store::{
     CommandOutcome, RunOutcome, RunRecord, RunState, load_run, run_key, update_run,
@@ -30,6 +30,7 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     store: &S,
     queue: &Q,
     defender: &D,
+    notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
@@ -41,12 +42,12 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
         RunState::Submitted => r.chain.held_by(me),
         _ => false,
     };
-    let (job, run) = match super::open_run(store, &cfg.budget, clock, msg, acts).await? {
+    let (job, run) = match super::open_run(store, notary, &cfg.budget, clock, msg, acts).await? {
         Ok(opened) => opened,
         Err(done) => return Ok(done),
     };
     let run_id = run.run_id.clone();
-    let step = Step::new(cfg, (store, queue, clock), msg, &job);
+    let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
 
     if run.state == RunState::Submitted {
         step.hand_to_poll(&run).await?;
@@ -228,6 +229,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
         };
         end_run(
             self.store,
+            self.notary,
             &self.cfg.budget,
             self.clock,
             &self.job.run_id,
@@ -333,7 +335,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
             r.state = RunState::Submitted;
             r.action_id = Some(action.id.clone());
             r.submitted_at.get_or_insert(now);
-            r.absorb(action);
+            r.absorb(action, now);
             true
         })
         .await?;

@@ -2,7 +2,8 @@
 //! prefixes, so that its protections can tell them apart:
 //!
 //! - `evidence/{run}/`: what analysts rely on, each command's result package and the run's
-//!   manifest. Written once (a manifest only with If-None-Match, which the bucket policy demands),
+//!   manifest and its signature. Written once (a manifest and its signature only with
+//!   If-None-Match, which the bucket policy demands),
 //!   kept under Object Lock retention when the deployment turns it on, never expired.
 //! - `state/`: what the pipeline rewrites while it works, run and command records, copy
 //!   checkpoints, staging uploads and the tenant's call budget (rewritten many times a minute).
@@ -61,6 +62,11 @@ pub fn manifest_key(run: &RunId) -> String {
     format!("evidence/{run}/manifest.json")
 }
 
+/// The manifest's signature, beside it and written once like it.
+pub fn signature_key(run: &RunId) -> String {
+    format!("evidence/{run}/manifest.sig.json")
+}
+
 /// Where a command's result package lands.
 pub fn evidence_key(run: &RunId, index: u32, kind: CommandType) -> String {
     match kind {
@@ -84,6 +90,7 @@ mod tests {
         let run = RunId::derive("a", "b", "c", "d");
         let evidence = [
             manifest_key(&run),
+            signature_key(&run),
             evidence_key(&run, 0, CommandType::GetFile),
             evidence_key(&run, 1, CommandType::RunScript),
             evidence_key(&run, 2, CommandType::PutFile),

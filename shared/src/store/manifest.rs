@@ -1,19 +1,19 @@
 //! The manifest: what an analyst reads, in `evidence/{run}/manifest.json`, written exactly once
-//! when every command of a finished run has its final record.
+//! when every command of a finished run has its final record (`crate::stages::finish` writes it,
+//! signs it and announces it). Its commands are the analyst's view of each command record: what
+//! was asked, what became of it, where its evidence is and its hashes; not the pipeline's
+//! bookkeeping (which message held the record).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::command::{CommandOutcome, CommandRecord, load_command};
-use super::keys::manifest_key;
-use super::record::{RECORD_VERSION, json};
-use super::run::{RunOutcome, RunState, load_run, update_run};
+use super::command::{CommandOutcome, CommandRecord};
+use super::record::RECORD_VERSION;
+use super::run::{RunOutcome, RunRecord, RunState};
 use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
-use crate::clock::Clock;
-use crate::defender::{ActionId, ActionStatus, MachineId};
+use crate::defender::{ActionId, ActionStatus, Command, CommandStatus, CommandType, MachineId};
 use crate::ids::RunId;
-use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
 /// The manifest of a finished run, in `evidence/{run}/manifest.json`: the run and every
 /// command's final record, written once.
@@ -48,8 +48,122 @@ pub struct Manifest {
     /// When the manifest was written (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub completed_at: OffsetDateTime,
-    /// Every command the run meant to execute, in order, each with its final record.
-    pub commands: Vec<CommandRecord>,
+    /// Every command the run meant to execute, in order, each with what became of it.
+    pub commands: Vec<ManifestCommand>,
+}
+
+impl Manifest {
+    /// The manifest of a run that ended, from its record and every command's final record, written
+    /// `now` (the state is `Failed` for a failed run, `Completed` otherwise).
+    pub fn of(run: &RunRecord, commands: Vec<CommandRecord>, now: OffsetDateTime) -> Self {
+        Self {
+            v: RECORD_VERSION,
+            run_id: run.run_id.clone(),
+            playbook: run.playbook.clone(),
+            playbook_sha256: run.playbook_sha256.clone(),
+            refused_parameters: run.refused_parameters.clone(),
+            alert: run.alert.clone(),
+            device: ManifestDevice {
+                machine_id: run.machine_id.clone(),
+                computer_dns_name: run.computer_dns_name.clone(),
+            },
+            action: run.action_id.clone().map(|id| ManifestAction {
+                id,
+                status: run.action_status.clone(),
+                requestor: run.requestor.clone(),
+                requestor_comment: run.comment.clone(),
+                created: run.action_created.clone(),
+                last_update: run.action_last_update.clone(),
+                cancelled_by_pipeline: run.cancelled_by_pipeline,
+            }),
+            run_state: final_state(run.state),
+            outcome: run.outcome,
+            reason: run.reason.clone(),
+            created_at: run.created_at,
+            completed_at: now,
+            commands: commands.into_iter().map(ManifestCommand::from).collect(),
+        }
+    }
+}
+
+/// The state a run ends in once its manifest is written: `Failed` stays, anything else completed.
+pub fn final_state(state: RunState) -> RunState {
+    if state == RunState::Failed {
+        RunState::Failed
+    } else {
+        RunState::Completed
+    }
+}
+
+/// One command of a manifest: what was asked, what became of it, and its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestCommand {
+    /// The command's position in the run, from 0.
+    pub index: u32,
+    /// The command's type.
+    pub kind: CommandType,
+    /// The command as sent to Defender.
+    pub command: Command,
+    /// What became of it.
+    pub outcome: CommandOutcome,
+    /// Defender's status for it, as Defender wrote it.
+    pub command_status: Option<CommandStatus>,
+    /// Defender's error messages for it.
+    pub errors: Vec<String>,
+    /// When it started, as Defender's timestamp text.
+    pub start_time: Option<String>,
+    /// When it ended, as Defender's timestamp text.
+    pub end_time: Option<String>,
+    /// Where its result is in the bucket; `None` unless collected.
+    pub s3_key: Option<String>,
+    /// The version of that object the hashes describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_version_id: Option<String>,
+    /// Bytes stored (the package as Defender served it).
+    pub size: Option<u64>,
+    /// SHA-256 of the stored bytes.
+    pub sha256: Option<String>,
+    /// For gzip GetFile packages: SHA-256 of the file itself.
+    pub sha256_decompressed: Option<String>,
+    /// Bytes of the decompressed file.
+    pub size_decompressed: Option<u64>,
+    /// For RunScript transcripts: the script's exit code.
+    pub exit_code: Option<i64>,
+    /// The transcript's standard output, cut at 2,000 bytes.
+    pub output_excerpt: Option<String>,
+    /// The transcript's standard error, cut at 2,000 bytes.
+    pub errors_excerpt: Option<String>,
+    /// When its record was written (UTC).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub recorded_at: Option<OffsetDateTime>,
+    /// Why the result was not collected.
+    pub reason: Option<String>,
+}
+
+impl From<CommandRecord> for ManifestCommand {
+    fn from(c: CommandRecord) -> Self {
+        Self {
+            index: c.index,
+            kind: c.kind,
+            command: c.command,
+            outcome: c.outcome,
+            command_status: c.command_status,
+            errors: c.errors,
+            start_time: c.start_time,
+            end_time: c.end_time,
+            s3_key: c.s3_key,
+            s3_version_id: c.s3_version_id,
+            size: c.size,
+            sha256: c.sha256,
+            sha256_decompressed: c.sha256_decompressed,
+            size_decompressed: c.size_decompressed,
+            exit_code: c.exit_code,
+            output_excerpt: c.output_excerpt,
+            errors_excerpt: c.errors_excerpt,
+            recorded_at: c.recorded_at,
+            reason: c.reason,
+        }
+    }
 }
 
 /// The device of a manifest.
@@ -78,82 +192,4 @@ pub struct ManifestAction {
     pub last_update: Option<String>,
     /// Whether the pipeline cancelled it (the deadline passed).
     pub cancelled_by_pipeline: bool,
-}
-
-/// Writes the manifest when every command of a finished run has its final record; exactly once
-/// (a conditional write), whichever stage gets there last. Returns true if this call wrote it.
-/// The manifest lists every command the run meant to execute, each with its outcome.
-pub async fn finish_run_if_complete<S: ObjectStore>(
-    store: &S,
-    run_id: &RunId,
-    clock: &dyn Clock,
-) -> Result<bool, StoreError> {
-    let Some((run, _)) = load_run(store, run_id).await? else {
-        return Ok(false);
-    };
-    let ended = matches!(
-        run.state,
-        RunState::Collecting | RunState::Completed | RunState::Failed
-    );
-    if !ended {
-        return Ok(false);
-    }
-    let mut commands = Vec::with_capacity(run.commands.len());
-    for i in 0..run.commands.len() as u32 {
-        match load_command(store, run_id, i).await? {
-            Some(c) if c.outcome != CommandOutcome::Collecting => commands.push(c),
-            _ => return Ok(false),
-        }
-    }
-    let now = clock.now();
-    let final_state = if run.state == RunState::Failed {
-        RunState::Failed
-    } else {
-        RunState::Completed
-    };
-    let manifest = Manifest {
-        v: RECORD_VERSION,
-        run_id: run.run_id.clone(),
-        playbook: run.playbook.clone(),
-        playbook_sha256: run.playbook_sha256.clone(),
-        refused_parameters: run.refused_parameters.clone(),
-        alert: run.alert.clone(),
-        device: ManifestDevice {
-            machine_id: run.machine_id.clone(),
-            computer_dns_name: run.computer_dns_name.clone(),
-        },
-        action: run.action_id.clone().map(|id| ManifestAction {
-            id,
-            status: run.action_status.clone(),
-            requestor: run.requestor.clone(),
-            requestor_comment: run.comment.clone(),
-            created: run.action_created.clone(),
-            last_update: run.action_last_update.clone(),
-            cancelled_by_pipeline: run.cancelled_by_pipeline,
-        }),
-        run_state: final_state,
-        outcome: run.outcome,
-        reason: run.reason.clone(),
-        created_at: run.created_at,
-        completed_at: now,
-        commands,
-    };
-    let wrote = matches!(
-        store
-            .put(&manifest_key(run_id), json(&manifest)?, Put::IfAbsent)
-            .await?,
-        PutResult::Written { .. }
-    );
-    if run.state != final_state || run.finished_at.is_none() {
-        update_run(store, run_id, |r| {
-            if r.state == final_state && r.finished_at.is_some() {
-                return false;
-            }
-            r.state = final_state;
-            r.finished_at.get_or_insert(now);
-            true
-        })
-        .await?;
-    }
-    Ok(wrote)
 }

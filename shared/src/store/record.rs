@@ -8,14 +8,13 @@ use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 /// The `v` written in every run record, command record and manifest.
 pub const RECORD_VERSION: u32 = 1;
 
-pub(super) fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+/// A record's stored bytes (pretty JSON).
+pub fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec_pretty(v).map_err(|e| StoreError(format!("cannot encode record: {e}")))
 }
 
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    key: &str,
-    body: &[u8],
-) -> Result<T, StoreError> {
+/// A stored record read back; one that does not parse is [`StoreError::unreadable`] (naming `key`).
+pub fn parse<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(body).map_err(|e| StoreError::unreadable(key, e))
 }
 

@@ -54,6 +54,9 @@ pub enum RunOutcome {
     Cancelled,
 }
 
+/// The timeline keeps at most this many status changes (a run sees four or five).
+const MAX_STATUSES: usize = 32;
+
 /// The run record: everything known about one run, in `state/runs/{run}/run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -120,6 +123,35 @@ pub struct RunRecord {
     /// as, so that a redelivery can finish an ending that was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfinished: Option<CommandOutcome>,
+    /// Each action status poll saw, in order, with when it first saw it (the run's timeline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusSeen>,
+    /// The completion event: who claimed it and whether it went out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<Announcement>,
+}
+
+/// An action status and when poll first saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusSeen {
+    /// The status.
+    pub status: ActionStatus,
+    /// When it was first seen (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The run's completion event. A message claims it before publishing, so that two messages that
+/// finish the run at once publish once; a claim whose holder died lapses (see
+/// `crate::stages::finish`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// When it was claimed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub claimed_at: OffsetDateTime,
+    /// When it was published; `None` while claimed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub published_at: Option<OffsetDateTime>,
 }
 
 impl RunRecord {
@@ -176,12 +208,23 @@ impl RunRecord {
             reason: None,
             chain: Chain::default(),
             unfinished: None,
+            statuses: Vec::new(),
+            announcement: None,
         }
     }
 
-    /// Takes in what Defender says of the run's action: its status, times, device name and
-    /// requestor (a value Defender leaves out keeps the one recorded).
-    pub fn absorb(&mut self, action: &crate::defender::MachineAction) {
+    /// Takes in what Defender says of the run's action, seen at `now`: its status (kept in the
+    /// timeline when it changed), times, device name and requestor (a value Defender leaves out
+    /// keeps the one recorded).
+    pub fn absorb(&mut self, action: &crate::defender::MachineAction, now: OffsetDateTime) {
+        if self.statuses.last().map(|s| &s.status) != Some(&action.status)
+            && self.statuses.len() < MAX_STATUSES
+        {
+            self.statuses.push(StatusSeen {
+                status: action.status.clone(),
+                at: now,
+            });
+        }
         self.action_status = Some(action.status.clone());
         self.computer_dns_name = action
             .computer_dns_name

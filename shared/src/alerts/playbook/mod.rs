@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use super::kinds::{Placeholder, PlaceholderKind};
 use super::kinds::{Slot, check_in_slot};
@@ -343,7 +342,7 @@ impl Playbook {
     /// sorted by name): names exactly what ran.
     pub fn sha256(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(Sha256::digest(&json))
+        crate::hash::sha256_hex(&json)
     }
 
     fn validate(&self) -> Result<(), PlaybookError> {

@@ -20,6 +20,7 @@ use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
 use self::link::check_link;
+use super::finish::finish_run_if_complete;
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, Step};
@@ -28,22 +29,24 @@ use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
 use crate::defender::{CommandStatus, CommandType, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
-use crate::ports::{Defender, Fetch, Queue, StoreError, Uploads};
+use crate::ports::{Defender, Fetch, Notary, Queue, StoreError, Uploads};
 use crate::store::keys::checkpoint_key;
 use crate::store::{
-    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key,
-    finish_run_if_complete, load_command, update_record,
+    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, load_command,
+    update_record,
 };
 
 /// Handles one collect job: fetches the command's result link, copies the package into the
 /// evidence bucket (resuming from a checkpoint, or saving one when the time budget runs out)
 /// and records the command; the last command to land writes the manifest.
+#[allow(clippy::too_many_arguments)] // one per port: store, queue, Defender, downloads, notary, clock
 pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     cfg: &CollectConfig,
     store: &S,
     queue: &Q,
     defender: &D,
     fetch: &F,
+    notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
@@ -70,7 +73,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             ));
         }
         Claimed::Idle(rec) => {
-            finish_run_if_complete(store, &run_id, clock).await?;
+            finish_run_if_complete(store, notary, &run_id, clock).await?;
             return Ok(Done::new(
                 &run_id,
                 Outcome::Duplicate,
@@ -79,7 +82,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
         }
     };
     let (start_time, end_time) = (pending.start_time, pending.end_time);
-    let step = Step::new(cfg, (store, queue, clock), msg, &job);
+    let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
 
     // A copy whose upload completed before a crash needs no link: only publishing is left.
     let ck_key = checkpoint_key(&run_id, job.index);
@@ -199,7 +202,7 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
             // lifecycle rule removes staging objects a crash leaves here).
             cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
-            let manifest = finish_run_if_complete(store, &run_id, clock).await?;
+            let manifest = finish_run_if_complete(store, notary, &run_id, clock).await?;
             let time_to_evidence = (clock.now() - run.created_at).as_seconds_f64();
             let done = Done::new(
                 &run_id,
@@ -329,7 +332,7 @@ impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
             // An unfinished copy of this command is abandoned with it.
             discard_checkpoint(store, &run.run_id, job.index).await?;
         }
-        finish_run_if_complete(store, &run.run_id, self.clock).await?;
+        finish_run_if_complete(store, self.notary, &run.run_id, self.clock).await?;
         Ok(())
     }
 }

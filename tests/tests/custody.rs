@@ -1,0 +1,276 @@
+//! How a run is sealed, directed at the races and failures a random schedule rarely reaches: two
+//! messages finishing one run at the same instant, KMS or EventBridge failing, a handler dying with
+//! the event claimed, a signature already stored. Each checks the one manifest, one signature
+//! (that verifies offline over the manifest's bytes) and one event.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shared::adapters::memory::{MemEvents, MemSigner, MemStore};
+use shared::clock::ManualClock;
+use shared::custody::event::{DETAIL_TYPE, RunFinished, SOURCE};
+use shared::custody::signature::{ManifestSignature, check_statement, verify_offline};
+use shared::defender::{ActionId, Command, MachineId};
+use shared::ids::RunId;
+use shared::ports::{Notary, ObjectStore, Put, PutResult, StoreError, Stored};
+use shared::stages::StageError;
+use shared::stages::finish::{EVENT_CLAIM_LAPSES, finish_run_if_complete};
+use shared::store::{
+    CommandOutcome, CommandRecord, RunRecord, RunState, manifest_key, put_command, run_key,
+    signature_key,
+};
+use testkit::records::seed_collecting_run;
+use time::OffsetDateTime;
+
+/// A store that lets the other task go first at every operation, so two finishers interleave.
+struct Yielding<'a>(&'a MemStore);
+
+impl ObjectStore for Yielding<'_> {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.put(key, body, c).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key).await
+    }
+}
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()
+}
+
+/// A run that ended with every command recorded: ready to be sealed.
+async fn ended_run(store: &MemStore, name: &str) -> RunId {
+    let run_id = RunId::derive("native", name, "m", "p");
+    let machine = MachineId::parse(&"ab".repeat(20)).unwrap();
+    let action = ActionId::parse("00000000-0000-0000-0000-000000000042").unwrap();
+    let commands = vec![
+        Command::run_script("collect.ps1", None),
+        Command::run_script("other.ps1", None),
+    ];
+    seed_collecting_run(store, &run_id, name, &machine, &commands, &action).await;
+    for (i, c) in commands.iter().enumerate() {
+        let rec =
+            CommandRecord::unfinished(i as u32, c.clone(), CommandOutcome::NotRun, "no", t0());
+        put_command(store, &run_id, &rec).await.unwrap();
+    }
+    run_id
+}
+
+fn events_of(events: &MemEvents, run: &RunId) -> Vec<RunFinished> {
+    events
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .inspect(|(src, dt, _)| assert_eq!((src.as_str(), dt.as_str()), (SOURCE, DETAIL_TYPE)))
+        .filter_map(|(_, _, d)| serde_json::from_str::<RunFinished>(d).ok())
+        .filter(|e| &e.run_id == run)
+        .collect()
+}
+
+async fn run_record(store: &MemStore, run: &RunId) -> RunRecord {
+    serde_json::from_slice(&store.get(&run_key(run)).await.unwrap().unwrap().body).unwrap()
+}
+
+/// The stored signature verifies offline over the stored manifest's exact bytes.
+async fn assert_sealed(store: &MemStore, signer: &MemSigner, run: &RunId) {
+    let mkey = manifest_key(run);
+    let manifest = store.get(&mkey).await.unwrap().expect("a manifest").body;
+    let sig: ManifestSignature =
+        serde_json::from_slice(&store.get(&signature_key(run)).await.unwrap().unwrap().body)
+            .unwrap();
+    check_statement(&sig, run, &mkey, &manifest).unwrap();
+    verify_offline(&sig, &signer.public_key()).unwrap();
+}
+
+#[tokio::test]
+async fn two_messages_finishing_a_run_at_once_seal_it_once() {
+    for round in 0..20 {
+        let store = MemStore::default();
+        let (signer, events) = (MemSigner::default(), MemEvents::default());
+        let notary = Notary {
+            signer: &signer,
+            events: &events,
+        };
+        let clock = ManualClock::at(t0());
+        let run = ended_run(&store, &format!("race{round}")).await;
+        let y = Yielding(&store);
+        let (a, b) = tokio::join!(
+            finish_run_if_complete(&y, notary, &run, &clock),
+            finish_run_if_complete(&y, notary, &run, &clock)
+        );
+        // One wrote the manifest; the other either saw the event out or is told to look again.
+        let wrote = [&a, &b].iter().filter(|r| matches!(r, Ok(true))).count();
+        assert_eq!(wrote, 1, "round {round}: {a:?} {b:?}");
+        for r in [&a, &b] {
+            assert!(
+                matches!(r, Ok(_) | Err(StageError::Retry(_))),
+                "round {round}: {r:?}"
+            );
+        }
+        // The message told to look again comes back later and finds the run sealed.
+        clock.advance(Duration::from_secs(30));
+        finish_run_if_complete(&store, notary, &run, &clock)
+            .await
+            .unwrap();
+        assert_eq!(events_of(&events, &run).len(), 1, "round {round}");
+        assert_sealed(&store, &signer, &run).await;
+        let rec = run_record(&store, &run).await;
+        assert_eq!(rec.state, RunState::Completed);
+        assert!(rec.announcement.unwrap().published_at.is_some());
+    }
+}
+
+#[tokio::test]
+async fn kms_failing_leaves_the_run_unsealed_and_the_retry_seals_it() {
+    let store = MemStore::default();
+    let (signer, events) = (MemSigner::default(), MemEvents::default());
+    let notary = Notary {
+        signer: &signer,
+        events: &events,
+    };
+    let clock = ManualClock::at(t0());
+    let run = ended_run(&store, "kms").await;
+    signer.fail.store(true, Ordering::SeqCst);
+    let err = finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StageError::Retry(r) if r.contains("cannot sign") && r.contains("mem-signing-key")),
+        "{err}"
+    );
+    // The manifest is written (once, it cannot change), nothing is signed or announced, and the
+    // run is not yet final.
+    assert!(store.get(&manifest_key(&run)).await.unwrap().is_some());
+    assert!(store.get(&signature_key(&run)).await.unwrap().is_none());
+    assert!(events_of(&events, &run).is_empty());
+    assert_eq!(run_record(&store, &run).await.state, RunState::Collecting);
+    signer.fail.store(false, Ordering::SeqCst);
+    assert!(
+        !finish_run_if_complete(&store, notary, &run, &clock)
+            .await
+            .unwrap(),
+        "the manifest was written by the first call"
+    );
+    assert_sealed(&store, &signer, &run).await;
+    assert_eq!(events_of(&events, &run).len(), 1);
+}
+
+#[tokio::test]
+async fn eventbridge_failing_gives_the_claim_back_and_the_retry_publishes_once() {
+    let store = MemStore::default();
+    let (signer, events) = (MemSigner::default(), MemEvents::default());
+    let notary = Notary {
+        signer: &signer,
+        events: &events,
+    };
+    let clock = ManualClock::at(t0());
+    let run = ended_run(&store, "bus").await;
+    events.fail.store(true, Ordering::SeqCst);
+    let err = finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StageError::Retry(r) if r.contains("completion event")),
+        "{err}"
+    );
+    assert_sealed(&store, &signer, &run).await;
+    let rec = run_record(&store, &run).await;
+    assert_eq!(rec.state, RunState::Completed);
+    assert!(rec.announcement.is_none(), "the claim is given back");
+    events.fail.store(false, Ordering::SeqCst);
+    // At once, without waiting for a claim to lapse.
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    assert_eq!(events_of(&events, &run).len(), 1);
+    assert_eq!(signer.signed.load(Ordering::SeqCst), 1, "signed once");
+}
+
+#[tokio::test]
+async fn a_claim_whose_holder_died_lapses_and_the_event_goes_out() {
+    let store = MemStore::default();
+    let (signer, events) = (MemSigner::default(), MemEvents::default());
+    let notary = Notary {
+        signer: &signer,
+        events: &events,
+    };
+    let clock = ManualClock::at(t0());
+    let run = ended_run(&store, "died").await;
+    // A handler claimed the event and died before publishing.
+    shared::store::update_run(&store, &run, |r| {
+        r.announcement = Some(shared::store::Announcement {
+            claimed_at: t0(),
+            published_at: None,
+        });
+        true
+    })
+    .await
+    .unwrap();
+    let err = finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StageError::Retry(r) if r.contains("another message")),
+        "{err}"
+    );
+    assert!(events_of(&events, &run).is_empty());
+    clock.advance(EVENT_CLAIM_LAPSES + Duration::from_secs(1));
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    let published = events_of(&events, &run);
+    assert_eq!(published.len(), 1);
+    // The event carries what an analyst routes on.
+    let e = &published[0];
+    assert_eq!(e.event_id, run.as_str());
+    assert_eq!(e.commands.len(), 2);
+    assert_eq!(e.manifest.signature_key_id, "mem-signing-key");
+    assert!(e.manifest.s3_uri.ends_with("manifest.json"));
+    assert!(e.manifest.signature_s3_uri.ends_with("manifest.sig.json"));
+    assert_eq!(e.alert.id.as_str(), "died");
+}
+
+#[tokio::test]
+async fn a_stored_signature_stands_and_is_not_made_again() {
+    let store = MemStore::default();
+    let (signer, events) = (MemSigner::default(), MemEvents::default());
+    let notary = Notary {
+        signer: &signer,
+        events: &events,
+    };
+    let clock = ManualClock::at(t0());
+    let run = ended_run(&store, "stored").await;
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    let before = store.get(&signature_key(&run)).await.unwrap().unwrap().body;
+    // A redelivery finishing again (the run record's announcement lost, say).
+    shared::store::update_run(&store, &run, |r| {
+        r.announcement = None;
+        true
+    })
+    .await
+    .unwrap();
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    let after = store.get(&signature_key(&run)).await.unwrap().unwrap().body;
+    assert_eq!(before, after);
+    assert_eq!(signer.signed.load(Ordering::SeqCst), 1);
+    // The event went out again: the record of it was lost. Its id lets a consumer drop it.
+    let published = events_of(&events, &run);
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[0].event_id, published[1].event_id);
+}
