@@ -63,6 +63,10 @@ pub enum ProvisionError {
     S3(String),
     #[error("Secrets Manager: {0}")]
     Secrets(String),
+    #[error("KMS: {0}")]
+    Kms(String),
+    #[error("EventBridge: {0}")]
+    Events(String),
 }
 
 fn sdk_err<E: std::error::Error>(e: E) -> String {
@@ -77,6 +81,13 @@ pub struct ProvisionedStack {
     pub dlq_urls: BTreeMap<String, String>,
     pub bucket: String,
     pub secret_arn: String,
+    /// The KMS key that signs manifests (its ARN).
+    pub signing_key_arn: String,
+    /// The bus completion events go to.
+    pub event_bus: String,
+    /// The example rule's target: a queue that receives every completion event (as a ticketing
+    /// queue would).
+    pub events_queue_url: String,
 }
 
 pub struct StackNames {
@@ -104,6 +115,45 @@ impl StackNames {
     pub fn secret(&self) -> String {
         format!("{}/defender-credentials", self.prefix)
     }
+    pub fn signing_key_alias(&self) -> String {
+        format!("alias/{}-manifest-signing", self.prefix)
+    }
+    pub fn event_bus(&self) -> String {
+        format!("{}-runs", self.prefix)
+    }
+    pub fn events_queue(&self) -> String {
+        format!("{}-run-events", self.prefix)
+    }
+}
+
+/// lrctl's settings for a provisioned stack, as `LR_*` variables (what `lrctl --env-file` reads):
+/// the bucket, the signing key, the alerts queue, and every stage's queue and dead-letter queue
+/// (`stage=url,...`).
+pub fn lrctl_settings(stack: &ProvisionedStack) -> Vec<(&'static str, String)> {
+    let stages = |urls: &BTreeMap<String, String>| {
+        urls.iter()
+            .map(|(s, u)| format!("{s}={u}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    vec![
+        ("LR_BUCKET", stack.bucket.clone()),
+        ("LR_SIGNING_KEY_ID", stack.signing_key_arn.clone()),
+        (
+            "LR_ALERTS_QUEUE_URL",
+            stack.queue_urls.get("alerts").cloned().unwrap_or_default(),
+        ),
+        ("LR_QUEUE_URLS", stages(&stack.queue_urls)),
+        ("LR_DLQ_URLS", stages(&stack.dlq_urls)),
+    ]
+}
+
+/// The event pattern of the example rule: every completion event the pipeline publishes.
+pub fn run_finished_pattern() -> serde_json::Value {
+    serde_json::json!({
+        "source": [shared::custody::event::SOURCE],
+        "detail-type": [shared::custody::event::DETAIL_TYPE],
+    })
 }
 
 /// Creates (or finds) the queues with DLQs and redrive, the evidence bucket and the secret.
@@ -281,5 +331,123 @@ pub async fn provision(
     out.env
         .insert("MDE_CREDENTIALS_SECRET_ID".into(), secret_name);
     out.secret_arn = arn;
+
+    out.signing_key_arn = signing_key(sdk, names).await?;
+    out.env
+        .insert("SIGNING_KEY_ID".into(), out.signing_key_arn.clone());
+    let (bus, events_queue_url) = event_bus(sdk, &sqs, names).await?;
+    out.env.insert("EVENT_BUS_NAME".into(), bus.clone());
+    out.event_bus = bus;
+    out.events_queue_url = events_queue_url;
     Ok(out)
+}
+
+/// The manifest signing key (ECC_NIST_P256, SIGN_VERIFY), found by its alias or created.
+async fn signing_key(
+    sdk: &aws_config::SdkConfig,
+    names: &StackNames,
+) -> Result<String, ProvisionError> {
+    let kms = aws_sdk_kms::Client::new(sdk);
+    let alias = names.signing_key_alias();
+    if let Ok(found) = kms.describe_key().key_id(&alias).send().await
+        && let Some(arn) = found.key_metadata().and_then(|m| m.arn())
+    {
+        return Ok(arn.to_string());
+    }
+    let key = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .description("Signs live response manifests")
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Kms(sdk_err(e)))?;
+    let meta = key
+        .key_metadata()
+        .ok_or_else(|| ProvisionError::Kms("CreateKey returned no key".into()))?;
+    kms.create_alias()
+        .alias_name(&alias)
+        .target_key_id(meta.key_id())
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Kms(sdk_err(e)))?;
+    Ok(meta.arn().unwrap_or(meta.key_id()).to_string())
+}
+
+/// The bus completion events go to, with the README's example rule: every event to a queue.
+async fn event_bus(
+    sdk: &aws_config::SdkConfig,
+    sqs: &aws_sdk_sqs::Client,
+    names: &StackNames,
+) -> Result<(String, String), ProvisionError> {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let bus = names.event_bus();
+    if let Err(e) = events.create_event_bus().name(&bus).send().await {
+        let text = sdk_err(e);
+        if !text.contains("ResourceAlreadyExists") {
+            return Err(ProvisionError::Events(text));
+        }
+    }
+    let queue = sqs
+        .create_queue()
+        .queue_name(names.events_queue())
+        .attributes(QueueAttributeName::SqsManagedSseEnabled, "true")
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
+    let url = queue.queue_url().unwrap_or_default().to_string();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
+    let rule = format!("{}-run-finished", names.prefix);
+    let rule_arn = events
+        .put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(run_finished_pattern().to_string())
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Events(sdk_err(e)))?
+        .rule_arn()
+        .unwrap_or_default()
+        .to_string();
+    // The queue lets only this rule send to it (what the template's example does too).
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}}
+        }]
+    });
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::Policy, policy.to_string())
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
+    events
+        .put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("run-events-queue")
+                .arn(arn)
+                .build()
+                .map_err(|e| ProvisionError::Events(e.to_string()))?,
+        )
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Events(sdk_err(e)))?;
+    Ok((bus, url))
 }

@@ -160,6 +160,20 @@ async fn up(args: &StackArgs) -> Result<Up, BoxError> {
         Ok(path)
     };
     write("stack", None)?;
+    // lrctl's settings for this stack: `lrctl --env-file .local/lrctl.env runs`.
+    let mut lrctl = String::new();
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        lrctl.push_str(&format!("{k}={}\n", env[k]));
+    }
+    for (k, v) in local_stack::lrctl_settings(&stack) {
+        lrctl.push_str(&format!("{k}={v}\n"));
+    }
+    std::fs::write(format!("{}/lrctl.env", args.env_dir), lrctl)?;
     for (function, stage) in [
         ("intake", "alerts"),
         ("submit", "submit"),

@@ -1,0 +1,1 @@
+//! `lrctl`: the analyst's command (skeleton; see issue 12).
