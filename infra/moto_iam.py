@@ -20,6 +20,8 @@ What moto does not do and this file adds:
   grant limited to one prefix would let a caller list the whole bucket).
 - Secrets Manager calls are checked against the secret's ARN; moto checks them against "*", so a
   policy naming the secret (as every least-privilege policy does) could never allow them.
+- KMS calls are checked against the key's ARN (an alias or key id resolved to it), and PutEvents
+  against the bus's ARN; moto checks both against "*", as it does Secrets Manager's.
 - ListParts answers <ListPartsResult> as S3 does (moto 5.2.5 answers <ListPartsResponse>, which the
   Rust SDK refuses to parse).
 
@@ -48,6 +50,8 @@ from moto.iam.models import iam_backends  # noqa: E402
 from moto.s3.exceptions import S3AccessDeniedError  # noqa: E402
 from moto.s3.responses import S3Response  # noqa: E402
 from moto.secretsmanager.responses import SecretsManagerResponse  # noqa: E402
+from moto.kms.responses import KmsResponse  # noqa: E402
+from moto.events.responses import EventsHandler  # noqa: E402
 
 ADMIN = "lr-test-admin"
 
@@ -199,11 +203,31 @@ def secret_resource(self):
     return secret.arn if secret is not None else "*"
 
 
+def kms_resource(self):
+    key_id = self._get_param("KeyId")
+    if not key_id:
+        return "*"
+    try:
+        return self.kms_backend.describe_key(key_id).arn
+    except Exception:
+        return "*"
+
+
+def events_resource(self):
+    entries = self._get_param("Entries") or []
+    bus = (entries[0].get("EventBusName") if entries else None) or "default"
+    if bus.startswith("arn:"):
+        return bus
+    return f"arn:aws:events:{self.region}:{self.current_account}:event-bus/{bus}"
+
+
 S3Response.key_response = key_response
 S3Response._key_response_put = key_response_put
 S3Response._bucket_response_get = bucket_response_get
 S3Response.list_parts = list_parts
 SecretsManagerResponse._determine_resource = secret_resource
+KmsResponse._determine_resource = kms_resource
+EventsHandler._determine_resource = events_resource
 
 
 def main():

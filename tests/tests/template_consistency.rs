@@ -71,6 +71,8 @@ fn sample(name: &str, params: &Value) -> String {
         "BUDGET_RUNNING_SESSIONS" => default("BudgetRunningSessions"),
         "EVIDENCE_RETENTION_DAYS" => default("ObjectLockRetentionDays"),
         "EVIDENCE_RETENTION_MODE" => default("ObjectLockMode"),
+        "SIGNING_KEY_ID" => "arn:aws:kms:us-east-1:123456789012:key/k-2".into(),
+        "EVENT_BUS_NAME" => default("EventBusName"),
         other => panic!(
             "the template sets {other}, which this test does not know: add it here and to the code"
         ),

@@ -42,6 +42,7 @@ struct Keys {
     run: String,
     command: String,
     manifest: String,
+    signature: String,
     evidence: String,
     checkpoint: String,
     staging: String,
@@ -58,6 +59,7 @@ impl Keys {
             run: shared::store::run_key(&run_id),
             command: shared::store::command_key(&run_id, 1),
             manifest: shared::store::manifest_key(&run_id),
+            signature: shared::store::signature_key(&run_id),
             evidence: shared::store::evidence_key(&run_id, 1, CommandType::GetFile),
             checkpoint: keys::checkpoint_key(&run_id, 1),
             staging: format!(
@@ -133,16 +135,25 @@ struct Uses {
 
 fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
     // submit, poll and collect: the tenant budget (an unreadable one is kept aside), run and
-    // command records (update_record, end_run, finish_run_if_complete), the manifest (If-None-Match).
+    // command records (update_record, end_run, finish_run_if_complete), the manifest (If-None-Match;
+    // read back when another message wrote it first, to be signed) and its signature (read first:
+    // it may not be there yet).
     let records = |receives: &'static str, sends: Vec<&'static str>| Uses {
         receives,
-        reads_maybe_absent: vec![k.budget.clone(), k.run.clone(), k.command.clone()],
+        reads_maybe_absent: vec![
+            k.budget.clone(),
+            k.run.clone(),
+            k.command.clone(),
+            k.signature.clone(),
+        ],
+        reads: vec![k.manifest.clone()],
         writes: vec![
             k.budget.clone(),
             k.corrupt_budget.clone(),
             k.run.clone(),
             k.command.clone(),
             k.manifest.clone(),
+            k.signature.clone(),
         ],
         sends,
         reads_secret: true,
@@ -665,9 +676,15 @@ impl World {
             "CredentialsSecret".into(),
             json!({ "Ref": stack.secret_arn }),
         );
-        // The local stack's bucket has Object Lock on (evidence is written with retention).
+        let key = stack.signing_key_arn.rsplit('/').next().unwrap_or_default();
+        resources.insert(
+            "ManifestSigningKey".into(),
+            json!({"Ref": key, "Arn": stack.signing_key_arn}),
+        );
+        // The local stack's bucket has Object Lock on (evidence is written with retention); its
+        // completion events go to its own bus.
         let bindings = json!({
-            "parameters": {"EnableObjectLock": "true"},
+            "parameters": {"EnableObjectLock": "true", "EventBusName": stack.event_bus},
             "resources": resources,
             "prefix": prefix,
             "extra_users": extra_users,

@@ -289,6 +289,10 @@ pub fn symbolic_bindings(parameters: Value) -> Value {
         "EvidenceKey".into(),
         json!({"Ref": "k-1", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-1")}),
     );
+    resources.insert(
+        "ManifestSigningKey".into(),
+        json!({"Ref": "k-2", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-2")}),
+    );
     resources.insert("CredentialsSecret".into(), json!({ "Ref": SECRET }));
     for (_, queue, dlq) in QUEUES {
         for q in [queue, dlq] {
