@@ -1,1 +1,80 @@
-//! `lrctl`: the analyst's command (skeleton; see issue 12).
+//! `lrctl`, the analyst's command for the live-response pipeline. Crate map:
+//!
+//! - [`cli`]: the command line (clap); [`config`]: where settings come from (flags, environment,
+//!   env file, CloudFormation stack) and the SDK configuration; [`error`]: errors and exit codes.
+//! - [`bucket`]: the evidence bucket as read (records, listings, streamed objects);
+//!   [`digest`]: streaming SHA-256 and gzip hashing; [`output`]: tables, JSON, progress bars.
+//! - One module per subcommand: [`runs`], [`show`], [`verify`], [`fetch`], [`dlq`], and
+//!   [`queue`] (`send` and `key export`).
+//!
+//! Commands return an exit code (`verify` and `fetch` return 1 when evidence does not match)
+//! or an [`error::Error`]; nothing a stored value holds can make them panic.
+
+pub mod bucket;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod dlq;
+pub mod error;
+pub mod fetch;
+pub mod output;
+pub mod queue;
+pub mod runs;
+pub mod show;
+pub mod verify;
+
+use cli::{Cli, Command, KeyCommand};
+use error::{Error, Result};
+
+/// What every command works with: the settings, the SDK configuration and the output mode.
+pub struct Ctx {
+    pub settings: config::Settings,
+    pub sdk: aws_config::SdkConfig,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// The evidence bucket (an error naming `--bucket` / `LR_BUCKET` if not configured).
+    pub fn bucket(&self) -> Result<bucket::Bucket> {
+        Ok(bucket::Bucket::new(&self.sdk, self.settings.bucket()?))
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    pub fn kms(&self) -> aws_sdk_kms::Client {
+        aws_sdk_kms::Client::new(&self.sdk)
+    }
+}
+
+/// A run id from the command line.
+pub fn run_id(text: &str) -> Result<shared::ids::RunId> {
+    shared::ids::RunId::parse(text.trim())
+        .map_err(|e| Error::Usage(format!("{e} (find run ids with `lrctl runs`)")))
+}
+
+/// Carries out a parsed command line; the exit code on success.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = config::resolve(&cli.settings, &env, config::stack_outputs).await?;
+    let sdk = config::sdk_config(&settings.aws).await;
+    let ctx = Ctx {
+        settings,
+        sdk,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Runs(args) => runs::command(&ctx, &args).await,
+        Command::Show { run } => show::command(&ctx, &run_id(&run)?).await,
+        Command::Verify(args) => verify::command(&ctx, &args).await,
+        Command::Fetch {
+            run,
+            dir,
+            decompress,
+        } => fetch::command(&ctx, &run_id(&run)?, &dir, decompress).await,
+        Command::Dlq(args) => dlq::command(&ctx, &args).await,
+        Command::Send { file } => queue::send(&ctx, &file).await,
+        Command::Key(KeyCommand::Export { out }) => queue::export_key(&ctx, out.as_deref()).await,
+    }
+}

@@ -1,0 +1,118 @@
+//! The evidence bucket as lrctl reads it: small records parsed with an error that names their
+//! key, listings, and objects opened as streams (never read whole) with their version and
+//! metadata. Everything lrctl does with S3 goes through here.
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use shared::ports::ObjectStore;
+
+use crate::error::{Error, Result};
+
+/// The bucket.
+#[derive(Clone)]
+pub struct Bucket {
+    client: aws_sdk_s3::Client,
+    store: shared::adapters::s3::S3Store,
+    name: String,
+}
+
+/// An object opened for reading.
+pub struct Object {
+    /// Its bytes, in chunks as they arrive.
+    pub body: aws_sdk_s3::primitives::ByteStream,
+    /// Its length, if S3 said.
+    pub size: Option<u64>,
+    /// The version read.
+    pub version_id: Option<String>,
+    /// Its user metadata (`x-amz-meta-*`).
+    pub metadata: HashMap<String, String>,
+}
+
+fn s3_error<E: std::error::Error + 'static>(what: &str, e: E) -> Error {
+    Error::failed(format!(
+        "{what}: {}",
+        aws_sdk_s3::error::DisplayErrorContext(e)
+    ))
+}
+
+impl Bucket {
+    /// The bucket `name` with the SDK configuration `sdk`.
+    pub fn new(sdk: &aws_config::SdkConfig, name: &str) -> Self {
+        let client = shared::adapters::s3::s3_client(sdk);
+        Self {
+            store: shared::adapters::s3::S3Store::new(client.clone(), name),
+            client,
+            name: name.to_string(),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SDK client, for writes lrctl's tests make.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// A small object's bytes (records, manifests), or `None` if there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(key).await {
+            Ok(found) => Ok(found.map(|s| s.body.to_vec())),
+            Err(e) => Err(Error::failed(format!("s3://{}/{key}: {}", self.name, e.0))),
+        }
+    }
+
+    /// A stored JSON record, or `None` if there is none; one that does not parse is an error
+    /// naming its key.
+    pub async fn record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key).await? {
+            Some(bytes) => parse(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.store
+            .list(prefix)
+            .await
+            .map_err(|e| Error::failed(format!("cannot list s3://{}/{prefix}: {}", self.name, e.0)))
+    }
+
+    /// Opens `key` (the version `version`, or the current one) for streaming; `None` if missing.
+    pub async fn open(&self, key: &str, version: Option<&str>) -> Result<Option<Object>> {
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .set_version_id(version.map(str::to_string));
+        match req.send().await {
+            Ok(out) => Ok(Some(Object {
+                size: out.content_length().and_then(|n| u64::try_from(n).ok()),
+                version_id: out.version_id().map(str::to_string),
+                metadata: out.metadata().cloned().unwrap_or_default(),
+                body: out.body,
+            })),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(s3_error(&format!("read s3://{}/{key}", self.name), e)),
+        }
+    }
+}
+
+/// A record's JSON parsed; an error names the key and says what is wrong.
+pub fn parse<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::failed(format!(
+            "{key} is unreadable ({e}); the stored record is damaged or not one lrctl knows"
+        ))
+    })
+}

@@ -1,0 +1,116 @@
+//! The command line, declared once (clap derive): the global settings and `--json`, and each
+//! subcommand's arguments with its `--help`. `main` parses it; [`crate::run`] carries it out.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::SettingsArgs;
+
+/// lrctl: find, verify and fetch live-response evidence; read and redrive refused messages; send
+/// alerts; export the manifest signing key.
+#[derive(Debug, Parser)]
+#[command(name = "lrctl", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Print JSON for scripts instead of tables and text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List runs, newest first: alert, device, playbook, state, outcome, age, commands collected.
+    Runs(RunsArgs),
+    /// A run's timeline: received, submitted, each status, each command collected, manifest
+    /// written, signed, event published.
+    Show {
+        /// The run id (32 hex characters).
+        run: String,
+    },
+    /// Check manifests, their signatures and every evidence object's hashes; exits 1 on any
+    /// mismatch, naming the object.
+    Verify(VerifyArgs),
+    /// Download a run's evidence into DIR, checking each object's SHA-256 against the manifest.
+    Fetch {
+        /// The run id.
+        run: String,
+        /// Where to write (created if missing).
+        dir: PathBuf,
+        /// Also write the decompressed content of GetFile packages (checked against the manifest).
+        #[arg(long)]
+        decompress: bool,
+    },
+    /// List the messages each stage refused or gave up on; `--redrive` sends them back.
+    Dlq(DlqArgs),
+    /// Send an alert (a JSON file) to the alerts queue and print the message id.
+    Send {
+        /// The alert body, e.g. an `lr.alert/v1` document.
+        file: PathBuf,
+    },
+    /// The manifest signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// Only runs in this state: received, submitting, submitted, collecting, completed, failed.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only runs with this outcome: succeeded, failed, timed_out, cancelled.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only runs on this device (machine id or DNS name).
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// Only runs of this alert id.
+    #[arg(long, value_name = "ID")]
+    pub alert: Option<String>,
+    /// Only runs received within this long: 90m, 24h, 7d.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The run to verify.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub run: Option<String>,
+    /// Verify every run that has a manifest.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only runs received within this long (90m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", requires = "all")]
+    pub since: Option<String>,
+    /// Verify signatures offline with this PEM public key (from `lrctl key export`) instead of
+    /// asking KMS.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    /// Only this stage's dead-letter queue: alerts (or intake), submit, poll, collect.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Send each message back to its stage's input queue and delete it from the dead-letter queue.
+    #[arg(long)]
+    pub redrive: bool,
+    /// Redrive without asking.
+    #[arg(long, requires = "redrive")]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Export the signing key's public key as PEM, for `verify --public-key`.
+    Export {
+        /// Write it here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
