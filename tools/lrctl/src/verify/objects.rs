@@ -73,6 +73,13 @@ fn metadata_diffs(
         ("run-id", Some(run.to_string())),
         ("command-index", Some(cmd.index.to_string())),
     ];
+    if expected.iter().all(|(name, _)| !meta.contains_key(*name)) {
+        return vec![
+            "has none of the metadata the pipeline writes (sha256, size, run-id, command-index): \
+             the pipeline did not publish this object"
+                .into(),
+        ];
+    }
     let mut out = Vec::new();
     for (name, want) in expected {
         match (meta.get(name), want) {
