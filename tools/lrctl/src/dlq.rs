@@ -157,6 +157,11 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
         })?),
         None => None,
     };
+    if args.redrive && !args.yes && !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "--redrive moves messages: confirm with --yes when not at a terminal".into(),
+        ));
+    }
     let sqs = ctx.sqs();
     let hold = if args.redrive {
         REDRIVE_HOLD_SECS
@@ -205,7 +210,18 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
             );
         }
     }
-    let go = args.redrive && !all.is_empty() && confirm(all.len(), args.yes)?;
+    let go = match args.redrive && !all.is_empty() {
+        false => false,
+        true => match confirm(all.len(), args.yes) {
+            Ok(go) => go,
+            Err(e) => {
+                for (_, url, _, letters) in &queues {
+                    release(&sqs, url, letters).await?;
+                }
+                return Err(e);
+            }
+        },
+    };
     let mut moved = Vec::new();
     for (stage, url, target, letters) in &queues {
         match target {
