@@ -305,6 +305,36 @@ async fn verify_runs_show_and_fetch_on_finished_runs_and_each_tampering_is_named
         .collect();
     assert_eq!(left.len(), 1, "only the manifest is left: {left:?}");
 
+    // Unreadable records are errors naming their key: `runs` skips one and goes on, `show` and
+    // `verify` stop at it.
+    let broken = RunId::derive("native", "broken", &"b".repeat(40), "malware-file");
+    let run_key = shared::store::run_key(&broken);
+    put(&stack, &run_key, b"{not json".to_vec()).await;
+    let broken_manifest = shared::store::manifest_key(&broken);
+    put(&stack, &broken_manifest, b"[]".to_vec()).await;
+    let out = lrctl(&env, &["runs"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(stdout(&out).contains(clean), "{}", said(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&run_key),
+        "{}",
+        said(&out)
+    );
+    let out = lrctl(&env, &["show", broken.as_str()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&run_key),
+        "{}",
+        said(&out)
+    );
+    let out = lrctl(&env, &["verify", broken.as_str()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        stdout(&out).contains(&format!("{broken_manifest}: unreadable")),
+        "{}",
+        said(&out)
+    );
+
     // A run that does not exist, and one that is not a run id, are clear errors.
     let out = lrctl(&env, &["show", &"0".repeat(32)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
