@@ -161,13 +161,34 @@ impl Clients {
             store: S3Store::new(s3_client(sdk), bucket).retaining(settings.retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             defender: DefenderClient::new(http, &cfg.api_base, auth),
-            signer: KmsSigner::new(aws_sdk_kms::Client::new(sdk), &settings.signing_key_id),
+            signer: KmsSigner::new(
+                aws_sdk_kms::Client::from_conf(
+                    aws_sdk_kms::config::Builder::from(sdk)
+                        .timeout_config(notary_timeouts())
+                        .build(),
+                ),
+                &settings.signing_key_id,
+            ),
             events: EventBridgeEvents::new(
-                aws_sdk_eventbridge::Client::new(sdk),
+                aws_sdk_eventbridge::Client::from_conf(
+                    aws_sdk_eventbridge::config::Builder::from(sdk)
+                        .timeout_config(notary_timeouts())
+                        .build(),
+                ),
                 &settings.event_bus,
             ),
         })
     }
+}
+
+/// KMS and EventBridge calls end within the event's publish timeout, retries included, so that a
+/// claim on a run's event never lapses under a live publish (see `crate::custody::event`).
+fn notary_timeouts() -> aws_config::timeout::TimeoutConfig {
+    let whole = crate::custody::event::PUBLISH_TIMEOUT;
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(whole)
+        .operation_attempt_timeout(whole / 3)
+        .build()
 }
 
 /// Messages handled at once within a batch by the stages that are not collect.

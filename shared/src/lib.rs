@@ -21,7 +21,7 @@
 //!   Defender client, HTTP downloads, and in-memory ones for tests.
 //! - Small rooms: [`ids`] (validated ids), [`codes`] (outcomes, reject codes, metrics), [`config`]
 //!   (reading the environment), [`retry`] (backoff), [`clock`], [`hash`] (resumable SHA-256),
-//!   [`secret`] (values that never print), [`logging`].
+//!   [`secret`] (values that never print), [`logging`], [`text`] (text kept to a byte budget).
 
 #![warn(missing_docs)]
 
@@ -44,5 +44,6 @@ pub mod retry;
 pub mod secret;
 pub mod stages;
 pub mod store;
+pub mod text;
 
 pub use secret::Secret;

@@ -274,3 +274,119 @@ async fn a_stored_signature_stands_and_is_not_made_again() {
     assert_eq!(published.len(), 2);
     assert_eq!(published[0].event_id, published[1].event_id);
 }
+
+/// An event that would not fit EventBridge (256 KB) is shortened: reasons cut, and if that is not
+/// enough the command list left out; the manifest keeps everything.
+#[tokio::test]
+async fn an_event_too_large_for_eventbridge_is_shortened_not_refused() {
+    use shared::custody::event::MAX_DETAIL_BYTES;
+    for (commands, reason_len) in [(2usize, 300_000usize), (400, 1_000)] {
+        let store = MemStore::default();
+        let (signer, events) = (MemSigner::default(), MemEvents::default());
+        let notary = Notary {
+            signer: &signer,
+            events: &events,
+        };
+        let clock = ManualClock::at(t0());
+        let run_id = RunId::derive("native", &format!("big{commands}"), "m", "p");
+        let machine = MachineId::parse(&"ab".repeat(20)).unwrap();
+        let action = ActionId::parse("00000000-0000-0000-0000-000000000042").unwrap();
+        let cmds: Vec<Command> = (0..commands)
+            .map(|i| Command::run_script(&format!("s{i}.ps1"), None))
+            .collect();
+        seed_collecting_run(&store, &run_id, "big", &machine, &cmds, &action).await;
+        for (i, c) in cmds.iter().enumerate() {
+            let why = "é".repeat(reason_len / 2);
+            let rec =
+                CommandRecord::unfinished(i as u32, c.clone(), CommandOutcome::NotRun, why, t0());
+            put_command(&store, &run_id, &rec).await.unwrap();
+        }
+        finish_run_if_complete(&store, notary, &run_id, &clock)
+            .await
+            .unwrap();
+        let published = events.published.lock().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        let detail = &published[0].2;
+        assert!(detail.len() <= MAX_DETAIL_BYTES, "{} bytes", detail.len());
+        let e: RunFinished = serde_json::from_str(detail).unwrap();
+        assert!(e.shortened);
+        if commands == 2 {
+            assert_eq!(e.commands.len(), 2, "reasons cut, commands kept");
+            assert!(e.commands[0].reason.as_ref().unwrap().len() <= 1_100);
+        } else {
+            assert!(
+                e.commands.is_empty(),
+                "too many commands: the list is left out"
+            );
+        }
+        // The manifest keeps every reason whole.
+        let m: shared::store::Manifest = serde_json::from_slice(
+            &store
+                .get(&manifest_key(&run_id))
+                .await
+                .unwrap()
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        assert_eq!(m.commands.len(), commands);
+        assert_eq!(m.commands[0].reason.as_ref().unwrap().len(), reason_len);
+    }
+}
+
+/// A publish that hangs is abandoned after its timeout, well inside the claim: the message is
+/// retried, the claim is left to lapse (EventBridge may have taken the event), and once it has the
+/// event goes out once.
+#[tokio::test(start_paused = true)]
+async fn a_publish_that_hangs_is_abandoned_before_its_claim_lapses() {
+    use shared::custody::event::PUBLISH_TIMEOUT;
+    use shared::ports::{BoxFuture, Events, NotaryError};
+    struct Hangs<'a>(&'a MemEvents, std::sync::atomic::AtomicBool);
+    impl Events for Hangs<'_> {
+        fn publish<'a>(
+            &'a self,
+            source: &'a str,
+            detail_type: &'a str,
+            detail: &'a str,
+        ) -> BoxFuture<'a, Result<(), NotaryError>> {
+            Box::pin(async move {
+                if self.1.swap(false, Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                self.0.publish(source, detail_type, detail).await
+            })
+        }
+    }
+    let store = MemStore::default();
+    let (signer, events) = (MemSigner::default(), MemEvents::default());
+    let hangs = Hangs(&events, std::sync::atomic::AtomicBool::new(true));
+    let notary = Notary {
+        signer: &signer,
+        events: &hangs,
+    };
+    let clock = ManualClock::at(t0());
+    let run = ended_run(&store, "hangs").await;
+    let started = tokio::time::Instant::now();
+    let err = finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StageError::Retry(r) if r.contains("took over")),
+        "{err}"
+    );
+    assert_eq!(started.elapsed(), PUBLISH_TIMEOUT);
+    assert!(PUBLISH_TIMEOUT < EVENT_CLAIM_LAPSES);
+    // The claim stays: a retry before it lapses publishes nothing.
+    clock.advance(Duration::from_secs(5));
+    assert!(
+        finish_run_if_complete(&store, notary, &run, &clock)
+            .await
+            .is_err()
+    );
+    assert!(events_of(&events, &run).is_empty());
+    clock.advance(EVENT_CLAIM_LAPSES);
+    finish_run_if_complete(&store, notary, &run, &clock)
+        .await
+        .unwrap();
+    assert_eq!(events_of(&events, &run).len(), 1);
+}

@@ -260,3 +260,66 @@ fn queues_event_sources_and_recursion_match_the_runtime_rules() {
         assert!(t["Outputs"][output] != Value::Null, "output {output}");
     }
 }
+
+/// The signing key's Deny spares exactly the roles that seal runs, whatever the stack is called:
+/// they sit under a path made of the stack name (never shortened, unlike the role names
+/// CloudFormation generates, which are cut to 64 characters), and nothing else does.
+#[test]
+fn only_the_roles_that_seal_runs_may_sign_for_any_stack_name() {
+    let t = template();
+    let resources = &t["Resources"];
+    let statements = resources["ManifestSigningKey"]["Properties"]["KeyPolicy"]["Statement"]
+        .as_sequence()
+        .expect("a key policy");
+    let deny = statements
+        .iter()
+        .find(|s| s["Effect"] == "Deny" && s["Action"] == "kms:Sign")
+        .expect("a Deny on kms:Sign");
+    let pattern = untag(&deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"])
+        .as_str()
+        .expect("one ARN pattern")
+        .to_string();
+    let glob = |pat: &str, s: &str| {
+        let rx = regex_lite_glob(pat);
+        rx(s)
+    };
+    for (name, role) in resources.as_mapping().unwrap() {
+        if role["Type"] != "AWS::IAM::Role" {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let path = role["Properties"]["Path"].clone();
+        let seals = ["SubmitRole", "PollRole", "CollectRole"].contains(&name);
+        for len in [1usize, 20, 40, 49, 64, 128] {
+            let stack = "s".repeat(len);
+            let sub = |v: &str| {
+                v.replace("${AWS::StackName}", &stack)
+                    .replace("${AWS::Partition}", "aws")
+                    .replace("${AWS::AccountId}", "123456789012")
+            };
+            let path = untag(&path).as_str().map(sub).unwrap_or_else(|| "/".into());
+            // CloudFormation's generated name: cut to fit 64 characters with its suffix.
+            let generated: String = format!("{stack}-{name}").chars().take(51).collect();
+            let arn = format!("arn:aws:iam::123456789012:role{path}{generated}-ABCDEFGHIJKL");
+            assert_eq!(
+                glob(&sub(&pattern), &arn),
+                seals,
+                "{name} with a {len}-character stack name ({arn}) against {pattern}"
+            );
+        }
+    }
+}
+
+/// A matcher for an IAM ARN pattern (`*` any run of characters, `?` one).
+fn regex_lite_glob(pattern: &str) -> impl Fn(&str) -> bool + '_ {
+    fn matches(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => matches(&p[1..], s) || (!s.is_empty() && matches(p, &s[1..])),
+            (Some(b'?'), Some(_)) => matches(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => matches(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    move |s: &str| matches(pattern.as_bytes(), s.as_bytes())
+}

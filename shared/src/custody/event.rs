@@ -6,7 +6,16 @@
 //! written, by the one message that claims it in the run record, and the run records it was
 //! published; a redelivery does not publish again. A function that dies after PutEvents and before
 //! recording it leaves the claim to lapse and the event is published once more: both copies carry
-//! the same `event_id` (the run id), for consumers to de-duplicate on.
+//! the same `event_id` (the run id), for consumers to de-duplicate on. A publish is abandoned after
+//! [`PUBLISH_TIMEOUT`], well inside the claim's [`CLAIM_LAPSES`], so a claim never lapses under a
+//! live publish; one that EventBridge took before the timeout is the other way a second copy goes
+//! out.
+//!
+//! An event stays under EventBridge's 256 KB entry limit whatever the run holds
+//! ([`RunFinished::detail`]): long reasons are cut, and if that is not enough the per-command list
+//! is left out (the manifest has it).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -14,11 +23,26 @@ use time::OffsetDateTime;
 use crate::defender::{CommandStatus, CommandType, MachineId};
 use crate::ids::{AlertId, RunId};
 use crate::store::{CommandOutcome, Manifest, RunOutcome, RunState};
+use crate::text::cut;
 
 /// The event's source.
 pub const SOURCE: &str = "lr.pipeline";
 /// The event's detail type.
 pub const DETAIL_TYPE: &str = "Live Response Run Finished";
+
+/// How long a claim on a run's event holds before another message may publish in its place (its
+/// holder died): far longer than a publish may take, shorter than any queue's visibility timeout,
+/// so the redelivery of the message that died finds it lapsed.
+pub const CLAIM_LAPSES: Duration = Duration::from_secs(20);
+/// A publish not answered in this time is abandoned (the message is retried).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
+const _: () = assert!(PUBLISH_TIMEOUT.as_secs() * 2 < CLAIM_LAPSES.as_secs());
+
+/// The largest detail published: EventBridge refuses entries over 256 KB (detail, source and
+/// detail type together).
+pub const MAX_DETAIL_BYTES: usize = 200 * 1024;
+/// A reason in an event is cut to this many bytes (the manifest keeps it whole).
+const MAX_REASON_BYTES: usize = 1024;
 
 /// The event's detail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +75,10 @@ pub struct RunFinished {
     pub finished_at: OffsetDateTime,
     /// Seconds from the alert's arrival to its evidence sealed.
     pub time_to_evidence_secs: f64,
+    /// Set when the event was shortened to fit EventBridge (reasons cut, or the command list left
+    /// out): the manifest has everything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shortened: bool,
 }
 
 /// The alert of an event.
@@ -172,6 +200,27 @@ impl RunFinished {
             received_at: manifest.created_at,
             finished_at: manifest.completed_at,
             time_to_evidence_secs: (manifest.completed_at - manifest.created_at).as_seconds_f64(),
+            shortened: false,
         }
+    }
+
+    /// The event's JSON detail, at most [`MAX_DETAIL_BYTES`]: as it is if it fits; else with every
+    /// reason cut to 1 KB; else without the per-command list.
+    pub fn detail(mut self) -> Result<String, serde_json::Error> {
+        let text = serde_json::to_string(&self)?;
+        if text.len() <= MAX_DETAIL_BYTES {
+            return Ok(text);
+        }
+        self.shortened = true;
+        self.reason = self.reason.map(|r| cut(&r, MAX_REASON_BYTES));
+        for c in &mut self.commands {
+            c.reason = c.reason.take().map(|r| cut(&r, MAX_REASON_BYTES));
+        }
+        let text = serde_json::to_string(&self)?;
+        if text.len() <= MAX_DETAIL_BYTES {
+            return Ok(text);
+        }
+        self.commands.clear();
+        serde_json::to_string(&self)
     }
 }

@@ -82,6 +82,7 @@ impl DefenderError {
 
     /// Maps a non-2xx response: status, `Retry-After` header, and the `{"error":{code,message}}` body.
     pub fn from_response(status: u16, retry_after: Option<&str>, body: &[u8]) -> Self {
+        use crate::text::cut;
         #[derive(serde::Deserialize)]
         struct Envelope {
             error: Inner,
@@ -94,7 +95,9 @@ impl DefenderError {
             message: String,
         }
         let (code, message) = match serde_json::from_slice::<Envelope>(body) {
-            Ok(e) => (e.error.code, e.error.message),
+            // Kept short whatever Defender sends: the message becomes a run's reason, in its
+            // manifest and completion event.
+            Ok(e) => (cut(&e.error.code, 128), cut(&e.error.message, 512)),
             Err(_) => (
                 String::new(),
                 String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),

@@ -3,15 +3,15 @@
 //! the run marked final, and one completion event published. Every step is safe to repeat, so any
 //! message that finds the run ended (the last collect, a redelivery, an end without collection)
 //! finishes what an interrupted one left; a step that fails (KMS, EventBridge) is retried with the
-//! message, and after its receives the message waits in the dead-letter queue with the reason.
-
-use std::time::Duration;
+//! message (its log line says why), and after its receives SQS moves it to the dead-letter queue,
+//! to be re-driven once the key or bus is fixed.
 
 use bytes::Bytes;
 
 use super::StageError;
 use crate::clock::Clock;
-use crate::custody::event::{DETAIL_TYPE, EventManifest, RunFinished, SOURCE};
+pub use crate::custody::event::CLAIM_LAPSES as EVENT_CLAIM_LAPSES;
+use crate::custody::event::{DETAIL_TYPE, EventManifest, PUBLISH_TIMEOUT, RunFinished, SOURCE};
 use crate::custody::signature::{ManifestSignature, Statement};
 use crate::hash::sha256_hex;
 use crate::ids::RunId;
@@ -20,11 +20,6 @@ use crate::store::{
     Announcement, CommandOutcome, Manifest, RunState, final_state, json, load_command, load_run,
     manifest_key, parse, signature_key, update_run,
 };
-
-/// How long a claim on the completion event holds before another message may publish in its
-/// place (its holder died): far longer than a PutEvents call, shorter than any queue's visibility
-/// timeout, so the redelivery of the message that died finds it lapsed.
-pub const EVENT_CLAIM_LAPSES: Duration = Duration::from_secs(20);
 
 /// Writes, signs and announces the manifest once every command of an ended run has its final
 /// record; finishes what an interrupted call left. Returns true if this call wrote the manifest.
@@ -94,8 +89,23 @@ async fn sign<S: ObjectStore>(
 ) -> Result<String, StageError> {
     let key = signature_key(run_id);
     if let Some(stored) = store.get(&key).await? {
-        // Written once: it stands whatever it says (`lrctl verify` reports one that fails).
+        // Written once: it stands whatever it says. One that does not bind this manifest is
+        // reported (an operator's to investigate; `lrctl verify` fails on it too).
         let doc: Option<ManifestSignature> = serde_json::from_slice(&stored.body).ok();
+        let checked = doc.as_ref().map(|d| {
+            crate::custody::signature::check_statement(d, run_id, &manifest_key(run_id), manifest)
+        });
+        if !matches!(checked, Some(Ok(_))) {
+            tracing::error!(
+                run_id = %run_id,
+                key = %key,
+                "the stored manifest signature does not bind the stored manifest: {}",
+                match checked {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "it does not parse".into(),
+                }
+            );
+        }
         return Ok(doc.map_or_else(|| signer.key_id().to_string(), |d| d.key_id));
     }
     let statement = Statement::new(
@@ -114,9 +124,16 @@ async fn sign<S: ObjectStore>(
         ))
     })?;
     let doc = ManifestSignature::new(text, signer.key_id(), &der);
-    // A concurrent finisher may have signed first: its signature stands (the same manifest).
-    store.put(&key, json(&doc)?, Put::IfAbsent).await?;
-    Ok(signer.key_id().to_string())
+    match store.put(&key, json(&doc)?, Put::IfAbsent).await? {
+        PutResult::Written { .. } => Ok(signer.key_id().to_string()),
+        // A concurrent finisher signed first: its signature stands (the same manifest), and the
+        // event names its key.
+        PutResult::Conflict => Ok(store
+            .get(&key)
+            .await?
+            .and_then(|s| serde_json::from_slice::<ManifestSignature>(&s.body).ok())
+            .map_or_else(|| signer.key_id().to_string(), |d| d.key_id)),
+    }
 }
 
 /// Publishes the run's completion event unless it went out already; the message that claims it
@@ -162,10 +179,19 @@ async fn announce<S: ObjectStore>(
         signature_s3_uri: store.location(&signature_key(run_id)),
         signature_key_id: key_id.to_string(),
     };
-    let detail = RunFinished::of(&parsed, meta, |k| store.location(k));
-    let text = serde_json::to_string(&detail)
+    let text = RunFinished::of(&parsed, meta, |k| store.location(k))
+        .detail()
         .map_err(|e| StageError::Retry(format!("cannot encode the event: {e}")))?;
-    if let Err(e) = notary.events.publish(SOURCE, DETAIL_TYPE, &text).await {
+    let publish = notary.events.publish(SOURCE, DETAIL_TYPE, &text);
+    let Ok(published) = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await else {
+        // EventBridge may have taken it: the claim stays until it lapses (a second copy then
+        // carries the same event id).
+        return Err(StageError::Retry(format!(
+            "publishing run {run_id}'s completion event took over {}s",
+            PUBLISH_TIMEOUT.as_secs()
+        )));
+    };
+    if let Err(e) = published {
         // The claim goes back, so that the retry need not wait for it to lapse.
         update_run(store, run_id, |r| {
             let mine = r

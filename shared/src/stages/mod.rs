@@ -381,6 +381,37 @@ pub(crate) async fn finish_ended<S: ObjectStore>(
     Ok(())
 }
 
+/// Before a message is reported handled (and so deleted): a run that has ended but is not yet
+/// sealed (another copy of this message, or another message, failed or died while sealing it) is
+/// sealed now, or the message is kept for another try. So no message that saw such a run is deleted
+/// while the run stays unsealed, whichever path it took (a duplicate, a chain already ended, a
+/// command another copy finished).
+pub(crate) async fn settle<S: ObjectStore>(
+    store: &S,
+    notary: Notary<'_>,
+    budget_cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    done: Result<Done, StageError>,
+) -> Result<Done, StageError> {
+    let Ok(done) = done else {
+        return done;
+    };
+    let Some(run_id) = &done.run_id else {
+        return Ok(done);
+    };
+    let Some((run, _)) = crate::store::load_run(store, run_id).await? else {
+        return Ok(done);
+    };
+    let sealed = run
+        .announcement
+        .as_ref()
+        .is_some_and(|a| a.published_at.is_some());
+    if !sealed {
+        finish_ended(store, notary, budget_cfg, clock, &run).await?;
+    }
+    Ok(done)
+}
+
 /// Opens a submit or poll message and claims its run's chain: the job and the run to act on, or
 /// what became of the message (a duplicate, or a run past this stage, whose interrupted ending is
 /// finished on the way).

@@ -55,6 +55,19 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let done = handle_message(cfg, store, queue, defender, notary, clock, msg).await;
+    super::settle(store, notary, &cfg.budget, clock, done).await
+}
+
+async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
+    cfg: &PollConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    notary: Notary<'_>,
+    clock: &dyn Clock,
+    msg: &Delivery,
+) -> Result<Done, StageError> {
     let now = clock.now();
     // `open` has checked that the job names the run's own action.
     let acts = |_: &PollJob, r: &RunRecord| r.state == RunState::Submitted;

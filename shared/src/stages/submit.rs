@@ -34,6 +34,19 @@ pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let done = handle_message(cfg, store, queue, defender, notary, clock, msg).await;
+    super::settle(store, notary, &cfg.budget, clock, done).await
+}
+
+async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
+    cfg: &SubmitConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    notary: Notary<'_>,
+    clock: &dyn Clock,
+    msg: &Delivery,
+) -> Result<Done, StageError> {
     let now = clock.now();
     let me = msg.id.as_str();
     let acts = |_: &SubmitJob, r: &RunRecord| match r.state {

@@ -249,7 +249,14 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
                 last = state;
             }
         }
-        if let Some(m) = store.get(&manifest_key).await? {
+        // Sealed: the manifest, its signature, and the completion event out.
+        let announced = match store.get(run_key).await? {
+            Some(rec) => serde_json::from_slice::<serde_json::Value>(&rec.body)?["announcement"]
+                ["published_at"]
+                .is_string(),
+            None => false,
+        };
+        if announced && let Some(m) = store.get(&manifest_key).await? {
             break (manifest_key, m.body);
         }
     };
@@ -270,6 +277,32 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
                     .unwrap_or_default()
             );
         }
+    }
+    let sig_key = shared::store::signature_key(&m.run_id);
+    if store.get(&sig_key).await?.is_some() {
+        println!(
+            "[signed] s3://{}/{sig_key} (KMS key {})",
+            stack.bucket, stack.signing_key_arn
+        );
+    }
+    let events = aws_sdk_sqs::Client::new(&sdk)
+        .receive_message()
+        .queue_url(&stack.events_queue_url)
+        .wait_time_seconds(2)
+        .send()
+        .await?;
+    for e in events.messages() {
+        let v: serde_json::Value = serde_json::from_str(e.body().unwrap_or("{}"))?;
+        println!(
+            "[event] {} from {} on bus {} → {}: run {} {}, {:.1}s from alert to sealed evidence",
+            v["detail-type"].as_str().unwrap_or("?"),
+            v["source"].as_str().unwrap_or("?"),
+            stack.event_bus,
+            stack.events_queue_url,
+            v["detail"]["run_id"].as_str().unwrap_or("?"),
+            v["detail"]["outcome"].as_str().unwrap_or("?"),
+            v["detail"]["time_to_evidence_secs"].as_f64().unwrap_or(0.0)
+        );
     }
     let stats = sim.stats();
     println!(

@@ -444,17 +444,9 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     }))
 }
 
-/// A transcript's text for the manifest: at most 2,000 bytes, cut at a character boundary.
+/// A transcript's text for the manifest: at most 2,000 bytes.
 fn excerpt(s: &str) -> String {
-    const MAX: usize = 2000;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::text::cut(s, 2000)
 }
 
 #[cfg(test)]

@@ -50,6 +50,21 @@ pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let done = handle_message(cfg, store, queue, defender, fetch, notary, clock, msg).await;
+    super::settle(store, notary, &cfg.budget, clock, done).await
+}
+
+#[allow(clippy::too_many_arguments)] // one per port: store, queue, Defender, downloads, notary, clock
+async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
+    cfg: &CollectConfig,
+    store: &S,
+    queue: &Q,
+    defender: &D,
+    fetch: &F,
+    notary: Notary<'_>,
+    clock: &dyn Clock,
+    msg: &Delivery,
+) -> Result<Done, StageError> {
     let now = clock.now();
     let deadline = now + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
