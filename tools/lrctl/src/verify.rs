@@ -49,11 +49,11 @@ impl Finding {
 
 /// How signatures are checked.
 pub enum Verifier {
-    /// With KMS; when the deployment's signing key is configured, a document naming another key
-    /// is refused.
+    /// With KMS, and only with the deployment's signing key: a document naming another key is
+    /// refused (a forger could sign with a key of their own and name it).
     Kms {
         client: aws_sdk_kms::Client,
-        expected_key: Option<String>,
+        expected_key: String,
     },
     /// Offline, with a public key.
     Offline(VerifyingKey),
@@ -68,11 +68,9 @@ impl Verifier {
                 client,
                 expected_key,
             } => {
-                if let Some(k) = expected_key
-                    && k != &doc.key_id
-                {
+                if expected_key != &doc.key_id {
                     return Some(format!(
-                        "signed with key {}, not the deployment's signing key {k}",
+                        "signed with key {}, not the deployment's signing key {expected_key}",
                         doc.key_id
                     ));
                 }
@@ -235,9 +233,10 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
                 ))
             })?)
         }
+        // Checking with the key the document names would let a forger pick the key.
         None => Verifier::Kms {
             client: ctx.kms(),
-            expected_key: ctx.settings.signing_key_id.clone(),
+            expected_key: ctx.settings.signing_key_id()?.to_string(),
         },
     };
     let since = args

@@ -257,6 +257,45 @@ async fn verify_runs_show_and_fetch_on_finished_runs_and_each_tampering_is_named
         assert!(stdout(&out).contains(&expected), "{}", said(&out));
     }
 
+    // 3b: a forger signs with a KMS key of their own and names it: KMS would say the signature is
+    // valid for that key, so lrctl checks only with the deployment's key, and without one
+    // configured it refuses rather than trust the key the document names.
+    let kms = aws_sdk_kms::Client::new(&stack.sdk);
+    let own = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    let own = own.key_metadata().unwrap().arn().unwrap().to_string();
+    let signer = shared::adapters::kms::KmsSigner::new(kms.clone(), &own);
+    let text = doc.statement.replace(&doc.key_id, &own);
+    let der = shared::ports::Signer::sign(&signer, text.as_bytes())
+        .await
+        .unwrap();
+    put(
+        &stack,
+        &skey,
+        serde_json::to_vec(&ManifestSignature::new(text, &own, &der)).unwrap(),
+    )
+    .await;
+    let out = lrctl(&env, &["verify", runs[3].as_str()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        stdout(&out).contains("not the deployment's signing key"),
+        "{}",
+        said(&out)
+    );
+    let without_key: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "LR_SIGNING_KEY_ID")
+        .cloned()
+        .collect();
+    let out = lrctl(&without_key, &["verify", runs[3].as_str()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("LR_SIGNING_KEY_ID"), "{}", said(&out));
+
     // 4: something under the run's prefix the manifest does not list.
     let stray = format!("evidence/{clean}/9-getfile.gz");
     put(&stack, &stray, b"stray".to_vec()).await;
