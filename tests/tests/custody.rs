@@ -42,6 +42,29 @@ impl ObjectStore for Yielding<'_> {
     }
 }
 
+/// One test's world: a store, a signing key, a bus, and a clock at [`t0`].
+struct World {
+    store: MemStore,
+    signer: MemSigner,
+    events: MemEvents,
+    clock: ManualClock,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            store: MemStore::default(),
+            signer: MemSigner::default(),
+            events: MemEvents::default(),
+            clock: ManualClock::at(t0()),
+        }
+    }
+}
+
+fn notary<'a>(signer: &'a MemSigner, events: &'a MemEvents) -> Notary<'a> {
+    Notary { signer, events }
+}
+
 fn t0() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()
 }
@@ -94,13 +117,13 @@ async fn assert_sealed(store: &MemStore, signer: &MemSigner, run: &RunId) {
 #[tokio::test]
 async fn two_messages_finishing_a_run_at_once_seal_it_once() {
     for round in 0..20 {
-        let store = MemStore::default();
-        let (signer, events) = (MemSigner::default(), MemEvents::default());
-        let notary = Notary {
-            signer: &signer,
-            events: &events,
-        };
-        let clock = ManualClock::at(t0());
+        let World {
+            store,
+            signer,
+            events,
+            clock,
+        } = World::new();
+        let notary = notary(&signer, &events);
         let run = ended_run(&store, &format!("race{round}")).await;
         let y = Yielding(&store);
         let (a, b) = tokio::join!(
@@ -131,13 +154,13 @@ async fn two_messages_finishing_a_run_at_once_seal_it_once() {
 
 #[tokio::test]
 async fn kms_failing_leaves_the_run_unsealed_and_the_retry_seals_it() {
-    let store = MemStore::default();
-    let (signer, events) = (MemSigner::default(), MemEvents::default());
-    let notary = Notary {
-        signer: &signer,
-        events: &events,
-    };
-    let clock = ManualClock::at(t0());
+    let World {
+        store,
+        signer,
+        events,
+        clock,
+    } = World::new();
+    let notary = notary(&signer, &events);
     let run = ended_run(&store, "kms").await;
     signer.fail.store(true, Ordering::SeqCst);
     let err = finish_run_if_complete(&store, notary, &run, &clock)
@@ -166,13 +189,13 @@ async fn kms_failing_leaves_the_run_unsealed_and_the_retry_seals_it() {
 
 #[tokio::test]
 async fn eventbridge_failing_gives_the_claim_back_and_the_retry_publishes_once() {
-    let store = MemStore::default();
-    let (signer, events) = (MemSigner::default(), MemEvents::default());
-    let notary = Notary {
-        signer: &signer,
-        events: &events,
-    };
-    let clock = ManualClock::at(t0());
+    let World {
+        store,
+        signer,
+        events,
+        clock,
+    } = World::new();
+    let notary = notary(&signer, &events);
     let run = ended_run(&store, "bus").await;
     events.fail.store(true, Ordering::SeqCst);
     let err = finish_run_if_complete(&store, notary, &run, &clock)
@@ -200,13 +223,13 @@ async fn eventbridge_failing_gives_the_claim_back_and_the_retry_publishes_once()
 
 #[tokio::test]
 async fn a_claim_whose_holder_died_lapses_and_the_event_goes_out() {
-    let store = MemStore::default();
-    let (signer, events) = (MemSigner::default(), MemEvents::default());
-    let notary = Notary {
-        signer: &signer,
-        events: &events,
-    };
-    let clock = ManualClock::at(t0());
+    let World {
+        store,
+        signer,
+        events,
+        clock,
+    } = World::new();
+    let notary = notary(&signer, &events);
     let run = ended_run(&store, "died").await;
     // A handler claimed the event and died before publishing.
     shared::store::update_run(&store, &run, |r| {
@@ -244,13 +267,13 @@ async fn a_claim_whose_holder_died_lapses_and_the_event_goes_out() {
 
 #[tokio::test]
 async fn a_stored_signature_stands_and_is_not_made_again() {
-    let store = MemStore::default();
-    let (signer, events) = (MemSigner::default(), MemEvents::default());
-    let notary = Notary {
-        signer: &signer,
-        events: &events,
-    };
-    let clock = ManualClock::at(t0());
+    let World {
+        store,
+        signer,
+        events,
+        clock,
+    } = World::new();
+    let notary = notary(&signer, &events);
     let run = ended_run(&store, "stored").await;
     finish_run_if_complete(&store, notary, &run, &clock)
         .await
@@ -281,13 +304,13 @@ async fn a_stored_signature_stands_and_is_not_made_again() {
 async fn an_event_too_large_for_eventbridge_is_shortened_not_refused() {
     use shared::custody::event::MAX_DETAIL_BYTES;
     for (commands, reason_len) in [(2usize, 300_000usize), (400, 1_000)] {
-        let store = MemStore::default();
-        let (signer, events) = (MemSigner::default(), MemEvents::default());
-        let notary = Notary {
-            signer: &signer,
-            events: &events,
-        };
-        let clock = ManualClock::at(t0());
+        let World {
+            store,
+            signer,
+            events,
+            clock,
+        } = World::new();
+        let notary = notary(&signer, &events);
         let run_id = RunId::derive("native", &format!("big{commands}"), "m", "p");
         let machine = MachineId::parse(&"ab".repeat(20)).unwrap();
         let action = ActionId::parse("00000000-0000-0000-0000-000000000042").unwrap();

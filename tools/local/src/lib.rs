@@ -181,16 +181,7 @@ pub async fn provision(
             .await
             .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
         let dlq_url = dlq.queue_url().unwrap_or_default().to_string();
-        let dlq_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-            .unwrap_or_default();
+        let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
         let redrive = serde_json::json!({
             "deadLetterTargetArn": dlq_arn,
             "maxReceiveCount": MAX_RECEIVE_COUNT,
@@ -342,6 +333,20 @@ pub async fn provision(
     Ok(out)
 }
 
+/// A queue's ARN.
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, ProvisionError> {
+    Ok(sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default())
+}
+
 /// The manifest signing key (ECC_NIST_P256, SIGN_VERIFY), found by its alias or created.
 async fn signing_key(
     sdk: &aws_config::SdkConfig,
@@ -396,16 +401,7 @@ async fn event_bus(
         .await
         .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?;
     let url = queue.queue_url().unwrap_or_default().to_string();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| ProvisionError::Sqs(sdk_err(e)))?
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap_or_default();
+    let arn = queue_arn(sqs, &url).await?;
     let rule = format!("{}-run-finished", names.prefix);
     let rule_arn = events
         .put_rule()
