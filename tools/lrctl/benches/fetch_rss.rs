@@ -73,7 +73,8 @@ async fn main() {
         common::seed_run(&s3, &bucket, &run, vec![(0, gz, sha, n)], false).await;
         for decompress in [false, true] {
             let dir = tmp.path().join(format!("{run}-{decompress}"));
-            let mut args = vec!["fetch", run.as_str(), dir.to_str().unwrap()];
+            // The seeded run is unsigned.
+            let mut args = vec!["fetch", run.as_str(), dir.to_str().unwrap(), "--unverified"];
             if decompress {
                 args.push("--decompress");
             }

@@ -1,6 +1,8 @@
 //! The evidence bucket as lrctl reads it: small records parsed with an error that names their
 //! key, listings, and objects opened as streams (never read whole) with their version and
-//! metadata. Everything lrctl does with S3 goes through here.
+//! metadata. Everything lrctl does with S3 goes through here. Whole reads are capped (see
+//! [`MAX_MANIFEST`], [`MAX_SIGNATURE`], [`MAX_RECORD`]): a stored object far larger than its kind
+//! ever is an error naming its key, checked before reading (its length) and while reading.
 
 use std::collections::HashMap;
 
@@ -8,6 +10,13 @@ use serde::de::DeserializeOwned;
 use shared::ports::ObjectStore;
 
 use crate::error::{Error, Result};
+
+/// The largest manifest lrctl reads (a manifest is a few KiB per command).
+pub const MAX_MANIFEST: u64 = 64 << 20;
+/// The largest signature document lrctl reads (its statement is at most 4 KiB).
+pub const MAX_SIGNATURE: u64 = 64 << 10;
+/// The largest run or command record lrctl reads.
+pub const MAX_RECORD: u64 = 16 << 20;
 
 /// The bucket.
 #[derive(Clone)]
@@ -57,18 +66,40 @@ impl Bucket {
         &self.client
     }
 
-    /// A small object's bytes (records, manifests), or `None` if there is none.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.store.get(key).await {
-            Ok(found) => Ok(found.map(|s| s.body.to_vec())),
-            Err(e) => Err(Error::failed(format!("s3://{}/{key}: {}", self.name, e.0))),
+    /// A small object's bytes (records, manifests), or `None` if there is none; one larger than
+    /// `max` bytes is an error naming its key (nothing past `max` is read).
+    pub async fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let too_big = |n: String| {
+            Error::failed(format!(
+                "s3://{}/{key} is {n} bytes, more than the {max} lrctl reads for an object of its \
+                 kind: it is not what the pipeline writes there",
+                self.name
+            ))
+        };
+        let Some(mut obj) = self.open(key, None).await? else {
+            return Ok(None);
+        };
+        if let Some(n) = obj.size.filter(|n| *n > max) {
+            return Err(too_big(n.to_string()));
         }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = obj.body.next().await {
+            let chunk = chunk.map_err(|e| {
+                Error::failed(format!("reading s3://{}/{key} broke off: {e}", self.name))
+            })?;
+            let n = u64::try_from(bytes.len().saturating_add(chunk.len())).unwrap_or(u64::MAX);
+            if n > max {
+                return Err(too_big(format!("over {max}")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
     }
 
-    /// A stored JSON record, or `None` if there is none; one that does not parse is an error
-    /// naming its key.
-    pub async fn record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.get(key).await? {
+    /// A stored JSON record of at most `max` bytes, or `None` if there is none; one that does not
+    /// parse is an error naming its key.
+    pub async fn record<T: DeserializeOwned>(&self, key: &str, max: u64) -> Result<Option<T>> {
+        match self.get(key, max).await? {
             Some(bytes) => parse(key, &bytes).map(Some),
             None => Ok(None),
         }

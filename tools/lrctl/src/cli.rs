@@ -34,16 +34,9 @@ pub enum Command {
     /// Check manifests, their signatures and every evidence object's hashes; exits 1 on any
     /// mismatch, naming the object.
     Verify(VerifyArgs),
-    /// Download a run's evidence into DIR, checking each object's SHA-256 against the manifest.
-    Fetch {
-        /// The run id.
-        run: String,
-        /// Where to write (created if missing).
-        dir: PathBuf,
-        /// Also write the decompressed content of GetFile packages (checked against the manifest).
-        #[arg(long)]
-        decompress: bool,
-    },
+    /// Download a run's evidence into DIR: the manifest's signature is checked first (as `verify`
+    /// does), then each object's SHA-256 against the manifest.
+    Fetch(FetchArgs),
     /// List the messages each stage refused or gave up on; `--redrive` sends them back.
     Dlq(DlqArgs),
     /// Send an alert (a JSON file) to the alerts queue and print the message id.
@@ -76,16 +69,44 @@ pub struct RunsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The run id.
+    pub run: String,
+    /// Where to write (created if missing; must be empty unless --force).
+    pub dir: PathBuf,
+    /// Also write the decompressed content of GetFile packages (checked against the manifest).
+    #[arg(long)]
+    pub decompress: bool,
+    /// Write into DIR even if it is not empty (a manifest.json and manifest.sig.json already in
+    /// it are removed first).
+    #[arg(long)]
+    pub force: bool,
+    /// Fetch even if the manifest's signature is missing or does not verify (each object is
+    /// still checked against the manifest, which nothing then vouches for).
+    #[arg(long)]
+    pub unverified: bool,
+    /// Check the signature offline with this PEM public key (from `lrctl key export`) instead of
+    /// asking KMS.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// The run to verify.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "dir"], conflicts_with_all = ["all", "dir"])]
     pub run: Option<String>,
-    /// Verify every run that has a manifest.
-    #[arg(long)]
+    /// Verify every run in the bucket: every evidence folder and every run record.
+    #[arg(long, conflicts_with = "dir")]
     pub all: bool,
-    /// With --all: only runs received within this long (90m, 24h, 7d).
+    /// With --all: skip runs whose signature verifies and was made longer ago than this (90m,
+    /// 24h, 7d); a run that fails verification is never skipped.
     #[arg(long, value_name = "DURATION", requires = "all")]
     pub since: Option<String>,
+    /// Verify a folder written by `lrctl fetch` offline (needs --public-key): its manifest, the
+    /// signature and every file's hashes.
+    #[arg(long, value_name = "DIR", requires = "public_key")]
+    pub dir: Option<PathBuf>,
     /// Verify signatures offline with this PEM public key (from `lrctl key export`) instead of
     /// asking KMS.
     #[arg(long, value_name = "FILE")]

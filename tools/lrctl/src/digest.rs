@@ -7,12 +7,30 @@ use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
-/// A `Write` that hashes and counts what passes through to `inner`.
+/// A `Write` that hashes and counts what passes through to `inner`, refusing (an error of kind
+/// `InvalidData` holding [`TooLarge`]) to pass on more than its limit.
 pub struct Hashing<W: Write> {
     inner: W,
     hasher: Sha256,
     len: u64,
+    limit: Option<u64>,
 }
+
+/// More bytes than the limit (the size the manifest records) came out.
+#[derive(Debug)]
+pub struct TooLarge(pub u64);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decompresses to more than the {} bytes the manifest records; stopped writing",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
 
 impl<W: Write> Hashing<W> {
     pub fn new(inner: W) -> Self {
@@ -20,6 +38,7 @@ impl<W: Write> Hashing<W> {
             inner,
             hasher: Sha256::new(),
             len: 0,
+            limit: None,
         }
     }
 
@@ -31,9 +50,17 @@ impl<W: Write> Hashing<W> {
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        let len = self.len.saturating_add(n);
+        if let Some(limit) = self.limit.filter(|l| len > *l) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                TooLarge(limit),
+            ));
+        }
         self.inner.write_all(buf)?;
         self.hasher.update(buf);
-        self.len += buf.len() as u64;
+        self.len = len;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -67,6 +94,15 @@ impl<W: Write, D: Write> Tally<W, D> {
         }
     }
 
+    /// Stops decompressing (a [`TooLarge`] error in [`Digests::decompressed`]) once more than
+    /// `limit` bytes have come out, so a package cannot fill the disk past what the manifest says.
+    pub fn limit_decompressed(mut self, limit: u64) -> Self {
+        if let Some(Ok(gz)) = &mut self.gz {
+            gz.get_mut().limit = Some(limit);
+        }
+        self
+    }
+
     /// One more chunk. An error is writing to `raw` (or to the decompressed sink); bytes that do
     /// not decompress are not an error here, they show in [`Digests::decompressed`].
     pub fn feed(&mut self, chunk: &[u8]) -> std::io::Result<()> {
@@ -74,7 +110,9 @@ impl<W: Write, D: Write> Tally<W, D> {
         if let Some(Ok(gz)) = &mut self.gz
             && let Err(e) = gz.write_all(chunk)
         {
-            if e.kind() == std::io::ErrorKind::InvalidInput
+            if let Some(big) = e.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
+                self.gz = Some(Err(big.to_string()));
+            } else if e.kind() == std::io::ErrorKind::InvalidInput
                 || e.kind() == std::io::ErrorKind::InvalidData
             {
                 self.gz = Some(Err(format!("not valid gzip: {e}")));
@@ -117,7 +155,7 @@ pub async fn stream_into<W: Write, D: Write>(
         tally
             .feed(&chunk)
             .map_err(|e| format!("cannot write: {e}"))?;
-        progress(chunk.len() as u64);
+        progress(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
     }
     Ok(tally.finish())
 }
@@ -143,6 +181,20 @@ mod tests {
         assert_eq!(sha, hex::encode(Sha256::digest(&content)));
         assert_eq!(n, content.len() as u64);
         assert_eq!(out, content);
+    }
+
+    #[test]
+    fn decompressing_stops_at_the_limit() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&[0u8; 100_000]).unwrap();
+        let packed = gz.finish().unwrap();
+        let mut t = Tally::new(std::io::sink(), Some(Vec::new())).limit_decompressed(1000);
+        for chunk in packed.chunks(777) {
+            t.feed(chunk).unwrap();
+        }
+        let (d, _) = t.finish();
+        let e = d.decompressed.unwrap().unwrap_err();
+        assert!(e.contains("more than the 1000 bytes"), "{e}");
     }
 
     #[test]

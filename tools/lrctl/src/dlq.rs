@@ -13,7 +13,7 @@ use crate::Ctx;
 use crate::cli::DlqArgs;
 use crate::config::stage_name;
 use crate::error::{Error, Result};
-use crate::output::{excerpt, print_json, table};
+use crate::output::{err, excerpt, out, print_json, table};
 
 /// How long a listing holds messages invisible (it gives them back as soon as it is done).
 const LIST_HOLD_SECS: i32 = 30;
@@ -106,26 +106,59 @@ pub async fn peek(
     Ok(seen.into_values().collect())
 }
 
-/// Makes held messages visible again.
-pub async fn release(sqs: &aws_sdk_sqs::Client, url: &str, letters: &[DeadLetter]) -> Result<()> {
+/// Makes held messages visible again (they were held for `hold` seconds). Tries every message;
+/// an error lists each that failed.
+pub async fn release(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    letters: &[DeadLetter],
+    hold: i32,
+) -> Result<()> {
+    let mut failed = Vec::new();
     for l in letters {
-        sqs.change_message_visibility()
+        if let Err(e) = sqs
+            .change_message_visibility()
             .queue_url(url)
             .receipt_handle(&l.receipt_handle)
             .visibility_timeout(0)
             .send()
             .await
-            .map_err(|e| {
-                sqs_error(
-                    format!(
-                        "cannot make message {} visible again (it will be in {LIST_HOLD_SECS}s)",
-                        l.message_id
-                    ),
-                    e,
-                )
-            })?;
+        {
+            failed.push(format!(
+                "{} ({})",
+                l.message_id,
+                aws_sdk_sqs::error::DisplayErrorContext(e)
+            ));
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::failed(format!(
+        "cannot make {} of {} message(s) of {url} visible again (each will be within {hold}s of \
+         being read): {}",
+        failed.len(),
+        letters.len(),
+        failed.join("; ")
+    )))
+}
+
+/// Releases the messages of every queue, trying each; the first error, if any.
+async fn release_all(
+    sqs: &aws_sdk_sqs::Client,
+    queues: &[(&'static str, String, Option<String>, Vec<DeadLetter>)],
+    hold: i32,
+) -> Result<()> {
+    let mut first = Ok(());
+    for (_, url, _, letters) in queues {
+        if let Err(e) = release(sqs, url, letters, hold).await {
+            err(format!("lrctl: {e}"));
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
 }
 
 /// Whether the user agrees to move `n` messages.
@@ -190,7 +223,7 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
         print_json(&json!({"messages": rows}));
     } else if !ctx.json {
         if all.is_empty() {
-            println!("no dead-lettered messages");
+            out("no dead-lettered messages");
         } else {
             let rows: Vec<Vec<String>> = all
                 .iter()
@@ -215,14 +248,13 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
         true => match confirm(all.len(), args.yes) {
             Ok(go) => go,
             Err(e) => {
-                for (_, url, _, letters) in &queues {
-                    release(&sqs, url, letters).await?;
-                }
+                let _ = release_all(&sqs, &queues, hold).await;
                 return Err(e);
             }
         },
     };
     let mut moved = Vec::new();
+    let mut release_failed = false;
     for (stage, url, target, letters) in &queues {
         match target {
             Some(target) if go => {
@@ -252,21 +284,26 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
                         })?;
                     let new_id = sent.message_id().unwrap_or_default().to_string();
                     if !ctx.json {
-                        println!(
+                        out(format!(
                             "moved {} from the {stage} dead-letter queue to {target} (now {new_id})",
                             l.message_id
-                        );
+                        ));
                     }
                     moved.push(json!({"stage": stage, "message_id": l.message_id, "new_message_id": new_id, "queue_url": target}));
                 }
             }
-            _ => release(&sqs, url, letters).await?,
+            _ => {
+                if let Err(e) = release(&sqs, url, letters, hold).await {
+                    err(format!("lrctl: {e}"));
+                    release_failed = true;
+                }
+            }
         }
     }
     if ctx.json && args.redrive {
         print_json(&json!({"moved": moved}));
     } else if args.redrive && !go && !all.is_empty() {
-        println!("nothing moved");
+        out("nothing moved");
     }
-    Ok(0)
+    Ok(u8::from(release_failed))
 }

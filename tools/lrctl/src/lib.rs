@@ -8,7 +8,8 @@
 //!   [`queue`] (`send` and `key export`).
 //!
 //! Commands return an exit code (`verify` and `fetch` return 1 when evidence does not match)
-//! or an [`error::Error`]; nothing a stored value holds can make them panic.
+//! or an [`error::Error`]; nothing a stored value holds can make them panic (sums saturate, reads
+//! are capped), and nothing it holds reaches the terminal raw ([`output::clean`]).
 
 pub mod bucket;
 pub mod cli;
@@ -68,11 +69,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Runs(args) => runs::command(&ctx, &args).await,
         Command::Show { run } => show::command(&ctx, &run_id(&run)?).await,
         Command::Verify(args) => verify::command(&ctx, &args).await,
-        Command::Fetch {
-            run,
-            dir,
-            decompress,
-        } => fetch::command(&ctx, &run_id(&run)?, &dir, decompress).await,
+        Command::Fetch(args) => fetch::command(&ctx, &run_id(&args.run)?, &args).await,
         Command::Dlq(args) => dlq::command(&ctx, &args).await,
         Command::Send { file } => queue::send(&ctx, &file).await,
         Command::Key(KeyCommand::Export { out }) => queue::export_key(&ctx, out.as_deref()).await,

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match lrctl::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("lrctl: {e}");
+            lrctl::output::err(format!("lrctl: {e}"));
             std::process::ExitCode::from(e.exit_code())
         }
     }

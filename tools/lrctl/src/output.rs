@@ -1,15 +1,77 @@
 //! How results reach the terminal: aligned tables and timestamps for people, JSON for scripts
 //! (`--json`), and progress bars that show only on a terminal. Commands build rows and values;
 //! only this module decides how they look.
+//!
+//! Everything printed for people goes through [`clean`] here ([`table`], [`out`], [`err`]):
+//! stored values (keys, reasons, key ids, alert titles, message bodies) are written by others, and
+//! a control character or a bidi override in one could drive the analyst's terminal (OSC 52 to
+//! the clipboard, SGR 8 hiding what follows) or disguise a line. JSON is escaped by serde.
 
 use std::io::IsTerminal;
 
 use time::OffsetDateTime;
 
+/// Whether `c` must not reach a terminal raw: control characters (C0 with ESC, DEL, C1) and the
+/// bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069), plus the
+/// invisible direction marks (U+200E, U+200F, U+061C).
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+}
+
+/// `text` safe for a terminal: each unsafe character written as a `\u{..}` escape.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Prints one line on stdout, [`clean`]ed (a newline inside is escaped too, so a stored value
+/// cannot add a line of its own).
+pub fn out(line: impl AsRef<str>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{}", clean(line.as_ref()));
+}
+
+/// Prints lines of text on stderr, each line [`clean`]ed.
+pub fn err(text: impl AsRef<str>) {
+    use std::io::Write;
+    let mut o = std::io::stderr().lock();
+    for line in text.as_ref().split('\n') {
+        let _ = writeln!(o, "{}", clean(line));
+    }
+}
+
+/// The time `since` (a `--since` duration such as 24h) before `now`; a usage error naming the
+/// flag if it does not parse or reaches before the earliest date there is.
+pub fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, crate::error::Error> {
+    let usage = |e: String| crate::error::Error::Usage(format!("--since: {e}"));
+    let secs = parse_duration(text).map_err(usage)?;
+    now.checked_sub(time::Duration::seconds(secs))
+        .ok_or_else(|| usage(format!("{text:?} reaches further back than any date")))
+}
+
 /// A table with a header row, columns padded to their widest cell (the last one not padded).
+/// Every cell is [`clean`]ed.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -27,7 +89,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     };
     let mut out = line(headers.to_vec());
     out.push('\n');
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
         out.push('\n');
     }
@@ -120,5 +182,20 @@ mod tests {
         assert_eq!(t, "A     BB\nlong  x\n");
         assert_eq!(excerpt("a\nb", 10), "a b");
         assert_eq!(excerpt("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn terminal_controls_and_bidi_overrides_are_escaped() {
+        assert_eq!(clean("plain é"), "plain é");
+        assert_eq!(clean("\u{1b}]52;c;x\u{7}"), "\\u{1b}]52;c;x\\u{7}");
+        assert_eq!(
+            clean("a\u{9b}b\u{202e}c\u{2066}d\nx"),
+            "a\\u{9b}b\\u{202e}c\\u{2066}d\\u{a}x"
+        );
+        let t = table(&["A"], &[vec!["\u{1b}[8m".into()]]);
+        assert!(!t.contains('\u{1b}'), "{t}");
+        let now = OffsetDateTime::now_utc();
+        assert!(since("100000000000d", now).is_err());
+        assert!(since("1h", now).unwrap() < now);
     }
 }

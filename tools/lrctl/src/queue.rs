@@ -47,7 +47,7 @@ pub async fn send(ctx: &Ctx, file: &Path) -> Result<u8> {
     if ctx.json {
         print_json(&json!({"message_id": id, "queue_url": url}));
     } else {
-        println!("{id}");
+        crate::output::out(id);
     }
     Ok(0)
 }
@@ -69,7 +69,10 @@ pub async fn export_key(ctx: &Ctx, out: Option<&Path>) -> Result<u8> {
             if ctx.json {
                 print_json(&json!({"key_id": key_id, "path": path}));
             } else {
-                eprintln!("wrote the public key of {key_id} to {}", path.display());
+                crate::output::err(format!(
+                    "wrote the public key of {key_id} to {}",
+                    path.display()
+                ));
             }
         }
         None if ctx.json => print_json(&json!({"key_id": key_id, "pem": pem})),

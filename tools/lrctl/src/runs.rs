@@ -1,19 +1,23 @@
 //! `lrctl runs`: which runs exist and how far each got, read from the run records under
 //! `state/runs/` (and their command records, to count what was collected), filtered by state,
 //! outcome, device, alert and age. A record that does not parse is reported by key and skipped,
-//! so one damaged record never hides the rest.
+//! so one damaged record never hides the rest: a damaged run record leaves its run out, a damaged
+//! command record shows its run's collected count as `?`; both keys are listed as skipped.
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use shared::ids::RunId;
 use shared::store::{CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState};
 use time::OffsetDateTime;
 
 use crate::Ctx;
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, MAX_RECORD};
 use crate::cli::RunsArgs;
 use crate::error::{Error, Result};
-use crate::output::{age, parse_duration, print_json, table};
+use crate::output::{age, print_json, table};
+
+/// Keys of records that would not read, each with why.
+pub type Unreadable = Vec<(String, String)>;
 
 /// How many records are read at once.
 const PARALLEL: usize = 16;
@@ -57,9 +61,8 @@ impl Filter {
             since: args
                 .since
                 .as_deref()
-                .map(|s| parse_duration(s).map_err(|e| Error::Usage(format!("--since: {e}"))))
-                .transpose()?
-                .map(|secs| now - time::Duration::seconds(secs)),
+                .map(|s| crate::output::since(s, now))
+                .transpose()?,
         })
     }
 
@@ -82,17 +85,34 @@ impl Filter {
     }
 }
 
-/// The command records of `run` (commands `0..n`; a missing one is left out).
-pub async fn load_commands(bucket: &Bucket, run: &RunId, n: usize) -> Result<Vec<CommandRecord>> {
-    let keys: Vec<String> = (0..n as u32)
+/// The command records of `run` (commands `0..n`; a missing one is left out), and the keys of
+/// those that would not read (with why).
+pub async fn load_commands(
+    bucket: &Bucket,
+    run: &RunId,
+    n: usize,
+) -> (Vec<CommandRecord>, Vec<(String, String)>) {
+    let keys: Vec<String> = (0..n)
+        .map_while(|i| u32::try_from(i).ok())
         .map(|i| shared::store::command_key(run, i))
         .collect();
-    let found: Vec<Option<CommandRecord>> = futures_util::stream::iter(keys)
-        .map(|k| async move { bucket.record::<CommandRecord>(&k).await })
+    let found: Vec<(String, Result<Option<CommandRecord>>)> = futures_util::stream::iter(keys)
+        .map(|k| async move {
+            let r = bucket.record::<CommandRecord>(&k, MAX_RECORD).await;
+            (k, r)
+        })
         .buffered(PARALLEL)
-        .try_collect()
-        .await?;
-    Ok(found.into_iter().flatten().collect())
+        .collect()
+        .await;
+    let (mut records, mut bad) = (Vec::new(), Vec::new());
+    for (key, r) in found {
+        match r {
+            Ok(Some(c)) => records.push(c),
+            Ok(None) => {}
+            Err(e) => bad.push((key, e.to_string())),
+        }
+    }
+    (records, bad)
 }
 
 /// Every run record in the bucket, and the keys of those that would not read (with why).
@@ -105,7 +125,7 @@ pub async fn load_runs(bucket: &Bucket) -> Result<(Vec<RunRecord>, Vec<(String, 
         .collect();
     let results: Vec<(String, Result<Option<RunRecord>>)> = futures_util::stream::iter(keys)
         .map(|k| async move {
-            let r = bucket.record::<RunRecord>(&k).await;
+            let r = bucket.record::<RunRecord>(&k, MAX_RECORD).await;
             (k, r)
         })
         .buffer_unordered(PARALLEL)
@@ -134,25 +154,31 @@ pub async fn command(ctx: &Ctx, args: &RunsArgs) -> Result<u8> {
     let now = OffsetDateTime::now_utc();
     let filter = Filter::new(args, now)?;
     let bucket = ctx.bucket()?;
-    let (runs, bad) = load_runs(&bucket).await?;
+    let (runs, mut bad) = load_runs(&bucket).await?;
     let runs: Vec<RunRecord> = runs.into_iter().filter(|r| filter.keeps(r)).collect();
-    let counts: Vec<usize> = futures_util::stream::iter(&runs)
+    // The collected count of each run; `None` when a command record would not read.
+    let loaded: Vec<(Option<usize>, Unreadable)> = futures_util::stream::iter(&runs)
         .map(|r| {
             let bucket = &bucket;
             async move {
-                let cmds = load_commands(bucket, &r.run_id, r.commands.len()).await?;
-                Ok::<_, Error>(
-                    cmds.iter()
-                        .filter(|c| c.outcome == CommandOutcome::Collected)
-                        .count(),
-                )
+                let (cmds, damaged) = load_commands(bucket, &r.run_id, r.commands.len()).await;
+                let n = cmds
+                    .iter()
+                    .filter(|c| c.outcome == CommandOutcome::Collected)
+                    .count();
+                (damaged.is_empty().then_some(n), damaged)
             }
         })
         .buffered(PARALLEL)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut counts = Vec::with_capacity(loaded.len());
+    for (n, damaged) in loaded {
+        counts.push(n);
+        bad.extend(damaged);
+    }
     for (key, why) in &bad {
-        eprintln!("lrctl: skipped {key}: {why}");
+        crate::output::err(format!("lrctl: skipped {key}: {why}"));
     }
     if ctx.json {
         let rows: Vec<_> = runs
@@ -177,7 +203,7 @@ pub async fn command(ctx: &Ctx, args: &RunsArgs) -> Result<u8> {
         return Ok(0);
     }
     if runs.is_empty() {
-        println!("no runs match");
+        crate::output::out("no runs match");
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = runs
@@ -194,7 +220,11 @@ pub async fn command(ctx: &Ctx, args: &RunsArgs) -> Result<u8> {
                 word(&r.state),
                 r.outcome.as_ref().map(word).unwrap_or_else(|| "-".into()),
                 age((now - r.created_at).whole_seconds()),
-                format!("{n}/{}", r.commands.len()),
+                format!(
+                    "{}/{}",
+                    n.map_or("?".into(), |n| n.to_string()),
+                    r.commands.len()
+                ),
             ]
         })
         .collect();

@@ -1,8 +1,10 @@
 //! `lrctl show RUN`: one run's story in time order, put together from the run record, the command
 //! records, the manifest and its signature: when the alert came in, what Defender reported, what
 //! was collected with its hashes, when the manifest was written and signed and the completion
-//! event published, and why the run failed if it did. A record that does not parse is an error
-//! naming its key.
+//! event published, and why the run failed if it did. A run record that does not parse is an error
+//! naming its key; a damaged command, manifest or signature record is named and the rest shown.
+//! `show` checks no signature: it says one is present and which key it names (`lrctl verify`
+//! checks it). Every line printed is cleaned of terminal controls ([`crate::output::out`]).
 
 use serde_json::json;
 use shared::custody::signature::{ManifestSignature, Statement};
@@ -11,9 +13,9 @@ use shared::store::{CommandOutcome, CommandRecord, Manifest, RunRecord};
 use time::OffsetDateTime;
 
 use crate::Ctx;
-use crate::bucket::parse;
+use crate::bucket::{MAX_MANIFEST, MAX_RECORD, MAX_SIGNATURE, parse};
 use crate::error::{Error, Result};
-use crate::output::{print_json, timestamp};
+use crate::output::{out, print_json, timestamp};
 use crate::runs::load_commands;
 
 /// A serde enum value as its stored word (`Succeeded`, `get_file`, ...).
@@ -97,7 +99,10 @@ pub fn timeline(
     if let Some(st) = signed {
         ev.push((
             st.signed_at,
-            format!("manifest signed with key {}", st.key_id),
+            format!(
+                "manifest signature present (key {}; `lrctl verify` checks it)",
+                st.key_id
+            ),
         ));
     }
     if let Some(t) = run.announcement.as_ref().and_then(|a| a.published_at) {
@@ -110,19 +115,34 @@ pub fn timeline(
 pub async fn command(ctx: &Ctx, run: &RunId) -> Result<u8> {
     let bucket = ctx.bucket()?;
     let run_key = shared::store::run_key(run);
-    let record: RunRecord = bucket.record(&run_key).await?.ok_or_else(|| {
+    let record: RunRecord = bucket.record(&run_key, MAX_RECORD).await?.ok_or_else(|| {
         Error::failed(format!(
             "no run {run}: there is no {run_key} in bucket {} (list runs with `lrctl runs`)",
             bucket.name()
         ))
     })?;
-    let commands = load_commands(&bucket, run, record.commands.len()).await?;
+    let (commands, mut damaged) = load_commands(&bucket, run, record.commands.len()).await;
     let manifest_key = shared::store::manifest_key(run);
-    let manifest: Option<Manifest> = bucket.record(&manifest_key).await?;
+    let manifest: Option<Manifest> = match bucket.record(&manifest_key, MAX_MANIFEST).await {
+        Ok(m) => m,
+        Err(e) => {
+            damaged.push((manifest_key.clone(), e.to_string()));
+            None
+        }
+    };
     let sig_key = shared::store::signature_key(run);
-    let statement = match bucket.record::<ManifestSignature>(&sig_key).await? {
-        Some(doc) => Some(parse::<Statement>(&sig_key, doc.statement.as_bytes())?),
-        None => None,
+    let statement = match bucket
+        .record::<ManifestSignature>(&sig_key, MAX_SIGNATURE)
+        .await
+        .and_then(|doc| {
+            doc.map(|d| parse::<Statement>(&sig_key, d.statement.as_bytes()))
+                .transpose()
+        }) {
+        Ok(st) => st,
+        Err(e) => {
+            damaged.push((sig_key.clone(), e.to_string()));
+            None
+        }
     };
     let events = timeline(
         &record,
@@ -140,16 +160,17 @@ pub async fn command(ctx: &Ctx, run: &RunId) -> Result<u8> {
             "computer_dns_name": record.computer_dns_name, "playbook": record.playbook,
             "state": record.state, "outcome": record.outcome, "reason": record.reason,
             "events": events,
+            "unreadable": damaged.iter().map(|(k, e)| json!({"key": k, "error": e})).collect::<Vec<_>>(),
         }));
         return Ok(0);
     }
-    println!("run       {run}");
-    println!(
+    out(format!("run       {run}"));
+    out(format!(
         "alert     {} {}",
         record.alert.alert_id,
         crate::output::excerpt(&record.alert.title, 100)
-    );
-    println!(
+    ));
+    out(format!(
         "device    {}{}",
         record.machine_id,
         record
@@ -157,20 +178,23 @@ pub async fn command(ctx: &Ctx, run: &RunId) -> Result<u8> {
             .as_deref()
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
-    );
-    println!("playbook  {}", record.playbook);
+    ));
+    out(format!("playbook  {}", record.playbook));
     let outcome = record
         .outcome
         .as_ref()
         .map(word)
         .unwrap_or_else(|| "-".into());
-    println!("state     {} ({outcome})", word(&record.state));
+    out(format!("state     {} ({outcome})", word(&record.state)));
     if let Some(r) = &record.reason {
-        println!("reason    {r}");
+        out(format!("reason    {r}"));
     }
-    println!();
+    out("");
     for (t, what) in events {
-        println!("{}  {what}", timestamp(t));
+        out(format!("{}  {what}", timestamp(t)));
+    }
+    for (key, why) in &damaged {
+        out(format!("unreadable: {key}: {why}"));
     }
     Ok(0)
 }

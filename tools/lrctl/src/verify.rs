@@ -3,25 +3,36 @@
 //! manifest binds each evidence object's size and hashes, recomputed here by streaming the
 //! current object; anything else under the run's evidence prefix is reported too. Every finding
 //! names the object key, and any mismatch makes the exit code 1.
+//!
+//! `--all` finds runs by every `evidence/{run}/` folder and every `state/runs/{run}/run.json`,
+//! not by the manifests present: a run whose manifest was deleted (a delete marker on the
+//! versioned bucket) is a problem, not a run that is not there. A run without a manifest is a
+//! problem when its record says it ended or it has evidence objects; otherwise it is still in
+//! progress (a note). `--since` skips a run only once its signature has verified, going by the
+//! signed statement's `signed_at` (a run without a manifest, still in progress, by its record's
+//! `created_at`); a run that fails verification is never skipped. `--dir` checks a folder written
+//! by `lrctl fetch` offline (see [`dir`]).
 
+pub mod dir;
 mod objects;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use p256::ecdsa::VerifyingKey;
 use serde_json::json;
 use shared::custody::signature::{
-    CustodyError, ManifestSignature, check_statement, public_key, verify_offline,
+    CustodyError, ManifestSignature, Statement, check_statement, public_key, verify_offline,
 };
 use shared::ids::RunId;
-use shared::store::{Manifest, manifest_key, signature_key};
+use shared::store::{Manifest, RunRecord, evidence_key, manifest_key, run_key, signature_key};
 use time::OffsetDateTime;
 
 use crate::Ctx;
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, MAX_MANIFEST, MAX_RECORD, MAX_SIGNATURE};
 use crate::cli::VerifyArgs;
 use crate::error::{Error, Result};
-use crate::output::{parse_duration, print_json, progress};
+use crate::output::{out, print_json, progress};
 
 /// One thing verify found about an object: a mismatch (a problem), or context for one (a note).
 #[derive(Debug, Clone)]
@@ -32,14 +43,14 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn problem(key: &str, what: impl Into<String>) -> Self {
+    pub fn problem(key: &str, what: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             what: what.into(),
             problem: true,
         }
     }
-    fn note(key: &str, what: impl Into<String>) -> Self {
+    pub fn note(key: &str, what: impl Into<String>) -> Self {
         Self {
             problem: false,
             ..Self::problem(key, what)
@@ -61,7 +72,7 @@ pub enum Verifier {
 
 impl Verifier {
     /// What is wrong with the document's signature, if anything.
-    async fn check(&self, doc: &ManifestSignature) -> Option<String> {
+    pub async fn check(&self, doc: &ManifestSignature) -> Option<String> {
         match self {
             Self::Offline(key) => verify_offline(doc, key).err().map(|e| e.to_string()),
             Self::Kms {
@@ -93,12 +104,42 @@ impl Verifier {
     }
 }
 
+/// The verifier `verify` and `fetch` use: offline with the PEM public key at `public_key`, else
+/// KMS with the deployment's signing key (a usage error naming the setting if none is configured).
+pub fn verifier(ctx: &Ctx, public_key_file: Option<&Path>) -> Result<Verifier> {
+    match public_key_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                Error::Usage(format!(
+                    "cannot read the public key {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Ok(Verifier::Offline(public_key(&bytes).map_err(|e| {
+                Error::Usage(format!(
+                    "{}: {e} (export one with `lrctl key export`)",
+                    path.display()
+                ))
+            })?))
+        }
+        // Checking with the key the document names would let a forger pick the key.
+        None => Ok(Verifier::Kms {
+            client: ctx.kms(),
+            expected_key: ctx.settings.signing_key_id()?.to_string(),
+        }),
+    }
+}
+
 /// What verify found for one run.
 #[derive(Debug)]
 pub struct RunCheck {
     pub run: RunId,
     pub objects: usize,
     pub findings: Vec<Finding>,
+    /// Its manifest was read and checked (signature, objects).
+    pub checked: bool,
+    /// It has no manifest yet and nothing says it should (a note, not a problem).
+    pub in_progress: bool,
 }
 
 impl RunCheck {
@@ -107,68 +148,204 @@ impl RunCheck {
     }
 }
 
+/// What the signature check found: problems (none when it verified), the statement when the
+/// signature verified and binds exactly these manifest bytes, and the document's bytes as read.
+pub struct SignatureCheck {
+    pub findings: Vec<Finding>,
+    pub verified: Option<Statement>,
+    pub document: Option<Vec<u8>>,
+}
+
 /// The manifest's signature: present, about these bytes, and made by the key.
-async fn check_signature(
+pub async fn check_signature(
     bucket: &Bucket,
     verifier: &Verifier,
     run: &RunId,
     manifest: &[u8],
-) -> Result<Vec<Finding>> {
+) -> Result<SignatureCheck> {
     let (mkey, skey) = (manifest_key(run), signature_key(run));
-    let Some(bytes) = bucket.get(&skey).await? else {
-        return Ok(vec![Finding::problem(
-            &skey,
-            "missing: the manifest is not signed",
-        )]);
+    let failed = |f: Finding, document: Option<Vec<u8>>| SignatureCheck {
+        findings: vec![f],
+        verified: None,
+        document,
     };
-    let doc: ManifestSignature = match serde_json::from_slice(&bytes) {
-        Ok(d) => d,
-        Err(e) => return Ok(vec![Finding::problem(&skey, format!("unreadable: {e}"))]),
-    };
-    let mut found = Vec::new();
-    match check_statement(&doc, run, &mkey, manifest) {
-        Ok(_) => {}
-        Err(e @ CustodyError::ManifestChanged { .. }) => {
-            found.push(Finding::problem(&mkey, e.to_string()))
+    let bytes = match bucket.get(&skey, MAX_SIGNATURE).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Ok(failed(
+                Finding::problem(&skey, "missing: the manifest is not signed"),
+                None,
+            ));
         }
-        Err(e) => found.push(Finding::problem(&skey, e.to_string())),
-    }
-    if let Some(e) = verifier.check(&doc).await {
-        found.push(Finding::problem(&skey, e));
-    }
-    Ok(found)
+        Err(e) => return Ok(failed(Finding::problem(&skey, e.to_string()), None)),
+    };
+    Ok(check_document(verifier, run, &mkey, &skey, manifest, bytes).await)
 }
 
-/// Verifies one run; `None` when it was received before `since` (skipped).
+/// A signature document (its bytes, as read from `skey`) against the manifest bytes.
+pub async fn check_document(
+    verifier: &Verifier,
+    run: &RunId,
+    mkey: &str,
+    skey: &str,
+    manifest: &[u8],
+    bytes: Vec<u8>,
+) -> SignatureCheck {
+    let doc: ManifestSignature = match serde_json::from_slice(&bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            return SignatureCheck {
+                findings: vec![Finding::problem(skey, format!("unreadable: {e}"))],
+                verified: None,
+                document: Some(bytes),
+            };
+        }
+    };
+    let mut findings = Vec::new();
+    let statement = match check_statement(&doc, run, mkey, manifest) {
+        Ok(st) => Some(st),
+        Err(e @ CustodyError::ManifestChanged { .. }) => {
+            findings.push(Finding::problem(mkey, e.to_string()));
+            None
+        }
+        Err(e) => {
+            findings.push(Finding::problem(skey, e.to_string()));
+            None
+        }
+    };
+    if let Some(e) = verifier.check(&doc).await {
+        findings.push(Finding::problem(skey, e));
+    }
+    SignatureCheck {
+        verified: statement.filter(|_| findings.is_empty()),
+        findings,
+        document: Some(bytes),
+    }
+}
+
+/// The sum of the sizes the manifest records (saturating: a stored value cannot overflow it).
+pub fn total_size(manifest: &Manifest) -> u64 {
+    manifest
+        .commands
+        .iter()
+        .filter_map(|c| c.size)
+        .fold(0u64, u64::saturating_add)
+}
+
+/// A run without a manifest: a problem if its record says it ended or it has evidence objects
+/// (`keys`), else still in progress (`None`: skipped, in progress and received before `since`).
+async fn without_manifest(
+    bucket: &Bucket,
+    mut check: RunCheck,
+    keys: &[String],
+    since: Option<OffsetDateTime>,
+    explicit: bool,
+) -> Option<RunCheck> {
+    let run = check.run.clone();
+    let (mkey, rkey) = (manifest_key(&run), run_key(&run));
+    let record = bucket.record::<RunRecord>(&rkey, MAX_RECORD).await;
+    let state = |r: &RunRecord| {
+        serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
+    };
+    match &record {
+        Ok(Some(r)) if r.state.is_final() => check.findings.push(Finding::problem(
+            &mkey,
+            format!(
+                "missing: run {run} has ended ({}) but has no manifest: it was deleted or never \
+                 written (a versioned bucket keeps deleted versions; see `lrctl show {run}`)",
+                state(r)
+            ),
+        )),
+        _ if !keys.is_empty() => check.findings.push(Finding::problem(
+            &mkey,
+            format!(
+                "missing: evidence/{run}/ holds {} object(s) but no manifest: it was deleted, or \
+                 the run is still being collected ({})",
+                keys.len(),
+                match &record {
+                    Ok(Some(r)) => format!("its record says {}", state(r)),
+                    Ok(None) => "it has no run record".into(),
+                    Err(_) => "its run record is unreadable".into(),
+                }
+            ),
+        )),
+        Ok(Some(r)) => {
+            if !explicit && since.is_some_and(|t| r.created_at < t) {
+                return None;
+            }
+            let what = format!(
+                "no manifest yet: the run is {} (see `lrctl show {run}`)",
+                state(r)
+            );
+            if explicit {
+                check
+                    .findings
+                    .push(Finding::problem(&mkey, format!("missing: {what}")));
+            } else {
+                check.in_progress = true;
+                check.findings.push(Finding::note(&mkey, what));
+            }
+        }
+        Ok(None) => check.findings.push(Finding::problem(
+            &mkey,
+            format!("missing, and there is no run record {rkey}: no run {run} in this bucket"),
+        )),
+        Err(_) => {}
+    }
+    if let Err(e) = record {
+        check.findings.push(Finding::problem(&rkey, e.to_string()));
+    }
+    for key in keys {
+        check
+            .findings
+            .push(Finding::note(key, "is not covered by any manifest"));
+    }
+    Some(check)
+}
+
+/// Verifies one run; `None` when skipped by `since` (only once its signature verified, or when it
+/// is in progress and was received before). `keys` is what is under `evidence/{run}/` when the
+/// caller already listed it; `explicit` when the user named the run.
 pub async fn verify_run(
     bucket: &Bucket,
     verifier: &Verifier,
     run: &RunId,
     since: Option<OffsetDateTime>,
+    keys: Option<Vec<String>>,
+    explicit: bool,
 ) -> Result<Option<RunCheck>> {
-    let mkey = manifest_key(run);
+    let (mkey, skey) = (manifest_key(run), signature_key(run));
     let mut check = RunCheck {
         run: run.clone(),
         objects: 0,
         findings: Vec::new(),
+        checked: false,
+        in_progress: false,
     };
-    let Some(bytes) = bucket.get(&mkey).await? else {
-        check.findings.push(Finding::problem(
-            &mkey,
-            "missing: the run has no manifest yet (see `lrctl show RUN`)",
-        ));
-        return Ok(Some(check));
+    let keys = match keys {
+        Some(k) => k,
+        None => bucket.list(&format!("evidence/{run}/")).await?,
     };
-    let manifest = serde_json::from_slice::<Manifest>(&bytes);
-    if let (Ok(m), Some(t)) = (&manifest, since)
-        && m.created_at < t
+    let bytes = match bucket.get(&mkey, MAX_MANIFEST).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(without_manifest(bucket, check, &keys, since, explicit).await),
+        Err(e) => {
+            check.findings.push(Finding::problem(&mkey, e.to_string()));
+            return Ok(Some(check));
+        }
+    };
+    check.checked = true;
+    let sig = check_signature(bucket, verifier, run, &bytes).await?;
+    if let (Some(st), Some(t)) = (&sig.verified, since)
+        && st.signed_at < t
     {
         return Ok(None);
     }
-    check
-        .findings
-        .extend(check_signature(bucket, verifier, run, &bytes).await?);
-    let manifest = match manifest {
+    check.findings.extend(sig.findings);
+    let manifest = match serde_json::from_slice::<Manifest>(&bytes) {
         Ok(m) => m,
         Err(e) => {
             check
@@ -183,20 +360,34 @@ pub async fn verify_run(
             format!("is the manifest of run {}, not {run}", manifest.run_id),
         ));
     }
-    let total: u64 = manifest.commands.iter().filter_map(|c| c.size).sum();
-    let bar = progress(total);
-    let mut listed: BTreeSet<String> = [mkey.clone(), signature_key(run)].into();
+    let bar = progress(total_size(&manifest));
+    let mut listed: BTreeSet<String> = [mkey.clone(), skey].into();
     for cmd in &manifest.commands {
         if let Some(key) = &cmd.s3_key {
-            listed.insert(key.clone());
-            check.objects += 1;
+            let expected = evidence_key(run, cmd.index, cmd.kind);
+            if key != &expected {
+                check.findings.push(Finding::problem(
+                    key,
+                    format!(
+                        "is not where the pipeline writes command {}'s result ({expected})",
+                        cmd.index
+                    ),
+                ));
+            }
+            if !listed.insert(key.clone()) {
+                check.findings.push(Finding::problem(
+                    key,
+                    "is listed twice in the manifest (or is the manifest or its signature)",
+                ));
+            }
+            check.objects = check.objects.saturating_add(1);
             check
                 .findings
                 .extend(objects::check(bucket, run, cmd, &bar).await?);
         }
     }
     bar.finish_and_clear();
-    for key in bucket.list(&format!("evidence/{run}/")).await? {
+    for key in keys {
         if !listed.contains(&key) {
             check
                 .findings
@@ -206,63 +397,91 @@ pub async fn verify_run(
     Ok(Some(check))
 }
 
-/// Run ids that have a manifest.
-async fn runs_with_manifests(bucket: &Bucket) -> Result<Vec<RunId>> {
-    let keys = bucket.list("evidence/").await?;
-    Ok(keys
-        .iter()
-        .filter_map(|k| k.strip_prefix("evidence/")?.strip_suffix("/manifest.json"))
-        .filter_map(|r| RunId::parse(r).ok())
-        .collect())
+/// Every run the bucket knows of (by `evidence/{run}/` folders and `state/runs/{run}/run.json`
+/// records) with the keys under its evidence folder, and the keys under `evidence/` that are not
+/// in a run's folder.
+async fn all_runs(bucket: &Bucket) -> Result<(BTreeMap<RunId, Vec<String>>, Vec<String>)> {
+    let mut runs: BTreeMap<RunId, Vec<String>> = BTreeMap::new();
+    let mut strays = Vec::new();
+    for key in bucket.list("evidence/").await? {
+        let run = key
+            .strip_prefix("evidence/")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(folder, _)| RunId::parse(folder).ok());
+        match run {
+            Some(run) => runs.entry(run).or_default().push(key),
+            None => strays.push(key),
+        }
+    }
+    for key in bucket.list("state/runs/").await? {
+        if let Some(run) = key
+            .strip_prefix("state/runs/")
+            .and_then(|r| r.strip_suffix("/run.json"))
+            .and_then(|r| RunId::parse(r).ok())
+        {
+            runs.entry(run).or_default();
+        }
+    }
+    Ok((runs, strays))
 }
 
 pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
+    if let Some(d) = &args.dir {
+        let key = args.public_key.as_deref().ok_or_else(|| {
+            Error::Usage("--dir needs --public-key FILE (from `lrctl key export`)".into())
+        })?;
+        return dir::command(ctx, d, key);
+    }
     let bucket = ctx.bucket()?;
-    let verifier = match &args.public_key {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| {
-                Error::Usage(format!(
-                    "cannot read the public key {}: {e}",
-                    path.display()
-                ))
-            })?;
-            Verifier::Offline(public_key(&bytes).map_err(|e| {
-                Error::Usage(format!(
-                    "{}: {e} (export one with `lrctl key export`)",
-                    path.display()
-                ))
-            })?)
-        }
-        // Checking with the key the document names would let a forger pick the key.
-        None => Verifier::Kms {
-            client: ctx.kms(),
-            expected_key: ctx.settings.signing_key_id()?.to_string(),
-        },
-    };
+    let verifier = verifier(ctx, args.public_key.as_deref())?;
     let since = args
         .since
         .as_deref()
-        .map(|s| parse_duration(s).map_err(|e| Error::Usage(format!("--since: {e}"))))
-        .transpose()?
-        .map(|secs| OffsetDateTime::now_utc() - time::Duration::seconds(secs));
-    let runs = match &args.run {
-        Some(r) => vec![crate::run_id(r)?],
-        None => runs_with_manifests(&bucket).await?,
+        .map(|s| crate::output::since(s, OffsetDateTime::now_utc()))
+        .transpose()?;
+    type Listed = Vec<(RunId, Option<Vec<String>>)>;
+    let (runs, strays): (Listed, Vec<String>) = match &args.run {
+        Some(r) => (vec![(crate::run_id(r)?, None)], vec![]),
+        None => {
+            let (all, strays) = all_runs(&bucket).await?;
+            (all.into_iter().map(|(r, k)| (r, Some(k))).collect(), strays)
+        }
     };
+    let explicit = args.run.is_some();
     let mut checks = Vec::new();
-    for run in &runs {
-        if let Some(c) = verify_run(&bucket, &verifier, run, since).await? {
-            if !ctx.json {
-                for f in &c.findings {
-                    let tag = if f.problem { "" } else { "  note: " };
-                    println!("{tag}{}: {}", f.key, f.what);
-                }
-            }
-            checks.push(c);
+    let mut skipped = 0usize;
+    for key in &strays {
+        if !ctx.json {
+            out(format!(
+                "{key}: is under evidence/ but not in a run's folder"
+            ));
         }
     }
-    let problems: usize = checks.iter().map(RunCheck::problems).sum();
-    let objects: usize = checks.iter().map(|c| c.objects).sum();
+    for (run, keys) in &runs {
+        match verify_run(&bucket, &verifier, run, since, keys.clone(), explicit).await? {
+            Some(c) => {
+                if !ctx.json {
+                    for f in &c.findings {
+                        let tag = if f.problem { "" } else { "  note: " };
+                        out(format!("{tag}{}: {}", f.key, f.what));
+                    }
+                }
+                checks.push(c);
+            }
+            None => skipped += 1,
+        }
+    }
+    let problems = checks
+        .iter()
+        .map(RunCheck::problems)
+        .fold(strays.len(), usize::saturating_add);
+    let objects = checks
+        .iter()
+        .map(|c| c.objects)
+        .fold(0, usize::saturating_add);
+    let verified = checks.iter().filter(|c| c.checked).count();
+    let in_progress = checks.iter().filter(|c| c.in_progress).count();
+    let found = runs.len();
     if ctx.json {
         let runs: Vec<_> = checks
             .iter()
@@ -272,23 +491,55 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
                     .iter()
                     .map(|f| json!({"key": f.key, "finding": f.what, "problem": f.problem}))
                     .collect();
-                json!({"run_id": c.run, "objects": c.objects, "problems": c.problems(), "findings": f})
+                json!({"run_id": c.run, "objects": c.objects, "problems": c.problems(),
+                       "checked": c.checked, "in_progress": c.in_progress, "findings": f})
             })
             .collect();
-        print_json(
-            &json!({"ok": problems == 0, "problems": problems, "objects": objects, "runs": runs}),
-        );
-    } else if problems == 0 {
-        println!(
-            "verified {} run(s), {objects} evidence object(s): manifests, signatures and hashes match",
-            checks.len()
-        );
+        print_json(&json!({
+            "ok": problems == 0, "bucket": bucket.name(), "problems": problems,
+            "objects": objects, "found": found, "verified": verified, "skipped": skipped,
+            "in_progress": in_progress, "strays": strays, "runs": runs,
+        }));
+        return Ok(if problems == 0 { 0 } else { 1 });
+    }
+    if found == 0 && strays.is_empty() {
+        out(format!(
+            "no runs found in bucket {}: nothing to verify",
+            bucket.name()
+        ));
+        return Ok(0);
+    }
+    let mut aside = Vec::new();
+    if skipped > 0 {
+        aside.push(format!(
+            "{skipped} skipped (signed, or received, before --since)"
+        ));
+    }
+    if in_progress > 0 {
+        aside.push(format!("{in_progress} in progress (no manifest yet)"));
+    }
+    out(format!(
+        "found {found} run(s) in bucket {}{}{}",
+        bucket.name(),
+        if aside.is_empty() { "" } else { "; " },
+        aside.join(", ")
+    ));
+    if problems == 0 {
+        out(format!(
+            "verified {verified} run(s), {objects} evidence object(s): manifests, signatures and \
+             hashes match"
+        ));
     } else {
         let bad = checks.iter().filter(|c| c.problems() > 0).count();
-        println!(
-            "{problems} problem(s) in {bad} of {} run(s) verified",
-            checks.len()
-        );
+        out(format!(
+            "{problems} problem(s) in {bad} of {found} run(s) found ({verified} with a manifest \
+             checked){}",
+            if strays.is_empty() {
+                String::new()
+            } else {
+                format!(", {} key(s) outside any run's folder", strays.len())
+            }
+        ));
     }
     Ok(if problems == 0 { 0 } else { 1 })
 }

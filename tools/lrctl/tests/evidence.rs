@@ -152,14 +152,14 @@ async fn verify_runs_show_and_fetch_on_finished_runs_and_each_tampering_is_named
         "submitted to Defender",
         "collected",
         "manifest written",
-        "manifest signed",
+        "manifest signature present",
     ] {
         assert!(text.contains(part), "{part}: {}", said(&out));
     }
     let at = |s: &str| text.find(s).unwrap();
     assert!(
         at("alert received") < at("manifest written")
-            && at("manifest written") < at("manifest signed")
+            && at("manifest written") < at("manifest signature present")
     );
 
     // `fetch` writes the evidence, verified, with the manifest and signature beside it.
@@ -186,6 +186,33 @@ async fn verify_runs_show_and_fetch_on_finished_runs_and_each_tampering_is_named
         stack.object(&key).await.unwrap()
     );
     assert!(dir.join("manifest.sig.json").exists());
+    // The folder verifies offline; an edited file in it does not.
+    let offline_dir = [
+        "verify",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--public-key",
+        pem.to_str().unwrap(),
+    ];
+    let out = lrctl(&env, &offline_dir).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(stdout(&out).contains("verified"), "{}", said(&out));
+    let first = clean_m.commands[0].s3_key.as_deref().unwrap();
+    let first = dir.join(first.rsplit('/').next().unwrap());
+    let original = std::fs::read(&first).unwrap();
+    std::fs::write(&first, b"edited").unwrap();
+    let out = lrctl(&env, &offline_dir).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        stdout(&out).contains(&format!("{}: size is 6", first.display())),
+        "{}",
+        said(&out)
+    );
+    std::fs::write(&first, original).unwrap();
+    // Fetching into a folder that is not empty needs --force.
+    let out = lrctl(&env, &["fetch", clean, dir.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("--force"), "{}", said(&out));
 
     // 1: an evidence object overwritten (a new version under the same key).
     let object_key = manifests[1].commands[1].s3_key.clone().unwrap();
@@ -330,9 +357,23 @@ async fn verify_runs_show_and_fetch_on_finished_runs_and_each_tampering_is_named
         true,
     )
     .await;
+    // The seeded run is unsigned: fetch refuses it, writing nothing, unless --unverified.
     let dir = tmp.path().join("lie");
     let out = lrctl(&env, &["fetch", fake.as_str(), dir.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(!dir.exists(), "{}", said(&out));
+    let out = lrctl(
+        &env,
+        &[
+            "fetch",
+            fake.as_str(),
+            dir.to_str().unwrap(),
+            "--unverified",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(said(&out).contains("UNVERIFIED"), "{}", said(&out));
     assert!(
         stdout(&out).contains("0-getfile.gz: SHA-256 is"),
         "{}",
