@@ -141,8 +141,9 @@ async fn fetch_one(
     }
     if cmd.size.is_some_and(|n| n != digests.size) {
         wrong.push(format!(
-            "size is {}, the manifest says {:?}",
-            digests.size, cmd.size
+            "size is {}, the manifest says {}",
+            digests.size,
+            cmd.size.map_or("nothing".into(), |n| n.to_string())
         ));
     }
     let mut decompressed = None;
@@ -157,8 +158,9 @@ async fn fetch_one(
                 ));
             } else if cmd.size_decompressed.is_some_and(|want| want != n) {
                 wrong.push(format!(
-                    "decompressed size is {n}, the manifest says {:?}",
+                    "decompressed size is {n}, the manifest says {}",
                     cmd.size_decompressed
+                        .map_or("nothing".into(), |n| n.to_string())
                 ));
             } else {
                 decompressed = Some(content.clone());

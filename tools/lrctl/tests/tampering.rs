@@ -222,6 +222,7 @@ async fn tamperings_and_hostile_values_are_caught() {
     for args in [
         vec!["verify", s2.as_str()],
         vec!["fetch", s2.as_str(), d7.to_str().unwrap()],
+        vec!["fetch", s2.as_str(), d7.to_str().unwrap(), "--unverified"],
     ] {
         let out = lrctl(&env, &args).await;
         if out.status.code() != Some(1) || all_output(&out).contains("panicked") {
@@ -246,6 +247,31 @@ async fn tamperings_and_hostile_values_are_caught() {
                 said(&out)
             ));
         }
+    }
+
+    // An empty bucket: `verify --all` says it found no runs (not that it verified them).
+    let empty = format!("{}-empty", stack.stack.bucket);
+    stack
+        .s3
+        .create_bucket()
+        .bucket(&empty)
+        .send()
+        .await
+        .unwrap();
+    let mut env_empty: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "LR_BUCKET")
+        .cloned()
+        .collect();
+    env_empty.push(("LR_BUCKET".into(), empty.clone()));
+    let out = lrctl(&env_empty, &["verify", "--all"]).await;
+    if out.status.code() != Some(0)
+        || !all_output(&out).contains(&format!("no runs found in bucket {empty}"))
+    {
+        defects.push(format!(
+            "verify --all on an empty bucket does not say it found no runs:\n{}",
+            said(&out)
+        ));
     }
 
     stack.stop().await;
