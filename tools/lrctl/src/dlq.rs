@@ -9,9 +9,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::json;
 
-use crate::Ctx;
 use crate::cli::DlqArgs;
 use crate::config::stage_name;
+use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{err, excerpt, out, print_json, table};
 

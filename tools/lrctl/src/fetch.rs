@@ -25,9 +25,9 @@ use shared::defender::CommandType;
 use shared::ids::RunId;
 use shared::store::{Manifest, ManifestCommand, evidence_key, manifest_key, signature_key};
 
-use crate::Ctx;
 use crate::bucket::{Bucket, MAX_MANIFEST, parse};
 use crate::cli::FetchArgs;
+use crate::context::Ctx;
 use crate::digest::{Tally, stream_into};
 use crate::error::{Error, Result};
 use crate::output::{err, out, print_json, progress};

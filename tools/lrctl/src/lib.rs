@@ -1,7 +1,8 @@
 //! `lrctl`, the analyst's command for the live-response pipeline. Crate map:
 //!
 //! - [`cli`]: the command line (clap); [`config`]: where settings come from (flags, environment,
-//!   env file, CloudFormation stack) and the SDK configuration; [`error`]: errors and exit codes.
+//!   env file, CloudFormation stack) and the SDK configuration; [`context`]: what every command
+//!   works with; [`error`]: errors and exit codes.
 //! - [`bucket`]: the evidence bucket as read (records, listings, streamed objects);
 //!   [`digest`]: streaming SHA-256 and gzip hashing; [`output`]: tables, JSON, progress bars.
 //! - One module per subcommand: [`runs`], [`show`], [`verify`], [`fetch`], [`dlq`], and
@@ -14,6 +15,7 @@
 pub mod bucket;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod digest;
 pub mod dlq;
 pub mod error;
@@ -25,35 +27,8 @@ pub mod show;
 pub mod verify;
 
 use cli::{Cli, Command, KeyCommand};
-use error::{Error, Result};
-
-/// What every command works with: the settings, the SDK configuration and the output mode.
-pub struct Ctx {
-    pub settings: config::Settings,
-    pub sdk: aws_config::SdkConfig,
-    pub json: bool,
-}
-
-impl Ctx {
-    /// The evidence bucket (an error naming `--bucket` / `LR_BUCKET` if not configured).
-    pub fn bucket(&self) -> Result<bucket::Bucket> {
-        Ok(bucket::Bucket::new(&self.sdk, self.settings.bucket()?))
-    }
-
-    pub fn sqs(&self) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.sdk)
-    }
-
-    pub fn kms(&self) -> aws_sdk_kms::Client {
-        aws_sdk_kms::Client::new(&self.sdk)
-    }
-}
-
-/// A run id from the command line.
-pub fn run_id(text: &str) -> Result<shared::ids::RunId> {
-    shared::ids::RunId::parse(text.trim())
-        .map_err(|e| Error::Usage(format!("{e} (find run ids with `lrctl runs`)")))
-}
+use context::{Ctx, run_id};
+use error::Result;
 
 /// Carries out a parsed command line; the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8> {

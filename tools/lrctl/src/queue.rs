@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 use shared::custody::signature::{public_key, public_key_pem};
 
-use crate::Ctx;
+use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::print_json;
 

@@ -10,9 +10,9 @@ use shared::ids::RunId;
 use shared::store::{CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState};
 use time::OffsetDateTime;
 
-use crate::Ctx;
 use crate::bucket::{Bucket, MAX_RECORD};
 use crate::cli::RunsArgs;
+use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{age, print_json, table};
 

@@ -12,8 +12,8 @@ use shared::ids::RunId;
 use shared::store::{CommandOutcome, CommandRecord, Manifest, RunRecord};
 use time::OffsetDateTime;
 
-use crate::Ctx;
 use crate::bucket::{MAX_MANIFEST, MAX_RECORD, MAX_SIGNATURE, parse};
+use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{out, print_json, timestamp};
 use crate::runs::load_commands;

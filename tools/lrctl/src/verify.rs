@@ -28,9 +28,9 @@ use shared::ids::RunId;
 use shared::store::{Manifest, RunRecord, evidence_key, manifest_key, run_key, signature_key};
 use time::OffsetDateTime;
 
-use crate::Ctx;
 use crate::bucket::{Bucket, MAX_MANIFEST, MAX_RECORD, MAX_SIGNATURE};
 use crate::cli::VerifyArgs;
+use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{out, print_json, progress};
 
@@ -441,7 +441,7 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
         .transpose()?;
     type Listed = Vec<(RunId, Option<Vec<String>>)>;
     let (runs, strays): (Listed, Vec<String>) = match &args.run {
-        Some(r) => (vec![(crate::run_id(r)?, None)], vec![]),
+        Some(r) => (vec![(crate::context::run_id(r)?, None)], vec![]),
         None => {
             let (all, strays) = all_runs(&bucket).await?;
             (all.into_iter().map(|(r, k)| (r, Some(k))).collect(), strays)

@@ -16,8 +16,8 @@ use shared::defender::CommandType;
 use shared::store::{Manifest, ManifestCommand, evidence_key, manifest_key};
 
 use super::Finding;
-use crate::Ctx;
 use crate::bucket::{MAX_MANIFEST, MAX_SIGNATURE};
+use crate::context::Ctx;
 use crate::digest::{Digests, Tally};
 use crate::error::{Error, Result};
 use crate::output::{out, print_json};
