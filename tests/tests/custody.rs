@@ -413,3 +413,60 @@ async fn a_publish_that_hangs_is_abandoned_before_its_claim_lapses() {
         .unwrap();
     assert_eq!(events_of(&events, &run).len(), 1);
 }
+
+/// A manifest the pipeline did not write (unreadable, or another run's, put at the key after a
+/// delete marker) is never signed: the message is refused with the reason, for an operator.
+#[tokio::test]
+async fn a_manifest_the_pipeline_did_not_write_is_never_signed() {
+    for (case, body) in [
+        ("unreadable", b"{\"v\": 1,".to_vec()),
+        ("another run's", Vec::new()),
+    ] {
+        let World {
+            store,
+            signer,
+            events,
+            clock,
+        } = World::new();
+        let notary = notary(&signer, &events);
+        let run = ended_run(&store, "foreign").await;
+        let body = if body.is_empty() {
+            // A real manifest, of another run.
+            let other = ended_run(&store, "other").await;
+            finish_run_if_complete(&store, notary, &other, &clock)
+                .await
+                .unwrap();
+            store
+                .get(&manifest_key(&other))
+                .await
+                .unwrap()
+                .unwrap()
+                .body
+                .to_vec()
+        } else {
+            body
+        };
+        store
+            .put(&manifest_key(&run), body, Put::IfAbsent)
+            .await
+            .unwrap();
+        let signed_before = signer.signed.load(Ordering::SeqCst);
+        let err = finish_run_if_complete(&store, notary, &run, &clock)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StageError::Reject { reason, .. } if reason.contains(&manifest_key(&run))),
+            "{case}: {err}"
+        );
+        assert_eq!(
+            signer.signed.load(Ordering::SeqCst),
+            signed_before,
+            "{case}"
+        );
+        assert!(
+            store.get(&signature_key(&run)).await.unwrap().is_none(),
+            "{case}"
+        );
+        assert!(events_of(&events, &run).is_empty(), "{case}");
+    }
+}

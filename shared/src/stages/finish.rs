@@ -61,6 +61,18 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
             }
         },
     };
+    // Only a manifest of this run is signed: one someone else put at the key (after a delete
+    // marker, say) is refused with its reason, never blessed with the pipeline's signature.
+    let parsed: Manifest = parse(&key, &manifest)?;
+    if &parsed.run_id != run_id {
+        return Err(StageError::Reject {
+            code: crate::codes::RejectCode::UnreadableRecord,
+            reason: format!(
+                "{key} is the manifest of run {}, not of this run",
+                parsed.run_id
+            ),
+        });
+    }
     let key_id = sign(store, notary.signer, run_id, &manifest, clock).await?;
     let final_state = final_state(run.state);
     if run.state != final_state || run.finished_at.is_none() {
@@ -74,7 +86,7 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         })
         .await?;
     }
-    announce(store, notary, run_id, &manifest, &key_id, clock).await?;
+    announce(store, notary, run_id, (&manifest, &parsed), &key_id, clock).await?;
     Ok(wrote)
 }
 
@@ -142,7 +154,7 @@ async fn announce<S: ObjectStore>(
     store: &S,
     notary: Notary<'_>,
     run_id: &RunId,
-    manifest: &[u8],
+    (manifest, parsed): (&[u8], &Manifest),
     key_id: &str,
     clock: &dyn Clock,
 ) -> Result<(), StageError> {
@@ -172,14 +184,13 @@ async fn announce<S: ObjectStore>(
         };
     }
     let mkey = manifest_key(run_id);
-    let parsed: Manifest = parse(&mkey, manifest)?;
     let meta = EventManifest {
         s3_uri: store.location(&mkey),
         sha256: sha256_hex(manifest),
         signature_s3_uri: store.location(&signature_key(run_id)),
         signature_key_id: key_id.to_string(),
     };
-    let text = RunFinished::of(&parsed, meta, |k| store.location(k))
+    let text = RunFinished::of(parsed, meta, |k| store.location(k))
         .detail()
         .map_err(|e| StageError::Retry(format!("cannot encode the event: {e}")))?;
     let publish = notary.events.publish(SOURCE, DETAIL_TYPE, &text);
