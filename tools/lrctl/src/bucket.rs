@@ -113,6 +113,45 @@ impl Bucket {
             .map_err(|e| Error::failed(format!("cannot list s3://{}/{prefix}: {}", self.name, e.0)))
     }
 
+    /// Every key under `prefix` whose latest version is a delete marker: deleted on a versioned
+    /// bucket (Object Lock allows that too), its earlier versions still there.
+    pub async fn deleted(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let out = self
+                .client()
+                .list_object_versions()
+                .bucket(&self.name)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "cannot list the versions under s3://{}/{prefix}: {}",
+                        self.name,
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    ))
+                })?;
+            keys.extend(
+                out.delete_markers()
+                    .iter()
+                    .filter(|m| m.is_latest() == Some(true))
+                    .filter_map(|m| m.key().map(str::to_string)),
+            );
+            if out.is_truncated() != Some(true) {
+                return Ok(keys);
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            version_marker = out.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Opens `key` (the version `version`, or the current one) for streaming; `None` if missing.
     pub async fn open(&self, key: &str, version: Option<&str>) -> Result<Option<Object>> {
         let req = self

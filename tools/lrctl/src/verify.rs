@@ -397,6 +397,14 @@ pub async fn verify_run(
     Ok(Some(check))
 }
 
+/// The run a key under `evidence/{run}/` or `state/runs/{run}/` belongs to.
+fn run_of(key: &str) -> Option<RunId> {
+    key.strip_prefix("evidence/")
+        .or_else(|| key.strip_prefix("state/runs/"))
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(folder, _)| RunId::parse(folder).ok())
+}
+
 /// Every run the bucket knows of (by `evidence/{run}/` folders and `state/runs/{run}/run.json`
 /// records) with the keys under its evidence folder, and the keys under `evidence/` that are not
 /// in a run's folder.
@@ -440,11 +448,35 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
         .map(|s| crate::output::since(s, OffsetDateTime::now_utc()))
         .transpose()?;
     type Listed = Vec<(RunId, Option<Vec<String>>)>;
-    let (runs, strays): (Listed, Vec<String>) = match &args.run {
-        Some(r) => (vec![(crate::context::run_id(r)?, None)], vec![]),
+    let (runs, strays, deleted): (Listed, Vec<String>, Vec<String>) = match &args.run {
+        Some(r) => {
+            let run = crate::context::run_id(r)?;
+            let mut deleted = bucket.deleted(&format!("evidence/{run}/")).await?;
+            deleted.extend(bucket.deleted(&shared::store::run_key(&run)).await?);
+            (vec![(run, None)], vec![], deleted)
+        }
         None => {
-            let (all, strays) = all_runs(&bucket).await?;
-            (all.into_iter().map(|(r, k)| (r, Some(k))).collect(), strays)
+            let (mut all, strays) = all_runs(&bucket).await?;
+            let mut deleted = bucket.deleted("evidence/").await?;
+            // Of the state, only a run record: the pipeline deletes its own checkpoints.
+            deleted.extend(
+                bucket
+                    .deleted("state/runs/")
+                    .await?
+                    .into_iter()
+                    .filter(|k| k.ends_with("/run.json")),
+            );
+            // A run whose every object was deleted is still a run to report.
+            for key in &deleted {
+                if let Some(run) = run_of(key) {
+                    all.entry(run).or_default();
+                }
+            }
+            (
+                all.into_iter().map(|(r, k)| (r, Some(k))).collect(),
+                strays,
+                deleted,
+            )
         }
     };
     let explicit = args.run.is_some();
@@ -458,7 +490,36 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
         }
     }
     for (run, keys) in &runs {
-        match verify_run(&bucket, &verifier, run, since, keys.clone(), explicit).await? {
+        // Deleted evidence, manifest, signature or run record: the latest version of the key is a
+        // delete marker. Always a problem, whatever else the run shows.
+        let gone: Vec<Finding> = deleted
+            .iter()
+            .filter(|k| run_of(k).as_ref() == Some(run))
+            .map(|k| {
+                Finding::problem(
+                    k,
+                    "was deleted (its latest version is a delete marker; earlier versions may \
+                     still hold it)",
+                )
+            })
+            .collect();
+        let checked = verify_run(&bucket, &verifier, run, since, keys.clone(), explicit).await?;
+        let checked = match (checked, gone.is_empty()) {
+            (c, true) => c,
+            (Some(mut c), false) => {
+                c.in_progress = false;
+                c.findings.splice(0..0, gone);
+                Some(c)
+            }
+            (None, false) => Some(RunCheck {
+                run: run.clone(),
+                objects: 0,
+                findings: gone,
+                checked: false,
+                in_progress: false,
+            }),
+        };
+        match checked {
             Some(c) => {
                 if !ctx.json {
                     for f in &c.findings {
