@@ -36,7 +36,8 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         run.state,
         RunState::Collecting | RunState::Completed | RunState::Failed
     );
-    if !ended {
+    // Sealed already: nothing to read again (a redelivery, an idle message).
+    if !ended || run.is_sealed() {
         return Ok(false);
     }
     let mut commands = Vec::with_capacity(run.commands.len());

@@ -402,11 +402,7 @@ pub(crate) async fn settle<S: ObjectStore>(
     let Some((run, _)) = crate::store::load_run(store, run_id).await? else {
         return Ok(done);
     };
-    let sealed = run
-        .announcement
-        .as_ref()
-        .is_some_and(|a| a.published_at.is_some());
-    if !sealed {
+    if !run.is_sealed() {
         finish_ended(store, notary, budget_cfg, clock, &run).await?;
     }
     Ok(done)

@@ -213,6 +213,14 @@ impl RunRecord {
         }
     }
 
+    /// Whether the run is sealed: its completion event went out, which happens only after its
+    /// manifest and signature are stored and it is final.
+    pub fn is_sealed(&self) -> bool {
+        self.announcement
+            .as_ref()
+            .is_some_and(|a| a.published_at.is_some())
+    }
+
     /// Takes in what Defender says of the run's action, seen at `now`: its status (kept in the
     /// timeline when it changed), times, device name and requestor (a value Defender leaves out
     /// keeps the one recorded).

@@ -236,6 +236,8 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
             .trim_end_matches("/run.json");
         let manifest_key =
             shared::ids::RunId::parse(run_id).map(|r| shared::store::manifest_key(&r))?;
+        // Sealed (the manifest, its signature, and the completion event out) ends the wait.
+        let mut announced = false;
         if let Some(rec) = store.get(run_key).await? {
             let v: serde_json::Value = serde_json::from_slice(&rec.body)?;
             let state = format!(
@@ -248,14 +250,8 @@ async fn demo(args: &StackArgs, alert_file: &str, timeout_secs: u64) -> Result<(
                 println!("[run]   {} {state}", v["run_id"].as_str().unwrap_or("?"));
                 last = state;
             }
+            announced = v["announcement"]["published_at"].is_string();
         }
-        // Sealed: the manifest, its signature, and the completion event out.
-        let announced = match store.get(run_key).await? {
-            Some(rec) => serde_json::from_slice::<serde_json::Value>(&rec.body)?["announcement"]
-                ["published_at"]
-                .is_string(),
-            None => false,
-        };
         if announced && let Some(m) = store.get(&manifest_key).await? {
             break (manifest_key, m.body);
         }
