@@ -62,6 +62,9 @@ names! {
         Deadline = "deadline",
         /// submit: Defender refused the live response.
         Refused = "refused",
+        /// submit: a library file the run names cannot be had as the playbook needs it; the run
+        /// ended before submission.
+        LibraryRefused = "library_refused",
         /// submit or poll: too many failures, or the action was lost; the run ended.
         GaveUp = "gave_up",
         /// Defender answered 429: the message waits.

@@ -20,6 +20,7 @@ use crate::batch;
 use crate::clock::SystemClock;
 use crate::config::{ConfigError, Env, ProcessEnv};
 use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
+use crate::library::{Bundle, BundleError, Librarian, LibrarySync};
 use crate::messages::Delivery;
 use crate::ports::{Notary, ObjectStore};
 use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
@@ -35,6 +36,10 @@ pub enum InitError {
     /// The playbook file does not load.
     #[error(transparent)]
     Playbooks(#[from] PlaybookError),
+    /// A library file the playbook file declares cannot be had (missing, too large, not the pinned
+    /// version).
+    #[error(transparent)]
+    Library(#[from] BundleError),
     /// Anything else at start-up, e.g. the playbook object cannot be read or an HTTP client cannot be built.
     #[error("{0}")]
     Other(String),
@@ -203,26 +208,54 @@ pub struct Intake {
     queue: SqsQueue,
 }
 
-impl Intake {
-    /// The bundled playbooks, or the file `PLAYBOOKS_S3_URI` names.
-    async fn playbooks(
-        cfg: &IntakeConfig,
-        sdk: &aws_config::SdkConfig,
-    ) -> Result<Playbooks, InitError> {
-        let Some(uri) = &cfg.playbooks_s3_uri else {
-            return Ok(Playbooks::bundled()?);
-        };
-        let (bucket, key) = uri[5..].split_once('/').unwrap_or_default();
-        let other = S3Store::new(s3_client(sdk), bucket);
-        let body = other
-            .get(key)
-            .await
-            .map_err(|e| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: {e}")))?
-            .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
-        let text = String::from_utf8(body.body.to_vec())
-            .map_err(|_| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text")))?;
-        Ok(Playbooks::from_toml(&text)?)
+/// The bundled playbooks and library, or the playbook file `PLAYBOOKS_S3_URI` names with the
+/// library files it manages read from its folder beside it (`<dir>/<library_folder>/<name>`):
+/// intake and submit load the same, checked, at cold start.
+async fn load_playbooks(
+    uri: Option<&str>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(Playbooks, Bundle), InitError> {
+    let Some(uri) = uri else {
+        let playbooks = Playbooks::bundled()?;
+        let bundle = Bundle::bundled(playbooks.library_files())?;
+        return Ok((playbooks, bundle));
+    };
+    let (bucket, key) = uri
+        .strip_prefix("s3://")
+        .and_then(|p| p.split_once('/'))
+        .ok_or_else(|| {
+            InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: expected s3://bucket/key"))
+        })?;
+    let store = S3Store::new(s3_client(sdk), bucket);
+    let read = |key: String| {
+        let store = &store;
+        async move {
+            store
+                .get(&key)
+                .await
+                .map_err(|e| InitError::Other(format!("s3://{bucket}/{key}: {e}")))
+                .map(|o| o.map(|s| s.body.to_vec()))
+        }
+    };
+    let body = read(key.to_string())
+        .await?
+        .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
+    let text = String::from_utf8(body)
+        .map_err(|_| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text")))?;
+    let playbooks = Playbooks::from_toml(&text)?;
+    let dir = key
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    let mut contents = std::collections::BTreeMap::new();
+    for spec in playbooks.library_files().iter().filter(|s| !s.external) {
+        let key = format!("{dir}{}/{}", playbooks.library_folder(), spec.name);
+        if let Some(bytes) = read(key).await? {
+            contents.insert(spec.name.clone(), bytes);
+        }
     }
+    let bundle = Bundle::assemble(playbooks.library_files(), |name| contents.remove(name))?;
+    Ok((playbooks, bundle))
 }
 
 impl Function for Intake {
@@ -237,7 +270,9 @@ impl Function for Intake {
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let cfg = Self::config(env)?;
         Ok(Self {
-            playbooks: Self::playbooks(&cfg, sdk).await?,
+            playbooks: load_playbooks(cfg.playbooks_s3_uri.as_deref(), sdk)
+                .await?
+                .0,
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             cfg,
@@ -261,68 +296,100 @@ impl Function for Intake {
     }
 }
 
-/// Submit and poll have the same clients and the same shape; only their settings and stage differ.
-macro_rules! defender_stage {
-    ($(#[$doc:meta])* $name:ident, $stage:literal, $config:ty, $handle:path) => {
-        $(#[$doc])*
-        pub struct $name {
-            /// The stage's settings.
-            pub cfg: $config,
-            clients: Clients,
-        }
-
-        impl Function for $name {
-            const NAME: &'static str = $stage;
-            const CONCURRENCY: usize = CONCURRENCY;
-            type Settings = Settings<$config>;
-
-            fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
-                Settings::from_env(env, <$config>::from_env)
-            }
-
-            async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
-                let settings = Self::config(env)?;
-                Ok(Self {
-                    clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
-                    cfg: settings.stage,
-                })
-            }
-
-            async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
-                let c = &self.clients;
-                $handle(
-                    &self.cfg,
-                    &c.store,
-                    &c.queue,
-                    &c.defender,
-                    c.notary(),
-                    &SystemClock,
-                    &msg,
-                )
-                .await
-            }
-
-            fn dead_letters(&self) -> (&SqsQueue, &str) {
-                (&self.clients.queue, &self.cfg.dead_letter_queue_url)
-            }
-        }
-    };
+/// One live response per run, paced under Defender's limits, its library files in place first.
+pub struct Submit {
+    /// The stage's settings.
+    pub cfg: SubmitConfig,
+    clients: Clients,
+    librarian: Librarian,
 }
 
-defender_stage!(
-    /// One live response per run, paced under Defender's limits.
-    Submit,
-    "submit",
-    SubmitConfig,
-    stages::submit::handle
-);
-defender_stage!(
-    /// Follows each action until it ends, cancels it at the deadline, hands results to collect.
-    Poll,
-    "poll",
-    PollConfig,
-    stages::poll::handle
-);
+impl Function for Submit {
+    const NAME: &'static str = "submit";
+    const CONCURRENCY: usize = CONCURRENCY;
+    type Settings = Settings<SubmitConfig>;
+
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
+        Settings::from_env(env, SubmitConfig::from_env)
+    }
+
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let settings = Self::config(env)?;
+        let cfg = &settings.stage;
+        let (_, bundle) = load_playbooks(cfg.playbooks_s3_uri.as_deref(), sdk).await?;
+        Ok(Self {
+            clients: Clients::new(&settings, &cfg.bucket, sdk)?,
+            librarian: Librarian::new(bundle, cfg.library_sync),
+            cfg: settings.stage,
+        })
+    }
+
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let c = &self.clients;
+        let library = LibrarySync {
+            keeper: &self.librarian,
+            api: &c.defender,
+        };
+        stages::submit::handle(
+            &self.cfg,
+            &c.store,
+            &c.queue,
+            &c.defender,
+            library,
+            c.notary(),
+            &SystemClock,
+            &msg,
+        )
+        .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
+    }
+}
+
+/// Follows each action until it ends, cancels it at the deadline, hands results to collect.
+pub struct Poll {
+    /// The stage's settings.
+    pub cfg: PollConfig,
+    clients: Clients,
+}
+
+impl Function for Poll {
+    const NAME: &'static str = "poll";
+    const CONCURRENCY: usize = CONCURRENCY;
+    type Settings = Settings<PollConfig>;
+
+    fn config(env: &dyn Env) -> Result<Self::Settings, ConfigError> {
+        Settings::from_env(env, PollConfig::from_env)
+    }
+
+    async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
+        let settings = Self::config(env)?;
+        Ok(Self {
+            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            cfg: settings.stage,
+        })
+    }
+
+    async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let c = &self.clients;
+        stages::poll::handle(
+            &self.cfg,
+            &c.store,
+            &c.queue,
+            &c.defender,
+            c.notary(),
+            &SystemClock,
+            &msg,
+        )
+        .await
+    }
+
+    fn dead_letters(&self) -> (&SqsQueue, &str) {
+        (&self.clients.queue, &self.cfg.dead_letter_queue_url)
+    }
+}
 
 /// Copies one result package into evidence.
 pub struct Collect {

@@ -9,6 +9,8 @@
 //!   environment).
 //! - [`alerts`]: the four alert formats into one [`alerts::Alert`]; playbooks, placeholder kinds and
 //!   rendering into commands.
+//! - [`library`]: the scripts and files playbooks name, kept in Defender's live response library
+//!   by SHA-256 before a run is submitted (the bundle, the rules, the sync).
 //! - [`messages`]: the versioned jobs the stages send each other.
 //! - [`store`]: run and command records, the manifest, every S3 key ([`store::keys`]), which
 //!   message holds a record ([`store::chain`]), evidence retention.
@@ -37,6 +39,7 @@ pub mod defender;
 pub mod entry;
 pub mod hash;
 pub mod ids;
+pub mod library;
 pub mod logging;
 pub mod messages;
 pub mod ports;

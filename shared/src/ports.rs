@@ -1,6 +1,7 @@
 //! The narrow interfaces the stages work through, split by capability so that a stage asks for
 //! what it uses: records ([`ObjectStore`]), uploads ([`Uploads`], collect only), messages
-//! ([`Queue`]), Defender ([`Defender`]), downloads ([`Fetch`]), and what ends a run beyond its
+//! ([`Queue`]), Defender ([`Defender`]; its live response library, [`LibraryApi`], submit only),
+//! downloads ([`Fetch`]), and what ends a run beyond its
 //! records ([`Notary`]: a [`Signer`] for the manifest and the [`Events`] bus). The adapters that implement them
 //! (S3, SQS, the Defender client, an HTTP downloader, and in-memory ones for tests) live in
 //! [`crate::adapters`].
@@ -15,8 +16,8 @@ use futures_util::Stream;
 
 use crate::codes::RejectCode;
 use crate::defender::{
-    ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
-    MachineId,
+    ActionFilter, ActionId, DefenderError, DownloadLink, LibraryFile, LibraryUpload,
+    LiveResponseRequest, MachineAction, MachineId,
 };
 use crate::secret::Secret;
 
@@ -208,6 +209,18 @@ pub trait Defender: Send + Sync {
         id: &ActionId,
         comment: &str,
     ) -> impl Future<Output = Result<MachineAction, DefenderError>> + Send;
+}
+
+/// The tenant's live response library (Defender's `libraryfiles` API), as submit keeps it in step
+/// with the playbooks. Dyn-compatible: it travels beside the [`Defender`] port without a generic.
+pub trait LibraryApi: Send + Sync {
+    /// Every file in the library.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>>;
+    /// Uploads one file; Defender's entity for it.
+    fn upload<'a>(
+        &'a self,
+        upload: &'a LibraryUpload,
+    ) -> BoxFuture<'a, Result<LibraryFile, DefenderError>>;
 }
 
 /// A stream of downloaded or read bytes; an error is a message fit to record (no URLs).

@@ -47,6 +47,8 @@ pub fn submit_config() -> SubmitConfig {
         dead_letter_queue_url: "dlq".into(),
         first_poll_delay: Duration::from_secs(15),
         retry: backoff(),
+        playbooks_s3_uri: None,
+        library_sync: shared::library::SyncMode::Upload,
     }
 }
 

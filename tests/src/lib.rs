@@ -7,6 +7,8 @@
 //! - [`alerts`]: alert bodies, the run id an alert makes, the hostile-input corpus.
 //! - [`records`]: run and command records as poll leaves them, seeded into a store.
 //! - [`configs`]: stage configurations with test values, for handlers called directly.
+//! - [`library`]: library sync off for handlers called directly; the bundled library as
+//!   simulator seeds.
 //! - [`logs`]: log capture, for tests that read what was logged.
 //! - [`notary`]: an in-memory signer and bus for stage handlers called directly.
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
@@ -17,6 +19,7 @@ pub mod alerts;
 pub mod aws;
 pub mod configs;
 pub mod content;
+pub mod library;
 pub mod logs;
 pub mod notary;
 pub mod records;

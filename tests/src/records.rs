@@ -49,6 +49,7 @@ pub fn collecting_run(
         reason: None,
         chain: Default::default(),
         unfinished: None,
+        library: Vec::new(),
         statuses: Vec::new(),
         announcement: None,
     }

@@ -41,7 +41,7 @@ pub fn device(id: &str, file_size: u64) -> Device {
     }
 }
 
-/// Devices M1 and M2 and the script `triage.ps1`.
+/// Devices M1 and M2 and the script `triage.ps1`, with a library holding the bundled files.
 pub fn sim_config() -> SimConfig {
     SimConfig {
         devices: vec![device(M1, 200_000), device(M2, 200_000)],
@@ -50,6 +50,7 @@ pub fn sim_config() -> SimConfig {
             output: "triage of {machine}".into(),
             ..Script::default()
         }],
+        library: crate::library::bundled_seeds(),
         ..SimConfig::default()
     }
 }

@@ -103,6 +103,7 @@ async fn a_long_defender_error_still_makes_an_event_eventbridge_takes() {
         &store,
         &queue,
         &defender,
+        testkit::library::sync_off(),
         notary,
         &clock,
         &msg,

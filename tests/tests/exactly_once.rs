@@ -110,6 +110,7 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
                 store,
                 queue,
                 defender,
+                testkit::library::sync_off(),
                 testkit::notary::notary(),
                 &clock,
                 &job,

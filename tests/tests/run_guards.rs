@@ -261,6 +261,7 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
         &*store,
         &queue,
         &defender,
+        testkit::library::sync_off(),
         testkit::notary::notary(),
         &shared::clock::SystemClock,
         &msg,

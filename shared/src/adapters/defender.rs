@@ -1,10 +1,11 @@
-//! The Defender client as the [`Defender`] port the stages call.
+//! The Defender client as the [`Defender`] port the stages call, and as the [`LibraryApi`] submit
+//! keeps the live response library in step through.
 
 use crate::defender::{
     ActionFilter, ActionId, CredentialSource, DefenderClient, DefenderError, DownloadLink,
-    LiveResponseRequest, MachineAction, MachineId,
+    LibraryFile, LibraryUpload, LiveResponseRequest, MachineAction, MachineId,
 };
-use crate::ports::Defender;
+use crate::ports::{BoxFuture, Defender, LibraryApi};
 
 impl<C: CredentialSource> Defender for DefenderClient<C> {
     async fn run_live_response(
@@ -36,5 +37,17 @@ impl<C: CredentialSource> Defender for DefenderClient<C> {
         comment: &str,
     ) -> Result<MachineAction, DefenderError> {
         DefenderClient::cancel_machine_action(self, id, comment).await
+    }
+}
+
+impl<C: CredentialSource> LibraryApi for DefenderClient<C> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>> {
+        Box::pin(self.list_library())
+    }
+    fn upload<'a>(
+        &'a self,
+        upload: &'a LibraryUpload,
+    ) -> BoxFuture<'a, Result<LibraryFile, DefenderError>> {
+        Box::pin(self.upload_library_file(upload))
     }
 }

@@ -1,5 +1,6 @@
 //! In-memory adapters, for stage tests that need no network: a store with S3's conditional writes
-//! and multipart semantics, and a queue that records what was sent.
+//! and multipart semantics, a queue that records what was sent, a signer, a bus and a live response
+//! library.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -303,6 +304,107 @@ impl crate::ports::Events for MemEvents {
                 .unwrap()
                 .push((source.into(), detail_type.into(), detail.into()));
             Ok(())
+        })
+    }
+}
+
+/// A live response library in memory, with Defender's rules (names ignore case; an upload over an
+/// existing name needs `override_if_exists`), counting calls; `fail` answers every call with the
+/// error it makes, as an unreachable or refusing Defender would.
+#[derive(Default)]
+pub struct MemLibrary {
+    /// The files, by lower-case name.
+    pub files: Mutex<BTreeMap<String, crate::defender::LibraryFile>>,
+    /// List calls answered.
+    pub lists: std::sync::atomic::AtomicUsize,
+    /// Uploads accepted, by name, in order.
+    pub uploads: Mutex<Vec<String>>,
+    /// When set, every call fails with the error this makes.
+    #[allow(clippy::type_complexity)]
+    pub fail: Mutex<Option<fn() -> crate::defender::DefenderError>>,
+}
+
+impl MemLibrary {
+    /// Puts a file in the library as someone else would (its description as given).
+    pub fn seed(&self, name: &str, content: &[u8], description: &str) {
+        self.files.lock().unwrap().insert(
+            name.to_ascii_lowercase(),
+            crate::defender::LibraryFile {
+                file_name: name.into(),
+                sha256: Some(crate::hash::sha256_hex(content)),
+                description: Some(description.into()),
+                creation_time: None,
+                last_updated_time: None,
+                created_by: Some("someone".into()),
+                has_parameters: false,
+                parameters_description: None,
+            },
+        );
+    }
+
+    /// The SHA-256 the library holds for `name`.
+    pub fn sha256(&self, name: &str) -> Option<String> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&name.to_ascii_lowercase())
+            .and_then(|f| f.sha256.clone())
+    }
+
+    fn failure(&self) -> Option<crate::defender::DefenderError> {
+        self.fail.lock().unwrap().map(|f| f())
+    }
+}
+
+impl crate::ports::LibraryApi for MemLibrary {
+    fn list(
+        &self,
+    ) -> crate::ports::BoxFuture<
+        '_,
+        Result<Vec<crate::defender::LibraryFile>, crate::defender::DefenderError>,
+    > {
+        Box::pin(async move {
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(self.files.lock().unwrap().values().cloned().collect())
+        })
+    }
+
+    fn upload<'a>(
+        &'a self,
+        upload: &'a crate::defender::LibraryUpload,
+    ) -> crate::ports::BoxFuture<
+        'a,
+        Result<crate::defender::LibraryFile, crate::defender::DefenderError>,
+    > {
+        Box::pin(async move {
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            let key = upload.file_name.to_ascii_lowercase();
+            let mut files = self.files.lock().unwrap();
+            if files.contains_key(&key) && !upload.override_if_exists {
+                return Err(crate::defender::DefenderError::Rejected {
+                    status: 400,
+                    code: "InvalidRequestBody".into(),
+                    message: format!("File {} already exists", upload.file_name),
+                });
+            }
+            let entity = crate::defender::LibraryFile {
+                file_name: upload.file_name.clone(),
+                sha256: Some(crate::hash::sha256_hex(&upload.content)),
+                description: Some(upload.description.clone()),
+                creation_time: None,
+                last_updated_time: None,
+                created_by: Some("pipeline".into()),
+                has_parameters: upload.has_parameters,
+                parameters_description: upload.parameters_description.clone(),
+            };
+            files.insert(key, entity.clone());
+            self.uploads.lock().unwrap().push(upload.file_name.clone());
+            Ok(entity)
         })
     }
 }

@@ -126,6 +126,16 @@ impl Command {
         }
     }
 
+    /// The live response library file this command uses: a `PutFile`'s file or a `RunScript`'s
+    /// script; `None` for a `GetFile`.
+    pub fn library_file(&self) -> Option<&str> {
+        match self.kind {
+            CommandType::PutFile => self.param("FileName"),
+            CommandType::RunScript => self.param("ScriptName"),
+            CommandType::GetFile => None,
+        }
+    }
+
     /// The value of the first parameter named `key` (exact case), or `None` if absent.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params

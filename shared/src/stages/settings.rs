@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::budget::BudgetConfig;
 use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, seconds, secs_list};
+use crate::library::SyncMode;
 
 /// `DEAD_LETTER_QUEUE_URL`: where every stage sends the messages it refuses.
 fn dead_letter_queue_url(env: &dyn Env) -> Result<String, ConfigError> {
@@ -22,6 +23,27 @@ fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
         None => Ok(None),
         Some(_) => number(env, "MAX_RUN_DEADLINE_SECS", 0u64, 1..=3 * 24 * 3600)
             .map(|s| Some(Duration::from_secs(s))),
+    }
+}
+
+/// `PLAYBOOKS_S3_URI`: `s3://bucket/key` of a playbook file replacing the bundled one (its library
+/// folder beside it); intake and submit read the same file.
+fn playbooks_s3_uri(env: &dyn Env) -> Result<Option<String>, ConfigError> {
+    match optional(env, "PLAYBOOKS_S3_URI") {
+        Some(u)
+            if u.starts_with("s3://")
+                && u[5..]
+                    .split_once('/')
+                    .is_some_and(|(b, k)| !b.is_empty() && !k.is_empty()) =>
+        {
+            Ok(Some(u))
+        }
+        Some(u) => Err(ConfigError::Invalid {
+            var: "PLAYBOOKS_S3_URI",
+            value: u,
+            reason: "expected s3://bucket/key".into(),
+        }),
+        None => Ok(None),
     }
 }
 
@@ -44,22 +66,11 @@ impl IntakeConfig {
     /// Reads `EVIDENCE_BUCKET`, `SUBMIT_QUEUE_URL`, `DEAD_LETTER_QUEUE_URL`, optional
     /// `PLAYBOOKS_S3_URI` and `MAX_RUN_DEADLINE_SECS`; the error names the variable to fix.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let playbooks_s3_uri = match optional(env, "PLAYBOOKS_S3_URI") {
-            Some(u) if u.starts_with("s3://") && u[5..].contains('/') => Some(u),
-            Some(u) => {
-                return Err(ConfigError::Invalid {
-                    var: "PLAYBOOKS_S3_URI",
-                    value: u,
-                    reason: "expected s3://bucket/key".into(),
-                });
-            }
-            None => None,
-        };
         Ok(Self {
             bucket: bucket(env)?,
             submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
             dead_letter_queue_url: dead_letter_queue_url(env)?,
-            playbooks_s3_uri,
+            playbooks_s3_uri: playbooks_s3_uri(env)?,
             max_run_deadline: max_deadline(env)?,
         })
     }
@@ -82,6 +93,12 @@ pub struct SubmitConfig {
     pub first_poll_delay: Duration,
     /// Backoff for retrying a failed submit.
     pub retry: Backoff,
+    /// `s3://bucket/key` of a playbook file replacing the bundled one: its library files are the
+    /// ones kept in Defender's library.
+    pub playbooks_s3_uri: Option<String>,
+    /// Whether submit uploads, only checks, or leaves alone the library files a run names
+    /// (`LIBRARY_SYNC`).
+    pub library_sync: SyncMode,
 }
 
 impl SubmitConfig {
@@ -100,6 +117,8 @@ impl SubmitConfig {
             dead_letter_queue_url: dead_letter_queue_url(env)?,
             first_poll_delay: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?[0],
             retry: Backoff::from_env(env)?,
+            playbooks_s3_uri: playbooks_s3_uri(env)?,
+            library_sync: SyncMode::from_env(env)?,
         })
     }
 }
@@ -254,6 +273,7 @@ mod stage_tests {
         assert!(IntakeConfig::from_env(&env).is_ok());
         let s = SubmitConfig::from_env(&env).unwrap();
         assert_eq!(s.first_poll_delay, Duration::from_secs(15));
+        assert_eq!(s.library_sync, SyncMode::Upload);
         let p = PollConfig::from_env(&env).unwrap();
         assert_eq!(p.poll_delays.last(), Some(&Duration::from_secs(900)));
         let c = CollectConfig::from_env(&env).unwrap();
@@ -271,6 +291,8 @@ mod stage_tests {
             ("COLLECT_PART_MIB", "1"),
             ("RETRY_BASE_SECS", "0"),
             ("PLAYBOOKS_S3_URI", "https://bucket/key"),
+            ("PLAYBOOKS_S3_URI", "s3://bucket/"),
+            ("LIBRARY_SYNC", "sometimes"),
             ("MAX_RUN_DEADLINE_SECS", "forever"),
             ("SUBMIT_QUEUE_URL", "not a url"),
         ];

@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::codes::Outcome;
 use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
 use crate::ids::RunId;
+use crate::library::{self, Ensured, LibrarySync};
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
 use crate::ports::{Defender, Notary, ObjectStore, Queue, StoreError};
 use crate::store::chain::CHAIN_TTL;
@@ -25,24 +26,28 @@ pub const MAX_ATTEMPTS: u32 = 20;
 /// Handles one submit job: submits the run's live response within the budget, or puts the job
 /// back with a delay (throttled, device busy, paced), or ends the run (refused, deadline, too
 /// many attempts). On success the run's chain is handed to its first poll job.
+#[allow(clippy::too_many_arguments)] // reason: a stage takes its ports one by one, as poll and collect do
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
     store: &S,
     queue: &Q,
     defender: &D,
+    library: LibrarySync<'_>,
     notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
-    let done = handle_message(cfg, store, queue, defender, notary, clock, msg).await;
+    let done = handle_message(cfg, store, queue, defender, library, notary, clock, msg).await;
     super::settle(store, notary, &cfg.budget, clock, done).await
 }
 
+#[allow(clippy::too_many_arguments)] // reason: as `handle`
 async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
     store: &S,
     queue: &Q,
     defender: &D,
+    library: LibrarySync<'_>,
     notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
@@ -126,6 +131,24 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
         return Ok(Done::new(&run_id, Outcome::Deadline, "never submitted"));
     }
 
+    // Every script and file the commands name must be in the library as the playbook ships it:
+    // a run that cannot have one ends here, with the reason, rather than on the device.
+    let names = library::names_used(&run.commands);
+    let used = match library.ensure(store, &cfg.budget, clock, &names).await? {
+        Ensured::Ready(used) => used,
+        Ensured::Wait(wait) => return step.pace(wait).await,
+        Ensured::Retry(e) => {
+            return step
+                .retry_later(&run, &e, "keeping the live response library in step")
+                .await;
+        }
+        Ensured::Refused(reason) => {
+            step.end(RunOutcome::Failed, &reason, CommandOutcome::NotRun)
+                .await?;
+            return Ok(Done::new(&run_id, Outcome::LibraryRefused, reason));
+        }
+    };
+
     // Keep within the tenant's submission rate and session cap before asking Defender.
     let request = LiveResponseRequest {
         commands: run.commands.clone(),
@@ -145,6 +168,7 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
             }
             first_post.store(r.submit_attempts == 0, std::sync::atomic::Ordering::SeqCst);
             r.state = RunState::Submitting;
+            r.library = used.clone();
             r.submit_attempts += 1;
             true
         })

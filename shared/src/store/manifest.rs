@@ -14,6 +14,7 @@ use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, CommandStatus, CommandType, MachineId};
 use crate::ids::RunId;
+use crate::library::LibraryUse;
 
 /// The manifest of a finished run, in `evidence/{run}/manifest.json`: the run and every
 /// command's final record, written once.
@@ -50,6 +51,10 @@ pub struct Manifest {
     pub completed_at: OffsetDateTime,
     /// Every command the run meant to execute, in order, each with what became of it.
     pub commands: Vec<ManifestCommand>,
+    /// The live response library files the commands used, with the SHA-256 the tenant's library
+    /// held for each when the run was submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub library: Vec<LibraryUse>,
 }
 
 impl Manifest {
@@ -82,6 +87,7 @@ impl Manifest {
             created_at: run.created_at,
             completed_at: now,
             commands: commands.into_iter().map(ManifestCommand::from).collect(),
+            library: run.library.clone(),
         }
     }
 }

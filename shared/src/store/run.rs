@@ -12,6 +12,7 @@ use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, MachineId};
 use crate::ids::RunId;
+use crate::library::LibraryUse;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
 /// Where a run stands; only moves forward, and `Completed` and `Failed` are final.
@@ -126,6 +127,10 @@ pub struct RunRecord {
     /// Each action status poll saw, in order, with when it first saw it (the run's timeline).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<StatusSeen>,
+    /// The library files the commands use, as the tenant's library held them when the run was
+    /// submitted (SHA-256 each); empty when the run names none or library sync is off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub library: Vec<LibraryUse>,
     /// The completion event: who claimed it and whether it went out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announcement: Option<Announcement>,
@@ -208,6 +213,7 @@ impl RunRecord {
             reason: None,
             chain: Chain::default(),
             unfinished: None,
+            library: Vec::new(),
             statuses: Vec::new(),
             announcement: None,
         }

@@ -1,5 +1,8 @@
 //! Machine actions: what a submission plans at creation, and what it looks like at any simulated time.
 //! Status is derived from the plan and the clock, so a test that advances time sees every transition.
+//! What each command yields is decided at submission, from the device and from the library as it is
+//! then (a RunScript or PutFile of a file the library does not hold fails; a transcript names the
+//! SHA-256 of the script version that ran).
 
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
@@ -162,12 +165,14 @@ pub struct Submission {
 
 impl Action {
     /// Plans a session on `device`: when it starts, how long each command takes, which one fails.
+    /// `library` gives the hex SHA-256 of the library file of a name (without regard to case), or
+    /// `None` when the library holds no such file; it is asked at submission time.
     pub fn plan(
         submission: Submission,
         device: &Device,
         config: &SimConfig,
         sim_start: OffsetDateTime,
-        library_has: &dyn Fn(&str) -> bool,
+        library: &dyn Fn(&str) -> Option<String>,
     ) -> Self {
         let Submission {
             id,
@@ -208,7 +213,7 @@ impl Action {
                 });
                 continue;
             };
-            let (secs, timeout, outcome) = run_command(&spec, device, config, library_has);
+            let (secs, timeout, outcome) = run_command(&spec, device, config, library);
             let (end, error, result) = match outcome {
                 Err(reason) => (
                     start + Duration::seconds(secs.min(1) as i64),
@@ -408,12 +413,39 @@ impl Action {
 
 type Outcome = Result<Option<ResultBody>, String>;
 
+/// `template` with each `{key}` of `values` replaced in one pass (a value is never searched again,
+/// so arguments that look like placeholders stay as they are).
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let tail = &rest[open..];
+        match values.iter().find(|(k, _)| {
+            tail.strip_prefix('{')
+                .and_then(|t| t.strip_prefix(*k))
+                .is_some_and(|t| t.starts_with('}'))
+        }) {
+            Some((k, v)) => {
+                out.push_str(v);
+                rest = &tail[k.len() + 2..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How long a command takes, its timeout, and what it yields on this device.
 fn run_command(
     spec: &CommandSpec,
     device: &Device,
     config: &SimConfig,
-    library_has: &dyn Fn(&str) -> bool,
+    library: &dyn Fn(&str) -> Option<String>,
 ) -> (u64, u64, Outcome) {
     let s = &config.sim;
     match spec.kind {
@@ -439,54 +471,131 @@ fn run_command(
         CommandType::RunScript => {
             let name = spec.param("ScriptName").unwrap_or_default();
             let args = spec.param("Args").unwrap_or_default();
+            // Only what the library holds runs, whatever `[[scripts]]` says about it.
+            let Some(sha256) = library(name) else {
+                return (
+                    device.command_secs,
+                    s.run_script_timeout_secs,
+                    Err(format!("Script {name} was not found in the library")),
+                );
+            };
             let script = config
                 .scripts
                 .iter()
                 .find(|x| x.name.eq_ignore_ascii_case(name));
-            match script {
-                Some(sc) => {
-                    let output = sc
-                        .output
-                        .replace("{args}", args)
-                        .replace("{machine}", &device.dns_name);
-                    let mut t = serde_json::Map::new();
-                    t.insert("script_name".into(), json!(sc.name));
-                    t.insert("exit_code".into(), json!(sc.exit_code));
-                    t.insert("script_output".into(), json!(output));
-                    t.insert(s.transcript_error_field.clone(), json!(sc.errors));
-                    (
-                        sc.secs.unwrap_or(device.command_secs),
-                        s.run_script_timeout_secs,
-                        Ok(Some(ResultBody::Transcript(bytes::Bytes::from(
-                            serde_json::to_vec(&Value::Object(t)).unwrap_or_default(),
-                        )))),
-                    )
-                }
-                None if library_has(name) => {
-                    let t = json!({"script_name": name, "exit_code": 0, "script_output": "", s.transcript_error_field.clone(): ""});
-                    (
-                        device.command_secs,
-                        s.run_script_timeout_secs,
-                        Ok(Some(ResultBody::Transcript(bytes::Bytes::from(
-                            serde_json::to_vec(&t).unwrap_or_default(),
-                        )))),
-                    )
-                }
-                None => (
-                    device.command_secs,
-                    s.run_script_timeout_secs,
-                    Err(format!("Script {name} was not found in the library")),
+            let (script_name, exit_code, output, errors, secs) = match script {
+                Some(sc) => (
+                    sc.name.as_str(),
+                    sc.exit_code,
+                    fill(
+                        &sc.output,
+                        &[
+                            ("args", args),
+                            ("machine", &device.dns_name),
+                            ("sha256", &sha256),
+                        ],
+                    ),
+                    sc.errors.as_str(),
+                    sc.secs.unwrap_or(device.command_secs),
                 ),
-            }
+                None => (
+                    name,
+                    0,
+                    format!("{name} sha256={sha256} args={args}"),
+                    "",
+                    device.command_secs,
+                ),
+            };
+            let mut t = serde_json::Map::new();
+            t.insert("script_name".into(), json!(script_name));
+            t.insert("exit_code".into(), json!(exit_code));
+            t.insert("script_output".into(), json!(output));
+            t.insert(s.transcript_error_field.clone(), json!(errors));
+            (
+                secs,
+                s.run_script_timeout_secs,
+                Ok(Some(ResultBody::Transcript(bytes::Bytes::from(
+                    serde_json::to_vec(&Value::Object(t)).unwrap_or_default(),
+                )))),
+            )
         }
         CommandType::PutFile => {
             let name = spec.param("FileName").unwrap_or_default();
-            let outcome = if library_has(name) {
+            let outcome = if library(name).is_some() {
                 Ok(None)
             } else {
                 Err(format!("File {name} was not found in the library"))
             };
             (device.command_secs, s.put_file_timeout_secs, outcome)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Script;
+
+    #[test]
+    fn placeholders_are_filled_in_one_pass() {
+        let values = [
+            ("args", "{machine}"),
+            ("machine", "ws-01"),
+            ("sha256", "ab12"),
+        ];
+        assert_eq!(
+            fill("{machine} ran {args} ({sha256}) {other} {", &values),
+            "ws-01 ran {machine} (ab12) {other} {"
+        );
+    }
+
+    fn run(script: &str, library: &dyn Fn(&str) -> Option<String>) -> Outcome {
+        let config = SimConfig {
+            scripts: vec![Script {
+                name: "triage.ps1".into(),
+                output: "{machine}: {args} @ {sha256}".into(),
+                ..Script::default()
+            }],
+            ..SimConfig::default()
+        };
+        let device = Device {
+            dns_name: "ws-01".into(),
+            ..Device::default()
+        };
+        let spec = CommandSpec {
+            kind: CommandType::RunScript,
+            params: vec![
+                ("ScriptName".into(), script.into()),
+                ("Args".into(), "-Quick".into()),
+            ],
+        };
+        run_command(&spec, &device, &config, library).2
+    }
+
+    fn output(outcome: Outcome) -> Value {
+        match outcome {
+            Ok(Some(ResultBody::Transcript(b))) => serde_json::from_slice(&b).unwrap(),
+            other => panic!("not a transcript: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scripts_run_only_from_the_library_and_name_its_version() {
+        let empty = |_: &str| None;
+        assert_eq!(
+            run("triage.ps1", &empty).unwrap_err(),
+            "Script triage.ps1 was not found in the library"
+        );
+        let library = |n: &str| {
+            n.eq_ignore_ascii_case("triage.ps1")
+                .then(|| "ab12".to_string())
+        };
+        let t = output(run("TRIAGE.ps1", &library));
+        assert_eq!(t["script_name"], "triage.ps1");
+        assert_eq!(t["script_output"], "ws-01: -Quick @ ab12");
+        let any = |_: &str| Some("cd34".to_string());
+        let t = output(run("other.ps1", &any));
+        assert_eq!(t["exit_code"], 0);
+        assert_eq!(t["script_output"], "other.ps1 sha256=cd34 args=-Quick");
     }
 }

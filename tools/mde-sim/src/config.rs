@@ -1,9 +1,11 @@
-//! The simulator's configuration: devices, library scripts, API clients, limits and faults.
+//! The simulator's configuration: devices, how scripts behave when run, the live response library
+//! a fresh simulator starts with, API clients, limits and faults.
 //! Read from TOML (see `tools/mde-sim/fleet.example.toml`); every field but the device list has a default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -13,9 +15,11 @@ pub struct SimConfig {
     pub faults: Faults,
     pub clients: Vec<Client>,
     pub devices: Vec<Device>,
+    /// How scripts behave when run; a RunScript runs only what the library holds (see `library`).
     pub scripts: Vec<Script>,
-    /// Library files other than scripts (PutFile sources), by name.
-    pub library_files: Vec<String>,
+    /// The live response library a fresh (or reset) simulator starts with: scripts and PutFile
+    /// sources. A pipeline may upload more (or newer versions) through the API.
+    pub library: Vec<LibrarySeed>,
 }
 
 impl Default for SimConfig {
@@ -27,7 +31,7 @@ impl Default for SimConfig {
             clients: vec![Client::default()],
             devices: Vec::new(),
             scripts: Vec::new(),
-            library_files: Vec::new(),
+            library: Vec::new(),
         }
     }
 }
@@ -92,6 +96,23 @@ impl SimConfig {
                 return Err(ConfigError::Invalid(format!(
                     "script {:?}: library names take letters, digits, '-', '_' and '.'",
                     s.name
+                )));
+            }
+        }
+        // Lower-case name -> (entry number, name as given).
+        let mut seen: HashMap<String, (usize, &str)> = HashMap::new();
+        for (i, f) in self.library.iter().enumerate() {
+            let n = i + 1;
+            if !valid_library_name(&f.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "library file {:?} ([[library]] entry {n}): library names take letters, digits, '-', '_' and '.'",
+                    f.name
+                )));
+            }
+            if let Some((first, name)) = seen.insert(f.name.to_ascii_lowercase(), (n, &f.name)) {
+                return Err(ConfigError::Invalid(format!(
+                    "library file {:?} ([[library]] entry {n}) is seeded twice: entry {first} is {name:?} (library names compare without regard to case)",
+                    f.name
                 )));
             }
         }
@@ -271,30 +292,40 @@ pub struct DeviceFile {
     pub secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// How a script behaves when a RunScript runs it. It runs only if the library holds a file of
+/// that name when the session is submitted (seeded under `library` or uploaded through the API);
+/// a script in the library with no entry here runs with exit code 0 and the output
+/// `"{name} sha256={sha256} args={args}"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Script {
     pub name: String,
     pub exit_code: i64,
-    /// Standard output; `{args}` is replaced by the Args parameter and `{machine}` by the device's DNS name.
+    /// Standard output; `{args}` is replaced by the Args parameter, `{machine}` by the device's DNS
+    /// name and `{sha256}` by the hex SHA-256 of the library file that ran (so a transcript tells
+    /// which version of the script ran).
     pub output: String,
     pub errors: String,
     /// Simulated seconds a run takes (default: the device's command_secs).
     pub secs: Option<u64>,
-    pub has_parameters: bool,
-    pub description: String,
 }
 
-impl Default for Script {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            exit_code: 0,
-            output: String::new(),
-            errors: String::new(),
-            secs: None,
-            has_parameters: true,
-            description: String::new(),
-        }
+/// A file the live response library starts with, as an upload would leave it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibrarySeed {
+    pub name: String,
+    /// The file's content; the library lists its SHA-256 (of the UTF-8 bytes), so a test can seed
+    /// a stale version of a file by giving other content.
+    pub content: String,
+    pub description: String,
+    pub has_parameters: bool,
+    pub parameters_description: String,
+}
+
+impl LibrarySeed {
+    /// The hex SHA-256 of `content`, as the library lists it.
+    pub fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.content.as_bytes()))
     }
 }

@@ -3,7 +3,7 @@
 //! listener. What it imitates and how to run it: the repository's README.md, section "The
 //! Defender simulator"; the config format: `tools/mde-sim/fleet.example.toml`.
 //!
-//! - `config`: devices, library scripts, API clients, limits and faults (TOML)
+//! - `config`: devices, script behaviour, the seeded library, API clients, limits and faults (TOML)
 //! - `action`: what a submission plans, and its status at any simulated time
 //! - `clock`: simulated time (scaled, advanceable) and Defender's timestamp formats
 //! - `content`: deterministic file content and its gzip package
@@ -18,6 +18,7 @@ pub mod limits;
 mod server;
 
 pub use config::{
-    Client, Device, DeviceFile, EndpointFaults, Faults, Limits, Script, SimConfig, SimSettings,
+    Client, Device, DeviceFile, EndpointFaults, Faults, LibrarySeed, Limits, Script, SimConfig,
+    SimSettings,
 };
 pub use server::{SimServer, Stats};

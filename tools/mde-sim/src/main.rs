@@ -11,7 +11,7 @@ use mde_sim::{SimConfig, SimServer};
 #[derive(Parser, Debug)]
 #[command(name = "mde-sim", version)]
 struct Args {
-    /// Device fleet, library scripts, clients, limits and faults (TOML). Default: an empty fleet.
+    /// Device fleet, script behaviour, the seeded library, clients, limits and faults (TOML). Default: an empty fleet.
     #[arg(long, env = "MDE_SIM_CONFIG")]
     config: Option<String>,
     /// Address to listen on (port 0 picks a free port).

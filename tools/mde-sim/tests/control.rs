@@ -53,6 +53,16 @@ async fn the_example_fleet_parses() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fleet.example.toml");
     let c = mde_sim::SimConfig::from_toml_file(path).unwrap();
     assert_eq!(c.devices.len(), 4);
+    // Run standalone, the example's scripts are in its library.
+    for s in &c.scripts {
+        assert!(
+            c.library
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case(&s.name)),
+            "{} is not seeded under [[library]]",
+            s.name
+        );
+    }
     assert!(
         c.devices
             .iter()

@@ -1,5 +1,6 @@
-//! The simulator's documented limits: submissions per sliding minute, running sessions, GETs per
-//! minute and per hour, and 429 with or without Retry-After.
+//! The simulator's documented limits: submissions per sliding minute, running sessions, calls per
+//! minute and per hour to each rate-limited API (status, result link, cancel, library), and 429
+//! with or without Retry-After.
 //!
 //! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
 //! "The Defender simulator".
@@ -7,7 +8,7 @@
 mod common;
 
 use common::*;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
@@ -103,6 +104,50 @@ async fn status_calls_are_limited_per_minute_and_per_hour() {
         assert_eq!(s, StatusCode::OK);
     }
     let (s, headers, _) = h.get(&format!("/api/machineactions/{id}")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "hourly budget");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 3000, "hourly wait {retry}");
+}
+
+#[tokio::test]
+async fn library_calls_are_limited_per_minute_and_per_hour() {
+    let mut c = config();
+    c.limits.gets_per_hour = 150;
+    let h = start(c).await;
+    // List, upload and delete share the library's budget of 100 a minute.
+    for i in 0..98 {
+        let (s, _, _) = h.get("/api/libraryfiles").await;
+        assert_eq!(s, StatusCode::OK, "call {i}");
+    }
+    let (s, _, _) = h.upload("sync.ps1", b"v1", false).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = reply(h.api(Method::DELETE, "/api/libraryfiles/sync.ps1")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, headers, v) = h.get("/api/libraryfiles").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["error"]["code"], "TooManyRequests");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let (s, headers, _) = h.upload("sync.ps1", b"v2", true).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.get("retry-after").is_some());
+    // The status API has its own budget.
+    let (s, _, _) = h.get("/api/machineactions").await;
+    assert_eq!(s, StatusCode::OK);
+    let stats = h.sim.stats();
+    assert_eq!(stats.throttled_by_limit, 2);
+    assert_eq!(stats.throttled, 2);
+    assert_eq!(stats.calls["library_list"]["429"], 1);
+    assert_eq!(stats.calls["library_upload"]["429"], 1);
+    assert_eq!(stats.library_lists, 98);
+    assert_eq!(stats.library_uploads, 1);
+
+    h.advance(retry as i64);
+    for _ in 0..50 {
+        let (s, _, _) = h.get("/api/libraryfiles").await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, headers, _) = h.get("/api/libraryfiles").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "hourly budget");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry > 3000, "hourly wait {retry}");

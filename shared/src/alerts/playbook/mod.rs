@@ -13,16 +13,29 @@ use super::render::{self, valid_library_name};
 use super::{Alert, AlertError, AlertFormat};
 use crate::codes::RejectCode;
 use crate::defender::{Command, CommandType};
+use crate::library::LibraryFileSpec;
 
 /// The playbooks shipped with the project (`shared/playbooks/default.toml`).
 pub const BUNDLED: &str = include_str!("../../../playbooks/default.toml");
 
-/// A playbooks TOML file as written: `[[playbooks]]` tables, tried in file order.
+/// A playbooks TOML file as written: `[[playbooks]]` tables, tried in file order, and the library
+/// files their commands name (`[[library_files]]`), shipped in `library_folder` beside the file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaybookFile {
+    /// The folder, beside this file, holding the library files it manages (`library` if unset):
+    /// a relative path of plain names, no `..`.
+    #[serde(default = "default_library_folder")]
+    pub library_folder: String,
+    /// Every library file a `PutFile` or `RunScript` names, declared once for the file.
+    #[serde(default)]
+    pub library_files: Vec<LibraryFileSpec>,
     /// The playbooks, in the order they are tried.
     pub playbooks: Vec<Playbook>,
+}
+
+fn default_library_folder() -> String {
+    "library".into()
 }
 
 /// One playbook: when it applies, the commands it runs, and the placeholders an alert may fill.
@@ -135,9 +148,13 @@ pub struct RefusedParameter {
     pub reason: String,
 }
 
-/// A loaded, validated set of playbooks, tried in order.
+/// A loaded, validated set of playbooks, tried in order, with the library files they name.
 #[derive(Debug, Clone)]
-pub struct Playbooks(Vec<Playbook>);
+pub struct Playbooks {
+    list: Vec<Playbook>,
+    library_folder: String,
+    library_files: Vec<LibraryFileSpec>,
+}
 
 impl Playbooks {
     /// The playbooks shipped with the project ([`BUNDLED`]); an error means the shipped file is broken.
@@ -153,26 +170,77 @@ impl Playbooks {
             field: "toml".into(),
             problem: e.to_string(),
         })?;
+        let file_error = |field: &str, problem: String| PlaybookError {
+            playbook: "(file)".into(),
+            field: field.into(),
+            problem,
+        };
+        let folder = &file.library_folder;
+        if !folder.split('/').all(valid_library_name) {
+            return Err(file_error(
+                "library_folder",
+                format!(
+                    "{folder:?} must be a relative path of plain names (letters, digits, '-', '_', '.'; no '..')"
+                ),
+            ));
+        }
+        let mut declared = std::collections::BTreeSet::new();
+        for (i, f) in file.library_files.iter().enumerate() {
+            if let Some(problem) = f.problem() {
+                return Err(file_error(&format!("library_files[{i}]"), problem));
+            }
+            if !declared.insert(f.name.to_ascii_lowercase()) {
+                return Err(file_error(
+                    &format!("library_files[{i}]"),
+                    format!("{} is declared twice", f.name),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for p in &file.playbooks {
             p.validate()?;
             if !seen.insert(p.name.to_ascii_lowercase()) {
                 return Err(p.error("name", "appears twice"));
             }
+            for (i, c) in p.commands.iter().enumerate() {
+                let name = match c {
+                    CommandTemplate::PutFile { file } => file,
+                    CommandTemplate::RunScript { script, .. } => script,
+                    CommandTemplate::GetFile { .. } => continue,
+                };
+                if !declared.contains(&name.to_ascii_lowercase()) {
+                    return Err(p.error(
+                        &format!("commands[{i}]"),
+                        format!(
+                            "library file {name} is not declared: add a [[library_files]] entry naming it (shipped in the {folder}/ folder beside the playbook file, or `external = true` if someone else keeps it in Defender's library)"
+                        ),
+                    ));
+                }
+            }
         }
         if file.playbooks.is_empty() {
-            return Err(PlaybookError {
-                playbook: "(file)".into(),
-                field: "playbooks".into(),
-                problem: "no playbooks defined".into(),
-            });
+            return Err(file_error("playbooks", "no playbooks defined".into()));
         }
-        Ok(Self(file.playbooks))
+        Ok(Self {
+            list: file.playbooks,
+            library_folder: file.library_folder,
+            library_files: file.library_files,
+        })
+    }
+
+    /// The folder, relative to the playbook file, that holds the library files it manages.
+    pub fn library_folder(&self) -> &str {
+        &self.library_folder
+    }
+
+    /// The library files the playbooks name, as declared.
+    pub fn library_files(&self) -> &[LibraryFileSpec] {
+        &self.library_files
     }
 
     /// Every playbook, in the order they are tried.
     pub fn all(&self) -> &[Playbook] {
-        &self.0
+        &self.list
     }
 
     /// What to run for an alert: the playbook, its commands, and the values it went on without.
@@ -206,7 +274,7 @@ impl Playbooks {
         // Each round drops at least one value the alert carries, so the rounds end.
         loop {
             let mut this_round = Vec::new();
-            for playbook in self.0.iter().filter(|p| p.rule.matches(&alert)) {
+            for playbook in self.list.iter().filter(|p| p.rule.matches(&alert)) {
                 let bad = playbook.refused_values(&alert);
                 if bad.is_empty() {
                     // What earlier playbooks refused is kept: the run says why they did not run.
@@ -244,7 +312,7 @@ impl Playbooks {
     pub fn select(&self, alert: &Alert) -> Result<&Playbook, AlertError> {
         if let Some(name) = &alert.playbook {
             return self
-                .0
+                .list
                 .iter()
                 .find(|p| p.name.eq_ignore_ascii_case(name))
                 .ok_or_else(|| AlertError {
@@ -255,7 +323,7 @@ impl Playbooks {
                     ),
                 });
         }
-        self.0
+        self.list
             .iter()
             .find(|p| p.rule.matches(alert))
             .ok_or_else(|| AlertError {
@@ -268,7 +336,7 @@ impl Playbooks {
     }
 
     fn names(&self) -> String {
-        self.0
+        self.list
             .iter()
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()

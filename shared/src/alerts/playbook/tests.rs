@@ -226,3 +226,92 @@ fn a_playbook_hash_is_stable_and_tells_playbooks_apart() {
     changed.deadline_minutes += 1;
     assert_ne!(changed.sha256(), hashes[0]);
 }
+
+#[test]
+fn every_library_file_a_command_names_is_declared() {
+    let undeclared = r#"
+[[playbooks]]
+name = "dump"
+[[playbooks.commands]]
+type = "PutFile"
+file = "procdump64.exe"
+[[playbooks.commands]]
+type = "RunScript"
+script = "dump.ps1"
+"#;
+    let e = Playbooks::from_toml(undeclared).unwrap_err();
+    assert_eq!(
+        (e.playbook.as_str(), e.field.as_str()),
+        ("dump", "commands[0]")
+    );
+    assert!(
+        e.problem.contains("procdump64.exe") && e.problem.contains("external = true"),
+        "{e}"
+    );
+
+    let declared = format!(
+        "[[library_files]]\nname = \"ProcDump64.exe\"\nexternal = true\n\n[[library_files]]\nname = \"dump.ps1\"\n{undeclared}"
+    );
+    let p = Playbooks::from_toml(&declared).expect("names match without regard to case");
+    assert_eq!(p.library_files().len(), 2);
+    assert_eq!(p.library_folder(), "library");
+
+    let e = Playbooks::from_toml(&format!(
+        "[[library_files]]\nname = \"dump.ps1\"\n[[library_files]]\nname = \"DUMP.ps1\"\n{declared}"
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "library_files[1]", "{e}");
+
+    for folder in ["../up", "/abs", "a//b", ".hidden", "a b"] {
+        let e =
+            Playbooks::from_toml(&format!("library_folder = {folder:?}\n{declared}")).unwrap_err();
+        assert_eq!(e.field, "library_folder", "{folder}: {e}");
+    }
+    assert!(
+        Playbooks::from_toml(&format!("library_folder = \"tools/lr-1.2\"\n{declared}")).is_ok()
+    );
+
+    let both = "[[library_files]]\nname = \"x.exe\"\nexternal = true\nreplace_unmanaged = true\n[[playbooks]]\nname = \"p\"\n[[playbooks.commands]]\ntype = \"PutFile\"\nfile = \"x.exe\"\n";
+    assert!(
+        Playbooks::from_toml(both)
+            .unwrap_err()
+            .problem
+            .contains("replace_unmanaged")
+    );
+}
+
+#[test]
+fn the_bundled_playbooks_ship_exactly_the_library_files_they_declare() {
+    use crate::library::bundle::BUNDLED_LIBRARY;
+    let p = Playbooks::bundled().unwrap();
+    let bundle =
+        crate::library::Bundle::bundled(p.library_files()).expect("every declared file is shipped");
+    for f in p.library_files() {
+        assert!(!f.external, "{} is shipped, not external", f.name);
+        assert!(
+            bundle
+                .get(&f.name)
+                .and_then(|b| b.content.as_ref())
+                .is_some_and(|c| !c.is_empty())
+        );
+    }
+    for (name, _) in BUNDLED_LIBRARY {
+        assert!(
+            p.library_files().iter().any(|f| f.name == *name),
+            "shared/playbooks/library/{name} is shipped but not declared"
+        );
+    }
+    let used: std::collections::BTreeSet<String> = p
+        .all()
+        .iter()
+        .flat_map(|pb| pb.commands.iter())
+        .filter_map(|c| match c {
+            CommandTemplate::RunScript { script, .. } => Some(script.clone()),
+            CommandTemplate::PutFile { file } => Some(file.clone()),
+            CommandTemplate::GetFile { .. } => None,
+        })
+        .collect();
+    let declared: std::collections::BTreeSet<String> =
+        p.library_files().iter().map(|f| f.name.clone()).collect();
+    assert_eq!(used, declared, "no declared file is unused");
+}

@@ -167,6 +167,7 @@ pub async fn seed_run(
         created_at: now,
         completed_at: now,
         commands,
+        library: vec![],
     };
     s3.put_object()
         .bucket(bucket)

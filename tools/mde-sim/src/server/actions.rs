@@ -3,7 +3,7 @@
 //! command). What an action does over time is `crate::action`; this module is how the API shows
 //! and changes it.
 //!
-//! Separate from `library` and `blob`: these are the calls a pipeline polls, each with its own GET
+//! Separate from `library` and `blob`: these are the calls a pipeline polls, each with its own call
 //! budget group, and the rules that make a session (one per device, the running-sessions cap).
 
 use std::sync::Arc;
@@ -68,8 +68,12 @@ pub(super) async fn submit(
         return Err(sim.throttle(st, Duration::seconds(30)));
     }
     let requestor = sim.requestor(client);
-    let library: Vec<String> = st.library.keys().cloned().collect();
-    let has = |n: &str| library.iter().any(|x| x.eq_ignore_ascii_case(n));
+    // The library as it is now: a later upload or delete does not change this session.
+    let library = |n: &str| {
+        st.library
+            .get(&n.to_ascii_lowercase())
+            .map(|(_, f)| f.sha256.clone())
+    };
     let action = Action::plan(
         Submission {
             id: uuid::Uuid::new_v4().to_string(),
@@ -81,7 +85,7 @@ pub(super) async fn submit(
         device,
         &sim.config,
         sim.clock.start(),
-        &has,
+        &library,
     );
     let body = action.to_json(now, &sim.api_base);
     let slot = st.actions.len();

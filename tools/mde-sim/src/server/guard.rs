@@ -1,7 +1,7 @@
 //! What stands between a request and its handler: injected faults (429, 500, 503), the bearer
-//! token, and the documented limits (submissions per sliding minute, running sessions, GETs per
-//! minute and per hour; the running-sessions cap is checked in `actions`, under the lock that
-//! creates the session), each refused the way Defender refuses it (429, `Retry-After` in real
+//! token, and the documented limits (submissions per sliding minute, running sessions, calls per
+//! minute and per hour to each rate-limited API: status, result link, cancel, library; the
+//! running-sessions cap is checked in `actions`, under the lock that creates the session), each refused the way Defender refuses it (429, `Retry-After` in real
 //! seconds unless configured away).
 //!
 //! Separate from the handlers so that every API family is throttled and faulted by the same rules,
@@ -37,11 +37,12 @@ where
     Box::new(move |sim, req| Box::pin(async move { f(sim, req).await.into_response() }))
 }
 
-/// Faults, then the bearer token (all but the token endpoint), then the GET budget, then the handler.
+/// Faults, then the bearer token (all but the token endpoint), then the call budget of
+/// `budget_group` (if any), then the handler.
 pub(super) async fn guarded(
     sim: &Arc<Sim>,
     fault_key: &str,
-    get_group: Option<&'static str>,
+    budget_group: Option<&'static str>,
     req: Request,
     handler: Handler,
 ) -> Response {
@@ -58,8 +59,8 @@ pub(super) async fn guarded(
             Err(r) => return r,
         }
     }
-    if let Some(group) = get_group
-        && let Err(r) = sim.get_budget(group)
+    if let Some(group) = budget_group
+        && let Err(r) = sim.call_budget(group)
     {
         return r;
     }
@@ -121,12 +122,13 @@ impl Sim {
         None
     }
 
-    /// The per-API GET limits (100 per minute, 1500 per hour) for an endpoint group.
-    fn get_budget(&self, group: &'static str) -> Result<(), Response> {
+    /// The per-API limits (`gets_per_minute`, `gets_per_hour`: 100 and 1500 by default) for an
+    /// endpoint group; a refusal is counted by `throttle` (and as a 429 by `routes`).
+    fn call_budget(&self, group: &'static str) -> Result<(), Response> {
         let now = self.clock.now();
         let l = &self.config.limits;
         let mut st = self.lock();
-        let (minute, hour) = st.get_windows.entry(group).or_insert_with(|| {
+        let (minute, hour) = st.budget_windows.entry(group).or_insert_with(|| {
             (
                 SlidingWindow::new(Duration::minutes(1), l.gets_per_minute),
                 SlidingWindow::new(Duration::hours(1), l.gets_per_hour),

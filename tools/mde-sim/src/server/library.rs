@@ -1,10 +1,11 @@
 //! The live response library over the API: the files a PutFile or RunScript can name, seeded from
-//! the config's scripts and `library_files` (the records and the seeding are in `state`); list
+//! the config's `[[library]]` (the records and the seeding are in `state`); list
 //! (`GET /api/libraryfiles`), upload (multipart, hashed as it streams, within the API's size limit;
-//! `OverrideIfExists` to replace) and delete.
+//! `OverrideIfExists` to replace) and delete. The three share one call budget (`routes`), and
+//! `Stats` counts listings and accepted uploads.
 //!
-//! Separate because it is its own API family (its own fault key) and the only one that changes the
-//! library, which submissions only read (does the named file exist?).
+//! Separate because it is its own API family (its own fault key and limits) and the only one that
+//! changes the library, which submissions only read (is the named file there, and which version?).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +38,8 @@ fn library_entity(name: &str, f: &LibraryFile) -> Value {
 
 /// `GET /api/libraryfiles`.
 pub(super) async fn library_list(sim: Arc<Sim>) -> Response {
-    let st = sim.lock();
+    let mut st = sim.lock();
+    st.stats.library_lists += 1;
     let values: Vec<Value> = st
         .library
         .values()
@@ -139,6 +141,7 @@ pub(super) async fn library_upload(sim: Arc<Sim>, req: Request) -> Result<Respon
     };
     let body = library_entity(&fname, &entry);
     st.library.insert(key, (fname, entry));
+    st.stats.library_uploads += 1;
     Ok(json_response(StatusCode::OK, body))
 }
 

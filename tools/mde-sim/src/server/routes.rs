@@ -1,5 +1,5 @@
 //! The route table: which handler serves a method and path (case-insensitive, percent-decoded, as
-//! Defender's paths are), through which fault key and GET budget, and the per-endpoint call count
+//! Defender's paths are), through which fault key and call budget, and the per-endpoint call count
 //! every response adds to `Stats::calls`.
 //!
 //! Separate so that the whole API surface can be read in one place, and the names endpoints go by
@@ -22,11 +22,12 @@ use super::sim::Sim;
 
 enum Route {
     /// A login or API call: faults under `fault_key`, then the bearer (not for the token
-    /// endpoint), then the GET budget of `get_group`, then the handler.
+    /// endpoint), then the call budget of `budget_group` (per minute and per hour, shared by the
+    /// group's endpoints), then the handler.
     Api {
         endpoint: &'static str,
         fault_key: &'static str,
-        get_group: Option<&'static str>,
+        budget_group: Option<&'static str>,
         handler: Handler,
     },
     Blob,
@@ -37,13 +38,13 @@ enum Route {
 fn api(
     endpoint: &'static str,
     fault_key: &'static str,
-    get_group: Option<&'static str>,
+    budget_group: Option<&'static str>,
     handler: Handler,
 ) -> Route {
     Route::Api {
         endpoint,
         fault_key,
-        get_group,
+        budget_group,
         handler,
     }
 }
@@ -109,21 +110,25 @@ pub(super) async fn dispatch(AxState(sim): AxState<Arc<Sim>>, req: Request) -> R
                 handler(move |s, r| cancel(s, r, id)),
             )
         }
+        // List, upload and delete share one budget, as the library API documents its limits.
         (&Method::GET, ["api", "libraryfiles"]) => api(
             "library_list",
             "library",
-            None,
+            Some("library"),
             handler(|s, _| library_list(s)),
         ),
-        (&Method::POST, ["api", "libraryfiles"]) => {
-            api("library_upload", "library", None, handler(library_upload))
-        }
+        (&Method::POST, ["api", "libraryfiles"]) => api(
+            "library_upload",
+            "library",
+            Some("library"),
+            handler(library_upload),
+        ),
         (&Method::DELETE, ["api", "libraryfiles", _]) => {
             let name = arg();
             api(
                 "library_delete",
                 "library",
-                None,
+                Some("library"),
                 handler(move |s, _| library_delete(s, name)),
             )
         }
@@ -135,11 +140,11 @@ pub(super) async fn dispatch(AxState(sim): AxState<Arc<Sim>>, req: Request) -> R
         Route::Api {
             endpoint,
             fault_key,
-            get_group,
+            budget_group,
             handler,
         } => (
             endpoint,
-            guarded(&sim, fault_key, get_group, req, handler).await,
+            guarded(&sim, fault_key, budget_group, req, handler).await,
         ),
         Route::Blob => {
             let r = match sim.inject("blob") {

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 use crate::action::Action;
@@ -19,6 +18,7 @@ use crate::limits::{SeededRng, SlidingWindow};
 
 /// Calls and outcomes, for tests and benchmarks.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Stats {
     /// Calls by endpoint, then by HTTP status.
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
@@ -40,6 +40,10 @@ pub struct Stats {
     pub blob_requests_with_authorization: u64,
     /// Where each ranged blob request started, in order.
     pub blob_range_starts: Vec<u64>,
+    /// Library listings served (`GET /api/libraryfiles` answered 200).
+    pub library_lists: u64,
+    /// Library uploads accepted (`POST /api/libraryfiles` answered 200), overrides included.
+    pub library_uploads: u64,
 }
 
 pub(super) struct State {
@@ -54,8 +58,8 @@ pub(super) struct State {
     pub(super) links: HashMap<String, Link>,
     pub(super) submit_window: SlidingWindow,
     pub(super) submit_calls: SlidingWindow,
-    /// GET limit group -> (per-minute, per-hour) windows.
-    pub(super) get_windows: HashMap<&'static str, (SlidingWindow, SlidingWindow)>,
+    /// Call budget group (status, link, cancel, library) -> (per-minute, per-hour) windows.
+    pub(super) budget_windows: HashMap<&'static str, (SlidingWindow, SlidingWindow)>,
     pub(super) library: Library,
     pub(super) crc_cache: HashMap<FileContent, u32>,
     pub(super) rng: SeededRng,
@@ -75,7 +79,7 @@ impl State {
             links: HashMap::new(),
             submit_window: SlidingWindow::new(Duration::minutes(1), l.submissions_per_minute),
             submit_calls: SlidingWindow::new(Duration::minutes(1), u32::MAX),
-            get_windows: HashMap::new(),
+            budget_windows: HashMap::new(),
             library: seeded_library(config, now),
             crc_cache: HashMap::new(),
             rng: SeededRng::new(config.faults.seed),
@@ -128,35 +132,28 @@ pub(super) struct LibraryFile {
 /// Lower-case name -> (name as uploaded, file).
 pub(super) type Library = BTreeMap<String, (String, LibraryFile)>;
 
-/// The library a fresh (or reset) simulator starts with: the configured scripts and library files.
+/// The library a fresh (or reset) simulator starts with: the config's `[[library]]` seeds, each
+/// hashed from its content (`[[scripts]]` only say how a script behaves when run).
 fn seeded_library(config: &SimConfig, now: OffsetDateTime) -> Library {
-    let mut library = BTreeMap::new();
-    let seeded = config
-        .scripts
+    config
+        .library
         .iter()
-        .map(|s| (s.name.clone(), s.description.clone(), s.has_parameters))
-        .chain(
-            config
-                .library_files
-                .iter()
-                .map(|n| (n.clone(), String::new(), false)),
-        );
-    for (name, description, has_parameters) in seeded {
-        library.insert(
-            name.to_ascii_lowercase(),
+        .map(|seed| {
             (
-                name.clone(),
-                LibraryFile {
-                    sha256: hex::encode(Sha256::digest(name.as_bytes())),
-                    description,
-                    parameters_description: String::new(),
-                    has_parameters,
-                    created: now,
-                    updated: now,
-                    created_by: "mde-sim".into(),
-                },
-            ),
-        );
-    }
-    library
+                seed.name.to_ascii_lowercase(),
+                (
+                    seed.name.clone(),
+                    LibraryFile {
+                        sha256: seed.sha256(),
+                        description: seed.description.clone(),
+                        parameters_description: seed.parameters_description.clone(),
+                        has_parameters: seed.has_parameters,
+                        created: now,
+                        updated: now,
+                        created_by: "mde-sim".into(),
+                    },
+                ),
+            )
+        })
+        .collect()
 }

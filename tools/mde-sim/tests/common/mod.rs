@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use mde_sim::{Client, Device, DeviceFile, Script, SimConfig, SimServer};
+use mde_sim::{Client, Device, DeviceFile, LibrarySeed, Script, SimConfig, SimServer};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -55,7 +55,21 @@ pub fn config() -> SimConfig {
             ..Script::default()
         },
     ];
+    // Scripts run only from the library: seed each, as a pipeline's sync would have left it.
+    c.library = ["triage.ps1", "fails.ps1", "slow.ps1"]
+        .into_iter()
+        .map(|name| seed(name, &format!("# {name}, version 1")))
+        .collect();
     c
+}
+
+/// A library file seeded with `content` (its listed SHA-256 is that of the content).
+pub fn seed(name: &str, content: &str) -> LibrarySeed {
+    LibrarySeed {
+        name: name.into(),
+        content: content.into(),
+        ..LibrarySeed::default()
+    }
 }
 
 pub struct Harness {
@@ -177,6 +191,24 @@ impl Harness {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Uploads `content` to the library as `name` (`OverrideIfExists` as `over`), as a pipeline's
+    /// sync does.
+    pub async fn upload(&self, name: &str, content: &[u8], over: bool) -> Reply {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(content.to_vec()).file_name(name.to_string()),
+            )
+            .text("OverrideIfExists", if over { "true" } else { "false" });
+        reply(self.api(Method::POST, "/api/libraryfiles").multipart(form)).await
+    }
+
+    /// The transcript of a completed RunScript: command `index` of action `id`.
+    pub async fn transcript(&self, id: &str, index: usize) -> Value {
+        let url = self.link_url(id, index).await;
+        self.fetch(&url).await.json().await.unwrap()
     }
 
     pub fn advance(&self, secs: i64) {

@@ -1,0 +1,498 @@
+//! Keeping the live response library in step, without the network: the librarian over an
+//! in-memory library and store. A fresh library gets the bundle once (one listing, one upload per
+//! file, however many runs ask at once); a stale copy the pipeline uploaded is replaced; someone
+//! else's file of the same name is left alone unless the playbook allows it; an external file must
+//! be there; a warm listing costs no call, and a mismatch lists again before deciding; every call
+//! is paced by the tenant's GET budget; Defender's refusals say what to fix. And submit: a run whose
+//! file cannot be had ends before anything is posted, with the reason, its manifest written.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shared::adapters::memory::{MemLibrary, MemQueue, MemStore};
+use shared::budget::BudgetConfig;
+use shared::clock::ManualClock;
+use shared::defender::{
+    ActionFilter, ActionId, Command, DefenderError, DownloadLink, LibraryFile, LibraryUpload,
+    LiveResponseRequest, MachineAction, MachineId,
+};
+use shared::library::{
+    Bundle, Ensured, Librarian, LibraryFileSpec, LibrarySource, LibrarySync, SyncMode,
+};
+use shared::messages::{Delivery, MESSAGE_VERSION, SubmitJob, encode};
+use shared::ports::{BoxFuture, Defender, LibraryApi, ObjectStore};
+use shared::store::{Manifest, RunOutcome, RunState, manifest_key};
+use testkit::alerts::run_id;
+use testkit::configs::{budget, submit_config};
+use testkit::records::{collecting_run, put_run};
+use testkit::sim::{M1, machine_id};
+use time::OffsetDateTime;
+
+const TRIAGE: &[u8] = b"Write-Output 'triage v2'";
+const DUMP: &[u8] = b"Write-Output 'dump v1'";
+
+fn spec(name: &str) -> LibraryFileSpec {
+    LibraryFileSpec {
+        name: name.into(),
+        description: "from the bundle".into(),
+        has_parameters: true,
+        parameters_description: Some("-Quick | -Full".into()),
+        external: false,
+        sha256: None,
+        replace_unmanaged: false,
+    }
+}
+
+fn external(name: &str) -> LibraryFileSpec {
+    LibraryFileSpec {
+        external: true,
+        ..spec(name)
+    }
+}
+
+fn bundle(specs: &[LibraryFileSpec]) -> Bundle {
+    Bundle::assemble(specs, |n| match n {
+        "triage.ps1" => Some(TRIAGE.to_vec()),
+        "dump.ps1" => Some(DUMP.to_vec()),
+        _ => None,
+    })
+    .expect("the test bundle assembles")
+}
+
+fn names(n: &[&str]) -> Vec<String> {
+    n.iter().map(|s| s.to_string()).collect()
+}
+
+fn sha(b: &[u8]) -> String {
+    shared::hash::sha256_hex(b)
+}
+
+struct World {
+    store: MemStore,
+    clock: ManualClock,
+    budget: BudgetConfig,
+    library: MemLibrary,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            store: MemStore::default(),
+            clock: ManualClock::at(OffsetDateTime::now_utc()),
+            budget: budget(),
+            library: MemLibrary::default(),
+        }
+    }
+
+    async fn ensure(&self, keeper: &Librarian, wanted: &[&str]) -> Ensured {
+        keeper
+            .ensure(
+                &self.library,
+                &self.store,
+                &self.budget,
+                &self.clock,
+                &names(wanted),
+            )
+            .await
+            .expect("the budget's store works")
+    }
+
+    fn lists(&self) -> usize {
+        self.library.lists.load(Ordering::SeqCst)
+    }
+
+    fn uploads(&self) -> Vec<String> {
+        self.library.uploads.lock().unwrap().clone()
+    }
+}
+
+fn ready(e: Ensured) -> Vec<shared::library::LibraryUse> {
+    match e {
+        Ensured::Ready(u) => u,
+        other => panic!("expected the library to be ready: {other:?}"),
+    }
+}
+
+fn refused(e: Ensured) -> String {
+    match e {
+        Ensured::Refused(r) => r,
+        other => panic!("expected a refusal: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_library_gets_the_bundle_once_and_a_warm_one_costs_no_call() {
+    let w = World::new();
+    let keeper = Librarian::new(
+        bundle(&[spec("triage.ps1"), spec("dump.ps1")]),
+        SyncMode::Upload,
+    );
+    let used = ready(w.ensure(&keeper, &["triage.ps1", "dump.ps1"]).await);
+    assert_eq!(w.lists(), 1);
+    assert_eq!(w.uploads(), names(&["triage.ps1", "dump.ps1"]));
+    assert_eq!(used.len(), 2);
+    assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
+    assert_eq!(used[0].source, LibrarySource::Bundle);
+    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
+    let stored = w.library.files.lock().unwrap()["triage.ps1"].clone();
+    assert!(
+        stored
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with("from the bundle")
+                && d.ends_with(shared::library::MANAGED_MARKER)),
+        "{stored:?}"
+    );
+    assert!(stored.has_parameters);
+    assert_eq!(
+        stored.parameters_description.as_deref(),
+        Some("-Quick | -Full")
+    );
+
+    // The next runs find the listing warm: no call at all.
+    for _ in 0..5 {
+        ready(w.ensure(&keeper, &["TRIAGE.ps1"]).await);
+    }
+    assert_eq!((w.lists(), w.uploads().len()), (1, 2));
+
+    // After the listing's time is up, one look again.
+    w.clock
+        .advance(shared::library::keeper::LISTING_TTL + Duration::from_secs(1));
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!((w.lists(), w.uploads().len()), (2, 2));
+}
+
+#[tokio::test]
+async fn many_runs_at_once_list_once_and_upload_each_file_once() {
+    let w = World::new();
+    let keeper = Librarian::new(
+        bundle(&[spec("triage.ps1"), spec("dump.ps1")]),
+        SyncMode::Upload,
+    );
+    let all = futures_util::future::join_all(
+        (0..30).map(|_| w.ensure(&keeper, &["triage.ps1", "dump.ps1"])),
+    )
+    .await;
+    for e in all {
+        ready(e);
+    }
+    assert_eq!(w.lists(), 1);
+    assert_eq!(w.uploads(), names(&["triage.ps1", "dump.ps1"]));
+}
+
+#[tokio::test]
+async fn a_stale_copy_the_pipeline_uploaded_is_replaced() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    w.library.seed(
+        "triage.ps1",
+        b"Write-Output 'triage v1'",
+        &spec("triage.ps1").managed_description(),
+    );
+    let used = ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
+    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
+    assert_eq!(w.uploads(), names(&["triage.ps1"]));
+}
+
+#[tokio::test]
+async fn someone_elses_file_is_left_alone_unless_the_playbook_says_so() {
+    let w = World::new();
+    let theirs = b"Write-Output 'the IR team''s own triage'";
+    w.library
+        .seed("triage.ps1", theirs, "IR team triage, do not touch");
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert!(
+        reason.contains("triage.ps1") && reason.contains("replace_unmanaged"),
+        "{reason}"
+    );
+    assert!(w.uploads().is_empty());
+    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(theirs)));
+
+    // The same bytes under someone else's name are fine: nothing to upload.
+    let w2 = World::new();
+    w2.library.seed("triage.ps1", TRIAGE, "uploaded by hand");
+    let used = ready(w2.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
+    assert!(w2.uploads().is_empty());
+
+    let allowed = LibraryFileSpec {
+        replace_unmanaged: true,
+        ..spec("triage.ps1")
+    };
+    let keeper = Librarian::new(bundle(&[allowed]), SyncMode::Upload);
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
+}
+
+#[tokio::test]
+async fn an_external_file_must_be_there_and_is_never_uploaded() {
+    let w = World::new();
+    let keeper = Librarian::new(
+        bundle(&[spec("triage.ps1"), external("collector.exe")]),
+        SyncMode::Upload,
+    );
+    let reason = refused(w.ensure(&keeper, &["collector.exe", "triage.ps1"]).await);
+    assert!(
+        reason.contains("collector.exe") && reason.contains("external"),
+        "{reason}"
+    );
+    assert!(w.uploads().is_empty(), "nothing uploaded for a refused run");
+
+    w.library
+        .seed("collector.exe", b"MZ collector", "the IR team's collector");
+    let used = ready(w.ensure(&keeper, &["collector.exe", "triage.ps1"]).await);
+    assert_eq!(used[0].source, LibrarySource::External);
+    assert_eq!(used[0].sha256, Some(sha(b"MZ collector")));
+    assert_eq!(w.uploads(), names(&["triage.ps1"]));
+}
+
+#[tokio::test]
+async fn a_mismatch_in_a_warm_listing_is_looked_at_again_before_deciding() {
+    let w = World::new();
+    let keeper = Librarian::new(
+        bundle(&[spec("triage.ps1"), external("collector.exe")]),
+        SyncMode::Upload,
+    );
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(w.lists(), 1);
+    // Someone adds the external file after the listing was taken: the cached listing lacks it,
+    // and the run is not refused on that stale view.
+    w.library.seed("collector.exe", b"MZ", "theirs");
+    ready(w.ensure(&keeper, &["collector.exe"]).await);
+    assert_eq!(w.lists(), 2);
+    // Another instance replaced triage.ps1 with the same bytes meanwhile: listed again, no upload.
+    w.library.files.lock().unwrap().clear();
+    w.library.seed(
+        "triage.ps1",
+        TRIAGE,
+        &spec("triage.ps1").managed_description(),
+    );
+    w.library.seed("collector.exe", b"MZ", "theirs");
+    ready(w.ensure(&keeper, &["triage.ps1", "collector.exe"]).await);
+    assert_eq!(w.uploads(), names(&["triage.ps1"]), "no second upload");
+}
+
+#[tokio::test]
+async fn verify_mode_checks_without_uploading_and_off_mode_makes_no_call() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Verify);
+    let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert!(
+        reason.contains("triage.ps1") && reason.contains("LIBRARY_SYNC=verify"),
+        "{reason}"
+    );
+    assert!(w.uploads().is_empty());
+    w.library
+        .seed("triage.ps1", TRIAGE, "reviewed and uploaded by hand");
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+
+    let off = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Off);
+    let before = w.lists();
+    assert!(ready(w.ensure(&off, &["triage.ps1", "unknown.ps1"]).await).is_empty());
+    assert_eq!(w.lists(), before);
+}
+
+#[tokio::test]
+async fn defenders_refusals_say_what_to_fix_and_outages_are_retried() {
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let w = World::new();
+    *w.library.fail.lock().unwrap() = Some(|| DefenderError::Unauthorized {
+        status: 403,
+        message: "Missing application roles".into(),
+    });
+    let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert!(reason.contains("Library.Manage"), "{reason}");
+
+    for make in [
+        (|| DefenderError::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+        }) as fn() -> DefenderError,
+        || DefenderError::Transient {
+            reason: "HTTP 503".into(),
+        },
+    ] {
+        let w = World::new();
+        *w.library.fail.lock().unwrap() = Some(make);
+        assert!(matches!(
+            w.ensure(&keeper, &["triage.ps1"]).await,
+            Ensured::Retry(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn library_calls_are_paced_by_the_tenant_get_budget() {
+    let mut w = World::new();
+    w.budget.gets_per_minute = 1;
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    // The listing takes the minute's only call; the upload waits for the next minute.
+    match w.ensure(&keeper, &["triage.ps1"]).await {
+        Ensured::Wait(d) => assert!(d > Duration::ZERO && d <= Duration::from_secs(60), "{d:?}"),
+        other => panic!("expected to wait for the budget: {other:?}"),
+    }
+    assert_eq!((w.lists(), w.uploads().len()), (1, 0));
+    w.clock.advance(Duration::from_secs(61));
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(
+        (w.lists(), w.uploads().len()),
+        (1, 1),
+        "the warm listing is kept"
+    );
+}
+
+/// A library where another instance uploads the file between our listing and our upload.
+struct Raced {
+    inner: MemLibrary,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl LibraryApi for Raced {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>> {
+        self.inner.list()
+    }
+    fn upload<'a>(
+        &'a self,
+        upload: &'a LibraryUpload,
+    ) -> BoxFuture<'a, Result<LibraryFile, DefenderError>> {
+        if !self.raced.swap(true, Ordering::SeqCst) {
+            self.inner.seed(
+                &upload.file_name,
+                TRIAGE,
+                &spec("triage.ps1").managed_description(),
+            );
+        }
+        self.inner.upload(upload)
+    }
+}
+
+#[tokio::test]
+async fn an_upload_another_instance_beat_us_to_is_settled_by_listing_again() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let raced = Raced {
+        inner: MemLibrary::default(),
+        raced: Default::default(),
+    };
+    let used = keeper
+        .ensure(
+            &raced,
+            &w.store,
+            &w.budget,
+            &w.clock,
+            &names(&["triage.ps1"]),
+        )
+        .await
+        .unwrap();
+    let used = ready(used);
+    assert_eq!(used[0].sha256, Some(sha(TRIAGE)));
+    assert_eq!(raced.inner.lists.load(Ordering::SeqCst), 2);
+    assert!(raced.inner.uploads.lock().unwrap().is_empty());
+}
+
+/// Defender that must not be asked to run anything.
+struct MustNotSubmit;
+
+impl Defender for MustNotSubmit {
+    async fn run_live_response(
+        &self,
+        _: &MachineId,
+        _: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("a run whose library file cannot be had was submitted")
+    }
+    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+    async fn list_machine_actions(
+        &self,
+        _: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        Ok(Vec::new())
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        panic!("not expected")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+}
+
+#[tokio::test]
+async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anything() {
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let machine = machine_id(M1);
+    let run = run_id("native", "needs-collector", M1, "collector");
+    let now = OffsetDateTime::now_utc();
+    let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d").unwrap();
+    let commands = vec![
+        Command::put_file("collector.exe"),
+        Command::run_script("triage.ps1", Some("-Quick")),
+    ];
+    let mut record = collecting_run(&run, "needs-collector", &machine, commands, &action);
+    record.state = RunState::Received;
+    record.action_id = None;
+    record.submitted_at = None;
+    record.submit_attempts = 0;
+    record.deadline = now + time::Duration::hours(1);
+    put_run(&store, &record).await;
+
+    let library = MemLibrary::default();
+    let keeper = Librarian::new(
+        bundle(&[spec("triage.ps1"), external("collector.exe")]),
+        SyncMode::Upload,
+    );
+    let msg = Delivery::new(
+        "submit-1",
+        encode(&SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run.clone(),
+            attempt: 0,
+            prev: None,
+        }),
+    );
+    let clock = ManualClock::at(now);
+    let done = shared::stages::submit::handle(
+        &submit_config(),
+        &store,
+        &queue,
+        &MustNotSubmit,
+        LibrarySync {
+            keeper: &keeper,
+            api: &library,
+        },
+        testkit::notary::notary(),
+        &clock,
+        &msg,
+    )
+    .await
+    .expect("handled");
+    assert_eq!(done.outcome, shared::codes::Outcome::LibraryRefused);
+    let manifest: Manifest = serde_json::from_slice(
+        &store
+            .get(&manifest_key(&run))
+            .await
+            .unwrap()
+            .expect("the run's manifest is written")
+            .body,
+    )
+    .unwrap();
+    assert_eq!(manifest.outcome, Some(RunOutcome::Failed));
+    let reason = manifest.reason.unwrap_or_default();
+    assert!(reason.contains("collector.exe"), "{reason}");
+    assert!(manifest.action.is_none());
+    assert!(
+        library.uploads.lock().unwrap().is_empty(),
+        "nothing uploaded for a run that cannot go"
+    );
+}
