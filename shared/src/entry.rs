@@ -210,8 +210,8 @@ pub struct Intake {
 
 /// The bundled playbooks and library, or the playbook file `PLAYBOOKS_S3_URI` names with the
 /// library files it manages read from its folder beside it (`<dir>/<library_folder>/<name>`):
-/// intake and submit load the same, checked, at cold start.
-async fn load_playbooks(
+/// intake and submit load the same, checked, at cold start (and `lrctl library` for the tenant).
+pub async fn load_playbooks(
     uri: Option<&str>,
     sdk: &aws_config::SdkConfig,
 ) -> Result<(Playbooks, Bundle), InitError> {

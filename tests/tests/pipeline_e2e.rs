@@ -226,7 +226,15 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_middle_command_keeps_earlier_results_and_records_the_rest() {
+    // Library sync off: the missing script fails on the device, as Defender fails it.
     let playbooks = r#"
+[[library_files]]
+name = "triage.ps1"
+external = true
+[[library_files]]
+name = "not-in-library.ps1"
+external = true
+
 [[playbooks]]
 name = "three-steps"
 [playbooks.match]
@@ -255,9 +263,14 @@ kind = "windows_path"
         .send()
         .await
         .unwrap();
+    let mut config = fleet(vec![dev(M1, &[(BIG, 1000)])]);
+    config.library = testkit::library::bundled_seeds();
     let stack = Stack::start(
-        fleet(vec![dev(M1, &[(BIG, 1000)])]),
-        &[("PLAYBOOKS_S3_URI", format!("s3://{bucket}/pb.toml"))],
+        config,
+        &[
+            ("PLAYBOOKS_S3_URI", format!("s3://{bucket}/pb.toml")),
+            ("LIBRARY_SYNC", "off".into()),
+        ],
     )
     .await;
     stack

@@ -55,6 +55,13 @@ fn a_file_name_does_not_stop_an_unwanted_software_alert() {
 #[test]
 fn a_value_one_playbook_refuses_stays_for_the_next() {
     const PB: &str = r#"
+[[library_files]]
+name = "file-details.ps1"
+external = true
+[[library_files]]
+name = "triage.ps1"
+external = true
+
 [[playbooks]]
 name = "details"
 [playbooks.match]

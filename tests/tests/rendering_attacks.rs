@@ -54,6 +54,10 @@ fn an_attacker_chosen_file_name_does_not_stop_all_collection() {
 #[test]
 fn bare_script_values_are_plain_strings_to_powershell() {
     const PB: &str = r#"
+[[library_files]]
+name = "minidump.ps1"
+external = true
+
 [[playbooks]]
 name = "bare"
 [[playbooks.commands]]

@@ -29,6 +29,20 @@ impl BundleFile {
     pub fn managed(&self) -> bool {
         !self.spec.external
     }
+
+    /// The upload that puts this file's bytes in the library as the pipeline does: the declared
+    /// fields, the description ending with [`super::MANAGED_MARKER`], `OverrideIfExists` only when
+    /// `replace` (what [`super::Verdict::Upload`] says). Submit and `lrctl library sync` both use it.
+    pub fn upload(&self, replace: bool) -> crate::defender::LibraryUpload {
+        crate::defender::LibraryUpload {
+            file_name: self.spec.name.clone(),
+            content: self.content.clone().unwrap_or_default().to_vec(),
+            description: self.spec.managed_description(),
+            parameters_description: self.spec.parameters_description.clone(),
+            has_parameters: self.spec.has_parameters,
+            override_if_exists: replace,
+        }
+    }
 }
 
 /// A declared file the bundle cannot provide; fix the playbook file or its folder.
@@ -114,6 +128,11 @@ impl Bundle {
                 .find(|(n, _)| *n == name)
                 .map(|(_, b)| b.to_vec())
         })
+    }
+
+    /// The declared files, managed ones read from `dir` (a playbook file's library folder on disk).
+    pub fn from_dir(specs: &[LibraryFileSpec], dir: &std::path::Path) -> Result<Self, BundleError> {
+        Self::assemble(specs, |name| std::fs::read(dir.join(name)).ok())
     }
 
     /// The file of this name (any case), if declared.
