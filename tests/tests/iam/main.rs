@@ -400,27 +400,58 @@ fn each_role_has_exactly_the_access_its_stage_uses() {
 }
 
 #[test]
-fn intake_reads_the_playbook_file_it_is_given_and_nothing_else() {
+fn intake_and_submit_read_the_playbooks_bucket_they_are_given_and_nothing_else() {
     let roles = static_roles(json!({"PlaybooksS3Uri": "s3://pb-bucket/team/playbooks.toml"}));
-    let intake = &roles["intake"];
-    assert!(intake.allows(
-        "s3:GetObject",
-        "arn:aws:s3:::pb-bucket/team/playbooks.toml",
-        None
-    ));
-    for other in [
-        "arn:aws:s3:::pb-bucket/team/other.toml",
-        "arn:aws:s3:::lr-evidence/playbooks/default.toml",
-    ] {
-        assert!(!intake.allows("s3:GetObject", other, None), "{other}");
-    }
-    // Without PLAYBOOKS_S3_URI intake reads no playbook from S3 (the bundled ones are built in).
-    let roles = static_roles(json!({}));
-    for key in ["playbooks/default.toml", "other.json"] {
+    for stage in ["intake", "submit"] {
+        let role = &roles[stage];
+        for key in ["team/playbooks.toml", "team/library/triage.ps1"] {
+            assert!(
+                role.allows("s3:GetObject", &object_arn("pb-bucket", key), None),
+                "{stage}: {key}"
+            );
+        }
+        // A library file missing from the folder must answer 404, not 403.
         assert!(
-            !roles["intake"].allows("s3:GetObject", &object_arn("lr-evidence", key), None),
-            "{key}"
+            role.allows("s3:ListBucket", "arn:aws:s3:::pb-bucket", None),
+            "{stage}: ListBucket on the playbooks bucket"
         );
+        for other in [
+            "arn:aws:s3:::other-bucket/team/playbooks.toml",
+            "arn:aws:s3:::pb-bucket-2/team/library/triage.ps1",
+        ] {
+            assert!(
+                !role.allows("s3:GetObject", other, None),
+                "{stage}: {other}"
+            );
+        }
+        assert!(
+            !role.allows(
+                "s3:PutObject",
+                &object_arn("pb-bucket", "team/library/triage.ps1"),
+                None
+            ),
+            "{stage} must not change the playbooks"
+        );
+    }
+    for stage in ["poll", "collect"] {
+        assert!(
+            !roles[stage].allows(
+                "s3:GetObject",
+                &object_arn("pb-bucket", "team/playbooks.toml"),
+                None
+            ),
+            "{stage} reads no playbook"
+        );
+    }
+    // Without PLAYBOOKS_S3_URI no stage reads a playbook from S3 (the bundled ones are built in).
+    let roles = static_roles(json!({}));
+    for stage in ["intake", "submit"] {
+        for key in ["playbooks/default.toml", "library/triage.ps1", "other.json"] {
+            assert!(
+                !roles[stage].allows("s3:GetObject", &object_arn("lr-evidence", key), None),
+                "{stage}: {key}"
+            );
+        }
     }
 }
 
@@ -634,7 +665,8 @@ struct World {
 }
 
 impl World {
-    async fn new(sim_credentials_json: &str, extra_users: Value) -> Self {
+    /// A stack deployed as the template does; `parameters` adds template parameters.
+    async fn new(sim_credentials_json: &str, extra_users: Value, parameters: Value) -> Self {
         logs();
         let moto = moto_iam();
         let admin = sdk_as(&moto.endpoint, &moto.access_key_id, &moto.secret_access_key).await;
@@ -683,8 +715,12 @@ impl World {
         );
         // The local stack's bucket has Object Lock on (evidence is written with retention); its
         // completion events go to its own bus.
+        let mut params = json!({"EnableObjectLock": "true", "EventBusName": stack.event_bus});
+        if let (Some(all), Some(more)) = (params.as_object_mut(), parameters.as_object()) {
+            all.extend(more.clone());
+        }
         let bindings = json!({
-            "parameters": {"EnableObjectLock": "true", "EventBusName": stack.event_bus},
+            "parameters": params,
             "resources": resources,
             "prefix": prefix,
             "extra_users": extra_users,
@@ -889,12 +925,51 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     let mut config = sim_config();
     config.devices = vec![device(M1, size)];
     config.sim.time_scale = 20.0;
+    // A fresh tenant: submit uploads the triage script, read under its role from the playbooks
+    // bucket the template grants (the playbook file and its library folder beside it).
+    config.library = vec![];
     let sim = start_sim(config.clone()).await;
-    let world = World::new(&credentials_json(&config), json!({})).await;
+    let playbooks = unique("iam-playbooks");
+    let uri = format!("s3://{playbooks}/team/playbooks.toml");
+    let world = World::new(
+        &credentials_json(&config),
+        json!({}),
+        json!({ "PlaybooksS3Uri": uri }),
+    )
+    .await;
+    let admin_s3 = shared::adapters::s3::s3_client(&world.admin);
+    admin_s3
+        .create_bucket()
+        .bucket(&playbooks)
+        .send()
+        .await
+        .expect("the playbooks bucket");
+    let mut files: Vec<(String, Vec<u8>)> = shared::library::bundle::BUNDLED_LIBRARY
+        .iter()
+        .map(|(n, b)| (format!("team/library/{n}"), b.to_vec()))
+        .collect();
+    files.push((
+        "team/playbooks.toml".into(),
+        shared::alerts::playbook::BUNDLED.as_bytes().to_vec(),
+    ));
+    for (key, body) in files {
+        admin_s3
+            .put_object()
+            .bucket(&playbooks)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .expect("put a playbook file");
+    }
     let functions = deploy(
         &world,
         &sim,
-        &[("COLLECT_PART_MIB", "5"), ("COLLECT_TIME_BUDGET_SECS", "0")],
+        &[
+            ("COLLECT_PART_MIB", "5"),
+            ("COLLECT_TIME_BUDGET_SECS", "0"),
+            ("PLAYBOOKS_S3_URI", &uri),
+        ],
     )
     .await;
 
@@ -953,6 +1028,16 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
     assert_eq!(m.run_state, RunState::Completed);
     assert_eq!(m.outcome, Some(RunOutcome::Succeeded));
     assert_eq!(m.commands.len(), 2);
+    let triage = shared::library::bundle::BUNDLED_LIBRARY
+        .iter()
+        .find(|(n, _)| *n == "triage.ps1")
+        .map(|(_, b)| sha256_hex(b));
+    assert_eq!(m.library.len(), 1, "{:?}", m.library);
+    assert_eq!(
+        m.library[0].sha256, triage,
+        "the manifest names the script's version"
+    );
+    assert_eq!(sim.stats().library_uploads, 1, "submit uploaded the script");
     for c in &m.commands {
         assert_eq!(c.outcome, CommandOutcome::Collected, "{c:?}");
         let key = c.s3_key.as_deref().expect("evidence key");
@@ -1031,6 +1116,7 @@ async fn a_read_refused_by_iam_names_the_key_and_the_missing_permission() {
     let world = World::new(
         "{\"tenant_id\":\"t\",\"client_id\":\"c\",\"client_secret\":\"s\"}",
         json!({ "reader": reader_policy }),
+        json!({}),
     )
     .await;
     let admin = world.store_as(&world.admin);
