@@ -9,7 +9,10 @@
 //! every manifest carries a signature that verifies offline over its exact bytes; every run's
 //! completion event is published, agrees with the manifest, and goes out once (twice only when a
 //! handler died between publishing and recording it). Signing and publishing fail and are killed
-//! too.
+//! too. The live response library starts empty (submit uploads the triage script), stale (it
+//! replaces it) or holding someone else's file of that name (every run ends before submission,
+//! naming it, and the file is untouched), and its API fails as Defender's can; every submitted
+//! run's manifest names the bundle's version of the script.
 //!
 //! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
 
@@ -158,6 +161,61 @@ impl Queue for KQueue<'_> {
         self.kill.point().await;
         self.inner.send_rejected(dlq, body, why).await
     }
+}
+
+/// The live response library with Defender's failures: a call may be throttled or fail.
+struct FlakyLibrary {
+    inner: shared::adapters::memory::MemLibrary,
+    rng: Mutex<Rng>,
+    fault_rate: f64,
+    faults_on: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyLibrary {
+    fn fault(&self) -> Option<DefenderError> {
+        if !self.faults_on.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        if !rng.chance(self.fault_rate) {
+            return None;
+        }
+        Some(if rng.chance(0.5) {
+            DefenderError::RateLimited {
+                retry_after: Some(Duration::from_secs(1 + rng.below(30))),
+            }
+        } else {
+            DefenderError::Transient {
+                reason: "HTTP 503".into(),
+            }
+        })
+    }
+}
+
+impl shared::ports::LibraryApi for FlakyLibrary {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<shared::defender::LibraryFile>, DefenderError>> {
+        match self.fault() {
+            Some(e) => Box::pin(async move { Err(e) }),
+            None => self.inner.list(),
+        }
+    }
+    fn upload<'a>(
+        &'a self,
+        upload: &'a shared::defender::LibraryUpload,
+    ) -> BoxFuture<'a, Result<shared::defender::LibraryFile, DefenderError>> {
+        match self.fault() {
+            Some(e) => Box::pin(async move { Err(e) }),
+            None => self.inner.upload(upload),
+        }
+    }
+}
+
+/// What the library holds for the triage script when a schedule starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LibraryStart {
+    Empty,
+    StaleOurs,
+    Theirs,
 }
 
 /// The notary with kill points and faults: a signature or a publish may fail (as a throttled KMS or
@@ -663,6 +721,38 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     collect_cfg.time_budget = Duration::from_millis(rng.below(3));
     let budget_cfg: BudgetConfig = submit_cfg.budget;
     let playbooks = Playbooks::bundled().unwrap();
+    let bundle = shared::library::Bundle::bundled(playbooks.library_files()).unwrap();
+    let triage = bundle
+        .get("triage.ps1")
+        .and_then(|f| f.sha256.clone())
+        .unwrap();
+    let librarian = shared::library::Librarian::new(bundle, shared::library::SyncMode::Upload);
+    let library = FlakyLibrary {
+        inner: Default::default(),
+        rng: Mutex::new(Rng::new(seed ^ 0x11B)),
+        fault_rate: fault_rate / 2.0,
+        faults_on: std::sync::atomic::AtomicBool::new(true),
+    };
+    let library_start = [
+        LibraryStart::Empty,
+        LibraryStart::Empty,
+        LibraryStart::StaleOurs,
+        LibraryStart::Theirs,
+    ][rng.below(4) as usize];
+    let theirs = b"Write-Output 'the IR team''s triage'";
+    match library_start {
+        LibraryStart::Empty => {}
+        LibraryStart::StaleOurs => library.inner.seed(
+            "triage.ps1",
+            b"Write-Output 'v0'",
+            &playbooks.library_files()[0].managed_description(),
+        ),
+        LibraryStart::Theirs => library.inner.seed("triage.ps1", theirs, "uploaded by hand"),
+    }
+    let library_sync = shared::library::LibrarySync {
+        keeper: &librarian,
+        api: &library,
+    };
 
     let mut pool: Vec<Message> = Vec::new();
     let mut sent_seen = 0usize;
@@ -748,6 +838,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         let killed_at = (!last_chance && rng.chance(kill_rate)).then(|| 1 + rng.below(12) as i64);
         kill.arm(killed_at.unwrap_or(i64::MAX));
         knotary.faults_on.store(!last_chance, Ordering::SeqCst);
+        library.faults_on.store(!last_chance, Ordering::SeqCst);
         macro_rules! dispatch {
             ($q:expr, $msg:expr) => {
                 async {
@@ -758,7 +849,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                                 &kstore,
                                 &kqueue,
                                 &defender,
-                                testkit::library::sync_off(),
+                                library_sync,
                                 notary,
                                 &clock,
                                 $msg,
@@ -881,6 +972,19 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     }
 
     // Invariants.
+    let in_library = library.inner.sha256("triage.ps1");
+    let want = match library_start {
+        LibraryStart::Theirs => sha256_hex(theirs),
+        _ => triage.clone(),
+    };
+    let submitted_any = !defender.actions.lock().unwrap().is_empty();
+    if (library_start == LibraryStart::Theirs || submitted_any)
+        && in_library.as_deref() != Some(want.as_str())
+    {
+        return Err(format!(
+            "the library holds triage.ps1 {in_library:?} after a schedule starting {library_start:?}; expected {want}"
+        ));
+    }
     let actions = defender.actions.lock().unwrap().clone();
     for run_id in &run_ids {
         let run: RunRecord = read(&store, &run_key(run_id)).await?;
@@ -889,6 +993,22 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .map_err(|e| format!("run {run_id} ({:?}, {:?}): {e}", run.state, run.reason))?;
         if !run.state.is_final() {
             return Err(format!("run {run_id} ended {:?}", run.state));
+        }
+        if library_start == LibraryStart::Theirs {
+            let reason = manifest.reason.clone().unwrap_or_default();
+            if manifest.action.is_some() || !reason.contains("triage.ps1") {
+                return Err(format!(
+                    "run {run_id}: someone else's triage.ps1 is in the library, yet the run was submitted or ended for another reason ({reason})"
+                ));
+            }
+        } else if manifest.action.is_some()
+            && (manifest.library.len() != 1
+                || manifest.library[0].sha256.as_deref() != Some(triage.as_str()))
+        {
+            return Err(format!(
+                "run {run_id}: submitted, but its manifest names library {:?}, not triage.ps1 {triage}",
+                manifest.library
+            ));
         }
         if manifest.commands.len() != run.commands.len() {
             return Err(format!(
