@@ -21,7 +21,7 @@ use super::{Bundle, LibraryUse};
 use crate::budget::{self, BudgetConfig, Paced};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Env, optional};
-use crate::defender::{DefenderError, LibraryFile, LibraryUpload, Next};
+use crate::defender::{DefenderError, LibraryFile, Next};
 use crate::ports::{LibraryApi, ObjectStore, StoreError};
 
 /// How long a listing is trusted before the next run that needs a file lists again.
@@ -215,14 +215,7 @@ impl Librarian {
                 let Some(file) = self.bundle.get(name) else {
                     continue;
                 };
-                let upload = LibraryUpload {
-                    file_name: file.spec.name.clone(),
-                    content: file.content.clone().unwrap_or_default().to_vec(),
-                    description: file.spec.managed_description(),
-                    parameters_description: file.spec.parameters_description.clone(),
-                    has_parameters: file.spec.has_parameters,
-                    override_if_exists: replace,
-                };
+                let upload = file.upload(replace);
                 match budget::get_call(store, budget, clock, || api.upload(&upload)).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Ok(mut entity)) => {

@@ -126,17 +126,22 @@ impl StackNames {
     }
 }
 
-/// lrctl's settings for a provisioned stack, as `LR_*` variables (what `lrctl --env-file` reads):
-/// the bucket, the signing key, the alerts queue, and every stage's queue and dead-letter queue
-/// (`stage=url,...`).
-pub fn lrctl_settings(stack: &ProvisionedStack) -> Vec<(&'static str, String)> {
+/// lrctl's settings for a provisioned stack, as variables (what `lrctl --env-file` reads): the
+/// bucket, the signing key, the alerts queue, and every stage's queue and dead-letter queue
+/// (`stage=url,...`); and from `env`, the functions' environment (the stack's, pointed at the
+/// simulator), the MDE_* settings they reach Defender with and their playbook file
+/// (`PLAYBOOKS_S3_URI` as `LR_PLAYBOOKS`), for `lrctl library`.
+pub fn lrctl_settings(
+    stack: &ProvisionedStack,
+    env: &BTreeMap<String, String>,
+) -> Vec<(&'static str, String)> {
     let stages = |urls: &BTreeMap<String, String>| {
         urls.iter()
             .map(|(s, u)| format!("{s}={u}"))
             .collect::<Vec<_>>()
             .join(",")
     };
-    vec![
+    let mut out = vec![
         ("LR_BUCKET", stack.bucket.clone()),
         ("LR_SIGNING_KEY_ID", stack.signing_key_arn.clone()),
         (
@@ -145,7 +150,23 @@ pub fn lrctl_settings(stack: &ProvisionedStack) -> Vec<(&'static str, String)> {
         ),
         ("LR_QUEUE_URLS", stages(&stack.queue_urls)),
         ("LR_DLQ_URLS", stages(&stack.dlq_urls)),
-    ]
+    ];
+    for var in [
+        "MDE_CLOUD",
+        "MDE_API_BASE_URL",
+        "MDE_LOGIN_BASE_URL",
+        "MDE_TOKEN_SCOPE",
+        "MDE_CREDENTIALS_SECRET_ID",
+        "MDE_HTTP_TIMEOUT_SECS",
+    ] {
+        if let Some(v) = env.get(var).filter(|v| !v.is_empty()) {
+            out.push((var, v.clone()));
+        }
+    }
+    if let Some(uri) = env.get("PLAYBOOKS_S3_URI").filter(|v| !v.is_empty()) {
+        out.push(("LR_PLAYBOOKS", uri.clone()));
+    }
+    out
 }
 
 /// The event pattern of the example rule: every completion event the pipeline publishes.

@@ -160,7 +160,8 @@ async fn up(args: &StackArgs) -> Result<Up, BoxError> {
         Ok(path)
     };
     write("stack", None)?;
-    // lrctl's settings for this stack: `lrctl --env-file .local/lrctl.env runs`.
+    // lrctl's settings for this stack: `lrctl --env-file .local/lrctl.env runs` (and, with the
+    // functions' Defender settings, `... library status`).
     let mut lrctl = String::new();
     for k in [
         "AWS_ENDPOINT_URL",
@@ -170,7 +171,7 @@ async fn up(args: &StackArgs) -> Result<Up, BoxError> {
     ] {
         lrctl.push_str(&format!("{k}={}\n", env[k]));
     }
-    for (k, v) in local_stack::lrctl_settings(&stack) {
+    for (k, v) in local_stack::lrctl_settings(&stack, &env) {
         lrctl.push_str(&format!("{k}={v}\n"));
     }
     std::fs::write(format!("{}/lrctl.env", args.env_dir), lrctl)?;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::SettingsArgs;
 
 /// lrctl: find, verify and fetch live-response evidence; read and redrive refused messages; send
-/// alerts; export the manifest signing key.
+/// alerts; export the manifest signing key; check and sync the playbooks' library files.
 #[derive(Debug, Parser)]
 #[command(name = "lrctl", version, about, long_about = None)]
 pub struct Cli {
@@ -47,6 +47,57 @@ pub enum Command {
     /// The manifest signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The scripts and files the playbooks use, in Defender's live response library: `status`
+    /// compares, `sync` uploads what the pipeline manages (needs Library.Manage).
+    ///
+    /// Every library file the playbook file declares ([[library_files]]) is compared, by SHA-256,
+    /// with the tenant's library, and judged by the same rules submit applies before a run: a file
+    /// the playbooks ship is uploaded when missing and replaced when the copy there is a stale one
+    /// the pipeline uploaded (its description ends with the pipeline's marker), or someone else's
+    /// and the entry says replace_unmanaged = true; anyone else's file is left alone, and an
+    /// external file must be there (with its pinned SHA-256, if any).
+    ///
+    /// Playbooks: the bundled ones, or --playbooks / LR_PLAYBOOKS: a local playbook file (its
+    /// library folder beside it) or s3://bucket/key as the deployment's PLAYBOOKS_S3_URI.
+    ///
+    /// Defender is reached as the functions reach it: MDE_CREDENTIALS_SECRET_ID (the Secrets
+    /// Manager secret with the app's tenant_id, client_id and client_secret; read with the AWS
+    /// credentials lrctl uses), MDE_CLOUD, and MDE_API_BASE_URL, MDE_LOGIN_BASE_URL,
+    /// MDE_TOKEN_SCOPE, MDE_HTTP_TIMEOUT_SECS if the deployment sets them; from the environment
+    /// or --env-file (a stack's outputs do not carry them; the local stack's .local/lrctl.env
+    /// does). Listing and uploading need the app's Library.Manage application permission.
+    #[command(subcommand)]
+    Library(LibraryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LibraryCommand {
+    /// One line per declared library file: its source, the SHA-256 the playbooks expect, the
+    /// library's, whether the pipeline uploaded that copy, and the verdict; exits 0 only when
+    /// every file is ready (to gate a deploy).
+    Status(PlaybooksArg),
+    /// Uploads what is missing, replaces what the verdict says (a stale copy the pipeline uploaded,
+    /// or someone else's file where replace_unmanaged = true), never deletes, never touches a
+    /// refused file; then lists again and prints the final status. Exits 1 if a file was refused
+    /// or an upload failed. Needs the Library.Manage application permission.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlaybooksArg {
+    /// The playbook file: a local path (its library folder beside it) or s3://bucket/key, as the
+    /// deployment's PLAYBOOKS_S3_URI [env: LR_PLAYBOOKS; default: the bundled playbooks].
+    #[arg(long, value_name = "PATH|s3://BUCKET/KEY")]
+    pub playbooks: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub playbooks: PlaybooksArg,
+    /// Print what would be uploaded or replaced, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]

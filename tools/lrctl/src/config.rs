@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 /// The settings as given on the command line (every one also has a variable).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SettingsArgs {
-    /// KEY=VALUE lines: LR_* settings and AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY (e.g. the local stack's .local/lrctl.env).
+    /// KEY=VALUE lines: LR_* settings, the MDE_* settings `library` reaches Defender with, and
+    /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (e.g. the local
+    /// stack's .local/lrctl.env).
     #[arg(long, global = true, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
     /// A CloudFormation stack whose outputs fill in any setting not given otherwise [env: LR_STACK].
@@ -56,6 +57,12 @@ pub struct Settings {
     pub dlq_urls: BTreeMap<&'static str, String>,
     /// AWS_* values from the environment or the env file, for the SDK.
     pub aws: BTreeMap<&'static str, String>,
+    /// The playbook file `library` reads (`LR_PLAYBOOKS`: a path or `s3://bucket/key`); `None`:
+    /// the bundled playbooks. A subcommand's `--playbooks` beats it.
+    pub playbooks: Option<String>,
+    /// The MDE_* values from the environment or the env file ([`MDE_VARS`]), read the way the
+    /// functions read them ([`Settings::defender`]).
+    pub mde: BTreeMap<String, String>,
 }
 
 /// A missing setting: names the flag and the variable that supply it.
@@ -96,6 +103,18 @@ impl Settings {
             .get(stage)
             .map(String::as_str)
             .ok_or_else(|| missing(&format!("{stage} queue"), "--queue-urls", "LR_QUEUE_URLS"))
+    }
+
+    /// How to reach Defender, from the MDE_* values as the functions read them (cloud preset,
+    /// URL overrides, token scope, the credentials secret); a usage error naming the variable.
+    pub fn defender(&self) -> Result<shared::defender::DefenderConfig> {
+        shared::defender::DefenderConfig::from_env(&self.mde).map_err(|e| {
+            Error::Usage(format!(
+                "{e} (`library` talks to Defender as the functions do: set the MDE_* variables \
+                 the deployment's functions have, in the environment or the --env-file; a \
+                 stack's outputs do not carry them)"
+            ))
+        })
     }
 
     /// The dead-letter queues of `stage`, or of every stage configured.
@@ -193,6 +212,17 @@ pub const AWS_VARS: [&str; 6] = [
     "AWS_SESSION_TOKEN",
 ];
 
+/// The Defender variables `library` reads, as the functions do (see
+/// `shared::defender::DefenderConfig::from_env`).
+pub const MDE_VARS: [&str; 6] = [
+    "MDE_CLOUD",
+    "MDE_API_BASE_URL",
+    "MDE_LOGIN_BASE_URL",
+    "MDE_TOKEN_SCOPE",
+    "MDE_CREDENTIALS_SECRET_ID",
+    "MDE_HTTP_TIMEOUT_SECS",
+];
+
 /// The stage queue settings a stack's outputs give: `LR_QUEUE_URLS` and `LR_DLQ_URLS` text.
 fn stage_urls_from_outputs(outputs: &BTreeMap<String, String>, dead: bool) -> Option<String> {
     let parts: Vec<String> = STAGES
@@ -237,6 +267,13 @@ where
             aws.insert(var, v);
         }
     }
+    let mut mde = BTreeMap::new();
+    for var in MDE_VARS {
+        if let Some(v) = lookup(var) {
+            mde.insert(var.to_string(), v);
+        }
+    }
+    let playbooks = lookup("LR_PLAYBOOKS");
     let mut values: BTreeMap<&str, Option<String>> = BTreeMap::new();
     for (var, flag) in [
         ("LR_BUCKET", &args.bucket),
@@ -277,6 +314,8 @@ where
             None => BTreeMap::new(),
         },
         aws,
+        playbooks,
+        mde,
     })
 }
 

@@ -5,10 +5,12 @@
 //!   works with; [`error`]: errors and exit codes.
 //! - [`bucket`]: the evidence bucket as read (records, listings, streamed objects);
 //!   [`digest`]: streaming SHA-256 and gzip hashing; [`output`]: tables, JSON, progress bars.
-//! - One module per subcommand: [`runs`], [`show`], [`verify`], [`fetch`], [`dlq`], and
-//!   [`queue`] (`send` and `key export`).
+//! - One module per subcommand: [`runs`], [`show`], [`verify`], [`fetch`], [`dlq`],
+//!   [`queue`] (`send` and `key export`), and [`library`] (`library status` and `sync`: the
+//!   playbooks' library files in Defender's live response library).
 //!
-//! Commands return an exit code (`verify` and `fetch` return 1 when evidence does not match)
+//! Commands return an exit code (`verify` and `fetch` return 1 when evidence does not match;
+//! `library status` when a file is not ready, `library sync` when one was refused or failed)
 //! or an [`error::Error`]; nothing a stored value holds can make them panic (sums saturate, reads
 //! are capped), and nothing it holds reaches the terminal raw ([`output::clean`]).
 
@@ -20,6 +22,7 @@ pub mod digest;
 pub mod dlq;
 pub mod error;
 pub mod fetch;
+pub mod library;
 pub mod output;
 pub mod queue;
 pub mod runs;
@@ -48,5 +51,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Dlq(args) => dlq::command(&ctx, &args).await,
         Command::Send { file } => queue::send(&ctx, &file).await,
         Command::Key(KeyCommand::Export { out }) => queue::export_key(&ctx, out.as_deref()).await,
+        Command::Library(cmd) => library::command(&ctx, &cmd).await,
     }
 }

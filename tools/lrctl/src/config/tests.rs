@@ -82,3 +82,32 @@ fn malformed_settings_are_refused_with_where_they_came_from() {
     assert!(e.contains("--dlq-urls") && e.contains("bogus"), "{e}");
     assert!(parse_stage_urls("alerts", "x").is_err());
 }
+
+#[tokio::test]
+async fn defender_settings_and_the_playbooks_come_from_the_environment_or_the_env_file() {
+    let f = file(
+        "MDE_CREDENTIALS_SECRET_ID=lr/file\nMDE_API_BASE_URL=http://127.0.0.1:9/\n\
+         LR_PLAYBOOKS=s3://b/playbooks.toml\n",
+    );
+    let args = SettingsArgs {
+        env_file: Some(f.path().into()),
+        ..Default::default()
+    };
+    let env = |k: &str| (k == "MDE_CREDENTIALS_SECRET_ID").then(|| "lr/env".to_string());
+    let s = resolve(&args, &env, no_stack).await.unwrap();
+    let d = s.defender().unwrap();
+    assert_eq!(d.credentials_secret_id, "lr/env");
+    assert_eq!(d.api_base, "http://127.0.0.1:9");
+    assert_eq!(d.login_base, "https://login.microsoftonline.com");
+    assert_eq!(s.playbooks.as_deref(), Some("s3://b/playbooks.toml"));
+
+    let s = resolve(&SettingsArgs::default(), &|_| None, no_stack)
+        .await
+        .unwrap();
+    assert!(s.playbooks.is_none());
+    let e = s.defender().unwrap_err().to_string();
+    assert!(
+        e.contains("MDE_CREDENTIALS_SECRET_ID") && e.contains("--env-file"),
+        "{e}"
+    );
+}

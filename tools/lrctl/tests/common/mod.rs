@@ -14,7 +14,16 @@ pub const FILE: &str = "C:\\Users\\bob\\Downloads\\dropper.exe";
 
 /// lrctl's settings for `stack`, plus the AWS variables of this process (moto's endpoint, keys).
 pub fn settings(stack: &local_stack::ProvisionedStack) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = local_stack::lrctl_settings(stack)
+    settings_with(stack, &stack.env)
+}
+
+/// lrctl's settings for `stack` whose functions run with `env` (MDE_* and the playbook file come
+/// from there, as the local stack writes them to .local/lrctl.env), plus the AWS variables.
+pub fn settings_with(
+    stack: &local_stack::ProvisionedStack,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = local_stack::lrctl_settings(stack, env)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
