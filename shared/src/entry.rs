@@ -208,9 +208,22 @@ pub struct Intake {
     queue: SqsQueue,
 }
 
-/// The bundled playbooks and library, or the playbook file `PLAYBOOKS_S3_URI` names with the
-/// library files it manages read from its folder beside it (`<dir>/<library_folder>/<name>`):
-/// intake and submit load the same, checked, at cold start (and `lrctl library` for the tenant).
+/// The bundled playbooks, or the playbook file `PLAYBOOKS_S3_URI` names, checked (intake reads
+/// only this: it never needs the library files, nor may it read them).
+pub async fn load_playbook_file(
+    uri: Option<&str>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Playbooks, InitError> {
+    Ok(match uri {
+        None => Playbooks::bundled()?,
+        Some(uri) => read_playbook_file(uri, sdk).await?.0,
+    })
+}
+
+/// The playbooks with their bundle: the bundled ones and library, or the playbook file
+/// `PLAYBOOKS_S3_URI` names with the library files it manages read from its folder beside it
+/// (`<dir>/<library_folder>/<name>`). Submit loads this, checked, at cold start (and
+/// `lrctl library` for the tenant): a declared file that is missing stops it, naming the file.
 pub async fn load_playbooks(
     uri: Option<&str>,
     sdk: &aws_config::SdkConfig,
@@ -220,6 +233,23 @@ pub async fn load_playbooks(
         let bundle = Bundle::bundled(playbooks.library_files())?;
         return Ok((playbooks, bundle));
     };
+    let (playbooks, store, dir) = read_playbook_file(uri, sdk).await?;
+    let mut contents = std::collections::BTreeMap::new();
+    for spec in playbooks.library_files().iter().filter(|s| !s.external) {
+        let key = format!("{dir}{}/{}", playbooks.library_folder(), spec.name);
+        if let Some(bytes) = read_object(&store, &key).await? {
+            contents.insert(spec.name.clone(), bytes);
+        }
+    }
+    let bundle = Bundle::assemble(playbooks.library_files(), |name| contents.remove(name))?;
+    Ok((playbooks, bundle))
+}
+
+/// The playbook file at `uri`, checked; the store of its bucket and the folder it is in (`dir/`).
+async fn read_playbook_file(
+    uri: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(Playbooks, S3Store, String), InitError> {
     let (bucket, key) = uri
         .strip_prefix("s3://")
         .and_then(|p| p.split_once('/'))
@@ -227,17 +257,7 @@ pub async fn load_playbooks(
             InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: expected s3://bucket/key"))
         })?;
     let store = S3Store::new(s3_client(sdk), bucket);
-    let read = |key: String| {
-        let store = &store;
-        async move {
-            store
-                .get(&key)
-                .await
-                .map_err(|e| InitError::Other(format!("s3://{bucket}/{key}: {e}")))
-                .map(|o| o.map(|s| s.body.to_vec()))
-        }
-    };
-    let body = read(key.to_string())
+    let body = read_object(&store, key)
         .await?
         .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
     let text = String::from_utf8(body)
@@ -247,15 +267,15 @@ pub async fn load_playbooks(
         .rsplit_once('/')
         .map(|(d, _)| format!("{d}/"))
         .unwrap_or_default();
-    let mut contents = std::collections::BTreeMap::new();
-    for spec in playbooks.library_files().iter().filter(|s| !s.external) {
-        let key = format!("{dir}{}/{}", playbooks.library_folder(), spec.name);
-        if let Some(bytes) = read(key).await? {
-            contents.insert(spec.name.clone(), bytes);
-        }
-    }
-    let bundle = Bundle::assemble(playbooks.library_files(), |name| contents.remove(name))?;
-    Ok((playbooks, bundle))
+    Ok((playbooks, store, dir))
+}
+
+async fn read_object(store: &S3Store, key: &str) -> Result<Option<Vec<u8>>, InitError> {
+    store
+        .get(key)
+        .await
+        .map_err(|e| InitError::Other(format!("{}: {e}", store.location(key))))
+        .map(|o| o.map(|s| s.body.to_vec()))
 }
 
 impl Function for Intake {
@@ -270,9 +290,7 @@ impl Function for Intake {
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let cfg = Self::config(env)?;
         Ok(Self {
-            playbooks: load_playbooks(cfg.playbooks_s3_uri.as_deref(), sdk)
-                .await?
-                .0,
+            playbooks: load_playbook_file(cfg.playbooks_s3_uri.as_deref(), sdk).await?,
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             cfg,

@@ -119,7 +119,7 @@ async fn every_endpoint_round_trips() {
     let up = client
         .upload_library_file(&LibraryUpload {
             file_name: "collect.ps1".into(),
-            content: b"Get-Process".to_vec(),
+            content: bytes::Bytes::from_static(b"Get-Process"),
             description: "collects".into(),
             parameters_description: Some("-Full".into()),
             has_parameters: true,

@@ -23,6 +23,11 @@ const FILE: &str = "C:\\Users\\alice\\Downloads\\invoice.pdf.exe";
 /// This file's fleet of machine ids.
 const FLEET: u64 = 0x11b0000;
 
+/// The name the library keeps the bundled `name` under.
+fn versioned(name: &str) -> String {
+    shared::library::versioned_name(name, &sha256_hex(bundled(name)))
+}
+
 fn bundled(name: &str) -> &'static [u8] {
     BUNDLED_LIBRARY
         .iter()
@@ -110,7 +115,11 @@ fn ran_version(m: &Manifest) -> String {
     let triage = m
         .commands
         .iter()
-        .find(|c| c.command.param("ScriptName") == Some("triage.ps1"))
+        .find(|c| {
+            c.command
+                .param("ScriptName")
+                .is_some_and(|n| n.starts_with("triage"))
+        })
         .expect("a triage command");
     assert_eq!(triage.outcome, CommandOutcome::Collected, "{triage:?}");
     let out = triage.output_excerpt.clone().unwrap_or_default();
@@ -163,7 +172,10 @@ async fn a_fresh_tenant_gets_the_bundle_and_the_run_succeeds() {
         "{manifest:?}"
     );
     let want = sha256_hex(bundled("triage.ps1"));
-    assert_eq!(library_sha(&stack, "triage.ps1").await, Some(want.clone()));
+    assert_eq!(
+        library_sha(&stack, &versioned("triage.ps1")).await,
+        Some(want.clone())
+    );
     assert_eq!(
         ran_version(&manifest),
         want,
@@ -171,6 +183,12 @@ async fn a_fresh_tenant_gets_the_bundle_and_the_run_succeeds() {
     );
     assert_eq!(manifest.library.len(), 1, "{:?}", manifest.library);
     assert_eq!(manifest.library[0].name, "triage.ps1");
+    assert_eq!(manifest.library[0].library_name, versioned("triage.ps1"));
+    assert_eq!(
+        manifest.commands[0].command.param("ScriptName"),
+        Some(versioned("triage.ps1").as_str()),
+        "the manifest's command is the one Defender ran"
+    );
     assert_eq!(manifest.library[0].sha256.as_deref(), Some(want.as_str()));
     assert_eq!(manifest.library[0].source, LibrarySource::Bundle);
     let stats = stack.sim.stats();
@@ -182,19 +200,27 @@ async fn a_fresh_tenant_gets_the_bundle_and_the_run_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stale_copy_the_pipeline_uploaded_is_replaced_before_the_run() {
+async fn a_stale_copy_is_replaced_before_the_run_and_older_versions_are_not_run() {
     let devices = devices(10, 1);
     let m = devices[0].machine_id.clone();
-    let old = "Write-Output 'triage v0'";
+    // Under the pipeline's own (versioned) name, other bytes: a copy damaged or cut short,
+    // uploaded by the pipeline (its marker). An older version under its own versioned name, and
+    // one under the plain name, from earlier deployments.
+    let damaged = "Write-Output 'triage, cut short'";
+    let older = "Write-Output 'triage v0'";
+    let older_name = shared::library::versioned_name("triage.ps1", &sha256_hex(older.as_bytes()));
     let stack = Stack::start(
-        tenant(devices, vec![seed("triage.ps1", old, &ours("triage.ps1"))]),
+        tenant(
+            devices,
+            vec![
+                seed(&versioned("triage.ps1"), damaged, &ours("triage.ps1")),
+                seed(&older_name, older, &ours("triage.ps1")),
+                seed("triage.ps1", older, &ours("triage.ps1")),
+            ],
+        ),
         &[],
     )
     .await;
-    assert_eq!(
-        library_sha(&stack, "triage.ps1").await,
-        Some(sha256_hex(old.as_bytes()))
-    );
     let run = stack.send_file_alert("stale-1", &m, FILE).await;
     let manifest = stack.manifest(&run, 90).await;
     assert_eq!(
@@ -206,11 +232,22 @@ async fn a_stale_copy_the_pipeline_uploaded_is_replaced_before_the_run() {
     assert_eq!(
         ran_version(&manifest),
         want,
-        "the new version ran, not the stale one"
+        "the bundle's version ran, not a stale one"
     );
-    assert_eq!(library_sha(&stack, "triage.ps1").await, Some(want.clone()));
+    assert_eq!(
+        library_sha(&stack, &versioned("triage.ps1")).await,
+        Some(want.clone()),
+        "the stale copy was replaced"
+    );
     assert_eq!(manifest.library[0].sha256.as_deref(), Some(want.as_str()));
     assert_eq!(stack.sim.stats().library_uploads, 1);
+    for name in [older_name.as_str(), "triage.ps1"] {
+        assert_eq!(
+            library_sha(&stack, name).await,
+            Some(sha256_hex(older.as_bytes())),
+            "{name} is another version: kept for the runs that name it"
+        );
+    }
     stack.stop().await;
 }
 
@@ -277,13 +314,18 @@ async fn someone_elses_file_of_the_same_name_is_not_overwritten_unless_the_playb
     let devices = devices(30, 2);
     let (m1, m2) = (devices[0].machine_id.clone(), devices[1].machine_id.clone());
     let theirs = "Write-Output 'the IR team''s own triage'";
+    // Under the name the pipeline keeps triage.ps1 by, someone else's bytes; and their own
+    // triage.ps1 under the plain name, which never stands in the pipeline's way.
     let config = tenant(
         devices,
-        vec![seed(
-            "triage.ps1",
-            theirs,
-            "IR team triage (uploaded in the portal)",
-        )],
+        vec![
+            seed(
+                &versioned("triage.ps1"),
+                theirs,
+                "IR team triage (uploaded in the portal)",
+            ),
+            seed("triage.ps1", theirs, "IR team triage"),
+        ],
     );
 
     // The bundled playbooks: the file is left alone and the run fails before submission.
@@ -293,14 +335,16 @@ async fn someone_elses_file_of_the_same_name_is_not_overwritten_unless_the_playb
     assert_eq!(manifest.outcome, Some(RunOutcome::Failed));
     let reason = manifest.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("triage.ps1") && reason.contains("replace_unmanaged"),
+        reason.contains(&versioned("triage.ps1")) && reason.contains("replace_unmanaged"),
         "{reason}"
     );
-    assert_eq!(
-        library_sha(&stack, "triage.ps1").await,
-        Some(sha256_hex(theirs.as_bytes())),
-        "someone else's file is untouched"
-    );
+    for name in [versioned("triage.ps1"), "triage.ps1".to_string()] {
+        assert_eq!(
+            library_sha(&stack, &name).await,
+            Some(sha256_hex(theirs.as_bytes())),
+            "someone else's {name} is untouched"
+        );
+    }
     assert_eq!(stack.sim.stats().actions_created, 0);
     stack.stop().await;
 
@@ -325,8 +369,16 @@ async fn someone_elses_file_of_the_same_name_is_not_overwritten_unless_the_playb
         "{manifest:?}"
     );
     let want = sha256_hex(bundled("triage.ps1"));
-    assert_eq!(library_sha(&stack, "triage.ps1").await, Some(want.clone()));
+    assert_eq!(
+        library_sha(&stack, &versioned("triage.ps1")).await,
+        Some(want.clone())
+    );
     assert_eq!(ran_version(&manifest), want);
+    assert_eq!(
+        library_sha(&stack, "triage.ps1").await,
+        Some(sha256_hex(theirs.as_bytes())),
+        "the plain-named file is still theirs"
+    );
     stack.stop().await;
 }
 

@@ -67,6 +67,15 @@ fn sha(b: &[u8]) -> String {
     shared::hash::sha256_hex(b)
 }
 
+/// The name the library keeps a bundled file under: its versioned name.
+fn lib(name: &str, content: &[u8]) -> String {
+    shared::library::versioned_name(name, &sha(content))
+}
+
+fn triage() -> String {
+    lib("triage.ps1", TRIAGE)
+}
+
 struct World {
     store: MemStore,
     clock: ManualClock,
@@ -129,12 +138,14 @@ async fn a_fresh_library_gets_the_bundle_once_and_a_warm_one_costs_no_call() {
     );
     let used = ready(w.ensure(&keeper, &["triage.ps1", "dump.ps1"]).await);
     assert_eq!(w.lists(), 1);
-    assert_eq!(w.uploads(), names(&["triage.ps1", "dump.ps1"]));
+    assert_eq!(w.uploads(), vec![triage(), lib("dump.ps1", DUMP)]);
     assert_eq!(used.len(), 2);
+    assert_eq!(used[0].name, "triage.ps1");
+    assert_eq!(used[0].library_name, triage());
     assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
     assert_eq!(used[0].source, LibrarySource::Bundle);
-    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
-    let stored = w.library.files.lock().unwrap()["triage.ps1"].clone();
+    assert_eq!(w.library.sha256(&triage()), Some(sha(TRIAGE)));
+    let stored = w.library.files.lock().unwrap()[&triage().to_ascii_lowercase()].clone();
     assert!(
         stored
             .description
@@ -177,45 +188,67 @@ async fn many_runs_at_once_list_once_and_upload_each_file_once() {
         ready(e);
     }
     assert_eq!(w.lists(), 1);
-    assert_eq!(w.uploads(), names(&["triage.ps1", "dump.ps1"]));
+    assert_eq!(w.uploads(), vec![triage(), lib("dump.ps1", DUMP)]);
 }
 
 #[tokio::test]
-async fn a_stale_copy_the_pipeline_uploaded_is_replaced() {
+async fn a_damaged_copy_the_pipeline_uploaded_is_replaced_and_other_versions_are_left_alone() {
     let w = World::new();
     let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
-    w.library.seed(
-        "triage.ps1",
-        b"Write-Output 'triage v1'",
-        &spec("triage.ps1").managed_description(),
-    );
+    let marker = spec("triage.ps1").managed_description();
+    // Our versioned name with other bytes (damaged, or an upload cut short) is put right; an
+    // older version and a plain-named copy are other files, kept for the runs that use them.
+    w.library
+        .seed(&triage(), b"Write-Output 'damaged'", &marker);
+    let v1 = lib("triage.ps1", b"Write-Output 'triage v1'");
+    w.library.seed(&v1, b"Write-Output 'triage v1'", &marker);
+    w.library
+        .seed("triage.ps1", b"Write-Output 'triage v0'", &marker);
     let used = ready(w.ensure(&keeper, &["triage.ps1"]).await);
     assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
-    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
-    assert_eq!(w.uploads(), names(&["triage.ps1"]));
+    assert_eq!(w.library.sha256(&triage()), Some(sha(TRIAGE)));
+    assert_eq!(w.uploads(), vec![triage()]);
+    assert_eq!(
+        w.library.sha256(&v1),
+        Some(sha(b"Write-Output 'triage v1'"))
+    );
+    assert_eq!(
+        w.library.sha256("triage.ps1"),
+        Some(sha(b"Write-Output 'triage v0'"))
+    );
 }
 
 #[tokio::test]
 async fn someone_elses_file_is_left_alone_unless_the_playbook_says_so() {
     let w = World::new();
     let theirs = b"Write-Output 'the IR team''s own triage'";
+    // Under the very name the pipeline would use, with other bytes and no marker.
     w.library
-        .seed("triage.ps1", theirs, "IR team triage, do not touch");
+        .seed(&triage(), theirs, "IR team triage, do not touch");
     let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
     let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
     assert!(
-        reason.contains("triage.ps1") && reason.contains("replace_unmanaged"),
+        reason.contains(&triage()) && reason.contains("replace_unmanaged"),
         "{reason}"
     );
     assert!(w.uploads().is_empty());
-    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(theirs)));
+    assert_eq!(w.library.sha256(&triage()), Some(sha(theirs)));
 
-    // The same bytes under someone else's name are fine: nothing to upload.
+    // The same bytes under someone else's upload are fine: nothing to upload.
+    // (Each tenant below gets its own librarian: a listing belongs to one tenant.)
+    let fresh = || Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
     let w2 = World::new();
-    w2.library.seed("triage.ps1", TRIAGE, "uploaded by hand");
-    let used = ready(w2.ensure(&keeper, &["triage.ps1"]).await);
+    w2.library.seed(&triage(), TRIAGE, "uploaded by hand");
+    let used = ready(w2.ensure(&fresh(), &["triage.ps1"]).await);
     assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
     assert!(w2.uploads().is_empty());
+
+    // Their file under the plain name is theirs: the pipeline uses its own name beside it.
+    let w3 = World::new();
+    w3.library.seed("triage.ps1", theirs, "IR team triage");
+    ready(w3.ensure(&fresh(), &["triage.ps1"]).await);
+    assert_eq!(w3.uploads(), vec![triage()]);
+    assert_eq!(w3.library.sha256("triage.ps1"), Some(sha(theirs)));
 
     let allowed = LibraryFileSpec {
         replace_unmanaged: true,
@@ -223,7 +256,7 @@ async fn someone_elses_file_is_left_alone_unless_the_playbook_says_so() {
     };
     let keeper = Librarian::new(bundle(&[allowed]), SyncMode::Upload);
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
-    assert_eq!(w.library.sha256("triage.ps1"), Some(sha(TRIAGE)));
+    assert_eq!(w.library.sha256(&triage()), Some(sha(TRIAGE)));
 }
 
 #[tokio::test]
@@ -242,14 +275,17 @@ async fn an_external_file_must_be_there_and_is_never_uploaded() {
 
     w.library
         .seed("collector.exe", b"MZ collector", "the IR team's collector");
+    w.clock
+        .advance(shared::library::keeper::FRESH + Duration::from_secs(1));
     let used = ready(w.ensure(&keeper, &["collector.exe", "triage.ps1"]).await);
     assert_eq!(used[0].source, LibrarySource::External);
     assert_eq!(used[0].sha256, Some(sha(b"MZ collector")));
-    assert_eq!(w.uploads(), names(&["triage.ps1"]));
+    assert_eq!(used[0].library_name, "collector.exe");
+    assert_eq!(w.uploads(), vec![triage()]);
 }
 
 #[tokio::test]
-async fn a_mismatch_in_a_warm_listing_is_looked_at_again_before_deciding() {
+async fn a_run_is_refused_only_on_a_fresh_listing_and_a_fresh_one_is_not_taken_again() {
     let w = World::new();
     let keeper = Librarian::new(
         bundle(&[spec("triage.ps1"), external("collector.exe")]),
@@ -257,21 +293,26 @@ async fn a_mismatch_in_a_warm_listing_is_looked_at_again_before_deciding() {
     );
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
     assert_eq!(w.lists(), 1);
-    // Someone adds the external file after the listing was taken: the cached listing lacks it,
-    // and the run is not refused on that stale view.
+    // Someone adds the external file after the listing was taken. Within FRESH the listing
+    // stands for the library as it is (runs refused on it cost no call each) ...
     w.library.seed("collector.exe", b"MZ", "theirs");
+    for _ in 0..5 {
+        refused(w.ensure(&keeper, &["collector.exe"]).await);
+    }
+    assert_eq!(
+        w.lists(),
+        1,
+        "a fresh listing is not taken again per refused run"
+    );
+    // ... and once older, a run is refused only after looking again.
+    w.clock
+        .advance(shared::library::keeper::FRESH + Duration::from_secs(1));
     ready(w.ensure(&keeper, &["collector.exe"]).await);
     assert_eq!(w.lists(), 2);
-    // Another instance replaced triage.ps1 with the same bytes meanwhile: listed again, no upload.
-    w.library.files.lock().unwrap().clear();
-    w.library.seed(
-        "triage.ps1",
-        TRIAGE,
-        &spec("triage.ps1").managed_description(),
-    );
-    w.library.seed("collector.exe", b"MZ", "theirs");
+    // Another instance uploaded nothing new: the warm listing serves with no call.
     ready(w.ensure(&keeper, &["triage.ps1", "collector.exe"]).await);
-    assert_eq!(w.uploads(), names(&["triage.ps1"]), "no second upload");
+    assert_eq!(w.lists(), 2);
+    assert_eq!(w.uploads(), vec![triage()], "no second upload");
 }
 
 #[tokio::test]
@@ -285,7 +326,9 @@ async fn verify_mode_checks_without_uploading_and_off_mode_makes_no_call() {
     );
     assert!(w.uploads().is_empty());
     w.library
-        .seed("triage.ps1", TRIAGE, "reviewed and uploaded by hand");
+        .seed(&triage(), TRIAGE, "reviewed and uploaded by hand");
+    w.clock
+        .advance(shared::library::keeper::FRESH + Duration::from_secs(1));
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
 
     let off = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Off);
@@ -495,4 +538,130 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         library.uploads.lock().unwrap().is_empty(),
         "nothing uploaded for a run that cannot go"
     );
+}
+
+/// A library whose uploads Defender answers as this function says.
+struct Answers {
+    inner: MemLibrary,
+    upload: fn(&LibraryUpload) -> Result<LibraryFile, DefenderError>,
+    uploads: std::sync::atomic::AtomicUsize,
+}
+
+impl Answers {
+    fn new(upload: fn(&LibraryUpload) -> Result<LibraryFile, DefenderError>) -> Self {
+        Self {
+            inner: MemLibrary::default(),
+            upload,
+            uploads: Default::default(),
+        }
+    }
+}
+
+impl LibraryApi for Answers {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>> {
+        self.inner.list()
+    }
+    fn upload<'a>(
+        &'a self,
+        upload: &'a LibraryUpload,
+    ) -> BoxFuture<'a, Result<LibraryFile, DefenderError>> {
+        self.uploads.fetch_add(1, Ordering::SeqCst);
+        let answer = (self.upload)(upload);
+        Box::pin(async move { answer })
+    }
+}
+
+async fn ensure_with(api: &dyn LibraryApi, w: &World, keeper: &Librarian) -> Ensured {
+    keeper
+        .ensure(api, &w.store, &w.budget, &w.clock, &names(&["triage.ps1"]))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_defender_refuses_ends_the_run_with_defenders_words_after_one_more_look() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let api = Answers::new(|_| {
+        Err(DefenderError::Rejected {
+            status: 400,
+            code: "InvalidInput".into(),
+            message: "File size exceeds the limit".into(),
+        })
+    });
+    let reason = refused(ensure_with(&api, &w, &keeper).await);
+    assert!(
+        reason.contains("File size exceeds the limit") && reason.contains(&triage()),
+        "{reason}"
+    );
+    assert_eq!(
+        api.uploads.load(Ordering::SeqCst),
+        1,
+        "not retried in a loop"
+    );
+    assert_eq!(api.inner.lists.load(Ordering::SeqCst), 2, "one more look");
+}
+
+#[tokio::test]
+async fn an_upload_defender_stores_with_other_bytes_is_not_taken_for_the_bundle() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let api = Answers::new(|u| {
+        Ok(LibraryFile {
+            file_name: u.file_name.clone(),
+            sha256: Some(sha(b"something else")),
+            description: Some(u.description.clone()),
+            creation_time: None,
+            last_updated_time: None,
+            created_by: None,
+            has_parameters: false,
+            parameters_description: None,
+        })
+    });
+    let reason = refused(ensure_with(&api, &w, &keeper).await);
+    assert!(
+        reason.contains(&sha(b"something else")) && reason.contains(&sha(TRIAGE)),
+        "{reason}"
+    );
+    assert_eq!(api.uploads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failing_listing_is_remembered_so_a_batch_does_not_wait_it_out_message_by_message() {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    *w.library.fail.lock().unwrap() = Some(|| DefenderError::Transient {
+        reason: "timeout".into(),
+    });
+    for _ in 0..10 {
+        assert!(matches!(
+            w.ensure(&keeper, &["triage.ps1"]).await,
+            Ensured::Retry(_)
+        ));
+    }
+    *w.library.fail.lock().unwrap() = None;
+    assert!(matches!(
+        w.ensure(&keeper, &["triage.ps1"]).await,
+        Ensured::Retry(_)
+    ));
+    w.clock
+        .advance(shared::library::keeper::FAILED_LISTING_KEPT + Duration::from_secs(1));
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(
+        w.lists(),
+        1,
+        "the failing call was made once, then the good one"
+    );
+}
+
+#[tokio::test]
+async fn a_file_this_instance_does_not_know_is_retried_not_refused() {
+    // Intake accepted the run with a newer playbook file than this warm submit instance loaded.
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    match w.ensure(&keeper, &["new-collector.ps1"]).await {
+        Ensured::Retry(e) => assert!(e.to_string().contains("new-collector.ps1"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.lists(), 0);
 }

@@ -726,6 +726,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         .get("triage.ps1")
         .and_then(|f| f.sha256.clone())
         .unwrap();
+    let triage_name = shared::library::versioned_name("triage.ps1", &triage);
     let librarian = shared::library::Librarian::new(bundle, shared::library::SyncMode::Upload);
     let library = FlakyLibrary {
         inner: Default::default(),
@@ -743,11 +744,11 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     match library_start {
         LibraryStart::Empty => {}
         LibraryStart::StaleOurs => library.inner.seed(
-            "triage.ps1",
+            &triage_name,
             b"Write-Output 'v0'",
             &playbooks.library_files()[0].managed_description(),
         ),
-        LibraryStart::Theirs => library.inner.seed("triage.ps1", theirs, "uploaded by hand"),
+        LibraryStart::Theirs => library.inner.seed(&triage_name, theirs, "uploaded by hand"),
     }
     let library_sync = shared::library::LibrarySync {
         keeper: &librarian,
@@ -972,7 +973,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     }
 
     // Invariants.
-    let in_library = library.inner.sha256("triage.ps1");
+    let in_library = library.inner.sha256(&triage_name);
     let want = match library_start {
         LibraryStart::Theirs => sha256_hex(theirs),
         _ => triage.clone(),
@@ -986,6 +987,19 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         ));
     }
     let actions = defender.actions.lock().unwrap().clone();
+    // What the device was asked to run is the bundle's version, by a name only those bytes have.
+    for a in &actions {
+        for c in &a.commands {
+            if let Some(script) = c.param("ScriptName")
+                && script != triage_name
+            {
+                return Err(format!(
+                    "action {} runs {script}, not the bundle's {triage_name}",
+                    a.id
+                ));
+            }
+        }
+    }
     for run_id in &run_ids {
         let run: RunRecord = read(&store, &run_key(run_id)).await?;
         let manifest: Manifest = read(&store, &manifest_key(run_id))
@@ -996,7 +1010,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         }
         if library_start == LibraryStart::Theirs {
             let reason = manifest.reason.clone().unwrap_or_default();
-            if manifest.action.is_some() || !reason.contains("triage.ps1") {
+            if manifest.action.is_some() || !reason.contains(&triage_name) {
                 return Err(format!(
                     "run {run_id}: someone else's triage.ps1 is in the library, yet the run was submitted or ended for another reason ({reason})"
                 ));

@@ -14,8 +14,8 @@ use super::model::LibraryFile;
 pub struct LibraryUpload {
     /// The name scripts and `PutFile` commands will use; Defender's library is flat.
     pub file_name: String,
-    /// The file's bytes (20 MB at most).
-    pub content: Vec<u8>,
+    /// The file's bytes (20 MB at most); shared, not copied, per upload.
+    pub content: bytes::Bytes,
     /// Shown in the portal's library list.
     pub description: String,
     /// What the script's arguments mean; sent only when `Some`.
@@ -27,15 +27,26 @@ pub struct LibraryUpload {
 }
 
 impl<C: CredentialSource> DefenderClient<C> {
-    /// Every file in the tenant's library.
+    /// Every file in the tenant's library. An entry that cannot be read is left out (and logged):
+    /// one odd entry does not hide the others.
     pub async fn list_library(&self) -> Result<Vec<LibraryFile>, DefenderError> {
         #[derive(serde::Deserialize)]
         struct Page {
-            value: Vec<LibraryFile>,
+            value: Vec<serde_json::Value>,
         }
         let url = self.url("/api/libraryfiles");
         let page: Page = self.json("library list", |h| h.get(&url)).await?;
-        Ok(page.value)
+        Ok(page
+            .value
+            .into_iter()
+            .filter_map(|v| match serde_json::from_value::<LibraryFile>(v) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a library entry Defender listed could not be read; left out");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Uploads one file as multipart form data and returns the entity Defender made of it.
@@ -50,8 +61,11 @@ impl<C: CredentialSource> DefenderClient<C> {
             let mut form = reqwest::multipart::Form::new()
                 .part(
                     "file",
-                    reqwest::multipart::Part::bytes(upload.content.clone())
-                        .file_name(upload.file_name.clone()),
+                    reqwest::multipart::Part::stream_with_length(
+                        reqwest::Body::from(upload.content.clone()),
+                        upload.content.len() as u64,
+                    )
+                    .file_name(upload.file_name.clone()),
                 )
                 .text("Description", upload.description.clone())
                 .text("HasParameters", upload.has_parameters.to_string())

@@ -249,11 +249,15 @@ pub struct LibraryFile {
     pub last_updated_time: Option<String>,
     /// Who uploaded it.
     pub created_by: Option<String>,
-    /// Whether the script takes `Args`; `false` if absent.
-    #[serde(default)]
+    /// Whether the script takes `Args`; `false` if absent or null.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub has_parameters: bool,
     /// What the script's arguments mean, as given at upload.
     pub parameters_description: Option<String>,
+}
+
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// `$filter` terms for listing machine actions (`eq` clauses joined by `and`).
@@ -409,5 +413,15 @@ mod tests {
             since.to_odata().as_deref(),
             Some("creationDateTimeUtc ge 2026-11-29T22:00:00Z")
         );
+    }
+
+    #[test]
+    fn a_library_entry_with_null_fields_still_reads() {
+        let f: LibraryFile = serde_json::from_value(serde_json::json!({
+            "fileName": "x.ps1", "sha256": null, "description": null,
+            "hasParameters": null, "parametersDescription": null
+        }))
+        .unwrap();
+        assert!(!f.has_parameters && f.sha256.is_none());
     }
 }

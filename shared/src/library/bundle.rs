@@ -30,13 +30,22 @@ impl BundleFile {
         !self.spec.external
     }
 
+    /// The name the library keeps it under: a bundled file's versioned name
+    /// ([`super::versioned_name`]), an external file's own.
+    pub fn library_name(&self) -> String {
+        match (&self.content, &self.sha256) {
+            (Some(_), Some(h)) => super::versioned_name(&self.spec.name, h),
+            _ => self.spec.name.clone(),
+        }
+    }
+
     /// The upload that puts this file's bytes in the library as the pipeline does: the declared
     /// fields, the description ending with [`super::MANAGED_MARKER`], `OverrideIfExists` only when
     /// `replace` (what [`super::Verdict::Upload`] says). Submit and `lrctl library sync` both use it.
     pub fn upload(&self, replace: bool) -> crate::defender::LibraryUpload {
         crate::defender::LibraryUpload {
-            file_name: self.spec.name.clone(),
-            content: self.content.clone().unwrap_or_default().to_vec(),
+            file_name: self.library_name(),
+            content: self.content.clone().unwrap_or_default(),
             description: self.spec.managed_description(),
             parameters_description: self.spec.parameters_description.clone(),
             has_parameters: self.spec.has_parameters,

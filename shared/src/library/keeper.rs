@@ -1,27 +1,28 @@
 //! Before a run is submitted: every library file its commands name is in the tenant's library as
-//! the playbook needs it, uploading what the bundle manages when it is missing or stale. The
-//! library's listing is kept per cold start (and looked at again after [`LISTING_TTL`]), so a warm
-//! submit makes no library call for runs whose files are in place. A run is refused, or a file
-//! replaced, only on a listing taken for that decision, so a stale listing never refuses a run nor
-//! overwrites a file someone put there since; a missing file is uploaded without `OverrideIfExists`,
-//! so an upload on a stale view cannot replace anything either.
+//! the playbook needs it (a bundled file under its versioned name), uploading what the bundle
+//! manages when it is missing or damaged. The library's listing is kept per cold start (and looked
+//! at again after [`LISTING_TTL`]), so a warm submit makes no library call for runs whose files are
+//! in place. A run is refused, or a file replaced, only on a listing at most [`FRESH`] old, so a
+//! stale listing never refuses a run nor overwrites a file someone put there since; a missing file
+//! is uploaded without `OverrideIfExists`, so an upload on a stale view cannot replace anything
+//! either, and an upload Defender refuses is looked at once more, then refused in Defender's words.
 //!
 //! One sync at a time per function instance (a batch's messages wait for the one that lists and
-//! uploads, then find the listing fresh); every list and upload is a call of the tenant's GET
-//! budget, so syncing never pushes Defender into 429s. Instances that race upload the same bytes;
-//! an upload refused because another put the file there first makes the next round list again.
+//! uploads, then find the listing warm; a failed listing answers for [`FAILED_LISTING_KEPT`], so
+//! they do not each wait out the same failing call); every list and upload is a call of the
+//! tenant's GET budget, so syncing never pushes Defender into 429s. Instances that race upload the
+//! same bytes; an upload refused because another put the file there first is settled by listing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::verdict::{Verdict, verdict};
-use super::{Bundle, LibraryUse};
+use super::verdict::{Verdict, judge};
+use super::{Bundle, LibraryUse, Listing};
 use crate::budget::{self, BudgetConfig, Paced};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Env, optional};
-use crate::defender::{DefenderError, LibraryFile, Next};
+use crate::defender::{DefenderError, Next};
 use crate::ports::{LibraryApi, ObjectStore, StoreError};
 
 /// How long a listing is trusted before the next run that needs a file lists again.
@@ -29,6 +30,14 @@ pub const LISTING_TTL: Duration = Duration::from_secs(600);
 
 /// Rounds of list-and-upload before a sync is tried again later (the library kept changing).
 const ROUNDS: usize = 4;
+
+/// A listing this recent is taken as the library as it is now: a run may be refused, or a file
+/// replaced, on it (older ones are looked at again first).
+pub const FRESH: Duration = Duration::from_secs(30);
+
+/// A failed listing answers for this long: the other messages of a batch retry later at once
+/// instead of each waiting out the same failing call.
+pub const FAILED_LISTING_KEPT: Duration = Duration::from_secs(30);
 
 /// What submit does about the library (`LIBRARY_SYNC`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,26 +82,11 @@ pub enum Ensured {
     Retry(DefenderError),
 }
 
-/// The tenant's library as last listed.
-struct Listing {
-    files: BTreeMap<String, LibraryFile>,
-    at: OffsetDateTime,
-}
-
-impl Listing {
-    fn of(files: Vec<LibraryFile>, at: OffsetDateTime) -> Self {
-        Self {
-            files: files
-                .into_iter()
-                .map(|f| (f.file_name.to_ascii_lowercase(), f))
-                .collect(),
-            at,
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&LibraryFile> {
-        self.files.get(&name.to_ascii_lowercase())
-    }
+/// The tenant's library as last listed, and when; or why it could not be listed, and when.
+#[derive(Default)]
+struct Cache {
+    listing: Option<(Listing, OffsetDateTime)>,
+    failed: Option<(OffsetDateTime, String)>,
 }
 
 /// What submit keeps the library with: the librarian (bundle, mode, listing) and the API it calls.
@@ -123,7 +117,7 @@ impl LibrarySync<'_> {
 pub struct Librarian {
     bundle: Bundle,
     mode: SyncMode,
-    listing: tokio::sync::Mutex<Option<Listing>>,
+    cache: tokio::sync::Mutex<Cache>,
 }
 
 impl Librarian {
@@ -132,7 +126,7 @@ impl Librarian {
         Self {
             bundle,
             mode,
-            listing: tokio::sync::Mutex::new(None),
+            cache: tokio::sync::Mutex::new(Cache::default()),
         }
     }
 
@@ -146,9 +140,9 @@ impl Librarian {
         &self.bundle
     }
 
-    /// Makes sure the library holds each of `names` as the bundle needs it, uploading (in
-    /// [`SyncMode::Upload`]) within the tenant's GET budget; `Err` only when the budget's store
-    /// failed.
+    /// Makes sure the library holds each of `names` (as the playbook names them) as the bundle
+    /// needs it, uploading (in [`SyncMode::Upload`]) within the tenant's GET budget; `Err` only
+    /// when the budget's store failed.
     pub async fn ensure<S: ObjectStore>(
         &self,
         api: &dyn LibraryApi,
@@ -160,84 +154,134 @@ impl Librarian {
         if self.mode == SyncMode::Off || names.is_empty() {
             return Ok(Ensured::Ready(Vec::new()));
         }
-        let mut cache = self.listing.lock().await;
-        let mut listed_now = false;
+        let mut wanted = Vec::with_capacity(names.len());
+        for name in names {
+            match self.bundle.get(name) {
+                Some(file) => wanted.push(file),
+                // Intake accepted the run with a playbook file that declares it: this instance
+                // loaded an older one (a deployment is rolling out). A later attempt, on a fresh
+                // instance, has it.
+                None => {
+                    return Ok(Ensured::Retry(DefenderError::Transient {
+                        reason: format!(
+                            "library file {name} is not declared in the playbook file this submit instance loaded (older than the one that accepted the run?)"
+                        ),
+                    }));
+                }
+            }
+        }
+        let mut cache = self.cache.lock().await;
+        if let Some((at, why)) = &cache.failed
+            && clock.now() - *at < FAILED_LISTING_KEPT
+        {
+            // Every message of a batch would otherwise wait out the same failing call in turn.
+            return Ok(Ensured::Retry(DefenderError::Transient {
+                reason: format!("listing the live response library failed moments ago: {why}"),
+            }));
+        }
+        let mut rejected: Option<(String, String)> = None;
+        let mut must_list = false;
         for _ in 0..ROUNDS {
-            let stale = cache
-                .as_ref()
-                .is_none_or(|l| clock.now() - l.at > LISTING_TTL);
-            if stale {
+            let age = cache.listing.as_ref().map(|(_, at)| clock.now() - *at);
+            if must_list || age.is_none_or(|a| a > LISTING_TTL) {
                 match budget::get_call(store, budget, clock, || api.list()).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
-                    Paced::Ran(Err(e)) => return Ok(failed(e, "listing")),
+                    Paced::Ran(Err(e)) => {
+                        cache.failed = Some((clock.now(), e.to_string()));
+                        return Ok(failed(e, "listing"));
+                    }
                     Paced::Ran(Ok(files)) => {
-                        *cache = Some(Listing::of(files, clock.now()));
-                        listed_now = true;
+                        cache.failed = None;
+                        cache.listing = Some((Listing::of(files), clock.now()));
+                        must_list = false;
                     }
                 }
             }
-            let Some(listing) = cache.as_mut() else {
+            let Some((listing, at)) = cache.listing.as_mut() else {
                 continue;
             };
+            let fresh = clock.now() - *at <= FRESH;
             let mut uses = Vec::new();
             let mut uploads = Vec::new();
             let mut refusal = None;
-            for name in names {
-                match verdict(name, self.bundle.get(name), listing.get(name)) {
+            for file in &wanted {
+                match judge(file, listing) {
                     Verdict::Ready(u) => uses.push(u),
-                    Verdict::Upload { replace } => uploads.push((name, replace)),
+                    Verdict::Upload { replace } => uploads.push((*file, replace)),
                     Verdict::Refuse(r) => refusal = refusal.or(Some(r)),
                 }
             }
-            if uses.len() == names.len() {
+            if uses.len() == wanted.len() {
                 return Ok(Ensured::Ready(uses));
             }
-            // A run is refused, and a file replaced, only on what the library holds now, not on
-            // what it held at the last listing. A missing file is uploaded on the cached view:
-            // if someone put it there since, Defender refuses the upload and the next round looks.
+            // A run is refused, and a file replaced, only on a fresh view of the library. A missing
+            // file is uploaded on an older one: if someone put it there since, Defender refuses
+            // the upload (no OverrideIfExists) and the next round looks again.
             let replaces = uploads.iter().any(|(_, replace)| *replace);
             let refuses = refusal.is_some() || self.mode == SyncMode::Verify;
-            if !listed_now && (refuses || replaces) {
-                *cache = None;
+            if !fresh && (refuses || replaces) {
+                must_list = true;
                 continue;
             }
             if let Some(r) = refusal {
                 return Ok(Ensured::Refused(r));
             }
             if self.mode == SyncMode::Verify {
-                let names: Vec<&str> = uploads.iter().map(|(n, _)| n.as_str()).collect();
+                let names: Vec<String> = uploads
+                    .iter()
+                    .map(|(f, _)| format!("{} (as {})", f.spec.name, f.library_name()))
+                    .collect();
                 return Ok(Ensured::Refused(format!(
                     "library file(s) {} missing from the tenant's library or not the playbook's version, and LIBRARY_SYNC=verify does not upload",
                     names.join(", ")
                 )));
             }
-            for (name, replace) in uploads {
-                let Some(file) = self.bundle.get(name) else {
-                    continue;
-                };
+            for (file, replace) in uploads {
                 let upload = file.upload(replace);
+                if let Some((name, why)) = &rejected
+                    && *name == upload.file_name
+                {
+                    // Defender refused this very upload, and the library still lacks the file:
+                    // not a race with another instance, but the upload itself.
+                    return Ok(Ensured::Refused(format!(
+                        "Defender refused the upload of library file {name}: {why}"
+                    )));
+                }
+                let ours = file.sha256.clone();
                 match budget::get_call(store, budget, clock, || api.upload(&upload)).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Ok(mut entity)) => {
+                        // Defender's answer names the hash it stored; without one, ours stands.
+                        entity.sha256 = entity.sha256.or_else(|| ours.clone());
+                        if !entity
+                            .sha256
+                            .as_deref()
+                            .zip(ours.as_deref())
+                            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                        {
+                            return Ok(Ensured::Refused(format!(
+                                "library file {} was uploaded but Defender stored SHA-256 {}, not the bundle's {}",
+                                upload.file_name,
+                                entity.sha256.as_deref().unwrap_or_default(),
+                                ours.as_deref().unwrap_or_default()
+                            )));
+                        }
                         tracing::info!(
                             file = %upload.file_name,
-                            sha256 = file.sha256.as_deref().unwrap_or_default(),
+                            sha256 = ours.as_deref().unwrap_or_default(),
                             replaced = replace,
                             "uploaded a library file"
                         );
-                        // Defender's answer names the hash it stored; without one, ours stands.
-                        entity.sha256 = entity.sha256.or_else(|| file.sha256.clone());
-                        listing
-                            .files
-                            .insert(upload.file_name.to_ascii_lowercase(), entity);
+                        listing.insert(entity);
                     }
-                    Paced::Ran(Err(DefenderError::Rejected { .. })) if !replace => {
-                        // Most likely another instance uploaded it first: look again.
-                        *cache = None;
-                        listed_now = false;
+                    Paced::Ran(Err(e @ DefenderError::Rejected { .. })) if !replace => {
+                        // Most likely another instance uploaded it first: look again, and refuse
+                        // if it is still missing.
+                        rejected = Some((upload.file_name.clone(), e.to_string()));
+                        must_list = true;
                         break;
                     }
-                    Paced::Ran(Err(e)) => return Ok(failed(e, "uploading")),
+                    Paced::Ran(Err(e)) => return Ok(failed(e, "uploading to")),
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! is left alone and the run refused. An external file is never uploaded: it must be there, with
 //! the pinned SHA-256 if the playbook pins one.
 
+use super::listing::Listing;
 use super::{BundleFile, LibrarySource, LibraryUse, MANAGED_MARKER};
 use crate::defender::LibraryFile;
 
@@ -26,11 +27,32 @@ pub enum Verdict {
     Refuse(String),
 }
 
+/// The verdict for the declared file `wanted` against the tenant's `listing`: looked up under the
+/// name the library keeps it by ([`BundleFile::library_name`]); a name the library lists more than
+/// once (in any case) is refused rather than guessed at.
+pub fn judge(wanted: &BundleFile, listing: &Listing) -> Verdict {
+    let name = wanted.library_name();
+    if let Some(twins) = listing.twins(&name) {
+        return Verdict::Refuse(format!(
+            "the tenant's library lists {name} more than once ({}); remove the extra entries",
+            twins.join(", ")
+        ));
+    }
+    // Messages name the file both ways when they differ: as the library keeps it and as the
+    // playbook names it.
+    let shown = if name == wanted.spec.name {
+        name.clone()
+    } else {
+        format!("{name} (the playbook's {})", wanted.spec.name)
+    };
+    verdict(&shown, Some(wanted), listing.get(&name))
+}
+
 /// The verdict for `name`, declared as `wanted` (or not at all), listed by the tenant as `listed`.
 pub fn verdict(name: &str, wanted: Option<&BundleFile>, listed: Option<&LibraryFile>) -> Verdict {
     let Some(wanted) = wanted else {
         return Verdict::Refuse(format!(
-            "library file {name} is not declared in the playbook file this deployment loaded (was it changed since the run was accepted?)"
+            "library file {name} is not declared in the playbook file this deployment loaded"
         ));
     };
     let listed_hash = listed.and_then(|l| l.sha256.as_deref());
@@ -45,7 +67,8 @@ pub fn verdict(name: &str, wanted: Option<&BundleFile>, listed: Option<&LibraryF
                 listed_hash.unwrap_or("(not reported)")
             )),
             (Some(l), _) => Verdict::Ready(LibraryUse {
-                name: l.file_name.clone(),
+                name: wanted.spec.name.clone(),
+                library_name: l.file_name.clone(),
                 sha256: l.sha256.as_ref().map(|h| h.to_ascii_lowercase()),
                 source: LibrarySource::External,
             }),
@@ -55,7 +78,8 @@ pub fn verdict(name: &str, wanted: Option<&BundleFile>, listed: Option<&LibraryF
     match listed {
         None => Verdict::Upload { replace: false },
         Some(l) if same(hash) => Verdict::Ready(LibraryUse {
-            name: l.file_name.clone(),
+            name: wanted.spec.name.clone(),
+            library_name: l.file_name.clone(),
             sha256: Some(hash.to_string()),
             source: LibrarySource::Bundle,
         }),

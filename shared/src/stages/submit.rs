@@ -149,9 +149,21 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
         }
     };
 
-    // Keep within the tenant's submission rate and session cap before asking Defender.
+    if clock.now() >= run.deadline && run.state == RunState::Received {
+        // The sync took the rest of the run's time (nothing can have been posted yet).
+        step.end(
+            RunOutcome::TimedOut,
+            "the deadline passed before Defender accepted the live response",
+            CommandOutcome::NotRun,
+        )
+        .await?;
+        return Ok(Done::new(&run_id, Outcome::Deadline, "never submitted"));
+    }
+
+    // Keep within the tenant's submission rate and session cap before asking Defender. Bundled
+    // library files go under their versioned names: the bytes the manifest names are the ones run.
     let request = LiveResponseRequest {
-        commands: run.commands.clone(),
+        commands: library::sent_commands(&run.commands, &used),
         comment: run.comment.clone(),
     };
     // The write before the POST checks that this message still holds a run that is not yet

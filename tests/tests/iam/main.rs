@@ -400,9 +400,23 @@ fn each_role_has_exactly_the_access_its_stage_uses() {
 }
 
 #[test]
-fn intake_and_submit_read_the_playbooks_bucket_they_are_given_and_nothing_else() {
+fn intake_reads_the_playbook_file_and_submit_its_bucket_and_nothing_else() {
     let roles = static_roles(json!({"PlaybooksS3Uri": "s3://pb-bucket/team/playbooks.toml"}));
-    for stage in ["intake", "submit"] {
+    // Intake parses hostile alerts: it reads the playbook file and nothing else of the bucket.
+    let intake = &roles["intake"];
+    assert!(intake.allows(
+        "s3:GetObject",
+        "arn:aws:s3:::pb-bucket/team/playbooks.toml",
+        None
+    ));
+    for other in ["team/library/triage.ps1", "team/other.toml"] {
+        assert!(
+            !intake.allows("s3:GetObject", &object_arn("pb-bucket", other), None),
+            "intake: {other}"
+        );
+    }
+    assert!(!intake.allows("s3:ListBucket", "arn:aws:s3:::pb-bucket", None));
+    for stage in ["submit"] {
         let role = &roles[stage];
         for key in ["team/playbooks.toml", "team/library/triage.ps1"] {
             assert!(

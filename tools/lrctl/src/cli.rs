@@ -52,10 +52,12 @@ pub enum Command {
     ///
     /// Every library file the playbook file declares ([[library_files]]) is compared, by SHA-256,
     /// with the tenant's library, and judged by the same rules submit applies before a run: a file
-    /// the playbooks ship is uploaded when missing and replaced when the copy there is a stale one
-    /// the pipeline uploaded (its description ends with the pipeline's marker), or someone else's
-    /// and the entry says replace_unmanaged = true; anyone else's file is left alone, and an
-    /// external file must be there (with its pinned SHA-256, if any).
+    /// the playbooks ship is kept under a versioned name (triage.ps1 as triage-<first 12 hex of
+    /// its SHA-256>.ps1), uploaded when missing and replaced when the copy under that name is a
+    /// stale one the pipeline uploaded (its description ends with the pipeline's marker), or
+    /// someone else's and the entry says replace_unmanaged = true; anyone else's file is left
+    /// alone (a file under the plain name is not the pipeline's and is ignored), and an external
+    /// file must be there under its own name (with its pinned SHA-256, if any).
     ///
     /// Playbooks: the bundled ones, or --playbooks / LR_PLAYBOOKS: a local playbook file (its
     /// library folder beside it) or s3://bucket/key as the deployment's PLAYBOOKS_S3_URI.
@@ -72,7 +74,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LibraryCommand {
-    /// One line per declared library file: its source, the SHA-256 the playbooks expect, the
+    /// One line per declared library file: its name in the library (a bundled file's versioned
+    /// name, followed by the playbook's name), its source, the SHA-256 the playbooks expect, the
     /// library's, whether the pipeline uploaded that copy, and the verdict; exits 0 only when
     /// every file is ready (to gate a deploy).
     Status(PlaybooksArg),

@@ -1,20 +1,25 @@
 //! `lrctl library status|sync`: the library files a playbook file declares, against the tenant's
-//! live response library. Each file gets the verdict submit would give it before a run
-//! ([`shared::library::verdict`], the one rule set: never decided here), so that an operator sees
-//! before a deploy what the pipeline will upload, replace or refuse, and can do it ahead of time.
+//! live response library. Each file is looked up under the name the library keeps it by (a bundled
+//! file's versioned name, [`shared::library::versioned_name`]: `triage.ps1` is kept as
+//! `triage-6bf94f0d21df.ps1`; an external file's own name) and gets the verdict submit would give
+//! it before a run ([`shared::library::judge`], the one rule set: never decided here), so that an
+//! operator sees before a deploy what the pipeline will upload, replace or refuse, and can do it
+//! ahead of time. An entry under a bundled file's plain name, or under another version's name, is
+//! not this bundle's: it is neither judged nor touched. The status names a bundled file by its
+//! library name with the playbook's name after it.
 //!
 //! `status` lists once and exits 0 only when every file is ready. `sync` applies the verdicts:
-//! uploads what is missing (without `OverrideIfExists`, so nothing someone put there since the
-//! listing is overwritten), replaces only what the verdict says (a stale copy the pipeline
-//! uploaded, or someone else's file where the playbook says `replace_unmanaged`), never deletes,
-//! never touches a refused file; then lists again and prints the final status. Every call waits
-//! out a 429 (Retry-After, or 10 s) up to [`MAX_RETRIES`] times.
+//! uploads what is missing under its library name (without `OverrideIfExists`, so nothing someone
+//! put there since the listing is overwritten), replaces only what the verdict says (a copy the
+//! pipeline uploaded under that name with other bytes, or someone else's file under it where the
+//! playbook says `replace_unmanaged`), never deletes (older versions stay, for runs that still name
+//! them), never touches a refused file; then lists again and prints the final status. Every call
+//! waits out a 429 (Retry-After, or 10 s) up to [`MAX_RETRIES`] times.
 //!
 //! Defender is reached as the functions reach it (the MDE_* settings, the credentials secret);
 //! listing and uploading need the app's `Library.Manage` permission. File names, hashes and
 //! descriptions come from the tenant and are printed through [`crate::output`].
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,7 +28,7 @@ use shared::adapters::secrets::SecretsManagerCredentials;
 use shared::alerts::playbook::Playbooks;
 use shared::defender::{DefenderClient, DefenderError, LibraryFile, TokenProvider, http_client};
 use shared::library::verdict::is_managed;
-use shared::library::{Bundle, BundleFile, Verdict, verdict};
+use shared::library::{Bundle, BundleFile, Listing, Verdict};
 use shared::ports::{BoxFuture, LibraryApi};
 
 use crate::cli::{LibraryCommand, PlaybooksArg, SyncArgs};
@@ -170,7 +175,8 @@ pub async fn list(api: &dyn LibraryApi, pace: &Pace<'_>) -> Result<Vec<LibraryFi
         .map_err(|e| failed("listing Defender's live response library failed", e))
 }
 
-/// One declared file against the library: what the library holds of that name and the verdict.
+/// One declared file against the library: what the library holds under its library name, and the
+/// verdict.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub file: BundleFile,
@@ -178,28 +184,40 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
-/// Every declared file's row, by name, judged by [`verdict`] on `listing`.
+/// Every declared file's row, in the bundle's order, judged on `listing` by
+/// [`shared::library::judge`] (the rules submit applies).
 pub fn judge(bundle: &Bundle, listing: &[LibraryFile]) -> Vec<Row> {
-    let by_name: BTreeMap<String, &LibraryFile> = listing
-        .iter()
-        .map(|f| (f.file_name.to_ascii_lowercase(), f))
-        .collect();
+    let listing = Listing::of(listing.to_vec());
     bundle
         .files()
-        .map(|file| {
-            let listed = by_name.get(&file.spec.name.to_ascii_lowercase()).copied();
-            Row {
-                verdict: verdict(&file.spec.name, Some(file), listed),
-                file: file.clone(),
-                listed: listed.cloned(),
-            }
+        .map(|file| Row {
+            verdict: shared::library::judge(file, &listing),
+            listed: listing.get(&file.library_name()).cloned(),
+            file: file.clone(),
         })
         .collect()
 }
 
 impl Row {
-    pub fn name(&self) -> &str {
+    /// The name the library keeps it under (a bundled file's versioned name).
+    pub fn name(&self) -> String {
+        self.file.library_name()
+    }
+
+    /// The name the playbook file declares it by.
+    pub fn playbook_name(&self) -> &str {
         &self.file.spec.name
+    }
+
+    /// The name as the status shows it: the library's, then the playbook's where they differ
+    /// (`triage-6bf94f0d21df.ps1 (triage.ps1)`).
+    pub fn label(&self) -> String {
+        let name = self.name();
+        if name == self.playbook_name() {
+            name
+        } else {
+            format!("{name} ({})", self.playbook_name())
+        }
     }
 
     pub fn ready(&self) -> bool {
@@ -265,7 +283,7 @@ impl Row {
 
     fn cells(&self) -> Vec<String> {
         vec![
-            self.name().to_string(),
+            self.label(),
             self.source().to_string(),
             self.file.sha256.clone().unwrap_or_else(|| "any".into()),
             self.library_sha256(),
@@ -282,6 +300,8 @@ impl Row {
     fn json(&self) -> Value {
         json!({
             "name": self.name(),
+            "playbook_name": self.playbook_name(),
+            "library_name": self.name(),
             "source": self.source(),
             "expected_sha256": self.file.sha256,
             "in_library": self.listed.is_some(),
@@ -369,7 +389,10 @@ pub async fn status(ctx: &Ctx, args: &PlaybooksArg) -> Result<u8> {
 /// What `sync` did (or, with `--dry-run`, would do) about one file that was not ready.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// The library name (see [`Row::name`]).
     pub name: String,
+    /// The name the playbook file declares it by.
+    pub playbook_name: String,
     /// upload, replace or refuse.
     pub action: &'static str,
     /// The line printed for it.
@@ -412,11 +435,12 @@ pub async fn apply(
     let before = judge(bundle, &list(api, pace).await?);
     let mut steps = Vec::new();
     for row in &before {
-        let name = row.name().to_string();
+        let name = row.name();
         let mut step = |action: &'static str, line: String, done, error| {
             say(&line);
             steps.push(Step {
                 name: name.clone(),
+                playbook_name: row.playbook_name().to_string(),
                 action,
                 line,
                 done,
@@ -500,8 +524,9 @@ pub async fn sync(ctx: &Ctx, args: &SyncArgs) -> Result<u8> {
             .steps
             .iter()
             .map(|s| {
-                json!({"name": s.name, "action": s.action, "done": s.done, "error": s.error,
-                       "message": s.line})
+                json!({"name": s.name, "playbook_name": s.playbook_name,
+                       "library_name": s.name, "action": s.action, "done": s.done,
+                       "error": s.error, "message": s.line})
             })
             .collect();
         print_json(&json!({

@@ -1,8 +1,10 @@
 //! `lrctl library status|sync` against the simulator's live response library, with the Defender
 //! credentials in moto's Secrets Manager and lrctl's settings as the local stack writes them
-//! (`local_stack::lrctl_settings`): an empty library is filled with the bundle; someone else's
-//! file is left alone and named; a stale copy the pipeline uploaded is replaced; an external file
-//! that is missing is refused; a dry run changes nothing; 429s are waited out.
+//! (`local_stack::lrctl_settings`): an empty library is filled with the bundle, each file under
+//! its versioned name; someone else's file under that name is left alone and named; a stale copy
+//! the pipeline uploaded under it is replaced; a file under a bundled file's plain name is not the
+//! pipeline's and changes nothing; an external file that is missing is refused; a dry run changes
+//! nothing; 429s are waited out.
 
 mod common;
 
@@ -12,8 +14,8 @@ use common::{lrctl, said, settings_with, sha256_hex, stdout};
 use mde_sim::{EndpointFaults, Faults, LibrarySeed, SimConfig, SimServer};
 use shared::alerts::playbook::Playbooks;
 use shared::defender::{DefenderClient, LibraryFile, StaticCredentials};
-use shared::library::MANAGED_MARKER;
 use shared::library::bundle::BUNDLED_LIBRARY;
+use shared::library::{MANAGED_MARKER, versioned_name};
 
 /// A tenant: the simulator with `seeds` in its library, the local stack's resources on moto (the
 /// credentials secret among them), and lrctl's settings for both.
@@ -69,15 +71,37 @@ impl Tenant {
     }
 }
 
-/// The bundled library's files and their SHA-256.
-fn bundled() -> Vec<(&'static str, String)> {
+/// A bundled library file: its name in the playbooks, its name in the library, its SHA-256.
+struct Bundled {
+    name: &'static str,
+    library_name: String,
+    sha256: String,
+}
+
+/// The bundled library's files.
+fn bundled() -> Vec<Bundled> {
     BUNDLED_LIBRARY
         .iter()
-        .map(|(name, bytes)| (*name, sha256_hex(bytes)))
+        .map(|(name, bytes)| {
+            let sha256 = sha256_hex(bytes);
+            Bundled {
+                name,
+                library_name: versioned_name(name, &sha256),
+                sha256,
+            }
+        })
         .collect()
 }
 
-/// The line of `text` that describes `name` (the status table's row).
+/// The bundled file the playbooks call `name`.
+fn bundled_file(name: &str) -> Bundled {
+    bundled()
+        .into_iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in the bundled library"))
+}
+
+/// The line of `text` that describes the file the library keeps as `name` (the status table's row).
 fn row<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -114,31 +138,43 @@ async fn an_empty_library_is_filled_with_the_bundle_and_then_in_sync() {
     let out = t.lrctl(&["library", "status"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     let text = stdout(&out);
-    for (name, sha) in &files {
-        let r = row(&text, name);
+    for f in &files {
+        // Named as the library keeps it, and as the playbooks declare it.
+        let r = row(&text, &f.library_name);
         assert!(
-            r.contains("would upload") && r.contains(sha) && r.contains("missing"),
+            r.starts_with(&format!("{} ({})", f.library_name, f.name))
+                && r.contains("would upload")
+                && r.contains(&f.sha256)
+                && r.contains("missing"),
             "{r}"
         );
     }
 
     let out = t.lrctl(&["library", "sync"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    for (name, sha) in &files {
+    for f in &files {
         assert!(
-            stdout(&out).contains(&format!("uploaded {name} (SHA-256 {sha})")),
+            stdout(&out).contains(&format!(
+                "uploaded {} (SHA-256 {})",
+                f.library_name, f.sha256
+            )),
             "{}",
             said(&out)
         );
     }
     assert_eq!(t.sim.stats().library_uploads, files.len() as u64);
     let library = t.library().await;
-    for (name, sha) in &files {
-        let f = &library[*name];
-        assert_eq!(f.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(library.len(), files.len(), "{library:?}");
+    for f in &files {
+        let listed = &library[&f.library_name.to_ascii_lowercase()];
+        assert_eq!(listed.sha256.as_deref(), Some(f.sha256.as_str()));
         assert!(
-            f.description.as_deref().unwrap().ends_with(MANAGED_MARKER),
-            "{f:?}"
+            listed
+                .description
+                .as_deref()
+                .unwrap()
+                .ends_with(MANAGED_MARKER),
+            "{listed:?}"
         );
     }
 
@@ -166,9 +202,9 @@ async fn an_empty_library_is_filled_with_the_bundle_and_then_in_sync() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let text = stdout(&out);
-    for (name, sha) in &files {
-        let r = row(&text, name);
-        assert_eq!(r.matches(sha.as_str()).count(), 2, "{r}");
+    for f in &files {
+        let r = row(&text, &f.library_name);
+        assert_eq!(r.matches(f.sha256.as_str()).count(), 2, "{r}");
         assert!(r.contains("in sync") && r.contains("yes"), "{r}");
     }
 
@@ -185,23 +221,45 @@ async fn an_empty_library_is_filled_with_the_bundle_and_then_in_sync() {
             .all(|f| f["verdict"] == "ready" && f["managed"] == true),
         "{v}"
     );
+    for f in &files {
+        assert!(
+            v["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["playbook_name"] == f.name
+                    && j["library_name"] == f.library_name.as_str()
+                    && j["name"] == f.library_name.as_str()),
+            "{v}"
+        );
+    }
     t.sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn someone_elses_file_is_left_alone_and_a_stale_copy_of_ours_is_replaced() {
+    let details = bundled_file("file-details.ps1");
+    let minidump = bundled_file("minidump.ps1");
+    let triage = bundled_file("triage.ps1");
+    // Someone else's file under the name the pipeline keeps file-details.ps1 by, with other bytes.
     let theirs = seed(
-        "triage.ps1",
-        "Write-Output 'the IR team triage'",
-        "IR team's triage \u{1b}]52;c;AAAA\u{7}",
+        &details.library_name,
+        "Write-Output 'the IR team file details'",
+        "IR team's details \u{1b}]52;c;AAAA\u{7}",
     );
+    // A copy the pipeline uploaded under minidump.ps1's versioned name, with other bytes.
     let stale = seed(
-        "minidump.ps1",
+        &minidump.library_name,
         "Write-Output 'minidump v0'",
         &managed_description("minidump.ps1"),
     );
-    let t = Tenant::start(vec![theirs.clone(), stale.clone()]).await;
-    let bundle: BTreeMap<_, _> = bundled().into_iter().collect();
+    // Someone's triage.ps1 under the plain name: not the pipeline's, and no matter to it.
+    let plain = seed(
+        "triage.ps1",
+        "Write-Output 'the IR team triage'",
+        "IR team's triage",
+    );
+    let t = Tenant::start(vec![theirs.clone(), stale.clone(), plain.clone()]).await;
 
     let out = t.lrctl(&["library", "status"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
@@ -210,57 +268,99 @@ async fn someone_elses_file_is_left_alone_and_a_stale_copy_of_ours_is_replaced()
         !text.contains('\u{1b}') && !text.contains('\u{7}'),
         "{text}"
     );
-    let r = row(&text, "triage.ps1");
+    let r = row(&text, &details.library_name);
     assert!(
-        r.contains("refused: library file triage.ps1")
+        r.contains(&format!("refused: library file {}", details.library_name))
             && r.contains(&theirs.sha256())
             && r.contains("replace_unmanaged"),
         "{r}"
     );
-    let r = row(&text, "minidump.ps1");
+    let r = row(&text, &minidump.library_name);
     assert!(
         r.contains("would replace a stale copy the pipeline uploaded")
             && r.contains(&stale.sha256()),
         "{r}"
     );
-    assert!(row(&text, "file-details.ps1").contains("would upload"));
+    let r = row(&text, &triage.library_name);
+    assert!(
+        r.contains("(triage.ps1)")
+            && r.contains("missing")
+            && r.contains("would upload")
+            && !r.contains(&plain.sha256()),
+        "the plain-named triage.ps1 is not the pipeline's copy: {r}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("triage.ps1")),
+        "no row for the plain name: {text}"
+    );
 
     let out = t.lrctl(&["library", "sync"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     let text = stdout(&out);
-    assert!(text.contains("refused triage.ps1: "), "{}", said(&out));
+    assert!(
+        text.contains(&format!("refused {}: ", details.library_name)),
+        "{}",
+        said(&out)
+    );
     assert!(
         text.contains(&format!(
-            "replaced minidump.ps1, a stale copy the pipeline uploaded (SHA-256 {} -> {})",
+            "replaced {}, a stale copy the pipeline uploaded (SHA-256 {} -> {})",
+            minidump.library_name,
             stale.sha256(),
-            bundle["minidump.ps1"]
+            minidump.sha256
         )),
         "{}",
         said(&out)
     );
-    assert!(text.contains("uploaded file-details.ps1"), "{}", said(&out));
+    assert!(
+        text.contains(&format!(
+            "uploaded {} (SHA-256 {})",
+            triage.library_name, triage.sha256
+        )),
+        "{}",
+        said(&out)
+    );
     assert_eq!(t.sim.stats().library_uploads, 2);
     let library = t.library().await;
+    let theirs_now = &library[&details.library_name.to_ascii_lowercase()];
     assert_eq!(
-        library["triage.ps1"].sha256.as_deref(),
+        theirs_now.sha256.as_deref(),
         Some(theirs.sha256().as_str()),
         "someone else's file is never replaced"
     );
     assert_eq!(
-        library["triage.ps1"].description.as_deref(),
+        theirs_now.description.as_deref(),
         Some(theirs.description.as_str())
     );
     assert_eq!(
-        library["minidump.ps1"].sha256.as_deref(),
-        Some(bundle["minidump.ps1"].as_str())
+        library[&minidump.library_name.to_ascii_lowercase()]
+            .sha256
+            .as_deref(),
+        Some(minidump.sha256.as_str())
+    );
+    assert_eq!(
+        library[&triage.library_name.to_ascii_lowercase()]
+            .sha256
+            .as_deref(),
+        Some(triage.sha256.as_str())
+    );
+    assert_eq!(
+        library["triage.ps1"].sha256.as_deref(),
+        Some(plain.sha256().as_str()),
+        "the plain-named file is left as it was"
+    );
+    assert_eq!(
+        library["triage.ps1"].description.as_deref(),
+        Some(plain.description.as_str())
     );
     // The final status: only someone else's file is not ready.
     let final_status = text
         .split("status after sync:")
         .nth(1)
         .expect("final status");
-    assert!(row(final_status, "minidump.ps1").contains("in sync"));
-    assert!(row(final_status, "triage.ps1").contains("refused"));
+    assert!(row(final_status, &minidump.library_name).contains("in sync"));
+    assert!(row(final_status, &triage.library_name).contains("in sync"));
+    assert!(row(final_status, &details.library_name).contains("refused"));
     t.sim.shutdown().await;
 }
 
@@ -309,10 +409,8 @@ script = "collect.ps1"
             && r.contains("refused: library file collector.exe is declared external"),
         "{r}"
     );
-    assert!(
-        row(&text, "collect.ps1").contains(&sha256_hex(script)),
-        "{text}"
-    );
+    let collect = versioned_name("collect.ps1", &sha256_hex(script));
+    assert!(row(&text, &collect).contains(&sha256_hex(script)), "{text}");
     assert!(
         !text.contains("triage.ps1"),
         "the bundled playbooks are not read: {text}"
@@ -325,31 +423,43 @@ script = "collect.ps1"
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("uploaded collect.ps1") && text.contains("refused collector.exe: "),
+        text.contains(&format!("uploaded {collect}")) && text.contains("refused collector.exe: "),
         "{}",
         said(&out)
     );
     assert_eq!(t.sim.stats().library_uploads, 1);
-    assert!(!t.library().await.contains_key("collector.exe"));
+    let library = t.library().await;
+    assert!(library.contains_key(&collect.to_ascii_lowercase()));
+    assert!(!library.contains_key("collector.exe"));
     t.sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_changes_nothing() {
+    let triage = bundled_file("triage.ps1");
+    let minidump = bundled_file("minidump.ps1");
     let stale = seed(
-        "triage.ps1",
+        &triage.library_name,
         "Write-Output 'triage v0'",
         &managed_description("triage.ps1"),
     );
-    let t = Tenant::start(vec![stale.clone()]).await;
+    // What a pipeline before versioned names uploaded: no longer its copy of anything.
+    let old = seed(
+        "minidump.ps1",
+        "Write-Output 'minidump v0'",
+        &managed_description("minidump.ps1"),
+    );
+    let t = Tenant::start(vec![stale.clone(), old]).await;
     let before = t.library().await;
 
     let out = t.lrctl(&["library", "sync", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("would replace triage.ps1, a stale copy the pipeline uploaded")
-            && text.contains("would upload minidump.ps1")
+        text.contains(&format!(
+            "would replace {}, a stale copy the pipeline uploaded",
+            triage.library_name
+        )) && text.contains(&format!("would upload {}", minidump.library_name))
             && text.contains("status (dry run: nothing changed):"),
         "{}",
         said(&out)
@@ -367,11 +477,23 @@ async fn a_dry_run_changes_nothing() {
         "{v}"
     );
     assert_eq!(v["status"]["ready"], false);
+    assert!(
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["action"] == "replace"
+                && s["playbook_name"] == "triage.ps1"
+                && s["library_name"] == triage.library_name.as_str()),
+        "{v}"
+    );
 
     assert_eq!(t.sim.stats().library_uploads, 0);
     assert_eq!(t.library().await, before);
     assert_eq!(
-        before["triage.ps1"].sha256.as_deref(),
+        before[&triage.library_name.to_ascii_lowercase()]
+            .sha256
+            .as_deref(),
         Some(stale.sha256().as_str())
     );
     t.sim.shutdown().await;

@@ -479,10 +479,7 @@ fn run_command(
                     Err(format!("Script {name} was not found in the library")),
                 );
             };
-            let script = config
-                .scripts
-                .iter()
-                .find(|x| x.name.eq_ignore_ascii_case(name));
+            let script = config.script(name);
             let (script_name, exit_code, output, errors, secs) = match script {
                 Some(sc) => (
                     sc.name.as_str(),

@@ -119,11 +119,44 @@ impl SimConfig {
         Ok(())
     }
 
+    /// How the script `name` behaves: the `[[scripts]]` entry of that name, or of the name it is
+    /// a version of (`triage-6bf94f0d21df.ps1` is a version of `triage.ps1`: the pipeline keeps a
+    /// bundled script under its name with 12 hex digits of its SHA-256 before the extension).
+    pub fn script(&self, name: &str) -> Option<&Script> {
+        let base = unversioned(name);
+        self.scripts
+            .iter()
+            .find(|x| x.name.eq_ignore_ascii_case(name))
+            .or_else(|| {
+                base.and_then(|b| {
+                    self.scripts
+                        .iter()
+                        .find(|x| x.name.eq_ignore_ascii_case(&b))
+                })
+            })
+    }
+
     pub fn device(&self, machine_id: &str) -> Option<&Device> {
         self.devices
             .iter()
             .find(|d| d.machine_id.eq_ignore_ascii_case(machine_id))
     }
+}
+
+/// `stem-<12 hex>.ext` → `stem.ext` (and `name-<12 hex>` → `name`); `None` for other names.
+fn unversioned(name: &str) -> Option<String> {
+    let (head, ext) = match name.rsplit_once('.') {
+        Some((h, e)) if h.contains('-') => (h, Some(e)),
+        _ => (name, None),
+    };
+    let (stem, tag) = head.rsplit_once('-')?;
+    if stem.is_empty() || tag.len() != 12 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(match ext {
+        Some(e) => format!("{stem}.{e}"),
+        None => stem.to_string(),
+    })
 }
 
 pub fn valid_library_name(name: &str) -> bool {
@@ -303,7 +336,8 @@ pub struct Script {
     pub exit_code: i64,
     /// Standard output; `{args}` is replaced by the Args parameter, `{machine}` by the device's DNS
     /// name and `{sha256}` by the hex SHA-256 of the library file that ran (so a transcript tells
-    /// which version of the script ran).
+    /// which version of the script ran). An entry also describes the script's versioned names
+    /// (`triage.ps1` describes `triage-6bf94f0d21df.ps1`; see [`SimConfig::script`]).
     pub output: String,
     pub errors: String,
     /// Simulated seconds a run takes (default: the device's command_secs).
@@ -327,5 +361,34 @@ impl LibrarySeed {
     /// The hex SHA-256 of `content`, as the library lists it.
     pub fn sha256(&self) -> String {
         hex::encode(Sha256::digest(self.content.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod versioned_tests {
+    use super::*;
+
+    #[test]
+    fn a_versioned_name_finds_its_script() {
+        assert_eq!(
+            unversioned("triage-6bf94f0d21df.ps1").as_deref(),
+            Some("triage.ps1")
+        );
+        assert_eq!(
+            unversioned("README-6bf94f0d21df").as_deref(),
+            Some("README")
+        );
+        assert_eq!(unversioned("triage.ps1"), None);
+        assert_eq!(unversioned("my-tool.ps1"), None);
+        assert_eq!(unversioned("x-6bf94f0d21dg.ps1"), None);
+        let c = SimConfig {
+            scripts: vec![Script {
+                name: "triage.ps1".into(),
+                ..Script::default()
+            }],
+            ..SimConfig::default()
+        };
+        assert!(c.script("TRIAGE-6bf94f0d21df.ps1").is_some());
+        assert!(c.script("other-6bf94f0d21df.ps1").is_none());
     }
 }

@@ -68,12 +68,12 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     let now = clock.now();
     let deadline = now + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
-    let Some(command) = run.commands.get(job.index as usize).cloned() else {
+    if run.commands.get(job.index as usize).is_none() {
         return Err(StageError::Reject {
             code: RejectCode::UnknownCommand,
             reason: format!("run {run_id} has no command {}", job.index),
         });
-    };
+    }
     // Poll left a record with Defender's view of the command; only the message holding the
     // command's chain copies it, and anything past Collecting means done already.
     let key = command_key(&run_id, job.index);
@@ -97,6 +97,8 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
         }
     };
     let (start_time, end_time) = (pending.start_time, pending.end_time);
+    // The command as Defender ran it (poll's record), e.g. a script under its versioned name.
+    let command = pending.command;
     let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
 
     // A copy whose upload completed before a crash needs no link: only publishing is left.
@@ -321,18 +323,21 @@ impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
         now: OffsetDateTime,
     ) -> Result<(), StageError> {
         let (store, job) = (self.store, self.job);
-        let command =
+        let asked = || {
             run.commands
                 .get(job.index as usize)
                 .cloned()
                 .unwrap_or(crate::defender::Command {
                     kind,
                     params: vec![],
-                });
-        let (start_time, end_time) = load_command(store, &run.run_id, job.index)
-            .await?
-            .map(|r| (r.start_time, r.end_time))
-            .unwrap_or_default();
+                })
+        };
+        // As Defender ran it (poll's record), else as asked.
+        let (command, start_time, end_time) =
+            match load_command(store, &run.run_id, job.index).await? {
+                Some(r) => (r.command, r.start_time, r.end_time),
+                None => (asked(), None, None),
+            };
         let mut rec = CommandRecord::unfinished(
             job.index,
             command,

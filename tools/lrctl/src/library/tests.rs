@@ -114,6 +114,11 @@ fn bundle(specs: &[LibraryFileSpec]) -> Bundle {
     Bundle::assemble(specs, |_| Some(NEW.to_vec())).unwrap()
 }
 
+/// The name the library keeps the bundled `name` (with [`NEW`]'s bytes) under.
+fn versioned(name: &str) -> String {
+    shared::library::versioned_name(name, &shared::hash::sha256_hex(NEW))
+}
+
 /// Runs `f` with a pace that records each wait instead of sleeping, and the notes it made.
 async fn paced<T>(f: impl AsyncFnOnce(&Pace<'_>) -> T) -> (T, Vec<Duration>, Vec<String>) {
     let waits = Mutex::new(Vec::new());
@@ -189,7 +194,10 @@ async fn a_401_or_403_names_the_library_manage_permission() {
     let b = bundle(&[spec("a.ps1")]);
     let (got, _, _) = paced(async |p| apply(&api, &b, false, p, &mut |_: &str| {}).await).await;
     let e = got.err().expect("refused").to_string();
-    assert!(e.contains("Library.Manage") && e.contains("a.ps1"), "{e}");
+    assert!(
+        e.contains("Library.Manage") && e.contains(&versioned("a.ps1")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -212,32 +220,45 @@ async fn each_verdict_in_words_and_sync_acts_only_as_it_says() {
     ];
     let b = bundle(&specs);
     let fake = Fake::default();
-    fake.seed("SAME.ps1", NEW, "whoever");
+    // Bundled files are looked up under their versioned names (in any case); external ones under
+    // their own.
+    fake.seed(&versioned("same.ps1").to_uppercase(), NEW, "whoever");
     fake.seed(
-        "stale.ps1",
+        &versioned("stale.ps1"),
         b"old",
         &spec("stale.ps1").managed_description(),
     );
-    fake.seed("theirs.ps1", b"theirs", "IR team's \u{1b}[8m");
-    fake.seed("allowed.ps1", b"theirs", "IR team's");
+    fake.seed(&versioned("theirs.ps1"), b"theirs", "IR team's \u{1b}[8m");
+    fake.seed(&versioned("allowed.ps1"), b"theirs", "IR team's");
     fake.seed("pinned.exe", b"v0", "vendor");
     fake.seed("unrelated.ps1", b"x", "not declared: never looked at");
+    // Under a bundled file's plain name: not the pipeline's copy, whatever it holds (another
+    // version, someone else's file): never looked at either.
+    fake.seed(
+        "missing.ps1",
+        NEW,
+        &spec("missing.ps1").managed_description(),
+    );
+    fake.seed("theirs.ps1", NEW, "IR team's");
 
     let listing = fake.list().await.unwrap();
     let rows = judge(&b, &listing);
-    let words: BTreeMap<&str, String> = rows.iter().map(|r| (r.name(), r.verdict_text())).collect();
-    assert_eq!(words["missing.ps1"], "would upload");
-    assert_eq!(words["same.ps1"], "in sync");
+    let words: BTreeMap<String, String> =
+        rows.iter().map(|r| (r.name(), r.verdict_text())).collect();
+    let word = |name: &str| words[&versioned(name)].as_str();
+    assert_eq!(word("missing.ps1"), "would upload");
+    assert_eq!(word("same.ps1"), "in sync");
     assert_eq!(
-        words["stale.ps1"],
+        word("stale.ps1"),
         "would replace a stale copy the pipeline uploaded"
     );
     assert_eq!(
-        words["allowed.ps1"],
+        word("allowed.ps1"),
         "would replace someone else's file (replace_unmanaged)"
     );
     assert!(
-        words["theirs.ps1"].starts_with("refused: ") && words["theirs.ps1"].contains("theirs.ps1"),
+        word("theirs.ps1").starts_with("refused: ")
+            && word("theirs.ps1").contains(&versioned("theirs.ps1")),
         "{words:?}"
     );
     assert!(words["tool.exe"].contains("external"), "{words:?}");
@@ -248,7 +269,34 @@ async fn each_verdict_in_words_and_sync_acts_only_as_it_says() {
         text.contains("7 library file(s) declared in the test playbooks: 1 in sync, 3 to upload or replace, 3 refused"),
         "{text}"
     );
-    let stale = rows.iter().find(|r| r.name() == "stale.ps1").unwrap();
+    // A bundled file's row shows both names; an external file's, its one name.
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{text}"))
+    };
+    assert!(
+        line(&versioned("missing.ps1"))
+            .contains(&format!("{} (missing.ps1)", versioned("missing.ps1")))
+            && line(&versioned("missing.ps1")).contains("missing  "),
+        "{text}"
+    );
+    assert!(line("tool.exe ").starts_with("tool.exe  "), "{text}");
+    let missing = rows
+        .iter()
+        .find(|r| r.playbook_name() == "missing.ps1")
+        .unwrap();
+    assert!(missing.listed.is_none(), "the plain-named copy is not it");
+    assert_eq!(missing.json()["playbook_name"], "missing.ps1");
+    assert_eq!(missing.json()["library_name"], versioned("missing.ps1"));
+    assert_eq!(missing.json()["in_library"], false);
+    let tool = rows.iter().find(|r| r.name() == "tool.exe").unwrap();
+    assert_eq!(tool.json()["playbook_name"], "tool.exe");
+    assert_eq!(tool.json()["library_name"], "tool.exe");
+    let stale = rows
+        .iter()
+        .find(|r| r.name() == versioned("stale.ps1"))
+        .unwrap();
     assert_eq!(stale.managed(), Some(true));
     assert!(
         stale.json()["library_description"]
@@ -268,39 +316,59 @@ async fn each_verdict_in_words_and_sync_acts_only_as_it_says() {
     assert!(synced.after.is_none() && !synced.ok());
     assert!(
         said.iter()
-            .any(|l| l.starts_with("would upload missing.ps1")),
+            .any(|l| l.starts_with(&format!("would upload {}", versioned("missing.ps1")))),
         "{said:?}"
     );
     assert!(
-        said.iter().any(|l| l.starts_with("refused theirs.ps1")),
+        said.iter()
+            .any(|l| l.starts_with(&format!("refused {}", versioned("theirs.ps1")))),
         "{said:?}"
     );
 
     // The sync uploads the missing file without override, replaces the stale and the allowed
     // ones, and leaves the rest alone.
     fake.calls.lock().unwrap().clear();
-    let theirs = fake.sha256("theirs.ps1");
+    let before = fake.files.lock().unwrap().clone();
     let (synced, _, _) = paced(async |p| apply(&fake, &b, false, p, &mut |_: &str| {}).await).await;
     let synced = synced.unwrap();
     assert_eq!(
         *fake.calls.lock().unwrap(),
         [
-            "list",
-            "upload allowed.ps1 override=true",
-            "upload missing.ps1 override=false",
-            "upload stale.ps1 override=true",
-            "list"
+            "list".to_string(),
+            format!("upload {} override=true", versioned("allowed.ps1")),
+            format!("upload {} override=false", versioned("missing.ps1")),
+            format!("upload {} override=true", versioned("stale.ps1")),
+            "list".to_string(),
         ]
     );
     let new = shared::hash::sha256_hex(NEW);
     for name in ["missing.ps1", "stale.ps1", "allowed.ps1"] {
-        assert_eq!(fake.sha256(name).as_deref(), Some(new.as_str()), "{name}");
+        let name = versioned(name);
+        assert_eq!(fake.sha256(&name).as_deref(), Some(new.as_str()), "{name}");
     }
-    assert_eq!(fake.sha256("theirs.ps1"), theirs);
+    // Everything else is as it was: someone else's file under the versioned name, and whatever is
+    // under the plain names.
+    let files = fake.files.lock().unwrap().clone();
+    for (key, file) in &before {
+        if !["missing.ps1", "stale.ps1", "allowed.ps1"]
+            .iter()
+            .any(|n| *key == versioned(n))
+        {
+            assert_eq!(files[key], *file, "{key}");
+        }
+    }
+    assert_eq!(files.len(), before.len() + 1, "one new file, none deleted");
     assert!(!synced.ok(), "refusals make it fail");
     let after = synced.after.unwrap();
-    let not_ready: Vec<&str> = after.iter().filter(|r| !r.ready()).map(Row::name).collect();
-    assert_eq!(not_ready, ["pinned.exe", "theirs.ps1", "tool.exe"]);
+    let not_ready: Vec<String> = after.iter().filter(|r| !r.ready()).map(Row::name).collect();
+    assert_eq!(
+        not_ready,
+        [
+            "pinned.exe".to_string(),
+            versioned("theirs.ps1"),
+            "tool.exe".into()
+        ]
+    );
 }
 
 #[tokio::test]
@@ -322,11 +390,13 @@ async fn a_failed_upload_is_reported_and_the_rest_go_on() {
     assert!(synced.steps[0].error.as_deref().unwrap().contains("503"));
     assert!(synced.steps[1].done);
     assert!(
-        said.iter().any(|l| l.starts_with("uploaded b.ps1")),
+        said.iter()
+            .any(|l| l.starts_with(&format!("uploaded {}", versioned("b.ps1")))),
         "{said:?}"
     );
     assert!(
-        said.iter().any(|l| l.starts_with("could not upload a.ps1")),
+        said.iter()
+            .any(|l| l.starts_with(&format!("could not upload {}", versioned("a.ps1")))),
         "{said:?}"
     );
 }
