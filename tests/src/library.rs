@@ -1,6 +1,7 @@
 //! The live response library for tests: submit's library sync switched off for stage handlers
-//! called directly, and the bundled playbooks' library files as simulator seeds (a tenant that
-//! already holds exactly what the pipeline ships).
+//! called directly, and the bundled playbooks' library files as simulator seeds, under their
+//! plain names (for tests that run them through the API by hand) and their versioned names (a
+//! tenant that already holds exactly what the pipeline ships, where the pipeline looks).
 
 use std::sync::LazyLock;
 
@@ -20,16 +21,21 @@ pub fn sync_off() -> LibrarySync<'static> {
     }
 }
 
-/// Every file of `shared/playbooks/library/`, as a simulator seed with its exact bytes, uploaded
-/// by someone else (no pipeline marker): the tenant holds the bundle's versions.
+/// Every file of `shared/playbooks/library/`, as simulator seeds with its exact bytes, uploaded
+/// by someone else (no pipeline marker), under its plain and its versioned name.
 pub fn bundled_seeds() -> Vec<LibrarySeed> {
     BUNDLED_LIBRARY
         .iter()
-        .map(|(name, bytes)| LibrarySeed {
-            name: name.to_string(),
-            content: String::from_utf8(bytes.to_vec()).expect("bundled scripts are UTF-8 text"),
-            description: "uploaded by hand".into(),
-            ..LibrarySeed::default()
+        .flat_map(|(name, bytes)| {
+            let content =
+                String::from_utf8(bytes.to_vec()).expect("bundled scripts are UTF-8 text");
+            let versioned = shared::library::versioned_name(name, &shared::hash::sha256_hex(bytes));
+            [name.to_string(), versioned].map(|n| LibrarySeed {
+                name: n,
+                content: content.clone(),
+                description: "uploaded by hand".into(),
+                ..LibrarySeed::default()
+            })
         })
         .collect()
 }

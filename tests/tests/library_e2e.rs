@@ -86,6 +86,7 @@ fn ours(name: &str) -> String {
         external: false,
         sha256: None,
         replace_unmanaged: false,
+        keeps_name: false,
     }
     .managed_description()
 }

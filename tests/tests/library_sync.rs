@@ -40,6 +40,7 @@ fn spec(name: &str) -> LibraryFileSpec {
         external: false,
         sha256: None,
         replace_unmanaged: false,
+        keeps_name: false,
     }
 }
 
@@ -356,6 +357,8 @@ async fn defenders_refusals_say_what_to_fix_and_outages_are_retried() {
             reason: "HTTP 503".into(),
         },
     ] {
+        // (A tenant of its own, and a librarian of its own: a librarian remembers a refusal.)
+        let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
         let w = World::new();
         *w.library.fail.lock().unwrap() = Some(make);
         assert!(matches!(
@@ -645,7 +648,7 @@ async fn a_failing_listing_is_remembered_so_a_batch_does_not_wait_it_out_message
         Ensured::Retry(_)
     ));
     w.clock
-        .advance(shared::library::keeper::FAILED_LISTING_KEPT + Duration::from_secs(1));
+        .advance(shared::library::keeper::FAILED_CALL_KEPT + Duration::from_secs(1));
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
     assert_eq!(
         w.lists(),
@@ -664,4 +667,214 @@ async fn a_file_this_instance_does_not_know_is_retried_not_refused() {
         other => panic!("{other:?}"),
     }
     assert_eq!(w.lists(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_upload_and_a_permanent_refusal_answer_the_whole_batch_at_once() {
+    // An upload that fails (a timeout) is not tried again by every message of the batch.
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let api = Answers::new(|_| {
+        Err(DefenderError::Transient {
+            reason: "timeout".into(),
+        })
+    });
+    for _ in 0..10 {
+        assert!(matches!(
+            ensure_with(&api, &w, &keeper).await,
+            Ensured::Retry(_)
+        ));
+    }
+    assert_eq!(api.uploads.load(Ordering::SeqCst), 1);
+
+    // A 403 refuses every run of the batch alike, each told what to fix.
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    *w.library.fail.lock().unwrap() = Some(|| DefenderError::Unauthorized {
+        status: 403,
+        message: "Missing application roles".into(),
+    });
+    for _ in 0..10 {
+        let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
+        assert!(reason.contains("Library.Manage"), "{reason}");
+    }
+}
+
+#[test]
+fn a_file_a_putfile_puts_keeps_its_name_and_a_script_is_versioned() {
+    let toml = r#"
+[[library_files]]
+name = "collector.exe"
+[[library_files]]
+name = "run-collector.ps1"
+has_parameters = true
+
+[[playbooks]]
+name = "collect"
+[[playbooks.commands]]
+type = "PutFile"
+file = "collector.exe"
+[[playbooks.commands]]
+type = "RunScript"
+script = "run-collector.ps1"
+args = "-Exe collector.exe"
+"#;
+    let p = shared::alerts::playbook::Playbooks::from_toml(toml).unwrap();
+    let b = Bundle::assemble(p.library_files(), |_| Some(b"bytes".to_vec())).unwrap();
+    // The device receives a put file under its library name, and the script calls it by that.
+    assert_eq!(
+        b.get("collector.exe").unwrap().library_name(),
+        "collector.exe"
+    );
+    assert_eq!(
+        b.get("run-collector.ps1").unwrap().library_name(),
+        lib("run-collector.ps1", b"bytes")
+    );
+    assert!(
+        shared::alerts::playbook::Playbooks::from_toml(
+            "[[library_files]]\nname = \"x.\"\nexternal = true\n[[playbooks]]\nname = \"p\"\n[[playbooks.commands]]\ntype = \"PutFile\"\nfile = \"x.\"\n"
+        )
+        .is_err(),
+        "a name Windows would cut"
+    );
+}
+
+/// Defender that records what it was asked to run and accepts it.
+#[derive(Default)]
+struct Records(std::sync::Mutex<Vec<LiveResponseRequest>>);
+
+impl Defender for Records {
+    async fn run_live_response(
+        &self,
+        machine: &MachineId,
+        request: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        self.0.lock().unwrap().push(request.clone());
+        Ok(serde_json::from_value(serde_json::json!({
+            "id": "7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d",
+            "type": "LiveResponse",
+            "status": "Pending",
+            "machineId": machine.as_str(),
+            "requestorComment": request.comment,
+            "creationDateTimeUtc": "2026-11-30T05:00:00Z",
+            "lastUpdateDateTimeUtc": "2026-11-30T05:00:00Z",
+            "commands": []
+        }))
+        .expect("a machine action"))
+    }
+    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+    async fn list_machine_actions(
+        &self,
+        _: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        Ok(Vec::new())
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        panic!("not expected")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+}
+
+#[tokio::test]
+async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deployment() {
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let machine = machine_id(M1);
+    let run = run_id("native", "pinned", M1, "malware-file");
+    let now = OffsetDateTime::now_utc();
+    let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d").unwrap();
+    let v1 = b"Write-Output 'triage v1'";
+    let v1_name = lib("triage.ps1", v1);
+    let mut record = collecting_run(
+        &run,
+        "pinned",
+        &machine,
+        vec![Command::run_script(&v1_name, Some("-Quick"))],
+        &action,
+    );
+    // An earlier attempt posted v1 and lost Defender's answer.
+    record.state = RunState::Submitting;
+    record.action_id = None;
+    record.submitted_at = None;
+    record.submit_attempts = 1;
+    record.deadline = now + time::Duration::hours(1);
+    record.library = vec![shared::library::LibraryUse {
+        name: "triage.ps1".into(),
+        library_name: v1_name.clone(),
+        sha256: Some(sha(v1)),
+        source: LibrarySource::Bundle,
+    }];
+    record.chain = Default::default();
+    put_run(&store, &record).await;
+
+    // This deployment ships v2.
+    let library = MemLibrary::default();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    let defender = Records::default();
+    let msg = Delivery::new(
+        "submit-2",
+        encode(&SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run.clone(),
+            attempt: 1,
+            prev: None,
+        }),
+    );
+    let done = shared::stages::submit::handle(
+        &submit_config(),
+        &store,
+        &queue,
+        &defender,
+        LibrarySync {
+            keeper: &keeper,
+            api: &library,
+        },
+        testkit::notary::notary(),
+        &ManualClock::at(now),
+        &msg,
+    )
+    .await
+    .expect("handled");
+    assert_eq!(
+        done.outcome,
+        shared::codes::Outcome::Submitted,
+        "{}",
+        done.detail
+    );
+    let sent = defender.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].commands[0].param("ScriptName"),
+        Some(v1_name.as_str())
+    );
+    let stored: shared::store::RunRecord = serde_json::from_slice(
+        &store
+            .get(&shared::store::run_key(&run))
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(stored.library[0].library_name, v1_name);
+    assert_eq!(
+        stored.commands[0].param("ScriptName"),
+        Some(v1_name.as_str())
+    );
+    assert!(
+        library.uploads.lock().unwrap().is_empty(),
+        "v2 was not needed"
+    );
 }

@@ -30,11 +30,13 @@ impl BundleFile {
         !self.spec.external
     }
 
-    /// The name the library keeps it under: a bundled file's versioned name
-    /// ([`super::versioned_name`]), an external file's own.
+    /// The name the library keeps it under: a bundled script's versioned name
+    /// ([`super::versioned_name`]); a file a PutFile puts, or an external file, its own.
     pub fn library_name(&self) -> String {
         match (&self.content, &self.sha256) {
-            (Some(_), Some(h)) => super::versioned_name(&self.spec.name, h),
+            (Some(_), Some(h)) if !self.spec.keeps_name => {
+                super::versioned_name(&self.spec.name, h)
+            }
             _ => self.spec.name.clone(),
         }
     }
@@ -173,6 +175,7 @@ mod tests {
             external: false,
             sha256: None,
             replace_unmanaged: false,
+            keeps_name: false,
         }
     }
 

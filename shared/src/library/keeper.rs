@@ -8,8 +8,8 @@
 //! either, and an upload Defender refuses is looked at once more, then refused in Defender's words.
 //!
 //! One sync at a time per function instance (a batch's messages wait for the one that lists and
-//! uploads, then find the listing warm; a failed listing answers for [`FAILED_LISTING_KEPT`], so
-//! they do not each wait out the same failing call); every list and upload is a call of the
+//! uploads, then find the listing warm; a failed call answers for [`FAILED_CALL_KEPT`], so they
+//! do not each wait out the same failing call); every list and upload is a call of the
 //! tenant's GET budget, so syncing never pushes Defender into 429s. Instances that race upload the
 //! same bytes; an upload refused because another put the file there first is settled by listing.
 
@@ -35,9 +35,9 @@ const ROUNDS: usize = 4;
 /// replaced, on it (older ones are looked at again first).
 pub const FRESH: Duration = Duration::from_secs(30);
 
-/// A failed listing answers for this long: the other messages of a batch retry later at once
-/// instead of each waiting out the same failing call.
-pub const FAILED_LISTING_KEPT: Duration = Duration::from_secs(30);
+/// A failed library call (a listing or an upload) answers for this long: the other messages of a
+/// batch get the same answer at once instead of each waiting out the same failing call.
+pub const FAILED_CALL_KEPT: Duration = Duration::from_secs(30);
 
 /// What submit does about the library (`LIBRARY_SYNC`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,33 @@ pub enum Ensured {
     Retry(DefenderError),
 }
 
-/// The tenant's library as last listed, and when; or why it could not be listed, and when.
+/// The tenant's library as last listed, and when; and the last library call that failed.
 #[derive(Default)]
 struct Cache {
     listing: Option<(Listing, OffsetDateTime)>,
-    failed: Option<(OffsetDateTime, String)>,
+    failed: Option<Failure>,
+}
+
+/// A library call that failed: when, why, and whether retrying can help.
+struct Failure {
+    at: OffsetDateTime,
+    reason: String,
+    permanent: bool,
+}
+
+impl Failure {
+    fn answer(&self) -> Ensured {
+        if self.permanent {
+            Ensured::Refused(self.reason.clone())
+        } else {
+            Ensured::Retry(DefenderError::Transient {
+                reason: format!(
+                    "a live response library call failed moments ago: {}",
+                    self.reason
+                ),
+            })
+        }
+    }
 }
 
 /// What submit keeps the library with: the librarian (bundle, mode, listing) and the API it calls.
@@ -171,13 +193,12 @@ impl Librarian {
             }
         }
         let mut cache = self.cache.lock().await;
-        if let Some((at, why)) = &cache.failed
-            && clock.now() - *at < FAILED_LISTING_KEPT
+        if let Some(f) = &cache.failed
+            && clock.now() - f.at < FAILED_CALL_KEPT
         {
-            // Every message of a batch would otherwise wait out the same failing call in turn.
-            return Ok(Ensured::Retry(DefenderError::Transient {
-                reason: format!("listing the live response library failed moments ago: {why}"),
-            }));
+            // Every message of a batch would otherwise wait out the same failing call in turn,
+            // and each would be told something else.
+            return Ok(f.answer());
         }
         let mut rejected: Option<(String, String)> = None;
         let mut must_list = false;
@@ -187,8 +208,9 @@ impl Librarian {
                 match budget::get_call(store, budget, clock, || api.list()).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Err(e)) => {
-                        cache.failed = Some((clock.now(), e.to_string()));
-                        return Ok(failed(e, "listing"));
+                        let (answer, failure) = failed(e, "listing", clock.now());
+                        cache.failed = Some(failure);
+                        return Ok(answer);
                     }
                     Paced::Ran(Ok(files)) => {
                         cache.failed = None;
@@ -281,7 +303,11 @@ impl Librarian {
                         must_list = true;
                         break;
                     }
-                    Paced::Ran(Err(e)) => return Ok(failed(e, "uploading to")),
+                    Paced::Ran(Err(e)) => {
+                        let (answer, failure) = failed(e, "uploading to", clock.now());
+                        cache.failed = Some(failure);
+                        return Ok(answer);
+                    }
                 }
             }
         }
@@ -292,20 +318,25 @@ impl Librarian {
 }
 
 /// A failed library call: retried when Defender says so, else the run is refused with a reason
-/// that says what to fix.
-fn failed(e: DefenderError, doing: &str) -> Ensured {
-    match e.next() {
-        Next::RetryAfter(_) => Ensured::Retry(e),
-        Next::GiveUp => {
-            let hint = match e {
-                DefenderError::Unauthorized { .. } => {
-                    " (the app registration needs the Library.Manage permission, or set LIBRARY_SYNC=off)"
-                }
-                _ => "",
-            };
-            Ensured::Refused(format!(
-                "{doing} the live response library failed: {e}{hint}"
-            ))
+/// that says what to fix; and the failure to answer with for a while.
+fn failed(e: DefenderError, doing: &str, now: OffsetDateTime) -> (Ensured, Failure) {
+    let permanent = e.next() == Next::GiveUp;
+    let hint = match e {
+        DefenderError::Unauthorized { .. } => {
+            " (the app registration needs the Library.Manage permission, or set LIBRARY_SYNC=off)"
         }
-    }
+        _ => "",
+    };
+    let reason = format!("{doing} the live response library failed: {e}{hint}");
+    let failure = Failure {
+        at: now,
+        reason: reason.clone(),
+        permanent,
+    };
+    let answer = if permanent {
+        Ensured::Refused(reason)
+    } else {
+        Ensured::Retry(e)
+    };
+    (answer, failure)
 }

@@ -58,6 +58,12 @@ pub struct LibraryFileSpec {
     /// default: someone else's file is left alone and the run fails, naming it.
     #[serde(default)]
     pub replace_unmanaged: bool,
+    /// Kept in the library under its own name, not a versioned one: set (when the playbook file
+    /// loads) for a file a `PutFile` puts, because the device receives it under its library name
+    /// and the commands after it refer to it by that name. Such a file is replaced in place when
+    /// the bundle changes (the stale-copy rule).
+    #[serde(skip)]
+    pub keeps_name: bool,
 }
 
 impl LibraryFileSpec {
@@ -76,6 +82,12 @@ impl LibraryFileSpec {
         if !crate::alerts::render::valid_library_name(&self.name) {
             return Some(format!(
                 "library file name {:?} must be letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        if self.name.ends_with('.') {
+            return Some(format!(
+                "{}: a name may not end with '.' (Windows drops it)",
                 self.name
             ));
         }
@@ -108,7 +120,7 @@ pub struct LibraryUse {
     pub name: String,
     /// The name the command was sent with: for a bundled file its versioned name
     /// ([`versioned_name`]), which holds exactly these bytes; for an external file its own name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub library_name: String,
     /// Hex SHA-256 of the library's copy (Defender's listing, or what the pipeline uploaded);
     /// `None` only for an external file Defender lists without a hash.
@@ -144,7 +156,7 @@ pub fn versioned_name(name: &str, sha256: &str) -> String {
 }
 
 /// `commands` as sent to Defender: each library file named as `used` says it is kept (a bundled
-/// file under its versioned name); other commands as they are.
+/// script under its versioned name); other commands as they are.
 pub fn sent_commands(
     commands: &[crate::defender::Command],
     used: &[LibraryUse],
@@ -246,6 +258,7 @@ mod tests {
             external: false,
             sha256: None,
             replace_unmanaged: false,
+            keeps_name: false,
         };
         let bundle = Bundle::assemble(&[spec], |_| Some(b"x".to_vec())).unwrap();
         let file = bundle.get("t.ps1").unwrap();

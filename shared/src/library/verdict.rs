@@ -117,6 +117,7 @@ mod tests {
             external: false,
             sha256: None,
             replace_unmanaged: false,
+            keeps_name: false,
         }
     }
 

@@ -133,19 +133,27 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
 
     // Every script and file the commands name must be in the library as the playbook ships it:
     // a run that cannot have one ends here, with the reason, rather than on the device.
+    // A run already posted once keeps the versions it was posted with (recorded with its
+    // commands as sent): a retry across a deployment must not name other bytes than an earlier
+    // POST that may have reached Defender.
+    let pinned = run.state == RunState::Submitting && !run.library.is_empty();
     let names = library::names_used(&run.commands);
-    let used = match library.ensure(store, &cfg.budget, clock, &names).await? {
-        Ensured::Ready(used) => used,
-        Ensured::Wait(wait) => return step.pace(wait).await,
-        Ensured::Retry(e) => {
-            return step
-                .retry_later(&run, &e, "keeping the live response library in step")
-                .await;
-        }
-        Ensured::Refused(reason) => {
-            step.end(RunOutcome::Failed, &reason, CommandOutcome::NotRun)
-                .await?;
-            return Ok(Done::new(&run_id, Outcome::LibraryRefused, reason));
+    let used = if pinned {
+        run.library.clone()
+    } else {
+        match library.ensure(store, &cfg.budget, clock, &names).await? {
+            Ensured::Ready(used) => used,
+            Ensured::Wait(wait) => return step.pace(wait).await,
+            Ensured::Retry(e) => {
+                return step
+                    .retry_later(&run, &e, "keeping the live response library in step")
+                    .await;
+            }
+            Ensured::Refused(reason) => {
+                step.end(RunOutcome::Failed, &reason, CommandOutcome::NotRun)
+                    .await?;
+                return Ok(Done::new(&run_id, Outcome::LibraryRefused, reason));
+            }
         }
     };
 
@@ -162,8 +170,9 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
 
     // Keep within the tenant's submission rate and session cap before asking Defender. Bundled
     // library files go under their versioned names: the bytes the manifest names are the ones run.
+    let sent = library::sent_commands(&run.commands, &used);
     let request = LiveResponseRequest {
-        commands: library::sent_commands(&run.commands, &used),
+        commands: sent.clone(),
         comment: run.comment.clone(),
     };
     // The write before the POST checks that this message still holds a run that is not yet
@@ -180,7 +189,9 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
             }
             first_post.store(r.submit_attempts == 0, std::sync::atomic::Ordering::SeqCst);
             r.state = RunState::Submitting;
+            // What is posted is the record: the versions and the commands as sent.
             r.library = used.clone();
+            r.commands = sent.clone();
             r.submit_attempts += 1;
             true
         })

@@ -221,10 +221,20 @@ impl Playbooks {
         if file.playbooks.is_empty() {
             return Err(file_error("playbooks", "no playbooks defined".into()));
         }
+        // A file a PutFile puts lands on the device under its library name, which the commands
+        // after it use: it keeps its name in the library (see `LibraryFileSpec::keeps_name`).
+        let mut library_files = file.library_files;
+        for spec in &mut library_files {
+            spec.keeps_name = file.playbooks.iter().any(|p| {
+                p.commands.iter().any(|c| {
+                    matches!(c, CommandTemplate::PutFile { file } if file.eq_ignore_ascii_case(&spec.name))
+                })
+            });
+        }
         Ok(Self {
             list: file.playbooks,
             library_folder: file.library_folder,
-            library_files: file.library_files,
+            library_files,
         })
     }
 
