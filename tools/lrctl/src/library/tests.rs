@@ -105,6 +105,7 @@ fn spec(name: &str) -> LibraryFileSpec {
         external: false,
         sha256: None,
         replace_unmanaged: false,
+        keeps_name: false,
     }
 }
 
