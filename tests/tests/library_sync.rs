@@ -437,42 +437,6 @@ async fn an_upload_another_instance_beat_us_to_is_settled_by_listing_again() {
     assert!(raced.inner.uploads.lock().unwrap().is_empty());
 }
 
-/// Defender that must not be asked to run anything.
-struct MustNotSubmit;
-
-impl Defender for MustNotSubmit {
-    async fn run_live_response(
-        &self,
-        _: &MachineId,
-        _: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("a run whose library file cannot be had was submitted")
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-    async fn list_machine_actions(
-        &self,
-        _: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        Ok(Vec::new())
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        panic!("not expected")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-}
-
 #[tokio::test]
 async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anything() {
     let store = MemStore::default();
@@ -498,6 +462,7 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         bundle(&[spec("triage.ps1"), external("collector.exe")]),
         SyncMode::Upload,
     );
+    let defender = Records::default();
     let msg = Delivery::new(
         "submit-1",
         encode(&SubmitJob {
@@ -512,7 +477,7 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         &submit_config(),
         &store,
         &queue,
-        &MustNotSubmit,
+        &defender,
         LibrarySync {
             keeper: &keeper,
             api: &library,
@@ -540,6 +505,10 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
     assert!(
         library.uploads.lock().unwrap().is_empty(),
         "nothing uploaded for a run that cannot go"
+    );
+    assert!(
+        defender.0.lock().unwrap().is_empty(),
+        "a run whose library file cannot be had is not submitted"
     );
 }
 
@@ -739,7 +708,7 @@ args = "-Exe collector.exe"
     );
 }
 
-/// Defender that records what it was asked to run and accepts it.
+/// Defender that records what it was asked to run and accepts it (lists no earlier action).
 #[derive(Default)]
 struct Records(std::sync::Mutex<Vec<LiveResponseRequest>>);
 

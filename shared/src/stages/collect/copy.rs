@@ -1,5 +1,5 @@
 //! The streaming engine: a package from its download link into a staging multipart upload, part
-//! by part, hashing as it goes (SHA-256 of the package and, for a GetFile, of the file inside the
+//! by part (the next part downloading while earlier ones upload), hashing as it goes (SHA-256 of the package and, for a GetFile, of the file inside the
 //! gzip), resuming a broken download with a fresh link and a Range request, checkpointing at part boundaries when
 //! the invocation's time runs out, and publishing the whole object under its evidence key.
 
@@ -318,9 +318,23 @@ pub(super) struct Hashes {
     pub(super) transcript: Option<Transcript>,
 }
 
-/// Streams the download into parts from the checkpoint's place on. Returns the hashes when done,
-/// or `None` when the time budget ran out (the checkpoint then stands at a part boundary). The
-/// checkpoint only ever moves at part boundaries, so on an error it still says where to go on.
+/// Parts uploaded while the next downloads: the download never waits for S3 unless this many are
+/// in flight (memory: about this many parts, plus the one filling).
+pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// A part on its way to S3, and where the copy stands once it is there.
+struct InFlight {
+    n: i32,
+    len: u64,
+    /// The hash of everything up to and including this part.
+    hashed: ResumableSha256,
+}
+
+/// Streams the download into parts from the checkpoint's place on, uploading up to
+/// [`PARTS_IN_FLIGHT`] parts while the next one downloads. Returns the hashes when done, or `None`
+/// when the time budget ran out (the checkpoint then stands at a part boundary). The checkpoint
+/// moves only when a part and every part before it are stored, so on an error it still says where
+/// to go on (parts in flight are uploaded again from there).
 pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     store: &S,
     ck: &mut Checkpoint,
@@ -331,6 +345,7 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
 ) -> Result<Option<Hashes>, CopyError> {
     let mut resumes = 0u32;
     let part_size = ck.part_size;
+    let (staging, upload_id) = (ck.staging.clone(), ck.upload_id.clone());
     let mut hasher = ck.sha256.clone();
     // The decompressed hash is taken on the way only when the copy starts at the beginning.
     let mut gz = (kind == CommandType::GetFile && ck.offset == 0).then(|| {
@@ -342,7 +357,41 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     let mut transcript = (kind == CommandType::RunScript && ck.offset == 0).then(Vec::new);
     let mut buf = BytesMut::with_capacity(part_size);
     let mut total = ck.offset;
-    while let Some(chunk) = download.stream.next().await {
+    let mut next_part = ck.parts.len() as i32 + 1;
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    // One closure, so that every part's future has the same type.
+    let send = |part: InFlight, body: Bytes| {
+        let (staging, upload_id) = (&staging, &upload_id);
+        async move {
+            let stored = store.upload_part(staging, upload_id, part.n, body).await;
+            (part, stored)
+        }
+    };
+    // A stored part moves the checkpoint, in order.
+    let settle =
+        |ck: &mut Checkpoint, part: InFlight, stored: Result<Upload<String>, StoreError>| {
+            let Upload::Done(etag) = stored.map_err(CopyError::Store)? else {
+                return Err(CopyError::UploadGone);
+            };
+            ck.parts.push((part.n, etag));
+            ck.offset += part.len;
+            ck.sha256 = part.hashed;
+            Ok::<_, CopyError>(())
+        };
+    loop {
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            let (part, stored) = in_flight.next().await.expect("parts are in flight");
+            settle(ck, part, stored)?;
+        }
+        let chunk = tokio::select! {
+            biased;
+            Some((part, stored)) = in_flight.next(), if !in_flight.is_empty() => {
+                settle(ck, part, stored)?;
+                continue;
+            }
+            chunk = download.stream.next() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = match chunk {
             Ok(c) => c,
             Err(reason) => {
@@ -387,23 +436,23 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if buf.len() == part_size {
-                let n = ck.parts.len() as i32 + 1;
-                let body: Bytes = buf.split().freeze();
-                let Upload::Done(etag) = store
-                    .upload_part(&ck.staging, &ck.upload_id, n, body)
-                    .await
-                    .map_err(CopyError::Store)?
-                else {
-                    return Err(CopyError::UploadGone);
+                let n = next_part;
+                next_part += 1;
+                let part = InFlight {
+                    n,
+                    len: part_size as u64,
+                    hashed: hasher.clone(),
                 };
-                ck.parts.push((n, etag));
-                ck.offset += part_size as u64;
-                ck.sha256 = hasher.clone();
+                in_flight.push_back(send(part, buf.split().freeze()));
                 buf.reserve(part_size);
-                let more = ck.package_len.is_none_or(|len| ck.offset < len);
+                let end = ck.offset + part_size as u64 * in_flight.len() as u64;
+                let more = ck.package_len.is_none_or(|len| end < len);
                 // Bytes of this chunk past the boundary are neither hashed nor kept: the next
                 // invocation downloads them again from the checkpoint's offset.
                 if more && source.clock.now() >= deadline {
+                    while let Some((part, stored)) = in_flight.next().await {
+                        settle(ck, part, stored)?;
+                    }
                     return Ok(None);
                 }
             }
@@ -416,19 +465,17 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             "download ended after {total} of {len} bytes"
         )));
     }
-    if !buf.is_empty() || ck.parts.is_empty() {
-        let n = ck.parts.len() as i32 + 1;
-        let len = buf.len() as u64;
-        let Upload::Done(etag) = store
-            .upload_part(&ck.staging, &ck.upload_id, n, buf.split().freeze())
-            .await
-            .map_err(CopyError::Store)?
-        else {
-            return Err(CopyError::UploadGone);
+    if !buf.is_empty() || (ck.parts.is_empty() && in_flight.is_empty()) {
+        let n = next_part;
+        let part = InFlight {
+            n,
+            len: buf.len() as u64,
+            hashed: hasher.clone(),
         };
-        ck.parts.push((n, etag));
-        ck.offset += len;
-        ck.sha256 = hasher.clone();
+        in_flight.push_back(send(part, buf.split().freeze()));
+    }
+    while let Some((part, stored)) = in_flight.next().await {
+        settle(ck, part, stored)?;
     }
     // A gzip stream that does not finish cleanly (bad CRC or size) gets no decompressed hash.
     let decompressed = gz
