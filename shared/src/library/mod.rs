@@ -22,6 +22,17 @@ pub use keeper::{Ensured, Librarian, LibrarySync, SyncMode};
 pub use listing::Listing;
 pub use verdict::{Verdict, judge, verdict};
 
+/// A file in the live response library: letters, digits, `-`, `_` and `.`, not starting with `.`,
+/// no `..`, at most 128 characters. The one rule for a library name, wherever one is written.
+pub fn valid_library_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !s.starts_with('.')
+        && !s.contains("..")
+}
+
 /// Defender takes library files up to 20 MB through the API.
 pub const MAX_FILE_BYTES: usize = 20 * 1024 * 1024;
 
@@ -79,7 +90,7 @@ impl LibraryFileSpec {
 
     /// What is wrong with the declaration, if anything (names the field).
     pub fn problem(&self) -> Option<String> {
-        if !crate::alerts::render::valid_library_name(&self.name) {
+        if !valid_library_name(&self.name) {
             return Some(format!(
                 "library file name {:?} must be letters, digits, '-', '_' and '.'",
                 self.name
@@ -210,7 +221,7 @@ mod tests {
             "collector.x64-6bf94f0d21df.exe"
         );
         assert_eq!(versioned_name("README", h), "README-6bf94f0d21df");
-        assert!(crate::alerts::render::valid_library_name(&versioned_name(
+        assert!(valid_library_name(&versioned_name(
             &"a".repeat(MAX_MANAGED_NAME),
             h
         )));

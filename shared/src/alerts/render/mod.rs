@@ -265,16 +265,7 @@ pub fn check_rendered(cmd: &Command) -> Result<(), String> {
     }
 }
 
-/// A file in the live response library: letters, digits, `-`, `_` and `.`, not starting with `.`,
-/// no `..`.
-pub fn valid_library_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !s.starts_with('.')
-        && !s.contains("..")
-}
+pub use crate::library::valid_library_name;
 
 fn check_library_name(s: &str) -> Result<(), String> {
     if valid_library_name(s) {
