@@ -7,7 +7,7 @@
 //!
 //! Run by `./dev bench` (which starts moto, builds the simulator and finds the AWS CLI); by hand:
 //! `LR_MOTO_ENDPOINT=… LR_BENCH_SIM=target/release/mde-sim LR_BENCH_AWS=.venv/tools/bin/aws
-//! cargo bench -p testkit --bench copy` (`LR_BENCH_MIB=100,1024` by default; `LR_BENCH_S3` names
+//! cargo bench -p testkit --bench copy` (`LR_BENCH_MIB=100,1024`, `LR_BENCH_REPEAT=3` by default; `LR_BENCH_S3` names
 //! the S3 endpoint when it is not moto, `LR_BENCH_S3_NAME` what to call it).
 //!
 //! The collect child is this program again (`--collect-child`), so that its peak RSS is collect's
@@ -203,6 +203,11 @@ async fn main() {
     let sim_bin = std::env::var("LR_BENCH_SIM").unwrap_or_else(|_| "target/release/mde-sim".into());
     let aws_cli = std::env::var("LR_BENCH_AWS").unwrap_or_else(|_| ".venv/tools/bin/aws".into());
     let s3_name = std::env::var("LR_BENCH_S3_NAME").unwrap_or_else(|_| "moto".into());
+    let repeat: usize = std::env::var("LR_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let sizes: Vec<u64> = std::env::var("LR_BENCH_MIB")
         .unwrap_or_else(|_| "100,1024".into())
         .split(',')
@@ -237,8 +242,9 @@ async fn main() {
     let http = reqwest::Client::new();
 
     println!(
-        "copy: simulator (release, own process) -> {s3_name} S3 at {endpoint}; collect parts {} MiB",
-        collect_cfg(&bucket).part_size_min >> 20
+        "copy: simulator (release, own process) -> {s3_name} S3 at {endpoint}; collect parts {} MiB, {} in flight; median of {repeat} runs each (peak RSS: the highest)",
+        collect_cfg(&bucket).part_size_min >> 20,
+        shared::stages::collect::PARTS_IN_FLIGHT
     );
     println!(
         "{:<9} {:<28} {:>8} {:>9} {:>10}",
@@ -274,85 +280,106 @@ async fn main() {
                 .expose()
                 .clone()
         };
-        let mut rows = Vec::new();
+        // Each copier runs `repeat` times, interleaved; the median time and the highest peak count.
+        let mut trials: Vec<Vec<Row>> = Vec::new();
+        for trial in 0..repeat {
+            let mut rows = Vec::new();
 
-        // (c) the source's ceiling.
-        let url = link().await;
-        let started = Instant::now();
-        let curl = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", &url])
-            .spawn()
-            .expect("curl");
-        let (secs, peaks) = watch(vec![curl], started);
-        rows.push(Row {
-            what: "curl > /dev/null".into(),
-            secs,
-            peak_kib: peaks[0].0,
-            ok: peaks[0].1,
-        });
+            // (c) the source's ceiling.
+            let url = link().await;
+            let started = Instant::now();
+            let curl = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", &url])
+                .spawn()
+                .expect("curl");
+            let (secs, peaks) = watch(vec![curl], started);
+            rows.push(Row {
+                what: "curl > /dev/null".into(),
+                secs,
+                peak_kib: peaks[0].0,
+                ok: peaks[0].1,
+            });
 
-        // (b) the script: curl | aws s3 cp -.
-        let url = link().await;
-        let started = Instant::now();
-        let mut curl = Command::new("curl")
-            .args(["-sS", &url])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("curl");
-        let pipe = curl.stdout.take().unwrap();
-        let aws = Command::new(&aws_cli)
-            .args([
-                "s3",
-                "cp",
-                "-",
-                &format!("s3://{bucket}/script/{mib}.gz"),
-                "--endpoint-url",
-                &endpoint,
-                "--only-show-errors",
-            ])
-            .stdin(pipe)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{aws_cli}: {e}"));
-        let (secs, peaks) = watch(vec![curl, aws], started);
-        rows.push(Row {
-            what: "curl | aws s3 cp -".into(),
-            secs,
-            peak_kib: peaks[1].0,
-            ok: peaks[0].1 && peaks[1].1,
-        });
+            // (b) the script: curl | aws s3 cp -.
+            let url = link().await;
+            let started = Instant::now();
+            let mut curl = Command::new("curl")
+                .args(["-sS", &url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("curl");
+            let pipe = curl.stdout.take().unwrap();
+            let aws = Command::new(&aws_cli)
+                .args([
+                    "s3",
+                    "cp",
+                    "-",
+                    &format!("s3://{bucket}/script/{mib}-{trial}.gz"),
+                    "--endpoint-url",
+                    &endpoint,
+                    "--only-show-errors",
+                ])
+                .stdin(pipe)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{aws_cli}: {e}"));
+            let (secs, peaks) = watch(vec![curl, aws], started);
+            rows.push(Row {
+                what: "curl | aws s3 cp -".into(),
+                secs,
+                peak_kib: peaks[1].0,
+                ok: peaks[0].1 && peaks[1].1,
+            });
 
-        // (a) the collect stage, in its own process.
-        let run = run_id("native", &format!("bench-{mib}"), machine.as_str(), "bench");
-        seed_collecting_run(
-            &store,
-            &run,
-            &format!("bench-{mib}"),
-            &machine,
-            &commands,
-            &action,
-        )
-        .await;
-        let job = collect_job(&run, &action, 0);
-        let started = Instant::now();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .arg("--collect-child")
-            .env("LR_BENCH_BUCKET", &bucket)
-            .env("LR_BENCH_API", &sim.api_base)
-            .env("LR_BENCH_LOGIN", &sim.login_base)
-            .env("LR_BENCH_CREDS", &creds)
-            .env("LR_BENCH_JOB", serde_json::to_string(&job).unwrap())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the collect child");
-        let (secs, peaks) = watch(vec![child], started);
-        rows.push(Row {
-            what: "collect stage".into(),
-            secs,
-            peak_kib: peaks[0].0,
-            ok: peaks[0].1,
-        });
-
+            // (a) the collect stage, in its own process.
+            let run = run_id(
+                "native",
+                &format!("bench-{mib}-{trial}"),
+                machine.as_str(),
+                "bench",
+            );
+            seed_collecting_run(
+                &store,
+                &run,
+                &format!("bench-{mib}"),
+                &machine,
+                &commands,
+                &action,
+            )
+            .await;
+            let job = collect_job(&run, &action, 0);
+            let started = Instant::now();
+            let child = Command::new(std::env::current_exe().unwrap())
+                .arg("--collect-child")
+                .env("LR_BENCH_BUCKET", &bucket)
+                .env("LR_BENCH_API", &sim.api_base)
+                .env("LR_BENCH_LOGIN", &sim.login_base)
+                .env("LR_BENCH_CREDS", &creds)
+                .env("LR_BENCH_JOB", serde_json::to_string(&job).unwrap())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("the collect child");
+            let (secs, peaks) = watch(vec![child], started);
+            rows.push(Row {
+                what: "collect stage".into(),
+                secs,
+                peak_kib: peaks[0].0,
+                ok: peaks[0].1,
+            });
+            trials.push(rows);
+        }
+        let rows: Vec<Row> = (0..trials[0].len())
+            .map(|i| {
+                let mut secs: Vec<f64> = trials.iter().map(|t| t[i].secs).collect();
+                secs.sort_by(f64::total_cmp);
+                Row {
+                    what: trials[0][i].what.clone(),
+                    secs: secs[secs.len() / 2],
+                    peak_kib: trials.iter().map(|t| t[i].peak_kib).max().unwrap_or(0),
+                    ok: trials.iter().all(|t| t[i].ok),
+                }
+            })
+            .collect();
         for r in &rows {
             println!(
                 "{:<9} {:<28} {:>8.2} {:>9.1} {:>7.1} MiB{}",

@@ -20,6 +20,8 @@ use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::copy::Source;
 use self::copy::{CopyError, CopyResult, copy, publish};
 use self::link::check_link;
+
+pub use self::copy::PARTS_IN_FLIGHT;
 use super::finish::finish_run_if_complete;
 use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
