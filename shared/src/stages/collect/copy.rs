@@ -328,6 +328,9 @@ struct InFlight {
     len: u64,
     /// The hash of everything up to and including this part.
     hashed: ResumableSha256,
+    /// The part's bytes, shared with the upload: once it is done, the buffer fills the next part
+    /// (a new 8 MiB buffer per part leaves the allocator's heap growing with the package).
+    body: Bytes,
 }
 
 /// Streams the download into parts from the checkpoint's place on, uploading up to
@@ -356,37 +359,46 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     });
     let mut transcript = (kind == CommandType::RunScript && ck.offset == 0).then(Vec::new);
     let mut buf = BytesMut::with_capacity(part_size);
+    let mut spare: Vec<BytesMut> = Vec::new();
     let mut total = ck.offset;
     let mut next_part = ck.parts.len() as i32 + 1;
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     // One closure, so that every part's future has the same type.
-    let send = |part: InFlight, body: Bytes| {
+    let send = |part: InFlight| {
         let (staging, upload_id) = (&staging, &upload_id);
         async move {
-            let stored = store.upload_part(staging, upload_id, part.n, body).await;
+            let stored = store
+                .upload_part(staging, upload_id, part.n, part.body.clone())
+                .await;
             (part, stored)
         }
     };
     // A stored part moves the checkpoint, in order.
-    let settle =
-        |ck: &mut Checkpoint, part: InFlight, stored: Result<Upload<String>, StoreError>| {
-            let Upload::Done(etag) = stored.map_err(CopyError::Store)? else {
-                return Err(CopyError::UploadGone);
-            };
-            ck.parts.push((part.n, etag));
-            ck.offset += part.len;
-            ck.sha256 = part.hashed;
-            Ok::<_, CopyError>(())
+    let settle = |ck: &mut Checkpoint,
+                  spare: &mut Vec<BytesMut>,
+                  part: InFlight,
+                  stored: Result<Upload<String>, StoreError>| {
+        let Upload::Done(etag) = stored.map_err(CopyError::Store)? else {
+            return Err(CopyError::UploadGone);
         };
+        ck.parts.push((part.n, etag));
+        ck.offset += part.len;
+        ck.sha256 = part.hashed;
+        if let Ok(mut b) = part.body.try_into_mut() {
+            b.clear();
+            spare.push(b);
+        }
+        Ok::<_, CopyError>(())
+    };
     loop {
         while in_flight.len() >= PARTS_IN_FLIGHT {
             let (part, stored) = in_flight.next().await.expect("parts are in flight");
-            settle(ck, part, stored)?;
+            settle(ck, &mut spare, part, stored)?;
         }
         let chunk = tokio::select! {
             biased;
             Some((part, stored)) = in_flight.next(), if !in_flight.is_empty() => {
-                settle(ck, part, stored)?;
+                settle(ck, &mut spare, part, stored)?;
                 continue;
             }
             chunk = download.stream.next() => chunk,
@@ -438,20 +450,23 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             if buf.len() == part_size {
                 let n = next_part;
                 next_part += 1;
+                let next = spare
+                    .pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(part_size));
                 let part = InFlight {
                     n,
                     len: part_size as u64,
                     hashed: hasher.clone(),
+                    body: std::mem::replace(&mut buf, next).freeze(),
                 };
-                in_flight.push_back(send(part, buf.split().freeze()));
-                buf.reserve(part_size);
+                in_flight.push_back(send(part));
                 let end = ck.offset + part_size as u64 * in_flight.len() as u64;
                 let more = ck.package_len.is_none_or(|len| end < len);
                 // Bytes of this chunk past the boundary are neither hashed nor kept: the next
                 // invocation downloads them again from the checkpoint's offset.
                 if more && source.clock.now() >= deadline {
                     while let Some((part, stored)) = in_flight.next().await {
-                        settle(ck, part, stored)?;
+                        settle(ck, &mut spare, part, stored)?;
                     }
                     return Ok(None);
                 }
@@ -471,11 +486,12 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             n,
             len: buf.len() as u64,
             hashed: hasher.clone(),
+            body: buf.split().freeze(),
         };
-        in_flight.push_back(send(part, buf.split().freeze()));
+        in_flight.push_back(send(part));
     }
     while let Some((part, stored)) = in_flight.next().await {
-        settle(ck, part, stored)?;
+        settle(ck, &mut spare, part, stored)?;
     }
     // A gzip stream that does not finish cleanly (bad CRC or size) gets no decompressed hash.
     let decompressed = gz
