@@ -448,6 +448,12 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if buf.len() == part_size {
+                // A chunk larger than a part fills several: the limit holds within it too (a
+                // part starts only when there is room, and takes the buffer that room freed).
+                while in_flight.len() >= PARTS_IN_FLIGHT {
+                    let (done, stored) = in_flight.next().await.expect("parts are in flight");
+                    settle(ck, &mut spare, done, stored)?;
+                }
                 let n = next_part;
                 next_part += 1;
                 let next = spare
