@@ -437,25 +437,67 @@ async fn an_upload_another_instance_beat_us_to_is_settled_by_listing_again() {
     assert!(raced.inner.uploads.lock().unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anything() {
-    let store = MemStore::default();
-    let queue = MemQueue::default();
-    let machine = machine_id(M1);
-    let run = run_id("native", "needs-collector", M1, "collector");
-    let now = OffsetDateTime::now_utc();
+/// A run of `commands` on M1 as intake leaves it (not submitted yet), due in an hour.
+fn waiting_run(
+    run: &shared::ids::RunId,
+    alert: &str,
+    commands: Vec<Command>,
+) -> shared::store::RunRecord {
     let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d").unwrap();
-    let commands = vec![
-        Command::put_file("collector.exe"),
-        Command::run_script("triage.ps1", Some("-Quick")),
-    ];
-    let mut record = collecting_run(&run, "needs-collector", &machine, commands, &action);
+    let mut record = collecting_run(run, alert, &machine_id(M1), commands, &action);
     record.state = RunState::Received;
     record.action_id = None;
     record.submitted_at = None;
     record.submit_attempts = 0;
-    record.deadline = now + time::Duration::hours(1);
-    put_run(&store, &record).await;
+    record.deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    record.chain = Default::default();
+    record
+}
+
+/// One submit message for `run` (its `attempt`) through the stage, with this librarian and library.
+async fn submit_once(
+    store: &MemStore,
+    run: &shared::ids::RunId,
+    attempt: u32,
+    defender: &Records,
+    keeper: &Librarian,
+    library: &MemLibrary,
+) -> shared::stages::Done {
+    let msg = Delivery::new(
+        format!("submit-{attempt}"),
+        encode(&SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run.clone(),
+            attempt,
+            prev: None,
+        }),
+    );
+    shared::stages::submit::handle(
+        &submit_config(),
+        store,
+        &MemQueue::default(),
+        defender,
+        LibrarySync {
+            keeper,
+            api: library,
+        },
+        testkit::notary::notary(),
+        &ManualClock::at(OffsetDateTime::now_utc()),
+        &msg,
+    )
+    .await
+    .expect("handled")
+}
+
+#[tokio::test]
+async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anything() {
+    let store = MemStore::default();
+    let run = run_id("native", "needs-collector", M1, "collector");
+    let commands = vec![
+        Command::put_file("collector.exe"),
+        Command::run_script("triage.ps1", Some("-Quick")),
+    ];
+    put_run(&store, &waiting_run(&run, "needs-collector", commands)).await;
 
     let library = MemLibrary::default();
     let keeper = Librarian::new(
@@ -463,31 +505,7 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         SyncMode::Upload,
     );
     let defender = Records::default();
-    let msg = Delivery::new(
-        "submit-1",
-        encode(&SubmitJob {
-            v: MESSAGE_VERSION,
-            run_id: run.clone(),
-            attempt: 0,
-            prev: None,
-        }),
-    );
-    let clock = ManualClock::at(now);
-    let done = shared::stages::submit::handle(
-        &submit_config(),
-        &store,
-        &queue,
-        &defender,
-        LibrarySync {
-            keeper: &keeper,
-            api: &library,
-        },
-        testkit::notary::notary(),
-        &clock,
-        &msg,
-    )
-    .await
-    .expect("handled");
+    let done = submit_once(&store, &run, 0, &defender, &keeper, &library).await;
     assert_eq!(done.outcome, shared::codes::Outcome::LibraryRefused);
     let manifest: Manifest = serde_json::from_slice(
         &store
@@ -759,63 +777,30 @@ impl Defender for Records {
 #[tokio::test]
 async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deployment() {
     let store = MemStore::default();
-    let queue = MemQueue::default();
-    let machine = machine_id(M1);
     let run = run_id("native", "pinned", M1, "malware-file");
-    let now = OffsetDateTime::now_utc();
-    let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d").unwrap();
     let v1 = b"Write-Output 'triage v1'";
     let v1_name = lib("triage.ps1", v1);
-    let mut record = collecting_run(
+    let mut record = waiting_run(
         &run,
         "pinned",
-        &machine,
         vec![Command::run_script(&v1_name, Some("-Quick"))],
-        &action,
     );
     // An earlier attempt posted v1 and lost Defender's answer.
     record.state = RunState::Submitting;
-    record.action_id = None;
-    record.submitted_at = None;
     record.submit_attempts = 1;
-    record.deadline = now + time::Duration::hours(1);
     record.library = vec![shared::library::LibraryUse {
         name: "triage.ps1".into(),
         library_name: v1_name.clone(),
         sha256: Some(sha(v1)),
         source: LibrarySource::Bundle,
     }];
-    record.chain = Default::default();
     put_run(&store, &record).await;
 
     // This deployment ships v2.
     let library = MemLibrary::default();
     let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
     let defender = Records::default();
-    let msg = Delivery::new(
-        "submit-2",
-        encode(&SubmitJob {
-            v: MESSAGE_VERSION,
-            run_id: run.clone(),
-            attempt: 1,
-            prev: None,
-        }),
-    );
-    let done = shared::stages::submit::handle(
-        &submit_config(),
-        &store,
-        &queue,
-        &defender,
-        LibrarySync {
-            keeper: &keeper,
-            api: &library,
-        },
-        testkit::notary::notary(),
-        &ManualClock::at(now),
-        &msg,
-    )
-    .await
-    .expect("handled");
+    let done = submit_once(&store, &run, 1, &defender, &keeper, &library).await;
     assert_eq!(
         done.outcome,
         shared::codes::Outcome::Submitted,
