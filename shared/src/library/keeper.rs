@@ -157,11 +157,6 @@ impl Librarian {
         Self::new(Bundle::empty(), SyncMode::Off)
     }
 
-    /// The bundle it keeps.
-    pub fn bundle(&self) -> &Bundle {
-        &self.bundle
-    }
-
     /// Makes sure the library holds each of `names` (as the playbook names them) as the bundle
     /// needs it, uploading (in [`SyncMode::Upload`]) within the tenant's GET budget; `Err` only
     /// when the budget's store failed.

@@ -48,9 +48,4 @@ impl Listing {
     pub fn insert(&mut self, file: LibraryFile) {
         self.files.insert(file.file_name.to_ascii_lowercase(), file);
     }
-
-    /// Every file listed, by lower-case name.
-    pub fn files(&self) -> impl Iterator<Item = &LibraryFile> {
-        self.files.values()
-    }
 }

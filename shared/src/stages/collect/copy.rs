@@ -318,8 +318,8 @@ pub(super) struct Hashes {
     pub(super) transcript: Option<Transcript>,
 }
 
-/// Parts uploaded while the next downloads: the download never waits for S3 unless this many are
-/// in flight (memory: about this many parts, plus the one filling).
+/// Parts uploading at once: the download goes on while fewer are in flight and waits while this
+/// many are (memory: about this many part buffers, plus the one filling).
 pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// A part on its way to S3, and where the copy stands once it is there.
