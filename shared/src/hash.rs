@@ -157,6 +157,18 @@ impl Write for HashSink {
     }
 }
 
+/// SHA-256 and length of a stream's bytes; the read error, in words, if it breaks off.
+pub async fn hash_stream(mut stream: crate::ports::ByteStream) -> Result<(String, u64), String> {
+    let mut sink = HashSink {
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    while let Some(chunk) = stream.next().await {
+        sink.write_all(&chunk?).map_err(|e| e.to_string())?;
+    }
+    Ok((hex::encode(sink.hasher.finalize()), sink.len))
+}
+
 /// SHA-256 and length of a gzip stream's content (None if it is not clean gzip).
 pub async fn hash_gzip(mut stream: crate::ports::ByteStream) -> Option<(String, u64)> {
     let mut d = flate2::write::GzDecoder::new(HashSink {

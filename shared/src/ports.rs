@@ -104,13 +104,24 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
-/// Multipart uploads, reading objects back and server-side copies: what collect needs beyond
-/// records.
+/// Multipart uploads and reading objects back: what collect needs beyond records. A package is
+/// uploaded straight to its evidence key: the object appears there only when the upload is
+/// completed, whole, and only if nothing is there yet (write-once).
 pub trait Uploads: ObjectStore {
     /// Streams an object's bytes.
     fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
-    /// Starts a multipart upload to `key`; returns its upload id.
-    fn begin_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+    /// The current version of the object at `key`, when the store keeps versions.
+    fn version_of(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Starts a multipart upload to `key` with this metadata (an evidence key also gets the
+    /// deployment's Object Lock retention, as every evidence write does); returns its upload id.
+    fn begin_upload(
+        &self,
+        key: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
     /// Uploads one part; its ETag, or `Gone` when the upload no longer exists.
     fn upload_part(
         &self,
@@ -119,28 +130,35 @@ pub trait Uploads: ObjectStore {
         part_number: i32,
         body: Bytes,
     ) -> impl Future<Output = Result<Upload<String>, StoreError>> + Send;
-    /// Joins the uploaded parts, given as (part number, ETag) in order, into the object;
-    /// `Gone` when the upload no longer exists.
+    /// Joins the uploaded parts, given as (part number, ETag) in order, into the object, only if
+    /// no object exists under `key` (If-None-Match: a completion never replaces anything).
     fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
-    ) -> impl Future<Output = Result<Upload<()>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Completion, StoreError>> + Send;
     /// Drops an unfinished upload and the parts stored so far.
     fn abort_upload(
         &self,
         key: &str,
         upload_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Server-side copy to `to` with this metadata (replacing any); `from` stays. Returns the new
-    /// object's version id when the store keeps versions.
-    fn publish(
-        &self,
-        from: &str,
-        to: &str,
-        metadata: BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+}
+
+/// What completing a multipart upload came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The object is stored under its key; its version id when the store keeps versions.
+    Stored {
+        /// The new object's version.
+        version_id: Option<String>,
+    },
+    /// An object already exists under the key (a completion of the same copy that went unrecorded,
+    /// or something else): nothing was replaced; the caller finds out which.
+    Taken,
+    /// The upload no longer exists (aborted, or expired by a lifecycle rule): start over.
+    Gone,
 }
 
 /// A message queue failure: worth retrying.

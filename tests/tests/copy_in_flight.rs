@@ -5,11 +5,16 @@
 //! the first part in flight the upload is aborted and the copy starts over; one chunk larger than a
 //! part never puts more than `PARTS_IN_FLIGHT` in flight. In-memory ports; the store's uploads are
 //! slowed or gated so that parts really are in flight.
+//!
+//! And the package's one write (it goes straight to its evidence key, completed only if nothing
+//! is there): a completion that went unrecorded (the invocation died right after it) is found and
+//! kept, pinned to its version, not uploaded twice under the key; an object someone else put under
+//! the key is not replaced, and the command fails naming it.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +28,8 @@ use shared::defender::{
 use shared::hash::ResumableSha256;
 use shared::messages::{Delivery, encode};
 use shared::ports::{
-    ByteStream, Defender, Download, Fetch, ObjectStore, Put, PutResult, StoreError, Stored, Upload,
-    Uploads,
+    ByteStream, Completion, Defender, Download, Fetch, ObjectStore, Put, PutResult, StoreError,
+    Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::CollectConfig;
@@ -56,6 +61,9 @@ struct Slow<'a> {
     max: AtomicUsize,
     started: Mutex<Vec<(i32, Instant)>>,
     finished: Mutex<Vec<(i32, Instant)>>,
+    /// The first checkpoint write after an upload completed fails (the invocation dies there).
+    die_after_completion: AtomicBool,
+    completed: AtomicBool,
 }
 
 impl<'a> Slow<'a> {
@@ -71,6 +79,8 @@ impl<'a> Slow<'a> {
             max: AtomicUsize::new(0),
             started: Mutex::new(Vec::new()),
             finished: Mutex::new(Vec::new()),
+            die_after_completion: AtomicBool::new(false),
+            completed: AtomicBool::new(false),
         }
     }
     fn started(&self) -> Vec<i32> {
@@ -93,6 +103,12 @@ impl ObjectStore for Slow<'_> {
         self.inner.get(key).await
     }
     async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
+        if key.contains("/checkpoints/")
+            && self.completed.load(Ordering::SeqCst)
+            && self.die_after_completion.swap(false, Ordering::SeqCst)
+        {
+            return Err(StoreError("the invocation died here".into()));
+        }
         self.inner.put(key, body, c).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -107,8 +123,15 @@ impl Uploads for Slow<'_> {
     async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
         self.inner.open_read(key).await
     }
-    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
-        self.inner.begin_upload(key).await
+    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.version_of(key).await
+    }
+    async fn begin_upload(
+        &self,
+        key: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        self.inner.begin_upload(key, meta).await
     }
     async fn upload_part(
         &self,
@@ -146,19 +169,15 @@ impl Uploads for Slow<'_> {
         key: &str,
         id: &str,
         parts: Vec<(i32, String)>,
-    ) -> Result<Upload<()>, StoreError> {
-        self.inner.complete_upload(key, id, parts).await
+    ) -> Result<Completion, StoreError> {
+        let done = self.inner.complete_upload(key, id, parts).await;
+        if matches!(done, Ok(Completion::Stored { .. })) {
+            self.completed.store(true, Ordering::SeqCst);
+        }
+        done
     }
     async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
         self.inner.abort_upload(key, id).await
-    }
-    async fn publish(
-        &self,
-        from: &str,
-        to: &str,
-        meta: BTreeMap<String, String>,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner.publish(from, to, meta).await
     }
 }
 
@@ -475,5 +494,115 @@ async fn one_large_chunk_keeps_parts_in_flight_within_the_limit() {
     assert!(
         max <= shared::stages::collect::PARTS_IN_FLIGHT,
         "{max} uploads at once, more than PARTS_IN_FLIGHT"
+    );
+}
+
+/// The invocation dies right after the upload completed, before anything recorded it. The message
+/// comes again: the copy starts over (nothing says it finished), its completion finds the key taken,
+/// and the object there hashes to this package: it is kept and pinned to its version, the second
+/// upload is dropped, and nothing is left open. The key was written once.
+#[tokio::test]
+async fn an_unrecorded_completion_is_found_and_kept() {
+    let clock = ManualClock::at(time::OffsetDateTime::now_utc());
+    let store = Slow::new(&clock, Duration::ZERO);
+    store.die_after_completion.store(true, Ordering::SeqCst);
+    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let body = package(2 * P + 77);
+    let fetch = Pkg {
+        body: body.clone(),
+        chunk: 64 << 10,
+        plan: Mutex::new(VecDeque::new()),
+        opens: Mutex::new(Vec::new()),
+        store: None,
+    };
+    let died = rig.invoke(&fetch).await;
+    assert!(died.is_err(), "the invocation died after completing");
+    let key = evidence_key(&rig.run, 0, CommandType::GetFile);
+    let first = store.inner.version_of(&key).await.unwrap();
+    assert!(first.is_some());
+
+    let done = rig.invoke(&fetch).await.unwrap();
+    assert_eq!(done.outcome.as_str(), "collected", "{}", done.detail);
+    assert_eq!(
+        store.inner.version_of(&key).await.unwrap(),
+        first,
+        "the object is the first completion's"
+    );
+    let got = rig.evidence().await.unwrap();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&body));
+    let manifest: shared::store::Manifest = serde_json::from_slice(
+        &store
+            .get(&shared::store::manifest_key(&rig.run))
+            .await
+            .unwrap()
+            .expect("a manifest")
+            .body,
+    )
+    .unwrap();
+    let cmd = &manifest.commands[0];
+    assert_eq!(cmd.s3_version_id, first, "pinned to the version there");
+    assert_eq!(
+        cmd.sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(&body)).as_str())
+    );
+    assert_eq!(
+        store.inner.open_uploads(),
+        0,
+        "the second upload was aborted"
+    );
+    assert!(rig.checkpoint().await.is_none());
+}
+
+/// Something else already lies under the command's evidence key: it is not replaced (the
+/// completion asks If-None-Match), the upload is aborted, and the command fails naming the key and
+/// both hashes; the run still ends with its manifest.
+#[tokio::test]
+async fn an_object_already_under_the_evidence_key_is_not_replaced() {
+    let clock = ManualClock::at(time::OffsetDateTime::now_utc());
+    let store = Slow::new(&clock, Duration::ZERO);
+    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let key = evidence_key(&rig.run, 0, CommandType::GetFile);
+    let planted = b"planted by someone else".to_vec();
+    store
+        .inner
+        .put(&key, planted.clone(), Put::IfAbsent)
+        .await
+        .unwrap();
+    let body = package(P + 5);
+    let fetch = Pkg {
+        body: body.clone(),
+        chunk: 64 << 10,
+        plan: Mutex::new(VecDeque::new()),
+        opens: Mutex::new(Vec::new()),
+        store: None,
+    };
+    let done = rig.invoke(&fetch).await.unwrap();
+    assert_eq!(done.outcome.as_str(), "collect_failed", "{}", done.detail);
+    assert_eq!(
+        &rig.evidence().await.unwrap()[..],
+        &planted[..],
+        "not replaced"
+    );
+    assert_eq!(store.inner.open_uploads(), 0, "the upload was aborted");
+    let manifest: shared::store::Manifest = serde_json::from_slice(
+        &store
+            .get(&shared::store::manifest_key(&rig.run))
+            .await
+            .unwrap()
+            .expect("the run ends with its manifest")
+            .body,
+    )
+    .unwrap();
+    let cmd = &manifest.commands[0];
+    let reason = cmd.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&key)
+            && reason.contains(&hex::encode(Sha256::digest(&planted)))
+            && reason.contains("not replaced"),
+        "{reason}"
+    );
+    assert_eq!(
+        cmd.sha256, None,
+        "no hash is claimed for what was not stored"
     );
 }

@@ -36,8 +36,9 @@ use shared::defender::{
 use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
-    BoxFuture, ByteStream, Defender, Download, Events, Fetch, Notary, NotaryError, ObjectStore,
-    Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload, Uploads,
+    BoxFuture, ByteStream, Completion, Defender, Download, Events, Fetch, Notary, NotaryError,
+    ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload,
+    Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
@@ -104,9 +105,17 @@ impl Uploads for KStore<'_> {
         self.kill.point().await;
         self.inner.open_read(key).await
     }
-    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.kill.point().await;
-        self.inner.begin_upload(key).await
+        self.inner.version_of(key).await
+    }
+    async fn begin_upload(
+        &self,
+        key: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        self.kill.point().await;
+        self.inner.begin_upload(key, meta).await
     }
     async fn upload_part(
         &self,
@@ -123,22 +132,13 @@ impl Uploads for KStore<'_> {
         key: &str,
         id: &str,
         parts: Vec<(i32, String)>,
-    ) -> Result<Upload<()>, StoreError> {
+    ) -> Result<Completion, StoreError> {
         self.kill.point().await;
         self.inner.complete_upload(key, id, parts).await
     }
     async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
         self.kill.point().await;
         self.inner.abort_upload(key, id).await
-    }
-    async fn publish(
-        &self,
-        from: &str,
-        to: &str,
-        meta: BTreeMap<String, String>,
-    ) -> Result<Option<String>, StoreError> {
-        self.kill.point().await;
-        self.inner.publish(from, to, meta).await
     }
 }
 
@@ -1237,8 +1237,9 @@ async fn a_seed_replays_the_same_schedule() {
 }
 
 /// A stored checkpoint is never trusted: garbage, a part size of 0 (which looped), a hash state with
-/// 65 pending bytes (which panicked), parts out of order or another command's staging key are each
-/// discarded, and the copy starts over and lands whole.
+/// 65 pending bytes (which panicked), parts out of order, another command's evidence key, or a
+/// checkpoint from before an upgrade (format 1, naming a staging key) are each discarded, and the
+/// copy starts over and lands whole.
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
     use shared::store::keys::checkpoint_key;
@@ -1260,31 +1261,43 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
         fault_rate: 0.0,
     };
     let run_id = RunId::derive("t", "corrupt", machine.as_str(), "p");
-    let staging = format!("{}abc", shared::store::keys::staging_prefix(&run_id, 0));
+    let own = shared::store::evidence_key(&run_id, 0, shared::defender::CommandType::GetFile);
     let good_hash = r#"{"state":[0,0,0,0,0,0,0,0],"len":0,"pending":""}"#;
     let bad_hash = format!(
         r#"{{"state":[0,0,0,0,0,0,0,0],"len":65,"pending":"{}"}}"#,
         "00".repeat(65)
     );
-    let checkpoint = |staging: &str, part_size: u64, parts: &str, offset: u64, hash: &str| {
+    let checkpoint = |key: &str, part_size: u64, parts: &str, offset: u64, hash: &str| {
         format!(
-            r#"{{"v":1,"staging":"{staging}","upload_id":"u","part_size":{part_size},"parts":{parts},"offset":{offset},"package_len":null,"sha256":{hash},"invocations":1}}"#
+            r#"{{"v":2,"key":"{key}","upload_id":"u","part_size":{part_size},"parts":{parts},"offset":{offset},"package_len":null,"sha256":{hash},"invocations":1}}"#
         )
     };
+    let other = shared::store::evidence_key(
+        &RunId::derive("t", "other", machine.as_str(), "p"),
+        0,
+        shared::defender::CommandType::GetFile,
+    );
     let cases = [
         ("garbage", "{not json".to_string()),
-        ("part size 0", checkpoint(&staging, 0, "[]", 0, good_hash)),
+        ("part size 0", checkpoint(&own, 0, "[]", 0, good_hash)),
         (
             "65 pending hash bytes",
-            checkpoint(&staging, 5 << 20, "[]", 0, &bad_hash),
+            checkpoint(&own, 5 << 20, "[]", 0, &bad_hash),
         ),
         (
             "parts out of order",
-            checkpoint(&staging, 5 << 20, r#"[[2,"e"]]"#, 5 << 20, good_hash),
+            checkpoint(&own, 5 << 20, r#"[[2,"e"]]"#, 5 << 20, good_hash),
         ),
         (
-            "another run's staging key",
-            checkpoint("state/staging/other/0-abc", 5 << 20, "[]", 0, good_hash),
+            "another run's evidence key",
+            checkpoint(&other, 5 << 20, "[]", 0, good_hash),
+        ),
+        (
+            "format 1, a staging key",
+            format!(
+                r#"{{"v":1,"staging":"state/staging/{run_id}/0-abc","upload_id":"u","part_size":{},"parts":[],"offset":0,"package_len":null,"sha256":{good_hash},"invocations":1}}"#,
+                5 << 20
+            ),
         ),
     ];
     for (case, body) in cases {

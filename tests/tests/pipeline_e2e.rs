@@ -104,7 +104,7 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
     );
     assert_eq!(file.size_decompressed, Some(size));
 
-    // The stored object is what the manifest says, and carries its hashes.
+    // The stored object is what the manifest says.
     let key = file.s3_key.clone().unwrap();
     let stored = stack.object(&key).await.unwrap();
     assert_eq!(Some(stored.len() as u64), file.size);
@@ -125,13 +125,12 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
         .send()
         .await
         .unwrap();
+    // Its provenance is in its metadata from the start (the hashes, known only at the end, are in
+    // the signed manifest).
     let meta = head.metadata().unwrap();
-    assert_eq!(meta.get("sha256"), file.sha256.as_ref());
-    assert_eq!(
-        meta.get("sha256-decompressed"),
-        file.sha256_decompressed.as_ref()
-    );
     assert_eq!(meta.get("run-id").map(String::as_str), Some(run.as_str()));
+    assert_eq!(meta.get("command-index").map(String::as_str), Some("1"));
+    assert_eq!(meta.get("action-id").cloned(), Some(action.id.to_string()));
     // The record pins the version it hashed: a later write to the key cannot pass for it.
     assert!(
         file.s3_version_id.is_some(),
@@ -196,17 +195,37 @@ async fn an_alert_becomes_hashed_evidence_and_a_manifest() {
         .send()
         .await;
     assert!(again.is_err(), "a second manifest write was accepted");
+    // Nor can the package be replaced the way the pipeline writes it (If-None-Match).
+    let over = stack
+        .s3
+        .put_object()
+        .bucket(&stack.stack.bucket)
+        .key(&key)
+        .if_none_match("*")
+        .body(b"other bytes".to_vec().into())
+        .send()
+        .await;
+    assert!(over.is_err(), "the evidence object was replaced");
 
-    // No staging object nor unfinished upload is left behind.
-    let staging = stack
+    // Nothing but the evidence, the manifest and its signature under the run's evidence prefix
+    // (packages go straight to their keys: no staging copy), and no unfinished upload.
+    let listed = stack
         .s3
         .list_objects_v2()
         .bucket(&stack.stack.bucket)
-        .prefix(format!("state/staging/{run}/"))
+        .prefix(format!("evidence/{run}/"))
         .send()
         .await
         .unwrap();
-    assert_eq!(staging.key_count(), Some(0));
+    let mut under: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    under.sort();
+    let mut expected: Vec<String> = m.commands.iter().filter_map(|c| c.s3_key.clone()).collect();
+    expected.extend([
+        shared::store::manifest_key(&run),
+        shared::store::signature_key(&run),
+    ]);
+    expected.sort();
+    assert_eq!(under, expected);
     let uploads = stack
         .s3
         .list_multipart_uploads()

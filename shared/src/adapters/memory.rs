@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ports::{
-    ByteStream, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, StoreError, Stored,
-    Upload, Uploads,
+    ByteStream, Completion, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, StoreError,
+    Stored, Upload, Uploads,
 };
 use bytes::Bytes;
 
@@ -18,11 +18,21 @@ use bytes::Bytes;
 pub struct MemStore {
     /// The stored objects by key, each with its ETag number; tests read and seed it directly.
     pub objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
-    uploads: Mutex<BTreeMap<String, BTreeMap<i32, Bytes>>>,
+    /// The metadata each object was uploaded with (multipart uploads only), by key.
+    pub metadata: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    uploads: Mutex<BTreeMap<String, PendingUpload>>,
     version: Mutex<u64>,
 }
 
+/// An unfinished multipart upload: its metadata and the parts stored so far.
+type PendingUpload = (BTreeMap<String, String>, BTreeMap<i32, Bytes>);
+
 impl MemStore {
+    /// Multipart uploads begun and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap().len()
+    }
+
     fn next(&self) -> u64 {
         let mut v = self.version.lock().unwrap();
         *v += 1;
@@ -82,12 +92,22 @@ impl Uploads for MemStore {
         Ok(Box::pin(futures_util::stream::iter([Ok(body)])))
     }
 
-    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let o = self.objects.lock().unwrap();
+        let (_, v) = o.get(key).ok_or_else(|| StoreError(format!("no {key}")))?;
+        Ok(Some(v.to_string()))
+    }
+
+    async fn begin_upload(
+        &self,
+        key: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
         let id = format!("{key}#{}", self.next());
         self.uploads
             .lock()
             .unwrap()
-            .insert(id.clone(), BTreeMap::new());
+            .insert(id.clone(), (metadata, BTreeMap::new()));
         Ok(id)
     }
     async fn upload_part(
@@ -98,7 +118,7 @@ impl Uploads for MemStore {
         body: Bytes,
     ) -> Result<Upload<String>, StoreError> {
         let mut u = self.uploads.lock().unwrap();
-        let Some(parts) = u.get_mut(upload_id) else {
+        let Some((_, parts)) = u.get_mut(upload_id) else {
             return Ok(Upload::Gone);
         };
         // As S3 does, a part uploaded again under the same number replaces the first.
@@ -111,10 +131,18 @@ impl Uploads for MemStore {
         key: &str,
         upload_id: &str,
         listed: Vec<(i32, String)>,
-    ) -> Result<Upload<()>, StoreError> {
-        let Some(parts) = self.uploads.lock().unwrap().remove(upload_id) else {
-            return Ok(Upload::Gone);
-        };
+    ) -> Result<Completion, StoreError> {
+        let mut uploads = self.uploads.lock().unwrap();
+        if !uploads.contains_key(upload_id) {
+            // Strict: a completed upload is gone, even to a repeat of its own completion.
+            return Ok(Completion::Gone);
+        }
+        let mut objects = self.objects.lock().unwrap();
+        if objects.contains_key(key) {
+            // If-None-Match: the upload stays, for its owner to abort.
+            return Ok(Completion::Taken);
+        }
+        let (metadata, parts) = uploads.remove(upload_id).expect("checked above");
         // The object is the listed parts, in order, each as last uploaded.
         let mut body = Vec::new();
         for (n, etag) in &listed {
@@ -125,30 +153,18 @@ impl Uploads for MemStore {
             body.extend_from_slice(part);
         }
         let v = self.next();
-        self.objects
+        objects.insert(key.to_string(), (Bytes::from(body), v));
+        self.metadata
             .lock()
             .unwrap()
-            .insert(key.to_string(), (Bytes::from(body), v));
-        Ok(Upload::Done(()))
+            .insert(key.to_string(), metadata);
+        Ok(Completion::Stored {
+            version_id: Some(v.to_string()),
+        })
     }
     async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
         self.uploads.lock().unwrap().remove(upload_id);
         Ok(())
-    }
-    async fn publish(
-        &self,
-        from: &str,
-        to: &str,
-        _metadata: BTreeMap<String, String>,
-    ) -> Result<Option<String>, StoreError> {
-        let v = self.next();
-        let mut o = self.objects.lock().unwrap();
-        let (body, _) = o
-            .get(from)
-            .cloned()
-            .ok_or_else(|| StoreError(format!("no {from}")))?;
-        o.insert(to.to_string(), (body, v));
-        Ok(Some(v.to_string()))
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use crate::ports::{ObjectStore, Put, PutResult, StoreError, Stored, Upload, Uploads};
+use crate::ports::{Completion, ObjectStore, Put, PutResult, StoreError, Stored, Upload, Uploads};
 use crate::store::retention::{Retention, RetentionMode};
 
 /// An S3 client; path-style addressing when the endpoint is overridden (moto on loopback has no
@@ -222,13 +222,35 @@ impl Uploads for S3Store {
         Ok(Box::pin(stream))
     }
 
-    async fn begin_upload(&self, key: &str) -> Result<String, StoreError> {
+    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_err("head", key, e))?;
+        Ok(out.version_id().map(str::to_string))
+    }
+
+    async fn begin_upload(
+        &self,
+        key: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        let lock = self.lock_for(key);
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/octet-stream")
+            .set_metadata(Some(metadata.into_iter().collect()))
+            // Retention asked at creation: S3 retains the object from the moment it appears.
+            // (Every part then carries the SDK's CRC32, which S3 wants on parts of a locked upload.)
+            .set_object_lock_mode(lock.as_ref().map(|(m, _)| m.clone()))
+            .set_object_lock_retain_until_date(lock.map(|(_, u)| u))
             .send()
             .await
             .map_err(|e| s3_err("begin upload", key, e))?;
@@ -266,18 +288,19 @@ impl Uploads for S3Store {
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
-    ) -> Result<Upload<()>, StoreError> {
+    ) -> Result<Completion, StoreError> {
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let parts = parts
             .into_iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
             .collect();
-        match self
+        let out = match self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -286,10 +309,39 @@ impl Uploads for S3Store {
             .send()
             .await
         {
-            Ok(_) => Ok(Upload::Done(())),
-            Err(e) if e.code() == Some("NoSuchUpload") => Ok(Upload::Gone),
-            Err(e) => Err(s3_err("complete upload", key, e)),
+            Ok(out) => out,
+            Err(e) if e.code() == Some("NoSuchUpload") => return Ok(Completion::Gone),
+            // 412: an object is there already; 409: a concurrent conditional write is in flight.
+            Err(e) if matches!(status_of(&e), Some(412) | Some(409)) => {
+                return Ok(Completion::Taken);
+            }
+            Err(e) => return Err(s3_err("complete upload", key, e)),
+        };
+        let version_id = out.version_id().map(str::to_string);
+        if let Some((mode, until)) = self.lock_for(key) {
+            // Confirmed on the new version: an S3 that drops retention from an upload (moto does)
+            // still keeps the object. Idempotent; the date is a moment later than the upload's.
+            self.client
+                .put_object_retention()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_version_id(version_id.clone())
+                .retention(
+                    aws_sdk_s3::types::ObjectLockRetention::builder()
+                        .mode(match mode {
+                            aws_sdk_s3::types::ObjectLockMode::Compliance => {
+                                aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                            }
+                            _ => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
+                        })
+                        .retain_until_date(until)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| s3_err("retain", key, e))?;
         }
+        Ok(Completion::Stored { version_id })
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -302,39 +354,5 @@ impl Uploads for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| s3_err("abort upload", key, e))
-    }
-
-    async fn publish(
-        &self,
-        from: &str,
-        to: &str,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Option<String>, StoreError> {
-        let lock = self.lock_for(to);
-        let locked = lock.is_some();
-        let out = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(to)
-            .copy_source(format!("{}/{from}", self.bucket))
-            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            .content_type("application/octet-stream")
-            .set_metadata(Some(metadata.into_iter().collect()))
-            .set_object_lock_mode(lock.as_ref().map(|(m, _)| m.clone()))
-            .set_object_lock_retain_until_date(lock.map(|(_, u)| u))
-            .customize()
-            .mutate_request(move |req| {
-                // S3 wants an integrity header on a write with Object Lock parameters; a copy
-                // has no body, so it is the MD5 of the empty body.
-                if locked {
-                    req.headers_mut()
-                        .insert("content-md5", "1B2M2Y8AsgTpgAZUnWbyWQ==");
-                }
-            })
-            .send()
-            .await
-            .map_err(|e| s3_err("publish", to, e))?;
-        Ok(out.version_id().map(str::to_string))
     }
 }

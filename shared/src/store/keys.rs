@@ -2,12 +2,12 @@
 //! prefixes, so that its protections can tell them apart:
 //!
 //! - `evidence/{run}/`: what analysts rely on, each command's result package and the run's
-//!   manifest and its signature. Written once (a manifest and its signature only with
-//!   If-None-Match, which the bucket policy demands),
+//!   manifest and its signature. Written once (a package by a multipart upload completed with
+//!   If-None-Match, a manifest and its signature by a put with it; the bucket policy demands it),
 //!   kept under Object Lock retention when the deployment turns it on, never expired.
 //! - `state/`: what the pipeline rewrites while it works, run and command records, copy
-//!   checkpoints, staging uploads and the tenant's call budget (rewritten many times a minute).
-//!   No retention; superseded versions expire.
+//!   checkpoints and the tenant's call budget (rewritten many times a minute). No retention;
+//!   superseded versions expire.
 //!
 //! Keys are built from validated ids only (see [`crate::ids`]), so none can leave its prefix.
 
@@ -16,7 +16,7 @@ use crate::ids::RunId;
 
 /// Evidence and manifests: retained, never rewritten.
 pub const EVIDENCE_PREFIX: &str = "evidence/";
-/// Records, checkpoints, staging and the budget: rewritten, expired.
+/// Records, checkpoints and the budget: rewritten, expired.
 pub const STATE_PREFIX: &str = "state/";
 
 /// The tenant's Defender call budget, shared by every function.
@@ -40,21 +40,6 @@ pub fn command_key(run: &RunId, index: u32) -> String {
 /// A copy's progress, so that a later invocation resumes it.
 pub fn checkpoint_key(run: &RunId, index: u32) -> String {
     format!("state/runs/{run}/checkpoints/{index}.json")
-}
-
-/// Every staging upload of one command starts with this.
-pub fn staging_prefix(run: &RunId, index: u32) -> String {
-    format!("state/staging/{run}/{index}-")
-}
-
-/// A fresh staging key for one copy of a command's package (a lifecycle rule expires what a crash
-/// leaves behind).
-pub fn new_staging_key(run: &RunId, index: u32) -> String {
-    format!(
-        "{}{}",
-        staging_prefix(run, index),
-        uuid::Uuid::new_v4().simple()
-    )
 }
 
 /// The manifest of `run`; under `evidence/`, so it gets Object Lock retention.
@@ -101,7 +86,6 @@ mod tests {
             run_key(&run),
             command_key(&run, 0),
             checkpoint_key(&run, 0),
-            new_staging_key(&run, 0),
         ];
         for k in &evidence {
             assert!(is_evidence(k) && !k.starts_with(STATE_PREFIX), "{k}");
@@ -109,7 +93,5 @@ mod tests {
         for k in &state {
             assert!(!is_evidence(k) && k.starts_with(STATE_PREFIX), "{k}");
         }
-        assert!(new_staging_key(&run, 3).starts_with(&staging_prefix(&run, 3)));
-        assert_ne!(new_staging_key(&run, 3), new_staging_key(&run, 3));
     }
 }

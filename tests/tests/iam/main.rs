@@ -45,7 +45,6 @@ struct Keys {
     signature: String,
     evidence: String,
     checkpoint: String,
-    staging: String,
     budget: String,
     corrupt_budget: String,
     /// Keys no stage touches.
@@ -62,14 +61,12 @@ impl Keys {
             signature: shared::store::signature_key(&run_id),
             evidence: shared::store::evidence_key(&run_id, 1, CommandType::GetFile),
             checkpoint: keys::checkpoint_key(&run_id, 1),
-            staging: format!(
-                "{}0123456789abcdef0123456789abcdef",
-                keys::staging_prefix(&run_id, 1)
-            ),
             budget: keys::BUDGET_KEY.to_string(),
             corrupt_budget: keys::corrupt_budget_key(1_767_225_600_000),
             decoys: vec![
                 format!("state/runs/{run_id}/notes.json"),
+                // Where packages were staged before they went straight to their evidence keys.
+                format!("state/staging/{run_id}/1-0123456789abcdef0123456789abcdef"),
                 format!("runs/{run_id}/run.json"),
                 format!("evidence/{run_id}/notes.json"),
                 "playbooks/default.toml".into(),
@@ -88,7 +85,6 @@ impl Keys {
             self.manifest.clone(),
             self.evidence.clone(),
             self.checkpoint.clone(),
-            self.staging.clone(),
             self.budget.clone(),
             self.corrupt_budget.clone(),
         ];
@@ -119,7 +115,7 @@ impl Keys {
 struct Uses {
     /// GetObject of keys that may not exist (the code treats "missing" as an answer).
     reads_maybe_absent: Vec<String>,
-    /// GetObject of keys that exist when read (a staging object read back and copied).
+    /// GetObject of keys that exist when read (a package read back).
     reads: Vec<String>,
     /// PutObject, including multipart uploads and CopyObject targets.
     writes: Vec<String>,
@@ -163,16 +159,16 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         "CollectQueue",
         vec!["CollectQueue", "CollectDeadLetterQueue"],
     );
-    // Checkpoints are read (maybe absent), written and deleted; the package goes to staging
-    // through a multipart upload, is read back (hash of a resumed GetFile; CopyObject's source),
-    // published by CopyObject to its evidence key, and the staging object deleted.
+    // Checkpoints are read (maybe absent), written and deleted; the package goes straight to its
+    // evidence key through a multipart upload (aborted when given up), and is read back (hash of
+    // a resumed GetFile; whether an object already there is this package).
     collect.reads_maybe_absent.push(k.checkpoint.clone());
-    collect.reads.push(k.staging.clone());
+    collect.reads.push(k.evidence.clone());
     collect
         .writes
-        .extend([k.checkpoint.clone(), k.staging.clone(), k.evidence.clone()]);
-    collect.deletes = vec![k.checkpoint.clone(), k.staging.clone()];
-    collect.aborts = vec![k.staging.clone()];
+        .extend([k.checkpoint.clone(), k.evidence.clone()]);
+    collect.deletes = vec![k.checkpoint.clone()];
+    collect.aborts = vec![k.evidence.clone()];
     BTreeMap::from([
         (
             "intake",
@@ -509,39 +505,73 @@ fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
             &context,
         )
     };
-    let create = [("s3:if-none-match", "*")];
-    let retained = [("s3:object-lock-mode", "GOVERNANCE")];
-    let both = [create[0], retained[0]];
+    // PutObject and CompleteMultipartUpload create an object; CreateMultipartUpload and
+    // UploadPart (also s3:PutObject) do not, and carry no conditional header.
+    let creates = ("s3:ObjectCreationOperation", "true");
+    let upload_step = ("s3:ObjectCreationOperation", "false");
+    let if_none = ("s3:if-none-match", "*");
+    let retained = ("s3:object-lock-mode", "GOVERNANCE");
+    let compliance = ("s3:object-lock-mode", "COMPLIANCE");
     for lock in ["false", "true"] {
         let policies = resource_policies(json!({"EnableObjectLock": lock}));
         let bucket = &policies["EvidenceBucketPolicy"];
         let locked = lock == "true";
-        // A manifest may only be created, never replaced, by anyone.
-        assert_eq!(put(bucket, &k.manifest, &retained), Deny, "lock {lock}");
-        assert_eq!(put(bucket, &k.manifest, &both), Silent, "lock {lock}");
-        // Evidence must carry its retention when Object Lock is on.
-        let bare = put(bucket, &k.evidence, &[]);
-        assert_eq!(bare, if locked { Deny } else { Silent }, "lock {lock}");
-        assert_eq!(put(bucket, &k.evidence, &retained), Silent, "lock {lock}");
-        // Only the deployment's mode: a writer picking COMPLIANCE would lock it for everyone.
-        let compliance = put(
-            bucket,
-            &k.evidence,
-            &[("s3:object-lock-mode", "COMPLIANCE")],
+        let if_locked = if locked { Deny } else { Silent };
+        // Nothing under evidence/ is created without If-None-Match, by anyone: neither a manifest
+        // (PutObject) nor a package (CompleteMultipartUpload).
+        for key in [&k.manifest, &k.signature, &k.evidence] {
+            assert_eq!(
+                put(bucket, key, &[creates, retained]),
+                Deny,
+                "lock {lock}: {key}"
+            );
+        }
+        assert_eq!(
+            put(bucket, &k.manifest, &[creates, if_none, retained]),
+            Silent
         );
         assert_eq!(
-            compliance,
-            if locked { Deny } else { Silent },
+            put(bucket, &k.evidence, &[creates, if_none]),
+            Silent,
+            "lock {lock}: completion"
+        );
+        // The steps of a package's upload carry neither header and pass; its creation carries
+        // the retention, in the deployment's mode only.
+        assert_eq!(
+            put(bucket, &k.evidence, &[upload_step]),
+            Silent,
+            "lock {lock}: a part"
+        );
+        assert_eq!(
+            put(bucket, &k.evidence, &[upload_step, retained]),
+            Silent,
             "lock {lock}"
         );
         assert_eq!(
-            put(bucket, &k.manifest, &create),
-            if locked { Deny } else { Silent },
+            put(bucket, &k.evidence, &[upload_step, compliance]),
+            if_locked,
+            "lock {lock}: a writer picking COMPLIANCE would lock it for everyone"
+        );
+        assert_eq!(
+            put(bucket, &k.manifest, &[creates, if_none, compliance]),
+            if_locked,
+            "lock {lock}"
+        );
+        // A manifest is a single PutObject: without retention it is refused, and so is a multipart
+        // upload to its key (whose steps carry no mode).
+        assert_eq!(
+            put(bucket, &k.manifest, &[creates, if_none]),
+            if_locked,
             "lock {lock}: a manifest without retention"
         );
+        assert_eq!(
+            put(bucket, &k.signature, &[upload_step]),
+            if_locked,
+            "lock {lock}: a multipart upload to a signature"
+        );
         // State is rewritten freely, and never needs retention.
-        for key in [&k.run, &k.budget, &k.checkpoint, &k.staging] {
-            assert_eq!(put(bucket, key, &[]), Silent, "lock {lock}: {key}");
+        for key in [&k.run, &k.budget, &k.checkpoint] {
+            assert_eq!(put(bucket, key, &[creates]), Silent, "lock {lock}: {key}");
         }
         // Plain HTTP is refused for everything.
         let plain: policy::Context = [("aws:SecureTransport", "false")].into_iter().collect();
@@ -775,6 +805,21 @@ impl World {
 
     fn store_as(&self, sdk: &aws_config::SdkConfig) -> S3Store {
         S3Store::new(shared::adapters::s3::s3_client(sdk), &self.stack.bucket)
+    }
+
+    /// Keys of multipart uploads under `prefix` still open, listed as the administrator.
+    async fn unfinished_uploads(&self, prefix: &str) -> Vec<String> {
+        shared::adapters::s3::s3_client(&self.admin)
+            .list_multipart_uploads()
+            .bucket(&self.stack.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list uploads as the administrator")
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect()
     }
 
     /// Objects under `prefix`, listed as the administrator.
@@ -1067,17 +1112,17 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
         file.sha256_decompressed.as_deref(),
         Some(expected_sha256(M1, FILE, size).as_str())
     );
-    // The copy went through checkpoints, all removed with their staging objects.
-    for prefix in [
-        format!("state/runs/{run}/checkpoints/"),
-        format!("state/staging/{run}/"),
-    ] {
-        assert_eq!(
-            world.keys_under(&prefix).await,
-            Vec::<String>::new(),
-            "left under {prefix}"
-        );
-    }
+    // The copy went through checkpoints, all removed, and left no unfinished upload.
+    let prefix = format!("state/runs/{run}/checkpoints/");
+    assert_eq!(
+        world.keys_under(&prefix).await,
+        Vec::<String>::new(),
+        "left under {prefix}"
+    );
+    assert_eq!(
+        world.unfinished_uploads(&format!("evidence/{run}/")).await,
+        Vec::<String>::new()
+    );
     assert!(
         world
             .keys_under("state/budget/")

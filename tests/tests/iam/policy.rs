@@ -152,16 +152,18 @@ fn any_matches(patterns: &Value, value: &str, ignore_case: bool) -> bool {
 }
 
 /// What a request carries that a condition may ask about: `s3:prefix` (ListBucket),
-/// `aws:PrincipalArn`, `aws:SourceArn`, `s3:if-none-match`, `s3:object-lock-mode`.
+/// `aws:PrincipalArn`, `aws:SourceArn`, `s3:if-none-match`, `s3:object-lock-mode`,
+/// `s3:ObjectCreationOperation`.
 pub type Context<'a> = BTreeMap<&'a str, &'a str>;
 
-const KNOWN_KEYS: [&str; 6] = [
+const KNOWN_KEYS: [&str; 7] = [
     "s3:prefix",
     "aws:SecureTransport",
     "aws:PrincipalArn",
     "aws:SourceArn",
     "s3:if-none-match",
     "s3:object-lock-mode",
+    "s3:ObjectCreationOperation",
 ];
 
 fn condition_holds(op: &str, key: &str, expected: &Value, context: &Context) -> bool {

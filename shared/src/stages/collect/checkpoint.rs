@@ -4,14 +4,15 @@
 
 use crate::hash::ResumableSha256;
 use crate::ports::{StoreError, Uploads};
-use crate::store::keys::{self, checkpoint_key};
+use crate::store::keys::checkpoint_key;
 
 /// S3 allows at most 10,000 parts.
 pub const MAX_PARTS: u64 = 10_000;
 pub(super) const MIB: u64 = 1 << 20;
 
-/// A copy whose staging object is whole: its hashes and, for a transcript, its summary. Saved in
-/// the checkpoint before publishing, so that a failure after this point only publishes again.
+/// A copy whose evidence object is whole: its hashes, its version and, for a transcript, its
+/// summary. Saved in the checkpoint once the upload is complete, so that a failure after this
+/// point only records the command.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finished {
     /// Bytes in the package as stored.
@@ -28,17 +29,22 @@ pub struct Finished {
     pub output_excerpt: Option<String>,
     /// A transcript's standard error, cut short; `None` for other packages.
     pub errors_excerpt: Option<String>,
+    /// The evidence object's version, when the bucket keeps versions (and the completion said).
+    #[serde(default)]
+    pub version_id: Option<String>,
 }
 
 /// Where an unfinished copy stands, saved at a part boundary: enough for the next invocation to go
 /// on without downloading the uploaded parts again; or, once the upload is complete, what is left
-/// to publish.
+/// to record.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
-    /// Checkpoint format version (1).
+    /// Checkpoint format version: 2 (the upload goes to the evidence key; a version 1 checkpoint
+    /// named a staging key and is not used).
     pub v: u32,
-    /// The staging object's key; must be under this command's staging prefix.
-    pub staging: String,
+    /// The key the upload goes to: the command's evidence key.
+    #[serde(alias = "staging")]
+    pub key: String,
     /// The multipart upload id.
     pub upload_id: String,
     /// Bytes per part (all but the last), within S3's limits (5 MiB to 5 GiB).
@@ -53,20 +59,30 @@ pub struct Checkpoint {
     pub sha256: ResumableSha256,
     /// Invocations that have worked on this copy, counting the current one.
     pub invocations: u32,
-    /// Set once CompleteMultipartUpload succeeded: the staging object is whole.
+    /// Set once CompleteMultipartUpload succeeded: the evidence object is whole.
     #[serde(default)]
     pub completed: Option<Finished>,
 }
 
 impl Checkpoint {
-    /// A stored checkpoint is checked before it is used: it must describe an upload of this
-    /// command within S3's limits, with a hash state that matches its offset.
-    pub fn check(&self, run: &crate::ids::RunId, index: u32) -> Result<(), String> {
-        let prefix = keys::staging_prefix(run, index);
-        if !self.staging.starts_with(&prefix) || self.staging.contains("..") {
+    /// The format this code writes and reads.
+    pub const VERSION: u32 = 2;
+
+    /// A stored checkpoint is checked before it is used: it must describe an upload to this
+    /// command's evidence key (`key`) within S3's limits, with a hash state that matches its
+    /// offset.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        if self.v != Self::VERSION {
             return Err(format!(
-                "staging key {:?} is not this command's",
-                self.staging
+                "checkpoint format {} is not {} (an upload to a staging key, from before an upgrade)",
+                self.v,
+                Self::VERSION
+            ));
+        }
+        if self.key != key {
+            return Err(format!(
+                "upload key {:?} is not this command's evidence key {key:?}",
+                self.key
             ));
         }
         if self.upload_id.is_empty() {
@@ -116,18 +132,18 @@ pub(super) enum Saved {
     Corrupt(String),
 }
 
+/// The checkpoint under `key`, checked against `upload_key`, the evidence key its upload must go to.
 pub(super) async fn load_checkpoint<S: Uploads>(
     store: &S,
     key: &str,
-    run: &crate::ids::RunId,
-    index: u32,
+    upload_key: &str,
 ) -> Result<Option<Saved>, StoreError> {
     let Some(stored) = store.get(key).await? else {
         return Ok(None);
     };
     Ok(Some(
         match serde_json::from_slice::<Checkpoint>(&stored.body) {
-            Ok(ck) => match ck.check(run, index) {
+            Ok(ck) => match ck.check(upload_key) {
                 Ok(()) => Saved::Usable(Box::new(ck)),
                 Err(why) => Saved::Corrupt(why),
             },
@@ -148,15 +164,18 @@ pub(super) async fn save_checkpoint<S: Uploads>(
         .map(|_| ())
 }
 
-/// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint.
+/// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint. A completed
+/// upload is not aborted (there is nothing left to abort: the object stays, as evidence does).
 pub(super) async fn discard_checkpoint<S: Uploads>(
     store: &S,
     run: &crate::ids::RunId,
     index: u32,
+    upload_key: &str,
 ) -> Result<(), StoreError> {
     let key = checkpoint_key(run, index);
-    if let Some(Saved::Usable(ck)) = load_checkpoint(store, &key, run, index).await?
-        && let Err(e) = store.abort_upload(&ck.staging, &ck.upload_id).await
+    if let Some(Saved::Usable(ck)) = load_checkpoint(store, &key, upload_key).await?
+        && ck.completed.is_none()
+        && let Err(e) = store.abort_upload(&ck.key, &ck.upload_id).await
     {
         tracing::warn!(run_id = %run, error = %e, "could not abort an abandoned upload");
     }

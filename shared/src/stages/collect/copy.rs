@@ -1,7 +1,10 @@
-//! The streaming engine: a package from its download link into a staging multipart upload, part
-//! by part (the next part downloading while earlier ones upload), hashing as it goes (SHA-256 of the package and, for a GetFile, of the file inside the
-//! gzip), resuming a broken download with a fresh link and a Range request, checkpointing at part boundaries when
-//! the invocation's time runs out, and publishing the whole object under its evidence key.
+//! The streaming engine: a package from its download link into a multipart upload to its evidence
+//! key, part by part (the next part downloading while earlier ones upload), hashing as it goes
+//! (SHA-256 of the package and, for a GetFile, of the file inside the gzip), resuming a broken
+//! download with a fresh link and a Range request, and checkpointing at part boundaries when the
+//! invocation's time runs out. The object appears under its key only when the upload completes,
+//! whole, and only if nothing is there (If-None-Match): each byte is moved once, and no copy
+//! publishes it (a server-side copy moved every byte a second time and stopped at 5 GiB).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,11 +22,11 @@ use super::link::check_link;
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::defender::{CommandType, DownloadLink, Transcript};
-use crate::hash::{HashSink, ResumableSha256, hash_gzip};
+use crate::hash::{HashSink, ResumableSha256, hash_gzip, hash_stream};
 use crate::messages::CollectJob;
-use crate::ports::{Defender, Fetch, StoreError, Upload, Uploads};
+use crate::ports::{Completion, Defender, Fetch, StoreError, Upload, Uploads};
 use crate::stages::settings::CollectConfig;
-use crate::store::keys::{self, checkpoint_key};
+use crate::store::keys::checkpoint_key;
 use crate::store::{RunRecord, evidence_key};
 
 /// Transcripts are parsed for their exit code when at most this large.
@@ -44,6 +47,8 @@ pub(super) enum CopyError {
     Store(StoreError),
     /// The multipart upload no longer exists.
     UploadGone,
+    /// The evidence key already holds other bytes: not replaced, and not this command's package.
+    Occupied(String),
 }
 
 /// Where the package comes from; asked again for a fresh link when a download breaks off.
@@ -91,12 +96,11 @@ impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
     }
 }
 
-/// A published copy.
+/// A stored copy.
 pub(super) struct Copied {
     pub(super) key: String,
     /// The evidence object's version, when the bucket keeps versions.
     pub(super) version_id: Option<String>,
-    pub(super) staging: String,
     pub(super) size: u64,
     pub(super) sha256: String,
     pub(super) sha256_decompressed: Option<String>,
@@ -127,7 +131,8 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
 ) -> Result<CopyResult, CopyError> {
     let (cfg, fetch, job) = (source.cfg, source.fetch, source.job);
     let ck_key = checkpoint_key(&run.run_id, job.index);
-    let mut saved = load_checkpoint(store, &ck_key, &run.run_id, job.index)
+    let key = evidence_key(&run.run_id, job.index, kind);
+    let mut saved = load_checkpoint(store, &ck_key, &key)
         .await
         .map_err(CopyError::Store)?;
     if let Some(Saved::Corrupt(why)) = &saved {
@@ -137,8 +142,8 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
     }
     let (download, mut ck) = match saved {
         Some(Saved::Usable(ck)) if ck.completed.is_some() => {
-            // The upload completed before a failure: only publishing is left.
-            return publish(store, run, job, kind, &ck).await;
+            // The upload completed before a failure: only recording is left.
+            return stored(&ck);
         }
         Some(Saved::Usable(ck)) => {
             let mut ck = *ck;
@@ -149,7 +154,7 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
             if let (Some(len), Some(rest)) = (ck.package_len, download.content_length)
                 && len != ck.offset + rest
             {
-                discard_checkpoint(store, &run.run_id, job.index)
+                discard_checkpoint(store, &run.run_id, job.index, &key)
                     .await
                     .map_err(CopyError::Store)?;
                 return Err(CopyError::Download(format!(
@@ -167,14 +172,13 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
                 .await
                 .map_err(CopyError::Download)?;
             let part_size = part_size(download.content_length, cfg.part_size_min);
-            let staging = keys::new_staging_key(&run.run_id, job.index);
             let upload_id = store
-                .begin_upload(&staging)
+                .begin_upload(&key, provenance(run, job))
                 .await
                 .map_err(CopyError::Store)?;
             let ck = Checkpoint {
-                v: 1,
-                staging,
+                v: Checkpoint::VERSION,
+                key: key.clone(),
                 upload_id,
                 part_size,
                 parts: Vec::new(),
@@ -200,7 +204,7 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
         Err(e) => {
             if ck.parts.is_empty() {
                 // Nothing worth keeping: never leave an orphaned upload behind a failed copy.
-                if let Err(abort) = store.abort_upload(&ck.staging, &ck.upload_id).await {
+                if let Err(abort) = store.abort_upload(&ck.key, &ck.upload_id).await {
                     tracing::warn!(run_id = %run.run_id, error = %abort, "could not abort a failed upload");
                 }
                 let _ = store.delete(&ck_key).await;
@@ -213,23 +217,20 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
             return Err(e);
         }
     };
-    let completed = store
-        .complete_upload(&ck.staging, &ck.upload_id, ck.parts.clone())
+    let version_id = match store
+        .complete_upload(&ck.key, &ck.upload_id, ck.parts.clone())
         .await
-        .map_err(CopyError::Store)?;
-    if completed == Upload::Gone {
-        return upload_gone(store, &ck_key).await;
-    }
+        .map_err(CopyError::Store)?
+    {
+        Completion::Stored { version_id } => version_id,
+        Completion::Gone => return upload_gone(store, &ck_key).await,
+        Completion::Taken => adopt(store, run, job, &ck, &hashes).await?,
+    };
     let mut hashes = hashes;
     if resumed && kind == CommandType::GetFile {
         // The decompressor's state cannot be saved; hash the file from the stored package instead.
-        let decompressed = hash_gzip(
-            store
-                .open_read(&ck.staging)
-                .await
-                .map_err(CopyError::Store)?,
-        )
-        .await;
+        let decompressed =
+            hash_gzip(store.open_read(&ck.key).await.map_err(CopyError::Store)?).await;
         hashes.sha256_decompressed = decompressed.as_ref().map(|d| d.0.clone());
         hashes.size_decompressed = decompressed.map(|d| d.1);
     }
@@ -247,12 +248,55 @@ pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
             .transcript
             .as_ref()
             .map(|t| excerpt(&t.script_errors)),
+        version_id,
     });
-    // Completion is recorded before publishing: a failure from here on publishes again.
+    // Completion is saved before the command is recorded: a failure from here on only records.
     save_checkpoint(store, &ck_key, &ck)
         .await
         .map_err(CopyError::Store)?;
-    publish(store, run, job, kind, &ck).await
+    stored(&ck)
+}
+
+/// Who an evidence object belongs to, in its metadata from the start (its hashes are known only
+/// at the end: they are in the command record and the signed manifest, the record of truth).
+fn provenance(run: &RunRecord, job: &CollectJob) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("run-id".to_string(), run.run_id.to_string()),
+        ("action-id".to_string(), job.action_id.to_string()),
+        ("command-index".to_string(), job.index.to_string()),
+    ])
+}
+
+/// The evidence key already holds an object (If-None-Match refused the completion). It is this
+/// package when its bytes hash to what was just uploaded: a completion of this same copy that
+/// went unrecorded (the invocation died, or S3 answered a retried completion this way). Then this
+/// upload is dropped and that object stands. Anything else is left in place, not replaced, and
+/// the command fails naming it.
+async fn adopt<S: Uploads>(
+    store: &S,
+    run: &RunRecord,
+    job: &CollectJob,
+    ck: &Checkpoint,
+    hashes: &Hashes,
+) -> Result<Option<String>, CopyError> {
+    if let Err(e) = store.abort_upload(&ck.key, &ck.upload_id).await {
+        tracing::warn!(run_id = %run.run_id, error = %e, "could not abort an upload whose key is taken");
+    }
+    let existing = store.open_read(&ck.key).await.map_err(CopyError::Store)?;
+    let (sha256, size) = hash_stream(existing)
+        .await
+        .map_err(|e| CopyError::Store(StoreError(format!("reading {}: {e}", ck.key))))?;
+    if sha256 == hashes.sha256 && size == hashes.size {
+        tracing::info!(run_id = %run.run_id, index = job.index, key = %ck.key, "the evidence key already holds this package; keeping it");
+        // Write-once: the version hashed is the version there.
+        store.version_of(&ck.key).await.map_err(CopyError::Store)
+    } else {
+        Err(CopyError::Occupied(format!(
+            "{} already holds {size} bytes with SHA-256 {sha256}, not this package ({} bytes, \
+             SHA-256 {}); it was not replaced",
+            ck.key, hashes.size, hashes.sha256
+        )))
+    }
 }
 
 /// The upload a checkpoint named no longer exists (it was completed before a crash, aborted, or
@@ -267,39 +311,14 @@ pub(super) async fn upload_gone<S: Uploads>(
     ))
 }
 
-/// Copies a completed staging object to its final key with its hashes in its metadata. Safe to
-/// repeat: the staging object and the checkpoint are removed only after the command is recorded.
-pub(super) async fn publish<S: Uploads>(
-    store: &S,
-    run: &RunRecord,
-    job: &CollectJob,
-    kind: CommandType,
-    ck: &Checkpoint,
-) -> Result<CopyResult, CopyError> {
+/// A completed copy, as the checkpoint saved it.
+pub(super) fn stored(ck: &Checkpoint) -> Result<CopyResult, CopyError> {
     let Some(done) = ck.completed.clone() else {
         return Err(CopyError::Download("the copy is not complete".into()));
     };
-    let key = evidence_key(&run.run_id, job.index, kind);
-    let mut meta = BTreeMap::new();
-    meta.insert("sha256".to_string(), done.sha256.clone());
-    meta.insert("size".to_string(), done.size.to_string());
-    if let Some(d) = &done.sha256_decompressed {
-        meta.insert("sha256-decompressed".to_string(), d.clone());
-    }
-    if let Some(n) = done.size_decompressed {
-        meta.insert("size-decompressed".to_string(), n.to_string());
-    }
-    meta.insert("run-id".to_string(), run.run_id.to_string());
-    meta.insert("action-id".to_string(), job.action_id.to_string());
-    meta.insert("command-index".to_string(), job.index.to_string());
-    let version_id = store
-        .publish(&ck.staging, &key, meta)
-        .await
-        .map_err(CopyError::Store)?;
     Ok(CopyResult::Copied(Copied {
-        key,
-        version_id,
-        staging: ck.staging.clone(),
+        key: ck.key.clone(),
+        version_id: done.version_id,
         size: done.size,
         sha256: done.sha256,
         sha256_decompressed: done.sha256_decompressed,
@@ -348,7 +367,7 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
 ) -> Result<Option<Hashes>, CopyError> {
     let mut resumes = 0u32;
     let part_size = ck.part_size;
-    let (staging, upload_id) = (ck.staging.clone(), ck.upload_id.clone());
+    let (key, upload_id) = (ck.key.clone(), ck.upload_id.clone());
     let mut hasher = ck.sha256.clone();
     // The decompressed hash is taken on the way only when the copy starts at the beginning.
     let mut gz = (kind == CommandType::GetFile && ck.offset == 0).then(|| {
@@ -365,10 +384,10 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     // One closure, so that every part's future has the same type.
     let send = |part: InFlight| {
-        let (staging, upload_id) = (&staging, &upload_id);
+        let (key, upload_id) = (&key, &upload_id);
         async move {
             let stored = store
-                .upload_part(staging, upload_id, part.n, part.body.clone())
+                .upload_part(key, upload_id, part.n, part.body.clone())
                 .await;
             (part, stored)
         }

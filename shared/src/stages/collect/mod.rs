@@ -1,11 +1,12 @@
 //! collect: ask for a command's result link, check it, and stream the package into S3 through a
-//! multipart upload with bounded memory, hashing as it goes. The evidence object appears under its
-//! final key only when complete, with its hashes in its metadata (uploaded to a staging key, then
-//! published by a server-side copy). The last command to land writes the run's manifest.
+//! multipart upload to its evidence key with bounded memory, hashing as it goes. The evidence
+//! object appears under its key only when complete and only if nothing is there (write-once); its
+//! hashes go into the command record and the signed manifest. The last command to land writes the
+//! run's manifest.
 //!
 //! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
 //! the parts it drives: `link` (which result links are followed), `copy` (the streaming
-//! engine: parts, fresh links and resumption, publishing), `checkpoint` (where an unfinished
+//! engine: parts, fresh links and resumption, completion), `checkpoint` (where an unfinished
 //! copy stands, saved between invocations).
 
 mod checkpoint;
@@ -18,7 +19,7 @@ use time::OffsetDateTime;
 
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::copy::Source;
-use self::copy::{CopyError, CopyResult, copy, publish};
+use self::copy::{CopyError, CopyResult, copy, stored};
 use self::link::check_link;
 
 pub use self::copy::PARTS_IN_FLIGHT;
@@ -34,8 +35,8 @@ use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
 use crate::ports::{Defender, Fetch, Notary, Queue, StoreError, Uploads};
 use crate::store::keys::checkpoint_key;
 use crate::store::{
-    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, load_command,
-    update_record,
+    Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
+    load_command, update_record,
 };
 
 /// Handles one collect job: fetches the command's result link, copies the package into the
@@ -103,14 +104,15 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     let command = pending.command;
     let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
 
-    // A copy whose upload completed before a crash needs no link: only publishing is left.
+    // A copy whose upload completed before a crash needs no link: only recording is left.
     let ck_key = checkpoint_key(&run_id, job.index);
-    let finished = match load_checkpoint(store, &ck_key, &run_id, job.index).await? {
+    let upload_key = evidence_key(&run_id, job.index, command.kind);
+    let finished = match load_checkpoint(store, &ck_key, &upload_key).await? {
         Some(Saved::Usable(ck)) if ck.completed.is_some() => Some(*ck),
         _ => None,
     };
     let result = match finished {
-        Some(ck) => publish(store, &run, &job, command.kind, &ck).await,
+        Some(ck) => stored(&ck),
         None => {
             let link = budget::get_call(store, &cfg.budget, clock, || {
                 defender.result_download_link(&job.action_id, job.index)
@@ -218,9 +220,10 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
                     ),
                 ));
             }
-            // Recorded: the staging copy and the checkpoint are no longer needed (the bucket's
-            // lifecycle rule removes staging objects a crash leaves here).
-            cleanup(store, &copied.staging, &checkpoint_key(&run_id, job.index)).await;
+            // Recorded: the checkpoint is no longer needed.
+            if let Err(e) = store.delete(&ck_key).await {
+                tracing::warn!(key = %ck_key, error = %e, "could not remove a finished copy's checkpoint");
+            }
             let manifest = finish_run_if_complete(store, notary, &run_id, clock).await?;
             let time_to_evidence = (clock.now() - run.created_at).as_seconds_f64();
             let done = Done::new(
@@ -240,6 +243,11 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             Ok(done)
         }
         Err(CopyError::Store(e)) => Err(e.into()),
+        Err(CopyError::Occupied(reason)) => {
+            tracing::warn!(run_id = %run_id, index = job.index, %reason, "evidence key taken");
+            step.fail(&run, command.kind, reason.clone(), now).await?;
+            Ok(Done::new(&run_id, Outcome::CollectFailed, reason))
+        }
         Err(e @ (CopyError::Download(_) | CopyError::UploadGone)) => {
             let reason = match e {
                 CopyError::Download(reason) => reason,
@@ -276,15 +284,6 @@ fn ended_chain(now: OffsetDateTime) -> Chain {
     let mut c = Chain::default();
     c.end(now);
     c
-}
-
-/// Removes what a finished copy no longer needs; failures only leave garbage behind.
-async fn cleanup<S: Uploads>(store: &S, staging: &str, checkpoint: &str) {
-    for key in [staging, checkpoint] {
-        if let Err(e) = store.delete(key).await {
-            tracing::warn!(%key, error = %e, "could not remove a finished copy's leftovers");
-        }
-    }
 }
 
 impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
@@ -352,7 +351,8 @@ impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
         rec.chain = ended_chain(now);
         if finish_command(store, &run.run_id, &self.msg.id, &rec).await? {
             // An unfinished copy of this command is abandoned with it.
-            discard_checkpoint(store, &run.run_id, job.index).await?;
+            let upload_key = evidence_key(&run.run_id, job.index, rec.kind);
+            discard_checkpoint(store, &run.run_id, job.index, &upload_key).await?;
         }
         finish_run_if_complete(store, self.notary, &run.run_id, self.clock).await?;
         Ok(())
