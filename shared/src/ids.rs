@@ -93,9 +93,12 @@ impl RunId {
 
     /// The marker a run leaves in Defender's `requestorComment`, to find its action again.
     pub fn comment_tag(&self) -> String {
-        format!("lr-run:{}", self.0)
+        format!("{RUN_COMMENT_PREFIX}{}", self.0)
     }
 }
+
+/// What every run's comment tag starts with: an action whose comment holds it is the pipeline's.
+pub const RUN_COMMENT_PREFIX: &str = "lr-run:";
 
 /// Words the pipeline writes into a live response's comment.
 const COMMENT_KEYWORDS: [&str; 3] = ["lr-run:", "alert:", "playbook:"];

@@ -60,6 +60,7 @@ pub fn poll_config() -> PollConfig {
         collect_queue_url: "collect".into(),
         dead_letter_queue_url: "dlq".into(),
         poll_delays: vec![Duration::from_secs(15)],
+        status_from: shared::stages::settings::StatusFrom::Board,
         retry: backoff(),
     }
 }

@@ -128,7 +128,11 @@ async fn a_copy_that_finds_the_run_ended_keeps_the_message_until_the_run_is_seal
         machine: machine.clone(),
         command,
     };
-    let cfg = poll_config();
+    // Each look is a GET here: the interleaving is of two reads of the action itself.
+    let cfg = shared::stages::settings::PollConfig {
+        status_from: shared::stages::settings::StatusFrom::Each,
+        ..poll_config()
+    };
     let clock = ManualClock::at(now);
     // One SQS message, delivered to two consumers.
     let msg = Delivery::new(

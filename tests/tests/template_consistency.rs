@@ -74,6 +74,7 @@ fn sample(name: &str, params: &Value) -> String {
         "SIGNING_KEY_ID" => "arn:aws:kms:us-east-1:123456789012:key/k-2".into(),
         "EVENT_BUS_NAME" => default("EventBusName"),
         "LIBRARY_SYNC" => default("LibrarySync"),
+        "POLL_STATUS" => default("PollStatus"),
         other => panic!(
             "the template sets {other}, which this test does not know: add it here and to the code"
         ),

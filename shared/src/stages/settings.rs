@@ -123,8 +123,34 @@ impl SubmitConfig {
     }
 }
 
-/// Poll after 15 s, then back off to every 15 minutes (SQS's longest delay).
-pub const DEFAULT_POLL_DELAYS: &str = "15,30,60,120,300,600,900";
+/// Look every 5 s: with the status board (the default), a look costs no Defender call unless the
+/// board is older than 5 s, and the board is refreshed by one listing for every run at once.
+/// (With `POLL_STATUS=each`, every look is a GET: step the delays out, e.g.
+/// `15,30,60,120,300,600,900`.)
+pub const DEFAULT_POLL_DELAYS: &str = "5";
+
+/// Where poll learns an action's state (`POLL_STATUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFrom {
+    /// `board` (default): the status board, one listing shared by every run.
+    Board,
+    /// `each`: one GET of the action per look.
+    Each,
+}
+
+impl StatusFrom {
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        match env.var("POLL_STATUS").as_deref() {
+            None | Some("") | Some("board") => Ok(Self::Board),
+            Some("each") => Ok(Self::Each),
+            Some(other) => Err(ConfigError::Invalid {
+                var: "POLL_STATUS",
+                value: other.to_string(),
+                reason: "expected board or each".into(),
+            }),
+        }
+    }
+}
 
 /// What poll reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +167,8 @@ pub struct PollConfig {
     pub dead_letter_queue_url: String,
     /// Delays between polls (`POLL_DELAYS_SECS`); the last repeats once they run out.
     pub poll_delays: Vec<Duration>,
+    /// Where an action's state is read (`POLL_STATUS`).
+    pub status_from: StatusFrom,
     /// Backoff for retrying a failed poll.
     pub retry: Backoff,
 }
@@ -160,6 +188,7 @@ impl PollConfig {
             collect_queue_url: queue_url(env, "COLLECT_QUEUE_URL", "the collect stage's queue")?,
             dead_letter_queue_url: dead_letter_queue_url(env)?,
             poll_delays: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?,
+            status_from: StatusFrom::from_env(env)?,
             retry: Backoff::from_env(env)?,
         })
     }
@@ -272,10 +301,17 @@ mod stage_tests {
         let env = base();
         assert!(IntakeConfig::from_env(&env).is_ok());
         let s = SubmitConfig::from_env(&env).unwrap();
-        assert_eq!(s.first_poll_delay, Duration::from_secs(15));
+        assert_eq!(s.first_poll_delay, Duration::from_secs(5));
         assert_eq!(s.library_sync, SyncMode::Upload);
         let p = PollConfig::from_env(&env).unwrap();
-        assert_eq!(p.poll_delays.last(), Some(&Duration::from_secs(900)));
+        assert_eq!(p.poll_delays, vec![Duration::from_secs(5)]);
+        assert_eq!(p.status_from, StatusFrom::Board);
+        let mut each = base();
+        each.insert("POLL_STATUS", "each");
+        assert_eq!(
+            PollConfig::from_env(&each).unwrap().status_from,
+            StatusFrom::Each
+        );
         let c = CollectConfig::from_env(&env).unwrap();
         assert_eq!(c.part_size_min, 8 << 20);
         assert_eq!(
@@ -293,6 +329,7 @@ mod stage_tests {
             ("PLAYBOOKS_S3_URI", "https://bucket/key"),
             ("PLAYBOOKS_S3_URI", "s3://bucket/"),
             ("LIBRARY_SYNC", "sometimes"),
+            ("POLL_STATUS", "sometimes"),
             ("MAX_RUN_DEADLINE_SECS", "forever"),
             ("SUBMIT_QUEUE_URL", "not a url"),
         ];

@@ -6,7 +6,8 @@
 //!   If-None-Match, a manifest and its signature by a put with it; the bucket policy demands it),
 //!   kept under Object Lock retention when the deployment turns it on, never expired.
 //! - `state/`: what the pipeline rewrites while it works, run and command records, copy
-//!   checkpoints and the tenant's call budget (rewritten many times a minute). No retention;
+//!   checkpoints, the tenant's call budget and the status board (each rewritten many times a
+//!   minute). No retention;
 //!   superseded versions expire.
 //!
 //! Keys are built from validated ids only (see [`crate::ids`]), so none can leave its prefix.
@@ -26,6 +27,9 @@ pub const BUDGET_KEY: &str = "state/budget/tenant.json";
 pub fn corrupt_budget_key(ms: i64) -> String {
     format!("state/budget/corrupt-{ms}.json")
 }
+
+/// The status board: one listing of the pipeline's live actions, shared by every poll.
+pub const STATUS_BOARD_KEY: &str = "state/poll/board.json";
 
 /// The run record of `run`.
 pub fn run_key(run: &RunId) -> String {
@@ -82,6 +86,7 @@ mod tests {
         ];
         let state = [
             BUDGET_KEY.to_string(),
+            STATUS_BOARD_KEY.to_string(),
             corrupt_budget_key(1),
             run_key(&run),
             command_key(&run, 0),

@@ -45,6 +45,7 @@ struct Keys {
     signature: String,
     evidence: String,
     checkpoint: String,
+    board: String,
     budget: String,
     corrupt_budget: String,
     /// Keys no stage touches.
@@ -61,6 +62,7 @@ impl Keys {
             signature: shared::store::signature_key(&run_id),
             evidence: shared::store::evidence_key(&run_id, 1, CommandType::GetFile),
             checkpoint: keys::checkpoint_key(&run_id, 1),
+            board: keys::STATUS_BOARD_KEY.to_string(),
             budget: keys::BUDGET_KEY.to_string(),
             corrupt_budget: keys::corrupt_budget_key(1_767_225_600_000),
             decoys: vec![
@@ -85,6 +87,7 @@ impl Keys {
             self.manifest.clone(),
             self.evidence.clone(),
             self.checkpoint.clone(),
+            self.board.clone(),
             self.budget.clone(),
             self.corrupt_budget.clone(),
         ];
@@ -101,6 +104,7 @@ impl Keys {
             keys::EVIDENCE_PREFIX.into(),
             "state/runs/".into(),
             "state/budget/".into(),
+            "state/poll/".into(),
             "state/staging/".into(),
             format!("state/runs/{r}/"),
             format!("state/runs/{r}/checkpoints/"),
@@ -155,6 +159,13 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         reads_secret: true,
         ..Uses::default()
     };
+    // Poll also reads (maybe absent) and rewrites the status board.
+    let mut poll = records(
+        "PollQueue",
+        vec!["PollQueue", "CollectQueue", "PollDeadLetterQueue"],
+    );
+    poll.reads_maybe_absent.push(k.board.clone());
+    poll.writes.push(k.board.clone());
     let mut collect = records(
         "CollectQueue",
         vec!["CollectQueue", "CollectDeadLetterQueue"],
@@ -188,13 +199,7 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
                 vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"],
             ),
         ),
-        (
-            "poll",
-            records(
-                "PollQueue",
-                vec!["PollQueue", "CollectQueue", "PollDeadLetterQueue"],
-            ),
-        ),
+        ("poll", poll),
         ("collect", collect),
     ])
 }

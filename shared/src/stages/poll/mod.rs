@@ -1,13 +1,17 @@
-//! poll: look at the action; while it runs, come back later through the queue on a stepped
-//! schedule; past the run's deadline, cancel it (a bounded number of times); once it ends, record
-//! every command and fan out one collect job per command that left a result. Only the message
-//! that holds the run's chain acts; a run whose action cannot be read or cancelled ends with a
-//! manifest that says so.
+//! poll: look at the action; while it runs, come back later through the queue; past the run's
+//! deadline, cancel it (a bounded number of times); once it ends, record every command and fan out
+//! one collect job per command that left a result. Only the message that holds the run's chain
+//! acts; a run whose action cannot be read or cancelled ends with a manifest that says so.
+//!
+//! Where a poll looks is [`board`]'s business: one listing shared by every run (the default), or
+//! one GET of the action per look (`POLL_STATUS=each`).
+
+pub mod board;
 
 use std::time::Duration;
 
 use super::finish::finish_run_if_complete;
-use super::settings::PollConfig;
+use super::settings::{PollConfig, StatusFrom};
 use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
@@ -79,10 +83,26 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     let step = Step::new(cfg, (store, queue, clock, notary), msg, &job);
     let until_deadline: Duration = (run.deadline - now).try_into().unwrap_or(Duration::ZERO);
     let past_deadline: Duration = (now - run.deadline).try_into().unwrap_or(Duration::ZERO);
-    let read = budget::get_call(store, &cfg.budget, clock, || {
-        defender.get_machine_action(&job.action_id)
-    })
-    .await?;
+    let read = match cfg.status_from {
+        StatusFrom::Board => {
+            let submitted = run.submitted_at.unwrap_or(run.created_at);
+            board::look(
+                store,
+                defender,
+                &cfg.budget,
+                clock,
+                submitted,
+                &job.action_id,
+            )
+            .await?
+        }
+        StatusFrom::Each => {
+            budget::get_call(store, &cfg.budget, clock, || {
+                defender.get_machine_action(&job.action_id)
+            })
+            .await?
+        }
+    };
     let read = match read {
         Paced::Wait(wait) => return step.pace(wait).await,
         Paced::Ran(read) => read,

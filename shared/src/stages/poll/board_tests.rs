@@ -1,0 +1,294 @@
+//! The status board over in-memory ports: how many Defender calls a look costs, and what it sees.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+use crate::adapters::memory::MemStore;
+use crate::clock::ManualClock;
+use crate::config::Env;
+use crate::defender::{DownloadLink, LiveResponseRequest};
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn action_id(n: u32) -> ActionId {
+    ActionId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap()
+}
+
+/// Defender with actions of its own, counting lists and reads by id.
+struct Tenant {
+    actions: Mutex<Vec<MachineAction>>,
+    lists: AtomicU32,
+    reads: AtomicU32,
+    listed_since: Mutex<Vec<Option<OffsetDateTime>>>,
+}
+
+impl Tenant {
+    fn new() -> Self {
+        Self {
+            actions: Mutex::new(Vec::new()),
+            lists: AtomicU32::new(0),
+            reads: AtomicU32::new(0),
+            listed_since: Mutex::new(Vec::new()),
+        }
+    }
+    fn add(&self, n: u32, created: OffsetDateTime, comment: &str) {
+        self.actions.lock().unwrap().push(MachineAction {
+            id: action_id(n),
+            kind: Some("LiveResponse".into()),
+            requestor: Some("app".into()),
+            requestor_comment: Some(comment.into()),
+            status: ActionStatus::InProgress,
+            machine_id: MachineId::parse(&"a".repeat(40)).unwrap(),
+            computer_dns_name: None,
+            creation_date_time_utc: Some(ts(created)),
+            last_update_date_time_utc: None,
+            cancellation_requestor: None,
+            cancellation_comment: None,
+            cancellation_date_time_utc: None,
+            commands: vec![],
+        });
+    }
+    fn set(&self, n: u32, status: ActionStatus) {
+        for a in self.actions.lock().unwrap().iter_mut() {
+            if a.id == action_id(n) {
+                a.status = status.clone();
+            }
+        }
+    }
+    fn calls(&self) -> (u32, u32) {
+        (
+            self.lists.load(Ordering::SeqCst),
+            self.reads.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Defender for Tenant {
+    async fn run_live_response(
+        &self,
+        _: &MachineId,
+        _: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        unreachable!("a look never submits")
+    }
+    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.actions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| &a.id == id)
+            .cloned()
+            .ok_or(DefenderError::NotFound {
+                code: String::new(),
+                message: "no such action".into(),
+            })
+    }
+    async fn list_machine_actions(
+        &self,
+        filter: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.listed_since.lock().unwrap().push(filter.created_since);
+        Ok(self
+            .actions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                let created = a.creation_date_time_utc.as_deref().and_then(parse_time);
+                filter
+                    .created_since
+                    .is_none_or(|s| created.is_some_and(|c| c >= s))
+            })
+            .cloned()
+            .collect())
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        unreachable!("a look never downloads")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        unreachable!("a look never cancels")
+    }
+}
+
+struct NoEnv;
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+fn budget() -> BudgetConfig {
+    BudgetConfig::from_env(&NoEnv).unwrap()
+}
+
+async fn seen(
+    store: &MemStore,
+    tenant: &Tenant,
+    clock: &ManualClock,
+    n: u32,
+    submitted: OffsetDateTime,
+) -> MachineAction {
+    match look(store, tenant, &budget(), clock, submitted, &action_id(n))
+        .await
+        .unwrap()
+    {
+        Paced::Ran(Ok(a)) => a,
+        Paced::Ran(Err(e)) => panic!("action {n}: {e}"),
+        Paced::Wait(w) => panic!("action {n}: paced {w:?}"),
+    }
+}
+
+/// Twenty-five running actions looked at within a board's freshness cost one listing, and no GET
+/// each: the reason the board exists.
+#[tokio::test]
+async fn many_looks_within_freshness_cost_one_listing() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    for n in 0..25 {
+        tenant.add(n, t0(), &format!("lr-run:{n:032}"));
+    }
+    for n in 0..25 {
+        let a = seen(&store, &tenant, &clock, n, t0()).await;
+        assert_eq!(a.status, ActionStatus::InProgress);
+        clock.advance(Duration::from_millis(100));
+    }
+    assert_eq!(tenant.calls(), (1, 0), "(lists, reads by id)");
+    // Stale: the next look lists again, once.
+    clock.advance(FRESH);
+    for n in 0..25 {
+        seen(&store, &tenant, &clock, n, t0()).await;
+    }
+    assert_eq!(tenant.calls(), (2, 0));
+}
+
+/// An action the board says ended is read by id (its commands as Defender records them); one
+/// the board does not list (just created) is read by id too.
+#[tokio::test]
+async fn an_ended_or_unlisted_action_is_read_by_id() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    tenant.add(1, t0(), "lr-run:1");
+    tenant.add(2, t0(), "lr-run:2");
+    tenant.set(2, ActionStatus::Succeeded);
+    assert_eq!(
+        seen(&store, &tenant, &clock, 1, t0()).await.status,
+        ActionStatus::InProgress
+    );
+    assert_eq!(tenant.calls(), (1, 0));
+    assert_eq!(
+        seen(&store, &tenant, &clock, 2, t0()).await.status,
+        ActionStatus::Succeeded
+    );
+    assert_eq!(tenant.calls(), (1, 1), "ended: one read by id");
+    // Created after the listing: not on the fresh board, read by id without listing again.
+    tenant.add(3, t0(), "lr-run:3");
+    assert_eq!(
+        seen(&store, &tenant, &clock, 3, t0()).await.status,
+        ActionStatus::InProgress
+    );
+    assert_eq!(tenant.calls(), (1, 2));
+}
+
+/// A run older than what the board covers refreshes it from its own submission, and the board
+/// then keeps covering it (and every newer run) while it runs.
+#[tokio::test]
+async fn the_board_covers_the_oldest_running_action() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    let old = t0() - time::Duration::hours(1);
+    tenant.add(1, old, "lr-run:old");
+    tenant.add(2, t0(), "lr-run:new");
+    seen(&store, &tenant, &clock, 2, t0()).await;
+    seen(&store, &tenant, &clock, 1, old).await;
+    assert_eq!(
+        tenant.calls(),
+        (2, 0),
+        "the old run listed from its own time"
+    );
+    clock.advance(FRESH * 2);
+    // A refresh by the new run still covers the old one, which is still running.
+    seen(&store, &tenant, &clock, 2, t0()).await;
+    seen(&store, &tenant, &clock, 1, old).await;
+    assert_eq!(tenant.calls(), (3, 0));
+    let since = tenant
+        .listed_since
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .flatten();
+    assert!(since.is_some_and(|s| s <= old), "{since:?}");
+}
+
+/// Only the pipeline's actions are kept (a tenant's other live responses are not stored), and a
+/// board that cannot be read is rebuilt, not trusted.
+#[tokio::test]
+async fn the_board_keeps_the_pipelines_actions_and_survives_garbage() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    tenant.add(1, t0(), "lr-run:1");
+    tenant.add(2, t0(), "an analyst's session");
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    let board: Board =
+        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
+    assert_eq!(
+        board
+            .actions
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<Vec<_>>(),
+        vec![action_id(1)]
+    );
+    store
+        .put(STATUS_BOARD_KEY, b"{not json".to_vec(), Put::Always)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen(&store, &tenant, &clock, 1, t0()).await.status,
+        ActionStatus::InProgress
+    );
+    assert_eq!(tenant.calls(), (2, 0), "listed again");
+    let again: Board =
+        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
+    assert_eq!(again.actions.len(), 1);
+}
+
+/// While another poll holds a fresh claim to refresh, a stale board still answers (no second
+/// listing); a claim whose holder died lapses and the next look refreshes.
+#[tokio::test]
+async fn one_poll_refreshes_at_a_time() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    tenant.add(1, t0(), "lr-run:1");
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    clock.advance(FRESH + Duration::from_secs(1));
+    let stored = store.get(STATUS_BOARD_KEY).await.unwrap().unwrap();
+    let mut b: Board = serde_json::from_slice(&stored.body).unwrap();
+    b.refreshing_since = Some(clock.now());
+    store
+        .put(
+            STATUS_BOARD_KEY,
+            serde_json::to_vec(&b).unwrap(),
+            Put::Always,
+        )
+        .await
+        .unwrap();
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    assert_eq!(tenant.calls(), (1, 0), "another poll is refreshing");
+    clock.advance(CLAIM);
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    assert_eq!(tenant.calls(), (2, 0), "the claim lapsed");
+}
