@@ -157,30 +157,49 @@ impl Write for HashSink {
     }
 }
 
-/// SHA-256 and length of a stream's bytes; the read error, in words, if it breaks off.
-pub async fn hash_stream(mut stream: crate::ports::ByteStream) -> Result<(String, u64), String> {
-    let mut sink = HashSink {
+/// What a stored package hashes to: its SHA-256 and length and, when asked and it is clean gzip,
+/// those of the file inside.
+pub struct PackageHashes {
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Bytes read.
+    pub size: u64,
+    /// Hex SHA-256 and length of the decompressed content; `None` unless asked and clean gzip.
+    pub decompressed: Option<(String, u64)>,
+}
+
+/// Hashes a stored package in one pass (and its gzip content when `gzip`); the read error, in
+/// words, if the stream breaks off.
+pub async fn hash_package(
+    mut stream: crate::ports::ByteStream,
+    gzip: bool,
+) -> Result<PackageHashes, String> {
+    let mut outer = HashSink {
         hasher: Sha256::new(),
         len: 0,
     };
-    while let Some(chunk) = stream.next().await {
-        sink.write_all(&chunk?).map_err(|e| e.to_string())?;
-    }
-    Ok((hex::encode(sink.hasher.finalize()), sink.len))
-}
-
-/// SHA-256 and length of a gzip stream's content (None if it is not clean gzip).
-pub async fn hash_gzip(mut stream: crate::ports::ByteStream) -> Option<(String, u64)> {
-    let mut d = flate2::write::GzDecoder::new(HashSink {
-        hasher: Sha256::new(),
-        len: 0,
+    let mut inner = gzip.then(|| {
+        flate2::write::GzDecoder::new(HashSink {
+            hasher: Sha256::new(),
+            len: 0,
+        })
     });
     while let Some(chunk) = stream.next().await {
-        d.write_all(&chunk.ok()?).ok()?;
+        let chunk = chunk?;
+        outer.write_all(&chunk).map_err(|e| e.to_string())?;
+        if let Some(d) = inner.as_mut()
+            && d.write_all(&chunk).is_err()
+        {
+            inner = None;
+        }
     }
-    d.finish()
-        .ok()
-        .map(|s| (hex::encode(s.hasher.finalize()), s.len))
+    Ok(PackageHashes {
+        sha256: hex::encode(outer.hasher.finalize()),
+        size: outer.len,
+        decompressed: inner
+            .and_then(|d| d.finish().ok())
+            .map(|s| (hex::encode(s.hasher.finalize()), s.len)),
+    })
 }
 
 #[cfg(test)]

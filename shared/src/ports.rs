@@ -110,11 +110,20 @@ pub trait ObjectStore: Send + Sync {
 pub trait Uploads: ObjectStore {
     /// Streams an object's bytes.
     fn open_read(&self, key: &str) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
-    /// The current version of the object at `key`, when the store keeps versions.
-    fn version_of(
+    /// The object at `key` (the version `version`, or the current one): its size and version;
+    /// `None` when there is no such object or version.
+    fn head(
         &self,
         key: &str,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+        version: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Head>, StoreError>> + Send;
+    /// Sets the deployment's Object Lock retention on this version of an evidence object (does
+    /// nothing where the store keeps no retention, or for state).
+    fn retain(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Starts a multipart upload to `key` with this metadata (an evidence key also gets the
     /// deployment's Object Lock retention, as every evidence write does); returns its upload id.
     fn begin_upload(
@@ -146,6 +155,15 @@ pub trait Uploads: ObjectStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// What a HEAD of an object says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its version, when the store keeps versions.
+    pub version_id: Option<String>,
+}
+
 /// What completing a multipart upload came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
@@ -157,8 +175,12 @@ pub enum Completion {
     /// An object already exists under the key (a completion of the same copy that went unrecorded,
     /// or something else): nothing was replaced; the caller finds out which.
     Taken,
-    /// The upload no longer exists (aborted, or expired by a lifecycle rule): start over.
+    /// The upload no longer exists: completed already (a completion that went unrecorded),
+    /// aborted, or expired by a lifecycle rule. The caller looks under the key.
     Gone,
+    /// A concurrent conditional write to the key is in flight (409): S3 says to start the upload
+    /// over.
+    Conflict,
 }
 
 /// A message queue failure: worth retrying.

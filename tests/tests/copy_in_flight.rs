@@ -28,8 +28,8 @@ use shared::defender::{
 use shared::hash::ResumableSha256;
 use shared::messages::{Delivery, encode};
 use shared::ports::{
-    ByteStream, Completion, Defender, Download, Fetch, ObjectStore, Put, PutResult, StoreError,
-    Stored, Upload, Uploads,
+    ByteStream, Completion, Defender, Download, Fetch, Head, ObjectStore, Put, PutResult,
+    StoreError, Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::CollectConfig;
@@ -123,8 +123,11 @@ impl Uploads for Slow<'_> {
     async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
         self.inner.open_read(key).await
     }
-    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.version_of(key).await
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<Option<Head>, StoreError> {
+        self.inner.head(key, version).await
+    }
+    async fn retain(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
+        self.inner.retain(key, version).await
     }
     async fn begin_upload(
         &self,
@@ -497,10 +500,11 @@ async fn one_large_chunk_keeps_parts_in_flight_within_the_limit() {
     );
 }
 
-/// The invocation dies right after the upload completed, before anything recorded it. The message
-/// comes again: the copy starts over (nothing says it finished), its completion finds the key taken,
-/// and the object there hashes to this package: it is kept and pinned to its version, the second
-/// upload is dropped, and nothing is left open. The key was written once.
+/// The invocation dies right after the upload completed, before the checkpoint says so. The
+/// message comes again: the checkpoint says every part was uploaded ("completing"), so no link and
+/// no download are needed (the second download here would fail); completing again finds the
+/// upload gone and the object there, hashes it, and keeps it, pinned to its version and retained.
+/// Nothing is left open, and the key was written once.
 #[tokio::test]
 async fn an_unrecorded_completion_is_found_and_kept() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
@@ -511,81 +515,179 @@ async fn an_unrecorded_completion_is_found_and_kept() {
     let fetch = Pkg {
         body: body.clone(),
         chunk: 64 << 10,
-        plan: Mutex::new(VecDeque::new()),
+        plan: Mutex::new([Open::Whole, Open::Fail].into()),
         opens: Mutex::new(Vec::new()),
         store: None,
     };
     let died = rig.invoke(&fetch).await;
     assert!(died.is_err(), "the invocation died after completing");
     let key = evidence_key(&rig.run, 0, CommandType::GetFile);
-    let first = store.inner.version_of(&key).await.unwrap();
+    let first = store
+        .inner
+        .head(&key, None)
+        .await
+        .unwrap()
+        .and_then(|h| h.version_id);
     assert!(first.is_some());
 
     let done = rig.invoke(&fetch).await.unwrap();
     assert_eq!(done.outcome.as_str(), "collected", "{}", done.detail);
+    assert_eq!(*fetch.opens.lock().unwrap(), vec![0], "downloaded once");
+    assert_eq!(store.started(), vec![1, 2, 3], "each part uploaded once");
     assert_eq!(
-        store.inner.version_of(&key).await.unwrap(),
+        store
+            .inner
+            .head(&key, None)
+            .await
+            .unwrap()
+            .and_then(|h| h.version_id),
         first,
         "the object is the first completion's"
     );
     let got = rig.evidence().await.unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&body));
-    let manifest: shared::store::Manifest = serde_json::from_slice(
-        &store
-            .get(&shared::store::manifest_key(&rig.run))
-            .await
-            .unwrap()
-            .expect("a manifest")
-            .body,
-    )
-    .unwrap();
-    let cmd = &manifest.commands[0];
+    let cmd = manifest_command(&rig).await;
     assert_eq!(cmd.s3_version_id, first, "pinned to the version there");
     assert_eq!(
         cmd.sha256.as_deref(),
         Some(hex::encode(Sha256::digest(&body)).as_str())
     );
-    assert_eq!(
-        store.inner.open_uploads(),
-        0,
-        "the second upload was aborted"
+    assert!(
+        store
+            .inner
+            .retained
+            .lock()
+            .unwrap()
+            .contains(&(key.clone(), first.clone())),
+        "the kept version is retained"
     );
+    assert_eq!(store.inner.open_uploads(), 0);
     assert!(rig.checkpoint().await.is_none());
 }
 
 /// Something else already lies under the command's evidence key: it is not replaced (the
 /// completion asks If-None-Match), the upload is aborted, and the command fails naming the key and
-/// both hashes; the run still ends with its manifest.
+/// both hashes (an object of another length is not even read); the run still ends with its
+/// manifest.
 #[tokio::test]
 async fn an_object_already_under_the_evidence_key_is_not_replaced() {
-    let clock = ManualClock::at(time::OffsetDateTime::now_utc());
-    let store = Slow::new(&clock, Duration::ZERO);
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
-    let key = evidence_key(&rig.run, 0, CommandType::GetFile);
-    let planted = b"planted by someone else".to_vec();
-    store
-        .inner
-        .put(&key, planted.clone(), Put::IfAbsent)
-        .await
-        .unwrap();
-    let body = package(P + 5);
-    let fetch = Pkg {
-        body: body.clone(),
-        chunk: 64 << 10,
-        plan: Mutex::new(VecDeque::new()),
-        opens: Mutex::new(Vec::new()),
-        store: None,
-    };
-    let done = rig.invoke(&fetch).await.unwrap();
-    assert_eq!(done.outcome.as_str(), "collect_failed", "{}", done.detail);
-    assert_eq!(
-        &rig.evidence().await.unwrap()[..],
-        &planted[..],
-        "not replaced"
-    );
-    assert_eq!(store.inner.open_uploads(), 0, "the upload was aborted");
+    for same_length in [true, false] {
+        let clock = ManualClock::at(time::OffsetDateTime::now_utc());
+        let store = Slow::new(&clock, Duration::ZERO);
+        let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+        let key = evidence_key(&rig.run, 0, CommandType::GetFile);
+        let body = package(P + 5);
+        let planted = if same_length {
+            vec![7u8; body.len()]
+        } else {
+            b"planted by someone else".to_vec()
+        };
+        store
+            .inner
+            .put(&key, planted.clone(), Put::IfAbsent)
+            .await
+            .unwrap();
+        let fetch = Pkg {
+            body: body.clone(),
+            chunk: 64 << 10,
+            plan: Mutex::new(VecDeque::new()),
+            opens: Mutex::new(Vec::new()),
+            store: None,
+        };
+        let done = rig.invoke(&fetch).await.unwrap();
+        assert_eq!(done.outcome.as_str(), "collect_failed", "{}", done.detail);
+        assert_eq!(
+            &rig.evidence().await.unwrap()[..],
+            &planted[..],
+            "not replaced"
+        );
+        assert_eq!(store.inner.open_uploads(), 0, "the upload was aborted");
+        let cmd = manifest_command(&rig).await;
+        let reason = cmd.reason.clone().unwrap_or_default();
+        let theirs = if same_length {
+            hex::encode(Sha256::digest(&planted))
+        } else {
+            "not read".to_string()
+        };
+        assert!(
+            reason.contains(&key)
+                && reason.contains(&theirs)
+                && reason.contains(&hex::encode(Sha256::digest(&body)))
+                && reason.contains("not replaced"),
+            "{reason}"
+        );
+        assert_eq!(
+            cmd.sha256, None,
+            "no hash is claimed for what was not stored"
+        );
+        assert!(store.inner.retained.lock().unwrap().is_empty());
+    }
+}
+
+/// A stored checkpoint is believed only as far as the bucket agrees: one that says the object
+/// stands (with a hash and a version the bucket does not hold) starts the copy over instead of
+/// recording a hash nobody checked; one that says the upload is whole while its upload is gone and
+/// nothing is under the key starts over too. Both then land the real package.
+#[tokio::test]
+async fn a_completed_checkpoint_the_bucket_does_not_back_starts_over() {
+    for stored in [true, false] {
+        let clock = ManualClock::at(time::OffsetDateTime::now_utc());
+        let store = Slow::new(&clock, Duration::ZERO);
+        let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+        let key = evidence_key(&rig.run, 0, CommandType::GetFile);
+        let forged = serde_json::json!({
+            "v": 2, "key": key, "upload_id": "no-such-upload", "part_size": P,
+            "parts": [[1, "etag-1"]], "offset": P, "package_len": P,
+            "sha256": serde_json::to_value(hash_of(&[0u8; 16])).unwrap(),
+            "invocations": 1,
+            "completed": {"size": P, "sha256": "00".repeat(32), "sha256_decompressed": null,
+                "size_decompressed": null, "exit_code": null, "output_excerpt": null,
+                "errors_excerpt": null, "version_id": "no-such-version", "stored": stored,
+                "decompressed_pending": false},
+        });
+        store
+            .put(
+                &checkpoint_key(&rig.run, 0),
+                serde_json::to_vec(&forged).unwrap(),
+                Put::Always,
+            )
+            .await
+            .unwrap();
+        let body = package(P + 9);
+        let fetch = Pkg {
+            body: body.clone(),
+            chunk: 64 << 10,
+            plan: Mutex::new(VecDeque::new()),
+            opens: Mutex::new(Vec::new()),
+            store: None,
+        };
+        let done = rig.invoke(&fetch).await.unwrap();
+        assert_eq!(
+            done.outcome.as_str(),
+            "copy_retry",
+            "stored {stored}: {}",
+            done.detail
+        );
+        assert!(rig.checkpoint().await.is_none(), "stored {stored}");
+        let done = rig.invoke(&fetch).await.unwrap();
+        assert_eq!(
+            done.outcome.as_str(),
+            "collected",
+            "stored {stored}: {}",
+            done.detail
+        );
+        let cmd = manifest_command(&rig).await;
+        assert_eq!(
+            cmd.sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(&body)).as_str()),
+            "stored {stored}"
+        );
+    }
+}
+
+async fn manifest_command(rig: &Rig<'_>) -> shared::store::ManifestCommand {
     let manifest: shared::store::Manifest = serde_json::from_slice(
-        &store
+        &rig.store
             .get(&shared::store::manifest_key(&rig.run))
             .await
             .unwrap()
@@ -593,16 +695,5 @@ async fn an_object_already_under_the_evidence_key_is_not_replaced() {
             .body,
     )
     .unwrap();
-    let cmd = &manifest.commands[0];
-    let reason = cmd.reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains(&key)
-            && reason.contains(&hex::encode(Sha256::digest(&planted)))
-            && reason.contains("not replaced"),
-        "{reason}"
-    );
-    assert_eq!(
-        cmd.sha256, None,
-        "no hash is claimed for what was not stored"
-    );
+    manifest.commands[0].clone()
 }

@@ -36,9 +36,9 @@ use shared::defender::{
 use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
-    BoxFuture, ByteStream, Completion, Defender, Download, Events, Fetch, Notary, NotaryError,
-    ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload,
-    Uploads,
+    BoxFuture, ByteStream, Completion, Defender, Download, Events, Fetch, Head, Notary,
+    NotaryError, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError,
+    Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
@@ -105,9 +105,13 @@ impl Uploads for KStore<'_> {
         self.kill.point().await;
         self.inner.open_read(key).await
     }
-    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<Option<Head>, StoreError> {
         self.kill.point().await;
-        self.inner.version_of(key).await
+        self.inner.head(key, version).await
+    }
+    async fn retain(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
+        self.kill.point().await;
+        self.inner.retain(key, version).await
     }
     async fn begin_upload(
         &self,

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ports::{
-    ByteStream, Completion, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, StoreError,
-    Stored, Upload, Uploads,
+    ByteStream, Completion, Head, ObjectStore, Put, PutResult, Queue, QueueError, Rejection,
+    StoreError, Stored, Upload, Uploads,
 };
 use bytes::Bytes;
 
@@ -20,12 +20,14 @@ pub struct MemStore {
     pub objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
     /// The metadata each object was uploaded with (multipart uploads only), by key.
     pub metadata: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Every (key, version) given retention, in order.
+    pub retained: Mutex<Vec<(String, Option<String>)>>,
     uploads: Mutex<BTreeMap<String, PendingUpload>>,
     version: Mutex<u64>,
 }
 
-/// An unfinished multipart upload: its metadata and the parts stored so far.
-type PendingUpload = (BTreeMap<String, String>, BTreeMap<i32, Bytes>);
+/// An unfinished multipart upload: its key, its metadata and the parts stored so far.
+type PendingUpload = (String, BTreeMap<String, String>, BTreeMap<i32, Bytes>);
 
 impl MemStore {
     /// Multipart uploads begun and neither completed nor aborted.
@@ -92,10 +94,24 @@ impl Uploads for MemStore {
         Ok(Box::pin(futures_util::stream::iter([Ok(body)])))
     }
 
-    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<Option<Head>, StoreError> {
         let o = self.objects.lock().unwrap();
-        let (_, v) = o.get(key).ok_or_else(|| StoreError(format!("no {key}")))?;
-        Ok(Some(v.to_string()))
+        Ok(o.get(key)
+            .filter(|(_, v)| version.is_none_or(|want| want == v.to_string()))
+            .map(|(b, v)| Head {
+                size: b.len() as u64,
+                version_id: Some(v.to_string()),
+            }))
+    }
+
+    async fn retain(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
+        if crate::store::keys::is_evidence(key) {
+            self.retained
+                .lock()
+                .unwrap()
+                .push((key.to_string(), version.map(str::to_string)));
+        }
+        Ok(())
     }
 
     async fn begin_upload(
@@ -107,18 +123,19 @@ impl Uploads for MemStore {
         self.uploads
             .lock()
             .unwrap()
-            .insert(id.clone(), (metadata, BTreeMap::new()));
+            .insert(id.clone(), (key.to_string(), metadata, BTreeMap::new()));
         Ok(id)
     }
     async fn upload_part(
         &self,
-        _key: &str,
+        key: &str,
         upload_id: &str,
         n: i32,
         body: Bytes,
     ) -> Result<Upload<String>, StoreError> {
         let mut u = self.uploads.lock().unwrap();
-        let Some((_, parts)) = u.get_mut(upload_id) else {
+        // As S3 does, an upload id is found only under its own key.
+        let Some((_, _, parts)) = u.get_mut(upload_id).filter(|(k, _, _)| k == key) else {
             return Ok(Upload::Gone);
         };
         // As S3 does, a part uploaded again under the same number replaces the first.
@@ -133,7 +150,7 @@ impl Uploads for MemStore {
         listed: Vec<(i32, String)>,
     ) -> Result<Completion, StoreError> {
         let mut uploads = self.uploads.lock().unwrap();
-        if !uploads.contains_key(upload_id) {
+        if uploads.get(upload_id).is_none_or(|(k, _, _)| k != key) {
             // Strict: a completed upload is gone, even to a repeat of its own completion.
             return Ok(Completion::Gone);
         }
@@ -142,7 +159,9 @@ impl Uploads for MemStore {
             // If-None-Match: the upload stays, for its owner to abort.
             return Ok(Completion::Taken);
         }
-        let (metadata, parts) = uploads.remove(upload_id).expect("checked above");
+        let Some((_, metadata, parts)) = uploads.remove(upload_id) else {
+            return Ok(Completion::Gone);
+        };
         // The object is the listed parts, in order, each as last uploaded.
         let mut body = Vec::new();
         for (n, etag) in &listed {
@@ -158,12 +177,21 @@ impl Uploads for MemStore {
             .lock()
             .unwrap()
             .insert(key.to_string(), metadata);
+        if crate::store::keys::is_evidence(key) {
+            self.retained
+                .lock()
+                .unwrap()
+                .push((key.to_string(), Some(v.to_string())));
+        }
         Ok(Completion::Stored {
             version_id: Some(v.to_string()),
         })
     }
-    async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.uploads.lock().unwrap().remove(upload_id);
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let mut u = self.uploads.lock().unwrap();
+        if u.get(upload_id).is_some_and(|(k, _, _)| k == key) {
+            u.remove(upload_id);
+        }
         Ok(())
     }
 }

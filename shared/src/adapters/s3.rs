@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use crate::ports::{Completion, ObjectStore, Put, PutResult, StoreError, Stored, Upload, Uploads};
+use crate::ports::{
+    Completion, Head, ObjectStore, Put, PutResult, StoreError, Stored, Upload, Uploads,
+};
 use crate::store::retention::{Retention, RetentionMode};
 
 /// An S3 client; path-style addressing when the endpoint is overridden (moto on loopback has no
@@ -222,16 +224,58 @@ impl Uploads for S3Store {
         Ok(Box::pin(stream))
     }
 
-    async fn version_of(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let out = self
+    async fn head(&self, key: &str, version: Option<&str>) -> Result<Option<Head>, StoreError> {
+        match self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
-            .map_err(|e| s3_err("head", key, e))?;
-        Ok(out.version_id().map(str::to_string))
+        {
+            Ok(out) => Ok(Some(Head {
+                size: out
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                version_id: out.version_id().map(str::to_string),
+            })),
+            // 404: no such key or version; 400 for a version id S3 cannot parse (read from a
+            // stored checkpoint: not trusted).
+            Err(e) if matches!(status_of(&e), Some(404)) => Ok(None),
+            Err(e) if version.is_some() && matches!(status_of(&e), Some(400)) => Ok(None),
+            Err(e) if matches!(status_of(&e), Some(403)) => {
+                Err(read_denied(&self.bucket, key, "HeadObject"))
+            }
+            Err(e) => Err(s3_err("head", key, e)),
+        }
+    }
+
+    async fn retain(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
+        let Some((mode, until)) = self.lock_for(key) else {
+            return Ok(());
+        };
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(match mode {
+                        aws_sdk_s3::types::ObjectLockMode::Compliance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                        }
+                        _ => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
+                    })
+                    .retain_until_date(until)
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_err("retain", key, e))
     }
 
     async fn begin_upload(
@@ -266,17 +310,20 @@ impl Uploads for S3Store {
         part_number: i32,
         body: bytes::Bytes,
     ) -> Result<Upload<String>, StoreError> {
-        match self
+        let mut req = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .body(body.into())
-            .send()
-            .await
-        {
+            .body(body.into());
+        if self.lock_for(key).is_some() {
+            // S3 wants an integrity checksum on every part of an upload with Object Lock: asked
+            // for, not left to the SDK's default (AWS_REQUEST_CHECKSUM_CALCULATION may turn it off).
+            req = req.checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+        }
+        match req.send().await {
             Ok(out) => Ok(Upload::Done(out.e_tag().unwrap_or_default().to_string())),
             Err(e) if e.code() == Some("NoSuchUpload") => Ok(Upload::Gone),
             Err(e) => Err(s3_err("upload part", key, e)),
@@ -311,36 +358,16 @@ impl Uploads for S3Store {
         {
             Ok(out) => out,
             Err(e) if e.code() == Some("NoSuchUpload") => return Ok(Completion::Gone),
-            // 412: an object is there already; 409: a concurrent conditional write is in flight.
-            Err(e) if matches!(status_of(&e), Some(412) | Some(409)) => {
-                return Ok(Completion::Taken);
-            }
+            // 412: an object is there already.
+            Err(e) if matches!(status_of(&e), Some(412)) => return Ok(Completion::Taken),
+            // 409: a concurrent conditional write is in flight.
+            Err(e) if matches!(status_of(&e), Some(409)) => return Ok(Completion::Conflict),
             Err(e) => return Err(s3_err("complete upload", key, e)),
         };
         let version_id = out.version_id().map(str::to_string);
-        if let Some((mode, until)) = self.lock_for(key) {
-            // Confirmed on the new version: an S3 that drops retention from an upload (moto does)
-            // still keeps the object. Idempotent; the date is a moment later than the upload's.
-            self.client
-                .put_object_retention()
-                .bucket(&self.bucket)
-                .key(key)
-                .set_version_id(version_id.clone())
-                .retention(
-                    aws_sdk_s3::types::ObjectLockRetention::builder()
-                        .mode(match mode {
-                            aws_sdk_s3::types::ObjectLockMode::Compliance => {
-                                aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
-                            }
-                            _ => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
-                        })
-                        .retain_until_date(until)
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_err("retain", key, e))?;
-        }
+        // Confirmed on the new version: an S3 that drops retention from an upload (moto does)
+        // still keeps the object. Idempotent; the date is a moment later than the upload's.
+        self.retain(key, version_id.as_deref()).await?;
         Ok(Completion::Stored { version_id })
     }
 

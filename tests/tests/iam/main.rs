@@ -171,10 +171,12 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         vec!["CollectQueue", "CollectDeadLetterQueue"],
     );
     // Checkpoints are read (maybe absent), written and deleted; the package goes straight to its
-    // evidence key through a multipart upload (aborted when given up), and is read back (hash of
-    // a resumed GetFile; whether an object already there is this package).
-    collect.reads_maybe_absent.push(k.checkpoint.clone());
-    collect.reads.push(k.evidence.clone());
+    // evidence key through a multipart upload (aborted when given up), and is looked at (HEAD,
+    // maybe absent) and read back (hash of a resumed GetFile; whether an object already there is
+    // this package).
+    collect
+        .reads_maybe_absent
+        .extend([k.checkpoint.clone(), k.evidence.clone()]);
     collect
         .writes
         .extend([k.checkpoint.clone(), k.evidence.clone()]);

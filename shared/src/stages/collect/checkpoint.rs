@@ -10,9 +10,9 @@ use crate::store::keys::checkpoint_key;
 pub const MAX_PARTS: u64 = 10_000;
 pub(super) const MIB: u64 = 1 << 20;
 
-/// A copy whose evidence object is whole: its hashes, its version and, for a transcript, its
-/// summary. Saved in the checkpoint once the upload is complete, so that a failure after this
-/// point only records the command.
+/// A copy whose upload is whole: its hashes and, for a transcript, its summary; once the object
+/// stands, its version. Saved in the checkpoint before the upload is completed, so that a failure
+/// after this point needs neither a link nor a download.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finished {
     /// Bytes in the package as stored.
@@ -32,6 +32,15 @@ pub struct Finished {
     /// The evidence object's version, when the bucket keeps versions (and the completion said).
     #[serde(default)]
     pub version_id: Option<String>,
+    /// Whether the object is known to stand under its key. Saved `false` before the upload is
+    /// completed ("completing"): a later invocation then completes it again or finds the object,
+    /// with no link and no download.
+    #[serde(default)]
+    pub stored: bool,
+    /// The package is a GetFile whose copy resumed: the file inside is hashed from the stored
+    /// object once it stands (the decompressor's state could not be saved).
+    #[serde(default)]
+    pub decompressed_pending: bool,
 }
 
 /// Where an unfinished copy stands, saved at a part boundary: enough for the next invocation to go
@@ -59,7 +68,7 @@ pub struct Checkpoint {
     pub sha256: ResumableSha256,
     /// Invocations that have worked on this copy, counting the current one.
     pub invocations: u32,
-    /// Set once CompleteMultipartUpload succeeded: the evidence object is whole.
+    /// Set once every part is uploaded (see [`Finished::stored`]).
     #[serde(default)]
     pub completed: Option<Finished>,
 }
@@ -164,8 +173,8 @@ pub(super) async fn save_checkpoint<S: Uploads>(
         .map(|_| ())
 }
 
-/// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint. A completed
-/// upload is not aborted (there is nothing left to abort: the object stays, as evidence does).
+/// Gives up on an unfinished copy: aborts its upload and forgets its checkpoint. An object that
+/// stands is not touched (evidence stays).
 pub(super) async fn discard_checkpoint<S: Uploads>(
     store: &S,
     run: &crate::ids::RunId,
@@ -174,7 +183,7 @@ pub(super) async fn discard_checkpoint<S: Uploads>(
 ) -> Result<(), StoreError> {
     let key = checkpoint_key(run, index);
     if let Some(Saved::Usable(ck)) = load_checkpoint(store, &key, upload_key).await?
-        && ck.completed.is_none()
+        && ck.completed.as_ref().is_none_or(|f| !f.stored)
         && let Err(e) = store.abort_upload(&ck.key, &ck.upload_id).await
     {
         tracing::warn!(run_id = %run, error = %e, "could not abort an abandoned upload");

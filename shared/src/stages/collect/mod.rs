@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::copy::Source;
-use self::copy::{CopyError, CopyResult, copy, stored};
+use self::copy::{CopyError, CopyResult, complete, copy};
 use self::link::check_link;
 
 pub use self::copy::PARTS_IN_FLIGHT;
@@ -112,7 +112,7 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
         _ => None,
     };
     let result = match finished {
-        Some(ck) => stored(&ck),
+        Some(ck) => complete(store, &run, &job, &ck_key, ck).await,
         None => {
             let link = budget::get_call(store, &cfg.budget, clock, || {
                 defender.result_download_link(&job.action_id, job.index)
