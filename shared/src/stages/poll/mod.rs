@@ -31,6 +31,17 @@ pub(crate) const MAX_CANCELS: u32 = 5;
 /// Past its deadline by this much, a run whose action cannot be read (throttled, 5xx) ends.
 pub(crate) const LOST_AFTER: Duration = Duration::from_secs(1800);
 
+/// While an action is still Pending, looks at it stretch out to a minute (at most this schedule's
+/// step, or the configured one if longer).
+const PENDING_DELAYS: &[Duration] = &[
+    Duration::from_secs(5),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+];
+
 /// The delay before poll number `polls` (0-based), never later than just past the deadline.
 pub(crate) fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Duration) -> Duration {
     let step = schedule
@@ -40,6 +51,23 @@ pub(crate) fn next_delay(schedule: &[Duration], polls: u32, until_deadline: Dura
         .unwrap_or(Duration::from_secs(60));
     step.min(until_deadline + Duration::from_secs(1))
         .max(Duration::from_secs(1))
+}
+
+/// When to look at a running action again: the configured schedule; while it is still Pending
+/// (not picked up: an offline device can stay so for hours), less and less often, up to a minute.
+/// It is the end of a running action that must be noticed quickly.
+fn look_again_in(
+    schedule: &[Duration],
+    status: &ActionStatus,
+    polls: u32,
+    until_deadline: Duration,
+) -> Duration {
+    let delay = next_delay(schedule, polls, until_deadline);
+    if *status == ActionStatus::Pending {
+        delay.max(next_delay(PENDING_DELAYS, polls, until_deadline))
+    } else {
+        delay
+    }
 }
 
 /// The delay before cancel number `cancels` (0-based): 5 s doubling, at most 5 min.
@@ -195,7 +223,12 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
             }
         };
     }
-    let delay = next_delay(&cfg.poll_delays, job.polls + 1, until_deadline);
+    let delay = look_again_in(
+        &cfg.poll_delays,
+        &action.status,
+        job.polls + 1,
+        until_deadline,
+    );
     step.again_seeing(job.polls + 1, job.cancels, delay, Some(&action))
         .await?;
     Ok(Done::new(
@@ -431,6 +464,31 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_action_is_looked_at_less_and_less_often_a_running_one_every_step() {
+        let s = [Duration::from_secs(5)];
+        let far = Duration::from_secs(86_400);
+        let pending = ActionStatus::Pending;
+        let running = ActionStatus::InProgress;
+        let secs = |status: &ActionStatus, polls| look_again_in(&s, status, polls, far).as_secs();
+        assert_eq!(
+            (0..8).map(|p| secs(&pending, p)).collect::<Vec<_>>(),
+            [5, 5, 10, 15, 30, 60, 60, 60]
+        );
+        assert_eq!(
+            secs(&running, 40),
+            5,
+            "after a long wait, running: every 5 s"
+        );
+        let slow = [Duration::from_secs(120)];
+        assert_eq!(look_again_in(&slow, &pending, 0, far).as_secs(), 120);
+        assert_eq!(
+            look_again_in(&s, &pending, 7, Duration::from_secs(3)).as_secs(),
+            4,
+            "never past the deadline"
+        );
+    }
 
     #[test]
     fn the_schedule_steps_then_holds_and_stops_at_the_deadline() {
