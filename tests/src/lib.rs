@@ -14,9 +14,11 @@
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
 //!   out.
 //! - [`seeded`]: seeds and a seeded generator for randomised tests.
+//! - [`cas_proxy`]: a proxy in front of moto whose conditional writes are atomic, as S3's are.
 
 pub mod alerts;
 pub mod aws;
+pub mod cas_proxy;
 pub mod configs;
 pub mod content;
 pub mod library;

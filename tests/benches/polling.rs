@@ -1,0 +1,512 @@
+//! Polling, side by side: status calls per run and detection delay (from the action's real end to
+//! the poll stage seeing it) of the pipeline's polling, against polling each action every 10 s.
+//! The pipeline's own code decides every call: intake records each run, submit posts it and sends
+//! the first poll job, and `shared::stages::poll` does whatever it does to learn the action's
+//! state and sends each next job, all on the in-memory ports (`shared::adapters::memory`) with a
+//! manual clock, against a fake Defender whose actions end a set time after they were posted. The
+//! settings are the template's defaults (`PollConfig::from_env` with `POLL_DELAYS_SECS` and
+//! `POLL_STATUS` unset; `LR_BENCH_POLL_ENV="POLL_DELAYS_SECS=15,30 POLL_STATUS=each"` tries others).
+//! The queue is played in time order: each message goes to its stage once its delay has passed,
+//! the clock set to that moment; a run is detected when poll sends its first collect job.
+//! Status calls are every call that reads an action's state: GET of one action and list calls
+//! (both count against Defender's per-API limits; a list serves every run it shows).
+//!
+//! For each run length T (`LR_BENCH_POLL_MINUTES`, default 1,3,10) the figures are means over runs
+//! whose ends are spread evenly over a range, so that where one end falls against the schedule
+//! does not decide the result: over the 10 s around T (the length itself, ends 0.5 s apart), and
+//! over the whole interval between the two looks of the pipeline that T falls between (runs of
+//! about that length wherever they end; at most 200 ends). Each range is run twice: every run
+//! alone, and 25 runs at once (the session cap; alerts at the same moment, so submit's pacing
+//! posts them over three minutes), as calls shared between runs (a listing) are then shared.
+//! Fixed 10 s polling is given by its formula over the same range: ceil(e/10 s) GETs for an end at
+//! e, and a mean delay of 5 s (an end uniform over a 10 s interval waits 10 s * ceil(e/10 s) - e,
+//! uniform over [0, 10 s)); and, as a check, driven through the same stages
+//! (`POLL_DELAYS_SECS=10 POLL_STATUS=each`) for runs alone over the 10 s around T. Prints each
+//! beside the issue's targets (at most 6 status calls per 1-10 minute run; detection delay at
+//! most 1.15 times fixed 10 s polling's). Asserts nothing.
+//!
+//! `cargo bench -p testkit --bench polling` (run by `./dev bench`; needs no network).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use shared::adapters::memory::{MemQueue, MemStore, Sent};
+use shared::alerts::playbook::Playbooks;
+use shared::clock::{Clock, ManualClock};
+use shared::defender::{
+    ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
+    DownloadLink, LiveResponseRequest, MachineAction, MachineId,
+};
+use shared::messages::{CollectJob, Delivery};
+use shared::ports::Defender;
+use shared::stages::settings::{IntakeConfig, PollConfig, SubmitConfig};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The narrow range of ends is this wide around the run length.
+const SPREAD: f64 = 10.0;
+/// Ends are this far apart in the narrow range (half a second).
+const STEP: f64 = 0.5;
+/// At most this many ends per range (a wide range's ends are further apart).
+const MAX_ENDS: usize = 200;
+/// Runs at once in the fleet case: Defender's session cap.
+const FLEET: usize = 25;
+/// Issue 14's targets.
+const MAX_GETS: f64 = 6.0;
+const MAX_DELAY_RATIO: f64 = 1.15;
+
+struct FakeAction {
+    id: ActionId,
+    machine: MachineId,
+    posted: OffsetDateTime,
+    runs_for: Duration,
+    request: LiveResponseRequest,
+}
+
+/// A Defender whose action on each machine runs for that machine's time after it was posted,
+/// then succeeds; it counts the calls that read an action's state.
+struct Fake<'a> {
+    clock: &'a ManualClock,
+    runs_for: HashMap<String, Duration>,
+    actions: Mutex<Vec<FakeAction>>,
+    gets: AtomicU32,
+    lists: AtomicU32,
+}
+
+impl Fake<'_> {
+    fn view(&self, a: &FakeAction) -> MachineAction {
+        let now = self.clock.now();
+        let end = a.posted + a.runs_for;
+        let done = now >= end;
+        let ts = |t: OffsetDateTime| t.format(&Rfc3339).ok();
+        MachineAction {
+            id: a.id.clone(),
+            kind: Some("LiveResponse".into()),
+            requestor: Some("pipeline".into()),
+            requestor_comment: Some(a.request.comment.clone()),
+            status: if done {
+                ActionStatus::Succeeded
+            } else {
+                ActionStatus::InProgress
+            },
+            machine_id: a.machine.clone(),
+            computer_dns_name: None,
+            creation_date_time_utc: ts(a.posted),
+            last_update_date_time_utc: ts(if done { end } else { a.posted }),
+            cancellation_requestor: None,
+            cancellation_comment: None,
+            cancellation_date_time_utc: None,
+            commands: a
+                .request
+                .commands
+                .iter()
+                .enumerate()
+                .map(|(i, c)| CommandResult {
+                    index: i as u32,
+                    start_time: ts(a.posted),
+                    end_time: if done { ts(end) } else { None },
+                    command_status: if done {
+                        CommandStatus::Completed
+                    } else {
+                        CommandStatus::Created
+                    },
+                    errors: vec![],
+                    command: c.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// When the action `id` ended (its post plus its run time).
+    fn end_of(&self, id: &ActionId) -> OffsetDateTime {
+        let actions = self.actions.lock().unwrap();
+        let a = actions
+            .iter()
+            .find(|a| &a.id == id)
+            .expect("a posted action");
+        a.posted + a.runs_for
+    }
+}
+
+impl Defender for Fake<'_> {
+    async fn run_live_response(
+        &self,
+        machine: &MachineId,
+        request: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        let mut actions = self.actions.lock().unwrap();
+        let a = FakeAction {
+            id: ActionId::parse(&format!("0000b0b0-0000-0000-0000-{:012}", actions.len())).unwrap(),
+            machine: machine.clone(),
+            posted: self.clock.now(),
+            runs_for: self.runs_for[machine.as_str()],
+            request: request.clone(),
+        };
+        let view = self.view(&a);
+        actions.push(a);
+        Ok(view)
+    }
+    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let actions = self.actions.lock().unwrap();
+        match actions.iter().find(|a| &a.id == id) {
+            Some(a) => Ok(self.view(a)),
+            None => Err(DefenderError::NotFound {
+                code: "ResourceNotFound".into(),
+                message: format!("action {id}"),
+            }),
+        }
+    }
+    async fn list_machine_actions(
+        &self,
+        f: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        let actions = self.actions.lock().unwrap();
+        Ok(actions
+            .iter()
+            .filter(|a| f.machine_id.as_ref().is_none_or(|m| m == &a.machine))
+            .filter(|a| f.created_since.is_none_or(|s| a.posted >= s))
+            .map(|a| self.view(a))
+            .filter(|v| f.status.as_ref().is_none_or(|s| s == &v.status))
+            .collect())
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        unreachable!("the bench stops when poll hands a run to collect")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        unreachable!("no run reaches its deadline")
+    }
+}
+
+type Configs = (IntakeConfig, SubmitConfig, PollConfig);
+
+/// The stages' settings as the template sets them, with `extra` added.
+fn configs(extra: &[(String, String)]) -> Configs {
+    let mut env: HashMap<String, String> = [
+        ("EVIDENCE_BUCKET", "bench-polling"),
+        ("SUBMIT_QUEUE_URL", "https://sqs.local/submit"),
+        ("POLL_QUEUE_URL", "https://sqs.local/poll"),
+        ("COLLECT_QUEUE_URL", "https://sqs.local/collect"),
+        ("DEAD_LETTER_QUEUE_URL", "https://sqs.local/dlq"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().cloned());
+    (
+        IntakeConfig::from_env(&env).expect("intake settings"),
+        SubmitConfig::from_env(&env).expect("submit settings"),
+        PollConfig::from_env(&env).expect("poll settings"),
+    )
+}
+
+/// What a group of runs came to: per run, status calls shared out (gets + lists / runs), and
+/// each run's detection delay (s); and the looks of the first run (s after its post).
+struct Outcome {
+    calls: f64,
+    delays: Vec<f64>,
+    looks: Vec<f64>,
+}
+
+/// Runs whose actions end `ends` (s after each is posted), all alerts at once, through intake,
+/// submit and poll until poll has handed every run to collect.
+async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
+    let (intake_cfg, submit_cfg, poll_cfg) = cfgs;
+    let clock = ManualClock::at(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let machines: Vec<String> = (0..ends.len())
+        .map(|i| testkit::sim::machine(0x5e1ec7ed << 32, i))
+        .collect();
+    let defender = Fake {
+        clock: &clock,
+        runs_for: machines
+            .iter()
+            .zip(ends)
+            .map(|(m, e)| (m.clone(), Duration::from_secs_f64(*e)))
+            .collect(),
+        actions: Mutex::new(Vec::new()),
+        gets: AtomicU32::new(0),
+        lists: AtomicU32::new(0),
+    };
+    for (i, m) in machines.iter().enumerate() {
+        let alert = testkit::alerts::native_alert(
+            &format!("bench-polling-{i}"),
+            m,
+            "Malware",
+            &[("file_path", "C:\\Users\\a\\Downloads\\invoice.exe")],
+        )
+        .to_string();
+        shared::stages::intake::handle(intake_cfg, playbooks, &store, &queue, &alert, clock.now())
+            .await
+            .expect("intake takes the alert");
+    }
+    // Messages not yet handed to a stage: (visible at, order sent, id, queue, body).
+    let mut waiting: Vec<(OffsetDateTime, usize, String, String, String)> = Vec::new();
+    let mut seen = 0;
+    let mut detected: BTreeMap<String, f64> = BTreeMap::new();
+    let mut looks = Vec::new();
+    let mut handled = 0u64;
+    while detected.len() < ends.len() {
+        handled += 1;
+        assert!(handled < 5_000_000, "the runs were not all detected");
+        {
+            let sent = queue.sent.lock().unwrap();
+            for (n, s) in sent.iter().enumerate().skip(seen) {
+                match s {
+                    Sent::Message {
+                        id,
+                        queue,
+                        body,
+                        delay,
+                    } => waiting.push((
+                        clock.now() + *delay,
+                        n,
+                        id.clone(),
+                        queue.clone(),
+                        body.clone(),
+                    )),
+                    Sent::Rejected { reason, .. } => panic!("a stage refused a message: {reason}"),
+                }
+            }
+            seen = sent.len();
+        }
+        let next = (0..waiting.len())
+            .min_by_key(|&i| (waiting[i].0, waiting[i].1))
+            .expect("a message is waiting");
+        let (at, _, id, q, body) = waiting.swap_remove(next);
+        clock.set(at);
+        let msg = Delivery::new(id, body.clone());
+        let done = match q.rsplit('/').next().unwrap_or_default() {
+            "submit" => {
+                shared::stages::submit::handle(
+                    submit_cfg,
+                    &store,
+                    &queue,
+                    &defender,
+                    testkit::library::sync_off(),
+                    testkit::notary::notary(),
+                    &clock,
+                    &msg,
+                )
+                .await
+            }
+            "poll" => {
+                let done = shared::stages::poll::handle(
+                    poll_cfg,
+                    &store,
+                    &queue,
+                    &defender,
+                    testkit::notary::notary(),
+                    &clock,
+                    &msg,
+                )
+                .await;
+                let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let first = defender.actions.lock().unwrap()[0].id.to_string();
+                if job["action_id"].as_str() == Some(first.as_str()) {
+                    let posted = defender.actions.lock().unwrap()[0].posted;
+                    looks.push((at - posted).as_seconds_f64());
+                }
+                done
+            }
+            "collect" => {
+                let job: CollectJob = serde_json::from_str(&body).expect("a collect job");
+                let end = defender.end_of(&job.action_id);
+                detected
+                    .entry(job.action_id.to_string())
+                    .or_insert((at - end).as_seconds_f64());
+                continue;
+            }
+            other => panic!("a message to an unexpected queue: {other}"),
+        };
+        done.unwrap_or_else(|e| panic!("{q}: {e}"));
+    }
+    let calls = (defender.gets.load(Ordering::SeqCst) + defender.lists.load(Ordering::SeqCst))
+        as f64
+        / ends.len() as f64;
+    Outcome {
+        calls,
+        delays: detected.into_values().collect(),
+        looks,
+    }
+}
+
+/// Mean status calls per run and mean detection delay (s) over `ends`, in groups of `at_once`.
+async fn mean_over(
+    cfgs: &Configs,
+    playbooks: &Playbooks,
+    ends: &[f64],
+    at_once: usize,
+) -> (f64, f64) {
+    let (mut calls, mut delays) = (0.0, Vec::new());
+    for group in ends.chunks(at_once) {
+        let o = runs(cfgs, playbooks, group).await;
+        calls += o.calls * group.len() as f64;
+        delays.extend(o.delays);
+    }
+    (
+        calls / ends.len() as f64,
+        delays.iter().sum::<f64>() / delays.len().max(1) as f64,
+    )
+}
+
+/// Ends spread evenly over (from, to]: the midpoints of equal steps, `STEP` long or, for a wide
+/// range, `MAX_ENDS` of them.
+fn spread(from: f64, to: f64) -> Vec<f64> {
+    let n = (((to - from) / STEP).round() as usize).clamp(1, MAX_ENDS);
+    (0..n)
+        .map(|k| from + (k as f64 + 0.5) * (to - from) / n as f64)
+        .collect()
+}
+
+/// Fixed 10 s polling by formula over (from, to]: mean GETs (ceil(e/10 s)) on a 0.01 s grid,
+/// and the mean delay of an end uniform over the range, 5 s.
+fn fixed_formula(from: f64, to: f64) -> (f64, f64) {
+    let n = ((to - from) * 100.0).round().max(1.0) as usize;
+    let gets: f64 = (0..n)
+        .map(|k| ((from + (k as f64 + 0.5) * (to - from) / n as f64) / 10.0).ceil())
+        .sum();
+    (gets / n as f64, 5.0)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let started = std::time::Instant::now();
+    let minutes: Vec<f64> = std::env::var("LR_BENCH_POLL_MINUTES")
+        .unwrap_or_else(|_| "1,3,10".into())
+        .split(',')
+        .filter_map(|m| m.trim().parse().ok())
+        .collect();
+    let custom: Vec<(String, String)> = std::env::var("LR_BENCH_POLL_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let pipeline = configs(&custom);
+    let fixed = configs(&[
+        ("POLL_DELAYS_SECS".into(), "10".into()),
+        ("POLL_STATUS".into(), "each".into()),
+    ]);
+    let playbooks = Playbooks::bundled().expect("the bundled playbooks");
+    let longest = minutes.iter().cloned().fold(1.0, f64::max) * 60.0;
+    // The pipeline's looks, as its stages make them, for a run that outlasts every bucket.
+    let alone = runs(&pipeline, &playbooks, &[longest]).await;
+    let looks = alone.looks;
+    let shown: Vec<String> = looks.iter().take(12).map(|s| format!("{s:.0}")).collect();
+
+    println!(
+        "polling: intake, submit and poll (the pipeline's code) on in-memory ports with a manual clock, against a fake Defender whose actions end a set time after they are posted; status calls = GETs of one action + list calls, shared out over the runs in flight"
+    );
+    println!(
+        "  pipeline: {} (poll_delays {:?}); a run's looks at {}{} s after its post",
+        if custom.is_empty() {
+            "the template's defaults".to_string()
+        } else {
+            custom
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+        pipeline
+            .2
+            .poll_delays
+            .iter()
+            .map(|d| d.as_secs())
+            .collect::<Vec<_>>(),
+        shown.join(", "),
+        if looks.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        },
+    );
+    println!(
+        "  fixed 10 s: by formula over the same ends, ceil(e/10 s) GETs and a mean delay of 5.0 s (an end uniform over a 10 s interval waits 10 s*ceil(e/10 s)-e, uniform over [0, 10 s)); checked by driving the stages with POLL_DELAYS_SECS=10 POLL_STATUS=each (runs alone, 10 s around T)"
+    );
+    println!(
+        "  {:<7} {:<25} {:>10} {:>10} {:>9} {:>13}   {:>10} {:>10} {:>9} {:>12} {:>22}",
+        "run",
+        "ends (s after post)",
+        "calls 1",
+        "calls 25",
+        "calls 10s",
+        "target <= 6",
+        "delay 1",
+        "delay 25",
+        "delay 10s",
+        "worst / 10s",
+        "target <= 1.15 x 10s"
+    );
+    let mut total = 1 + longest as usize;
+    for m in &minutes {
+        let t = m * 60.0;
+        // The interval between the pipeline's looks that T falls in: (before, after].
+        let after = looks.iter().cloned().find(|p| *p >= t).unwrap_or(t);
+        let before = looks.iter().cloned().filter(|p| *p < t).fold(0.0, f64::max);
+        let ranges = [
+            (t - SPREAD / 2.0, t + SPREAD / 2.0, "T +- 5 s"),
+            (before, after, "between looks"),
+        ];
+        for (from, to, what) in ranges {
+            let ends = spread(from, to);
+            total += 2 * ends.len();
+            let (c1, d1) = mean_over(&pipeline, &playbooks, &ends, 1).await;
+            let (c25, d25) = mean_over(&pipeline, &playbooks, &ends, FLEET).await;
+            let (c10, d10) = fixed_formula(from, to);
+            let worst = d1.max(d25) / d10;
+            println!(
+                "  {:<7} {:<25} {:>10.2} {:>10.2} {:>9.2} {:>13}   {:>8.1} s {:>8.1} s {:>7.1} s {:>12.2} {:>22}",
+                format!("{m} min"),
+                format!("{from:.0}-{to:.0} ({what})"),
+                c1,
+                c25,
+                c10,
+                format!("{} / {}", met(c1 <= MAX_GETS), met(c25 <= MAX_GETS)),
+                d1,
+                d25,
+                d10,
+                worst,
+                format!(
+                    "{} (<= {:.2} s)",
+                    met(worst <= MAX_DELAY_RATIO),
+                    MAX_DELAY_RATIO * d10
+                ),
+            );
+        }
+    }
+    // The check: fixed 10 s polling driven through the same stages.
+    let mut check = Vec::new();
+    for m in &minutes {
+        let t = m * 60.0;
+        let ends = spread(t - SPREAD / 2.0, t + SPREAD / 2.0);
+        total += ends.len();
+        let (c, d) = mean_over(&fixed, &playbooks, &ends, 1).await;
+        check.push(format!("{m} min: {c:.2} GETs, {d:.1} s"));
+    }
+    println!(
+        "  check, fixed 10 s driven (runs alone, T +- 5 s): {}",
+        check.join("; ")
+    );
+    println!(
+        "  (columns 1 / 25: each run alone / 25 runs at once; {total} runs driven in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+}

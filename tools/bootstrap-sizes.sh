@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Bootstrap sizes: each function's release bootstrap (intake, submit, poll, collect) as the
+# template's `sam build` makes it -- BuildMethod rust-cargolambda on provided.al2023, that is
+# `cargo lambda build --release` (--arm64 for arm64; the x86_64 target for x86_64), with the
+# workspace's [profile.release] (thin LTO, 4 codegen units, panic=abort, strip) -- for x86_64 and
+# arm64, beside the issue's target (10 MB = 10,000,000 bytes). Prints each bootstrap's bytes and
+# what it zips to (the deployment package). An architecture that cannot be built here is printed
+# as "not measured" with the reason.
+#
+# Each architecture builds every dependency once into target/<triple>/release (the first run takes
+# minutes; later ones only relink what changed).
+#
+#   tools/bootstrap-sizes.sh            run by ./dev bench (after ./dev setup: cargo-lambda and zig
+#                                       come from .venv/tools)
+#   LR_SIZE_EXPERIMENT=1 tools/bootstrap-sizes.sh
+#                                       also builds x86_64 with opt-level="z", fat LTO and one codegen
+#                                       unit into target/size-experiment (every dependency again:
+#                                       about as long as the first x86_64 build), printed as an
+#                                       experiment only
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PATH="$ROOT/.venv/tools/bin:$PATH"
+FUNCTIONS=(intake submit poll collect)
+TARGET_BYTES=10000000
+PYTHON="${PYTHON:-python3}"
+
+packages=()
+for f in "${FUNCTIONS[@]}"; do packages+=(-p "$f"); done
+
+# Bytes of the deployment zip (deflate, as cargo lambda's --output-format zip writes it).
+zipped() {
+  "$PYTHON" - "$1" <<'EOF'
+import io, sys, zipfile
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    z.write(sys.argv[1], "bootstrap")
+print(len(buf.getvalue()))
+EOF
+}
+
+# One row per function from the bootstraps under $2 (cargo lambda's --lambda-dir).
+rows() {
+  local arch="$1" dir="$2" f b z
+  for f in "${FUNCTIONS[@]}"; do
+    b="$(stat -c %s "$dir/$f/bootstrap")"
+    z="$(zipped "$dir/$f/bootstrap")"
+    awk -v a="$arch" -v f="$f" -v b="$b" -v z="$z" -v t="$TARGET_BYTES" 'BEGIN {
+      printf "  %-7s %-8s %12d %6.2f MB %12d %6.2f MB   %s\n", a, f, b, b / 1e6, z, z / 1e6, (b <= t ? "met" : "MISSED") }'
+  done
+}
+
+# Builds the functions for one architecture; prints its rows, or why it could not.
+measure() {
+  local arch="$1" triple="$2" dir="$ROOT/target/lambda-sizes/$1" started log
+  shift 2
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
+    printf '  %-7s not measured: the %s standard library is not installed (rustup target add %s)\n' "$arch" "$triple" "$triple"
+    return
+  fi
+  log="$(mktemp)"
+  started=$SECONDS
+  if ! cargo lambda build --release --quiet "$@" "${packages[@]}" --lambda-dir "$dir" >"$log" 2>&1; then
+    printf '  %-7s not measured: cargo lambda build failed:\n' "$arch"
+    tail -n 5 "$log" | sed 's/^/            /'
+    rm -f "$log"
+    return
+  fi
+  rm -f "$log"
+  rows "$arch" "$dir"
+  printf '  %-7s (cargo lambda build --release %s: %d s)\n' "$arch" "$*" "$((SECONDS - started))"
+}
+
+if ! cargo lambda --version >/dev/null 2>&1; then
+  echo "bootstrap sizes: not measured: cargo-lambda is not installed (./dev setup puts it in .venv/tools)"
+  exit 0
+fi
+echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
+measure x86_64 x86_64-unknown-linux-gnu --x86-64
+measure arm64 aarch64-unknown-linux-gnu --arm64
+
+if [[ "${LR_SIZE_EXPERIMENT:-0}" == 1 ]]; then
+  dir="$ROOT/target/lambda-sizes/x86_64-z"
+  started=$SECONDS
+  if CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    cargo lambda build --release --quiet --x86-64 "${packages[@]}" --lambda-dir "$dir" \
+      --target-dir "$ROOT/target/size-experiment" >/dev/null 2>&1; then
+    echo "  experiment (not the release profile): opt-level=\"z\", lto=\"fat\", codegen-units=1 ($((SECONDS - started)) s to build)"
+    rows x86_64 "$dir"
+  else
+    echo "  experiment: the opt-level=\"z\" build failed"
+  fi
+else
+  echo "  experiment opt-level=\"z\"/fat LTO: skipped (it rebuilds every dependency, minutes on 2 cores; LR_SIZE_EXPERIMENT=1 runs it)"
+fi
