@@ -438,6 +438,17 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         .count();
     let last = manifests.iter().map(|m| m.completed_at).max();
     let makespan = last.map(|l| (l - first_alert).as_seconds_f64() * scale);
+    // Where the time went: the posts (Defender's creation times) and the actions' ends.
+    let start = to_sim(first_alert);
+    let since_start = |t: Option<OffsetDateTime>| t.map(|t| (t - start).as_seconds_f64());
+    let created: Vec<OffsetDateTime> = manifests
+        .iter()
+        .filter_map(|m| m.action.as_ref()?.created.as_deref())
+        .filter_map(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .collect();
+    let first_post = since_start(created.iter().min().copied());
+    let last_post = since_start(created.iter().max().copied());
+    let mut last_end = None;
     let (mut to_copy, mut to_manifest) = (Vec::new(), Vec::new());
     for m in &manifests {
         let end = m
@@ -447,6 +458,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
             .filter_map(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
             .max();
         let Some(end) = end else { continue };
+        last_end = last_end.max(Some(end));
         to_manifest.push((to_sim(m.completed_at) - end).as_seconds_f64());
         for c in m.commands.iter().filter(|c| c.s3_key.is_some()) {
             if let Some(at) = c.recorded_at {
@@ -514,6 +526,15 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         copy_p95 / scale,
         man_med / scale,
         man_p95 / scale
+    );
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} s"));
+    println!(
+        "  where the time went (simulated s after the first alert): first post {}, last post {} (the quota allows the last at (ceil({n}/{per_min})-1) min = {} s), last action's end {}, last manifest {}",
+        fmt(first_post),
+        fmt(last_post),
+        (n as u64).div_ceil(per_min).saturating_sub(1) * 60,
+        fmt(since_start(last_end)),
+        fmt(makespan),
     );
     let mut dead = BTreeMap::new();
     for (stage, url) in &stack.dlq_urls {
