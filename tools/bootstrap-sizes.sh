@@ -12,11 +12,14 @@
 #
 #   tools/bootstrap-sizes.sh            run by ./dev bench (after ./dev setup: cargo-lambda and zig
 #                                       come from .venv/tools)
-#   LR_SIZE_EXPERIMENT=1 tools/bootstrap-sizes.sh
-#                                       also builds x86_64 with opt-level="z", fat LTO and one codegen
-#                                       unit into target/size-experiment (every dependency again:
-#                                       about as long as the first x86_64 build), printed as an
-#                                       experiment only
+#   LR_BENCH_SIZES=arm64 | x86_64 | off  only one architecture, or none (default: "x86_64 arm64").
+#                                       From scratch each architecture takes about 6-7 min on 2
+#                                       cores, and about 4 min again after any change to shared/
+#                                       (thin LTO relinks every function).
+#   LR_SIZE_EXPERIMENT=1 (or =arm64, or ="x86_64 arm64") tools/bootstrap-sizes.sh
+#                                       also builds with opt-level="z", fat LTO and one codegen unit
+#                                       into target/size-experiment (every dependency again: about as
+#                                       long as a first build), printed as an experiment only
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -75,22 +78,39 @@ if ! cargo lambda --version >/dev/null 2>&1; then
   echo "bootstrap sizes: not measured: cargo-lambda is not installed (./dev setup puts it in .venv/tools)"
   exit 0
 fi
+ARCHS="${LR_BENCH_SIZES:-x86_64 arm64}"
+if [[ "$ARCHS" == off || "$ARCHS" == 0 ]]; then
+  echo "bootstrap sizes: not measured (LR_BENCH_SIZES=$ARCHS)"
+  exit 0
+fi
 echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
 printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
-measure x86_64 x86_64-unknown-linux-gnu --x86-64
-measure arm64 aarch64-unknown-linux-gnu --arm64
+for arch in x86_64 arm64; do
+  if [[ " $ARCHS " != *" $arch "* ]]; then
+    printf '  %-7s not measured (LR_BENCH_SIZES=%s)\n' "$arch" "$ARCHS"
+  elif [[ "$arch" == x86_64 ]]; then
+    measure x86_64 x86_64-unknown-linux-gnu --x86-64
+  else
+    measure arm64 aarch64-unknown-linux-gnu --arm64
+  fi
+done
 
-if [[ "${LR_SIZE_EXPERIMENT:-0}" == 1 ]]; then
-  dir="$ROOT/target/lambda-sizes/x86_64-z"
+# The experiment: LR_SIZE_EXPERIMENT=1 (x86_64), =arm64, or ="x86_64 arm64".
+EXPERIMENT="${LR_SIZE_EXPERIMENT:-0}"
+[[ "$EXPERIMENT" == 1 ]] && EXPERIMENT=x86_64
+if [[ "$EXPERIMENT" == 0 ]]; then
+  echo "  experiment opt-level=\"z\"/fat LTO: skipped (it rebuilds every dependency, minutes on 2 cores; LR_SIZE_EXPERIMENT=1 or =arm64 runs it)"
+fi
+for arch in $([[ "$EXPERIMENT" == 0 ]] || echo "$EXPERIMENT"); do
+  flag="--x86-64"; [[ "$arch" == arm64 ]] && flag="--arm64"
+  dir="$ROOT/target/lambda-sizes/$arch-z"
   started=$SECONDS
   if CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    cargo lambda build --release --quiet --x86-64 "${packages[@]}" --lambda-dir "$dir" \
+    cargo lambda build --release --quiet "$flag" "${packages[@]}" --lambda-dir "$dir" \
       --target-dir "$ROOT/target/size-experiment" >/dev/null 2>&1; then
-    echo "  experiment (not the release profile): opt-level=\"z\", lto=\"fat\", codegen-units=1 ($((SECONDS - started)) s to build)"
-    rows x86_64 "$dir"
+    echo "  experiment, not the release profile: opt-level=\"z\", lto=\"fat\", codegen-units=1 ($arch: $((SECONDS - started)) s to build)"
+    rows "$arch" "$dir"
   else
-    echo "  experiment: the opt-level=\"z\" build failed"
+    echo "  experiment: the opt-level=\"z\" build for $arch failed"
   fi
-else
-  echo "  experiment opt-level=\"z\"/fat LTO: skipped (it rebuilds every dependency, minutes on 2 cores; LR_SIZE_EXPERIMENT=1 runs it)"
-fi
+done
