@@ -105,9 +105,10 @@ for arch in $([[ "$EXPERIMENT" == 0 ]] || echo "$EXPERIMENT"); do
   flag="--x86-64"; [[ "$arch" == arm64 ]] && flag="--arm64"
   dir="$ROOT/target/lambda-sizes/$arch-z"
   started=$SECONDS
+  # (CARGO_TARGET_DIR, not --target-dir, which cargo lambda passes on to cargo metadata)
   if CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    cargo lambda build --release --quiet "$flag" "${packages[@]}" --lambda-dir "$dir" \
-      --target-dir "$ROOT/target/size-experiment" >/dev/null 2>&1; then
+    CARGO_TARGET_DIR="$ROOT/target/size-experiment" \
+    cargo lambda build --release --quiet "$flag" "${packages[@]}" --lambda-dir "$dir" >/dev/null 2>&1; then
     echo "  experiment, not the release profile: opt-level=\"z\", lto=\"fat\", codegen-units=1 ($arch: $((SECONDS - started)) s to build)"
     rows "$arch" "$dir"
   else
