@@ -49,12 +49,14 @@ struct Sim {
     process: Child,
     api_base: String,
     login_base: String,
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -88,6 +90,7 @@ fn start_sim(binary: &str, config: &SimConfig, tag: &str) -> Sim {
         process,
         api_base: v["api_base"].as_str().unwrap().into(),
         login_base: v["login_base"].as_str().unwrap().into(),
+        dir,
     }
 }
 
@@ -586,6 +589,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         let list: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
         println!("  {stage}: {}", list.join(", "));
     }
+    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "  dead letters {:?}; this burst took {:.0} real s",
         dead,
