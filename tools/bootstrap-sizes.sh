@@ -12,7 +12,13 @@
 #
 #   tools/bootstrap-sizes.sh            run by ./dev bench (after ./dev setup: cargo-lambda and zig
 #                                       come from .venv/tools)
-#   LR_BENCH_SIZES=arm64 | x86_64 | off  only one architecture, or none (default: "x86_64 arm64").
+#   LR_BENCH_SIZES=host (the default, what ./dev bench measures within its 20 minutes): the
+#                                       x86_64 release build on this machine (cargo build --release,
+#                                       target/release: the same code and profile as cargo lambda's
+#                                       x86_64 build, linked by the host's linker; it shares every
+#                                       dependency with the benchmarks' release build, so it costs
+#                                       about a minute of linking)
+#   LR_BENCH_SIZES="x86_64 arm64" | arm64 | x86_64 | off  cargo lambda's own builds per architecture.
 #                                       From scratch each architecture takes about 6-7 min on 2
 #                                       cores, and about 4 min again after any change to shared/
 #                                       (thin LTO relinks every function).
@@ -78,7 +84,19 @@ if ! cargo lambda --version >/dev/null 2>&1; then
   echo "bootstrap sizes: not measured: cargo-lambda is not installed (./dev setup puts it in .venv/tools)"
   exit 0
 fi
-ARCHS="${LR_BENCH_SIZES:-x86_64 arm64}"
+ARCHS="${LR_BENCH_SIZES:-host}"
+if [[ "$ARCHS" == host ]]; then
+  started=$SECONDS
+  echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+  printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
+  cargo build --release --quiet "${packages[@]}"
+  dir="$(mktemp -d)"
+  for f in "${FUNCTIONS[@]}"; do mkdir -p "$dir/$f"; cp "target/release/$f" "$dir/$f/bootstrap"; done
+  rows host "$dir"
+  rm -rf "$dir"
+  printf '  (cargo build --release: %d s)\n' "$((SECONDS - started))"
+  exit 0
+fi
 if [[ "$ARCHS" == off || "$ARCHS" == 0 ]]; then
   echo "bootstrap sizes: not measured (LR_BENCH_SIZES=$ARCHS)"
   exit 0
