@@ -6,10 +6,12 @@
 //!
 //! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
 //! the parts it drives: `link` (which result links are followed), `copy` (the streaming
-//! engine: parts, fresh links and resumption, completion), `checkpoint` (where an unfinished
-//! copy stands, saved between invocations).
+//! engine: parts, fresh links and resumption), `complete` (making the object stand under its key,
+//! or finding it there), `checkpoint` (where an unfinished copy stands, saved between
+//! invocations).
 
 mod checkpoint;
+mod complete;
 mod copy;
 mod link;
 
@@ -18,8 +20,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
+use self::complete::complete;
 use self::copy::Source;
-use self::copy::{CopyError, CopyResult, complete, copy};
+use self::copy::{CopyError, CopyResult, copy};
 use self::link::check_link;
 
 pub use self::copy::PARTS_IN_FLIGHT;
