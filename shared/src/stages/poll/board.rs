@@ -106,8 +106,12 @@ impl Entry {
 }
 
 impl Board {
-    /// How old the board is at `now`.
+    /// How old the board is at `now`. A board from the future (a skewed clock, or a forged
+    /// object) counts as stale: trusting it would freeze every run's view.
     fn age(&self, now: OffsetDateTime) -> Duration {
+        if self.fetched_at > now + time::Duration::SECOND {
+            return Duration::MAX;
+        }
         (now - self.fetched_at).try_into().unwrap_or(Duration::ZERO)
     }
 
@@ -122,8 +126,10 @@ impl Board {
 
     /// Whether another poll's claim to refresh is still running at `now`.
     fn claimed(&self, now: OffsetDateTime) -> bool {
-        self.refreshing_since
-            .is_some_and(|at| (now - at).try_into().unwrap_or(Duration::ZERO) < CLAIM)
+        self.refreshing_since.is_some_and(|at| {
+            at <= now + time::Duration::SECOND
+                && (now - at).try_into().unwrap_or(Duration::ZERO) < CLAIM
+        })
     }
 }
 
@@ -135,10 +141,24 @@ enum Seen<'a> {
     NotCovered,
 }
 
+/// When a run's action was created, as near as the run knows: Defender's own creation time when
+/// recorded (a run recovered after a lost answer records its submission late), else when it was
+/// submitted, else when the run was recorded.
+pub fn anchor(run: &crate::store::RunRecord) -> OffsetDateTime {
+    run.action_created
+        .as_deref()
+        .and_then(parse_time)
+        .into_iter()
+        .chain(run.submitted_at)
+        .chain(Some(run.created_at))
+        .min()
+        .unwrap_or(run.created_at)
+}
+
 /// What a poll learns about its action, and what it cost.
 pub type Look = Paced<Result<MachineAction, DefenderError>>;
 
-/// The state of action `id`, submitted at `submitted` (by this clock): from a fresh board; from
+/// The state of action `id`, created by Defender at about `submitted` (see [`anchor`]): from a fresh board; from
 /// a listing that refreshes it; or, when the board cannot say (the action is not on it, or it
 /// ended), from the action itself. Every Defender call goes through the tenant's GET budget.
 pub async fn look<S: ObjectStore, D: Defender>(
@@ -218,9 +238,12 @@ pub async fn look<S: ObjectStore, D: Defender>(
         actions: listed
             .into_iter()
             .filter(|a| {
+                // The tag is the comment's first word (as submit reads it): someone else's
+                // session that mentions a tag further on is not kept.
                 a.requestor_comment
                     .as_deref()
-                    .is_some_and(|c| c.contains(RUN_COMMENT_PREFIX))
+                    .and_then(|c| c.split_whitespace().next())
+                    .is_some_and(|w| w.starts_with(RUN_COMMENT_PREFIX))
             })
             .map(Entry::of)
             .collect(),

@@ -292,3 +292,51 @@ async fn one_poll_refreshes_at_a_time() {
     seen(&store, &tenant, &clock, 1, t0()).await;
     assert_eq!(tenant.calls(), (2, 0), "the claim lapsed");
 }
+
+/// A board dated in the future (a skewed clock, a forged object) is not trusted as fresh: the next
+/// look lists again and sees the action's real state.
+#[tokio::test]
+async fn a_board_from_the_future_is_stale() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    tenant.add(1, t0(), "lr-run:1 alert:x");
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    let stored = store.get(STATUS_BOARD_KEY).await.unwrap().unwrap();
+    let mut b: Board = serde_json::from_slice(&stored.body).unwrap();
+    b.fetched_at = t0() + time::Duration::days(365);
+    b.refreshing_since = Some(t0() + time::Duration::days(365));
+    store
+        .put(
+            STATUS_BOARD_KEY,
+            serde_json::to_vec(&b).unwrap(),
+            Put::Always,
+        )
+        .await
+        .unwrap();
+    tenant.set(1, ActionStatus::Succeeded);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        seen(&store, &tenant, &clock, 1, t0()).await.status,
+        ActionStatus::Succeeded
+    );
+    assert_eq!(tenant.calls(), (2, 1), "listed again, then read by id");
+}
+
+/// Only a comment whose first word is a run's tag makes an action the pipeline's: an analyst's
+/// session that mentions a tag further on is not kept.
+#[tokio::test]
+async fn a_tag_further_in_a_comment_does_not_count() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    tenant.add(1, t0(), "lr-run:1 alert:a playbook:p");
+    tenant.add(2, t0(), "looking at lr-run:1 by hand");
+    seen(&store, &tenant, &clock, 1, t0()).await;
+    let board: Board =
+        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
+    assert_eq!(
+        board
+            .actions
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<Vec<_>>(),
+        vec![action_id(1)]
+    );
+}

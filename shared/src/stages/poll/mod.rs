@@ -113,16 +113,8 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     let past_deadline: Duration = (now - run.deadline).try_into().unwrap_or(Duration::ZERO);
     let read = match cfg.status_from {
         StatusFrom::Board => {
-            let submitted = run.submitted_at.unwrap_or(run.created_at);
-            board::look(
-                store,
-                defender,
-                &cfg.budget,
-                clock,
-                submitted,
-                &job.action_id,
-            )
-            .await?
+            let created = board::anchor(&run);
+            board::look(store, defender, &cfg.budget, clock, created, &job.action_id).await?
         }
         StatusFrom::Each => {
             budget::get_call(store, &cfg.budget, clock, || {
