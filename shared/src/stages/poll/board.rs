@@ -148,10 +148,7 @@ pub fn anchor(run: &crate::store::RunRecord) -> OffsetDateTime {
     run.action_created
         .as_deref()
         .and_then(parse_time)
-        .into_iter()
-        .chain(run.submitted_at)
-        .chain(Some(run.created_at))
-        .min()
+        .or(run.submitted_at)
         .unwrap_or(run.created_at)
 }
 
