@@ -37,6 +37,16 @@ PYTHON="${PYTHON:-python3}"
 packages=()
 for f in "${FUNCTIONS[@]}"; do packages+=(-p "$f"); done
 
+# The host build: the four functions and the simulator in one `cargo build --release`, as
+# `./dev bench` makes it first (`tools/bootstrap-sizes.sh build`): one dependency build serves
+# both, and measuring afterwards rebuilds nothing. (Features are unified with the simulator's; what
+# that adds to a bootstrap is dead code the linker drops.)
+host_build() { cargo build --release --quiet --bins -p mde-sim "${packages[@]}"; }
+if [[ "${1:-}" == build ]]; then
+  host_build
+  exit 0
+fi
+
 # Bytes of the deployment zip (deflate, as cargo lambda's --output-format zip writes it).
 zipped() {
   "$PYTHON" - "$1" <<'EOF'
@@ -89,7 +99,7 @@ if [[ "$ARCHS" == host ]]; then
   started=$SECONDS
   echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
   printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
-  cargo build --release --quiet "${packages[@]}"
+  host_build
   dir="$(mktemp -d)"
   for f in "${FUNCTIONS[@]}"; do mkdir -p "$dir/$f"; cp "target/release/$f" "$dir/$f/bootstrap"; done
   rows host "$dir"

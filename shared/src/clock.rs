@@ -3,7 +3,10 @@
 //! retries. Tests and the lifecycle model drive a manual clock whose jitter comes from a seed, so
 //! that a printed seed replays the same schedule.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
@@ -15,6 +18,12 @@ pub trait Clock: Send + Sync {
     /// A number in [0, 1) that differs between calls, for backoff jitter.
     fn jitter(&self) -> f64 {
         crate::retry::jitter()
+    }
+
+    /// Waits `d` inside the invocation (a short pause, never a way to wait for minutes): the
+    /// system clock sleeps, the manual clock moves forward by `d` at once.
+    fn pause(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(d))
     }
 }
 
@@ -45,7 +54,7 @@ impl ManualClock {
     }
 
     /// Moves the clock forward by `by` (millisecond precision).
-    pub fn advance(&self, by: std::time::Duration) {
+    pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
@@ -58,6 +67,11 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         from_unix_ms(self.0.load(Ordering::SeqCst))
+    }
+
+    fn pause(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.advance(d);
+        Box::pin(std::future::ready(()))
     }
 
     fn jitter(&self) -> f64 {

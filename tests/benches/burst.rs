@@ -31,12 +31,13 @@
 //! release/mde-sim cargo bench -p testkit --bench burst`.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use mde_sim::{Device, DeviceFile, Script, SimConfig, Stats};
 use shared::store::Manifest;
+use testkit::sim::SimProcess;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -44,55 +45,6 @@ const FILE: &str = "C:\\Users\\Public\\Downloads\\invoice.pdf.exe";
 const FILE_BYTES: u64 = 64 << 10;
 /// Issue 14's target: makespan at most this times the quota's lower bound.
 const MAX_RATIO: f64 = 1.05;
-
-struct Sim {
-    process: Child,
-    api_base: String,
-    login_base: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_sim(binary: &str, config: &SimConfig, tag: &str) -> Sim {
-    let dir = std::env::temp_dir().join(format!("lr-bench-burst-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("fleet.toml");
-    let urls = dir.join("urls.json");
-    std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
-    let process = Command::new(binary)
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--urls-file")
-        .arg(&urls)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{binary}: {e} (build it: cargo build --release -p mde-sim)"));
-    let until = Instant::now() + Duration::from_secs(20);
-    let v: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&urls)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            break v;
-        }
-        assert!(Instant::now() < until, "the simulator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Sim {
-        process,
-        api_base: v["api_base"].as_str().unwrap().into(),
-        login_base: v["login_base"].as_str().unwrap().into(),
-        dir,
-    }
-}
 
 /// The stages' process; killed when dropped (the bench is over: whatever it was doing is moot).
 struct Stages(Child);
@@ -145,7 +97,7 @@ async fn pipeline_child(spec: &str) {
 }
 
 /// The simulator's clock against this machine's: (simulated time, wall time) at one moment.
-async fn sim_clock(http: &reqwest::Client, sim: &Sim) -> (OffsetDateTime, OffsetDateTime) {
+async fn sim_clock(http: &reqwest::Client, sim: &SimProcess) -> (OffsetDateTime, OffsetDateTime) {
     let before = OffsetDateTime::now_utc();
     let v: serde_json::Value = http
         .get(format!("{}/sim/time", sim.api_base))
@@ -160,7 +112,7 @@ async fn sim_clock(http: &reqwest::Client, sim: &Sim) -> (OffsetDateTime, Offset
     (now, before + (after - before) / 2)
 }
 
-async fn sim_stats(http: &reqwest::Client, sim: &Sim) -> Stats {
+async fn sim_stats(http: &reqwest::Client, sim: &SimProcess) -> Stats {
     http.get(format!("{}/sim/stats", sim.api_base))
         .send()
         .await
@@ -236,7 +188,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
     };
     config.sim.time_scale = scale;
     let limits = config.limits.clone();
-    let sim = start_sim(sim_bin, &config, &run_secs.to_string());
+    let sim = testkit::sim::spawn_sim(sim_bin, &config, &format!("burst-{run_secs}"));
     let http = reqwest::Client::new();
 
     let stack = testkit::aws::provision(
@@ -339,7 +291,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         env["BUDGET_MINUTE_MS"]
     );
     println!(
-        "  not scaled (real seconds, so {scale} times longer in simulated time): SQS delays in whole seconds, waits written in seconds in the stages' code (a granted call's 120 s limit; the poll status board's 5 s freshness where it is used), the runner's 1 s receive wait, and every moto and runner overhead"
+        "  not scaled (real seconds, so {scale} times longer in simulated time): SQS delays in whole seconds (a paced submission or GET spends the sub-second rest inside its invocation), waits written in seconds in the stages' code (a granted call's 120 s limit), the runner's 1 s receive wait, and every moto and runner overhead; scaled through BUDGET_MINUTE_MS: the budget's windows and the poll status board's freshness (5 s of a 60 s minute)"
     );
     println!(
         "  bound = max(submissions, sessions, GETs) = max({subs}, {sessions}, {gets}) = {bound:.0} s: submissions (ceil({n}/{per_min})-1) min + {run_secs} s (the last of {n} cannot be posted before then, and runs {run_secs} s); sessions ceil({n}/{})*{run_secs} s; GETs per API, {n} status and {} link calls at {}/min and {}/h: (ceil(calls/{})-1) min, (ceil(calls/{})-1) h",

@@ -70,51 +70,6 @@ fn watch(mut children: Vec<Child>, started: Instant) -> (f64, Vec<(u64, bool)>) 
     )
 }
 
-struct Sim {
-    process: Child,
-    api_base: String,
-    login_base: String,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-fn start_sim(binary: &str, config: &SimConfig) -> Sim {
-    let dir = std::env::temp_dir().join(format!("lr-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("fleet.toml");
-    let urls = dir.join("urls.json");
-    std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
-    let process = Command::new(binary)
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--urls-file")
-        .arg(&urls)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{binary}: {e} (build it: cargo build --release -p mde-sim)"));
-    let until = Instant::now() + Duration::from_secs(20);
-    let v: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&urls)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            break v;
-        }
-        assert!(Instant::now() < until, "the simulator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Sim {
-        process,
-        api_base: v["api_base"].as_str().unwrap().into(),
-        login_base: v["login_base"].as_str().unwrap().into(),
-    }
-}
-
 fn client(api_base: &str, login_base: &str, creds: &str) -> DefenderClient<StaticCredentials> {
     let http = http_client(Duration::from_secs(60)).unwrap();
     let creds = StaticCredentials(shared::defender::Credentials::from_json(creds).unwrap());
@@ -230,7 +185,7 @@ async fn main() {
         devices: devices.clone(),
         ..SimConfig::default()
     };
-    let sim = start_sim(&sim_bin, &config);
+    let sim = testkit::sim::spawn_sim(&sim_bin, &config, "copy");
     let creds = testkit::sim::credentials_json(&config);
     let defender = client(&sim.api_base, &sim.login_base, &creds);
     let sdk = testkit::aws::aws().await;

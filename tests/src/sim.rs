@@ -125,3 +125,67 @@ pub async fn download(link: &DownloadLink) -> bytes::Bytes {
         .await
         .expect("the whole body")
 }
+
+/// The simulator's release binary running in its own process (the benchmarks measure against it,
+/// not against a server sharing their runtime); killed, and its files removed, when dropped.
+pub struct SimProcess {
+    process: std::process::Child,
+    dir: std::path::PathBuf,
+    pub api_base: String,
+    pub login_base: String,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `binary` (the simulator's release build) with `config`, in a directory named after this
+/// process and `tag`, and waits (up to 20 s) for the addresses it writes once it listens.
+pub fn spawn_sim(binary: &str, config: &SimConfig, tag: &str) -> SimProcess {
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("lr-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory for the simulator's files");
+    let config_path = dir.join("fleet.toml");
+    let urls = dir.join("urls.json");
+    std::fs::write(
+        &config_path,
+        toml::to_string(config).expect("a simulator configuration"),
+    )
+    .expect("write the simulator's configuration");
+    let process = std::process::Command::new(binary)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--urls-file")
+        .arg(&urls)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{binary}: {e} (build it: cargo build --release -p mde-sim)"));
+    let until = Instant::now() + Duration::from_secs(20);
+    let v: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&urls)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        assert!(Instant::now() < until, "the simulator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let base = |name: &str| {
+        v[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("the simulator wrote no {name}"))
+            .to_string()
+    };
+    SimProcess {
+        api_base: base("api_base"),
+        login_base: base("login_base"),
+        process,
+        dir,
+    }
+}

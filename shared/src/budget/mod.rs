@@ -402,7 +402,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
-    let grant = acquire_submission(store, cfg, clock, run).await?;
+    let grant = within_pause(clock, || acquire_submission(store, cfg, clock, run)).await?;
     Ok(run_granted(store, cfg, clock, grant, call).await)
 }
 
@@ -419,8 +419,41 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
-    let grant = acquire_get(store, cfg, clock).await?;
+    let grant = within_pause(clock, || acquire_get(store, cfg, clock)).await?;
     Ok(run_granted(store, cfg, clock, grant, call).await)
+}
+
+/// A wait this short is spent inside the invocation, and the budget asked again, rather than on
+/// a trip through the queue: SQS delays come in whole seconds, so a window that opens a fraction
+/// of a second into one would be missed by up to a second, every round, for every paced call.
+pub const INLINE_WAIT: Duration = Duration::from_secs(1);
+/// How many inline pauses one call may take before its wait goes back to the queue (others may
+/// win the slot that opened; they are not waited for forever).
+const INLINE_PAUSES: u32 = 3;
+
+/// Asks for budget, pausing inline while the answer is a wait of at most [`INLINE_WAIT`].
+async fn within_pause<F, Fut>(clock: &dyn Clock, mut acquire: F) -> Result<Grant, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Grant, StoreError>>,
+{
+    let mut pauses = 0;
+    loop {
+        match acquire().await? {
+            Grant::Wait(w) if w <= INLINE_WAIT && pauses < INLINE_PAUSES => {
+                pauses += 1;
+                clock.pause(w).await;
+            }
+            grant => return Ok(grant),
+        }
+    }
+}
+
+/// The queue delay for a job paced by the budget: the wait in whole seconds rounded *down*
+/// (at least one), so the job comes back at most a second early and spends the rest inside
+/// [`submission_call`] or [`get_call`] instead of up to a second late.
+pub fn queue_delay(wait: Duration) -> Duration {
+    Duration::from_secs(wait.as_secs().max(1))
 }
 
 /// Makes the call if the budget granted it, and settles its slot when it returns.

@@ -114,3 +114,83 @@ fn the_first_budget_format_still_reads() {
     assert_eq!(b.submissions, vec![Stamp::Settled(1), Stamp::Settled(2)]);
     assert_eq!(b.gets, vec![Stamp::Settled(4)]);
 }
+
+fn cfg_of(minute: Duration) -> BudgetConfig {
+    BudgetConfig {
+        submissions_per_minute: 2,
+        running_sessions: 25,
+        gets_per_minute: 2,
+        gets_per_hour: 1500,
+        minute,
+        call_limit: LIMIT,
+    }
+}
+
+#[tokio::test]
+async fn a_window_opening_within_a_second_is_waited_for_inline_not_through_the_queue() {
+    let store = crate::adapters::memory::MemStore::default();
+    let cfg = cfg_of(Duration::from_secs(60));
+    let start = time::macros::datetime!(2026-11-30 10:00 UTC);
+    let clock = crate::clock::ManualClock::at(start);
+    let run = |n: &str| RunId::derive("test", n, "machine", "triage");
+    for n in ["a", "b"] {
+        let out = submission_call(&store, &cfg, &clock, &run(n), || async { 1 }).await;
+        assert_eq!(out.unwrap(), Paced::Ran(1));
+    }
+    // 59.7 s later the window opens in 300 ms: paused inside the call, then submitted.
+    clock.advance(Duration::from_millis(59_700));
+    let out = submission_call(&store, &cfg, &clock, &run("c"), || async { 3 }).await;
+    assert_eq!(out.unwrap(), Paced::Ran(3));
+    assert_eq!(
+        clock.now() - start,
+        time::Duration::milliseconds(60_000),
+        "paused exactly until the window opened"
+    );
+    // a and b have left the window: d fits beside c; the next opening is then a minute away,
+    // and that wait goes back to the queue, with no pause.
+    let out = submission_call(&store, &cfg, &clock, &run("d"), || async { 4 }).await;
+    assert_eq!(out.unwrap(), Paced::Ran(4));
+    let before = clock.now();
+    let out = submission_call(&store, &cfg, &clock, &run("e"), || async { 5 }).await;
+    assert!(
+        matches!(out.unwrap(), Paced::Wait(w) if w > INLINE_WAIT),
+        "a long wait is not spent inline"
+    );
+    assert_eq!(clock.now(), before);
+}
+
+#[tokio::test]
+async fn gets_pause_inline_too() {
+    let store = crate::adapters::memory::MemStore::default();
+    let cfg = cfg_of(Duration::from_secs(60));
+    let start = time::macros::datetime!(2026-11-30 10:00 UTC);
+    let clock = crate::clock::ManualClock::at(start);
+    for n in 0..2 {
+        assert_eq!(
+            get_call(&store, &cfg, &clock, || async move { n })
+                .await
+                .unwrap(),
+            Paced::Ran(n)
+        );
+    }
+    clock.advance(Duration::from_millis(59_999));
+    assert_eq!(
+        get_call(&store, &cfg, &clock, || async { 7 })
+            .await
+            .unwrap(),
+        Paced::Ran(7)
+    );
+}
+
+#[test]
+fn a_queue_delay_rounds_down_to_whole_seconds_and_is_never_zero() {
+    let d = |ms| queue_delay(Duration::from_millis(ms));
+    assert_eq!(
+        d(59_400),
+        Duration::from_secs(59),
+        "the rest is paused inline"
+    );
+    assert_eq!(d(1_999), Duration::from_secs(1));
+    assert_eq!(d(300), Duration::from_secs(1));
+    assert_eq!(d(0), Duration::from_secs(1));
+}

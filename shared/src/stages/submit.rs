@@ -323,7 +323,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
 
     /// Puts the job back until the budget has room (no Defender call was made).
     async fn pace(&self, wait: Duration) -> Result<Done, StageError> {
-        let delay = wait.max(Duration::from_secs(1));
+        let delay = budget::queue_delay(wait);
         self.again(self.job.attempt, delay).await?;
         Ok(Done::new(
             &self.job.run_id,

@@ -84,7 +84,7 @@ impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
                             "GET budget exhausted while resuming".into(),
                         ));
                     }
-                    tokio::time::sleep(w).await;
+                    self.clock.pause(w).await;
                 }
             }
         }

@@ -123,16 +123,12 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             .await?;
             let link = match link {
                 Paced::Wait(wait) => {
-                    step.again(
-                        job.attempt,
-                        job.link_errors,
-                        wait.max(Duration::from_secs(1)),
-                    )
-                    .await?;
+                    let delay = budget::queue_delay(wait);
+                    step.again(job.attempt, job.link_errors, delay).await?;
                     return Ok(Done::new(
                         &run_id,
                         Outcome::Paced,
-                        format!("GET budget full; again in {}s", wait.as_secs()),
+                        format!("GET budget full; again in {}s", delay.as_secs()),
                     ));
                 }
                 Paced::Ran(link) => link,

@@ -340,3 +340,114 @@ async fn a_tag_further_in_a_comment_does_not_count() {
         vec![action_id(1)]
     );
 }
+
+/// A store that refuses the status board (a policy without it, an outage of that key), and keeps
+/// everything else (the budget) in memory; `refuse_reads` false refuses only writes.
+struct NoBoard {
+    inner: MemStore,
+    refuse_reads: bool,
+}
+
+impl ObjectStore for NoBoard {
+    async fn get(&self, key: &str) -> Result<Option<crate::ports::Stored>, StoreError> {
+        if key == STATUS_BOARD_KEY && self.refuse_reads {
+            return Err(StoreError("AccessDenied (403)".into()));
+        }
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, cond: Put) -> Result<PutResult, StoreError> {
+        if key == STATUS_BOARD_KEY {
+            return Err(StoreError("AccessDenied (403)".into()));
+        }
+        self.inner.put(key, body, cond).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A board the store will not give or take does not stop polling: a look reads its action by id
+/// (within the budget) when the board cannot be read or claimed, and lists without keeping the
+/// listing when it cannot be written.
+#[tokio::test]
+async fn a_board_the_store_refuses_costs_a_call_not_the_poll() {
+    // (refuse reads, a stale board already stored, expected (lists, reads by id))
+    for (refuse_reads, stale_board, expected) in [
+        (true, false, (0, 2)),
+        (false, true, (0, 2)),
+        (false, false, (2, 1)),
+    ] {
+        let store = NoBoard {
+            inner: MemStore::default(),
+            refuse_reads,
+        };
+        let (tenant, clock) = (Tenant::new(), ManualClock::at(t0()));
+        tenant.add(1, t0(), "lr-run:1");
+        tenant.add(2, t0(), "lr-run:2");
+        tenant.set(2, ActionStatus::Succeeded);
+        if stale_board {
+            let old = Board {
+                v: 1,
+                fetched_at: t0() - time::Duration::minutes(1),
+                since: t0() - time::Duration::minutes(10),
+                partial: false,
+                refreshing_since: None,
+                actions: vec![],
+            };
+            store
+                .inner
+                .put(STATUS_BOARD_KEY, encode(&old).unwrap(), Put::Always)
+                .await
+                .unwrap();
+        }
+        for (n, status) in [(1, ActionStatus::InProgress), (2, ActionStatus::Succeeded)] {
+            let look = look(&store, &tenant, &budget(), &clock, t0(), &action_id(n))
+                .await
+                .expect("a refused board is not a failed poll");
+            match look {
+                Paced::Ran(Ok(a)) => assert_eq!(a.status, status),
+                other => panic!("action {n}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            tenant.calls(),
+            expected,
+            "(lists, reads by id) with reads refused {refuse_reads}, a stale board {stale_board}"
+        );
+        let budget = store.inner.get(crate::budget::BUDGET_KEY).await.unwrap();
+        assert!(budget.is_some(), "the calls went through the GET budget");
+    }
+}
+
+/// Against a time-scaled Defender (a 12 s minute) the board's freshness scales with the minute:
+/// 1 s instead of 5 s.
+#[tokio::test]
+async fn a_scaled_minute_scales_the_boards_freshness() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    let scaled = BudgetConfig {
+        minute: Duration::from_secs(12),
+        ..budget()
+    };
+    assert_eq!(in_minute(FRESH, &scaled), Duration::from_secs(1));
+    assert_eq!(in_minute(FRESH, &budget()), FRESH, "unchanged at 60 s");
+    tenant.add(1, t0(), "lr-run:1");
+    let look_once = || async {
+        match look(&store, &tenant, &scaled, &clock, t0(), &action_id(1))
+            .await
+            .unwrap()
+        {
+            Paced::Ran(Ok(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    };
+    look_once().await;
+    clock.advance(Duration::from_millis(900));
+    look_once().await;
+    assert_eq!(tenant.calls(), (1, 0), "0.9 s old: fresh");
+    clock.advance(Duration::from_millis(300));
+    look_once().await;
+    assert_eq!(tenant.calls(), (2, 0), "1.2 s old: listed again");
+}

@@ -280,16 +280,12 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
     /// The job back on the queue until the GET budget has room: when the hourly budget is tight,
     /// polls stretch out instead of provoking 429s.
     async fn pace(&self, wait: Duration) -> Result<Done, StageError> {
-        self.again(
-            self.job.polls,
-            self.job.cancels,
-            wait.max(Duration::from_secs(1)),
-        )
-        .await?;
+        let delay = budget::queue_delay(wait);
+        self.again(self.job.polls, self.job.cancels, delay).await?;
         Ok(Done::new(
             &self.job.run_id,
             Outcome::Paced,
-            format!("GET budget full; again in {}s", wait.as_secs()),
+            format!("GET budget full; again in {}s", delay.as_secs()),
         ))
     }
 
