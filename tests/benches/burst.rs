@@ -43,6 +43,8 @@ use time::format_description::well_known::Rfc3339;
 
 const FILE: &str = "C:\\Users\\Public\\Downloads\\invoice.pdf.exe";
 const FILE_BYTES: u64 = 64 << 10;
+/// Collect invocations at once: the template's `CollectMaxConcurrency` default.
+const COLLECT_AT_ONCE: usize = 10;
 /// Issue 14's target: makespan at most this times the quota's lower bound.
 const MAX_RATIO: f64 = 1.05;
 
@@ -77,7 +79,8 @@ async fn pipeline_child(spec: &str) {
     };
     let sdk = testkit::aws::sdk_as(&endpoint, "testing", "testing").await;
     let mut pipelines = Vec::new();
-    for _ in 0..spec["instances"].as_u64().unwrap_or(1) {
+    let instances = spec["instances"].as_u64().unwrap_or(1).max(1) as usize;
+    for _ in 0..instances {
         pipelines.push(
             local_stack::runner::LocalPipeline::start(
                 &sdk,
@@ -85,6 +88,8 @@ async fn pipeline_child(spec: &str) {
                 &env,
                 local_stack::runner::RunnerOptions {
                     failed_visibility: Some(Duration::from_secs(1)),
+                    // The template's CollectMaxConcurrency (10) over the runners.
+                    collect_loops: COLLECT_AT_ONCE.div_ceil(instances),
                     ..Default::default()
                 },
             )
@@ -281,7 +286,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
     let gets = gets_bound(n as u64).max(gets_bound(2 * n as u64));
     let bound = subs.max(sessions).max(gets) as f64;
     println!(
-        "burst: {n} alerts on {n} devices, runs of {run_secs} s (pickup {pickup} s, triage script {script_secs} s, file {file_secs} s); simulator {sim_bin} at time scale {scale} (1 real s = {scale} simulated s); {instances} local runners on moto{}; POLL_DELAYS_SECS={} (the default / {scale}), BUDGET_MINUTE_MS={}",
+        "burst: {n} alerts on {n} devices, runs of {run_secs} s (pickup {pickup} s, triage script {script_secs} s, file {file_secs} s); simulator {sim_bin} at time scale {scale} (1 real s = {scale} simulated s); {instances} local runners on moto (collect: {COLLECT_AT_ONCE} at once over them, the template's CollectMaxConcurrency){}; POLL_DELAYS_SECS={} (the default / {scale}), BUDGET_MINUTE_MS={}",
         if cas_proxy {
             " (through testkit::cas_proxy: one conditional write at a time, as S3 makes them atomic)"
         } else {
@@ -291,7 +296,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         env["BUDGET_MINUTE_MS"]
     );
     println!(
-        "  not scaled (real seconds, so {scale} times longer in simulated time): SQS delays in whole seconds (a paced submission or GET spends the sub-second rest inside its invocation), waits written in seconds in the stages' code (a granted call's 120 s limit), the runner's 1 s receive wait, and every moto and runner overhead; scaled through BUDGET_MINUTE_MS: the budget's windows and the poll status board's freshness (5 s of a 60 s minute)"
+        "  not scaled (real seconds, so {scale} times longer in simulated time): SQS delays in whole seconds (a paced submission or GET spends the sub-second rest inside its invocation), waits written in seconds in the stages' code (a granted call's 120 s limit), the runner's 1 s receive wait, and every moto and runner overhead; the poll status board's 5 s freshness (as in production: its listings load S3 and the budget as they would there)"
     );
     println!(
         "  bound = max(submissions, sessions, GETs) = max({subs}, {sessions}, {gets}) = {bound:.0} s: submissions (ceil({n}/{per_min})-1) min + {run_secs} s (the last of {n} cannot be posted before then, and runs {run_secs} s); sessions ceil({n}/{})*{run_secs} s; GETs per API, {n} status and {} link calls at {}/min and {}/h: (ceil(calls/{})-1) min, (ceil(calls/{})-1) h",

@@ -9,7 +9,7 @@ use shared::budget::{
     BUDGET_KEY, BudgetConfig, Grant, Paced, acquire_get, acquire_submission, get_call,
     release_session, settle, submission_call,
 };
-use shared::clock::{Clock, ManualClock};
+use shared::clock::{Clock, ManualClock, unix_ms};
 use shared::ids::RunId;
 use shared::ports::{ObjectStore, Put};
 use testkit::records::{collecting_run, put_run};
@@ -43,7 +43,7 @@ async fn submit_at(store: &MemStore, clock: &ManualClock, n: u32, secs: i64) -> 
         .unwrap()
     {
         Grant::Granted(slot) => {
-            settle(store, &cfg(), clock, slot).await;
+            settle(store, &cfg(), clock, slot, unix_ms(clock.now())).await;
             None
         }
         Grant::Wait(w) => Some(w),
@@ -54,7 +54,7 @@ async fn get_at(store: &MemStore, clock: &ManualClock, secs: i64) -> Option<Dura
     clock.set(t0() + time::Duration::seconds(secs));
     match acquire_get(store, &cfg(), clock).await.unwrap() {
         Grant::Granted(slot) => {
-            settle(store, &cfg(), clock, slot).await;
+            settle(store, &cfg(), clock, slot, unix_ms(clock.now())).await;
             None
         }
         Grant::Wait(w) => Some(w),
@@ -161,15 +161,16 @@ async fn an_unsettled_call_counts_until_its_call_limit() {
         "in flight: look again soon, as the calls may settle"
     );
     clock.advance(Duration::from_secs(79));
-    let wait = get_call(&store, &cfg, &clock, || async {}).await.unwrap();
+    let wait = acquire_get(&store, &cfg, &clock).await.unwrap();
     assert_eq!(
         wait,
-        Paced::Wait(Duration::from_secs(1)),
+        Grant::Wait(Duration::from_secs(1)),
         "granted at 0, may arrive until 120, counts until 180"
     );
-    clock.advance(Duration::from_secs(1));
+    // A wait of a second is spent inside the call, which then runs at 180 s.
     let ran = get_call(&store, &cfg, &clock, || async {}).await.unwrap();
     assert_eq!(ran, Paced::Ran(()));
+    assert_eq!(clock.now(), t0() + time::Duration::seconds(180));
 }
 
 /// Many invocations at once, each call arriving at a random delay after its grant: Defender's view

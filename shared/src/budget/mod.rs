@@ -359,10 +359,17 @@ pub async fn acquire_get<S: ObjectStore>(
     })
 }
 
-/// Records that the call behind `slot` has returned: from now on it counts at this time instead of
-/// at the latest time it could have arrived. Best effort: if this fails, the open stamp still
-/// counts, conservatively, until its call limit.
-pub async fn settle<S: ObjectStore>(store: &S, cfg: &BudgetConfig, clock: &dyn Clock, slot: Slot) {
+/// Records that the call behind `slot` returned at `returned` (unix ms; read when it returned,
+/// not after the budget write, which can wait behind other invocations' writes): from then on it
+/// counts at that time instead of at the latest time it could have arrived. Best effort: if this
+/// fails, the open stamp still counts, conservatively, until its call limit.
+pub async fn settle<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    slot: Slot,
+    returned: i64,
+) {
     let result = with_budget(store, cfg, clock, |b, now| {
         let stamps = match slot.window {
             Window::Submissions => &mut b.submissions,
@@ -376,7 +383,7 @@ pub async fn settle<S: ObjectStore>(store: &S, cfg: &BudgetConfig, clock: &dyn C
                 let Stamp::Open { granted, .. } = *s else {
                     return ((), false);
                 };
-                *s = Stamp::Settled(now.max(granted));
+                *s = Stamp::Settled(returned.min(now).max(granted));
                 ((), true)
             }
             None => ((), false),
@@ -420,6 +427,23 @@ where
     Fut: Future<Output = T>,
 {
     let grant = within_pause(clock, || acquire_get(store, cfg, clock)).await?;
+    Ok(run_granted(store, cfg, clock, grant, call).await)
+}
+
+/// As [`get_call`], but a wait is answered at once, never paused inline: for a caller holding a
+/// lock that other messages of the batch wait on (each would otherwise pause in turn).
+pub async fn get_call_at_once<S, T, F, Fut>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    call: F,
+) -> Result<Paced<T>, StoreError>
+where
+    S: ObjectStore,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let grant = acquire_get(store, cfg, clock).await?;
     Ok(run_granted(store, cfg, clock, grant, call).await)
 }
 
@@ -473,7 +497,8 @@ where
         Grant::Wait(w) => Paced::Wait(w),
         Grant::Granted(slot) => {
             let out = call().await;
-            settle(store, cfg, clock, slot).await;
+            let returned = unix_ms(clock.now());
+            settle(store, cfg, clock, slot, returned).await;
             Paced::Ran(out)
         }
     }

@@ -194,3 +194,31 @@ fn a_queue_delay_rounds_down_to_whole_seconds_and_is_never_zero() {
     assert_eq!(d(300), Duration::from_secs(1));
     assert_eq!(d(0), Duration::from_secs(1));
 }
+
+/// A call counts from when it returned, not from when its settling write got through (behind
+/// other invocations' writes): the window reopens a minute after the return.
+#[tokio::test]
+async fn a_call_is_settled_at_its_return_not_at_the_write() {
+    let store = crate::adapters::memory::MemStore::default();
+    let cfg = BudgetConfig {
+        gets_per_minute: 1,
+        ..cfg_of(Duration::from_secs(60))
+    };
+    let start = time::macros::datetime!(2026-11-30 10:00 UTC);
+    let clock = crate::clock::ManualClock::at(start);
+    let Grant::Granted(slot) = acquire_get(&store, &cfg, &clock).await.unwrap() else {
+        panic!("room for one");
+    };
+    clock.advance(Duration::from_millis(100));
+    let returned = unix_ms(clock.now());
+    clock.advance(Duration::from_secs(2)); // the settling write waited behind others
+    settle(&store, &cfg, &clock, slot, returned).await;
+    clock.set(start + time::Duration::milliseconds(60_100));
+    assert!(
+        matches!(
+            acquire_get(&store, &cfg, &clock).await.unwrap(),
+            Grant::Granted(_)
+        ),
+        "the window reopened a minute after the return, not after the write"
+    );
+}

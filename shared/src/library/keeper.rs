@@ -200,7 +200,7 @@ impl Librarian {
         for _ in 0..ROUNDS {
             let age = cache.listing.as_ref().map(|(_, at)| clock.now() - *at);
             if must_list || age.is_none_or(|a| a > LISTING_TTL) {
-                match budget::get_call(store, budget, clock, || api.list()).await? {
+                match budget::get_call_at_once(store, budget, clock, || api.list()).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Err(e)) => {
                         let (answer, failure) = failed(e, "listing", clock.now());
@@ -265,7 +265,8 @@ impl Librarian {
                     )));
                 }
                 let ours = file.sha256.clone();
-                match budget::get_call(store, budget, clock, || api.upload(&upload)).await? {
+                match budget::get_call_at_once(store, budget, clock, || api.upload(&upload)).await?
+                {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Ok(mut entity)) => {
                         // Defender's answer names the hash it stored; without one, ours stands.

@@ -31,6 +31,9 @@ pub struct RunnerOptions {
     /// When set, received messages stay invisible this long instead of the queue's visibility
     /// timeout, so that a killed runner's messages come back soon (tests only).
     pub receive_visibility: Option<Duration>,
+    /// Collect invocations at once in this pipeline (each copies one package, as the template's
+    /// batch size of 1; the template lets `CollectMaxConcurrency`, default 10, run at once).
+    pub collect_loops: usize,
 }
 
 impl Default for RunnerOptions {
@@ -40,6 +43,7 @@ impl Default for RunnerOptions {
             wait: Duration::from_secs(1),
             failed_visibility: None,
             receive_visibility: None,
+            collect_loops: 1,
         }
     }
 }
@@ -104,17 +108,24 @@ impl LocalPipeline {
         for q in QUEUES {
             let (h, batch) = handlers[q.stage].clone();
             let url = stack.queue_urls[q.stage].clone();
-            tasks.push(tokio::spawn(event_source(
-                sqs.clone(),
-                q.stage,
-                url,
-                h,
-                RunnerOptions {
-                    batch_size: batch,
-                    ..options.clone()
-                },
-                rx.clone(),
-            )));
+            let loops = if q.stage == "collect" {
+                options.collect_loops.max(1)
+            } else {
+                1
+            };
+            for _ in 0..loops {
+                tasks.push(tokio::spawn(event_source(
+                    sqs.clone(),
+                    q.stage,
+                    url.clone(),
+                    h.clone(),
+                    RunnerOptions {
+                        batch_size: batch,
+                        ..options.clone()
+                    },
+                    rx.clone(),
+                )));
+            }
         }
         Ok(Self { stop, tasks })
     }

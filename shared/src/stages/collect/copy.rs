@@ -66,8 +66,9 @@ pub(super) struct Source<'a, S, D, F> {
 impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
     /// A fresh link, checked like the first, opened at byte `from`.
     pub(super) async fn reopen(&self, from: u64) -> Result<crate::ports::Download, CopyError> {
-        // The link call counts against the GET budget; mid-copy, wait for it here (briefly).
-        let mut waited = Duration::ZERO;
+        // The link call counts against the GET budget; mid-copy, wait for it here (briefly: a
+        // minute by the clock, pauses inside the budget's calls included).
+        let started = self.clock.now();
         let link = loop {
             let call = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
                 self.defender
@@ -78,8 +79,7 @@ impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
             match call {
                 Paced::Ran(link) => break link,
                 Paced::Wait(w) => {
-                    waited += w;
-                    if waited > Duration::from_secs(60) {
+                    if self.clock.now() - started + w > Duration::from_secs(60) {
                         return Err(CopyError::Download(
                             "GET budget exhausted while resuming".into(),
                         ));

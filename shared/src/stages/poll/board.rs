@@ -12,7 +12,8 @@
 //! board says when, the action says what (its commands as Defender records them).
 //!
 //! The board is a cache: an unreadable one is ignored and rebuilt, one the store will not give
-//! or take (denied, down) costs a read by id, an action missing from it is read by id, and nothing is decided from it that the action itself would not say.
+//! or take (denied, down) costs a read by id, an action missing from it is read by id, and
+//! nothing is decided from it that the action itself would not say.
 
 use std::time::Duration;
 
@@ -26,18 +27,10 @@ use crate::ids::RUN_COMMENT_PREFIX;
 use crate::ports::{Defender, ObjectStore, Put, PutResult, StoreError};
 use crate::store::keys::STATUS_BOARD_KEY;
 
-/// A board younger than this answers a poll without a call to Defender (in Defender's minute of
-/// 60 s; see [`in_minute`]).
+/// A board younger than this answers a poll without a call to Defender.
 pub const FRESH: Duration = Duration::from_secs(5);
-/// A refresh claimed by another poll is left to it for this long (likewise).
+/// A refresh claimed by another poll is left to it for this long.
 pub const CLAIM: Duration = Duration::from_secs(5);
-
-/// `d` (one of the times above) in the budget's minute: both are shares of Defender's minute
-/// (a listing every [`FRESH`] is 12 of its 100 GETs), so a time-scaled minute (`BUDGET_MINUTE_MS`,
-/// against the simulator) scales them with it. Unchanged at the real 60 s.
-pub fn in_minute(d: Duration, budget: &BudgetConfig) -> Duration {
-    d.mul_f64(budget.minute.as_secs_f64() / 60.0)
-}
 /// The first page of a listing: a listing this long may have been cut short.
 pub const PAGE: usize = 1000;
 /// How far before a run's submission its action's creation time may lie (clock skew).
@@ -132,11 +125,11 @@ impl Board {
         }
     }
 
-    /// Whether another poll's claim to refresh, lasting `claim`, is still running at `now`.
-    fn claimed(&self, now: OffsetDateTime, claim: Duration) -> bool {
+    /// Whether another poll's claim to refresh is still running at `now`.
+    fn claimed(&self, now: OffsetDateTime) -> bool {
         self.refreshing_since.is_some_and(|at| {
             at <= now + time::Duration::SECOND
-                && (now - at).try_into().unwrap_or(Duration::ZERO) < claim
+                && (now - at).try_into().unwrap_or(Duration::ZERO) < CLAIM
         })
     }
 }
@@ -176,7 +169,6 @@ pub async fn look<S: ObjectStore, D: Defender>(
 ) -> Result<Look, StoreError> {
     let now = clock.now();
     let created = submitted - SKEW;
-    let (fresh_for, claim_for) = (in_minute(FRESH, budget_cfg), in_minute(CLAIM, budget_cfg));
     // The board is a cache: when the store will not give it (denied, down), the action is read
     // by id (the budget, which is not a cache, still decides whether that can happen now).
     let (board, etag) = match load(store).await {
@@ -188,9 +180,9 @@ pub async fn look<S: ObjectStore, D: Defender>(
     };
     let mut board = board;
     if let Some(b) = &board {
-        let fresh = b.age(now) <= fresh_for;
+        let fresh = b.age(now) <= FRESH;
         // Someone else is refreshing: a board up to a claim's length older still answers.
-        let waiting = b.claimed(now, claim_for) && b.age(now) <= fresh_for + claim_for;
+        let waiting = b.claimed(now) && b.age(now) <= FRESH + CLAIM;
         if fresh || waiting {
             match b.find(id, created) {
                 Seen::On(a) => return by_id_if_final(store, defender, budget_cfg, clock, a).await,
@@ -203,7 +195,7 @@ pub async fn look<S: ObjectStore, D: Defender>(
     }
     // Stale, or it does not cover this run: claim the refresh (one poll at a time).
     if let Some(b) = board.as_mut()
-        && !b.claimed(now, claim_for)
+        && !b.claimed(now)
     {
         b.refreshing_since = Some(now);
         let claim = match &etag {
@@ -214,11 +206,16 @@ pub async fn look<S: ObjectStore, D: Defender>(
             Ok(PutResult::Written { .. }) => {}
             Ok(PutResult::Conflict) => {
                 // Another poll refreshed or claimed it first: read what it left.
-                if let Ok((Some(other), _)) = load(store).await
-                    && other.age(now) <= fresh_for + claim_for
-                    && let Seen::On(a) = other.find(id, created)
-                {
-                    return by_id_if_final(store, defender, budget_cfg, clock, a).await;
+                match load(store).await {
+                    Ok((Some(other), _)) if other.age(now) <= FRESH + CLAIM => {
+                        if let Seen::On(a) = other.find(id, created) {
+                            return by_id_if_final(store, defender, budget_cfg, clock, a).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = STATUS_BOARD_KEY, "could not read the status board after losing its claim; listing")
+                    }
                 }
             }
             Err(e) => {

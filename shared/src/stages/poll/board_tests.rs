@@ -421,33 +421,3 @@ async fn a_board_the_store_refuses_costs_a_call_not_the_poll() {
         assert!(budget.is_some(), "the calls went through the GET budget");
     }
 }
-
-/// Against a time-scaled Defender (a 12 s minute) the board's freshness scales with the minute:
-/// 1 s instead of 5 s.
-#[tokio::test]
-async fn a_scaled_minute_scales_the_boards_freshness() {
-    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
-    let scaled = BudgetConfig {
-        minute: Duration::from_secs(12),
-        ..budget()
-    };
-    assert_eq!(in_minute(FRESH, &scaled), Duration::from_secs(1));
-    assert_eq!(in_minute(FRESH, &budget()), FRESH, "unchanged at 60 s");
-    tenant.add(1, t0(), "lr-run:1");
-    let look_once = || async {
-        match look(&store, &tenant, &scaled, &clock, t0(), &action_id(1))
-            .await
-            .unwrap()
-        {
-            Paced::Ran(Ok(a)) => a,
-            other => panic!("{other:?}"),
-        }
-    };
-    look_once().await;
-    clock.advance(Duration::from_millis(900));
-    look_once().await;
-    assert_eq!(tenant.calls(), (1, 0), "0.9 s old: fresh");
-    clock.advance(Duration::from_millis(300));
-    look_once().await;
-    assert_eq!(tenant.calls(), (2, 0), "1.2 s old: listed again");
-}
