@@ -97,7 +97,7 @@ fi
 ARCHS="${LR_BENCH_SIZES:-host}"
 if [[ "$ARCHS" == host ]]; then
   started=$SECONDS
-  echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+  echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
   printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
   host_build
   dir="$(mktemp -d)"
@@ -111,7 +111,7 @@ if [[ "$ARCHS" == off || "$ARCHS" == 0 ]]; then
   echo "bootstrap sizes: not measured (LR_BENCH_SIZES=$ARCHS)"
   exit 0
 fi
-echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
 printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
 for arch in x86_64 arm64; do
   if [[ " $ARCHS " != *" $arch "* ]]; then
