@@ -2,7 +2,8 @@
 # Bootstrap sizes: each function's release bootstrap (intake, submit, poll, collect) as the
 # template's `sam build` makes it -- BuildMethod rust-cargolambda on provided.al2023, that is
 # `cargo lambda build --release` (--arm64 for arm64; the x86_64 target for x86_64), with the
-# workspace's [profile.release] (thin LTO, 4 codegen units, panic=abort, strip) -- for x86_64 and
+# workspace's [profile.release] (opt-level "z" but 3 for the copy's hashing, checksum and inflate
+# crates, thin LTO, 4 codegen units, panic=abort, strip) -- for x86_64 and
 # arm64, beside the issue's target (10 MB = 10,000,000 bytes). Prints each bootstrap's bytes and
 # what it zips to (the deployment package). An architecture that cannot be built here is printed
 # as "not measured" with the reason.
@@ -15,15 +16,15 @@
 #   LR_BENCH_SIZES=host (the default, what ./dev bench measures within its 20 minutes): the
 #                                       x86_64 release build on this machine (cargo build --release,
 #                                       target/release: the same code and profile as cargo lambda's
-#                                       x86_64 build, linked by the host's linker; it shares every
-#                                       dependency with the benchmarks' release build, so it costs
-#                                       about a minute of linking)
+#                                       x86_64 build, linked by the host's linker), built first by
+#                                       ./dev bench together with the simulator (`build` below), so
+#                                       measuring here rebuilds nothing
 #   LR_BENCH_SIZES="x86_64 arm64" | arm64 | x86_64 | off  cargo lambda's own builds per architecture.
 #                                       From scratch each architecture takes about 6-7 min on 2
 #                                       cores, and about 4 min again after any change to shared/
 #                                       (thin LTO relinks every function).
 #   LR_SIZE_EXPERIMENT=1 (or =arm64, or ="x86_64 arm64") tools/bootstrap-sizes.sh
-#                                       also builds with opt-level="z", fat LTO and one codegen unit
+#                                       also builds with fat LTO and one codegen unit (opt-level "z")
 #                                       into target/size-experiment (every dependency again: about as
 #                                       long as a first build), printed as an experiment only
 set -euo pipefail
@@ -90,14 +91,10 @@ measure() {
   printf '  %-7s (cargo lambda build --release %s: %d s)\n' "$arch" "$*" "$((SECONDS - started))"
 }
 
-if ! cargo lambda --version >/dev/null 2>&1; then
-  echo "bootstrap sizes: not measured: cargo-lambda is not installed (./dev setup puts it in .venv/tools)"
-  exit 0
-fi
 ARCHS="${LR_BENCH_SIZES:-host}"
 if [[ "$ARCHS" == host ]]; then
   started=$SECONDS
-  echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+  echo "bootstrap sizes: cargo build --release on this x86_64 machine (as cargo lambda builds x86_64, but linked by the host; LR_BENCH_SIZES=\"x86_64 arm64\" builds with cargo lambda), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[profile.release.package./{p=1; sub(/^\[profile.release.package./,""); sub(/\]$/,""); printf "%s: ", $0; next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
   printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
   host_build
   dir="$(mktemp -d)"
@@ -111,7 +108,11 @@ if [[ "$ARCHS" == off || "$ARCHS" == 0 ]]; then
   echo "bootstrap sizes: not measured (LR_BENCH_SIZES=$ARCHS)"
   exit 0
 fi
-echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
+if ! cargo lambda --version >/dev/null 2>&1; then
+  echo "bootstrap sizes: not measured: cargo-lambda is not installed (./dev setup puts it in .venv/tools)"
+  exit 0
+fi
+echo "bootstrap sizes: cargo lambda build --release ($(cargo lambda --version | awk '{print $2}'), zig $(python-zig version 2>/dev/null || echo '?')), [profile.release] $(awk '/^\[profile.release\]/{p=1;next} /^\[profile.release.package./{p=1; sub(/^\[profile.release.package./,""); sub(/\]$/,""); printf "%s: ", $0; next} /^\[/{p=0} p&&NF&&!/^#/{printf "%s; ", $0}' Cargo.toml)target 10 MB (10,000,000 bytes) per bootstrap"
 printf '  %-7s %-8s %12s %9s %12s %9s   %s\n' arch function "bootstrap B" "" "zipped B" "" "target <= 10 MB"
 for arch in x86_64 arm64; do
   if [[ " $ARCHS " != *" $arch "* ]]; then

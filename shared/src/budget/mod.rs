@@ -386,7 +386,21 @@ pub async fn settle<S: ObjectStore>(
                 *s = Stamp::Settled(returned.min(now).max(granted));
                 ((), true)
             }
-            None => ((), false),
+            None => {
+                // The open stamp is gone (the call outlived its call limit and a window after
+                // it, or the budget was rebuilt): count the call at its return if that is still
+                // inside its window, rather than not at all.
+                let kept = match slot.window {
+                    Window::Submissions => cfg.minute,
+                    Window::Gets => cfg.hour(),
+                };
+                if returned > now.saturating_sub(ms(kept)) {
+                    stamps.push(Stamp::Settled(returned.min(now)));
+                    ((), true)
+                } else {
+                    ((), false)
+                }
+            }
         }
     })
     .await;

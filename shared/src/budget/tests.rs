@@ -222,3 +222,37 @@ async fn a_call_is_settled_at_its_return_not_at_the_write() {
         "the window reopened a minute after the return, not after the write"
     );
 }
+
+/// A call that outlived its call limit and a window after it (its open stamp tidied away) still
+/// counts at its return when that is inside the window, instead of not at all.
+#[tokio::test]
+async fn a_call_whose_open_stamp_was_dropped_counts_at_its_return() {
+    let store = crate::adapters::memory::MemStore::default();
+    let cfg = BudgetConfig {
+        submissions_per_minute: 1,
+        ..cfg_of(Duration::from_secs(60))
+    };
+    let start = time::macros::datetime!(2026-11-30 10:00 UTC);
+    let clock = crate::clock::ManualClock::at(start);
+    let run = RunId::derive("test", "a", "machine", "triage");
+    let Grant::Granted(slot) = acquire_submission(&store, &cfg, &clock, &run)
+        .await
+        .unwrap()
+    else {
+        panic!("room for one");
+    };
+    // The call returns after its 120 s limit and a minute more: the open stamp has been dropped.
+    clock.advance(Duration::from_secs(200));
+    let returned = unix_ms(clock.now());
+    settle(&store, &cfg, &clock, slot, returned).await;
+    let other = RunId::derive("test", "b", "machine", "triage");
+    assert!(
+        matches!(
+            acquire_submission(&store, &cfg, &clock, &other)
+                .await
+                .unwrap(),
+            Grant::Wait(_)
+        ),
+        "the late call fills the minute it returned in"
+    );
+}
