@@ -10,7 +10,7 @@ use crate::ports::{Completion, Head, StoreError, Uploads};
 use crate::store::RunRecord;
 
 use super::checkpoint::{Checkpoint, Finished, save_checkpoint};
-use super::copy::{Copied, CopyError, CopyResult};
+use super::outcome::{Copied, CopyError, CopyResult};
 
 /// Makes a whole upload's object stand under its key, or finds that it does: completes the
 /// upload (only if nothing is there); if the upload is gone or the key taken, looks at what is

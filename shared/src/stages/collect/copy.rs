@@ -21,6 +21,7 @@ use super::checkpoint::{
 };
 use super::complete::{complete, upload_gone};
 use super::link::check_link;
+use super::outcome::{CopyError, CopyResult};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::defender::{CommandType, DownloadLink, Transcript};
@@ -40,17 +41,6 @@ pub fn part_size(content_length: Option<u64>, min: usize) -> usize {
     let min = (min as u64).max(5 * MIB);
     let needed = content_length.map(|l| l.div_ceil(MAX_PARTS)).unwrap_or(0);
     (needed.max(min).div_ceil(MIB) * MIB) as usize
-}
-
-pub(super) enum CopyError {
-    /// The download failed or broke off: worth another attempt with a fresh link.
-    Download(String),
-    /// S3 failed: SQS delivers the job again.
-    Store(StoreError),
-    /// The multipart upload no longer exists.
-    UploadGone,
-    /// The evidence key already holds other bytes: not replaced, and not this command's package.
-    Occupied(String),
 }
 
 /// Where the package comes from; asked again for a fresh link when a download breaks off.
@@ -98,30 +88,8 @@ impl<S: Uploads, D: Defender, F: Fetch> Source<'_, S, D, F> {
     }
 }
 
-/// A stored copy.
-pub(super) struct Copied {
-    pub(super) key: String,
-    /// The evidence object's version, when the bucket keeps versions.
-    pub(super) version_id: Option<String>,
-    pub(super) size: u64,
-    pub(super) sha256: String,
-    pub(super) sha256_decompressed: Option<String>,
-    pub(super) size_decompressed: Option<u64>,
-    pub(super) exit_code: Option<i64>,
-    pub(super) output_excerpt: Option<String>,
-    pub(super) errors_excerpt: Option<String>,
-}
-
 /// Resumptions with a Range request within one copy attempt.
 pub(super) const MAX_RESUMES: u32 = 10;
-
-pub(super) enum CopyResult {
-    Copied(Copied),
-    /// The time budget ran out; a checkpoint holds the place.
-    Paused {
-        offset: u64,
-    },
-}
 
 pub(super) async fn copy<S: Uploads, D: Defender, F: Fetch>(
     store: &S,

@@ -7,13 +7,14 @@
 //! This module is the stage: which message acts, what is recorded when. The rooms beside it hold
 //! the parts it drives: `link` (which result links are followed), `copy` (the streaming
 //! engine: parts, fresh links and resumption), `complete` (making the object stand under its key,
-//! or finding it there), `checkpoint` (where an unfinished copy stands, saved between
-//! invocations).
+//! or finding it there), `outcome` (what a copy comes to), `checkpoint` (where an unfinished copy
+//! stands, saved between invocations).
 
 mod checkpoint;
 mod complete;
 mod copy;
 mod link;
+mod outcome;
 
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use time::OffsetDateTime;
 use self::checkpoint::{Saved, discard_checkpoint, load_checkpoint};
 use self::complete::complete;
 use self::copy::Source;
-use self::copy::{CopyError, CopyResult, copy};
+use self::copy::copy;
 use self::link::check_link;
+use self::outcome::{CopyError, CopyResult};
 
 pub use self::copy::PARTS_IN_FLIGHT;
 use super::finish::finish_run_if_complete;
