@@ -156,6 +156,22 @@ async fn seen(
     }
 }
 
+/// The board as stored.
+async fn stored_board(store: &MemStore) -> Board {
+    let stored = store.get(STATUS_BOARD_KEY).await.unwrap().expect("a board");
+    serde_json::from_slice(&stored.body).unwrap()
+}
+
+/// The ids of the actions on the stored board.
+async fn listed_ids(store: &MemStore) -> Vec<ActionId> {
+    stored_board(store)
+        .await
+        .actions
+        .into_iter()
+        .map(|a| a.id)
+        .collect()
+}
+
 /// Twenty-five running actions looked at within a board's freshness cost one listing, and no GET
 /// each: the reason the board exists.
 #[tokio::test]
@@ -243,16 +259,7 @@ async fn the_board_keeps_the_pipelines_actions_and_survives_garbage() {
     tenant.add(1, t0(), "lr-run:1");
     tenant.add(2, t0(), "an analyst's session");
     seen(&store, &tenant, &clock, 1, t0()).await;
-    let board: Board =
-        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
-    assert_eq!(
-        board
-            .actions
-            .iter()
-            .map(|a| a.id.clone())
-            .collect::<Vec<_>>(),
-        vec![action_id(1)]
-    );
+    assert_eq!(listed_ids(&store).await, vec![action_id(1)]);
     store
         .put(STATUS_BOARD_KEY, b"{not json".to_vec(), Put::Always)
         .await
@@ -262,8 +269,7 @@ async fn the_board_keeps_the_pipelines_actions_and_survives_garbage() {
         ActionStatus::InProgress
     );
     assert_eq!(tenant.calls(), (2, 0), "listed again");
-    let again: Board =
-        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
+    let again = stored_board(&store).await;
     assert_eq!(again.actions.len(), 1);
 }
 
@@ -329,16 +335,7 @@ async fn a_tag_further_in_a_comment_does_not_count() {
     tenant.add(1, t0(), "lr-run:1 alert:a playbook:p");
     tenant.add(2, t0(), "looking at lr-run:1 by hand");
     seen(&store, &tenant, &clock, 1, t0()).await;
-    let board: Board =
-        serde_json::from_slice(&store.get(STATUS_BOARD_KEY).await.unwrap().unwrap().body).unwrap();
-    assert_eq!(
-        board
-            .actions
-            .iter()
-            .map(|a| a.id.clone())
-            .collect::<Vec<_>>(),
-        vec![action_id(1)]
-    );
+    assert_eq!(listed_ids(&store).await, vec![action_id(1)]);
 }
 
 /// A store that refuses the status board (a policy without it, an outage of that key), and keeps
