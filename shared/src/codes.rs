@@ -150,6 +150,11 @@ names! {
         UnknownCommand = "unknown_command",
         /// A poll or collect job naming another action than its run's.
         ActionMismatch = "action_mismatch",
+        /// A run's manifest or signature in the bucket that the pipeline did not write: the
+        /// manifest is not the one the run's records render, or the signature document does not
+        /// verify under the deployment's key. Someone with write access to the bucket planted it;
+        /// the run is left unsealed until a person has looked (an alarm, through the DLQ).
+        PlantedCustody = "planted_custody",
     }
 }
 

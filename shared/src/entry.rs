@@ -23,7 +23,9 @@ use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client
 use crate::library::{Bundle, BundleError, Librarian, LibrarySync};
 use crate::messages::Delivery;
 use crate::ports::{Notary, ObjectStore};
-use crate::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
+use crate::stages::settings::{
+    CollectConfig, IntakeConfig, PinnedPlaybooks, PollConfig, SubmitConfig,
+};
 use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
 
@@ -208,24 +210,29 @@ pub struct Intake {
     queue: SqsQueue,
 }
 
-/// The bundled playbooks, or the playbook file `PLAYBOOKS_S3_URI` names, checked (intake reads
-/// only this: it never needs the library files, nor may it read them).
+/// The bundled playbooks, or the pinned playbook file `PLAYBOOKS_S3_URI` names, checked (intake
+/// reads only this: it never needs the library files, nor may it read them).
 pub async fn load_playbook_file(
-    uri: Option<&str>,
+    file: Option<&PinnedPlaybooks>,
     sdk: &aws_config::SdkConfig,
 ) -> Result<Playbooks, InitError> {
-    Ok(match uri {
+    Ok(match file {
         None => Playbooks::bundled()?,
-        Some(uri) => read_playbook_file(uri, sdk).await?.0,
+        Some(f) => read_playbook_file(&f.uri, Some(&f.sha256), sdk).await?.0,
     })
 }
 
-/// The playbooks with their bundle: the bundled ones and library, or the playbook file
-/// `PLAYBOOKS_S3_URI` names with the library files it manages read from its folder beside it
+/// The playbooks with their bundle: the bundled ones and library, or the playbook file at `uri`
+/// with the library files it manages read from its folder beside it
 /// (`<dir>/<library_folder>/<name>`). Submit loads this, checked, at cold start (and
 /// `lrctl library` for the tenant): a declared file that is missing stops it, naming the file.
+///
+/// With `pin` (a deployment always pins: `PLAYBOOKS_SHA256`), a file with other bytes stops the
+/// start, and every library file the pinned file manages must pin its own SHA-256: so whoever
+/// may write the playbooks bucket can change neither the playbooks nor the scripts they run.
 pub async fn load_playbooks(
     uri: Option<&str>,
+    pin: Option<&str>,
     sdk: &aws_config::SdkConfig,
 ) -> Result<(Playbooks, Bundle), InitError> {
     let Some(uri) = uri else {
@@ -233,9 +240,17 @@ pub async fn load_playbooks(
         let bundle = Bundle::bundled(playbooks.library_files())?;
         return Ok((playbooks, bundle));
     };
-    let (playbooks, store, dir) = read_playbook_file(uri, sdk).await?;
+    let (playbooks, store, dir) = read_playbook_file(uri, pin, sdk).await?;
     let mut contents = std::collections::BTreeMap::new();
     for spec in playbooks.library_files().iter().filter(|s| !s.external) {
+        if pin.is_some() && spec.sha256.is_none() {
+            return Err(InitError::Library(BundleError {
+                file: spec.name.clone(),
+                problem: format!(
+                    "the pinned playbook file {uri} must pin this file's sha256: its bytes come from the playbooks bucket, and only a pin in the pinned file keeps them from being swapped"
+                ),
+            }));
+        }
         let key = format!("{dir}{}/{}", playbooks.library_folder(), spec.name);
         if let Some(bytes) = read_object(&store, &key).await? {
             contents.insert(spec.name.clone(), bytes);
@@ -245,9 +260,11 @@ pub async fn load_playbooks(
     Ok((playbooks, bundle))
 }
 
-/// The playbook file at `uri`, checked; the store of its bucket and the folder it is in (`dir/`).
+/// The playbook file at `uri`, checked against `pin`; the store of its bucket and the folder it
+/// is in (`dir/`).
 async fn read_playbook_file(
     uri: &str,
+    pin: Option<&str>,
     sdk: &aws_config::SdkConfig,
 ) -> Result<(Playbooks, S3Store, String), InitError> {
     let (bucket, key) = uri
@@ -260,6 +277,7 @@ async fn read_playbook_file(
     let body = read_object(&store, key)
         .await?
         .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
+    check_pin(uri, &body, pin)?;
     let text = String::from_utf8(body)
         .map_err(|_| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text")))?;
     let playbooks = Playbooks::from_toml(&text)?;
@@ -268,6 +286,20 @@ async fn read_playbook_file(
         .map(|(d, _)| format!("{d}/"))
         .unwrap_or_default();
     Ok((playbooks, store, dir))
+}
+
+/// The playbook file's bytes against the deployment's pin: any other bytes stop the start.
+pub fn check_pin(uri: &str, body: &[u8], pin: Option<&str>) -> Result<(), InitError> {
+    let Some(pin) = pin else {
+        return Ok(());
+    };
+    let actual = crate::hash::sha256_hex(body);
+    if actual.eq_ignore_ascii_case(pin) {
+        return Ok(());
+    }
+    Err(InitError::Other(format!(
+        "PLAYBOOKS_S3_URI {uri} has SHA-256 {actual}, but the deployment pins {pin} (PLAYBOOKS_SHA256): refusing to start on a playbook file nobody deployed. If the change is yours, deploy its hash"
+    )))
 }
 
 async fn read_object(store: &S3Store, key: &str) -> Result<Option<Vec<u8>>, InitError> {
@@ -290,7 +322,7 @@ impl Function for Intake {
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let cfg = Self::config(env)?;
         Ok(Self {
-            playbooks: load_playbook_file(cfg.playbooks_s3_uri.as_deref(), sdk).await?,
+            playbooks: load_playbook_file(cfg.playbooks.as_ref(), sdk).await?,
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             cfg,
@@ -334,10 +366,16 @@ impl Function for Submit {
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let settings = Self::config(env)?;
         let cfg = &settings.stage;
-        let (_, bundle) = load_playbooks(cfg.playbooks_s3_uri.as_deref(), sdk).await?;
+        let file = cfg.playbooks.as_ref();
+        let (playbooks, bundle) = load_playbooks(
+            file.map(|f| f.uri.as_str()),
+            file.map(|f| f.sha256.as_str()),
+            sdk,
+        )
+        .await?;
         Ok(Self {
             clients: Clients::new(&settings, &cfg.bucket, sdk)?,
-            librarian: Librarian::new(bundle, cfg.library_sync),
+            librarian: Librarian::new(bundle, cfg.library_sync).rendering(playbooks.file_sha256()),
             cfg: settings.stage,
         })
     }
@@ -396,6 +434,7 @@ impl Function for Poll {
             &self.cfg,
             &c.store,
             &c.queue,
+            &c.defender,
             &c.defender,
             c.notary(),
             &SystemClock,

@@ -263,6 +263,20 @@ pub trait LibraryApi: Send + Sync {
     ) -> BoxFuture<'a, Result<LibraryFile, DefenderError>>;
 }
 
+/// Reading the tenant's live response library, and nothing more: what poll lists once an action
+/// has ended, to record what the library held for the files the run used
+/// ([`crate::library::LibraryRecheck`]). Every [`LibraryApi`] is one.
+pub trait LibraryListing: Send + Sync {
+    /// Every file in the library.
+    fn list_library(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>>;
+}
+
+impl<T: LibraryApi + ?Sized> LibraryListing for T {
+    fn list_library(&self) -> BoxFuture<'_, Result<Vec<LibraryFile>, DefenderError>> {
+        self.list()
+    }
+}
+
 /// A stream of downloaded or read bytes; an error is a message fit to record (no URLs).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
@@ -303,6 +317,13 @@ pub trait Signer: Send + Sync {
     /// Signs `message` (at most 4,096 bytes: KMS signs raw messages up to that size); the
     /// DER-encoded ECDSA signature.
     fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, NotaryError>>;
+    /// Whether `der` is this key's signature of `message` (`false` for any other key's, or for
+    /// bytes that are no signature); an error only when the key cannot be asked.
+    fn verify<'a>(
+        &'a self,
+        message: &'a [u8],
+        der: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, NotaryError>>;
 }
 
 /// Where run events go (EventBridge in production).

@@ -317,6 +317,7 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
                     &store,
                     &queue,
                     &defender,
+                    testkit::library::empty(),
                     testkit::notary::notary(),
                     &clock,
                     &msg,

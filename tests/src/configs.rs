@@ -33,7 +33,7 @@ pub fn intake_config() -> IntakeConfig {
         bucket: "b".into(),
         submit_queue_url: "submit".into(),
         dead_letter_queue_url: "dlq".into(),
-        playbooks_s3_uri: None,
+        playbooks: None,
         max_run_deadline: None,
     }
 }
@@ -47,7 +47,7 @@ pub fn submit_config() -> SubmitConfig {
         dead_letter_queue_url: "dlq".into(),
         first_poll_delay: Duration::from_secs(15),
         retry: backoff(),
-        playbooks_s3_uri: None,
+        playbooks: None,
         library_sync: shared::library::SyncMode::Upload,
     }
 }

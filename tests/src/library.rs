@@ -21,6 +21,12 @@ pub fn sync_off() -> LibrarySync<'static> {
     }
 }
 
+/// An empty live response library: what poll lists after an action for handlers called
+/// directly whose runs use no library file (it is not listed for those).
+pub fn empty() -> &'static MemLibrary {
+    &NONE
+}
+
 /// Every file of `shared/playbooks/library/`, as simulator seeds with its exact bytes, uploaded
 /// by someone else (no pipeline marker), under its plain and its versioned name.
 pub fn bundled_seeds() -> Vec<LibrarySeed> {

@@ -28,6 +28,7 @@ pub fn collecting_run(
         alert,
         playbook: "malware-file".into(),
         playbook_sha256: None,
+        playbook_file_sha256: None,
         refused_parameters: Vec::new(),
         machine_id: machine.clone(),
         commands,
@@ -50,6 +51,7 @@ pub fn collecting_run(
         chain: Default::default(),
         unfinished: None,
         library: Vec::new(),
+        library_after: None,
         statuses: Vec::new(),
         announcement: None,
     }

@@ -205,14 +205,14 @@ async fn every_terminal_outcome_publishes_one_event_and_a_signed_manifest() {
         check_statement(&sig, &e.run_id, &mkey, &manifest_bytes).unwrap();
         verify_offline(&sig, &offline_key).unwrap();
         assert!(
-            kms.verify(sig.statement.as_bytes(), &sig.der().unwrap())
+            kms.verify_with_kms(sig.statement.as_bytes(), &sig.der().unwrap())
                 .await
                 .unwrap()
         );
         // A statement changed by one byte does not verify, with either.
         let forged = sig.statement.replacen("manifest", "manifesT", 1);
         assert!(
-            !kms.verify(forged.as_bytes(), &sig.der().unwrap())
+            !kms.verify_with_kms(forged.as_bytes(), &sig.der().unwrap())
                 .await
                 .unwrap()
         );

@@ -127,33 +127,47 @@ fn ran_version(m: &Manifest) -> String {
     out.rsplit(' ').next().unwrap_or_default().to_string()
 }
 
-/// Puts a playbook file and its library folder in a bucket of their own; the URI for
-/// `PLAYBOOKS_S3_URI`.
+/// A playbook file in a new bucket with the library files it manages in its folder beside it, each
+/// pinned in the file (a deployment requires it); returns the variables a deployment sets for it:
+/// `PLAYBOOKS_S3_URI` and the file's pin, `PLAYBOOKS_SHA256`.
 async fn playbooks_in_s3(
     sdk: &aws_config::SdkConfig,
     toml: &str,
     files: &[(&str, &[u8])],
-) -> String {
+) -> [(&'static str, String); 2] {
+    let mut toml = toml.to_string();
+    for (name, bytes) in files {
+        let line = format!("name = \"{name}\"\n");
+        toml = toml.replacen(
+            &line,
+            &format!("{line}sha256 = \"{}\"\n", sha256_hex(bytes)),
+            1,
+        );
+    }
     let s3 = shared::adapters::s3::s3_client(sdk);
     let bucket = unique("playbooks");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    put(&s3, &bucket, "ir/playbooks.toml", toml.as_bytes()).await;
+    for (name, bytes) in files {
+        put(&s3, &bucket, &format!("ir/library/{name}"), bytes).await;
+    }
+    [
+        (
+            "PLAYBOOKS_S3_URI",
+            format!("s3://{bucket}/ir/playbooks.toml"),
+        ),
+        ("PLAYBOOKS_SHA256", sha256_hex(toml.as_bytes())),
+    ]
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8]) {
     s3.put_object()
-        .bucket(&bucket)
-        .key("ir/playbooks.toml")
-        .body(toml.as_bytes().to_vec().into())
+        .bucket(bucket)
+        .key(key)
+        .body(bytes.to_vec().into())
         .send()
         .await
         .unwrap();
-    for (name, bytes) in files {
-        s3.put_object()
-            .bucket(&bucket)
-            .key(format!("ir/library/{name}"))
-            .body(bytes.to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    }
-    format!("s3://{bucket}/ir/playbooks.toml")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -280,8 +294,8 @@ script = "triage.ps1"
 args = "-Quick"
 "#;
     let sdk = testkit::aws::aws().await;
-    let uri = playbooks_in_s3(&sdk, toml, &[("triage.ps1", bundled("triage.ps1"))]).await;
-    let stack = Stack::start(tenant(devices, vec![]), &[("PLAYBOOKS_S3_URI", uri)]).await;
+    let env = playbooks_in_s3(&sdk, toml, &[("triage.ps1", bundled("triage.ps1"))]).await;
+    let stack = Stack::start(tenant(devices, vec![]), &env).await;
     stack
         .send_alert(&native_alert("ext-1", &m, "Malware", &[]).to_string())
         .await;
@@ -360,8 +374,8 @@ async fn someone_elses_file_of_the_same_name_is_not_overwritten_unless_the_playb
     );
     let files: Vec<(&str, &[u8])> = BUNDLED_LIBRARY.to_vec();
     let sdk = testkit::aws::aws().await;
-    let uri = playbooks_in_s3(&sdk, &toml, &files).await;
-    let stack = Stack::start(config, &[("PLAYBOOKS_S3_URI", uri)]).await;
+    let env = playbooks_in_s3(&sdk, &toml, &files).await;
+    let stack = Stack::start(config, &env).await;
     let run = stack.send_file_alert("theirs-2", &m2, FILE).await;
     let manifest = stack.manifest(&run, 90).await;
     assert_eq!(
@@ -428,8 +442,8 @@ type = "RunScript"
 script = "triage.ps1"
 "#;
     let sdk = testkit::aws::aws().await;
-    let uri = playbooks_in_s3(&sdk, toml, &[]).await;
-    let e = shared::entry::load_playbooks(Some(&uri), &sdk)
+    let [(_, uri), _] = playbooks_in_s3(&sdk, toml, &[]).await;
+    let e = shared::entry::load_playbooks(Some(&uri), None, &sdk)
         .await
         .expect_err("a declared file missing from the folder");
     let text = e.to_string();
@@ -437,4 +451,70 @@ script = "triage.ps1"
         text.contains("triage.ps1") && text.contains("external = true"),
         "{text}"
     );
+}
+
+/// Defect 4: the playbooks came from a mutable S3 object with no pin, so whoever could write the
+/// playbooks bucket decided what ran as SYSTEM at the next cold start. A deployment now pins the
+/// file: other bytes stop the function's start, naming both hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swapped_playbook_file_stops_the_function_naming_both_hashes() {
+    let sdk = testkit::aws::aws().await;
+    let files: Vec<(&str, &[u8])> = BUNDLED_LIBRARY.to_vec();
+    let [(_, uri), (_, pin)] =
+        playbooks_in_s3(&sdk, shared::alerts::playbook::BUNDLED, &files).await;
+    let (playbooks, _) = shared::entry::load_playbooks(Some(&uri), Some(&pin), &sdk)
+        .await
+        .expect("the deployed file loads");
+    assert_eq!(playbooks.file_sha256(), pin);
+    // Someone with write access to the playbooks bucket swaps the file.
+    let (bucket, key) = uri[5..].split_once('/').unwrap();
+    let swapped = shared::alerts::playbook::BUNDLED.replace("-Quick", "-Quick -Exfiltrate");
+    put(
+        &shared::adapters::s3::s3_client(&sdk),
+        bucket,
+        key,
+        swapped.as_bytes(),
+    )
+    .await;
+    let e = shared::entry::load_playbooks(Some(&uri), Some(&pin), &sdk)
+        .await
+        .expect_err("a swapped file stops the start")
+        .to_string();
+    assert!(
+        e.contains(&pin)
+            && e.contains(&sha256_hex(swapped.as_bytes()))
+            && e.contains("PLAYBOOKS_SHA256"),
+        "{e}"
+    );
+}
+
+/// The scripts beside a pinned file come from the same bucket: a pinned file must pin each one,
+/// and a script swapped beside it stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swapped_script_beside_a_pinned_playbook_file_stops_the_function() {
+    let sdk = testkit::aws::aws().await;
+    let files: Vec<(&str, &[u8])> = BUNDLED_LIBRARY.to_vec();
+    let [(_, uri), (_, pin)] =
+        playbooks_in_s3(&sdk, shared::alerts::playbook::BUNDLED, &files).await;
+    let (bucket, key) = uri[5..].split_once('/').unwrap();
+    let folder = key.rsplit_once('/').unwrap().0;
+    put(
+        &shared::adapters::s3::s3_client(&sdk),
+        bucket,
+        &format!("{folder}/library/triage.ps1"),
+        b"Invoke-Evil",
+    )
+    .await;
+    let e = shared::entry::load_playbooks(Some(&uri), Some(&pin), &sdk)
+        .await
+        .expect_err("a swapped script stops the start")
+        .to_string();
+    assert!(e.contains("triage.ps1") && e.contains("pins"), "{e}");
+    // A pinned file that leaves a managed script unpinned is refused, naming the script.
+    let [(_, uri), (_, pin)] = playbooks_in_s3(&sdk, shared::alerts::playbook::BUNDLED, &[]).await;
+    let e = shared::entry::load_playbooks(Some(&uri), Some(&pin), &sdk)
+        .await
+        .expect_err("an unpinned script")
+        .to_string();
+    assert!(e.contains("triage.ps1") && e.contains("must pin"), "{e}");
 }

@@ -167,11 +167,37 @@ async fn a_fresh_library_gets_the_bundle_once_and_a_warm_one_costs_no_call() {
     }
     assert_eq!((w.lists(), w.uploads().len()), (1, 2));
 
-    // After the listing's time is up, one look again.
+    // Once the listing is older than FRESH, the next submission lists again.
     w.clock
-        .advance(shared::library::keeper::LISTING_TTL + Duration::from_secs(1));
+        .advance(shared::library::keeper::FRESH + Duration::from_secs(1));
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
     assert_eq!((w.lists(), w.uploads().len()), (2, 2));
+}
+
+/// Defect 3: the listing was trusted for ten minutes, so a script replaced in Defender's library
+/// within that window was judged ready and the device ran the replacement as SYSTEM, while the
+/// manifest attested the bundle's hash. Now every submission is judged on a listing at most FRESH
+/// old: the swap is seen and put right before the run is submitted.
+#[tokio::test]
+async fn a_script_swapped_in_the_library_a_minute_after_a_listing_is_seen_before_the_next_submission()
+ {
+    let w = World::new();
+    let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(w.library.sha256(&triage()), Some(sha(TRIAGE)));
+    // A minute later (well within the old ten), someone with Library.Manage swaps the bytes
+    // under the pipeline's own versioned name, description and all.
+    w.clock.advance(Duration::from_secs(60));
+    let marker = spec("triage.ps1").managed_description();
+    w.library.seed(&triage(), b"Invoke-Evil -AsSystem", &marker);
+    let used = ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(w.lists(), 2, "the second submission listed again");
+    assert_eq!(used[0].sha256.as_deref(), Some(sha(TRIAGE).as_str()));
+    assert_eq!(
+        w.library.sha256(&triage()),
+        Some(sha(TRIAGE)),
+        "the swapped script was replaced before the run was submitted"
+    );
 }
 
 #[tokio::test]
@@ -379,13 +405,17 @@ async fn library_calls_are_paced_by_the_tenant_get_budget() {
         other => panic!("expected to wait for the budget: {other:?}"),
     }
     assert_eq!((w.lists(), w.uploads().len()), (1, 0));
+    // The next minute's call uploads the missing file (on the older listing: an upload never
+    // replaces anything); judging the run ready then needs a fresh listing, in the minute after.
+    w.clock.advance(Duration::from_secs(61));
+    assert!(matches!(
+        w.ensure(&keeper, &["triage.ps1"]).await,
+        Ensured::Wait(_)
+    ));
+    assert_eq!((w.lists(), w.uploads().len()), (1, 1));
     w.clock.advance(Duration::from_secs(61));
     ready(w.ensure(&keeper, &["triage.ps1"]).await);
-    assert_eq!(
-        (w.lists(), w.uploads().len()),
-        (1, 1),
-        "the warm listing is kept"
-    );
+    assert_eq!((w.lists(), w.uploads().len()), (2, 1));
 }
 
 /// A library where another instance uploads the file between our listing and our upload.

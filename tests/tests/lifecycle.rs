@@ -258,6 +258,17 @@ impl Signer for KNotary<'_> {
             self.signer.sign(message).await
         })
     }
+    fn verify<'a>(
+        &'a self,
+        message: &'a [u8],
+        der: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, NotaryError>> {
+        Box::pin(async move {
+            self.kill.point().await;
+            self.fault("KMS Verify")?;
+            self.signer.verify(message, der).await
+        })
+    }
 }
 
 impl Events for KNotary<'_> {
@@ -863,7 +874,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         }
                         "poll" => {
                             shared::stages::poll::handle(
-                                &poll_cfg, &kstore, &kqueue, &defender, notary, &clock, $msg,
+                                &poll_cfg, &kstore, &kqueue, &defender, &library, notary, &clock,
+                                $msg,
                             )
                             .await
                         }

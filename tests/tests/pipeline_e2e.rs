@@ -288,6 +288,10 @@ kind = "windows_path"
         config,
         &[
             ("PLAYBOOKS_S3_URI", format!("s3://{bucket}/pb.toml")),
+            (
+                "PLAYBOOKS_SHA256",
+                shared::hash::sha256_hex(playbooks.as_bytes()),
+            ),
             ("LIBRARY_SYNC", "off".into()),
         ],
     )

@@ -146,10 +146,28 @@ async fn a_copy_that_finds_the_run_ended_keeps_the_message_until_the_run_is_seal
             prev: None,
         }),
     );
-    let b = shared::stages::poll::handle(&cfg, &store, &queue, &defender, notary, &clock, &msg);
+    let b = shared::stages::poll::handle(
+        &cfg,
+        &store,
+        &queue,
+        &defender,
+        testkit::library::empty(),
+        notary,
+        &clock,
+        &msg,
+    );
     let a = async {
-        let r = shared::stages::poll::handle(&cfg, &store, &queue, &defender, notary, &clock, &msg)
-            .await;
+        let r = shared::stages::poll::handle(
+            &cfg,
+            &store,
+            &queue,
+            &defender,
+            testkit::library::empty(),
+            notary,
+            &clock,
+            &msg,
+        )
+        .await;
         defender.gate.notify_one();
         r
     };

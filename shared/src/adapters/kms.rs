@@ -37,7 +37,11 @@ impl KmsSigner {
     }
 
     /// Whether KMS says `signature` is the key's signature of `message`.
-    pub async fn verify(&self, message: &[u8], signature: &[u8]) -> Result<bool, NotaryError> {
+    pub async fn verify_with_kms(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, NotaryError> {
         match self
             .client
             .verify()
@@ -99,5 +103,13 @@ impl Signer for KmsSigner {
                 .map(|b| b.as_ref().to_vec())
                 .ok_or_else(|| NotaryError("KMS returned no signature".into()))
         })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        message: &'a [u8],
+        der: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, NotaryError>> {
+        Box::pin(self.verify_with_kms(message, der))
     }
 }

@@ -320,6 +320,18 @@ impl crate::ports::Signer for MemSigner {
             Ok(sig.to_der().as_bytes().to_vec())
         })
     }
+
+    fn verify<'a>(
+        &'a self,
+        message: &'a [u8],
+        der: &'a [u8],
+    ) -> crate::ports::BoxFuture<'a, Result<bool, crate::ports::NotaryError>> {
+        use p256::ecdsa::signature::Verifier as _;
+        Box::pin(async move {
+            Ok(p256::ecdsa::Signature::from_der(der)
+                .is_ok_and(|sig| self.key.verifying_key().verify(message, &sig).is_ok()))
+        })
+    }
 }
 
 /// A bus that keeps every event published (source, detail type, detail); `fail` makes publishing

@@ -1,9 +1,10 @@
 //! Before a run is submitted: every library file its commands name is in the tenant's library as
 //! the playbook needs it (a bundled file under its versioned name), uploading what the bundle
-//! manages when it is missing or damaged. The library's listing is kept per cold start (and looked
-//! at again after [`LISTING_TTL`]), so a warm submit makes no library call for runs whose files are
-//! in place. A run is refused, or a file replaced, only on a listing at most [`FRESH`] old, so a
-//! stale listing never refuses a run nor overwrites a file someone put there since; a missing file
+//! manages when it is missing or damaged. Every decision is made on a listing at most [`FRESH`]
+//! old: a run is judged ready, refused, or a file replaced only on it, so a script swapped in the
+//! library (the portal, or any app with Library.Manage) is seen before the device runs it as
+//! SYSTEM, and a stale listing never refuses a run nor overwrites a file someone put there since
+//! (runs submitted within [`FRESH`] of each other share one listing); a missing file
 //! is uploaded without `OverrideIfExists`, so an upload on a stale view cannot replace anything
 //! either, and an upload Defender refuses is looked at once more, then refused in Defender's words.
 //!
@@ -24,9 +25,6 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Env, optional};
 use crate::defender::{DefenderError, Next};
 use crate::ports::{LibraryApi, ObjectStore, StoreError};
-
-/// How long a listing is trusted before the next run that needs a file lists again.
-pub const LISTING_TTL: Duration = Duration::from_secs(600);
 
 /// Rounds of list-and-upload before a sync is tried again later (the library kept changing).
 const ROUNDS: usize = 4;
@@ -140,6 +138,7 @@ pub struct Librarian {
     bundle: Bundle,
     mode: SyncMode,
     cache: tokio::sync::Mutex<Cache>,
+    playbook_file: Option<String>,
 }
 
 impl Librarian {
@@ -149,7 +148,29 @@ impl Librarian {
             bundle,
             mode,
             cache: tokio::sync::Mutex::new(Cache::default()),
+            playbook_file: None,
         }
+    }
+
+    /// The same, for the playbook file with this SHA-256 (the one the bundle came with): submit
+    /// then acts only on runs rendered with that file ([`Librarian::rendered_elsewhere`]).
+    pub fn rendering(mut self, playbook_file_sha256: &str) -> Self {
+        self.playbook_file = Some(playbook_file_sha256.to_string());
+        self
+    }
+
+    /// Why a run rendered with the playbook file `run_file` must not be submitted with this
+    /// bundle, if it must not: intake rendered it with another file than the one this instance
+    /// loaded (a deployment rolling out, or a file changed without one), so the scripts this
+    /// bundle would put in the library may not be the ones the run's playbook pinned. `None`
+    /// when they agree, or either is not known (runs from before files were recorded).
+    pub fn rendered_elsewhere(&self, run_file: Option<&str>) -> Option<String> {
+        let (ours, theirs) = (self.playbook_file.as_deref()?, run_file?);
+        (!ours.eq_ignore_ascii_case(theirs)).then(|| {
+            format!(
+                "the run was rendered with playbook file {theirs}, but this submit instance loaded {ours}; it is submitted only by an instance with the same file (a deployment may be rolling out)"
+            )
+        })
     }
 
     /// One that does nothing (sync off, nothing declared).
@@ -198,8 +219,7 @@ impl Librarian {
         let mut rejected: Option<(String, String)> = None;
         let mut must_list = false;
         for _ in 0..ROUNDS {
-            let age = cache.listing.as_ref().map(|(_, at)| clock.now() - *at);
-            if must_list || age.is_none_or(|a| a > LISTING_TTL) {
+            if must_list || cache.listing.is_none() {
                 match budget::get_call_at_once(store, budget, clock, || api.list()).await? {
                     Paced::Wait(wait) => return Ok(Ensured::Wait(wait)),
                     Paced::Ran(Err(e)) => {
@@ -229,7 +249,13 @@ impl Librarian {
                 }
             }
             if uses.len() == wanted.len() {
-                return Ok(Ensured::Ready(uses));
+                if fresh {
+                    return Ok(Ensured::Ready(uses));
+                }
+                // Judged ready only on a view at most FRESH old: a script swapped since the last
+                // listing must be seen before the device runs it.
+                must_list = true;
+                continue;
             }
             // A run is refused, and a file replaced, only on a fresh view of the library. A missing
             // file is uploaded on an older one: if someone put it there since, Defender refuses

@@ -7,12 +7,13 @@
 //! calls the API) because it decides, with its own rules: what a playbook may name
 //! ([`LibraryFileSpec`]), what the bundle holds ([`bundle`]), what the tenant lists ([`listing`]),
 //! what to do about each file ([`verdict`]), and when to look and upload, paced and cached
-//! ([`keeper`]). A bundled file is kept under a versioned name ([`versioned_name`]), so that what a
+//! ([`keeper`]), and what the library held once the action ended ([`recheck`]). A bundled file is kept under a versioned name ([`versioned_name`]), so that what a
 //! run's manifest names is what the device runs.
 
 pub mod bundle;
 pub mod keeper;
 pub mod listing;
+pub mod recheck;
 pub mod verdict;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use bundle::{Bundle, BundleError, BundleFile};
 pub use keeper::{Ensured, Librarian, LibrarySync, SyncMode};
 pub use listing::Listing;
+pub use recheck::{LibraryChange, LibraryRecheck};
 pub use verdict::{Verdict, judge, verdict};
 
 /// A file in the live response library: letters, digits, `-`, `_` and `.`, not starting with `.`,

@@ -10,19 +10,28 @@ use bytes::Bytes;
 
 use super::StageError;
 use crate::clock::Clock;
+use crate::codes::RejectCode;
 pub use crate::custody::event::CLAIM_LAPSES as EVENT_CLAIM_LAPSES;
 use crate::custody::event::{DETAIL_TYPE, EventManifest, PUBLISH_TIMEOUT, RunFinished, SOURCE};
-use crate::custody::signature::{ManifestSignature, Statement};
+use crate::custody::signature::{ManifestSignature, Statement, check_statement};
 use crate::hash::sha256_hex;
 use crate::ids::RunId;
 use crate::ports::{Notary, ObjectStore, Put, PutResult, Signer};
 use crate::store::{
-    Announcement, CommandOutcome, Manifest, RunState, final_state, json, load_command, load_run,
-    manifest_key, parse, signature_key, update_run,
+    Announcement, CommandOutcome, Manifest, RunRecord, RunState, final_state, json, load_command,
+    load_run, manifest_key, signature_key, update_run,
 };
+use time::OffsetDateTime;
 
 /// Writes, signs and announces the manifest once every command of an ended run has its final
 /// record; finishes what an interrupted call left. Returns true if this call wrote the manifest.
+///
+/// The pipeline vouches only for bytes it rendered: the seal time is pinned in the run record
+/// first, so that the manifest is a pure function of the run's final records; a manifest found at
+/// the key is signed only if it is byte for byte the one those records render, and a signature
+/// found beside it stands only if it verifies under the deployment's key. Anything else was planted
+/// by someone with write access to the bucket: refused ([`RejectCode::PlantedCustody`], the DLQ's
+/// alarm), never signed or announced.
 pub async fn finish_run_if_complete<S: ObjectStore>(
     store: &S,
     notary: Notary<'_>,
@@ -47,14 +56,35 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
             _ => return Ok(false),
         }
     }
-    let now = clock.now();
+    let run = pin_seal_time(store, run, clock.now()).await?;
+    let Some(sealed_at) = run.finished_at else {
+        return Err(StageError::Retry(format!(
+            "run {run_id}'s seal time did not stick; looking again"
+        )));
+    };
     let key = manifest_key(run_id);
-    let body = json(&Manifest::of(&run, commands, now))?;
-    // The manifest is written once: a later call signs and announces the one stored.
-    let (wrote, manifest) = match store.put(&key, body.clone(), Put::IfAbsent).await? {
-        PutResult::Written { .. } => (true, Bytes::from(body)),
+    let manifest = Manifest::of(&run, commands, sealed_at);
+    let body = Bytes::from(json(&manifest)?);
+    // The manifest is written once; a later call signs and announces the one stored, if it is
+    // the one this run's records render.
+    let wrote = match store.put(&key, body.to_vec(), Put::IfAbsent).await? {
+        PutResult::Written { .. } => true,
         PutResult::Conflict => match store.get(&key).await? {
-            Some(stored) => (false, stored.body),
+            Some(stored) if stored.body == body => false,
+            Some(stored) => {
+                return Err(planted(
+                    run_id,
+                    format!(
+                        "{key} is not the manifest run {run_id}'s records render \
+                         (stored SHA-256 {}, {} bytes; rendered {}, {} bytes): \
+                         someone else wrote it; it is not signed",
+                        sha256_hex(&stored.body),
+                        stored.body.len(),
+                        sha256_hex(&body),
+                        body.len()
+                    ),
+                ));
+            }
             None => {
                 return Err(StageError::Retry(format!(
                     "{key} exists but cannot be read back"
@@ -62,64 +92,66 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
             }
         },
     };
-    // Only a manifest of this run is signed: one someone else put at the key (after a delete
-    // marker, say) is refused with its reason, never blessed with the pipeline's signature.
-    let parsed: Manifest = parse(&key, &manifest)?;
-    if &parsed.run_id != run_id {
-        return Err(StageError::Reject {
-            code: crate::codes::RejectCode::UnreadableRecord,
-            reason: format!(
-                "{key} is the manifest of run {}, not of this run",
-                parsed.run_id
-            ),
-        });
-    }
-    let key_id = sign(store, notary.signer, run_id, &manifest, clock).await?;
+    sign(store, notary.signer, run_id, &body, clock).await?;
     let final_state = final_state(run.state);
-    if run.state != final_state || run.finished_at.is_none() {
+    if run.state != final_state || run.outcome != manifest.outcome {
         update_run(store, run_id, |r| {
-            if r.state == final_state && r.finished_at.is_some() {
+            if r.state == final_state && r.outcome == manifest.outcome {
                 return false;
             }
             r.state = final_state;
-            r.finished_at.get_or_insert(now);
+            r.outcome = manifest.outcome;
+            r.reason = manifest.reason.clone();
             true
         })
         .await?;
     }
-    announce(store, notary, run_id, (&manifest, &parsed), &key_id, clock).await?;
+    announce(store, notary, run_id, (&body, &manifest), clock).await?;
     Ok(wrote)
 }
 
+/// The run record with its seal time set: the first finisher's clock, kept by compare-and-swap so
+/// that every finisher renders the manifest with the same time.
+async fn pin_seal_time<S: ObjectStore>(
+    store: &S,
+    run: RunRecord,
+    now: OffsetDateTime,
+) -> Result<RunRecord, StageError> {
+    if run.finished_at.is_some() {
+        return Ok(run);
+    }
+    Ok(update_run(store, &run.run_id, |r| {
+        if r.finished_at.is_some() {
+            return false;
+        }
+        r.finished_at = Some(now);
+        true
+    })
+    .await?)
+}
+
+/// A refusal for custody the pipeline did not make, logged as an alarm.
+fn planted(run_id: &RunId, reason: String) -> StageError {
+    tracing::error!(run_id = %run_id, alarm = "planted_custody", "{reason}");
+    StageError::Reject {
+        code: RejectCode::PlantedCustody,
+        reason,
+    }
+}
+
 /// Signs the statement that binds the manifest's bytes and writes it beside the manifest, once.
-/// Returns the key that signed (the stored signature's, when one is there already).
+/// A signature document already there stands only if it binds this manifest and verifies under
+/// the deployment's key; anything else is refused as planted.
 async fn sign<S: ObjectStore>(
     store: &S,
     signer: &dyn Signer,
     run_id: &RunId,
     manifest: &[u8],
     clock: &dyn Clock,
-) -> Result<String, StageError> {
+) -> Result<(), StageError> {
     let key = signature_key(run_id);
     if let Some(stored) = store.get(&key).await? {
-        // Written once: it stands whatever it says. One that does not bind this manifest is
-        // reported (an operator's to investigate; `lrctl verify` fails on it too).
-        let doc: Option<ManifestSignature> = serde_json::from_slice(&stored.body).ok();
-        let checked = doc.as_ref().map(|d| {
-            crate::custody::signature::check_statement(d, run_id, &manifest_key(run_id), manifest)
-        });
-        if !matches!(checked, Some(Ok(_))) {
-            tracing::error!(
-                run_id = %run_id,
-                key = %key,
-                "the stored manifest signature does not bind the stored manifest: {}",
-                match checked {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "it does not parse".into(),
-                }
-            );
-        }
-        return Ok(doc.map_or_else(|| signer.key_id().to_string(), |d| d.key_id));
+        return check_stored_signature(signer, run_id, manifest, &key, &stored.body).await;
     }
     let statement = Statement::new(
         run_id,
@@ -138,14 +170,97 @@ async fn sign<S: ObjectStore>(
     })?;
     let doc = ManifestSignature::new(text, signer.key_id(), &der);
     match store.put(&key, json(&doc)?, Put::IfAbsent).await? {
-        PutResult::Written { .. } => Ok(signer.key_id().to_string()),
-        // A concurrent finisher signed first: its signature stands (the same manifest), and the
-        // event names its key.
-        PutResult::Conflict => Ok(store
-            .get(&key)
+        PutResult::Written { .. } => Ok(()),
+        // A concurrent finisher signed first: its signature stands if it is the deployment's.
+        PutResult::Conflict => match store.get(&key).await? {
+            Some(stored) => {
+                check_stored_signature(signer, run_id, manifest, &key, &stored.body).await
+            }
+            None => Err(StageError::Retry(format!(
+                "{key} exists but cannot be read back"
+            ))),
+        },
+    }
+}
+
+/// A stored signature document stands only if it parses, binds exactly `manifest`, names the
+/// deployment's key and verifies under it; anything else is planted.
+async fn check_stored_signature(
+    signer: &dyn Signer,
+    run_id: &RunId,
+    manifest: &[u8],
+    key: &str,
+    stored: &[u8],
+) -> Result<(), StageError> {
+    let doc: ManifestSignature = serde_json::from_slice(stored)
+        .map_err(|e| planted(run_id, format!("{key} is not a signature document: {e}")))?;
+    check_statement(&doc, run_id, &manifest_key(run_id), manifest).map_err(|e| {
+        planted(
+            run_id,
+            format!("{key} does not bind run {run_id}'s manifest: {e}"),
+        )
+    })?;
+    if doc.key_id != signer.key_id() {
+        return Err(planted(
+            run_id,
+            format!(
+                "{key} names key {}, not the deployment's key {}",
+                doc.key_id,
+                signer.key_id()
+            ),
+        ));
+    }
+    let der = doc
+        .der()
+        .map_err(|e| planted(run_id, format!("{key}: {e}")))?;
+    let valid = signer
+        .verify(doc.statement.as_bytes(), &der)
+        .await
+        .map_err(|e| {
+            StageError::Retry(format!(
+                "cannot verify {key} with key {}: {e}",
+                signer.key_id()
+            ))
+        })?;
+    if !valid {
+        return Err(planted(
+            run_id,
+            format!(
+                "{key}'s signature does not verify under the deployment's key {}",
+                signer.key_id()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How often a finisher that lost the race looks whether the winner has published.
+const LOOK_FOR_PUBLICATION: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Another message holds a live claim on the run's event: the loser of a seal race. It waits for
+/// the winner to publish (a live winner publishes or gives up within [`PUBLISH_TIMEOUT`]) and then
+/// finishes quietly, rather than leaving its message to wait out a visibility timeout of up to 90
+/// minutes. If nothing is published by then, the holder may have died: this message is retried
+/// and comes back after the claim has lapsed (as does the holder's own message).
+async fn await_publication<S: ObjectStore>(
+    store: &S,
+    run_id: &RunId,
+    clock: &dyn Clock,
+) -> Result<(), StageError> {
+    let until = clock.now() + PUBLISH_TIMEOUT + std::time::Duration::from_secs(1);
+    loop {
+        let published = load_run(store, run_id)
             .await?
-            .and_then(|s| serde_json::from_slice::<ManifestSignature>(&s.body).ok())
-            .map_or_else(|| signer.key_id().to_string(), |d| d.key_id)),
+            .is_some_and(|(r, _)| r.is_sealed());
+        if published {
+            return Ok(());
+        }
+        if clock.now() >= until {
+            return Err(StageError::Retry(format!(
+                "another message is publishing run {run_id}'s event and has not yet; this one looks again later"
+            )));
+        }
+        clock.pause(LOOK_FOR_PUBLICATION).await;
     }
 }
 
@@ -156,12 +271,11 @@ async fn announce<S: ObjectStore>(
     notary: Notary<'_>,
     run_id: &RunId,
     (manifest, parsed): (&[u8], &Manifest),
-    key_id: &str,
     clock: &dyn Clock,
 ) -> Result<(), StageError> {
     let now = clock.now();
     let mut claimed = false;
-    let run = update_run(store, run_id, |r| {
+    update_run(store, run_id, |r| {
         claimed = match &r.announcement {
             Some(a) if a.published_at.is_some() => false,
             Some(a) if now - a.claimed_at < EVENT_CLAIM_LAPSES => false,
@@ -177,19 +291,15 @@ async fn announce<S: ObjectStore>(
     })
     .await?;
     if !claimed {
-        return match run.announcement {
-            Some(a) if a.published_at.is_some() => Ok(()),
-            _ => Err(StageError::Retry(format!(
-                "another message is publishing run {run_id}'s event; this one looks again later"
-            ))),
-        };
+        return await_publication(store, run_id, clock).await;
     }
     let mkey = manifest_key(run_id);
     let meta = EventManifest {
         s3_uri: store.location(&mkey),
         sha256: sha256_hex(manifest),
         signature_s3_uri: store.location(&signature_key(run_id)),
-        signature_key_id: key_id.to_string(),
+        // The deployment's key, never what a stored document says.
+        signature_key_id: notary.signer.key_id().to_string(),
     };
     let text = RunFinished::of(parsed, meta, |k| store.location(k))
         .detail()

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::budget::BudgetConfig;
-use crate::config::{ConfigError, Env, bucket, number, optional, queue_url, seconds, secs_list};
+use crate::config::{
+    ConfigError, Env, bucket, number, optional, queue_url, required, seconds, secs_list,
+};
 use crate::library::SyncMode;
 
 /// `DEAD_LETTER_QUEUE_URL`: where every stage sends the messages it refuses.
@@ -26,25 +28,65 @@ fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
     }
 }
 
-/// `PLAYBOOKS_S3_URI`: `s3://bucket/key` of a playbook file replacing the bundled one (its library
-/// folder beside it); intake and submit read the same file.
-fn playbooks_s3_uri(env: &dyn Env) -> Result<Option<String>, ConfigError> {
-    match optional(env, "PLAYBOOKS_S3_URI") {
+/// A playbook file in S3 replacing the bundled one, pinned by the deployment: the function
+/// refuses to start on any other bytes, and the file's own `sha256` pins then cover the scripts
+/// beside it. Whoever may write the playbooks bucket cannot change what runs as SYSTEM without a
+/// deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedPlaybooks {
+    /// `s3://bucket/key` (`PLAYBOOKS_S3_URI`).
+    pub uri: String,
+    /// Hex SHA-256 the file must have (`PLAYBOOKS_SHA256`).
+    pub sha256: String,
+}
+
+/// `PLAYBOOKS_S3_URI` (`s3://bucket/key` of a playbook file replacing the bundled one, its library
+/// folder beside it) with `PLAYBOOKS_SHA256`, which it requires; intake and submit read the same
+/// file.
+fn pinned_playbooks(env: &dyn Env) -> Result<Option<PinnedPlaybooks>, ConfigError> {
+    let uri = match optional(env, "PLAYBOOKS_S3_URI") {
         Some(u)
             if u.starts_with("s3://")
                 && u[5..]
                     .split_once('/')
                     .is_some_and(|(b, k)| !b.is_empty() && !k.is_empty()) =>
         {
-            Ok(Some(u))
+            u
         }
-        Some(u) => Err(ConfigError::Invalid {
-            var: "PLAYBOOKS_S3_URI",
-            value: u,
-            reason: "expected s3://bucket/key".into(),
-        }),
-        None => Ok(None),
+        Some(u) => {
+            return Err(ConfigError::Invalid {
+                var: "PLAYBOOKS_S3_URI",
+                value: u,
+                reason: "expected s3://bucket/key".into(),
+            });
+        }
+        None => {
+            return match optional(env, "PLAYBOOKS_SHA256") {
+                None => Ok(None),
+                Some(v) => Err(ConfigError::Invalid {
+                    var: "PLAYBOOKS_SHA256",
+                    value: v,
+                    reason: "pins a playbook file, but PLAYBOOKS_S3_URI names none".into(),
+                }),
+            };
+        }
+    };
+    let sha256 = required(
+        env,
+        "PLAYBOOKS_SHA256",
+        "the SHA-256 of the playbook file PLAYBOOKS_S3_URI names (sha256sum of the file you deploy)",
+    )?;
+    if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(ConfigError::Invalid {
+            var: "PLAYBOOKS_SHA256",
+            value: sha256,
+            reason: "expected 64 hex characters".into(),
+        });
     }
+    Ok(Some(PinnedPlaybooks {
+        uri,
+        sha256: sha256.to_ascii_lowercase(),
+    }))
 }
 
 /// What intake reads from its environment.
@@ -56,8 +98,8 @@ pub struct IntakeConfig {
     pub submit_queue_url: String,
     /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
-    /// `s3://bucket/key` of a playbook file replacing the bundled one.
-    pub playbooks_s3_uri: Option<String>,
+    /// The playbook file replacing the bundled one, pinned.
+    pub playbooks: Option<PinnedPlaybooks>,
     /// Caps every playbook's deadline.
     pub max_run_deadline: Option<Duration>,
 }
@@ -70,7 +112,7 @@ impl IntakeConfig {
             bucket: bucket(env)?,
             submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
             dead_letter_queue_url: dead_letter_queue_url(env)?,
-            playbooks_s3_uri: playbooks_s3_uri(env)?,
+            playbooks: pinned_playbooks(env)?,
             max_run_deadline: max_deadline(env)?,
         })
     }
@@ -93,9 +135,9 @@ pub struct SubmitConfig {
     pub first_poll_delay: Duration,
     /// Backoff for retrying a failed submit.
     pub retry: Backoff,
-    /// `s3://bucket/key` of a playbook file replacing the bundled one: its library files are the
-    /// ones kept in Defender's library.
-    pub playbooks_s3_uri: Option<String>,
+    /// The playbook file replacing the bundled one, pinned: its library files are the ones kept
+    /// in Defender's library.
+    pub playbooks: Option<PinnedPlaybooks>,
     /// Whether submit uploads, only checks, or leaves alone the library files a run names
     /// (`LIBRARY_SYNC`).
     pub library_sync: SyncMode,
@@ -117,7 +159,7 @@ impl SubmitConfig {
             dead_letter_queue_url: dead_letter_queue_url(env)?,
             first_poll_delay: secs_list(env, "POLL_DELAYS_SECS", DEFAULT_POLL_DELAYS)?[0],
             retry: Backoff::from_env(env)?,
-            playbooks_s3_uri: playbooks_s3_uri(env)?,
+            playbooks: pinned_playbooks(env)?,
             library_sync: SyncMode::from_env(env)?,
         })
     }
@@ -328,6 +370,10 @@ mod stage_tests {
             ("RETRY_BASE_SECS", "0"),
             ("PLAYBOOKS_S3_URI", "https://bucket/key"),
             ("PLAYBOOKS_S3_URI", "s3://bucket/"),
+            (
+                "PLAYBOOKS_SHA256",
+                "abababababababababababababababababababababababababababababababab",
+            ),
             ("LIBRARY_SYNC", "sometimes"),
             ("POLL_STATUS", "sometimes"),
             ("MAX_RUN_DEADLINE_SECS", "forever"),
@@ -349,6 +395,28 @@ mod stage_tests {
                 .unwrap_or_else(|| panic!("{var}={value} accepted"));
             assert_eq!(e.var(), var, "{e}");
         }
+        // Defect (swapped playbooks): a playbook file from S3 without a pin is refused, naming the
+        // pin to set; with one, both stages carry it.
+        let mut env = base();
+        env.insert("PLAYBOOKS_S3_URI", "s3://bucket/unpinned.toml");
+        assert_eq!(
+            IntakeConfig::from_env(&env).unwrap_err().var(),
+            "PLAYBOOKS_SHA256"
+        );
+        assert_eq!(
+            SubmitConfig::from_env(&env).unwrap_err().var(),
+            "PLAYBOOKS_SHA256"
+        );
+        env.insert(
+            "PLAYBOOKS_SHA256",
+            "ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB",
+        );
+        let pinned = Some(PinnedPlaybooks {
+            uri: "s3://bucket/unpinned.toml".into(),
+            sha256: "ab".repeat(32),
+        });
+        assert_eq!(IntakeConfig::from_env(&env).unwrap().playbooks, pinned);
+        assert_eq!(SubmitConfig::from_env(&env).unwrap().playbooks, pinned);
         let mut env = base();
         env.remove("DEAD_LETTER_QUEUE_URL");
         assert_eq!(

@@ -137,6 +137,16 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     // commands as sent): a retry across a deployment must not name other bytes than an earlier
     // POST that may have reached Defender.
     let pinned = run.state == RunState::Submitting && !run.library.is_empty();
+    if !pinned
+        && let Some(reason) = library
+            .keeper
+            .rendered_elsewhere(run.playbook_file_sha256.as_deref())
+    {
+        let e = crate::defender::DefenderError::Transient { reason };
+        return step
+            .retry_later(&run, &e, "checking the playbook file")
+            .await;
+    }
     let names = library::names_used(&run.commands);
     let used = if pinned {
         run.library.clone()

@@ -14,7 +14,7 @@ use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, CommandStatus, CommandType, MachineId};
 use crate::ids::RunId;
-use crate::library::LibraryUse;
+use crate::library::{LibraryRecheck, LibraryUse};
 
 /// The manifest of a finished run, in `evidence/{run}/manifest.json`: the run and every
 /// command's final record, written once.
@@ -28,6 +28,9 @@ pub struct Manifest {
     pub playbook: String,
     /// SHA-256 of the playbook that rendered the commands (see [`super::RunRecord::playbook_sha256`]).
     pub playbook_sha256: Option<String>,
+    /// SHA-256 of the playbook file the run was rendered with (the deployment pins it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook_file_sha256: Option<String>,
     /// Values of the alert a playbook refused; the run went on without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_parameters: Vec<RefusedParameter>,
@@ -55,17 +58,26 @@ pub struct Manifest {
     /// held for each when the run was submitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub library: Vec<LibraryUse>,
+    /// What the library held for those files once the action ended: a file whose hash changed
+    /// is listed there (and the run is not a success), or why it could not be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library_after: Option<LibraryRecheck>,
 }
 
 impl Manifest {
-    /// The manifest of a run that ended, from its record and every command's final record, written
-    /// `now` (the state is `Failed` for a failed run, `Completed` otherwise).
-    pub fn of(run: &RunRecord, commands: Vec<CommandRecord>, now: OffsetDateTime) -> Self {
+    /// The manifest of a run that ended, from its record and every command's final record, sealed
+    /// at `sealed_at` (the state is `Failed` for a failed run, `Completed` otherwise; the outcome
+    /// is the run's as [`settle_outcome`] leaves it). A pure function of its inputs: the same
+    /// records give the same bytes, which is how a manifest found at the key is checked before it
+    /// is signed.
+    pub fn of(run: &RunRecord, commands: Vec<CommandRecord>, sealed_at: OffsetDateTime) -> Self {
+        let (outcome, reason) = settle_outcome(run, &commands);
         Self {
             v: RECORD_VERSION,
             run_id: run.run_id.clone(),
             playbook: run.playbook.clone(),
             playbook_sha256: run.playbook_sha256.clone(),
+            playbook_file_sha256: run.playbook_file_sha256.clone(),
             refused_parameters: run.refused_parameters.clone(),
             alert: run.alert.clone(),
             device: ManifestDevice {
@@ -82,14 +94,75 @@ impl Manifest {
                 cancelled_by_pipeline: run.cancelled_by_pipeline,
             }),
             run_state: final_state(run.state),
-            outcome: run.outcome,
-            reason: run.reason.clone(),
+            outcome,
+            reason,
             created_at: run.created_at,
-            completed_at: now,
+            completed_at: sealed_at,
             commands: commands.into_iter().map(ManifestCommand::from).collect(),
             library: run.library.clone(),
+            library_after: run.library_after.clone(),
         }
     }
+}
+
+/// How a run ended, said by what was collected: an action that succeeded is a success only when
+/// every command's result is in the bucket (or it had none) and no library file it used changed
+/// while it ran. Otherwise the run is `Partial` when some evidence was collected (or only the
+/// library changed) and `Failed` when none was, with a reason that counts what was
+/// lost and names each command's reason, so that a rule routing "runs that need a person" (any
+/// outcome but `succeeded`) reaches it. Other outcomes stand as recorded. Idempotent: settling a
+/// settled outcome changes nothing.
+pub fn settle_outcome(
+    run: &RunRecord,
+    commands: &[CommandRecord],
+) -> (Option<RunOutcome>, Option<String>) {
+    if run.outcome != Some(RunOutcome::Succeeded) {
+        return (run.outcome, run.reason.clone());
+    }
+    let delivered = |c: &&CommandRecord| {
+        matches!(
+            c.outcome,
+            CommandOutcome::Collected | CommandOutcome::CompletedNoResult
+        )
+    };
+    let lost: Vec<&CommandRecord> = commands.iter().filter(|c| !delivered(c)).collect();
+    let library = run.library_after.as_ref().and_then(LibraryRecheck::finding);
+    if lost.is_empty() {
+        return match library {
+            None => (run.outcome, run.reason.clone()),
+            Some(finding) => (Some(RunOutcome::Partial), Some(finding)),
+        };
+    }
+    let collected = commands
+        .iter()
+        .filter(|c| c.outcome == CommandOutcome::Collected)
+        .count();
+    let outcome = if collected == 0 {
+        RunOutcome::Failed
+    } else {
+        RunOutcome::Partial
+    };
+    let mut reason = if collected == 0 {
+        format!(
+            "no evidence was collected: {} of {} commands did not deliver their result",
+            lost.len(),
+            run.commands.len()
+        )
+    } else {
+        format!(
+            "{} of {} commands did not deliver their result",
+            lost.len(),
+            run.commands.len()
+        )
+    };
+    for c in lost.iter().take(5) {
+        let why = c.reason.as_deref().unwrap_or("no reason recorded");
+        reason.push_str(&format!("; command {} ({:?}): {why}", c.index, c.outcome));
+    }
+    if let Some(finding) = library {
+        reason.push_str(&format!("; {finding}"));
+    }
+    (Some(outcome), Some(crate::text::cut(&reason, 2_000)))
 }
 
 /// The state a run ends in once its manifest is written: `Failed` stays, anything else completed.

@@ -45,8 +45,12 @@ impl RunState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
-    /// The action succeeded (see each command for its result).
+    /// The action succeeded and every command's result is in the bucket (or it had none).
     Succeeded,
+    /// The action succeeded but the run is not whole: some results were not collected (each
+    /// command's reason says why), or a library file it used changed while it ran (the run's
+    /// reason names it); what was collected is evidence.
+    Partial,
     /// Defender ran it and it failed, or refused to run it.
     Failed,
     /// The deadline passed (the pipeline cancelled it, or Defender timed it out).
@@ -73,6 +77,10 @@ pub struct RunRecord {
     /// the playbook asked for what, whatever the file says later.
     #[serde(default)]
     pub playbook_sha256: Option<String>,
+    /// SHA-256 of the playbook file intake rendered the commands with (the file as pinned by the
+    /// deployment): submit acts only on a run rendered with the file it loaded itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook_file_sha256: Option<String>,
     /// Values of a Defender alert a playbook refused; the run went on without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_parameters: Vec<RefusedParameter>,
@@ -131,6 +139,10 @@ pub struct RunRecord {
     /// submitted (SHA-256 each); empty when the run names none or library sync is off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub library: Vec<LibraryUse>,
+    /// What the library held for those files once the action ended (listed again by poll);
+    /// `None` when the run used none, or its action never ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library_after: Option<crate::library::LibraryRecheck>,
     /// The completion event: who claimed it and whether it went out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announcement: Option<Announcement>,
@@ -192,6 +204,7 @@ impl RunRecord {
             run_id,
             playbook: playbook.name.clone(),
             playbook_sha256: Some(playbook.sha256()),
+            playbook_file_sha256: Some(plan.file_sha256.to_string()),
             refused_parameters: plan.refused,
             machine_id: alert.machine_id.clone(),
             alert,
@@ -214,6 +227,7 @@ impl RunRecord {
             chain: Chain::default(),
             unfinished: None,
             library: Vec::new(),
+            library_after: None,
             statuses: Vec::new(),
             announcement: None,
         }

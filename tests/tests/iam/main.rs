@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use policy::{ACCOUNT, QUEUES, REGION, SECRET, queue_arn, resource_policies};
+use policy::{ACCOUNT, QUEUES, REGION, SECRET, queue_arn, resource_policies, role_arn};
 use serde_json::{Value, json};
 use shared::adapters::s3::S3Store;
 use shared::defender::CommandType;
@@ -502,9 +502,11 @@ fn with_object_lock_only_what_writes_evidence_may_set_its_retention() {
 fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
     use policy::Decision::{Deny, Silent};
     let k = Keys::new();
+    let collect = role_arn("CollectRole");
     let put = |policy: &Value, key: &str, headers: &[(&str, &str)]| {
         let mut context: policy::Context = headers.iter().copied().collect();
         context.insert("aws:SecureTransport", "true");
+        context.insert("aws:PrincipalArn", &collect);
         policy::decide(
             &[policy],
             "s3:PutObject",
@@ -589,6 +591,67 @@ fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
             &plain,
         );
         assert_eq!(read, Deny);
+    }
+}
+
+/// Defect: a principal that may write to the bucket (an administrator, a data role) planted a
+/// package and a manifest listing it, and the pipeline signed it. The bucket policy now refuses
+/// every write under evidence/ but the pipeline's own: packages from collect only, manifests and
+/// signatures from the sealing roles; state stays theirs to rewrite.
+#[test]
+fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() {
+    use policy::Decision::{Deny, Silent};
+    let k = Keys::new();
+    let policies = resource_policies(json!({"EnableObjectLock": "true"}));
+    let bucket = &policies["EvidenceBucketPolicy"];
+    let put = |who: &str, key: &str| {
+        let context: policy::Context = [
+            ("aws:SecureTransport", "true"),
+            ("aws:PrincipalArn", who),
+            ("s3:ObjectCreationOperation", "true"),
+            ("s3:if-none-match", "*"),
+            ("s3:object-lock-mode", "GOVERNANCE"),
+        ]
+        .into_iter()
+        .collect();
+        policy::decide(
+            &[bucket],
+            "s3:PutObject",
+            &object_arn("lr-evidence", key),
+            &context,
+        )
+    };
+    let collect = role_arn("CollectRole");
+    let sealers = [
+        role_arn("SubmitRole"),
+        role_arn("PollRole"),
+        collect.clone(),
+    ];
+    let planters = [
+        format!("arn:aws:iam::{ACCOUNT}:role/Administrator"),
+        format!("arn:aws:iam::{ACCOUNT}:role/data-engineering"),
+        format!("arn:aws:iam::{ACCOUNT}:role/lr-stack/sealing/Impostor"),
+        role_arn("IntakeRole"),
+        format!("arn:aws:iam::{ACCOUNT}:root"),
+    ];
+    for who in &planters {
+        for key in [&k.evidence, &k.manifest, &k.signature] {
+            assert_eq!(put(who, key), Deny, "{who} may write {key}");
+        }
+    }
+    for who in &sealers {
+        for key in [&k.manifest, &k.signature] {
+            assert_eq!(put(who, key), Silent, "{who} may not seal at {key}");
+        }
+        for key in [&k.run, &k.budget, &k.checkpoint] {
+            assert_eq!(put(who, key), Silent, "{who} may not write state {key}");
+        }
+        let package = put(who, &k.evidence);
+        assert_eq!(
+            package,
+            if *who == collect { Silent } else { Deny },
+            "{who}: a package"
+        );
     }
 }
 

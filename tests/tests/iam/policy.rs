@@ -277,6 +277,16 @@ pub fn queue_arn(name: &str) -> String {
     format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}")
 }
 
+/// A role's ARN in that stack (the sealing roles under their path, as the template puts them).
+pub fn role_arn(logical: &str) -> String {
+    let path = if logical == "IntakeRole" {
+        ""
+    } else {
+        "lr-stack/sealing/"
+    };
+    format!("arn:aws:iam::{ACCOUNT}:role/{path}{logical}")
+}
+
 /// The credentials secret's ARN in that stack.
 pub const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-AbCdEf";
 
@@ -296,6 +306,9 @@ pub fn symbolic_bindings(parameters: Value) -> Value {
         json!({"Ref": "k-2", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k-2")}),
     );
     resources.insert("CredentialsSecret".into(), json!({ "Ref": SECRET }));
+    for role in ["IntakeRole", "SubmitRole", "PollRole", "CollectRole"] {
+        resources.insert(role.into(), json!({"Ref": role, "Arn": role_arn(role)}));
+    }
     for (_, queue, dlq) in QUEUES {
         for q in [queue, dlq] {
             resources.insert(

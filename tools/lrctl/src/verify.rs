@@ -90,7 +90,7 @@ impl Verifier {
                     Err(e) => return Some(e.to_string()),
                 };
                 let kms = shared::adapters::kms::KmsSigner::new(client.clone(), &doc.key_id);
-                match kms.verify(doc.statement.as_bytes(), &der).await {
+                match kms.verify_with_kms(doc.statement.as_bytes(), &der).await {
                     Ok(true) => None,
                     Ok(false) => Some(CustodyError::BadSignature(doc.key_id.clone()).to_string()),
                     Err(e) => Some(format!(

@@ -130,6 +130,8 @@ pub struct PlaybookError {
 pub struct Plan<'a> {
     /// The playbook that runs.
     pub playbook: &'a Playbook,
+    /// SHA-256 of the playbook file it comes from ([`Playbooks::file_sha256`]).
+    pub file_sha256: &'a str,
     /// Its commands with the alert's values filled in, ready for Defender.
     pub commands: Vec<Command>,
     /// Values of the alert a playbook refused: that playbook did not run (another did, or the run
@@ -154,6 +156,7 @@ pub struct Playbooks {
     list: Vec<Playbook>,
     library_folder: String,
     library_files: Vec<LibraryFileSpec>,
+    file_sha256: String,
 }
 
 impl Playbooks {
@@ -235,7 +238,15 @@ impl Playbooks {
             list: file.playbooks,
             library_folder: file.library_folder,
             library_files,
+            file_sha256: crate::hash::sha256_hex(text.as_bytes()),
         })
+    }
+
+    /// Hex SHA-256 of the playbook file's exact text: what a deployment pins
+    /// (`PLAYBOOKS_SHA256`), and what a run records as the file it was rendered with, so that
+    /// submit acts only on runs rendered with the file it loaded.
+    pub fn file_sha256(&self) -> &str {
+        &self.file_sha256
     }
 
     /// The folder, relative to the playbook file, that holds the library files it manages.
@@ -266,6 +277,7 @@ impl Playbooks {
             let commands = playbook.render(alert)?;
             return Ok(Plan {
                 playbook,
+                file_sha256: &self.file_sha256,
                 commands,
                 refused: Vec::new(),
             });
@@ -292,6 +304,7 @@ impl Playbooks {
                     let commands = playbook.render(&alert).map_err(|e| noted(e, &refused))?;
                     return Ok(Plan {
                         playbook,
+                        file_sha256: &self.file_sha256,
                         commands,
                         refused,
                     });

@@ -17,8 +17,9 @@ use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::Outcome;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
+use crate::library::LibraryRecheck;
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
-use crate::ports::{Defender, Notary, ObjectStore, Queue};
+use crate::ports::{Defender, LibraryListing, Notary, ObjectStore, Queue};
 use crate::store::{
     CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, create_command, load_command,
     run_key, update_run,
@@ -78,24 +79,31 @@ fn cancel_delay(cancels: u32) -> Duration {
 /// Handles one poll job: reads the action; while it runs, sends the next poll job; past the
 /// deadline, cancels it; once it ends, records every command and sends one collect job per
 /// command with a result (the manifest is written if none has one).
+///
+/// `library` lists the live response library once the action has ended, to record what it held
+/// for the files the run used ([`LibraryRecheck`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
     store: &S,
     queue: &Q,
     defender: &D,
+    library: &dyn LibraryListing,
     notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
-    let done = handle_message(cfg, store, queue, defender, notary, clock, msg).await;
+    let done = handle_message(cfg, store, queue, defender, library, notary, clock, msg).await;
     super::settle(store, notary, &cfg.budget, clock, done).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
     store: &S,
     queue: &Q,
     defender: &D,
+    library: &dyn LibraryListing,
     notary: Notary<'_>,
     clock: &dyn Clock,
     msg: &Delivery,
@@ -159,7 +167,7 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
         }
     };
     if action.status.is_final() {
-        return step.finalize(&run, &action, false).await;
+        return step.finalize(&run, &action, false, library).await;
     }
     if now >= run.deadline {
         let comment = format!(
@@ -181,7 +189,7 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
                 if cancelled.status.is_final()
                     && cancelled.commands.len() == run.commands.len() =>
             {
-                step.finalize(&run, &cancelled, true).await
+                step.finalize(&run, &cancelled, true, library).await
             }
             Ok(_) => {
                 step.again(job.polls + 1, job.cancels, Duration::from_secs(1))
@@ -347,6 +355,35 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         Ok(Done::new(&run.run_id, Outcome::GaveUp, reason))
     }
 
+    /// Lists the library once more now that the action has ended, and compares what it holds for
+    /// each file the run used with what was listed before submission. A listing that cannot be
+    /// had (no GET budget left, Defender failing) is recorded as unchecked, not waited for: the
+    /// results' links lapse in 30 minutes.
+    async fn recheck_library(
+        &self,
+        run: &RunRecord,
+        library: &dyn LibraryListing,
+    ) -> Result<LibraryRecheck, StageError> {
+        let listed = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+            library.list_library()
+        })
+        .await?;
+        let now = self.clock.now();
+        let recheck = match listed {
+            Paced::Ran(Ok(files)) => LibraryRecheck::of(&run.library, files, now),
+            Paced::Ran(Err(e)) => {
+                LibraryRecheck::unchecked(format!("listing the library failed: {e}"), now)
+            }
+            Paced::Wait(_) => {
+                LibraryRecheck::unchecked("no GET budget was left to list the library", now)
+            }
+        };
+        if let Some(finding) = recheck.finding() {
+            tracing::error!(run_id = %run.run_id, alarm = "library_changed", "{finding}");
+        }
+        Ok(recheck)
+    }
+
     /// Sends the collect job for one command of this poll job's action.
     async fn send_collect(&self, index: u32) -> Result<(), StageError> {
         let job = CollectJob {
@@ -372,8 +409,14 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         run: &RunRecord,
         action: &MachineAction,
         cancelled_by_us: bool,
+        library: &dyn LibraryListing,
     ) -> Result<Done, StageError> {
         let (store, now) = (self.store, self.clock.now());
+        let library_after = match run.library_after.clone() {
+            Some(seen) => Some(seen),
+            None if run.library.is_empty() => None,
+            None => Some(self.recheck_library(run, library).await?),
+        };
         let mut to_collect = Vec::new();
         for c in &action.commands {
             let completed = c.command_status == CommandStatus::Completed;
@@ -423,6 +466,9 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             r.absorb(action, now);
             r.cancelled_by_pipeline |= cancelled_by_us;
             r.outcome = Some(outcome);
+            if r.library_after.is_none() {
+                r.library_after = library_after.clone();
+            }
             // What Defender ran is the record, whatever was asked (never a shorter list).
             if action.commands.len() >= r.commands.len() {
                 r.commands = action.commands.iter().map(|c| c.command.clone()).collect();

@@ -68,7 +68,7 @@ pub async fn declared(ctx: &Ctx, arg: &PlaybooksArg) -> Result<Declared> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     let Some(chosen) = chosen else {
-        let (_, bundle) = shared::entry::load_playbooks(None, &ctx.sdk)
+        let (_, bundle) = shared::entry::load_playbooks(None, None, &ctx.sdk)
             .await
             .map_err(|e| Error::failed(format!("the bundled playbooks: {e}")))?;
         return Ok(Declared {
@@ -77,7 +77,7 @@ pub async fn declared(ctx: &Ctx, arg: &PlaybooksArg) -> Result<Declared> {
         });
     };
     let bundle = if chosen.starts_with("s3://") {
-        shared::entry::load_playbooks(Some(&chosen), &ctx.sdk)
+        shared::entry::load_playbooks(Some(&chosen), None, &ctx.sdk)
             .await
             .map_err(|e| Error::failed(format!("playbook file {chosen}: {e}")))?
             .1

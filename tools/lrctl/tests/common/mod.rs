@@ -163,6 +163,7 @@ pub async fn seed_run(
         run_id: run.clone(),
         playbook: "malware-file".into(),
         playbook_sha256: None,
+        playbook_file_sha256: None,
         refused_parameters: vec![],
         alert,
         device: shared::store::ManifestDevice {
@@ -177,6 +178,7 @@ pub async fn seed_run(
         completed_at: now,
         commands,
         library: vec![],
+        library_after: None,
     };
     s3.put_object()
         .bucket(bucket)
