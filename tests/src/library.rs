@@ -27,6 +27,26 @@ pub fn empty() -> &'static MemLibrary {
     &NONE
 }
 
+/// `toml` with a `sha256` pin for each of `files` it declares (after the declaration's name): a
+/// playbook file a deployment pins must pin every library file it manages.
+pub fn pin_files(toml: &str, files: &[(&str, &[u8])]) -> String {
+    let mut toml = toml.to_string();
+    for (name, bytes) in files {
+        let line = format!("name = \"{name}\"\n");
+        toml = toml.replacen(
+            &line,
+            &format!("{line}sha256 = \"{}\"\n", shared::hash::sha256_hex(bytes)),
+            1,
+        );
+    }
+    toml
+}
+
+/// The bundled playbook file with its library files pinned: what a deployment puts in S3.
+pub fn pinned_bundled_playbooks() -> String {
+    pin_files(shared::alerts::playbook::BUNDLED, BUNDLED_LIBRARY)
+}
+
 /// Every file of `shared/playbooks/library/`, as simulator seeds with its exact bytes, uploaded
 /// by someone else (no pipeline marker), under its plain and its versioned name.
 pub fn bundled_seeds() -> Vec<LibrarySeed> {

@@ -135,15 +135,7 @@ async fn playbooks_in_s3(
     toml: &str,
     files: &[(&str, &[u8])],
 ) -> [(&'static str, String); 2] {
-    let mut toml = toml.to_string();
-    for (name, bytes) in files {
-        let line = format!("name = \"{name}\"\n");
-        toml = toml.replacen(
-            &line,
-            &format!("{line}sha256 = \"{}\"\n", sha256_hex(bytes)),
-            1,
-        );
-    }
+    let toml = testkit::library::pin_files(toml, files);
     let s3 = shared::adapters::s3::s3_client(sdk);
     let bucket = unique("playbooks");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();

@@ -21,7 +21,7 @@ use shared::library::{
 };
 use shared::messages::{Delivery, MESSAGE_VERSION, SubmitJob, encode};
 use shared::ports::{BoxFuture, Defender, LibraryApi, ObjectStore};
-use shared::store::{Manifest, RunOutcome, RunState, manifest_key};
+use shared::store::{Manifest, RunOutcome, RunRecord, RunState, manifest_key};
 use testkit::alerts::run_id;
 use testkit::configs::{budget, submit_config};
 use testkit::records::{collecting_run, put_run};
@@ -860,5 +860,215 @@ async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deploy
     assert!(
         library.uploads.lock().unwrap().is_empty(),
         "v2 was not needed"
+    );
+}
+
+/// Defender whose one action has ended: every command it was asked completed.
+struct Ended(MachineAction);
+
+impl Ended {
+    fn of(run: &RunRecord, action: &ActionId) -> Self {
+        let commands: Vec<serde_json::Value> = run
+            .commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "index": i, "commandStatus": "Completed", "errors": [],
+                    "startTime": "2026-11-30T05:00:01Z", "endTime": "2026-11-30T05:00:02Z",
+                    "command": c,
+                })
+            })
+            .collect();
+        Self(
+            serde_json::from_value(serde_json::json!({
+                "id": action.as_str(), "type": "LiveResponse", "status": "Succeeded",
+                "machineId": run.machine_id.as_str(), "requestorComment": run.comment,
+                "creationDateTimeUtc": "2026-11-30T05:00:00Z",
+                "lastUpdateDateTimeUtc": "2026-11-30T05:00:02Z",
+                "commands": commands,
+            }))
+            .expect("a machine action"),
+        )
+    }
+}
+
+impl Defender for Ended {
+    async fn run_live_response(
+        &self,
+        _: &MachineId,
+        _: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
+        Ok(self.0.clone())
+    }
+    async fn list_machine_actions(
+        &self,
+        _: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        Ok(vec![self.0.clone()])
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        panic!("not expected")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+}
+
+/// A submitted run that put the pipeline's file (v1) on the device, its action ended; poll's
+/// message `poll-1` holds it. Returns the manifest poll wrote, with the library as `library`
+/// holds it when the action has ended.
+async fn poll_ended_run(alert: &str, library: &MemLibrary) -> Manifest {
+    let store = MemStore::default();
+    let run = run_id("native", alert, M1, "malware-file");
+    let v1 = b"collector v1";
+    let name = lib("collector.exe", v1);
+    let action = ActionId::parse("7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d").unwrap();
+    let mut record = waiting_run(&run, alert, vec![Command::put_file(&name)]);
+    record.state = RunState::Submitted;
+    record.action_id = Some(action.clone());
+    record.outcome = None;
+    record.chain.holder = Some("poll-1".into());
+    record.library = vec![shared::library::LibraryUse {
+        name: "collector.exe".into(),
+        library_name: name,
+        sha256: Some(sha(v1)),
+        source: LibrarySource::Bundle,
+    }];
+    put_run(&store, &record).await;
+    let mut cfg = testkit::configs::poll_config();
+    cfg.status_from = shared::stages::settings::StatusFrom::Each;
+    let msg = Delivery::new(
+        "poll-1".to_string(),
+        encode(&shared::messages::PollJob {
+            v: MESSAGE_VERSION,
+            run_id: run.clone(),
+            action_id: action.clone(),
+            polls: 1,
+            cancels: 0,
+            prev: None,
+        }),
+    );
+    let done = shared::stages::poll::handle(
+        &cfg,
+        &store,
+        &MemQueue::default(),
+        &Ended::of(&record, &action),
+        library,
+        testkit::notary::notary(),
+        &shared::clock::SystemClock,
+        &msg,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        done.outcome,
+        shared::codes::Outcome::Ended,
+        "{}",
+        done.detail
+    );
+    serde_json::from_slice(&store.get(&manifest_key(&run)).await.unwrap().unwrap().body).unwrap()
+}
+
+/// Defect 3, after the action: the library is listed again once the action has ended; a file
+/// swapped while the run was live is marked in the manifest (and the run is not a success)
+/// rather than attested.
+#[tokio::test]
+async fn a_file_swapped_in_the_library_while_the_action_ran_is_marked_not_attested() {
+    let v1 = b"collector v1";
+    let name = lib("collector.exe", v1);
+    let marker = spec("collector.exe").managed_description();
+
+    let intact = MemLibrary::default();
+    intact.seed(&name, v1, &marker);
+    let m = poll_ended_run("intact", &intact).await;
+    assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "{:?}", m.reason);
+    let after = m.library_after.expect("listed after the action");
+    assert!(after.changed.is_empty() && after.unchecked.is_none());
+    assert_eq!(intact.lists.load(Ordering::SeqCst), 1);
+
+    let swapped = MemLibrary::default();
+    swapped.seed(&name, b"collector, swapped", &marker);
+    let m = poll_ended_run("swapped", &swapped).await;
+    assert_eq!(m.outcome, Some(RunOutcome::Partial));
+    let reason = m.reason.unwrap_or_default();
+    assert!(
+        reason.contains(&name) && reason.contains("not attested"),
+        "{reason}"
+    );
+    let change = &m.library_after.expect("listed after the action").changed[0];
+    assert_eq!(change.before.as_deref(), Some(sha(v1).as_str()));
+    assert_eq!(
+        change.after.as_deref(),
+        Some(sha(b"collector, swapped").as_str())
+    );
+
+    // A library that cannot be listed after the action is said to be unchecked.
+    let failing = MemLibrary::default();
+    *failing.fail.lock().unwrap() = Some(|| DefenderError::Transient {
+        reason: "HTTP 503".into(),
+    });
+    let m = poll_ended_run("unlisted", &failing).await;
+    let after = m.library_after.expect("recorded");
+    assert!(
+        after
+            .unchecked
+            .as_deref()
+            .is_some_and(|u| u.contains("503")),
+        "{after:?}"
+    );
+}
+
+/// Defect 4, the other half: intake and submit must agree on the playbook file a run was rendered
+/// with. A run rendered with another file than the one this submit instance loaded (a swapped
+/// file, or a deployment rolling out) is not posted with this instance's scripts.
+#[tokio::test]
+async fn a_run_rendered_with_a_swapped_playbook_file_is_not_submitted_with_other_scripts() {
+    let store = MemStore::default();
+    let run = run_id("native", "swapped-file", M1, "malware-file");
+    let mut record = waiting_run(
+        &run,
+        "swapped-file",
+        vec![Command::run_script("triage.ps1", Some("-Quick"))],
+    );
+    record.playbook_file_sha256 = Some("aa".repeat(32));
+    put_run(&store, &record).await;
+    let library = MemLibrary::default();
+    let keeper =
+        Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload).rendering(&"bb".repeat(32));
+    let defender = Records::default();
+    let done = submit_once(&store, &run, 0, &defender, &keeper, &library).await;
+    assert_eq!(done.outcome, shared::codes::Outcome::Transient);
+    assert!(
+        done.detail.contains(&"aa".repeat(32)) && done.detail.contains(&"bb".repeat(32)),
+        "{}",
+        done.detail
+    );
+    assert!(defender.0.lock().unwrap().is_empty(), "nothing was posted");
+    assert!(
+        library.uploads.lock().unwrap().is_empty(),
+        "nothing uploaded"
+    );
+    // Rendered with the file this instance loaded: submitted (the run as intake left it).
+    put_run(&store, &record).await;
+    let keeper =
+        Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload).rendering(&"aa".repeat(32));
+    let done = submit_once(&store, &run, 0, &defender, &keeper, &library).await;
+    assert_eq!(
+        done.outcome,
+        shared::codes::Outcome::Submitted,
+        "{}",
+        done.detail
     );
 }

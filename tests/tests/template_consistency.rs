@@ -67,6 +67,7 @@ fn sample(name: &str, params: &Value) -> String {
         "RETRY_MAX_SECS" => default("RetryMaxSecs"),
         "DOWNLOAD_ALLOWED_HOSTS" => default("DownloadAllowedHosts"),
         "PLAYBOOKS_S3_URI" => "s3://playbooks-bucket/playbooks.toml".into(),
+        "PLAYBOOKS_SHA256" => "ab".repeat(32),
         "MAX_RUN_DEADLINE_SECS" => "7200".into(),
         "BUDGET_RUNNING_SESSIONS" => default("BudgetRunningSessions"),
         "EVIDENCE_RETENTION_DAYS" => default("ObjectLockRetentionDays"),

@@ -1077,10 +1077,9 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
         .iter()
         .map(|(n, b)| (format!("team/library/{n}"), b.to_vec()))
         .collect();
-    files.push((
-        "team/playbooks.toml".into(),
-        shared::alerts::playbook::BUNDLED.as_bytes().to_vec(),
-    ));
+    let playbook_file = testkit::library::pinned_bundled_playbooks();
+    let pin = shared::hash::sha256_hex(playbook_file.as_bytes());
+    files.push(("team/playbooks.toml".into(), playbook_file.into_bytes()));
     for (key, body) in files {
         admin_s3
             .put_object()
@@ -1098,6 +1097,7 @@ async fn every_stage_runs_under_its_own_role_from_alert_to_manifest() {
             ("COLLECT_PART_MIB", "5"),
             ("COLLECT_TIME_BUDGET_SECS", "0"),
             ("PLAYBOOKS_S3_URI", &uri),
+            ("PLAYBOOKS_SHA256", &pin),
         ],
     )
     .await;
