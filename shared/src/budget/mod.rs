@@ -112,6 +112,11 @@ struct TenantBudget {
     running: BTreeMap<String, i64>,
     /// GET calls, oldest first.
     gets: Vec<Stamp>,
+    /// The budget was rebuilt from nothing (its object was unreadable): which runs hold a session
+    /// is unknown, so the cap counts as full until the sessions are rebuilt from the run records
+    /// ([`rebuild_sessions`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sessions_unknown: bool,
 }
 
 impl TenantBudget {
@@ -123,13 +128,16 @@ impl TenantBudget {
     }
 
     /// What to assume when the stored budget cannot be read: both call windows full as of now
-    /// (nobody knows what was sent in the last minute), no sessions known.
+    /// (nobody knows what was sent in the last minute), and the sessions unknown: the cap is full
+    /// until they are rebuilt from the run records, or new submissions would pile onto actions
+    /// that still run and Defender would answer 429.
     fn conservative(cfg: &BudgetConfig, now: i64) -> Self {
         Self {
             v: 2,
             submissions: vec![Stamp::Settled(now); cfg.submissions_per_minute as usize],
             running: BTreeMap::new(),
             gets: vec![Stamp::Settled(now); cfg.gets_per_minute as usize],
+            sessions_unknown: true,
         }
     }
 
@@ -223,20 +231,81 @@ fn window_wait(
     Some(Duration::from_millis(wait as u64))
 }
 
+/// A settlement not written yet: the slot's call returned at `returned` (unix ms). It is folded
+/// into this process's next write of the budget (a grant, a release, another settlement) instead
+/// of costing a write of its own; until then the open stamp counts, conservatively, at its latest.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    window: Window,
+    slot: u64,
+    returned: i64,
+}
+
+/// Settlements waiting for this process's next budget write. Each is applied only to a budget
+/// that holds its open stamp (slot ids are random), so they never touch another store's budget.
+static DEFERRED: std::sync::Mutex<Vec<Deferred>> = std::sync::Mutex::new(Vec::new());
+
+fn deferred() -> std::sync::MutexGuard<'static, Vec<Deferred>> {
+    // A panic elsewhere while holding the lock leaves a usable list.
+    DEFERRED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Settles the open stamp of `slot` in `stamps` at `returned` (or counts it at its return if the
+/// stamp is gone and the return is still inside `kept`); whether the budget changed.
+fn settle_stamp(stamps: &mut Vec<Stamp>, slot: u64, returned: i64, now: i64, kept: i64) -> bool {
+    let found = stamps
+        .iter_mut()
+        .find(|s| matches!(s, Stamp::Open { slot: id, .. } if *id == slot));
+    match found {
+        Some(s) => {
+            let Stamp::Open { granted, .. } = *s else {
+                return false;
+            };
+            *s = Stamp::Settled(returned.min(now).max(granted));
+            true
+        }
+        None if returned > now.saturating_sub(kept) => {
+            // The open stamp is gone (the call outlived its call limit and a window after it, or
+            // the budget was rebuilt): count the call at its return rather than not at all.
+            stamps.push(Stamp::Settled(returned.min(now)));
+            true
+        }
+        None => false,
+    }
+}
+
+/// How long a budget write keeps trying against other writers before the caller is told to come
+/// back shortly (a paced wait, never a failure: a failed message would wait out its queue's
+/// visibility timeout, up to 90 minutes for collect).
+const CONTENTION_GIVES_UP_AFTER: Duration = Duration::from_secs(3);
+
+/// What a budget update came to.
+enum Updated<R> {
+    /// Written (or nothing to write): the answer.
+    Done(R),
+    /// Other writers kept winning for [`CONTENTION_GIVES_UP_AFTER`].
+    Contended,
+}
+
 /// Applies `decide` to the budget with compare-and-swap; `decide` gets the time (unix ms) and
-/// returns its answer and whether it changed the budget. A budget object that cannot be parsed is
-/// set aside under `state/budget/corrupt-<ms>.json` for an operator and replaced by a conservative one.
+/// returns its answer and whether it changed the budget. Settlements deferred by this process
+/// whose open stamps are in this budget go into the same write. Under contention it backs off
+/// exponentially with full jitter, and gives up after [`CONTENTION_GIVES_UP_AFTER`]. A budget
+/// object that cannot be parsed is set aside under `state/budget/corrupt-<ms>.json` for an
+/// operator and replaced by a conservative one.
 async fn with_budget<S, F, R>(
     store: &S,
     cfg: &BudgetConfig,
     clock: &dyn Clock,
     mut decide: F,
-) -> Result<R, StoreError>
+) -> Result<Updated<R>, StoreError>
 where
     S: ObjectStore,
     F: FnMut(&mut TenantBudget, i64) -> (R, bool),
 {
-    for _ in 0..50 {
+    let started = tokio::time::Instant::now();
+    let mut backoff_ms: u64 = 10;
+    loop {
         let now = unix_ms(clock.now());
         let mut repaired = false;
         let (mut budget, condition) = match store.get(BUDGET_KEY).await? {
@@ -245,7 +314,7 @@ where
                 Err(e) => {
                     let aside = crate::store::keys::corrupt_budget_key(now);
                     tracing::error!(key = BUDGET_KEY, error = %e, kept_as = %aside,
-                        "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown)");
+                        "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown until rebuilt from the run records)");
                     if let Err(e) = store.put(&aside, s.body.to_vec(), Put::Always).await {
                         tracing::warn!(error = %e, "could not keep the unreadable budget aside");
                     }
@@ -256,26 +325,85 @@ where
             None => (TenantBudget::new(), Put::IfAbsent),
         };
         budget.tidy(cfg, now);
+        let pending: Vec<Deferred> = deferred().clone();
+        let mut applied = Vec::new();
+        for d in &pending {
+            let stamps = match d.window {
+                Window::Submissions => &mut budget.submissions,
+                Window::Gets => &mut budget.gets,
+            };
+            let holds = stamps
+                .iter()
+                .any(|s| matches!(s, Stamp::Open { slot, .. } if *slot == d.slot));
+            // The return time is this process's own clock, read after the grant: taken as it is
+            // (a stamp from a clock far ahead is pulled back by `tidy`).
+            if holds && settle_stamp(stamps, d.slot, d.returned, now.max(d.returned), 0) {
+                applied.push(d.slot);
+            }
+        }
         let (answer, changed) = decide(&mut budget, now);
-        if !changed && !repaired {
-            return Ok(answer);
+        if !changed && !repaired && applied.is_empty() {
+            return Ok(Updated::Done(answer));
         }
         let body = serde_json::to_vec(&budget).map_err(|e| StoreError(e.to_string()))?;
         match store.put(BUDGET_KEY, body, condition).await? {
-            PutResult::Written { .. } => return Ok(answer),
+            PutResult::Written { .. } => {
+                if !applied.is_empty() {
+                    deferred().retain(|d| !applied.contains(&d.slot));
+                }
+                return Ok(Updated::Done(answer));
+            }
             PutResult::Conflict => {
-                // Another invocation won the race: back off a little and read again.
-                tokio::time::sleep(Duration::from_millis(5 + (clock.jitter() * 20.0) as u64)).await;
+                // Another invocation won the race: back off (full jitter) and read again.
+                if started.elapsed() >= CONTENTION_GIVES_UP_AFTER {
+                    tracing::warn!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "the tenant budget kept changing under this write; asking again shortly"
+                    );
+                    return Ok(Updated::Contended);
+                }
+                let pause = (backoff_ms as f64 * clock.jitter()) as u64 + 1;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                backoff_ms = (backoff_ms * 2).min(400);
             }
         }
     }
-    Err(StoreError("budget: too many concurrent updates".into()))
 }
 
-fn new_slot(window: Window, clock: &dyn Clock) -> Slot {
+/// The wait a caller that lost on contention is given: one to three seconds, so that it comes
+/// back soon (a paced wait, spent inline or as a short queue delay) and not with the others.
+fn contention_wait(clock: &dyn Clock) -> Duration {
+    Duration::from_millis(1000 + (clock.jitter() * 2000.0) as u64)
+}
+
+/// [`with_budget`] where contention is an error: for the few updates that are not calls
+/// (sessions given back, read, rebuilt), which their callers retry.
+async fn with_budget_or_err<S, F, R>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    decide: F,
+) -> Result<R, StoreError>
+where
+    S: ObjectStore,
+    F: FnMut(&mut TenantBudget, i64) -> (R, bool),
+{
+    match with_budget(store, cfg, clock, decide).await? {
+        Updated::Done(r) => Ok(r),
+        Updated::Contended => Err(StoreError("budget: too many concurrent updates".into())),
+    }
+}
+
+/// A slot with an id no other slot of any process has: random, never from a test's seeded clock
+/// (a deferred settlement finds its open stamp by id, and must find no other).
+fn new_slot(window: Window) -> Slot {
     Slot {
         window,
-        id: clock.jitter().to_bits(),
+        id: u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ),
     }
 }
 
@@ -287,7 +415,7 @@ pub async fn acquire_submission<S: ObjectStore>(
     clock: &dyn Clock,
     run: &RunId,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Submissions, clock);
+    let slot = new_slot(Window::Submissions);
     let id = slot.id;
     let granted = with_budget(store, cfg, clock, |b, now| {
         if let Some(wait) = window_wait(
@@ -300,7 +428,8 @@ pub async fn acquire_submission<S: ObjectStore>(
             return (Some(wait), false);
         }
         let holds = b.running.contains_key(run.as_str());
-        if !holds && b.running.len() as u64 >= cfg.running_sessions as u64 {
+        let full = b.sessions_unknown || b.running.len() as u64 >= cfg.running_sessions as u64;
+        if !holds && full {
             // A session frees when some run ends; look again in a while.
             return (Some(cfg.minute / 4), false);
         }
@@ -313,8 +442,9 @@ pub async fn acquire_submission<S: ObjectStore>(
     })
     .await?;
     Ok(match granted {
-        Some(wait) => Grant::Wait(wait),
-        None => Grant::Granted(slot),
+        Updated::Done(Some(wait)) => Grant::Wait(wait),
+        Updated::Done(None) => Grant::Granted(slot),
+        Updated::Contended => Grant::Wait(contention_wait(clock)),
     })
 }
 
@@ -324,7 +454,7 @@ pub async fn acquire_get<S: ObjectStore>(
     cfg: &BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Gets, clock);
+    let slot = new_slot(Window::Gets);
     let id = slot.id;
     let hour = cfg.hour();
     let wait = with_budget(store, cfg, clock, |b, now| {
@@ -354,8 +484,9 @@ pub async fn acquire_get<S: ObjectStore>(
     })
     .await?;
     Ok(match wait {
-        Some(w) => Grant::Wait(w),
-        None => Grant::Granted(slot),
+        Updated::Done(Some(w)) => Grant::Wait(w),
+        Updated::Done(None) => Grant::Granted(slot),
+        Updated::Contended => Grant::Wait(contention_wait(clock)),
     })
 }
 
@@ -371,41 +502,47 @@ pub async fn settle<S: ObjectStore>(
     returned: i64,
 ) {
     let result = with_budget(store, cfg, clock, |b, now| {
-        let stamps = match slot.window {
-            Window::Submissions => &mut b.submissions,
-            Window::Gets => &mut b.gets,
+        let (stamps, kept) = match slot.window {
+            Window::Submissions => (&mut b.submissions, ms(cfg.minute)),
+            Window::Gets => (&mut b.gets, ms(cfg.hour())),
         };
-        let found = stamps
-            .iter_mut()
-            .find(|s| matches!(s, Stamp::Open { slot: id, .. } if *id == slot.id));
-        match found {
-            Some(s) => {
-                let Stamp::Open { granted, .. } = *s else {
-                    return ((), false);
-                };
-                *s = Stamp::Settled(returned.min(now).max(granted));
-                ((), true)
-            }
-            None => {
-                // The open stamp is gone (the call outlived its call limit and a window after
-                // it, or the budget was rebuilt): count the call at its return if that is still
-                // inside its window, rather than not at all.
-                let kept = match slot.window {
-                    Window::Submissions => cfg.minute,
-                    Window::Gets => cfg.hour(),
-                };
-                if returned > now.saturating_sub(ms(kept)) {
-                    stamps.push(Stamp::Settled(returned.min(now)));
-                    ((), true)
-                } else {
-                    ((), false)
-                }
-            }
-        }
+        ((), settle_stamp(stamps, slot.id, returned, now, kept))
     })
     .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
+    match result {
+        Ok(Updated::Done(())) => {}
+        Ok(Updated::Contended) => defer(slot, returned),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
+        }
+    }
+}
+
+/// Keeps `slot`'s settlement for this process's next budget write rather than writing it now:
+/// one write per call instead of two, which is what keeps the budget object from becoming a point
+/// of contention under load.
+fn defer(slot: Slot, returned: i64) {
+    let mut list = deferred();
+    // Bounded: a settlement that no write of this process took within this many is dropped (its
+    // open stamp keeps counting at its latest, the conservative side).
+    if list.len() >= 10_000 {
+        list.remove(0);
+    }
+    list.push(Deferred {
+        window: slot.window,
+        slot: slot.id,
+        returned,
+    });
+}
+
+/// Writes the settlements this process deferred that are in this store's budget, if any (one
+/// write for all of them); a stage calls it once a message is handled.
+pub async fn flush<S: ObjectStore>(store: &S, cfg: &BudgetConfig, clock: &dyn Clock) {
+    if deferred().is_empty() {
+        return;
+    }
+    if let Err(e) = with_budget(store, cfg, clock, |_, _| ((), false)).await {
+        tracing::warn!(error = %e, "could not write deferred budget settlements; they count until their call limit");
     }
 }
 
@@ -424,7 +561,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = within_pause(clock, || acquire_submission(store, cfg, clock, run)).await?;
-    Ok(run_granted(store, cfg, clock, grant, call).await)
+    Ok(run_granted(clock, grant, call).await)
 }
 
 /// Makes one GET `call` within the GET budget and settles its slot when it returns; or says how
@@ -441,7 +578,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = within_pause(clock, || acquire_get(store, cfg, clock)).await?;
-    Ok(run_granted(store, cfg, clock, grant, call).await)
+    Ok(run_granted(clock, grant, call).await)
 }
 
 /// As [`get_call`], but a wait is answered at once, never paused inline: for a caller holding a
@@ -458,7 +595,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = acquire_get(store, cfg, clock).await?;
-    Ok(run_granted(store, cfg, clock, grant, call).await)
+    Ok(run_granted(clock, grant, call).await)
 }
 
 /// A wait this short is spent inside the invocation, and the budget asked again, rather than on
@@ -495,15 +632,8 @@ pub fn queue_delay(wait: Duration) -> Duration {
 }
 
 /// Makes the call if the budget granted it, and settles its slot when it returns.
-async fn run_granted<S, T, F, Fut>(
-    store: &S,
-    cfg: &BudgetConfig,
-    clock: &dyn Clock,
-    grant: Grant,
-    call: F,
-) -> Paced<T>
+async fn run_granted<T, F, Fut>(clock: &dyn Clock, grant: Grant, call: F) -> Paced<T>
 where
-    S: ObjectStore,
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
@@ -512,7 +642,9 @@ where
         Grant::Granted(slot) => {
             let out = call().await;
             let returned = unix_ms(clock.now());
-            settle(store, cfg, clock, slot, returned).await;
+            // Folded into the next write of this process's budget (a stage flushes what is left
+            // once its message is handled).
+            defer(slot, returned);
             Paced::Ran(out)
         }
     }
@@ -525,7 +657,7 @@ pub async fn release_session<S: ObjectStore>(
     clock: &dyn Clock,
     run: &RunId,
 ) -> Result<(), StoreError> {
-    with_budget(store, cfg, clock, |b, _| {
+    with_budget_or_err(store, cfg, clock, |b, _| {
         ((), b.running.remove(run.as_str()).is_some())
     })
     .await
@@ -537,8 +669,42 @@ pub async fn held_sessions<S: ObjectStore>(
     cfg: &BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<Vec<String>, StoreError> {
-    with_budget(store, cfg, clock, |b, _| {
-        (b.running.keys().cloned().collect(), false)
+    Ok(sessions(store, cfg, clock).await?.0)
+}
+
+/// The runs that hold a session now, and whether the budget knows them all (false after it was
+/// rebuilt from nothing, until [`rebuild_sessions`]).
+pub async fn sessions<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+) -> Result<(Vec<String>, bool), StoreError> {
+    with_budget_or_err(store, cfg, clock, |b, _| {
+        (
+            (b.running.keys().cloned().collect(), !b.sessions_unknown),
+            false,
+        )
+    })
+    .await
+}
+
+/// Sets the sessions of a budget rebuilt from nothing: `held` (run id, since when, unix ms) are the
+/// runs whose records say they hold one; the cap counts them from now on.
+pub async fn rebuild_sessions<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    held: &[(String, i64)],
+) -> Result<(), StoreError> {
+    with_budget_or_err(store, cfg, clock, |b, _| {
+        if !b.sessions_unknown {
+            return ((), false);
+        }
+        for (run, since) in held {
+            b.running.entry(run.clone()).or_insert(*since);
+        }
+        b.sessions_unknown = false;
+        ((), true)
     })
     .await
 }

@@ -83,6 +83,7 @@ fn stamps_from_any_number_do_not_overflow() {
         submissions: wild.to_vec(),
         running: [("r".to_string(), i64::MAX)].into(),
         gets: wild.to_vec(),
+        sessions_unknown: false,
     };
     let cfg = BudgetConfig {
         submissions_per_minute: 10,

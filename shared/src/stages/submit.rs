@@ -446,6 +446,40 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
     }
 }
 
+/// A budget rebuilt from nothing (its object was unreadable) knows no sessions: they are read back
+/// from the run records, every run that is submitting or submitted holding one (since it was
+/// submitted), so that new submissions do not pile onto actions that still run.
+async fn rebuild_sessions<S: ObjectStore>(
+    store: &S,
+    budget_cfg: &crate::budget::BudgetConfig,
+    clock: &dyn Clock,
+) -> Result<(), StageError> {
+    let mut held = Vec::new();
+    for key in store.list(crate::store::keys::RUNS_PREFIX).await? {
+        let Some(run_id) = crate::store::keys::run_of_record_key(&key) else {
+            continue;
+        };
+        // An unreadable record is counted as holding one: the cap errs on the side of Defender's.
+        let since = match load_run(store, &run_id).await {
+            Ok(Some((r, _))) => match r.state {
+                RunState::Submitting | RunState::Submitted => {
+                    r.submitted_at.unwrap_or(r.created_at)
+                }
+                _ => continue,
+            },
+            Ok(None) => continue,
+            Err(_) => clock.now(),
+        };
+        held.push((run_id.to_string(), crate::clock::unix_ms(since)));
+    }
+    tracing::warn!(
+        sessions = held.len(),
+        "rebuilt the budget's running sessions from the run records"
+    );
+    budget::rebuild_sessions(store, budget_cfg, clock, &held).await?;
+    Ok(())
+}
+
 /// When the session cap is full, gives back the sessions of runs that no longer need them: a release
 /// that failed after the run moved on, a run that ended without one, or a run whose chain has been
 /// silent for longer than [`CHAIN_TTL`] (its messages went to a dead-letter queue). A full cap heals
@@ -456,7 +490,11 @@ pub async fn reconcile_sessions<S: ObjectStore>(
     budget_cfg: &crate::budget::BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<u32, StageError> {
-    let held = budget::held_sessions(store, budget_cfg, clock).await?;
+    let (held, known) = budget::sessions(store, budget_cfg, clock).await?;
+    if !known {
+        rebuild_sessions(store, budget_cfg, clock).await?;
+        return Ok(0);
+    }
     if (held.len() as u64) < budget_cfg.running_sessions as u64 {
         return Ok(0);
     }
