@@ -135,7 +135,7 @@ async fn two_messages_finishing_a_run_at_once_seal_it_once_and_the_loser_finishe
         let wrote = [&a, &b].iter().filter(|r| matches!(r, Ok(true))).count();
         assert_eq!(wrote, 1, "round {round}: {a:?} {b:?}");
         for r in [&a, &b] {
-            assert!(matches!(r, Ok(_)), "round {round}: {r:?}");
+            assert!(r.is_ok(), "round {round}: {r:?}");
         }
         assert_eq!(events_of(&events, &run).len(), 1, "round {round}");
         assert_sealed(&store, &signer, &run).await;

@@ -903,7 +903,7 @@ impl World {
 
 enum Stage {
     Intake(Intake),
-    Submit(Submit),
+    Submit(Box<Submit>),
     Poll(Poll),
     Collect(Collect),
 }
@@ -912,7 +912,7 @@ impl Stage {
     async fn handle(&self, e: SqsEvent) -> SqsBatchResponse {
         match self {
             Stage::Intake(f) => entry::handle(f, e).await,
-            Stage::Submit(f) => entry::handle(f, e).await,
+            Stage::Submit(f) => entry::handle(&**f, e).await,
             Stage::Poll(f) => entry::handle(f, e).await,
             Stage::Collect(f) => entry::handle(f, e).await,
         }
@@ -1028,7 +1028,7 @@ async fn deploy(world: &World, sim: &mde_sim::SimServer, extra: &[(&str, &str)])
         let sdk = world.sdk_of(binary).await;
         let function = match binary {
             "intake" => Stage::Intake(Intake::build(&env, &sdk).await.expect("intake")),
-            "submit" => Stage::Submit(Submit::build(&env, &sdk).await.expect("submit")),
+            "submit" => Stage::Submit(Box::new(Submit::build(&env, &sdk).await.expect("submit"))),
             "poll" => Stage::Poll(Poll::build(&env, &sdk).await.expect("poll")),
             _ => Stage::Collect(Collect::build(&env, &sdk).await.expect("collect")),
         };
