@@ -14,6 +14,8 @@ What moto does not do and this file adds:
 - A GetObject or HeadObject of a key that does not exist answers 403 AccessDenied, not 404, unless
   the caller may s3:ListBucket the bucket with s3:prefix equal to the key (as S3 decides it:
   without ListBucket a caller cannot learn whether a key exists). moto answers 404 to anyone.
+  In a bucket whose name contains "no404" a missing key answers 403 to every caller, allowed to
+  list it or not: the strictest S3 the pipeline must still work with (it lists the key to tell).
 - CopyObject needs s3:GetObject on the source as well as s3:PutObject on the target; moto checks
   only the target.
 - ListObjects is checked against s3:prefix conditions on s3:ListBucket (moto ignores them, so a
@@ -153,6 +155,8 @@ def key_response(self, request, full_url, headers):
         self.backend.get_bucket(bucket)
     except Exception:
         return status, response_headers, body  # no such bucket: S3 says so
+    if "no404" in bucket:
+        return access_denied(self)
     policies = caller_policies(self, request.headers)
     if allowed(policies, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {"s3:prefix": key}):
         return status, response_headers, body

@@ -285,3 +285,134 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
         "no manifest for a run still running"
     );
 }
+
+/// Defender whose action never ends: every read says InProgress, every cancel is accepted and
+/// changes nothing. Counts the cancels.
+struct NeverEnds {
+    action: MachineAction,
+    cancels: std::sync::atomic::AtomicU32,
+}
+
+impl Defender for NeverEnds {
+    async fn run_live_response(
+        &self,
+        _: &MachineId,
+        _: &LiveResponseRequest,
+    ) -> Result<MachineAction, DefenderError> {
+        panic!("not expected")
+    }
+    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
+        Ok(self.action.clone())
+    }
+    async fn list_machine_actions(
+        &self,
+        _: &ActionFilter,
+    ) -> Result<Vec<MachineAction>, DefenderError> {
+        Ok(vec![self.action.clone()])
+    }
+    async fn result_download_link(
+        &self,
+        _: &ActionId,
+        _: u32,
+    ) -> Result<DownloadLink, DefenderError> {
+        panic!("not expected")
+    }
+    async fn cancel_machine_action(
+        &self,
+        _: &ActionId,
+        _: &str,
+    ) -> Result<MachineAction, DefenderError> {
+        self.cancels
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.action.clone())
+    }
+}
+
+/// Defect 7: a cancel Defender accepted without ending the action was not counted against the
+/// cancel cap, so a run past its deadline was cancelled again every second, forever. Now each
+/// accepted cancel counts, and after the cap the run ends timed out with the reason.
+#[tokio::test]
+async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_cap() {
+    let store = MemStore::default();
+    let queue = MemQueue::default();
+    let run_id = run_id("native", "never-ends", M1, "malware-file");
+    let action_id = ActionId::parse("00000000-0000-0000-0000-0000000000cc").unwrap();
+    let mut record = collecting_run(
+        &run_id,
+        "never-ends",
+        &machine_id(M1),
+        vec![Command::get_file("C:\\x")],
+        &action_id,
+    );
+    record.state = RunState::Submitted;
+    record.chain.holder = Some("poll-0".into());
+    let clock = shared::clock::ManualClock::at(record.deadline + time::Duration::seconds(1));
+    put_run(&store, &record).await;
+    let action: MachineAction = serde_json::from_value(serde_json::json!({
+        "id": action_id.as_str(), "type": "LiveResponse", "status": "InProgress",
+        "machineId": M1, "requestorComment": record.comment,
+        "creationDateTimeUtc": "2026-11-30T05:00:00Z",
+        "lastUpdateDateTimeUtc": "2026-11-30T05:00:02Z",
+        "commands": [{"index": 0, "commandStatus": "InProgress", "errors": [],
+                      "command": record.commands[0]}],
+    }))
+    .unwrap();
+    let defender = NeverEnds {
+        action,
+        cancels: Default::default(),
+    };
+    let mut cfg = poll_config();
+    cfg.status_from = shared::stages::settings::StatusFrom::Each;
+    let mut msg = Delivery::new(
+        "poll-0",
+        encode(&PollJob {
+            v: MESSAGE_VERSION,
+            run_id: run_id.clone(),
+            action_id: action_id.clone(),
+            polls: 0,
+            cancels: 0,
+            prev: None,
+        }),
+    );
+    for _ in 0..20 {
+        shared::stages::poll::handle(
+            &cfg,
+            &store,
+            &queue,
+            &defender,
+            testkit::library::empty(),
+            testkit::notary::notary(),
+            &clock,
+            &msg,
+        )
+        .await
+        .unwrap();
+        let next = queue.sent.lock().unwrap().iter().rev().find_map(|s| match s {
+            shared::adapters::memory::Sent::Message { id, queue, body, .. }
+                if queue == &cfg.poll_queue_url =>
+            {
+                Some(Delivery::new(id.clone(), body.clone()))
+            }
+            _ => None,
+        });
+        let (run, _) = load_run(&store, &run_id).await.unwrap().unwrap();
+        if run.state != RunState::Submitted {
+            break;
+        }
+        msg = next.expect("the next poll job");
+        clock.advance(std::time::Duration::from_secs(600));
+    }
+    assert_eq!(
+        defender.cancels.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "cancelled up to the cap, then no more"
+    );
+    let (run, _) = load_run(&store, &run_id).await.unwrap().unwrap();
+    assert_ne!(run.state, RunState::Submitted);
+    assert_eq!(run.outcome, Some(shared::store::RunOutcome::TimedOut));
+    assert!(
+        run.reason.as_deref().unwrap_or_default().contains("accepted 5 cancels"),
+        "{:?}",
+        run.reason
+    );
+}

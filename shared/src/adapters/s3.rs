@@ -68,6 +68,36 @@ impl S3Store {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// After a 403 on a read of `key`: whether a listing of exactly that key (which a grant of
+    /// `s3:ListBucket` limited by `s3:prefix` to the key certainly allows) shows it absent. S3 is
+    /// documented to answer 404, not 403, for a missing key to a caller allowed that listing;
+    /// the pipeline does not depend on it: "not listed" is absent whatever the read said. `None`
+    /// when the listing is refused too (the read's 403 then stands).
+    async fn absent_by_listing(&self, key: &str) -> Option<bool> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .ok()?;
+        // The key itself sorts before any longer key it is a prefix of.
+        let listed = out.contents().iter().any(|o| o.key() == Some(key));
+        if !listed {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    bucket = %self.bucket,
+                    key,
+                    "S3 answered 403 for a key a listing shows absent: reading such keys as absent by listing them (logged once)"
+                );
+            });
+        }
+        Some(!listed)
+    }
 }
 
 fn s3_err<E: std::error::Error + 'static>(what: &str, key: &str, e: E) -> StoreError {
@@ -125,13 +155,19 @@ impl ObjectStore for S3Store {
                 Ok(Some(Stored { body, etag }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            // Not "missing": S3 answers 403 for a key that does not exist when the caller may not
-            // list the bucket. Retrying cannot help; say which permission the role needs.
-            Err(e) if status_of(&e) == Some(403) => Err(read_denied(
-                &self.bucket,
-                key,
-                &aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
-            )),
+            // S3 answers 403 for a key that does not exist when the caller may not list it (and
+            // may, for all we verified, even when it may): a listing of exactly the key decides.
+            // Listed, or not listable: retrying cannot help; say which permission is missing.
+            Err(e) if status_of(&e) == Some(403) => {
+                if self.absent_by_listing(key).await == Some(true) {
+                    return Ok(None);
+                }
+                Err(read_denied(
+                    &self.bucket,
+                    key,
+                    &aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+                ))
+            }
             Err(e) => Err(s3_err("get", key, e)),
         }
     }
@@ -246,6 +282,9 @@ impl Uploads for S3Store {
             Err(e) if matches!(status_of(&e), Some(404)) => Ok(None),
             Err(e) if version.is_some() && matches!(status_of(&e), Some(400)) => Ok(None),
             Err(e) if matches!(status_of(&e), Some(403)) => {
+                if version.is_none() && self.absent_by_listing(key).await == Some(true) {
+                    return Ok(None);
+                }
                 Err(read_denied(&self.bucket, key, "HeadObject"))
             }
             Err(e) => Err(s3_err("head", key, e)),

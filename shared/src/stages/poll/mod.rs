@@ -191,9 +191,23 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
             {
                 step.finalize(&run, &cancelled, true, library).await
             }
+            // Accepted without ending the action: it counts against the cap like a refusal, or
+            // a Defender that accepts every cancel and ends nothing would be asked forever.
+            Ok(_) if job.cancels + 1 >= MAX_CANCELS => {
+                let reason = format!(
+                    "the run's deadline passed and Defender accepted {} cancels without ending the action; it may still be running",
+                    job.cancels + 1
+                );
+                step.give_up(defender, &run, RunOutcome::TimedOut, reason, false)
+                    .await
+            }
             Ok(_) => {
-                step.again(job.polls + 1, job.cancels, Duration::from_secs(1))
-                    .await?;
+                let delay = if job.cancels == 0 {
+                    Duration::from_secs(1)
+                } else {
+                    cancel_delay(job.cancels)
+                };
+                step.again(job.polls + 1, job.cancels + 1, delay).await?;
                 Ok(Done::new(
                     &run_id,
                     Outcome::Cancelled,
