@@ -387,14 +387,18 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
         )
         .await
         .unwrap();
-        let next = queue.sent.lock().unwrap().iter().rev().find_map(|s| match s {
-            shared::adapters::memory::Sent::Message { id, queue, body, .. }
-                if queue == &cfg.poll_queue_url =>
-            {
-                Some(Delivery::new(id.clone(), body.clone()))
-            }
-            _ => None,
-        });
+        let next = queue
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                shared::adapters::memory::Sent::Message {
+                    id, queue, body, ..
+                } if queue == &cfg.poll_queue_url => Some(Delivery::new(id.clone(), body.clone())),
+                _ => None,
+            });
         let (run, _) = load_run(&store, &run_id).await.unwrap().unwrap();
         if run.state != RunState::Submitted {
             break;
@@ -411,7 +415,10 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
     assert_ne!(run.state, RunState::Submitted);
     assert_eq!(run.outcome, Some(shared::store::RunOutcome::TimedOut));
     assert!(
-        run.reason.as_deref().unwrap_or_default().contains("accepted 5 cancels"),
+        run.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("accepted 5 cancels"),
         "{:?}",
         run.reason
     );

@@ -666,6 +666,44 @@ fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() 
     }
 }
 
+/// Defect 7: the dead-letter queues took messages from anyone, and an operator's re-drive sends
+/// what they hold back into the pipeline under the operator's identity: an alert planted in the
+/// alerts DLQ would pass the alerts queue's sender check. Only the stage's own role may put a
+/// message in its DLQ; SQS's own moves (no principal) still land.
+#[test]
+fn a_planted_dead_letter_is_refused_by_the_queue_policy() {
+    use policy::Decision::{Deny, Silent};
+    let policies = resource_policies(json!({}));
+    for (dlq, role) in [
+        ("AlertsDeadLetterQueue", "IntakeRole"),
+        ("SubmitDeadLetterQueue", "SubmitRole"),
+        ("PollDeadLetterQueue", "PollRole"),
+        ("CollectDeadLetterQueue", "CollectRole"),
+    ] {
+        let policy = &policies[&format!("{dlq}Policy")];
+        let send = |who: Option<&str>| {
+            let mut context: policy::Context = [("aws:SecureTransport", "true")].into();
+            if let Some(who) = who {
+                context.insert("aws:PrincipalArn", who);
+            }
+            policy::decide(&[policy], "sqs:SendMessage", &queue_arn(dlq), &context)
+        };
+        assert_eq!(send(Some(&role_arn(role))), Silent, "{dlq}: its stage");
+        assert_eq!(send(None), Silent, "{dlq}: SQS's own move");
+        for who in [
+            format!("arn:aws:iam::{ACCOUNT}:role/Administrator"),
+            format!("arn:aws:iam::{ACCOUNT}:user/operator"),
+            role_arn(if role == "IntakeRole" {
+                "SubmitRole"
+            } else {
+                "IntakeRole"
+            }),
+        ] {
+            assert_eq!(send(Some(&who)), Deny, "{dlq}: {who}");
+        }
+    }
+}
+
 #[test]
 fn only_the_named_senders_may_put_alerts_on_the_queue() {
     use policy::Decision::{Allow, Deny};

@@ -106,7 +106,7 @@ async fn fetch_one(
             Some(v) => format!("{key}: the version the manifest pins ({v}) is missing"),
             None => format!("{key}: missing from the bucket"),
         })?;
-    bar.set_message(key.to_string());
+    crate::output::label(&bar, key);
     let raw = create(&partial)?;
     let unpacked = if unpack {
         match create(&content_partial) {

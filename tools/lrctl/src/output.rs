@@ -153,6 +153,12 @@ pub fn excerpt(text: &str, max: usize) -> String {
     out
 }
 
+/// Labels `bar` with `text` (an object key, which anyone who can write the bucket chose) made safe
+/// for the terminal, as every other line is.
+pub fn label(bar: &indicatif::ProgressBar, text: &str) {
+    bar.set_message(clean(text));
+}
+
 /// A byte-count progress bar on stderr, hidden unless stderr is a terminal.
 pub fn progress(total: u64) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -170,6 +176,23 @@ pub fn progress(total: u64) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Defect 7: `verify`'s progress bar printed a manifest's object key raw, so a key planted in
+    /// the bucket with escape sequences drove the analyst's terminal.
+    #[test]
+    fn a_planted_key_with_escape_sequences_is_cleaned_in_the_progress_label() {
+        let bar = indicatif::ProgressBar::new(1);
+        label(
+            &bar,
+            "evidence/r/0-getfile.gz\u{1b}]52;c;ZXZpbA==\u{7}\u{202e}",
+        );
+        let shown = bar.message();
+        assert!(!shown.chars().any(unsafe_char), "{shown:?}");
+        assert!(
+            shown.starts_with("evidence/r/0-getfile.gz\\u{1b}"),
+            "{shown:?}"
+        );
+    }
 
     #[test]
     fn durations_and_tables() {
