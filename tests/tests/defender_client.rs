@@ -403,3 +403,67 @@ async fn put_file_commands_have_no_result() {
     assert!(matches!(err, DefenderError::Rejected { .. }));
     assert!(client.result_download_link(&a.id, 1).await.is_ok());
 }
+
+/// A server on loopback that answers every request with `status` and a chunked body of `mib`
+/// MiB (no Content-Length: the client cannot refuse it by the header alone). Returns its base URL.
+async fn flood(mib: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if sock.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..mib {
+                    let frame = format!("{:x}\r\n", chunk.len());
+                    if sock.write_all(frame.as_bytes()).await.is_err()
+                        || sock.write_all(&chunk).await.is_err()
+                        || sock.write_all(b"\r\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    base
+}
+
+/// Defect 7: Defender's and the token endpoint's response bodies were read whole, without a
+/// limit: anything that could answer in their place could fill the function's memory. A body
+/// over the limit is refused while it is read.
+#[tokio::test]
+async fn an_oversized_response_body_is_refused_not_read_whole() {
+    let config = sim_config();
+    let sim = start_sim(config.clone()).await;
+    let http = shared::defender::http_client(Duration::from_secs(30)).unwrap();
+    let source = StaticCredentials(testkit::sim::sim_credentials(&config));
+    // The API answers 64 MiB of whitespace (valid JSON would follow, never read).
+    let auth =
+        shared::defender::TokenProvider::new(source.clone(), http.clone(), &sim.login_base, SCOPE);
+    let api = shared::defender::DefenderClient::new(http.clone(), &flood(64).await, auth);
+    let id = shared::defender::ActionId::parse("00000000-0000-0000-0000-000000000001").unwrap();
+    let e = api.get_machine_action(&id).await.expect_err("refused");
+    assert!(
+        matches!(&e, DefenderError::InvalidResponse(m) if m.contains("larger than")),
+        "{e}"
+    );
+    // The token endpoint answers 2 MiB.
+    let auth = shared::defender::TokenProvider::new(source, http.clone(), &flood(2).await, SCOPE);
+    let api = shared::defender::DefenderClient::new(http, &sim.api_base, auth);
+    let e = api.get_machine_action(&id).await.expect_err("refused");
+    assert!(e.to_string().contains("larger than"), "{e}");
+}

@@ -240,10 +240,9 @@ impl<C: CredentialSource> TokenProvider<C> {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .bytes()
+        let body = super::error::read_body(resp, super::error::MAX_TOKEN_BODY)
             .await
-            .map_err(|e| TokenError::Other(DefenderError::from_reqwest(e)))?;
+            .map_err(TokenError::Other)?;
         if (200..300).contains(&status) {
             let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
                 TokenError::Other(DefenderError::InvalidResponse(

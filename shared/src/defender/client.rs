@@ -100,7 +100,7 @@ impl<C: CredentialSource> DefenderClient<C> {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let body = resp.bytes().await.map_err(DefenderError::from_reqwest)?;
+            let body = super::error::read_body(resp, super::error::MAX_API_BODY).await?;
             if (200..300).contains(&status) {
                 return Ok(body);
             }

@@ -66,6 +66,33 @@ pub enum DefenderError {
     InvalidResponse(String),
 }
 
+/// The largest body read from Defender's API: a page of 1,000 machine actions or a full library
+/// listing is well under it.
+pub const MAX_API_BODY: usize = 16 << 20;
+/// The largest body read from the token endpoint.
+pub const MAX_TOKEN_BODY: usize = 64 << 10;
+
+/// A response's body, read up to `max` bytes: a server (or anything on the path) that sends more
+/// is refused before it can fill the function's memory.
+pub async fn read_body(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<bytes::Bytes, DefenderError> {
+    let too_large =
+        || DefenderError::InvalidResponse(format!("response body larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(DefenderError::from_reqwest)? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 impl DefenderError {
     /// Retry (rate limits, a busy device, transient failures) or give up (everything else).
     pub fn next(&self) -> Next {
