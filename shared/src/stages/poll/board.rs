@@ -35,6 +35,11 @@ pub const CLAIM: Duration = Duration::from_secs(5);
 pub const PAGE: usize = 1000;
 /// How far before a run's submission its action's creation time may lie (clock skew).
 const SKEW: time::Duration = time::Duration::minutes(5);
+/// How far back a listing reaches. An action created earlier (a Pending action for an offline
+/// device can wait three days) is read by id on its own looks, which stretch out to a minute while
+/// it is Pending, rather than widening every listing until they fill a page and the current runs
+/// fall off it.
+pub const WINDOW: time::Duration = time::Duration::hours(2);
 
 /// The stored board.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -169,6 +174,9 @@ pub async fn look<S: ObjectStore, D: Defender>(
 ) -> Result<Look, StoreError> {
     let now = clock.now();
     let created = submitted - SKEW;
+    if created < now - WINDOW {
+        return by_id(store, defender, budget_cfg, clock, id).await;
+    }
     // The board is a cache: when the store will not give it (denied, down), the action is read
     // by id (the budget, which is not a cache, still decides whether that can happen now).
     let (board, etag) = match load(store).await {
@@ -232,7 +240,9 @@ pub async fn look<S: ObjectStore, D: Defender>(
         .filter_map(|a| a.created.as_deref().and_then(parse_time))
         .min()
         .map(|t| t - SKEW);
-    let since = oldest_running.map_or(created, |o| o.min(created));
+    let since = oldest_running
+        .map_or(created, |o| o.min(created))
+        .max(now - WINDOW);
     let filter = ActionFilter {
         live_response_only: true,
         created_since: Some(since),

@@ -251,6 +251,31 @@ async fn the_board_covers_the_oldest_running_action() {
     assert!(since.is_some_and(|s| s <= old), "{since:?}");
 }
 
+/// Defect 7: one old unfinished action (a Pending one for an offline device, up to three days)
+/// widened every listing back to its creation, until the listings filled a page and each look fell
+/// back to a read by id. The listing now reaches back at most WINDOW; the old action is read by id.
+#[tokio::test]
+async fn an_old_unfinished_action_does_not_widen_the_status_board_listing() {
+    let (store, tenant, clock) = (MemStore::default(), Tenant::new(), ManualClock::at(t0()));
+    let old = t0() - time::Duration::days(3);
+    tenant.add(1, old, "lr-run:old");
+    tenant.add(2, t0(), "lr-run:new");
+    seen(&store, &tenant, &clock, 1, old).await;
+    assert_eq!(tenant.calls(), (0, 1), "the old action alone: read by id");
+    for _ in 0..3 {
+        seen(&store, &tenant, &clock, 2, t0()).await;
+        seen(&store, &tenant, &clock, 1, old).await;
+        clock.advance(FRESH * 2);
+    }
+    for since in tenant.listed_since.lock().unwrap().iter() {
+        assert!(
+            since.is_some_and(|s| s >= t0() - WINDOW),
+            "a listing reached back to {since:?}"
+        );
+    }
+    assert_eq!(tenant.calls(), (3, 4), "(lists, reads by id)");
+}
+
 /// Only the pipeline's actions are kept (a tenant's other live responses are not stored), and a
 /// board that cannot be read is rebuilt, not trusted.
 #[tokio::test]
