@@ -106,7 +106,7 @@ async fn fetch_one(
             Some(v) => format!("{key}: the version the manifest pins ({v}) is missing"),
             None => format!("{key}: missing from the bucket"),
         })?;
-    crate::output::label(&bar, key);
+    crate::output::label(bar, key);
     let raw = create(&partial)?;
     let unpacked = if unpack {
         match create(&content_partial) {

@@ -129,7 +129,7 @@ pub async fn check(
     let problem = |what: String| Finding::problem(key, what);
     // Where it is (the key the pipeline writes for this command) is checked by the caller.
     let mut found = Vec::new();
-    crate::output::label(&bar, key);
+    crate::output::label(bar, key);
     let current = bucket.open(key, None).await?;
     let current_version = current.as_ref().and_then(|o| o.version_id.clone());
     let diffs = match current {
