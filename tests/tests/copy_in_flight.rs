@@ -189,6 +189,8 @@ enum Open {
     Whole,
     /// The stream breaks off after this many bytes (whole chunks).
     BreakAfter(usize),
+    /// The stream delivers this many bytes (whole chunks), then nothing, never ending.
+    StallAfter(usize),
     Fail,
 }
 
@@ -224,6 +226,18 @@ impl Fetch for Pkg<'_> {
             Open::BreakAfter(b) => {
                 chunks.truncate(b / self.chunk);
                 chunks.push(Err("download broke off".into()));
+            }
+            Open::StallAfter(b) => {
+                chunks.truncate(b / self.chunk);
+                return Ok(Download {
+                    content_length: Some(rest.len() as u64),
+                    stream: Box::pin(
+                        futures_util::StreamExt::chain(
+                            futures_util::stream::iter(chunks),
+                            futures_util::stream::pending(),
+                        ),
+                    ),
+                });
             }
             Open::Fail => return Err("download answered HTTP 503".into()),
         }
@@ -696,4 +710,41 @@ async fn manifest_command(rig: &Rig<'_>) -> shared::store::ManifestCommand {
     )
     .unwrap();
     manifest.commands[0].clone()
+}
+
+/// Defect 7: collect checked its time budget only at part boundaries, so a download that stalled
+/// mid-part kept the invocation waiting past its budget (and its function's timeout). A chunk is
+/// now waited for until the budget is over and a short grace after it; the checkpoint then stands
+/// at the last stored part and the next invocation goes on from there.
+#[tokio::test(start_paused = true)]
+async fn a_download_that_stalls_mid_part_does_not_outlive_the_time_budget() {
+    let clock = ManualClock::at(time::OffsetDateTime::now_utc());
+    let store = Slow::new(&clock, Duration::ZERO);
+    let mut rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    rig.cfg.time_budget = Duration::from_secs(300);
+    let body = package(3 * P + 77);
+    let fetch = Pkg {
+        body: body.clone(),
+        chunk: 64 << 10,
+        // One part and a half, then silence.
+        plan: Mutex::new([Open::StallAfter(P + P / 2)].into()),
+        opens: Mutex::new(Vec::new()),
+        store: None,
+    };
+    let started = tokio::time::Instant::now();
+    let done = rig.invoke(&fetch).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(done.outcome.as_str(), "continued", "{}", done.detail);
+    assert!(
+        waited <= Duration::from_secs(300) + shared::stages::collect::STALL_GRACE,
+        "the stalled download held the invocation {waited:?}"
+    );
+    let ck = rig.checkpoint().await.expect("a checkpoint");
+    assert_eq!(ck["offset"], P as u64, "{ck}");
+    // The next invocation goes on from the stored part and finishes.
+    let done = rig.invoke(&fetch).await.unwrap();
+    assert_eq!(done.outcome.as_str(), "collected", "{}", done.detail);
+    assert_eq!(*fetch.opens.lock().unwrap(), vec![0, P as u64]);
+    let got = rig.evidence().await.unwrap();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&body));
 }

@@ -250,6 +250,10 @@ struct InFlight {
 /// when the time budget ran out (the checkpoint then stands at a part boundary). The checkpoint
 /// moves only when a part and every part before it are stored, so on an error it still says where
 /// to go on (parts in flight are uploaded again from there).
+/// How long past the time budget a stalled download is waited for (the function's timeout leaves
+/// at least this much after the largest budget, `COLLECT_TIME_BUDGET_SECS` 870 of 900).
+pub const STALL_GRACE: Duration = Duration::from_secs(20);
+
 pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
     store: &S,
     ck: &mut Checkpoint,
@@ -307,13 +311,31 @@ pub(super) async fn stream_parts<S: Uploads, D: Defender, F: Fetch>(
             let (part, stored) = in_flight.next().await.expect("parts are in flight");
             settle(ck, &mut spare, part, stored)?;
         }
+        // A chunk is waited for only until the time budget is over, and STALL_GRACE after it:
+        // a download that stalls mid-part must not outlive the invocation (the budget is
+        // otherwise checked at part boundaries only). The checkpoint then stands at the last
+        // stored part, and the next invocation goes on from there with a fresh link.
+        let budget_left: Duration = (deadline - source.clock.now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
         let chunk = tokio::select! {
             biased;
             Some((part, stored)) = in_flight.next(), if !in_flight.is_empty() => {
                 settle(ck, &mut spare, part, stored)?;
                 continue;
             }
-            chunk = download.stream.next() => chunk,
+            chunk = tokio::time::timeout(budget_left + STALL_GRACE, download.stream.next()) => chunk,
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                tracing::warn!(run_id = %source.job.run_id, index = source.job.index, at = total,
+                    "the download stalled past the time budget; going on from the last stored part in the next invocation");
+                while let Some((part, stored)) = in_flight.next().await {
+                    settle(ck, &mut spare, part, stored)?;
+                }
+                return Ok(None);
+            }
         };
         let Some(chunk) = chunk else { break };
         let chunk = match chunk {

@@ -13,6 +13,7 @@
 mod checkpoint;
 mod complete;
 mod copy;
+pub use copy::STALL_GRACE;
 mod link;
 mod outcome;
 
