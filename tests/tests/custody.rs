@@ -630,6 +630,14 @@ async fn a_planted_manifest_differing_only_in_its_seal_time_is_refused() {
     } = World::new();
     let notary = notary(&signer, &events);
     let run = ended_with(&store, "planted-time", &[CommandOutcome::Collected]).await;
+    // A run this version recorded (one an older version recorded may carry that version's
+    // manifest, with its own time: see the upgrade test below).
+    shared::store::update_run(&store, &run, |r| {
+        r.playbook_file_sha256 = Some("ab".repeat(32));
+        true
+    })
+    .await
+    .unwrap();
     let rec = run_record(&store, &run).await;
     let commands = vec![
         shared::store::load_command(&store, &run, 0)
@@ -711,5 +719,58 @@ async fn a_planted_signature_document_is_refused_and_never_seals_the_run() {
         assert!(!rec.is_sealed(), "{case}");
         assert_ne!(rec.state, RunState::Completed, "{case}");
         assert!(events_of(&events, &run).is_empty(), "{case}");
+    }
+}
+
+/// Found by review: a run whose manifest the previous version wrote (its time chosen then, its
+/// outcome not yet settled) before its signing failed is sealed after the upgrade, not refused as
+/// planted forever. Only for a run that version recorded, and only byte for byte.
+#[tokio::test]
+async fn a_manifest_written_before_the_upgrade_is_sealed_not_refused_as_planted() {
+    for recorded_by_this_version in [false, true] {
+        let World {
+            store,
+            signer,
+            events,
+            clock,
+        } = World::new();
+        let notary = notary(&signer, &events);
+        let run = ended_with(&store, "upgrade", &[CommandOutcome::CollectFailed]).await;
+        if recorded_by_this_version {
+            shared::store::update_run(&store, &run, |r| {
+                r.playbook_file_sha256 = Some("ab".repeat(32));
+                true
+            })
+            .await
+            .unwrap();
+        }
+        let rec = run_record(&store, &run).await;
+        let commands = vec![
+            shared::store::load_command(&store, &run, 0)
+                .await
+                .unwrap()
+                .unwrap(),
+        ];
+        // What the older version wrote: its own time, the outcome as recorded (succeeded).
+        let older = Manifest::before_pinning(&rec, commands, t0() - time::Duration::minutes(3));
+        store
+            .put(
+                &manifest_key(&run),
+                shared::store::json(&older).unwrap(),
+                Put::IfAbsent,
+            )
+            .await
+            .unwrap();
+        let sealed = finish_run_if_complete(&store, notary, &run, &clock).await;
+        if recorded_by_this_version {
+            assert!(
+                matches!(&sealed, Err(StageError::Reject { code, .. }) if *code == shared::codes::RejectCode::PlantedCustody),
+                "{sealed:?}"
+            );
+            continue;
+        }
+        sealed.unwrap();
+        assert_sealed(&store, &signer, &run).await;
+        assert_eq!(events_of(&events, &run).len(), 1);
     }
 }

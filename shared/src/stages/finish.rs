@@ -63,14 +63,19 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         )));
     };
     let key = manifest_key(run_id);
-    let manifest = Manifest::of(&run, commands, sealed_at);
-    let body = Bytes::from(json(&manifest)?);
+    let mut manifest = Manifest::of(&run, commands.clone(), sealed_at);
+    let mut body = Bytes::from(json(&manifest)?);
     // The manifest is written once; a later call signs and announces the one stored, if it is
     // the one this run's records render.
     let wrote = match store.put(&key, body.to_vec(), Put::IfAbsent).await? {
         PutResult::Written { .. } => true,
         PutResult::Conflict => match store.get(&key).await? {
             Some(stored) if stored.body == body => false,
+            Some(stored) if let Some(older) = written_before_pinning(&run, commands, &stored.body) => {
+                tracing::info!(run_id = %run_id, "the stored manifest is the one an older version of the pipeline wrote for these records: sealing it");
+                (manifest, body) = older;
+                false
+            }
             Some(stored) => {
                 return Err(planted(
                     run_id,
@@ -108,6 +113,24 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
     }
     announce(store, notary, run_id, (&body, &manifest), clock).await?;
     Ok(wrote)
+}
+
+/// The stored manifest, if it is exactly the one an older version of the pipeline wrote for these
+/// records (before seal times were pinned and outcomes settled): only for a run recorded by that
+/// version (no `playbook_file_sha256`), and only byte for byte. Its time is the one it carries;
+/// nothing else in it can differ from the records.
+fn written_before_pinning(
+    run: &RunRecord,
+    commands: Vec<crate::store::CommandRecord>,
+    stored: &[u8],
+) -> Option<(Manifest, Bytes)> {
+    if run.playbook_file_sha256.is_some() {
+        return None;
+    }
+    let theirs: Manifest = serde_json::from_slice(stored).ok()?;
+    let older = Manifest::before_pinning(run, commands, theirs.completed_at);
+    let body = json(&older).ok()?;
+    (body == stored).then(|| (older, Bytes::from(body)))
 }
 
 /// The run record with its seal time set: the first finisher's clock, kept by compare-and-swap so

@@ -105,6 +105,24 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The manifest as the pipeline wrote it before seal times were pinned and outcomes settled
+    /// (a run recorded before `playbook_file_sha256` existed): written at `completed_at`, with the
+    /// run's outcome as recorded. Only for recognising a manifest an older version of the
+    /// pipeline wrote for exactly these records, mid-upgrade.
+    pub fn before_pinning(
+        run: &RunRecord,
+        commands: Vec<CommandRecord>,
+        completed_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            outcome: run.outcome,
+            reason: run.reason.clone(),
+            ..Self::of(run, commands, completed_at)
+        }
+    }
+}
+
 /// How a run ended, said by what was collected: an action that succeeded is a success only when
 /// every command's result is in the bucket (or it had none) and no library file it used changed
 /// while it ran. Otherwise the run is `Partial` when some evidence was collected (or only the

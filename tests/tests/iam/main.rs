@@ -650,6 +650,28 @@ fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() 
             assert_eq!(put(who, key), Deny, "{who} may write {key}");
         }
     }
+    // The records a manifest is rendered from are custody too: a planted command record would be
+    // sealed as the run's own. Only the stage roles write or delete state.
+    let state = |action: &str, who: &str, key: &str| {
+        let context: policy::Context = [
+            ("aws:SecureTransport", "true"),
+            ("aws:PrincipalArn", who),
+            ("s3:ObjectCreationOperation", "true"),
+        ]
+        .into_iter()
+        .collect();
+        policy::decide(&[bucket], action, &object_arn("lr-evidence", key), &context)
+    };
+    for key in [&k.run, &k.command, &k.checkpoint, &k.budget, &k.board] {
+        for action in ["s3:PutObject", "s3:DeleteObject"] {
+            for who in planters.iter().filter(|w| **w != role_arn("IntakeRole")) {
+                assert_eq!(state(action, who, key), Deny, "{who} may {action} {key}");
+            }
+            for stage in ["IntakeRole", "SubmitRole", "PollRole", "CollectRole"] {
+                assert_eq!(state(action, &role_arn(stage), key), Silent, "{stage}: {key}");
+            }
+        }
+    }
     for who in &sealers {
         for key in [&k.manifest, &k.signature] {
             assert_eq!(put(who, key), Silent, "{who} may not seal at {key}");
