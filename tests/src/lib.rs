@@ -11,6 +11,8 @@
 //!   simulator seeds.
 //! - [`logs`]: log capture, for tests that read what was logged.
 //! - [`notary`]: an in-memory signer and bus for stage handlers called directly.
+//! - [`defender`]: a scripted Defender (actions to read and list) for stage handlers called
+//!   directly.
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
 //!   out.
 //! - [`seeded`]: seeds and a seeded generator for randomised tests.
@@ -21,6 +23,7 @@ pub mod aws;
 pub mod cas_proxy;
 pub mod configs;
 pub mod content;
+pub mod defender;
 pub mod library;
 pub mod logs;
 pub mod notary;

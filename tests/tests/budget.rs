@@ -279,17 +279,27 @@ async fn a_full_session_cap_gives_back_sessions_of_runs_that_moved_on() {
         "the cap is full"
     );
     // Run 1 ended but its release was lost; run 2 is alive: one session comes back.
-    let freed = shared::stages::submit::reconcile_sessions(&store, &cfg, &clock)
-        .await
-        .unwrap();
+    let freed = shared::stages::submit::reconcile_sessions(
+        &store,
+        &testkit::defender::Scripted::default(),
+        &cfg,
+        &clock,
+    )
+    .await
+    .unwrap();
     assert_eq!(freed, 1);
     assert_eq!(submit_at(&store, &clock, 3, 121).await, None);
     // Run 2's chain then falls silent for more than an hour (its poll job was dead-lettered).
     clock.set(t0() + time::Duration::seconds(2 * 3600));
     assert!(submit_at(&store, &clock, 4, 2 * 3600).await.is_some());
-    let freed = shared::stages::submit::reconcile_sessions(&store, &cfg, &clock)
-        .await
-        .unwrap();
+    let freed = shared::stages::submit::reconcile_sessions(
+        &store,
+        &testkit::defender::Scripted::default(),
+        &cfg,
+        &clock,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         freed, 1,
         "run 2's silent chain gives its session back; run 3 keeps its own"
@@ -406,26 +416,49 @@ async fn contention_of_100_concurrent_callers_never_fails_a_call_nor_delays_one_
 
 /// Defect 6: an unreadable budget object was rebuilt with no running sessions, so the cap let new
 /// submissions through while the old actions still ran and Defender answered 429. Now the cap
-/// counts as full until the sessions are rebuilt from the run records.
+/// counts as full until the sessions are rebuilt: Defender's live actions of the pipeline, each
+/// confirmed by its run record (bounded however many runs the bucket holds).
 #[tokio::test]
-async fn a_corrupt_budget_rebuilds_its_running_sessions_from_the_run_records() {
+async fn a_corrupt_budget_rebuilds_its_running_sessions_before_submitting_more() {
+    use shared::defender::{ActionId, ActionStatus, MachineAction};
     use shared::store::RunState;
     let store = MemStore::default();
     let clock = ManualClock::at(t0());
     let cfg = cfg();
     let machine = machine_id(&"a".repeat(40));
-    let action = shared::defender::ActionId::parse("00000000-0000-0000-0000-000000000001").unwrap();
-    for (n, state) in [
-        (1, RunState::Submitted),
-        (2, RunState::Submitting),
-        (3, RunState::Completed),
+    let mut live = Vec::new();
+    for (n, state, status) in [
+        (1, RunState::Submitted, Some(ActionStatus::InProgress)),
+        (2, RunState::Submitted, Some(ActionStatus::Pending)),
+        (3, RunState::Completed, Some(ActionStatus::Succeeded)),
+        (4, RunState::Collecting, None),
     ] {
+        let action = ActionId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap();
         let mut rec = collecting_run(&run(n), &format!("a{n}"), &machine, vec![], &action);
         rec.state = state;
         (rec.created_at, rec.submitted_at) = (t0(), Some(t0()));
         rec.chain.hold("m", t0());
         put_run(&store, &rec).await;
+        if let Some(status) = status {
+            let a: MachineAction = serde_json::from_value(serde_json::json!({
+                "id": action.as_str(), "type": "LiveResponse", "status": status,
+                "machineId": machine.as_str(), "requestorComment": rec.comment,
+                "commands": [],
+            }))
+            .unwrap();
+            live.push(a);
+        }
     }
+    // Someone else's live response on the tenant holds no session of ours.
+    live.push(
+        serde_json::from_value(serde_json::json!({
+            "id": "00000000-0000-0000-0000-0000000000ff", "type": "LiveResponse",
+            "status": "InProgress", "machineId": machine.as_str(),
+            "requestorComment": "analyst session", "commands": [],
+        }))
+        .unwrap(),
+    );
+    let defender = testkit::defender::Scripted::with(live);
     store
         .put(BUDGET_KEY, b"{not json".to_vec(), Put::Always)
         .await
@@ -436,8 +469,8 @@ async fn a_corrupt_budget_rebuilds_its_running_sessions_from_the_run_records() {
         submit_at(&store, &clock, 9, 61).await.is_some(),
         "the cap counts as full while the sessions are unknown"
     );
-    // Submit's reconcile path reads them back: runs 1 and 2 still hold theirs (cap 2).
-    shared::stages::submit::reconcile_sessions(&store, &cfg, &clock)
+    // Submit's reconcile path rebuilds them: runs 1 and 2 still hold theirs (cap 2).
+    shared::stages::submit::reconcile_sessions(&store, &defender, &cfg, &clock)
         .await
         .unwrap();
     let mut held = shared::budget::held_sessions(&store, &cfg, &clock)

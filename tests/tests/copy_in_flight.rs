@@ -231,12 +231,10 @@ impl Fetch for Pkg<'_> {
                 chunks.truncate(b / self.chunk);
                 return Ok(Download {
                     content_length: Some(rest.len() as u64),
-                    stream: Box::pin(
-                        futures_util::StreamExt::chain(
-                            futures_util::stream::iter(chunks),
-                            futures_util::stream::pending(),
-                        ),
-                    ),
+                    stream: Box::pin(futures_util::StreamExt::chain(
+                        futures_util::stream::iter(chunks),
+                        futures_util::stream::pending(),
+                    )),
                 });
             }
             Open::Fail => return Err("download answered HTTP 503".into()),

@@ -1020,6 +1020,11 @@ async fn a_file_swapped_in_the_library_while_the_action_ran_is_marked_not_attest
         reason: "HTTP 503".into(),
     });
     let m = poll_ended_run("unlisted", &failing).await;
+    assert_eq!(
+        m.outcome,
+        Some(RunOutcome::Partial),
+        "unchecked is not attested"
+    );
     let after = m.library_after.expect("recorded");
     assert!(
         after

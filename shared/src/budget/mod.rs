@@ -325,7 +325,14 @@ where
             None => (TenantBudget::new(), Put::IfAbsent),
         };
         budget.tidy(cfg, now);
-        let pending: Vec<Deferred> = deferred().clone();
+        let pending: Vec<Deferred> = {
+            let mut list = deferred();
+            // A settlement no write took within a call limit and an hour is moot (its stamp has
+            // left every window): dropped, so the list never grows with them.
+            let moot = now.saturating_sub(ms(cfg.call_limit) + ms(cfg.hour()));
+            list.retain(|d| d.returned > moot);
+            list.clone()
+        };
         let mut applied = Vec::new();
         for d in &pending {
             let stamps = match d.window {
@@ -388,10 +395,14 @@ where
     S: ObjectStore,
     F: FnMut(&mut TenantBudget, i64) -> (R, bool),
 {
-    match with_budget(store, cfg, clock, decide).await? {
-        Updated::Done(r) => Ok(r),
-        Updated::Contended => Err(StoreError("budget: too many concurrent updates".into())),
+    // These are rare and matter (a session given back): a few more rounds before giving up.
+    let mut decide = decide;
+    for _ in 0..4 {
+        if let Updated::Done(r) = with_budget(store, cfg, clock, &mut decide).await? {
+            return Ok(r);
+        }
     }
+    Err(StoreError("budget: too many concurrent updates".into()))
 }
 
 /// A slot with an id no other slot of any process has: random, never from a test's seeded clock

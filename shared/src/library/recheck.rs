@@ -79,8 +79,14 @@ impl LibraryRecheck {
         }
     }
 
-    /// How it reads in one line, for a reason: `None` when every file was the same.
+    /// How it reads in one line, for a reason: `None` when every file was the same. A library that
+    /// could not be listed again is a finding too: the run does not attest what it cannot check.
     pub fn finding(&self) -> Option<String> {
+        if let Some(why) = &self.unchecked {
+            return Some(format!(
+                "the library was not listed again after the action ({why}), so what ran is not attested"
+            ));
+        }
         if self.changed.is_empty() {
             return None;
         }

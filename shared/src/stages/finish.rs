@@ -71,7 +71,9 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         PutResult::Written { .. } => true,
         PutResult::Conflict => match store.get(&key).await? {
             Some(stored) if stored.body == body => false,
-            Some(stored) if let Some(older) = written_before_pinning(&run, commands, &stored.body) => {
+            Some(stored)
+                if let Some(older) = written_before_pinning(&run, commands, &stored.body) =>
+            {
                 tracing::info!(run_id = %run_id, "the stored manifest is the one an older version of the pipeline wrote for these records: sealing it");
                 (manifest, body) = older;
                 false

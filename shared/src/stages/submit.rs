@@ -10,7 +10,9 @@ use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::Outcome;
-use crate::defender::{ActionFilter, DefenderError, LiveResponseRequest, MachineAction, Next};
+use crate::defender::{
+    ActionFilter, ActionStatus, DefenderError, LiveResponseRequest, MachineAction, Next,
+};
 use crate::ids::RunId;
 use crate::library::{self, Ensured, LibrarySync};
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
@@ -224,7 +226,7 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     .await?;
     let answer = match answer {
         Paced::Wait(wait) => {
-            let freed = reconcile_sessions(store, &cfg.budget, clock).await?;
+            let freed = reconcile_sessions(store, defender, &cfg.budget, clock).await?;
             if freed > 0 {
                 tracing::warn!(run_id = %run_id, freed, "gave back sessions held by runs that no longer need them");
             }
@@ -446,35 +448,60 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
     }
 }
 
-/// A budget rebuilt from nothing (its object was unreadable) knows no sessions: they are read back
-/// from the run records, every run that is submitting or submitted holding one (since it was
-/// submitted), so that new submissions do not pile onto actions that still run.
-async fn rebuild_sessions<S: ObjectStore>(
+/// A budget rebuilt from nothing (its object was unreadable, or gone) knows no sessions. Defender
+/// says which of the pipeline's actions are live (two listings, Pending and InProgress, within the
+/// GET budget: bounded however many runs the bucket holds), and each one's run record confirms it
+/// is the pipeline's and still holds its session. Until that can be done (no GET budget yet,
+/// Defender failing) the sessions stay unknown and the cap full.
+async fn rebuild_sessions<S: ObjectStore, D: Defender>(
     store: &S,
+    defender: &D,
     budget_cfg: &crate::budget::BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<(), StageError> {
     let mut held = Vec::new();
-    for key in store.list(crate::store::keys::RUNS_PREFIX).await? {
-        let Some(run_id) = crate::store::keys::run_of_record_key(&key) else {
-            continue;
+    for status in [ActionStatus::Pending, ActionStatus::InProgress] {
+        let filter = ActionFilter {
+            live_response_only: true,
+            status: Some(status),
+            ..ActionFilter::default()
         };
-        // An unreadable record is counted as holding one: the cap errs on the side of Defender's.
-        let since = match load_run(store, &run_id).await {
-            Ok(Some((r, _))) => match r.state {
-                RunState::Submitting | RunState::Submitted => {
+        let listed = budget::get_call(store, budget_cfg, clock, || {
+            defender.list_machine_actions(&filter)
+        })
+        .await?;
+        let actions = match listed {
+            Paced::Ran(Ok(actions)) => actions,
+            Paced::Ran(Err(e)) => {
+                tracing::warn!(error = %e, "cannot list the live actions to rebuild the budget's sessions; the cap stays full");
+                return Ok(());
+            }
+            Paced::Wait(_) => return Ok(()),
+        };
+        for a in actions {
+            let Some(run_id) = a
+                .requestor_comment
+                .as_deref()
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|w| w.strip_prefix(crate::ids::RUN_COMMENT_PREFIX))
+                .and_then(|id| RunId::parse(id).ok())
+            else {
+                continue;
+            };
+            // An unreadable record counts as holding one: the cap errs on Defender's side.
+            let since = match load_run(store, &run_id).await {
+                Ok(Some((r, _))) if r.action_id.as_ref().is_none_or(|id| *id == a.id) => {
                     r.submitted_at.unwrap_or(r.created_at)
                 }
-                _ => continue,
-            },
-            Ok(None) => continue,
-            Err(_) => clock.now(),
-        };
-        held.push((run_id.to_string(), crate::clock::unix_ms(since)));
+                Ok(_) => continue,
+                Err(_) => clock.now(),
+            };
+            held.push((run_id.to_string(), crate::clock::unix_ms(since)));
+        }
     }
     tracing::warn!(
         sessions = held.len(),
-        "rebuilt the budget's running sessions from the run records"
+        "rebuilt the budget's running sessions from Defender's live actions and their run records"
     );
     budget::rebuild_sessions(store, budget_cfg, clock, &held).await?;
     Ok(())
@@ -485,14 +512,15 @@ async fn rebuild_sessions<S: ObjectStore>(
 /// silent for longer than [`CHAIN_TTL`] (its messages went to a dead-letter queue). A full cap heals
 /// itself instead of stopping every submission until the three-day rule drops the leaks. Returns
 /// how many were given back.
-pub async fn reconcile_sessions<S: ObjectStore>(
+pub async fn reconcile_sessions<S: ObjectStore, D: Defender>(
     store: &S,
+    defender: &D,
     budget_cfg: &crate::budget::BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<u32, StageError> {
     let (held, known) = budget::sessions(store, budget_cfg, clock).await?;
     if !known {
-        rebuild_sessions(store, budget_cfg, clock).await?;
+        rebuild_sessions(store, defender, budget_cfg, clock).await?;
         return Ok(0);
     }
     if (held.len() as u64) < budget_cfg.running_sessions as u64 {

@@ -31,18 +31,9 @@ pub fn corrupt_budget_key(ms: i64) -> String {
 /// The status board: one listing of the pipeline's live actions, shared by every poll.
 pub const STATUS_BOARD_KEY: &str = "state/poll/board.json";
 
-/// Where every run's records are: listed only to rebuild the budget's sessions.
-pub const RUNS_PREFIX: &str = "state/runs/";
-
 /// The run record of `run`.
 pub fn run_key(run: &RunId) -> String {
-    format!("{RUNS_PREFIX}{run}/run.json")
-}
-
-/// The run whose record `key` is, if it is a run record's key.
-pub fn run_of_record_key(key: &str) -> Option<RunId> {
-    let id = key.strip_prefix(RUNS_PREFIX)?.strip_suffix("/run.json")?;
-    RunId::parse(id).ok()
+    format!("state/runs/{run}/run.json")
 }
 
 /// The record of command `index` (from 0) of `run`.

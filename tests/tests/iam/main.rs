@@ -198,15 +198,10 @@ fn uses(k: &Keys) -> BTreeMap<&'static str, Uses> {
         ),
         (
             "submit",
-            // A budget rebuilt from nothing reads back which runs hold a session: the run
-            // records, listed.
-            Uses {
-                lists: vec![keys::RUNS_PREFIX.to_string()],
-                ..records(
-                    "SubmitQueue",
-                    vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"],
-                )
-            },
+            records(
+                "SubmitQueue",
+                vec!["SubmitQueue", "PollQueue", "SubmitDeadLetterQueue"],
+            ),
         ),
         ("poll", poll),
         ("collect", collect),
@@ -668,7 +663,11 @@ fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() 
                 assert_eq!(state(action, who, key), Deny, "{who} may {action} {key}");
             }
             for stage in ["IntakeRole", "SubmitRole", "PollRole", "CollectRole"] {
-                assert_eq!(state(action, &role_arn(stage), key), Silent, "{stage}: {key}");
+                assert_eq!(
+                    state(action, &role_arn(stage), key),
+                    Silent,
+                    "{stage}: {key}"
+                );
             }
         }
     }

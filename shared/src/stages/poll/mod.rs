@@ -392,8 +392,12 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
                 LibraryRecheck::unchecked("no GET budget was left to list the library", now)
             }
         };
-        if let Some(finding) = recheck.finding() {
-            tracing::error!(run_id = %run.run_id, alarm = "library_changed", "{finding}");
+        match recheck.finding() {
+            Some(finding) if !recheck.changed.is_empty() => {
+                tracing::error!(run_id = %run.run_id, alarm = "library_changed", "{finding}");
+            }
+            Some(finding) => tracing::warn!(run_id = %run.run_id, "{finding}"),
+            None => {}
         }
         Ok(recheck)
     }
