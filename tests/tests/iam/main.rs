@@ -725,6 +725,26 @@ fn a_planted_dead_letter_is_refused_by_the_queue_policy() {
     }
 }
 
+/// Poll may run on a second credential, of an app that cannot start a live response: its role then
+/// reads that secret and not the main one, so a compromised poll holds no credential that can.
+#[test]
+fn poll_on_its_own_credential_cannot_read_the_one_that_starts_live_responses() {
+    let reader = "arn:aws:secretsmanager:us-east-1:123456789012:secret:lr/defender-reader-XyZ123";
+    let roles = static_roles(json!({ "PollCredentialsSecretArn": reader }));
+    let reads = |binary: &str, secret: &str| {
+        roles[binary].allows("secretsmanager:GetSecretValue", secret, None)
+    };
+    assert!(reads("poll", reader));
+    assert!(!reads("poll", SECRET), "poll may read the main credential");
+    for binary in ["submit", "collect"] {
+        assert!(reads(binary, SECRET), "{binary}");
+        assert!(!reads(binary, reader), "{binary}");
+    }
+    // Without one, poll shares the main credential, as before.
+    let roles = static_roles(json!({}));
+    assert!(roles["poll"].allows("secretsmanager:GetSecretValue", SECRET, None));
+}
+
 #[test]
 fn only_the_named_senders_may_put_alerts_on_the_queue() {
     use policy::Decision::{Allow, Deny};
