@@ -398,6 +398,23 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
         .iter()
         .filter(|m| m.outcome == Some(shared::store::RunOutcome::Succeeded))
         .count();
+    // Why the others did not succeed, by reason (the first few words of each distinct one).
+    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+    for m in manifests
+        .iter()
+        .filter(|m| m.outcome != Some(shared::store::RunOutcome::Succeeded))
+    {
+        let reason = m.reason.clone().unwrap_or_default();
+        *why.entry(format!(
+            "{:?}: {}",
+            m.outcome,
+            shared::text::cut(&reason, 160)
+        ))
+        .or_default() += 1;
+    }
+    for (reason, count) in &why {
+        println!("  not succeeded ({count}): {reason}");
+    }
     let last = manifests.iter().map(|m| m.completed_at).max();
     let makespan = last.map(|l| (l - first_alert).as_seconds_f64() * scale);
     // Where the time went: the posts (Defender's creation times) and the actions' ends.

@@ -618,8 +618,8 @@ async fn a_planted_manifest_listing_planted_evidence_is_refused_and_never_signed
     assert!(!run_record(&store, &run).await.is_sealed());
 }
 
-/// The same bytes the run renders but for its seal time: the time is pinned in the run record, so
-/// a planter cannot pick it either.
+/// The same bytes the run renders but for its seal time: for a run this version recorded, the time
+/// is pinned in the run record, so a planter cannot pick it either.
 #[tokio::test]
 async fn a_planted_manifest_differing_only_in_its_seal_time_is_refused() {
     let World {
@@ -724,10 +724,12 @@ async fn a_planted_signature_document_is_refused_and_never_seals_the_run() {
 
 /// Found by review: a run whose manifest the previous version wrote (its time chosen then, its
 /// outcome not yet settled) before its signing failed is sealed after the upgrade, not refused as
-/// planted forever. Only for a run that version recorded, and only byte for byte.
+/// planted forever. Only for a run that version recorded, only byte for byte, only when its
+/// outcome is the one this version states (a run that collected nothing is never sealed as a
+/// success), and only with a time inside the run's life.
 #[tokio::test]
 async fn a_manifest_written_before_the_upgrade_is_sealed_not_refused_as_planted() {
-    for recorded_by_this_version in [false, true] {
+    for (recorded_by_this_version, collected) in [(false, true), (true, true), (false, false)] {
         let World {
             store,
             signer,
@@ -735,7 +737,12 @@ async fn a_manifest_written_before_the_upgrade_is_sealed_not_refused_as_planted(
             clock,
         } = World::new();
         let notary = notary(&signer, &events);
-        let run = ended_with(&store, "upgrade", &[CommandOutcome::CollectFailed]).await;
+        let outcome = if collected {
+            CommandOutcome::Collected
+        } else {
+            CommandOutcome::CollectFailed
+        };
+        let run = ended_with(&store, "upgrade", &[outcome]).await;
         if recorded_by_this_version {
             shared::store::update_run(&store, &run, |r| {
                 r.playbook_file_sha256 = Some("ab".repeat(32));
@@ -752,7 +759,7 @@ async fn a_manifest_written_before_the_upgrade_is_sealed_not_refused_as_planted(
                 .unwrap(),
         ];
         // What the older version wrote: its own time, the outcome as recorded (succeeded).
-        let older = Manifest::before_pinning(&rec, commands, t0() - time::Duration::minutes(3));
+        let older = Manifest::before_pinning(&rec, commands, t0() - time::Duration::seconds(3));
         store
             .put(
                 &manifest_key(&run),
@@ -762,7 +769,7 @@ async fn a_manifest_written_before_the_upgrade_is_sealed_not_refused_as_planted(
             .await
             .unwrap();
         let sealed = finish_run_if_complete(&store, notary, &run, &clock).await;
-        if recorded_by_this_version {
+        if recorded_by_this_version || !collected {
             assert!(
                 matches!(&sealed, Err(StageError::Reject { code, .. }) if *code == shared::codes::RejectCode::PlantedCustody),
                 "{sealed:?}"

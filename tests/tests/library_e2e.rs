@@ -335,10 +335,11 @@ async fn someone_elses_file_of_the_same_name_is_not_overwritten_unless_the_playb
         ],
     );
 
-    // The bundled playbooks: the file is left alone and the run fails before submission.
+    // The bundled playbooks: the file is left alone; the run waits for a person to remove it
+    // (retried, with an alarm), and fails before submission when nobody does.
     let stack = Stack::start(config.clone(), &[]).await;
     let run = stack.send_file_alert("theirs-1", &m1, FILE).await;
-    let manifest = stack.manifest(&run, 90).await;
+    let manifest = stack.manifest(&run, 240).await;
     assert_eq!(manifest.outcome, Some(RunOutcome::Failed));
     let reason = manifest.reason.clone().unwrap_or_default();
     assert!(

@@ -245,21 +245,41 @@ async fn a_damaged_copy_the_pipeline_uploaded_is_replaced_and_other_versions_are
     );
 }
 
+/// Someone else's file is never overwritten unless the playbook says so. Under the pipeline's own
+/// versioned name (which carries the bundle's hash, so nothing legitimate holds other bytes there)
+/// it is planted, or a mistake: defect 7 found that it refused every run needing the file. The run
+/// now waits for a person (retried with an alarm, then failed with the reason if it stays), and
+/// goes on once the file is removed.
 #[tokio::test]
-async fn someone_elses_file_is_left_alone_unless_the_playbook_says_so() {
+async fn someone_elses_file_is_left_alone_and_one_planted_under_the_versioned_name_is_waited_out() {
     let w = World::new();
     let theirs = b"Write-Output 'the IR team''s own triage'";
     // Under the very name the pipeline would use, with other bytes and no marker.
     w.library
         .seed(&triage(), theirs, "IR team triage, do not touch");
     let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
-    let reason = refused(w.ensure(&keeper, &["triage.ps1"]).await);
+    let reason = match w.ensure(&keeper, &["triage.ps1"]).await {
+        Ensured::Retry(e) => e.to_string(),
+        other => panic!("a planted versioned name is waited out, not a refusal: {other:?}"),
+    };
     assert!(
         reason.contains(&triage()) && reason.contains("replace_unmanaged"),
         "{reason}"
     );
     assert!(w.uploads().is_empty());
     assert_eq!(w.library.sha256(&triage()), Some(sha(theirs)));
+    // A person removes it: the next attempt uploads the bundle's bytes and the run goes on.
+    w.library
+        .files
+        .lock()
+        .unwrap()
+        .remove(&triage().to_ascii_lowercase());
+    w.clock.advance(Duration::from_secs(31));
+    ready(w.ensure(&keeper, &["triage.ps1"]).await);
+    assert_eq!(w.library.sha256(&triage()), Some(sha(TRIAGE)));
+    w.library
+        .seed(&triage(), theirs, "IR team triage, do not touch");
+    w.clock.advance(Duration::from_secs(31));
 
     // The same bytes under someone else's upload are fine: nothing to upload.
     // (Each tenant below gets its own librarian: a listing belongs to one tenant.)

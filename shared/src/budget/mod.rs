@@ -113,7 +113,7 @@ struct TenantBudget {
     /// GET calls, oldest first.
     gets: Vec<Stamp>,
     /// The budget was rebuilt from nothing (its object was unreadable): which runs hold a session
-    /// is unknown, so the cap counts as full until the sessions are rebuilt from the run records
+    /// is unknown, so the cap counts as full until the sessions are rebuilt
     /// ([`rebuild_sessions`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     sessions_unknown: bool,
@@ -129,8 +129,8 @@ impl TenantBudget {
 
     /// What to assume when the stored budget cannot be read: both call windows full as of now
     /// (nobody knows what was sent in the last minute), and the sessions unknown: the cap is full
-    /// until they are rebuilt from the run records, or new submissions would pile onto actions
-    /// that still run and Defender would answer 429.
+    /// until submit rebuilds them (Defender's live actions, confirmed by their run records), or
+    /// new submissions would pile onto actions that still run and Defender would answer 429.
     fn conservative(cfg: &BudgetConfig, now: i64) -> Self {
         Self {
             v: 2,
@@ -314,7 +314,7 @@ where
                 Err(e) => {
                     let aside = crate::store::keys::corrupt_budget_key(now);
                     tracing::error!(key = BUDGET_KEY, error = %e, kept_as = %aside,
-                        "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown until rebuilt from the run records)");
+                        "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown until rebuilt from Defender's live actions)");
                     if let Err(e) = store.put(&aside, s.body.to_vec(), Put::Always).await {
                         tracing::warn!(error = %e, "could not keep the unreadable budget aside");
                     }

@@ -241,10 +241,18 @@ impl Librarian {
             let mut uses = Vec::new();
             let mut uploads = Vec::new();
             let mut refusal = None;
+            let mut occupied = None;
             for file in &wanted {
                 match judge(file, listing) {
                     Verdict::Ready(u) => uses.push(u),
                     Verdict::Upload { replace } => uploads.push((*file, replace)),
+                    // The versioned name is the pipeline's by construction (it carries the
+                    // bytes' hash): someone else's file under it is a plant, or a mistake, that
+                    // would otherwise refuse every run needing the file. The run waits for a
+                    // person to remove it (retried, then failed with the reason), with an alarm.
+                    Verdict::Refuse(r) if occupies_versioned_name(file, listing) => {
+                        occupied = occupied.or(Some(r));
+                    }
                     Verdict::Refuse(r) => refusal = refusal.or(Some(r)),
                 }
             }
@@ -268,6 +276,16 @@ impl Librarian {
             }
             if let Some(r) = refusal {
                 return Ok(Ensured::Refused(r));
+            }
+            if let Some(r) = occupied {
+                if !fresh {
+                    must_list = true;
+                    continue;
+                }
+                tracing::error!(alarm = "library_name_occupied", "{r}");
+                return Ok(Ensured::Retry(DefenderError::Transient {
+                    reason: format!("{r} (the run waits for it to be removed)"),
+                }));
             }
             if self.mode == SyncMode::Verify {
                 let names: Vec<String> = uploads
@@ -337,6 +355,17 @@ impl Librarian {
             reason: "the live response library kept changing while it was synced".into(),
         }))
     }
+}
+
+/// Whether `file` is kept under a versioned name that someone else's file (no pipeline marker,
+/// other bytes) occupies in `listing`.
+fn occupies_versioned_name(file: &super::BundleFile, listing: &Listing) -> bool {
+    let name = file.library_name();
+    file.managed()
+        && name != file.spec.name
+        && listing
+            .get(&name)
+            .is_some_and(|l| !super::verdict::is_managed(l))
 }
 
 /// A failed library call: retried when Defender says so, else the run is refused with a reason

@@ -72,7 +72,8 @@ pub async fn finish_run_if_complete<S: ObjectStore>(
         PutResult::Conflict => match store.get(&key).await? {
             Some(stored) if stored.body == body => false,
             Some(stored)
-                if let Some(older) = written_before_pinning(&run, commands, &stored.body) =>
+                if let Some(older) =
+                    written_before_pinning(&run, commands, &stored.body, clock.now()) =>
             {
                 tracing::info!(run_id = %run_id, "the stored manifest is the one an older version of the pipeline wrote for these records: sealing it");
                 (manifest, body) = older;
@@ -125,11 +126,20 @@ fn written_before_pinning(
     run: &RunRecord,
     commands: Vec<crate::store::CommandRecord>,
     stored: &[u8],
+    now: OffsetDateTime,
 ) -> Option<(Manifest, Bytes)> {
     if run.playbook_file_sha256.is_some() {
         return None;
     }
+    // The older version's outcome must be the one this version would state (a run that collected
+    // nothing is never sealed as a success), and its time must lie within the run's life.
+    if crate::store::settle_outcome(run, &commands) != (run.outcome, run.reason.clone()) {
+        return None;
+    }
     let theirs: Manifest = serde_json::from_slice(stored).ok()?;
+    if theirs.completed_at < run.created_at || theirs.completed_at > now {
+        return None;
+    }
     let older = Manifest::before_pinning(run, commands, theirs.completed_at);
     let body = json(&older).ok()?;
     (body == stored).then(|| (older, Bytes::from(body)))

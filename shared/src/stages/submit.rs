@@ -448,7 +448,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
     }
 }
 
-/// A budget rebuilt from nothing (its object was unreadable, or gone) knows no sessions. Defender
+/// A budget rebuilt from nothing (its object was unreadable) knows no sessions. Defender
 /// says which of the pipeline's actions are live (two listings, Pending and InProgress, within the
 /// GET budget: bounded however many runs the bucket holds), and each one's run record confirms it
 /// is the pipeline's and still holds its session. Until that can be done (no GET budget yet,
@@ -463,7 +463,7 @@ async fn rebuild_sessions<S: ObjectStore, D: Defender>(
     for status in [ActionStatus::Pending, ActionStatus::InProgress] {
         let filter = ActionFilter {
             live_response_only: true,
-            status: Some(status),
+            status: Some(status.clone()),
             ..ActionFilter::default()
         };
         let listed = budget::get_call(store, budget_cfg, clock, || {
@@ -471,9 +471,19 @@ async fn rebuild_sessions<S: ObjectStore, D: Defender>(
         })
         .await?;
         let actions = match listed {
+            // A full page may have left some of the pipeline's live actions off: the sessions
+            // stay unknown rather than undercounted.
+            Paced::Ran(Ok(actions)) if actions.len() >= crate::stages::poll::board::PAGE => {
+                tracing::error!(
+                    alarm = "sessions_unknown",
+                    listed = actions.len(),
+                    "a listing of {status:?} live responses filled a page: cannot rebuild the budget's sessions; submissions wait"
+                );
+                return Ok(());
+            }
             Paced::Ran(Ok(actions)) => actions,
             Paced::Ran(Err(e)) => {
-                tracing::warn!(error = %e, "cannot list the live actions to rebuild the budget's sessions; the cap stays full");
+                tracing::error!(alarm = "sessions_unknown", error = %e, "cannot list the live actions to rebuild the budget's sessions; submissions wait until it can");
                 return Ok(());
             }
             Paced::Wait(_) => return Ok(()),

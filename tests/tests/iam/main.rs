@@ -658,7 +658,7 @@ fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() 
         policy::decide(&[bucket], action, &object_arn("lr-evidence", key), &context)
     };
     for key in [&k.run, &k.command, &k.checkpoint, &k.budget, &k.board] {
-        for action in ["s3:PutObject", "s3:DeleteObject"] {
+        for action in ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"] {
             for who in planters.iter().filter(|w| **w != role_arn("IntakeRole")) {
                 assert_eq!(state(action, who, key), Deny, "{who} may {action} {key}");
             }

@@ -108,7 +108,7 @@ pub struct RunsArgs {
     /// Only runs in this state: received, submitting, submitted, collecting, completed, failed.
     #[arg(long)]
     pub state: Option<String>,
-    /// Only runs with this outcome: succeeded, failed, timed_out, cancelled.
+    /// Only runs with this outcome: succeeded, partial, failed, timed_out, cancelled.
     #[arg(long)]
     pub outcome: Option<String>,
     /// Only runs on this device (machine id or DNS name).

@@ -54,7 +54,13 @@ impl Filter {
             outcome: args
                 .outcome
                 .as_deref()
-                .map(|s| parse_word("--outcome", s, "succeeded, failed, timed_out, cancelled"))
+                .map(|s| {
+                    parse_word(
+                        "--outcome",
+                        s,
+                        "succeeded, partial, failed, timed_out, cancelled",
+                    )
+                })
                 .transpose()?,
             device: args.device.as_ref().map(|d| d.trim().to_ascii_lowercase()),
             alert: args.alert.clone(),

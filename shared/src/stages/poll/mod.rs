@@ -370,14 +370,14 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
     }
 
     /// Lists the library once more now that the action has ended, and compares what it holds for
-    /// each file the run used with what was listed before submission. A listing that cannot be
-    /// had (no GET budget left, Defender failing) is recorded as unchecked, not waited for: the
-    /// results' links lapse in 30 minutes.
+    /// each file the run used with what was listed before submission. A listing Defender fails
+    /// is recorded as unchecked, not retried (the results' links lapse in 30 minutes); `None` when
+    /// the GET budget has no room now.
     async fn recheck_library(
         &self,
         run: &RunRecord,
         library: &dyn LibraryListing,
-    ) -> Result<LibraryRecheck, StageError> {
+    ) -> Result<Option<LibraryRecheck>, StageError> {
         let listed = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
             library.list_library()
         })
@@ -388,9 +388,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             Paced::Ran(Err(e)) => {
                 LibraryRecheck::unchecked(format!("listing the library failed: {e}"), now)
             }
-            Paced::Wait(_) => {
-                LibraryRecheck::unchecked("no GET budget was left to list the library", now)
-            }
+            Paced::Wait(_) => return Ok(None),
         };
         match recheck.finding() {
             Some(finding) if !recheck.changed.is_empty() => {
@@ -399,7 +397,7 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
             Some(finding) => tracing::warn!(run_id = %run.run_id, "{finding}"),
             None => {}
         }
-        Ok(recheck)
+        Ok(Some(recheck))
     }
 
     /// Sends the collect job for one command of this poll job's action.
@@ -433,7 +431,19 @@ impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
         let library_after = match run.library_after.clone() {
             Some(seen) => Some(seen),
             None if run.library.is_empty() => None,
-            None => Some(self.recheck_library(run, library).await?),
+            None => match self.recheck_library(run, library).await? {
+                Some(recheck) => Some(recheck),
+                // No GET budget for the listing now: the action is read again when there is
+                // (a run that is merely paced is not marked unchecked). A cancel's reply is the
+                // record of its end and is not read again: its library is marked unchecked.
+                None if !cancelled_by_us => {
+                    return self.pace(crate::budget::INLINE_WAIT * 2).await;
+                }
+                None => Some(LibraryRecheck::unchecked(
+                    "no GET budget was left to list the library",
+                    now,
+                )),
+            },
         };
         let mut to_collect = Vec::new();
         for c in &action.commands {
