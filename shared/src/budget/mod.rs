@@ -277,7 +277,7 @@ fn settle_stamp(stamps: &mut Vec<Stamp>, slot: u64, returned: i64, now: i64, kep
 /// How long a budget write keeps trying against other writers before the caller is told to come
 /// back shortly (a paced wait, never a failure: a failed message would wait out its queue's
 /// visibility timeout, up to 90 minutes for collect).
-const CONTENTION_GIVES_UP_AFTER: Duration = Duration::from_secs(3);
+const CONTENTION_GIVES_UP_AFTER: Duration = Duration::from_secs(10);
 
 /// What a budget update came to.
 enum Updated<R> {
@@ -377,10 +377,11 @@ where
     }
 }
 
-/// The wait a caller that lost on contention is given: one to three seconds, so that it comes
-/// back soon (a paced wait, spent inline or as a short queue delay) and not with the others.
+/// The wait a caller that lost on contention is given: 200 to 800 ms, spread so the losers do not
+/// come back together; short enough to be spent inside the invocation (see [`INLINE_WAIT`]) by
+/// the callers that pause inline, a one-second queue delay for the others.
 fn contention_wait(clock: &dyn Clock) -> Duration {
-    Duration::from_millis(1000 + (clock.jitter() * 2000.0) as u64)
+    Duration::from_millis(200 + (clock.jitter() * 600.0) as u64)
 }
 
 /// [`with_budget`] where contention is an error: for the few updates that are not calls
