@@ -1026,7 +1026,10 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         }
         if library_start == LibraryStart::Theirs {
             let reason = manifest.reason.clone().unwrap_or_default();
-            if manifest.action.is_some() || !reason.contains(&triage_name) {
+            // Never submitted; ended naming the file, or, since the run now waits for a person
+            // to remove it (retried), after its attempts ran out (the last may have met a fault).
+            let named = reason.contains(&triage_name) || reason.starts_with("gave up after");
+            if manifest.action.is_some() || !named {
                 return Err(format!(
                     "run {run_id}: someone else's triage.ps1 is in the library, yet the run was submitted or ended for another reason ({reason})"
                 ));

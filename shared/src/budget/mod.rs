@@ -231,25 +231,6 @@ fn window_wait(
     Some(Duration::from_millis(wait as u64))
 }
 
-/// A settlement not written yet: the slot's call returned at `returned` (unix ms). It is folded
-/// into this process's next write of the budget (a grant, a release, another settlement) instead
-/// of costing a write of its own; until then the open stamp counts, conservatively, at its latest.
-#[derive(Debug, Clone, Copy)]
-struct Deferred {
-    window: Window,
-    slot: u64,
-    returned: i64,
-}
-
-/// Settlements waiting for this process's next budget write. Each is applied only to a budget
-/// that holds its open stamp (slot ids are random), so they never touch another store's budget.
-static DEFERRED: std::sync::Mutex<Vec<Deferred>> = std::sync::Mutex::new(Vec::new());
-
-fn deferred() -> std::sync::MutexGuard<'static, Vec<Deferred>> {
-    // A panic elsewhere while holding the lock leaves a usable list.
-    DEFERRED.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Settles the open stamp of `slot` in `stamps` at `returned` (or counts it at its return if the
 /// stamp is gone and the return is still inside `kept`); whether the budget changed.
 fn settle_stamp(stamps: &mut Vec<Stamp>, slot: u64, returned: i64, now: i64, kept: i64) -> bool {
@@ -288,8 +269,7 @@ enum Updated<R> {
 }
 
 /// Applies `decide` to the budget with compare-and-swap; `decide` gets the time (unix ms) and
-/// returns its answer and whether it changed the budget. Settlements deferred by this process
-/// whose open stamps are in this budget go into the same write. Under contention it backs off
+/// returns its answer and whether it changed the budget. Under contention it backs off
 /// exponentially with full jitter, and gives up after [`CONTENTION_GIVES_UP_AFTER`]. A budget
 /// object that cannot be parsed is set aside under `state/budget/corrupt-<ms>.json` for an
 /// operator and replaced by a conservative one.
@@ -325,41 +305,13 @@ where
             None => (TenantBudget::new(), Put::IfAbsent),
         };
         budget.tidy(cfg, now);
-        let pending: Vec<Deferred> = {
-            let mut list = deferred();
-            // A settlement no write took within a call limit and an hour is moot (its stamp has
-            // left every window): dropped, so the list never grows with them.
-            let moot = now.saturating_sub(ms(cfg.call_limit) + ms(cfg.hour()));
-            list.retain(|d| d.returned > moot);
-            list.clone()
-        };
-        let mut applied = Vec::new();
-        for d in &pending {
-            let stamps = match d.window {
-                Window::Submissions => &mut budget.submissions,
-                Window::Gets => &mut budget.gets,
-            };
-            let holds = stamps
-                .iter()
-                .any(|s| matches!(s, Stamp::Open { slot, .. } if *slot == d.slot));
-            // The return time is this process's own clock, read after the grant: taken as it is
-            // (a stamp from a clock far ahead is pulled back by `tidy`).
-            if holds && settle_stamp(stamps, d.slot, d.returned, now.max(d.returned), 0) {
-                applied.push(d.slot);
-            }
-        }
         let (answer, changed) = decide(&mut budget, now);
-        if !changed && !repaired && applied.is_empty() {
+        if !changed && !repaired {
             return Ok(Updated::Done(answer));
         }
         let body = serde_json::to_vec(&budget).map_err(|e| StoreError(e.to_string()))?;
         match store.put(BUDGET_KEY, body, condition).await? {
-            PutResult::Written { .. } => {
-                if !applied.is_empty() {
-                    deferred().retain(|d| !applied.contains(&d.slot));
-                }
-                return Ok(Updated::Done(answer));
-            }
+            PutResult::Written { .. } => return Ok(Updated::Done(answer)),
             PutResult::Conflict => {
                 // Another invocation won the race: back off (full jitter) and read again.
                 if started.elapsed() >= CONTENTION_GIVES_UP_AFTER {
@@ -406,16 +358,10 @@ where
     Err(StoreError("budget: too many concurrent updates".into()))
 }
 
-/// A slot with an id no other slot of any process has: random, never from a test's seeded clock
-/// (a deferred settlement finds its open stamp by id, and must find no other).
-fn new_slot(window: Window) -> Slot {
+fn new_slot(window: Window, clock: &dyn Clock) -> Slot {
     Slot {
         window,
-        id: u64::from_le_bytes(
-            uuid::Uuid::new_v4().as_bytes()[..8]
-                .try_into()
-                .unwrap_or([0; 8]),
-        ),
+        id: clock.jitter().to_bits(),
     }
 }
 
@@ -427,7 +373,7 @@ pub async fn acquire_submission<S: ObjectStore>(
     clock: &dyn Clock,
     run: &RunId,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Submissions);
+    let slot = new_slot(Window::Submissions, clock);
     let id = slot.id;
     let granted = with_budget(store, cfg, clock, |b, now| {
         if let Some(wait) = window_wait(
@@ -466,7 +412,7 @@ pub async fn acquire_get<S: ObjectStore>(
     cfg: &BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<Grant, StoreError> {
-    let slot = new_slot(Window::Gets);
+    let slot = new_slot(Window::Gets, clock);
     let id = slot.id;
     let hour = cfg.hour();
     let wait = with_budget(store, cfg, clock, |b, now| {
@@ -523,38 +469,14 @@ pub async fn settle<S: ObjectStore>(
     .await;
     match result {
         Ok(Updated::Done(())) => {}
-        Ok(Updated::Contended) => defer(slot, returned),
+        Ok(Updated::Contended) => {
+            tracing::warn!(
+                "could not settle a budget slot under contention; it counts until its call limit"
+            );
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
         }
-    }
-}
-
-/// Keeps `slot`'s settlement for this process's next budget write rather than writing it now:
-/// one write per call instead of two, which is what keeps the budget object from becoming a point
-/// of contention under load.
-fn defer(slot: Slot, returned: i64) {
-    let mut list = deferred();
-    // Bounded: a settlement that no write of this process took within this many is dropped (its
-    // open stamp keeps counting at its latest, the conservative side).
-    if list.len() >= 10_000 {
-        list.remove(0);
-    }
-    list.push(Deferred {
-        window: slot.window,
-        slot: slot.id,
-        returned,
-    });
-}
-
-/// Writes the settlements this process deferred that are in this store's budget, if any (one
-/// write for all of them); a stage calls it once a message is handled.
-pub async fn flush<S: ObjectStore>(store: &S, cfg: &BudgetConfig, clock: &dyn Clock) {
-    if deferred().is_empty() {
-        return;
-    }
-    if let Err(e) = with_budget(store, cfg, clock, |_, _| ((), false)).await {
-        tracing::warn!(error = %e, "could not write deferred budget settlements; they count until their call limit");
     }
 }
 
@@ -573,7 +495,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = within_pause(clock, || acquire_submission(store, cfg, clock, run)).await?;
-    Ok(run_granted(clock, grant, call).await)
+    Ok(run_granted(store, cfg, clock, grant, call).await)
 }
 
 /// Makes one GET `call` within the GET budget and settles its slot when it returns; or says how
@@ -590,7 +512,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = within_pause(clock, || acquire_get(store, cfg, clock)).await?;
-    Ok(run_granted(clock, grant, call).await)
+    Ok(run_granted(store, cfg, clock, grant, call).await)
 }
 
 /// As [`get_call`], but a wait is answered at once, never paused inline: for a caller holding a
@@ -607,7 +529,7 @@ where
     Fut: Future<Output = T>,
 {
     let grant = acquire_get(store, cfg, clock).await?;
-    Ok(run_granted(clock, grant, call).await)
+    Ok(run_granted(store, cfg, clock, grant, call).await)
 }
 
 /// A wait this short is spent inside the invocation, and the budget asked again, rather than on
@@ -644,8 +566,15 @@ pub fn queue_delay(wait: Duration) -> Duration {
 }
 
 /// Makes the call if the budget granted it, and settles its slot when it returns.
-async fn run_granted<T, F, Fut>(clock: &dyn Clock, grant: Grant, call: F) -> Paced<T>
+async fn run_granted<S, T, F, Fut>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    grant: Grant,
+    call: F,
+) -> Paced<T>
 where
+    S: ObjectStore,
     F: FnOnce() -> Fut,
     Fut: Future<Output = T>,
 {
@@ -654,9 +583,7 @@ where
         Grant::Granted(slot) => {
             let out = call().await;
             let returned = unix_ms(clock.now());
-            // Folded into the next write of this process's budget (a stage flushes what is left
-            // once its message is handled).
-            defer(slot, returned);
+            settle(store, cfg, clock, slot, returned).await;
             Paced::Ran(out)
         }
     }

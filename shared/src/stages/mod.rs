@@ -393,8 +393,6 @@ pub(crate) async fn settle<S: ObjectStore>(
     clock: &dyn Clock,
     done: Result<Done, StageError>,
 ) -> Result<Done, StageError> {
-    // The settlements of this message's Defender calls that no other write took along.
-    crate::budget::flush(store, budget_cfg, clock).await;
     let Ok(done) = done else {
         return done;
     };
