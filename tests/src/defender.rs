@@ -1,7 +1,7 @@
 //! A scripted Defender for stage handlers called directly: it holds machine actions and answers
-//! reads and listings from them (a listing filtered by status and type as Defender filters it);
-//! anything a test did not script (a submission, a result link, a cancel) is an error naming
-//! what was asked, never a panic inside the stage.
+//! reads and listings from them (a listing filtered by status and type as Defender filters it),
+//! and, when told to, accepts cancels that change nothing; anything a test did not script (a
+//! submission, a result link) is an error naming what was asked, never a panic inside the stage.
 
 use std::sync::Mutex;
 
@@ -18,6 +18,10 @@ pub struct Scripted {
     pub actions: Mutex<Vec<MachineAction>>,
     /// Listings answered.
     pub listings: std::sync::atomic::AtomicU32,
+    /// When set, a cancel is accepted and changes nothing (the action as it stands is the answer).
+    pub accepts_cancels: bool,
+    /// Cancels accepted.
+    pub cancels: std::sync::atomic::AtomicU32,
 }
 
 impl Scripted {
@@ -79,9 +83,14 @@ impl Defender for Scripted {
     }
     async fn cancel_machine_action(
         &self,
-        _: &ActionId,
+        id: &ActionId,
         _: &str,
     ) -> Result<MachineAction, DefenderError> {
-        Err(unscripted("a cancel"))
+        if !self.accepts_cancels {
+            return Err(unscripted("a cancel"));
+        }
+        self.cancels
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.get_machine_action(id).await
     }
 }

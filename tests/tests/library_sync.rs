@@ -883,67 +883,28 @@ async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deploy
     );
 }
 
-/// Defender whose one action has ended: every command it was asked completed.
-struct Ended(MachineAction);
-
-impl Ended {
-    fn of(run: &RunRecord, action: &ActionId) -> Self {
-        let commands: Vec<serde_json::Value> = run
-            .commands
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                serde_json::json!({
-                    "index": i, "commandStatus": "Completed", "errors": [],
-                    "startTime": "2026-11-30T05:00:01Z", "endTime": "2026-11-30T05:00:02Z",
-                    "command": c,
-                })
+/// The run's action as Defender shows it once it has ended: every command it was asked completed.
+fn ended_action(run: &RunRecord, action: &ActionId) -> MachineAction {
+    let commands: Vec<serde_json::Value> = run
+        .commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            serde_json::json!({
+                "index": i, "commandStatus": "Completed", "errors": [],
+                "startTime": "2026-11-30T05:00:01Z", "endTime": "2026-11-30T05:00:02Z",
+                "command": c,
             })
-            .collect();
-        Self(
-            serde_json::from_value(serde_json::json!({
-                "id": action.as_str(), "type": "LiveResponse", "status": "Succeeded",
-                "machineId": run.machine_id.as_str(), "requestorComment": run.comment,
-                "creationDateTimeUtc": "2026-11-30T05:00:00Z",
-                "lastUpdateDateTimeUtc": "2026-11-30T05:00:02Z",
-                "commands": commands,
-            }))
-            .expect("a machine action"),
-        )
-    }
-}
-
-impl Defender for Ended {
-    async fn run_live_response(
-        &self,
-        _: &MachineId,
-        _: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        Ok(self.0.clone())
-    }
-    async fn list_machine_actions(
-        &self,
-        _: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        Ok(vec![self.0.clone()])
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        panic!("not expected")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "id": action.as_str(), "type": "LiveResponse", "status": "Succeeded",
+        "machineId": run.machine_id.as_str(), "requestorComment": run.comment,
+        "creationDateTimeUtc": "2026-11-30T05:00:00Z",
+        "lastUpdateDateTimeUtc": "2026-11-30T05:00:02Z",
+        "commands": commands,
+    }))
+    .expect("a machine action")
 }
 
 /// A submitted run that put the pipeline's file (v1) on the device, its action ended; poll's
@@ -984,7 +945,7 @@ async fn poll_ended_run(alert: &str, library: &MemLibrary) -> Manifest {
         &cfg,
         &store,
         &MemQueue::default(),
-        &Ended::of(&record, &action),
+        &testkit::defender::Scripted::with(vec![ended_action(&record, &action)]),
         library,
         testkit::notary::notary(),
         &shared::clock::SystemClock,

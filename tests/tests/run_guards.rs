@@ -286,48 +286,6 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
     );
 }
 
-/// Defender whose action never ends: every read says InProgress, every cancel is accepted and
-/// changes nothing. Counts the cancels.
-struct NeverEnds {
-    action: MachineAction,
-    cancels: std::sync::atomic::AtomicU32,
-}
-
-impl Defender for NeverEnds {
-    async fn run_live_response(
-        &self,
-        _: &MachineId,
-        _: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        Ok(self.action.clone())
-    }
-    async fn list_machine_actions(
-        &self,
-        _: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        Ok(vec![self.action.clone()])
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        panic!("not expected")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        self.cancels
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(self.action.clone())
-    }
-}
-
 /// Defect 7: a cancel Defender accepted without ending the action was not counted against the
 /// cancel cap, so a run past its deadline was cancelled again every second, forever. Now each
 /// accepted cancel counts, and after the cap the run ends timed out with the reason.
@@ -357,9 +315,11 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
                       "command": record.commands[0]}],
     }))
     .unwrap();
-    let defender = NeverEnds {
-        action,
-        cancels: Default::default(),
+    // Defender whose action never ends: every read says InProgress, every cancel is accepted and
+    // changes nothing.
+    let defender = testkit::defender::Scripted {
+        accepts_cancels: true,
+        ..testkit::defender::Scripted::with(vec![action])
     };
     let mut cfg = poll_config();
     cfg.status_from = shared::stages::settings::StatusFrom::Each;

@@ -110,6 +110,13 @@ impl Signer for KmsSigner {
         message: &'a [u8],
         der: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, NotaryError>> {
-        Box::pin(self.verify_with_kms(message, der))
+        Box::pin(async move {
+            // Bytes that are no DER ECDSA signature are no signature of this key: answered here,
+            // not sent to KMS (which would refuse them as a malformed request, read as an outage).
+            if p256::ecdsa::Signature::from_der(der).is_err() {
+                return Ok(false);
+            }
+            self.verify_with_kms(message, der).await
+        })
     }
 }
