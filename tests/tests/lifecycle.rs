@@ -734,7 +734,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let mut collect_cfg = CollectConfig::from_env(&e).unwrap();
     // Small time budget: long copies are handed over through checkpoints.
     collect_cfg.time_budget = Duration::from_millis(rng.below(3));
-    let budget_cfg: BudgetConfig = submit_cfg.budget;
+    let budget_cfg: BudgetConfig = submit_cfg.budget.clone();
     let playbooks = Playbooks::bundled().unwrap();
     let bundle = shared::library::Bundle::bundled(playbooks.library_files()).unwrap();
     let triage = bundle

@@ -9,25 +9,29 @@
 //! it. A window is only ever judged by upper bounds of Defender's own count times, so no delay
 //! between grant and arrival can squeeze more calls into Defender's window than the budget allows.
 //! Use [`submission_call`] and [`get_call`], which settle the stamp whatever the call returns.
+//!
+//! [`ledger`] holds the stored budget and the updates to it as pure functions; this module applies
+//! them with compare-and-swap; [`lane`] batches one process's updates into one write.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, unix_ms};
 use crate::config::{ConfigError, Env, number};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 
+mod lane;
+mod ledger;
+
 pub use crate::store::keys::BUDGET_KEY;
-const STALE_SESSION_MS: i64 = (3 * 24 + 1) * 3600 * 1000;
-/// Stamps further in the future than this were not written by a sane clock: they are pulled back.
-const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+pub use lane::Lane;
+use ledger::{Answer, Op, TenantBudget, Window};
+#[cfg(test)]
+use ledger::{Stamp, window_wait};
 
 /// The tenant's Defender limits that the budget keeps every stage within, together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetConfig {
     /// Live response submissions per minute (`BUDGET_SUBMISSIONS_PER_MINUTE`).
     pub submissions_per_minute: u32,
@@ -42,6 +46,8 @@ pub struct BudgetConfig {
     /// The longest a granted call can take to reach Defender (token refresh, retry after a 401, the
     /// request timeout): an unsettled grant counts until then.
     pub call_limit: Duration,
+    /// This process's queue of budget updates ([`Lane`]): clones of the configuration share it.
+    pub lane: Lane,
 }
 
 impl BudgetConfig {
@@ -60,6 +66,7 @@ impl BudgetConfig {
                 100..=600_000,
             )?),
             call_limit: DEFAULT_CALL_LIMIT,
+            lane: Lane::default(),
         })
     }
 
@@ -72,101 +79,6 @@ impl BudgetConfig {
 /// plus time for a Secrets Manager read and a slow start.
 pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(120);
 
-/// One counted call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Stamp {
-    /// The call returned at this time (unix ms): Defender counted it no later.
-    Settled(i64),
-    /// Granted at `granted` and not reported back yet: Defender may count it as late as
-    /// `granted + call_limit`.
-    Open { granted: i64, slot: u64 },
-}
-
-impl Stamp {
-    /// The latest time Defender can have counted (or will count) this call.
-    fn latest(self, call_limit_ms: i64) -> i64 {
-        match self {
-            Stamp::Settled(t) => t,
-            Stamp::Open { granted, .. } => granted.saturating_add(call_limit_ms),
-        }
-    }
-
-    fn clamp_to(self, now: i64) -> Self {
-        match self {
-            Stamp::Settled(t) if t > now + MAX_CLOCK_SKEW_MS => Stamp::Settled(now),
-            Stamp::Open { granted, slot } if granted > now + MAX_CLOCK_SKEW_MS => {
-                Stamp::Open { granted: now, slot }
-            }
-            s => s,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct TenantBudget {
-    v: u32,
-    /// Submissions, oldest first.
-    submissions: Vec<Stamp>,
-    /// Runs holding a session, with when they took it (unix ms).
-    running: BTreeMap<String, i64>,
-    /// GET calls, oldest first.
-    gets: Vec<Stamp>,
-    /// The budget was rebuilt from nothing (its object was unreadable): which runs hold a session
-    /// is unknown, so the cap counts as full until the sessions are rebuilt
-    /// ([`rebuild_sessions`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    sessions_unknown: bool,
-}
-
-impl TenantBudget {
-    fn new() -> Self {
-        Self {
-            v: 2,
-            ..Self::default()
-        }
-    }
-
-    /// What to assume when the stored budget cannot be read: both call windows full as of now
-    /// (nobody knows what was sent in the last minute), and the sessions unknown: the cap is full
-    /// until submit rebuilds them (Defender's live actions, confirmed by their run records), or
-    /// new submissions would pile onto actions that still run and Defender would answer 429.
-    fn conservative(cfg: &BudgetConfig, now: i64) -> Self {
-        Self {
-            v: 2,
-            submissions: vec![Stamp::Settled(now); cfg.submissions_per_minute as usize],
-            running: BTreeMap::new(),
-            gets: vec![Stamp::Settled(now); cfg.gets_per_minute as usize],
-            sessions_unknown: true,
-        }
-    }
-
-    /// Drops what has left every window and pulls back stamps from a clock far ahead.
-    fn tidy(&mut self, cfg: &BudgetConfig, now: i64) {
-        let limit = ms(cfg.call_limit);
-        let minute = ms(cfg.minute);
-        let hour = ms(cfg.hour());
-        for s in self.submissions.iter_mut().chain(self.gets.iter_mut()) {
-            *s = s.clamp_to(now);
-        }
-        self.submissions
-            .retain(|s| s.latest(limit) > now.saturating_sub(minute));
-        self.gets
-            .retain(|s| s.latest(limit) > now.saturating_sub(hour));
-        for since in self.running.values_mut() {
-            *since = (*since).min(now);
-        }
-        // No run lives past three days (Defender's longest queue window, and the longest deadline):
-        // a session still held after that was left behind by a run that never came back for it.
-        self.running
-            .retain(|_, since| *since > now.saturating_sub(STALE_SESSION_MS));
-    }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The answer to a request for budget.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Grant {
@@ -174,12 +86,6 @@ pub enum Grant {
     Granted(Slot),
     /// Not now; ask again after this long.
     Wait(Duration),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Window {
-    Submissions,
-    Gets,
 }
 
 /// A granted call's open stamp, to be settled with the time the call returned.
@@ -199,69 +105,14 @@ pub enum Paced<T> {
     Wait(Duration),
 }
 
-/// How long until the oldest of the newest `max` stamps leaves a window of `window` (None: room now).
-/// When that stamp is still open (its call in flight), it will most likely settle soon and leave
-/// earlier than its worst case: look again after a tenth of the window instead.
-fn window_wait(
-    stamps: &[Stamp],
-    max: u32,
-    window: Duration,
-    call_limit: Duration,
-    now: i64,
-) -> Option<Duration> {
-    let window_ms = ms(window);
-    let limit = ms(call_limit);
-    let mut inside: Vec<(i64, bool)> = stamps
-        .iter()
-        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
-        .filter(|(t, _)| *t > now.saturating_sub(window_ms))
-        .collect();
-    if (inside.len() as u64) < max as u64 {
-        return None;
-    }
-    inside.sort_unstable();
-    let (pivot, _) = inside[inside.len() - max as usize];
-    let wait = pivot.saturating_add(window_ms).saturating_sub(now).max(1);
-    let in_flight = inside.iter().any(|(t, open)| *open && *t >= pivot);
-    let wait = if in_flight {
-        wait.min((window_ms / 10).max(1))
-    } else {
-        wait
-    };
-    Some(Duration::from_millis(wait as u64))
-}
-
-/// Settles the open stamp of `slot` in `stamps` at `returned` (or counts it at its return if the
-/// stamp is gone and the return is still inside `kept`); whether the budget changed.
-fn settle_stamp(stamps: &mut Vec<Stamp>, slot: u64, returned: i64, now: i64, kept: i64) -> bool {
-    let found = stamps
-        .iter_mut()
-        .find(|s| matches!(s, Stamp::Open { slot: id, .. } if *id == slot));
-    match found {
-        Some(s) => {
-            let Stamp::Open { granted, .. } = *s else {
-                return false;
-            };
-            *s = Stamp::Settled(returned.min(now).max(granted));
-            true
-        }
-        None if returned > now.saturating_sub(kept) => {
-            // The open stamp is gone (the call outlived its call limit and a window after it, or
-            // the budget was rebuilt): count the call at its return rather than not at all.
-            stamps.push(Stamp::Settled(returned.min(now)));
-            true
-        }
-        None => false,
-    }
-}
-
 /// How long a budget write keeps trying against other writers before the caller is told to come
 /// back shortly (a paced wait, never a failure: a failed message would wait out its queue's
 /// visibility timeout, up to 90 minutes for collect).
 const CONTENTION_GIVES_UP_AFTER: Duration = Duration::from_secs(10);
 
 /// What a budget update came to.
-enum Updated<R> {
+#[derive(Debug, Clone)]
+pub(crate) enum Updated<R> {
     /// Written (or nothing to write): the answer.
     Done(R),
     /// Other writers kept winning for [`CONTENTION_GIVES_UP_AFTER`].
@@ -329,6 +180,32 @@ where
     }
 }
 
+/// Applies `op` through the process's [`Lane`]: queued with the process's other updates, written
+/// with them in one compare-and-swap ([`with_budget`]).
+async fn update<S: ObjectStore>(
+    store: &S,
+    cfg: &BudgetConfig,
+    clock: &dyn Clock,
+    op: Op,
+) -> Result<Updated<Answer>, StoreError> {
+    cfg.lane
+        .update(op, |ops| {
+            with_budget(store, cfg, clock, move |b, now| {
+                let mut changed = false;
+                let answers = ops
+                    .iter()
+                    .map(|op| {
+                        let (answer, c) = op.apply(b, cfg, now);
+                        changed |= c;
+                        answer
+                    })
+                    .collect::<Vec<_>>();
+                (answers, changed)
+            })
+        })
+        .await
+}
+
 /// The wait a caller that lost on contention is given: 200 to 800 ms, spread so the losers do not
 /// come back together; short enough to be spent inside the invocation (see [`INLINE_WAIT`]) by
 /// the callers that pause inline, a one-second queue delay for the others.
@@ -336,22 +213,17 @@ fn contention_wait(clock: &dyn Clock) -> Duration {
     Duration::from_millis(200 + (clock.jitter() * 600.0) as u64)
 }
 
-/// [`with_budget`] where contention is an error: for the few updates that are not calls
-/// (sessions given back, read, rebuilt), which their callers retry.
-async fn with_budget_or_err<S, F, R>(
+/// [`update`] where contention is an error: for the few updates that are not calls (sessions
+/// given back, read, rebuilt), which their callers retry.
+async fn update_or_err<S: ObjectStore>(
     store: &S,
     cfg: &BudgetConfig,
     clock: &dyn Clock,
-    decide: F,
-) -> Result<R, StoreError>
-where
-    S: ObjectStore,
-    F: FnMut(&mut TenantBudget, i64) -> (R, bool),
-{
+    op: Op,
+) -> Result<Answer, StoreError> {
     // These are rare and matter (a session given back): a few more rounds before giving up.
-    let mut decide = decide;
     for _ in 0..4 {
-        if let Updated::Done(r) = with_budget(store, cfg, clock, &mut decide).await? {
+        if let Updated::Done(r) = update(store, cfg, clock, op.clone()).await? {
             return Ok(r);
         }
     }
@@ -365,6 +237,16 @@ fn new_slot(window: Window, clock: &dyn Clock) -> Slot {
     }
 }
 
+/// What a slot request came to.
+fn granted(slot: Slot, answer: Updated<Answer>, clock: &dyn Clock) -> Grant {
+    match answer {
+        Updated::Done(Answer::Slot(None)) => Grant::Granted(slot),
+        Updated::Done(Answer::Slot(Some(wait))) => Grant::Wait(wait),
+        // Not a slot's answer (cannot happen): ask again shortly rather than call unbudgeted.
+        Updated::Done(_) | Updated::Contended => Grant::Wait(contention_wait(clock)),
+    }
+}
+
 /// A submission slot and a session for `run`, or how long to wait for them. A run that already holds
 /// a session (a retry after a lost answer) is granted without counting the session twice.
 pub async fn acquire_submission<S: ObjectStore>(
@@ -374,36 +256,12 @@ pub async fn acquire_submission<S: ObjectStore>(
     run: &RunId,
 ) -> Result<Grant, StoreError> {
     let slot = new_slot(Window::Submissions, clock);
-    let id = slot.id;
-    let granted = with_budget(store, cfg, clock, |b, now| {
-        if let Some(wait) = window_wait(
-            &b.submissions,
-            cfg.submissions_per_minute,
-            cfg.minute,
-            cfg.call_limit,
-            now,
-        ) {
-            return (Some(wait), false);
-        }
-        let holds = b.running.contains_key(run.as_str());
-        let full = b.sessions_unknown || b.running.len() as u64 >= cfg.running_sessions as u64;
-        if !holds && full {
-            // A session frees when some run ends; look again in a while.
-            return (Some(cfg.minute / 4), false);
-        }
-        b.submissions.push(Stamp::Open {
-            granted: now,
-            slot: id,
-        });
-        b.running.entry(run.to_string()).or_insert(now);
-        (None, true)
-    })
-    .await?;
-    Ok(match granted {
-        Updated::Done(Some(wait)) => Grant::Wait(wait),
-        Updated::Done(None) => Grant::Granted(slot),
-        Updated::Contended => Grant::Wait(contention_wait(clock)),
-    })
+    let op = Op::Submission {
+        run: run.to_string(),
+        slot: slot.id,
+    };
+    let answer = update(store, cfg, clock, op).await?;
+    Ok(granted(slot, answer, clock))
 }
 
 /// One GET call (status, result link, list, cancel), or how long to wait for one.
@@ -413,45 +271,14 @@ pub async fn acquire_get<S: ObjectStore>(
     clock: &dyn Clock,
 ) -> Result<Grant, StoreError> {
     let slot = new_slot(Window::Gets, clock);
-    let id = slot.id;
-    let hour = cfg.hour();
-    let wait = with_budget(store, cfg, clock, |b, now| {
-        let wait = [
-            window_wait(
-                &b.gets,
-                cfg.gets_per_minute,
-                cfg.minute,
-                cfg.call_limit,
-                now,
-            ),
-            window_wait(&b.gets, cfg.gets_per_hour, hour, cfg.call_limit, now),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        match wait {
-            Some(w) => (Some(w), false),
-            None => {
-                b.gets.push(Stamp::Open {
-                    granted: now,
-                    slot: id,
-                });
-                (None, true)
-            }
-        }
-    })
-    .await?;
-    Ok(match wait {
-        Updated::Done(Some(w)) => Grant::Wait(w),
-        Updated::Done(None) => Grant::Granted(slot),
-        Updated::Contended => Grant::Wait(contention_wait(clock)),
-    })
+    let answer = update(store, cfg, clock, Op::Get { slot: slot.id }).await?;
+    Ok(granted(slot, answer, clock))
 }
 
 /// Records that the call behind `slot` returned at `returned` (unix ms; read when it returned,
 /// not after the budget write, which can wait behind other invocations' writes): from then on it
 /// counts at that time instead of at the latest time it could have arrived. Best effort: if this
-/// fails, the open stamp still counts, conservatively, until its call limit.
+/// fails (after a few rounds under contention), the open stamp still counts, conservatively, until its call limit.
 pub async fn settle<S: ObjectStore>(
     store: &S,
     cfg: &BudgetConfig,
@@ -459,24 +286,15 @@ pub async fn settle<S: ObjectStore>(
     slot: Slot,
     returned: i64,
 ) {
-    let result = with_budget(store, cfg, clock, |b, now| {
-        let (stamps, kept) = match slot.window {
-            Window::Submissions => (&mut b.submissions, ms(cfg.minute)),
-            Window::Gets => (&mut b.gets, ms(cfg.hour())),
-        };
-        ((), settle_stamp(stamps, slot.id, returned, now, kept))
-    })
-    .await;
-    match result {
-        Ok(Updated::Done(())) => {}
-        Ok(Updated::Contended) => {
-            tracing::warn!(
-                "could not settle a budget slot under contention; it counts until its call limit"
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
-        }
+    let op = Op::Settle {
+        window: slot.window,
+        slot: slot.id,
+        returned,
+    };
+    // A settlement lost counts a whole slot until the call limit (a tenth of the submissions of
+    // a minute, for two minutes): it gets the rounds a session given back gets.
+    if let Err(e) = update_or_err(store, cfg, clock, op).await {
+        tracing::warn!(error = %e, "could not settle a budget slot; it counts until its call limit");
     }
 }
 
@@ -596,10 +414,10 @@ pub async fn release_session<S: ObjectStore>(
     clock: &dyn Clock,
     run: &RunId,
 ) -> Result<(), StoreError> {
-    with_budget_or_err(store, cfg, clock, |b, _| {
-        ((), b.running.remove(run.as_str()).is_some())
-    })
-    .await
+    let op = Op::Release {
+        run: run.to_string(),
+    };
+    update_or_err(store, cfg, clock, op).await.map(|_| ())
 }
 
 /// The runs that hold a session now, for reconciling against run records.
@@ -618,13 +436,10 @@ pub async fn sessions<S: ObjectStore>(
     cfg: &BudgetConfig,
     clock: &dyn Clock,
 ) -> Result<(Vec<String>, bool), StoreError> {
-    with_budget_or_err(store, cfg, clock, |b, _| {
-        (
-            (b.running.keys().cloned().collect(), !b.sessions_unknown),
-            false,
-        )
-    })
-    .await
+    match update_or_err(store, cfg, clock, Op::Sessions).await? {
+        Answer::Sessions(held, known) => Ok((held, known)),
+        other => Err(StoreError(format!("budget: sessions answered {other:?}"))),
+    }
 }
 
 /// Sets the sessions of a budget rebuilt from nothing: `held` (run id, since when, unix ms) are the
@@ -635,17 +450,10 @@ pub async fn rebuild_sessions<S: ObjectStore>(
     clock: &dyn Clock,
     held: &[(String, i64)],
 ) -> Result<(), StoreError> {
-    with_budget_or_err(store, cfg, clock, |b, _| {
-        if !b.sessions_unknown {
-            return ((), false);
-        }
-        for (run, since) in held {
-            b.running.entry(run.clone()).or_insert(*since);
-        }
-        b.sessions_unknown = false;
-        ((), true)
-    })
-    .await
+    let op = Op::Rebuild {
+        held: held.to_vec(),
+    };
+    update_or_err(store, cfg, clock, op).await.map(|_| ())
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ fn stamps_from_any_number_do_not_overflow() {
         gets_per_hour: 1500,
         minute: w,
         call_limit: LIMIT,
+        lane: Lane::default(),
     };
     b.tidy(&cfg, 1_000_000);
     assert_eq!(
@@ -124,6 +125,7 @@ fn cfg_of(minute: Duration) -> BudgetConfig {
         gets_per_hour: 1500,
         minute,
         call_limit: LIMIT,
+        lane: Lane::default(),
     }
 }
 
@@ -256,4 +258,94 @@ async fn a_call_whose_open_stamp_was_dropped_counts_at_its_return() {
         ),
         "the late call fills the minute it returned in"
     );
+}
+
+/// A store whose budget writes wait at a gate until the test opens it, counting them.
+#[derive(Default)]
+struct Gated {
+    inner: crate::adapters::memory::MemStore,
+    open: std::sync::atomic::AtomicBool,
+    writes: std::sync::atomic::AtomicU32,
+}
+
+impl ObjectStore for Gated {
+    async fn get(&self, key: &str) -> Result<Option<crate::ports::Stored>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put(key, body, c).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// The updates one process queues while a write is in flight go out in the next write, and each
+/// is answered as if written alone: three GETs asked at once where the minute has room for two
+/// make two grants and one wait, in one write.
+#[tokio::test]
+async fn contention_within_a_process_queued_updates_share_one_write_and_are_each_answered() {
+    let store = Gated::default();
+    let cfg = cfg_of(Duration::from_secs(60)); // 2 GETs a minute
+    let clock = crate::clock::ManualClock::at(time::macros::datetime!(2026-11-30 10:00 UTC));
+    let ask = || acquire_get(&store, &cfg, &clock);
+    let opener = async {
+        // Every caller has queued by the time the first write may go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (a, b, c, ()) = tokio::join!(ask(), ask(), ask(), opener);
+    let grants = [a.unwrap(), b.unwrap(), c.unwrap()];
+    let granted = grants
+        .iter()
+        .filter(|g| matches!(g, Grant::Granted(_)))
+        .count();
+    assert_eq!(granted, 2, "{grants:?}");
+    assert!(grants.iter().any(|g| matches!(g, Grant::Wait(_))));
+    let writes = store.writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        writes <= 2,
+        "the first caller's write and one carrying the other two, at most: {writes}"
+    );
+}
+
+/// A writer whose invocation is cancelled mid-write leaves what it carried queued: the next
+/// caller of the process writes it with its own, and nobody waits forever.
+#[tokio::test]
+async fn contention_a_writer_cancelled_mid_write_leaves_its_batch_to_the_next() {
+    let store = std::sync::Arc::new(Gated::default());
+    let cfg = cfg_of(Duration::from_secs(60));
+    let clock = std::sync::Arc::new(crate::clock::ManualClock::at(
+        time::macros::datetime!(2026-11-30 10:00 UTC),
+    ));
+    let first = {
+        let (store, cfg, clock) = (store.clone(), cfg.clone(), clock.clone());
+        tokio::spawn(async move { acquire_get(&*store, &cfg, &*clock).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await; // the first holds the turn, at the gate
+    let second = {
+        let (store, cfg, clock) = (store.clone(), cfg.clone(), clock.clone());
+        tokio::spawn(async move { acquire_get(&*store, &cfg, &*clock).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort();
+    store.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the queued caller is answered")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(second, Grant::Granted(_)), "{second:?}");
+    // The cancelled caller's grant was written too (it counts, conservatively): the minute is full.
+    assert!(matches!(
+        acquire_get(&*store, &cfg, &*clock).await.unwrap(),
+        Grant::Wait(_)
+    ));
 }

@@ -113,12 +113,19 @@ impl LocalPipeline {
             } else {
                 1
             };
-            for _ in 0..loops {
+            for n in 0..loops {
+                // Each collect loop stands for its own Lambda instance: a process of its own, with
+                // its own clients and budget lane, as in production.
+                let h = if n == 0 {
+                    h.clone()
+                } else {
+                    handler(Collect::build(&stage_env("collect"), sdk).await?)
+                };
                 tasks.push(tokio::spawn(event_source(
                     sqs.clone(),
                     q.stage,
                     url.clone(),
-                    h.clone(),
+                    h,
                     RunnerOptions {
                         batch_size: batch,
                         ..options.clone()
