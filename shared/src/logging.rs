@@ -3,15 +3,25 @@
 
 use tracing_subscriber::EnvFilter;
 
+use crate::config::{Env, ProcessEnv};
+
+/// How the logs are written: the level filter, and whether as JSON lines.
+pub fn settings(env: &dyn Env) -> (String, bool) {
+    let level = env
+        .var("AWS_LAMBDA_LOG_LEVEL")
+        .map(|l| l.to_ascii_lowercase())
+        .or_else(|| env.var("RUST_LOG"))
+        .unwrap_or_else(|| "info".into());
+    let json = env
+        .var("AWS_LAMBDA_LOG_FORMAT")
+        .is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    (level, json)
+}
+
 /// Installs the `tracing` subscriber for a Lambda; a second call does nothing.
 pub fn init() {
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .ok()
-        .map(|l| l.to_ascii_lowercase())
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+    let (level, json) = settings(&ProcessEnv);
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -75,7 +75,7 @@ async fn pipeline_child(spec: &str) {
         ..Default::default()
     };
     let env = map(&spec["env"]);
-    // moto's conditional writes are not atomic (see `testkit::cas_proxy`): one at a time, as S3's.
+    // moto's conditional writes are not atomic (see `testkit::cas_proxy`): one at a time per object, as S3 orders them.
     let endpoint = match spec["cas_proxy"].as_bool() {
         Some(true) => testkit::cas_proxy::start(&testkit::aws::moto_endpoint()).await,
         _ => testkit::aws::moto_endpoint(),
@@ -290,7 +290,7 @@ async fn burst(plan: &Plan, sim_bin: &str, sdk: &aws_config::SdkConfig) {
     println!(
         "burst: {n} alerts on {n} devices, runs of {run_secs} s (pickup {pickup} s, triage script {script_secs} s, file {file_secs} s); simulator {sim_bin} at time scale {scale} (1 real s = {scale} simulated s); {instances} local runners on moto (collect: {COLLECT_AT_ONCE} at once over them; the template allows 10){}; POLL_DELAYS_SECS={} (the default / {scale}), BUDGET_MINUTE_MS={}",
         if cas_proxy {
-            " (through testkit::cas_proxy: one conditional write at a time, as S3 makes them atomic)"
+            " (through testkit::cas_proxy: one conditional write per object at a time, as S3 makes them atomic)"
         } else {
             " (direct: its conditional writes can race)"
         },

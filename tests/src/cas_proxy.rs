@@ -6,7 +6,9 @@
 //! ended at 299). The pipeline keeps its tenant budget and run records with such compare-and-swap
 //! writes, so under concurrency moto can lose an update that S3 would refuse with 412. The proxy
 //! forwards every request unchanged and lets one conditional write (a PUT or POST carrying
-//! `If-Match` or `If-None-Match`) reach moto at a time; everything else passes concurrently.
+//! `If-Match` or `If-None-Match`) per object reach moto at a time, as S3 orders the writes of one
+//! key and no more (a lock over every key made the whole pipeline's writes queue behind each
+//! other, which S3 does not); everything else passes concurrently.
 //! moto does not check signatures, so the changed Host is harmless.
 
 use std::sync::Arc;
@@ -19,7 +21,8 @@ use axum::response::Response;
 struct Upstream {
     base: String,
     http: reqwest::Client,
-    writes: tokio::sync::Mutex<()>,
+    /// One lock per object (the request's path: bucket and key), taken by conditional writes.
+    writes: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Hop-by-hop and framing headers, which each side sets for itself.
@@ -37,10 +40,16 @@ async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {
     };
     let conditional = matches!(parts.method, Method::PUT | Method::POST)
         && (parts.headers.contains_key("if-match") || parts.headers.contains_key("if-none-match"));
-    let _one_at_a_time = if conditional {
-        Some(up.writes.lock().await)
-    } else {
-        None
+    let object_lock = conditional.then(|| {
+        let mut locks = up.writes.lock().unwrap_or_else(|p| p.into_inner());
+        locks
+            .entry(parts.uri.path().to_string())
+            .or_default()
+            .clone()
+    });
+    let _one_at_a_time = match &object_lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = up
@@ -85,7 +94,7 @@ pub async fn start(upstream: &str) -> String {
             .pool_max_idle_per_host(64)
             .build()
             .expect("an HTTP client"),
-        writes: tokio::sync::Mutex::new(()),
+        writes: Default::default(),
     });
     let app = axum::Router::new()
         .fallback(forward)

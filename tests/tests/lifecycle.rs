@@ -903,7 +903,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         // Not for collect: its visibility timeout (5400 s) outlasts its function timeout (900 s),
         // so a copy of a collect job only comes after the first one finished or died. (Two copies
         // copying at once would each publish; the first final record stands, but if that one is a
-        // failure the other's object is not in the manifest: see the README's limits.)
+        // failure the other's object is not in the manifest: see docs/architecture.md, the limits of
+        // one message acting for a run.)
         let second = rng.chance(concurrency).then(|| {
             if rng.chance(0.5) && !q.ends_with("/collect") {
                 pick

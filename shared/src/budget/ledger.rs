@@ -176,7 +176,7 @@ pub(super) fn settle_stamp(
     }
 }
 
-/// One update of the budget, as data: a process's updates queue on its [`Lane`] and go out
+/// One update of the budget, as data: a process's updates queue on its [`Lane`](super::Lane) and go out
 /// together, each applied in turn to the budget one write stores.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {

@@ -10,8 +10,8 @@
 //! between grant and arrival can squeeze more calls into Defender's window than the budget allows.
 //! Use [`submission_call`] and [`get_call`], which settle the stamp whatever the call returns.
 //!
-//! [`ledger`] holds the stored budget and the updates to it as pure functions; this module applies
-//! them with compare-and-swap; [`lane`] batches one process's updates into one write.
+//! `ledger` holds the stored budget and the updates to it as pure functions; this module applies
+//! them with compare-and-swap; [`Lane`] batches one process's updates into one write.
 
 use std::future::Future;
 use std::time::Duration;

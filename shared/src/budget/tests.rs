@@ -276,7 +276,8 @@ impl ObjectStore for Gated {
         while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.put(key, body, c).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -6,7 +6,7 @@
 //! Separate from the playbooks (which only name files) and from the Defender client (which only
 //! calls the API) because it decides, with its own rules: what a playbook may name
 //! ([`LibraryFileSpec`]), what the bundle holds ([`bundle`]), what the tenant lists ([`listing`]),
-//! what to do about each file ([`verdict`]), and when to look and upload, paced and cached
+//! what to do about each file ([`mod@verdict`]), and when to look and upload, paced and cached
 //! ([`keeper`]), and what the library held once the action ended ([`recheck`]). A bundled file is kept under a versioned name ([`versioned_name`]), so that what a
 //! run's manifest names is what the device runs.
 

@@ -400,7 +400,8 @@ async fn signing_key(
     Ok(meta.arn().unwrap_or(meta.key_id()).to_string())
 }
 
-/// The bus completion events go to, with the README's example rule: every event to a queue.
+/// The bus completion events go to, with the example rule of
+/// docs/deployment.md#5-route-the-completion-events: every event to a queue.
 async fn event_bus(
     sdk: &aws_config::SdkConfig,
     sqs: &aws_sdk_sqs::Client,

@@ -3,7 +3,7 @@
 //! each. Fetch streams, so the two peaks should be about the same. Needs moto (LR_MOTO_ENDPOINT).
 //! Prints numbers only; nothing here asserts on time.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/lrctl/common.rs"]
 mod common;
 
 use std::process::{Command, Stdio};

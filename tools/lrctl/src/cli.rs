@@ -50,7 +50,7 @@ pub enum Command {
     /// The scripts and files the playbooks use, in Defender's live response library: `status`
     /// compares, `sync` uploads what the pipeline manages (needs Library.Manage).
     ///
-    /// Every library file the playbook file declares ([[library_files]]) is compared, by SHA-256,
+    /// Every library file the playbook file declares (`[[library_files]]`) is compared, by SHA-256,
     /// with the tenant's library, and judged by the same rules submit applies before a run: a file
     /// the playbooks ship is kept under a versioned name (triage.ps1 as triage-<first 12 hex of
     /// its SHA-256>.ps1), uploaded when missing and replaced when the copy under that name is a

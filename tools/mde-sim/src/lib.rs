@@ -1,7 +1,7 @@
 //! A simulator of the Microsoft Defender for Endpoint live response API, for tests, demos and
 //! benchmarks: a real HTTP server (`SimServer`) with Defender's login, API and blob hosts on one
-//! listener. What it imitates and how to run it: the repository's README.md, section "The
-//! Defender simulator"; the config format: `tools/mde-sim/fleet.example.toml`.
+//! listener. What it imitates and how to run it: docs/testing.md#the-defender-simulator; the
+//! config format: `tools/mde-sim/fleet.example.toml`.
 //!
 //! - `config`: devices, script behaviour, the seeded library, API clients, limits and faults (TOML)
 //! - `action`: what a submission plans, and its status at any simulated time

@@ -208,7 +208,7 @@ pub fn quote_literal(v: &str) -> String {
 
 /// Renders one template for an alert's checked values: `Ok(None)` when an optional placeholder has
 /// no value (the command is left out). A path that goes into a script argument must pass
-/// [`check_path_argument`].
+/// [`check_path_argument`](crate::alerts::kinds::check_path_argument).
 pub(crate) fn fill(
     playbook: &str,
     template: &str,

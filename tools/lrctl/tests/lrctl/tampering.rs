@@ -8,9 +8,7 @@
 //! usage error (exit 2). Each scenario records a defect instead of panicking at once, so one run
 //! shows them all.
 
-mod common;
-
-use common::{FILE, fleet, lrctl, said, seed_run, settings};
+use crate::common::{self, FILE, fleet, lrctl, said, seed_run, settings};
 use shared::custody::signature::ManifestSignature;
 use shared::ids::RunId;
 use testkit::sim::machine;

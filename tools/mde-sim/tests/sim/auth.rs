@@ -1,12 +1,10 @@
 //! The simulator's login and bearer: the token endpoint's client credentials check, and the valid,
 //! unexpired bearer every API call needs.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mde_sim::Client;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -1,12 +1,10 @@
 //! The simulator's injected faults: 429s with and without Retry-After, 500 and 503, seeded
 //! repeatability, early 404s, cut downloads and early link expiry.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mde_sim::{EndpointFaults, Faults};
 use reqwest::StatusCode;
 use serde_json::json;

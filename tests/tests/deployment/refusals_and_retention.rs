@@ -3,9 +3,7 @@
 //! dead-letter reason, a file name must not stop an unwanted-software alert, and the Object Lock
 //! mode pin must cover PutObjectRetention as well as PutObject.
 
-#[path = "iam/policy.rs"]
-#[allow(dead_code)]
-mod policy;
+use crate::policy;
 
 use serde_json::json;
 use shared::alerts::parse;
@@ -13,8 +11,8 @@ use shared::alerts::playbook::Playbooks;
 use shared::defender::CommandType;
 use testkit::alerts::defender_file_alert;
 
-/// README (Threat model): "a Defender alert goes on without the refused value ..., so a file's
-/// name can at most cost the collection of that file". For the bundled `file-details` playbook
+/// docs/security.md (What an alert can make the pipeline do): "a Defender alert goes on without
+/// the refused value ..., so a file's name can at most cost the commands that need it". For the bundled `file-details` playbook
 /// (UnwantedSoftware, Low) the path goes into args, where an apostrophe, `&`, `$`, brackets or any
 /// non-ASCII letter is refused; dropping `file_path` leaves no playbook that matches, so the whole
 /// alert is dead-lettered (`no_playbook`) and nothing runs. An attacker evades the only playbook for

@@ -1,14 +1,12 @@
 //! The simulator's result links and blob host: which commands get a link, the documented content,
 //! Range requests, expiry and altered links.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
-
-mod common;
 
 use std::io::Read;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

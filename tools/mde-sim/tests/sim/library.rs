@@ -2,12 +2,10 @@
 //! against it (only what the library holds at submission runs; a transcript names the version that
 //! ran), the seeded library, and the API's size limit.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -257,7 +257,7 @@ pub fn put_file(name: &str) -> Value {
     json!({"type": "PutFile", "params": [{"key": "FileName", "value": name}]})
 }
 
-/// The documented content formula (README.md, "The Defender simulator"), written out again here so
+/// The documented content formula (docs/testing.md, "The Defender simulator"), written out again here so
 /// the test does not trust the simulator's code.
 pub fn expected_file(machine_id: &str, path: &str, size: u64) -> Vec<u8> {
     let d = Sha256::digest(format!(

@@ -170,7 +170,7 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
         ..intake_config()
     };
     let playbooks = Playbooks::bundled().unwrap();
-    let cases: Vec<Case> = include_str!("../corpus/unfetchable-files.jsonl")
+    let cases: Vec<Case> = include_str!("../../corpus/unfetchable-files.jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).expect("corpus line"))
         .collect();

@@ -2,12 +2,10 @@
 //! minute and per hour to each rate-limited API (status, result link, cancel, library), and 429
 //! with or without Retry-After.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

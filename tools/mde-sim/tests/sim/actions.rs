@@ -2,12 +2,10 @@
 //! progress, final), command failures and timeouts, offline devices, cancel, one session per
 //! device, list filters and paging.
 //!
-//! The behaviour asserted here is Defender's as summarised in the repository's README.md, section
+//! The behaviour asserted here is Defender's as summarised in docs/testing.md, section
 //! "The Defender simulator".
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

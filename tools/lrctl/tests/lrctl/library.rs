@@ -6,11 +6,9 @@
 //! pipeline's and changes nothing; an external file that is missing is refused; a dry run changes
 //! nothing; 429s are waited out.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{lrctl, said, settings_with, sha256_hex, stdout};
+use crate::common::{lrctl, said, settings_with, sha256_hex, stdout};
 use mde_sim::{EndpointFaults, Faults, LibrarySeed, SimConfig, SimServer};
 use shared::alerts::playbook::Playbooks;
 use shared::defender::{DefenderClient, LibraryFile, StaticCredentials};

@@ -4,9 +4,7 @@
 //! whose latest version is a delete marker is a problem naming it; a checkpoint the pipeline itself
 //! deleted is not.
 
-mod common;
-
-use common::{FILE, fleet, lrctl, said, settings};
+use crate::common::{FILE, fleet, lrctl, said, settings};
 use testkit::sim::machine;
 use testkit::stack::Stack;
 

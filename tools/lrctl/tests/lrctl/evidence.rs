@@ -2,9 +2,7 @@
 //! run with KMS and with the exported public key and names the object of each tampering; `runs`,
 //! `show` and `fetch` read what the pipeline wrote.
 
-mod common;
-
-use common::{FILE, fleet, lrctl, said, seed_run, settings, sha256_hex, stdout};
+use crate::common::{self, FILE, fleet, lrctl, said, seed_run, settings, sha256_hex, stdout};
 use shared::custody::signature::ManifestSignature;
 use shared::ids::RunId;
 use testkit::sim::machine;

@@ -2,11 +2,9 @@
 //! becomes a run; `dlq` lists a refused message without consuming it; `dlq --redrive` moves it
 //! back to the alerts queue, where intake refuses it again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{FILE, fleet, lrctl, said, settings, stdout};
+use crate::common::{FILE, fleet, lrctl, said, settings, stdout};
 use testkit::alerts::run_id;
 use testkit::sim::machine;
 use testkit::stack::{Stack, file_alert};

@@ -326,3 +326,68 @@ fn regex_lite_glob(pattern: &str) -> impl Fn(&str) -> bool + '_ {
     }
     move |s: &str| matches(pattern.as_bytes(), s.as_bytes())
 }
+
+/// The variables `docs/configuration.md` lists: the first column of its table, in backticks.
+fn documented_variables() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let page = std::fs::read_to_string(path).unwrap();
+    page.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_string())
+        .filter(|name| {
+            name.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect()
+}
+
+/// Docs that cannot drift: every environment variable a function's code reads (its configuration
+/// with every variable unset and with every variable the template sets, and the logging set-up)
+/// has a row in `docs/configuration.md`, and the page lists no variable the code never reads.
+#[test]
+fn every_variable_the_code_reads_is_documented_and_nothing_else() {
+    let t = template();
+    let params = &t["Parameters"];
+    let mut read = BTreeSet::new();
+    for (_, r) in functions(&t) {
+        let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        let values: BTreeMap<String, String> = r["Properties"]["Environment"]["Variables"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| {
+                let k = k.as_str().unwrap().to_string();
+                let v = sample(&k, params);
+                (k, v)
+            })
+            .collect();
+        for values in [values, BTreeMap::new()] {
+            let env = RecordingEnv {
+                values,
+                asked: Mutex::new(BTreeSet::new()),
+            };
+            // Without its variables a configuration stops at the first one required: only the
+            // names asked until then count, which the full run asks too.
+            let _ = check_config(binary, &env);
+            read.extend(env.asked.into_inner().unwrap());
+        }
+    }
+    let logging = RecordingEnv {
+        values: BTreeMap::new(),
+        asked: Mutex::new(BTreeSet::new()),
+    };
+    shared::logging::settings(&logging);
+    read.extend(logging.asked.into_inner().unwrap());
+    let documented = documented_variables();
+    let undocumented: Vec<_> = read.difference(&documented).collect();
+    let unread: Vec<_> = documented.difference(&read).collect();
+    assert!(
+        undocumented.is_empty(),
+        "read by the code but not in docs/configuration.md: {undocumented:?}"
+    );
+    assert!(
+        unread.is_empty(),
+        "in docs/configuration.md but read by no function: {unread:?}"
+    );
+}

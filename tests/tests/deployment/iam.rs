@@ -10,15 +10,15 @@
 //!   simulator: alert to manifest. That moto also answers 403 for a missing key the caller may not
 //!   list, as S3 does, so the stages meet the same answers as on AWS.
 
-mod policy;
-
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::policy::{
+    self, ACCOUNT, QUEUES, REGION, SECRET, queue_arn, resource_policies, role_arn,
+};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use policy::{ACCOUNT, QUEUES, REGION, SECRET, queue_arn, resource_policies, role_arn};
 use serde_json::{Value, json};
 use shared::adapters::s3::S3Store;
 use shared::defender::CommandType;
@@ -500,7 +500,7 @@ fn with_object_lock_only_what_writes_evidence_may_set_its_retention() {
 
 #[test]
 fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
-    use policy::Decision::{Deny, Silent};
+    use crate::policy::Decision::{Deny, Silent};
     let k = Keys::new();
     let collect = role_arn("CollectRole");
     let put = |policy: &Value, key: &str, headers: &[(&str, &str)]| {
@@ -600,7 +600,7 @@ fn the_bucket_policy_keeps_manifests_write_once_and_evidence_retained() {
 /// signatures from the sealing roles; state stays theirs to rewrite.
 #[test]
 fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() {
-    use policy::Decision::{Deny, Silent};
+    use crate::policy::Decision::{Deny, Silent};
     let k = Keys::new();
     let policies = resource_policies(json!({"EnableObjectLock": "true"}));
     let bucket = &policies["EvidenceBucketPolicy"];
@@ -687,7 +687,7 @@ fn planted_evidence_is_refused_by_the_bucket_policy_for_every_other_principal() 
 /// message in its DLQ; SQS's own moves (no principal) still land.
 #[test]
 fn a_planted_dead_letter_is_refused_by_the_queue_policy() {
-    use policy::Decision::{Deny, Silent};
+    use crate::policy::Decision::{Deny, Silent};
     let policies = resource_policies(json!({}));
     for (dlq, role) in [
         ("AlertsDeadLetterQueue", "IntakeRole"),
@@ -741,7 +741,7 @@ fn poll_on_its_own_credential_cannot_read_the_one_that_starts_live_responses() {
 
 #[test]
 fn only_the_named_senders_may_put_alerts_on_the_queue() {
-    use policy::Decision::{Allow, Deny};
+    use crate::policy::Decision::{Allow, Deny};
     let forwarder = "arn:aws:iam::123456789012:role/alert-forwarder";
     let topic = "arn:aws:sns:us-east-1:123456789012:defender-alerts";
     let rule = "arn:aws:events:us-east-1:123456789012:rule/defender-alerts";
