@@ -4,6 +4,7 @@
 //! Lambda binary's whole `main`; the local runner calls [`Function::build`] and [`handle`] too, so
 //! the four functions are wired in one place.
 
+use crate::stages::Ports;
 use std::future::Future;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -388,12 +389,8 @@ impl Function for Submit {
         };
         stages::submit::handle(
             &self.cfg,
-            &c.store,
-            &c.queue,
-            &c.defender,
+            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
             library,
-            c.notary(),
-            &SystemClock,
             &msg,
         )
         .await
@@ -432,12 +429,8 @@ impl Function for Poll {
         let c = &self.clients;
         stages::poll::handle(
             &self.cfg,
-            &c.store,
-            &c.queue,
+            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
             &c.defender,
-            &c.defender,
-            c.notary(),
-            &SystemClock,
             &msg,
         )
         .await
@@ -478,12 +471,8 @@ impl Function for Collect {
         let c = &self.clients;
         stages::collect::handle(
             &self.cfg,
-            &c.store,
-            &c.queue,
-            &c.defender,
+            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
             &self.fetch,
-            c.notary(),
-            &SystemClock,
             &msg,
         )
         .await

@@ -13,6 +13,7 @@
 //! The collect child is this program again (`--collect-child`), so that its peak RSS is collect's
 //! alone, not the simulator's or this driver's.
 
+use shared::stages::Ports;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -116,12 +117,14 @@ async fn collect_child() {
     let job: CollectJob = serde_json::from_str(&env("LR_BENCH_JOB")).unwrap();
     let done = shared::stages::collect::handle(
         &cfg,
-        &store,
-        &MemQueue::default(),
-        &defender,
+        Ports::new(
+            &store,
+            &MemQueue::default(),
+            &defender,
+            testkit::notary::notary(),
+            &shared::clock::SystemClock,
+        ),
         &fetch,
-        testkit::notary::notary(),
-        &shared::clock::SystemClock,
         &Delivery::new(format!("bench-{}", job.index), encode(&job)),
     )
     .await

@@ -29,6 +29,7 @@
 //!
 //! `cargo bench -p testkit --bench polling` (run by `./dev bench`; needs no network).
 
+use shared::stages::Ports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -301,12 +302,8 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
             "submit" => {
                 shared::stages::submit::handle(
                     submit_cfg,
-                    &store,
-                    &queue,
-                    &defender,
+                    Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
                     testkit::library::sync_off(),
-                    testkit::notary::notary(),
-                    &clock,
                     &msg,
                 )
                 .await
@@ -314,12 +311,8 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
             "poll" => {
                 let done = shared::stages::poll::handle(
                     poll_cfg,
-                    &store,
-                    &queue,
-                    &defender,
+                    Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
                     testkit::library::empty(),
-                    testkit::notary::notary(),
-                    &clock,
                     &msg,
                 )
                 .await;

@@ -16,6 +16,7 @@
 //!
 //! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
 
+use shared::stages::Ports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -862,19 +863,17 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         "submit" => {
                             shared::stages::submit::handle(
                                 &submit_cfg,
-                                &kstore,
-                                &kqueue,
-                                &defender,
+                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
                                 library_sync,
-                                notary,
-                                &clock,
                                 $msg,
                             )
                             .await
                         }
                         "poll" => {
                             shared::stages::poll::handle(
-                                &poll_cfg, &kstore, &kqueue, &defender, &library, notary, &clock,
+                                &poll_cfg,
+                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
+                                &library,
                                 $msg,
                             )
                             .await
@@ -882,12 +881,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         "collect" => {
                             shared::stages::collect::handle(
                                 &collect_cfg,
-                                &kstore,
-                                &kqueue,
-                                &defender,
+                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
                                 &fetch,
-                                notary,
-                                &clock,
                                 $msg,
                             )
                             .await
@@ -1334,12 +1329,8 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
         let msg = Delivery::new("c-1", serde_json::to_string(&job).unwrap());
         let done = shared::stages::collect::handle(
             &collect_cfg,
-            &store,
-            &queue,
-            &defender,
+            Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
             &fetch,
-            testkit::notary::notary(),
-            &clock,
             &msg,
         )
         .await
@@ -1395,12 +1386,8 @@ async fn an_unreadable_run_record_is_refused_with_its_reason() {
         let cfg = SubmitConfig::from_env(&env(&[])).unwrap();
         let out = shared::stages::submit::handle(
             &cfg,
-            &store,
-            &queue,
-            &defender,
+            Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
             testkit::library::sync_off(),
-            testkit::notary::notary(),
-            &clock,
             &msg,
         )
         .await;

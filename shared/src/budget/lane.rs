@@ -116,6 +116,6 @@ impl Lane {
     fn take(&self, id: u64) -> Option<Outcome> {
         let mut q = self.queue();
         let at = q.answered.iter().position(|(i, _)| *i == id)?;
-        Some(q.answered.swap_remove(at).1)
+        Some(q.answered.remove(at).1)
     }
 }

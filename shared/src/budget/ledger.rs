@@ -25,6 +25,14 @@ pub(super) enum Stamp {
 }
 
 impl Stamp {
+    /// The slot of a stamp still open.
+    pub(super) fn slot(self) -> Option<u64> {
+        match self {
+            Stamp::Open { slot, .. } => Some(slot),
+            Stamp::Settled(_) => None,
+        }
+    }
+
     /// The latest time Defender can have counted (or will count) this call.
     pub(super) fn latest(self, call_limit_ms: i64) -> i64 {
         match self {
@@ -218,6 +226,16 @@ impl Op {
         now: i64,
     ) -> (Answer, bool) {
         match self {
+            // A grant applied twice (its write stored, then carried again by the next writer
+            // after the first was cancelled) holds one stamp, not two.
+            Op::Submission { slot, .. } | Op::Get { slot }
+                if b.submissions
+                    .iter()
+                    .chain(&b.gets)
+                    .any(|s| s.slot() == Some(*slot)) =>
+            {
+                (Answer::Slot(None), false)
+            }
             Op::Submission { run, slot } => {
                 if let Some(wait) = window_wait(
                     &b.submissions,

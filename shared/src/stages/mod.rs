@@ -25,6 +25,49 @@ use crate::store::{
 };
 use finish::finish_run_if_complete;
 
+/// What a stage's handler works with beside its configuration and the message: the ports and the
+/// clock, one value instead of five parameters on every handler and step. The functions build it
+/// from the clients they made once per process; tests from in-memory adapters.
+pub struct Ports<'a, S, Q, D> {
+    /// Records and evidence.
+    pub store: &'a S,
+    /// The stages' queues (the next job, a retry, a dead letter).
+    pub queue: &'a Q,
+    /// Defender's API.
+    pub defender: &'a D,
+    /// The signer of manifests and the bus of completion events.
+    pub notary: Notary<'a>,
+    /// The time.
+    pub clock: &'a dyn Clock,
+}
+
+impl<'a, S, Q, D> Ports<'a, S, Q, D> {
+    /// The ports, in the order the handlers used to take them.
+    pub fn new(
+        store: &'a S,
+        queue: &'a Q,
+        defender: &'a D,
+        notary: Notary<'a>,
+        clock: &'a dyn Clock,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            defender,
+            notary,
+            clock,
+        }
+    }
+}
+
+impl<S, Q, D> Clone for Ports<'_, S, Q, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S, Q, D> Copy for Ports<'_, S, Q, D> {}
+
 /// What one message's handling works with: its stage's settings, the ports, the message and its
 /// job. Each stage adds its own steps (`again`, `pace`, ...) in an `impl` for its settings and job.
 pub(crate) struct Step<'a, C, J, S, Q> {

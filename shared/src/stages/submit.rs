@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::settings::SubmitConfig;
-use super::{BEFORE_SUBMISSION, Done, Ending, StageError, Step, end_run, hand_off};
+use super::{BEFORE_SUBMISSION, Done, Ending, Ports, StageError, Step, end_run, hand_off};
 use crate::budget::{self, Paced};
 use crate::clock::Clock;
 use crate::codes::Outcome;
@@ -14,9 +14,9 @@ use crate::defender::{
     ActionFilter, ActionStatus, DefenderError, LiveResponseRequest, MachineAction, Next,
 };
 use crate::ids::RunId;
-use crate::library::{self, Ensured, LibrarySync};
+use crate::library::{self, Ensured, LibrarySync, LibraryUse};
 use crate::messages::{Delivery, MESSAGE_VERSION, PollJob, SubmitJob};
-use crate::ports::{Defender, Notary, ObjectStore, Queue, StoreError};
+use crate::ports::{Defender, ObjectStore, Queue, StoreError};
 use crate::store::chain::CHAIN_TTL;
 use crate::store::{
     CommandOutcome, RunOutcome, RunRecord, RunState, load_run, run_key, update_run,
@@ -28,32 +28,29 @@ pub const MAX_ATTEMPTS: u32 = 20;
 /// Handles one submit job: submits the run's live response within the budget, or puts the job
 /// back with a delay (throttled, device busy, paced), or ends the run (refused, deadline, too
 /// many attempts). On success the run's chain is handed to its first poll job.
-#[allow(clippy::too_many_arguments)] // reason: a stage takes its ports one by one, as poll and collect do
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     library: LibrarySync<'_>,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
-    let done = handle_message(cfg, store, queue, defender, library, notary, clock, msg).await;
-    super::settle(store, notary, &cfg.budget, clock, done).await
+    let done = handle_message(cfg, ports, library, msg).await;
+    super::settle(ports.store, ports.notary, &cfg.budget, ports.clock, done).await
 }
 
-#[allow(clippy::too_many_arguments)] // reason: as `handle`
 async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &SubmitConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     library: LibrarySync<'_>,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let Ports {
+        store,
+        queue,
+        defender,
+        notary,
+        clock,
+    } = ports;
     let now = clock.now();
     let me = msg.id.as_str();
     let acts = |_: &SubmitJob, r: &RunRecord| match r.state {
@@ -80,7 +77,226 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
 
     // An earlier attempt may have reached Defender before its answer was lost: look first, and
     // before the deadline check, so that a live action is never left uncollected.
-    if run.state == RunState::Submitting {
+    if run.state == RunState::Submitting
+        && let Some(done) = step.recover_earlier_submission(defender, &run).await?
+    {
+        return Ok(done);
+    }
+    if now >= run.deadline {
+        return step.never_submitted(&run).await;
+    }
+
+    let used = match step.library_versions(library, &run).await? {
+        Ok(used) => used,
+        Err(done) => return Ok(done),
+    };
+
+    if clock.now() >= run.deadline && run.state == RunState::Received {
+        // The sync took the rest of the run's time (nothing can have been posted yet).
+        return step.never_submitted(&run).await;
+    }
+
+    step.post(defender, &run, used).await
+}
+
+impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
+    /// The library versions the run's commands name, ready in Defender's library: kept from an
+    /// earlier POST of this run, or ensured now. `Err` when this message is done (paced, retried
+    /// later, or the run ended because a file cannot be had).
+    async fn library_versions(
+        &self,
+        library: LibrarySync<'_>,
+        run: &RunRecord,
+    ) -> Result<Result<Vec<LibraryUse>, Done>, StageError> {
+        // Every script and file the commands name must be in the library as the playbook ships it:
+        // a run that cannot have one ends here, with the reason, rather than on the device.
+        // A run already posted once keeps the versions it was posted with (recorded with its
+        // commands as sent): a retry across a deployment must not name other bytes than an earlier
+        // POST that may have reached Defender.
+        let pinned = run.state == RunState::Submitting && !run.library.is_empty();
+        if !pinned
+            && let Some(reason) = library
+                .keeper
+                .rendered_elsewhere(run.playbook_file_sha256.as_deref())
+        {
+            let e = crate::defender::DefenderError::Transient { reason };
+            return self
+                .retry_later(run, &e, "checking the playbook file")
+                .await
+                .map(Err);
+        }
+        let names = library::names_used(&run.commands);
+        Ok(Ok(if pinned {
+            run.library.clone()
+        } else {
+            match library
+                .ensure(self.store, &self.cfg.budget, self.clock, &names)
+                .await?
+            {
+                Ensured::Ready(used) => used,
+                Ensured::Wait(wait) => return self.pace(wait).await.map(Err),
+                Ensured::Retry(e) => {
+                    return self
+                        .retry_later(run, &e, "keeping the live response library in step")
+                        .await
+                        .map(Err);
+                }
+                Ensured::Refused(reason) => {
+                    self.end(RunOutcome::Failed, &reason, CommandOutcome::NotRun)
+                        .await?;
+                    return Ok(Err(Done::new(&run.run_id, Outcome::LibraryRefused, reason)));
+                }
+            }
+        }))
+    }
+
+    /// Ends a run whose deadline passed before Defender accepted it.
+    async fn never_submitted(&self, run: &RunRecord) -> Result<Done, StageError> {
+        self.end(
+            RunOutcome::TimedOut,
+            "the deadline passed before Defender accepted the live response",
+            CommandOutcome::NotRun,
+        )
+        .await?;
+        Ok(Done::new(&run.run_id, Outcome::Deadline, "never submitted"))
+    }
+
+    /// Posts the live response within the submission rate and session cap: the run is recorded as
+    /// submitting (with the library versions and commands as sent) before the POST, and the
+    /// answer decides what follows (poll, a retry later, or the run's end).
+    async fn post<D: Defender>(
+        &self,
+        defender: &D,
+        run: &RunRecord,
+        used: Vec<LibraryUse>,
+    ) -> Result<Done, StageError> {
+        let me = self.msg.id.as_str();
+        // Keep within the tenant's submission rate and session cap before asking Defender. Bundled
+        // library files go under their versioned names: the bytes the manifest names are the ones run.
+        let sent = library::sent_commands(&run.commands, &used);
+        let request = LiveResponseRequest {
+            commands: sent.clone(),
+            comment: run.comment.clone(),
+        };
+        // The write before the POST checks that this message still holds a run that is not yet
+        // submitted: a concurrent copy of the message (SQS can hand one message to two consumers) that
+        // lost the race neither rewinds the run nor posts.
+        let first_post = std::sync::atomic::AtomicBool::new(false);
+        let answer = budget::submission_call(
+            self.store,
+            &self.cfg.budget,
+            self.clock,
+            &run.run_id,
+            || async {
+                let mut mine = false;
+                let stored = update_run(self.store, &run.run_id, |r| {
+                    let holds = r.chain.held_by(me);
+                    mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
+                    if !mine {
+                        return false;
+                    }
+                    first_post.store(r.submit_attempts == 0, std::sync::atomic::Ordering::SeqCst);
+                    r.state = RunState::Submitting;
+                    // What is posted is the record: the versions and the commands as sent.
+                    r.library = used.clone();
+                    r.commands = sent.clone();
+                    r.submit_attempts += 1;
+                    true
+                })
+                .await?;
+                if !mine {
+                    // The grant may have taken a session for a run whose action already ended: give it
+                    // back (a submitted run's live action keeps its session).
+                    if !matches!(
+                        stored.state,
+                        RunState::Received | RunState::Submitting | RunState::Submitted
+                    ) {
+                        budget::release_session(
+                            self.store,
+                            &self.cfg.budget,
+                            self.clock,
+                            &run.run_id,
+                        )
+                        .await?;
+                    }
+                    return Ok::<_, StoreError>(None);
+                }
+                Ok(Some(
+                    defender.run_live_response(&run.machine_id, &request).await,
+                ))
+            },
+        )
+        .await?;
+        let answer = match answer {
+            Paced::Wait(wait) => {
+                let freed =
+                    reconcile_sessions(self.store, defender, &self.cfg.budget, self.clock).await?;
+                if freed > 0 {
+                    tracing::warn!(run_id = %run.run_id, freed, "gave back sessions held by runs that no longer need them");
+                }
+                return self.pace(wait).await;
+            }
+            Paced::Ran(answer) => match answer? {
+                Some(answer) => answer,
+                None => {
+                    return Ok(Done::new(
+                        &run.run_id,
+                        Outcome::Duplicate,
+                        "another copy of this message moved the run on",
+                    ));
+                }
+            },
+        };
+        let first_post = first_post.load(std::sync::atomic::Ordering::SeqCst);
+        match answer {
+            Ok(action) => {
+                self.submitted(run, &action).await?;
+                Ok(Done::new(
+                    &run.run_id,
+                    Outcome::Submitted,
+                    format!("action {}", action.id),
+                ))
+            }
+            Err(e @ DefenderError::InvalidResponse(_)) => {
+                // A 2xx whose body could not be read: the action exists. The next attempt finds it by
+                // its comment; nothing is submitted again before that lookup.
+                self.retry_later(run, &e, "reading Defender's answer").await
+            }
+            Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
+                // Refused outright (throttled, device busy): this POST took no session. Give the
+                // session back only if no earlier POST of this run can have reached Defender: a
+                // session that a live action holds is never released.
+                let refused = first_post
+                    && matches!(
+                        e,
+                        DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
+                    );
+                if refused {
+                    budget::release_session(self.store, &self.cfg.budget, self.clock, &run.run_id)
+                        .await?;
+                }
+                self.retry_later(run, &e, "submitting").await
+            }
+            Err(e) => {
+                self.end(
+                    RunOutcome::Failed,
+                    &format!("Defender refused the live response: {e}"),
+                    CommandOutcome::NotRun,
+                )
+                .await?;
+                Ok(Done::new(&run.run_id, Outcome::Refused, e.to_string()))
+            }
+        }
+    }
+
+    /// An earlier attempt may have reached Defender before its answer was lost: Defender's live
+    /// actions on the device since the run was recorded, searched for the run's comment tag.
+    /// `Some` when this message is done (the action was found, or the look was paced or failed).
+    async fn recover_earlier_submission<D: Defender>(
+        &self,
+        defender: &D,
+        run: &RunRecord,
+    ) -> Result<Option<Done>, StageError> {
         // Only actions since the run was recorded (less a margin for clocks): an earlier
         // submission of this run cannot be older, and a device's long history cannot push it
         // out of the page.
@@ -90,12 +306,12 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
             created_since: Some(run.created_at - time::Duration::minutes(10)),
             ..ActionFilter::default()
         };
-        let listed = match budget::get_call(store, &cfg.budget, clock, || {
+        let listed = match budget::get_call(self.store, &self.cfg.budget, self.clock, || {
             defender.list_machine_actions(&filter)
         })
         .await?
         {
-            Paced::Wait(wait) => return step.pace(wait).await,
+            Paced::Wait(wait) => return self.pace(wait).await.map(Some),
             Paced::Ran(listed) => listed,
         };
         match listed {
@@ -108,184 +324,24 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
                         .and_then(|c| c.split_whitespace().next())
                         == Some(tag.as_str())
                 }) {
-                    step.submitted(&run, &found).await?;
-                    return Ok(Done::new(
-                        &run_id,
+                    self.submitted(run, &found).await?;
+                    return Ok(Some(Done::new(
+                        &run.run_id,
                         Outcome::Recovered,
                         format!("found action {} from an earlier attempt", found.id),
-                    ));
+                    )));
                 }
             }
             Err(e) => {
-                return step
-                    .retry_later(&run, &e, "looking for an earlier submission")
-                    .await;
+                return self
+                    .retry_later(run, &e, "looking for an earlier submission")
+                    .await
+                    .map(Some);
             }
         }
-    }
-    if now >= run.deadline {
-        step.end(
-            RunOutcome::TimedOut,
-            "the deadline passed before Defender accepted the live response",
-            CommandOutcome::NotRun,
-        )
-        .await?;
-        return Ok(Done::new(&run_id, Outcome::Deadline, "never submitted"));
+        Ok(None)
     }
 
-    // Every script and file the commands name must be in the library as the playbook ships it:
-    // a run that cannot have one ends here, with the reason, rather than on the device.
-    // A run already posted once keeps the versions it was posted with (recorded with its
-    // commands as sent): a retry across a deployment must not name other bytes than an earlier
-    // POST that may have reached Defender.
-    let pinned = run.state == RunState::Submitting && !run.library.is_empty();
-    if !pinned
-        && let Some(reason) = library
-            .keeper
-            .rendered_elsewhere(run.playbook_file_sha256.as_deref())
-    {
-        let e = crate::defender::DefenderError::Transient { reason };
-        return step
-            .retry_later(&run, &e, "checking the playbook file")
-            .await;
-    }
-    let names = library::names_used(&run.commands);
-    let used = if pinned {
-        run.library.clone()
-    } else {
-        match library.ensure(store, &cfg.budget, clock, &names).await? {
-            Ensured::Ready(used) => used,
-            Ensured::Wait(wait) => return step.pace(wait).await,
-            Ensured::Retry(e) => {
-                return step
-                    .retry_later(&run, &e, "keeping the live response library in step")
-                    .await;
-            }
-            Ensured::Refused(reason) => {
-                step.end(RunOutcome::Failed, &reason, CommandOutcome::NotRun)
-                    .await?;
-                return Ok(Done::new(&run_id, Outcome::LibraryRefused, reason));
-            }
-        }
-    };
-
-    if clock.now() >= run.deadline && run.state == RunState::Received {
-        // The sync took the rest of the run's time (nothing can have been posted yet).
-        step.end(
-            RunOutcome::TimedOut,
-            "the deadline passed before Defender accepted the live response",
-            CommandOutcome::NotRun,
-        )
-        .await?;
-        return Ok(Done::new(&run_id, Outcome::Deadline, "never submitted"));
-    }
-
-    // Keep within the tenant's submission rate and session cap before asking Defender. Bundled
-    // library files go under their versioned names: the bytes the manifest names are the ones run.
-    let sent = library::sent_commands(&run.commands, &used);
-    let request = LiveResponseRequest {
-        commands: sent.clone(),
-        comment: run.comment.clone(),
-    };
-    // The write before the POST checks that this message still holds a run that is not yet
-    // submitted: a concurrent copy of the message (SQS can hand one message to two consumers) that
-    // lost the race neither rewinds the run nor posts.
-    let first_post = std::sync::atomic::AtomicBool::new(false);
-    let answer = budget::submission_call(store, &cfg.budget, clock, &run_id, || async {
-        let mut mine = false;
-        let stored = update_run(store, &run_id, |r| {
-            let holds = r.chain.held_by(me);
-            mine = holds && matches!(r.state, RunState::Received | RunState::Submitting);
-            if !mine {
-                return false;
-            }
-            first_post.store(r.submit_attempts == 0, std::sync::atomic::Ordering::SeqCst);
-            r.state = RunState::Submitting;
-            // What is posted is the record: the versions and the commands as sent.
-            r.library = used.clone();
-            r.commands = sent.clone();
-            r.submit_attempts += 1;
-            true
-        })
-        .await?;
-        if !mine {
-            // The grant may have taken a session for a run whose action already ended: give it
-            // back (a submitted run's live action keeps its session).
-            if !matches!(
-                stored.state,
-                RunState::Received | RunState::Submitting | RunState::Submitted
-            ) {
-                budget::release_session(store, &cfg.budget, clock, &run_id).await?;
-            }
-            return Ok::<_, StoreError>(None);
-        }
-        Ok(Some(
-            defender.run_live_response(&run.machine_id, &request).await,
-        ))
-    })
-    .await?;
-    let answer = match answer {
-        Paced::Wait(wait) => {
-            let freed = reconcile_sessions(store, defender, &cfg.budget, clock).await?;
-            if freed > 0 {
-                tracing::warn!(run_id = %run_id, freed, "gave back sessions held by runs that no longer need them");
-            }
-            return step.pace(wait).await;
-        }
-        Paced::Ran(answer) => match answer? {
-            Some(answer) => answer,
-            None => {
-                return Ok(Done::new(
-                    &run_id,
-                    Outcome::Duplicate,
-                    "another copy of this message moved the run on",
-                ));
-            }
-        },
-    };
-    let first_post = first_post.load(std::sync::atomic::Ordering::SeqCst);
-    match answer {
-        Ok(action) => {
-            step.submitted(&run, &action).await?;
-            Ok(Done::new(
-                &run_id,
-                Outcome::Submitted,
-                format!("action {}", action.id),
-            ))
-        }
-        Err(e @ DefenderError::InvalidResponse(_)) => {
-            // A 2xx whose body could not be read: the action exists. The next attempt finds it by
-            // its comment; nothing is submitted again before that lookup.
-            step.retry_later(&run, &e, "reading Defender's answer")
-                .await
-        }
-        Err(e) if matches!(e.next(), Next::RetryAfter(_)) => {
-            // Refused outright (throttled, device busy): this POST took no session. Give the
-            // session back only if no earlier POST of this run can have reached Defender: a
-            // session that a live action holds is never released.
-            let refused = first_post
-                && matches!(
-                    e,
-                    DefenderError::RateLimited { .. } | DefenderError::DeviceBusy { .. }
-                );
-            if refused {
-                budget::release_session(store, &cfg.budget, clock, &run_id).await?;
-            }
-            step.retry_later(&run, &e, "submitting").await
-        }
-        Err(e) => {
-            step.end(
-                RunOutcome::Failed,
-                &format!("Defender refused the live response: {e}"),
-                CommandOutcome::NotRun,
-            )
-            .await?;
-            Ok(Done::new(&run_id, Outcome::Refused, e.to_string()))
-        }
-    }
-}
-
-impl<S: ObjectStore, Q: Queue> Step<'_, SubmitConfig, SubmitJob, S, Q> {
     /// Ends the run before Defender accepted it (see [`end_run`]).
     async fn end(
         &self,

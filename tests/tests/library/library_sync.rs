@@ -6,6 +6,7 @@
 //! is paced by the tenant's GET budget; Defender's refusals say what to fix. And submit: a run whose
 //! file cannot be had ends before anything is posted, with the reason, its manifest written.
 
+use shared::stages::Ports;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -524,15 +525,17 @@ async fn submit_once(
     );
     shared::stages::submit::handle(
         &submit_config(),
-        store,
-        &MemQueue::default(),
-        defender,
+        Ports::new(
+            store,
+            &MemQueue::default(),
+            defender,
+            testkit::notary::notary(),
+            &ManualClock::at(OffsetDateTime::now_utc()),
+        ),
         LibrarySync {
             keeper,
             api: library,
         },
-        testkit::notary::notary(),
-        &ManualClock::at(OffsetDateTime::now_utc()),
         &msg,
     )
     .await
@@ -943,12 +946,14 @@ async fn poll_ended_run(alert: &str, library: &MemLibrary) -> Manifest {
     );
     let done = shared::stages::poll::handle(
         &cfg,
-        &store,
-        &MemQueue::default(),
-        &testkit::defender::Scripted::with(vec![ended_action(&record, &action)]),
+        Ports::new(
+            &store,
+            &MemQueue::default(),
+            &testkit::defender::Scripted::with(vec![ended_action(&record, &action)]),
+            testkit::notary::notary(),
+            &shared::clock::SystemClock,
+        ),
         library,
-        testkit::notary::notary(),
-        &shared::clock::SystemClock,
         &msg,
     )
     .await

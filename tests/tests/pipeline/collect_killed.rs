@@ -1,6 +1,7 @@
 //! A collect invocation killed mid-copy (its future dropped, as a timed-out or crashed Lambda)
 //! leaves no evidence object, right or wrong; the redelivered job copies the package whole.
 
+use shared::stages::Ports;
 use std::time::Duration;
 
 use shared::adapters::http::HttpFetch;
@@ -52,12 +53,14 @@ async fn a_collect_killed_mid_copy_leaves_nothing_half_written() {
     let collect = || {
         shared::stages::collect::handle(
             &cfg,
-            &store,
-            &queue,
-            &defender,
+            Ports::new(
+                &store,
+                &queue,
+                &defender,
+                testkit::notary::notary(),
+                &shared::clock::SystemClock,
+            ),
             &fetch,
-            testkit::notary::notary(),
-            &shared::clock::SystemClock,
             &job,
         )
     };

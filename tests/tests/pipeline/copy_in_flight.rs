@@ -11,6 +11,7 @@
 //! kept, pinned to its version, not uploaded twice under the key; an object someone else put under
 //! the key is not replaced, and the command fails naming it.
 
+use shared::stages::Ports;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -328,12 +329,14 @@ impl<'a> Rig<'a> {
         let msg = self.msg.lock().unwrap().clone();
         let done = shared::stages::collect::handle(
             &self.cfg,
-            self.store,
-            &self.queue,
-            &self.defender,
+            Ports::new(
+                self.store,
+                &self.queue,
+                &self.defender,
+                testkit::notary::notary(),
+                self.clock as &dyn Clock,
+            ),
             fetch,
-            testkit::notary::notary(),
-            self.clock as &dyn Clock,
             &msg,
         )
         .await;

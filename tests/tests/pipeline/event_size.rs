@@ -5,6 +5,7 @@
 //! (the manifest is written once). Now Defender's messages are cut to 512 bytes, and an event too
 //! large all the same is shortened (`RunFinished::detail`).
 
+use shared::stages::Ports;
 use std::sync::atomic::Ordering;
 
 use shared::adapters::memory::{MemEvents, MemQueue, MemSigner, MemStore};
@@ -100,12 +101,8 @@ async fn a_long_defender_error_still_makes_an_event_eventbridge_takes() {
     let clock = ManualClock::at(now);
     let done = shared::stages::submit::handle(
         &submit_config(),
-        &store,
-        &queue,
-        &defender,
+        Ports::new(&store, &queue, &defender, notary, &clock),
         testkit::library::sync_off(),
-        notary,
-        &clock,
         &msg,
     )
     .await;

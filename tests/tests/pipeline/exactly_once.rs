@@ -11,6 +11,7 @@ use shared::defender::{
 use shared::messages::Delivery;
 use shared::ports::Defender;
 use shared::retry::Backoff;
+use shared::stages::Ports;
 use shared::stages::settings::SubmitConfig;
 use shared::store::{RunState, load_run};
 use std::time::Duration;
@@ -107,12 +108,8 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
             let clock = shared::clock::SystemClock;
             shared::stages::submit::handle(
                 cfg,
-                store,
-                queue,
-                defender,
+                Ports::new(store, queue, defender, testkit::notary::notary(), &clock),
                 testkit::library::sync_off(),
-                testkit::notary::notary(),
-                &clock,
                 &job,
             )
             .await

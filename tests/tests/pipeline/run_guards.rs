@@ -2,6 +2,7 @@
 //! its reason (issue 10, defect 6), and a copy of a submit message that read its run before
 //! another copy's submission was recorded does not end the submitted run.
 
+use shared::stages::Ports;
 use std::sync::Arc;
 
 use shared::adapters::http::HttpFetch;
@@ -61,12 +62,8 @@ async fn a_collect_job_naming_another_action_is_refused_and_copies_nothing() {
         async move {
             shared::stages::collect::handle(
                 cfg,
-                store,
-                queue,
-                defender,
+                Ports::new(store, queue, defender, testkit::notary::notary(), clock),
                 fetch,
-                testkit::notary::notary(),
-                clock,
                 &msg,
             )
             .await
@@ -134,12 +131,8 @@ async fn a_poll_job_naming_another_action_is_refused() {
     let polled = calls(&sim);
     let result = shared::stages::poll::handle(
         &cfg,
-        &store,
-        &queue,
+        Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
         &defender,
-        &defender,
-        testkit::notary::notary(),
-        &clock,
         &job(&foreign),
     )
     .await;
@@ -155,12 +148,8 @@ async fn a_poll_job_naming_another_action_is_refused() {
     put_run(&store, &record).await;
     let result = shared::stages::poll::handle(
         &cfg,
-        &store,
-        &queue,
+        Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
         &defender,
-        &defender,
-        testkit::notary::notary(),
-        &clock,
         &job(&own),
     )
     .await;
@@ -260,12 +249,14 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
     );
     let done = shared::stages::submit::handle(
         &cfg,
-        &*store,
-        &queue,
-        &defender,
+        Ports::new(
+            &*store,
+            &queue,
+            &defender,
+            testkit::notary::notary(),
+            &shared::clock::SystemClock,
+        ),
         testkit::library::sync_off(),
-        testkit::notary::notary(),
-        &shared::clock::SystemClock,
         &msg,
     )
     .await
@@ -337,12 +328,8 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
     for _ in 0..20 {
         shared::stages::poll::handle(
             &cfg,
-            &store,
-            &queue,
-            &defender,
+            Ports::new(&store, &queue, &defender, testkit::notary::notary(), &clock),
             testkit::library::empty(),
-            testkit::notary::notary(),
-            &clock,
             &msg,
         )
         .await

@@ -8,6 +8,7 @@
 //! left to seal the run; now every stage settles an ended, unsealed run before reporting a message
 //! handled (`stages::settle`), so copy B keeps the message too.
 
+use shared::stages::Ports;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shared::adapters::memory::{MemEvents, MemQueue, MemSigner, MemStore, Sent};
@@ -148,23 +149,15 @@ async fn a_copy_that_finds_the_run_ended_keeps_the_message_until_the_run_is_seal
     );
     let b = shared::stages::poll::handle(
         &cfg,
-        &store,
-        &queue,
-        &defender,
+        Ports::new(&store, &queue, &defender, notary, &clock),
         testkit::library::empty(),
-        notary,
-        &clock,
         &msg,
     );
     let a = async {
         let r = shared::stages::poll::handle(
             &cfg,
-            &store,
-            &queue,
-            &defender,
+            Ports::new(&store, &queue, &defender, notary, &clock),
             testkit::library::empty(),
-            notary,
-            &clock,
             &msg,
         )
         .await;

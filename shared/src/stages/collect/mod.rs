@@ -17,6 +17,7 @@ pub use copy::STALL_GRACE;
 mod link;
 mod outcome;
 
+use super::Ports;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -26,7 +27,7 @@ use self::complete::complete;
 use self::copy::Source;
 use self::copy::copy;
 use self::link::check_link;
-use self::outcome::{CopyError, CopyResult};
+use self::outcome::{Copied, CopyError, CopyResult};
 
 pub use self::copy::PARTS_IN_FLIGHT;
 use super::finish::finish_run_if_complete;
@@ -34,11 +35,10 @@ use super::settings::CollectConfig;
 use super::{Claimed, claim, hand_off};
 use super::{Done, StageError, Step};
 use crate::budget::{self, Paced};
-use crate::clock::Clock;
 use crate::codes::{Metric, Outcome, RejectCode};
-use crate::defender::{CommandStatus, CommandType, Next};
+use crate::defender::{Command, CommandStatus, CommandType, DownloadLink, Next};
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION};
-use crate::ports::{Defender, Fetch, Notary, Queue, StoreError, Uploads};
+use crate::ports::{Defender, Fetch, Queue, StoreError, Uploads};
 use crate::store::keys::checkpoint_key;
 use crate::store::{
     Chain, CommandOutcome, CommandRecord, RECORD_VERSION, RunRecord, command_key, evidence_key,
@@ -48,32 +48,29 @@ use crate::store::{
 /// Handles one collect job: fetches the command's result link, copies the package into the
 /// evidence bucket (resuming from a checkpoint, or saving one when the time budget runs out)
 /// and records the command; the last command to land writes the manifest.
-#[allow(clippy::too_many_arguments)] // one per port: store, queue, Defender, downloads, notary, clock
 pub async fn handle<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     cfg: &CollectConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     fetch: &F,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
-    let done = handle_message(cfg, store, queue, defender, fetch, notary, clock, msg).await;
-    super::settle(store, notary, &cfg.budget, clock, done).await
+    let done = handle_message(cfg, ports, fetch, msg).await;
+    super::settle(ports.store, ports.notary, &cfg.budget, ports.clock, done).await
 }
 
-#[allow(clippy::too_many_arguments)] // one per port: store, queue, Defender, downloads, notary, clock
 async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     cfg: &CollectConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     fetch: &F,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let Ports {
+        store,
+        queue,
+        defender,
+        notary,
+        clock,
+    } = ports;
     let now = clock.now();
     let deadline = now + cfg.time_budget;
     let (job, run_id, run) = super::open::<CollectJob, _>(store, &msg.body).await?;
@@ -120,50 +117,10 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
     let result = match finished {
         Some(ck) => complete(store, &run, &job, &ck_key, ck).await,
         None => {
-            let link = budget::get_call(store, &cfg.budget, clock, || {
-                defender.result_download_link(&job.action_id, job.index)
-            })
-            .await?;
-            let link = match link {
-                Paced::Wait(wait) => {
-                    let delay = budget::queue_delay(wait);
-                    step.again(job.attempt, job.link_errors, delay).await?;
-                    return Ok(Done::new(
-                        &run_id,
-                        Outcome::Paced,
-                        format!("GET budget full; again in {}s", delay.as_secs()),
-                    ));
-                }
-                Paced::Ran(link) => link,
+            let link = match step.result_link(defender, &run, command.kind, now).await? {
+                Ok(link) => link,
+                Err(done) => return Ok(done),
             };
-            let link = match link {
-                Ok(l) => l,
-                Err(e) => {
-                    if let Next::RetryAfter(after) = e.next()
-                        && job.link_errors + 1 < MAX_LINK_ERRORS
-                    {
-                        // Asking for the link is not the copy failing: its own count grows instead.
-                        let delay = after
-                            .unwrap_or_else(|| cfg.retry.delay(job.link_errors, clock.jitter()));
-                        step.again(job.attempt, job.link_errors + 1, delay).await?;
-                        return Ok(Done::new(
-                            &run_id,
-                            Outcome::Throttled,
-                            format!("{e}; again in {}s", delay.as_secs()),
-                        ));
-                    }
-                    step.fail(&run, command.kind, format!("no result link: {e}"), now)
-                        .await?;
-                    return Ok(Done::new(&run_id, Outcome::CollectFailed, e.to_string()));
-                }
-            };
-            if let Err(reason) = check_link(link.url.expose(), &cfg.allowed_hosts, now) {
-                tracing::warn!(run_id = %run_id, action_id = %job.action_id, index = job.index, %reason, "result link refused");
-                step.fail(&run, command.kind, format!("link refused: {reason}"), now)
-                    .await?;
-                return Ok(Done::new(&run_id, Outcome::LinkRefused, reason));
-            }
-
             let source = Source {
                 store,
                 defender,
@@ -189,60 +146,8 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             ))
         }
         Ok(CopyResult::Copied(copied)) => {
-            let rec = CommandRecord {
-                v: RECORD_VERSION,
-                index: job.index,
-                kind: command.kind,
-                command,
-                outcome: CommandOutcome::Collected,
-                command_status: Some(CommandStatus::Completed),
-                errors: vec![],
-                start_time,
-                end_time,
-                s3_key: Some(copied.key.clone()),
-                s3_version_id: copied.version_id.clone(),
-                size: Some(copied.size),
-                sha256: Some(copied.sha256.clone()),
-                sha256_decompressed: copied.sha256_decompressed.clone(),
-                size_decompressed: copied.size_decompressed,
-                exit_code: copied.exit_code,
-                output_excerpt: copied.output_excerpt.clone(),
-                errors_excerpt: copied.errors_excerpt.clone(),
-                recorded_at: Some(now),
-                reason: None,
-                chain: ended_chain(now),
-            };
-            if !finish_command(store, &run_id, &msg.id, &rec).await? {
-                return Ok(Done::new(
-                    &run_id,
-                    Outcome::Duplicate,
-                    format!(
-                        "a concurrent copy of this job finished command {}",
-                        job.index
-                    ),
-                ));
-            }
-            // Recorded: the checkpoint is no longer needed.
-            if let Err(e) = store.delete(&ck_key).await {
-                tracing::warn!(key = %ck_key, error = %e, "could not remove a finished copy's checkpoint");
-            }
-            let manifest = finish_run_if_complete(store, notary, &run_id, clock).await?;
-            let time_to_evidence = (clock.now() - run.created_at).as_seconds_f64();
-            let done = Done::new(
-                &run_id,
-                Outcome::Collected,
-                format!(
-                    "command {} → {} ({} bytes, sha256 {}){}",
-                    job.index,
-                    copied.key,
-                    copied.size,
-                    copied.sha256,
-                    if manifest { "; manifest written" } else { "" }
-                ),
-            )
-            .with_metric(Metric::BytesCopied, copied.size as f64)
-            .with_metric(Metric::TimeToEvidence, time_to_evidence);
-            Ok(done)
+            step.collected(&run, command, (start_time, end_time), &copied, &ck_key, now)
+                .await
         }
         Err(CopyError::Store(e)) => Err(e.into()),
         Err(CopyError::Occupied(reason)) => {
@@ -250,31 +155,10 @@ async fn handle_message<S: Uploads, Q: Queue, D: Defender, F: Fetch>(
             step.fail(&run, command.kind, reason.clone(), now).await?;
             Ok(Done::new(&run_id, Outcome::CollectFailed, reason))
         }
-        Err(e @ (CopyError::Download(_) | CopyError::UploadGone)) => {
-            let reason = match e {
-                CopyError::Download(reason) => reason,
-                _ => "the multipart upload is gone; the copy starts over".to_string(),
-            };
-            if job.attempt + 1 >= cfg.max_attempts {
-                step.fail(
-                    &run,
-                    command.kind,
-                    format!("copy failed {} times, last: {reason}", job.attempt + 1),
-                    now,
-                )
-                .await?;
-                return Ok(Done::new(&run_id, Outcome::CollectFailed, reason));
-            }
-            let delay = cfg
-                .retry
-                .delay(job.attempt, clock.jitter())
-                .min(Duration::from_secs(60));
-            step.again(job.attempt + 1, job.link_errors, delay).await?;
-            Ok(Done::new(
-                &run_id,
-                Outcome::CopyRetry,
-                format!("{reason}; again in {}s", delay.as_secs()),
-            ))
+        Err(CopyError::Download(reason)) => step.copy_failed(&run, command.kind, reason, now).await,
+        Err(CopyError::UploadGone) => {
+            let reason = "the multipart upload is gone; the copy starts over".to_string();
+            step.copy_failed(&run, command.kind, reason, now).await
         }
     }
 }
@@ -289,6 +173,167 @@ fn ended_chain(now: OffsetDateTime) -> Chain {
 }
 
 impl<S: Uploads, Q: Queue> Step<'_, CollectConfig, CollectJob, S, Q> {
+    /// Records a copied command as collected (its record is the evidence's account: key, version,
+    /// size, hashes, the script's exit code and output excerpts), drops the checkpoint, and seals the
+    /// run if this was its last command.
+    async fn collected(
+        &self,
+        run: &RunRecord,
+        command: Command,
+        (start_time, end_time): (Option<String>, Option<String>),
+        copied: &Copied,
+        ck_key: &str,
+        now: OffsetDateTime,
+    ) -> Result<Done, StageError> {
+        let rec = CommandRecord {
+            v: RECORD_VERSION,
+            index: self.job.index,
+            kind: command.kind,
+            command,
+            outcome: CommandOutcome::Collected,
+            command_status: Some(CommandStatus::Completed),
+            errors: vec![],
+            start_time,
+            end_time,
+            s3_key: Some(copied.key.clone()),
+            s3_version_id: copied.version_id.clone(),
+            size: Some(copied.size),
+            sha256: Some(copied.sha256.clone()),
+            sha256_decompressed: copied.sha256_decompressed.clone(),
+            size_decompressed: copied.size_decompressed,
+            exit_code: copied.exit_code,
+            output_excerpt: copied.output_excerpt.clone(),
+            errors_excerpt: copied.errors_excerpt.clone(),
+            recorded_at: Some(now),
+            reason: None,
+            chain: ended_chain(now),
+        };
+        if !finish_command(self.store, &run.run_id, &self.msg.id, &rec).await? {
+            return Ok(Done::new(
+                &run.run_id,
+                Outcome::Duplicate,
+                format!(
+                    "a concurrent copy of this job finished command {}",
+                    self.job.index
+                ),
+            ));
+        }
+        // Recorded: the checkpoint is no longer needed.
+        if let Err(e) = self.store.delete(ck_key).await {
+            tracing::warn!(key = %ck_key, error = %e, "could not remove a finished copy's checkpoint");
+        }
+        let manifest =
+            finish_run_if_complete(self.store, self.notary, &run.run_id, self.clock).await?;
+        let time_to_evidence = (self.clock.now() - run.created_at).as_seconds_f64();
+        let done = Done::new(
+            &run.run_id,
+            Outcome::Collected,
+            format!(
+                "command {} → {} ({} bytes, sha256 {}){}",
+                self.job.index,
+                copied.key,
+                copied.size,
+                copied.sha256,
+                if manifest { "; manifest written" } else { "" }
+            ),
+        )
+        .with_metric(Metric::BytesCopied, copied.size as f64)
+        .with_metric(Metric::TimeToEvidence, time_to_evidence);
+        Ok(done)
+    }
+
+    /// A copy that broke off (download failed, upload gone): tried again with a fresh link after a
+    /// backoff, until the attempts run out and the command is recorded as not collected.
+    async fn copy_failed(
+        &self,
+        run: &RunRecord,
+        kind: CommandType,
+        reason: String,
+        now: OffsetDateTime,
+    ) -> Result<Done, StageError> {
+        let attempt = self.job.attempt;
+        if attempt + 1 >= self.cfg.max_attempts {
+            let why = format!("copy failed {} times, last: {reason}", attempt + 1);
+            self.fail(run, kind, why, now).await?;
+            return Ok(Done::new(&run.run_id, Outcome::CollectFailed, reason));
+        }
+        let delay = self
+            .cfg
+            .retry
+            .delay(attempt, self.clock.jitter())
+            .min(Duration::from_secs(60));
+        self.again(attempt + 1, self.job.link_errors, delay).await?;
+        Ok(Done::new(
+            &run.run_id,
+            Outcome::CopyRetry,
+            format!("{reason}; again in {}s", delay.as_secs()),
+        ))
+    }
+
+    /// The command's result link, within the GET budget and from an allowed host. `Err` when this
+    /// message is done (paced, retried later, or the command recorded as not collected).
+    async fn result_link<D: Defender>(
+        &self,
+        defender: &D,
+        run: &RunRecord,
+        kind: CommandType,
+        now: OffsetDateTime,
+    ) -> Result<Result<DownloadLink, Done>, StageError> {
+        let link = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+            defender.result_download_link(&self.job.action_id, self.job.index)
+        })
+        .await?;
+        let link = match link {
+            Paced::Wait(wait) => {
+                let delay = budget::queue_delay(wait);
+                self.again(self.job.attempt, self.job.link_errors, delay)
+                    .await?;
+                return Ok(Err(Done::new(
+                    &run.run_id,
+                    Outcome::Paced,
+                    format!("GET budget full; again in {}s", delay.as_secs()),
+                )));
+            }
+            Paced::Ran(link) => link,
+        };
+        let link = match link {
+            Ok(l) => l,
+            Err(e) => {
+                if let Next::RetryAfter(after) = e.next()
+                    && self.job.link_errors + 1 < MAX_LINK_ERRORS
+                {
+                    // Asking for the link is not the copy failing: its own count grows instead.
+                    let delay = after.unwrap_or_else(|| {
+                        self.cfg
+                            .retry
+                            .delay(self.job.link_errors, self.clock.jitter())
+                    });
+                    self.again(self.job.attempt, self.job.link_errors + 1, delay)
+                        .await?;
+                    return Ok(Err(Done::new(
+                        &run.run_id,
+                        Outcome::Throttled,
+                        format!("{e}; again in {}s", delay.as_secs()),
+                    )));
+                }
+                self.fail(run, kind, format!("no result link: {e}"), now)
+                    .await?;
+                return Ok(Err(Done::new(
+                    &run.run_id,
+                    Outcome::CollectFailed,
+                    e.to_string(),
+                )));
+            }
+        };
+        if let Err(reason) = check_link(link.url.expose(), &self.cfg.allowed_hosts, now) {
+            tracing::warn!(run_id = %run.run_id, action_id = %self.job.action_id, index = self.job.index, %reason, "result link refused");
+            self.fail(run, kind, format!("link refused: {reason}"), now)
+                .await?;
+            return Ok(Err(Done::new(&run.run_id, Outcome::LinkRefused, reason)));
+        }
+        Ok(Ok(link))
+    }
+
     async fn again(
         &self,
         attempt: u32,

@@ -10,16 +10,16 @@ pub mod board;
 
 use std::time::Duration;
 
+use super::Ports;
 use super::finish::finish_run_if_complete;
 use super::settings::{PollConfig, StatusFrom};
 use super::{Done, Ending, StageError, Step, WHILE_SUBMITTED, end_run};
 use crate::budget::{self, Paced};
-use crate::clock::Clock;
 use crate::codes::Outcome;
 use crate::defender::{ActionStatus, CommandStatus, DefenderError, MachineAction, Next};
 use crate::library::LibraryRecheck;
 use crate::messages::{CollectJob, Delivery, MESSAGE_VERSION, PollJob, encode};
-use crate::ports::{Defender, LibraryListing, Notary, ObjectStore, Queue};
+use crate::ports::{Defender, LibraryListing, ObjectStore, Queue};
 use crate::store::{
     CommandOutcome, CommandRecord, RunOutcome, RunRecord, RunState, create_command, load_command,
     run_key, update_run,
@@ -82,32 +82,29 @@ fn cancel_delay(cancels: u32) -> Duration {
 ///
 /// `library` lists the live response library once the action has ended, to record what it held
 /// for the files the run used ([`LibraryRecheck`]).
-#[allow(clippy::too_many_arguments)]
 pub async fn handle<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     library: &dyn LibraryListing,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
-    let done = handle_message(cfg, store, queue, defender, library, notary, clock, msg).await;
-    super::settle(store, notary, &cfg.budget, clock, done).await
+    let done = handle_message(cfg, ports, library, msg).await;
+    super::settle(ports.store, ports.notary, &cfg.budget, ports.clock, done).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
     cfg: &PollConfig,
-    store: &S,
-    queue: &Q,
-    defender: &D,
+    ports: Ports<'_, S, Q, D>,
     library: &dyn LibraryListing,
-    notary: Notary<'_>,
-    clock: &dyn Clock,
     msg: &Delivery,
 ) -> Result<Done, StageError> {
+    let Ports {
+        store,
+        queue,
+        defender,
+        notary,
+        clock,
+    } = ports;
     let now = clock.now();
     // `open` has checked that the job names the run's own action.
     let acts = |_: &PollJob, r: &RunRecord| r.state == RunState::Submitted;
@@ -170,72 +167,7 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
         return step.finalize(&run, &action, false, library).await;
     }
     if now >= run.deadline {
-        let comment = format!(
-            "{}: deadline passed, cancelled by the pipeline",
-            run.run_id.comment_tag()
-        );
-        let cancel = budget::get_call(store, &cfg.budget, clock, || {
-            defender.cancel_machine_action(&action.id, &comment)
-        })
-        .await?;
-        let cancel = match cancel {
-            Paced::Wait(wait) => return step.pace(wait).await,
-            Paced::Ran(cancel) => cancel,
-        };
-        return match cancel {
-            // A reply that is final and lists every command is the record; otherwise the next
-            // poll reads the action again (a reply without commands never shrinks the manifest).
-            Ok(cancelled)
-                if cancelled.status.is_final()
-                    && cancelled.commands.len() == run.commands.len() =>
-            {
-                step.finalize(&run, &cancelled, true, library).await
-            }
-            // Accepted without ending the action: it counts against the cap like a refusal, or
-            // a Defender that accepts every cancel and ends nothing would be asked forever.
-            Ok(_) if job.cancels + 1 >= MAX_CANCELS => {
-                let reason = format!(
-                    "the run's deadline passed and Defender accepted {} cancels without ending the action; it may still be running",
-                    job.cancels + 1
-                );
-                step.give_up(defender, &run, RunOutcome::TimedOut, reason, false)
-                    .await
-            }
-            Ok(_) => {
-                let delay = if job.cancels == 0 {
-                    Duration::from_secs(1)
-                } else {
-                    cancel_delay(job.cancels)
-                };
-                step.again(job.polls + 1, job.cancels + 1, delay).await?;
-                Ok(Done::new(
-                    &run_id,
-                    Outcome::Cancelled,
-                    "cancel accepted; reading the action again",
-                ))
-            }
-            Err(e) if job.cancels + 1 >= MAX_CANCELS => {
-                let reason = format!(
-                    "the run's deadline passed and Defender refused the cancel {} times (last: {e}); the action may still be running",
-                    job.cancels + 1
-                );
-                step.give_up(defender, &run, RunOutcome::TimedOut, reason, false)
-                    .await
-            }
-            Err(e) => {
-                // Refused, or it ended between the two calls: the next poll reads it again.
-                let delay = match e.next() {
-                    Next::RetryAfter(Some(d)) => d,
-                    _ => cancel_delay(job.cancels),
-                };
-                step.again(job.polls + 1, job.cancels + 1, delay).await?;
-                Ok(Done::new(
-                    &run_id,
-                    Outcome::CancelRetry,
-                    format!("{e}; again in {}s", delay.as_secs()),
-                ))
-            }
-        };
+        return step.cancel(defender, &run, &action, library).await;
     }
     let delay = look_again_in(
         &cfg.poll_delays,
@@ -258,6 +190,86 @@ async fn handle_message<S: ObjectStore, Q: Queue, D: Defender>(
 }
 
 impl<S: ObjectStore, Q: Queue> Step<'_, PollConfig, PollJob, S, Q> {
+    /// Past the run's deadline: cancels the action (within the GET budget). A cancel that ends it
+    /// finalizes the run; one accepted or refused without ending it is tried again, up to
+    /// [`MAX_CANCELS`], after which the run ends as timed out with the action perhaps still running.
+    async fn cancel<D: Defender>(
+        &self,
+        defender: &D,
+        run: &RunRecord,
+        action: &MachineAction,
+        library: &dyn LibraryListing,
+    ) -> Result<Done, StageError> {
+        let comment = format!(
+            "{}: deadline passed, cancelled by the pipeline",
+            run.run_id.comment_tag()
+        );
+        let cancel = budget::get_call(self.store, &self.cfg.budget, self.clock, || {
+            defender.cancel_machine_action(&action.id, &comment)
+        })
+        .await?;
+        let cancel = match cancel {
+            Paced::Wait(wait) => return self.pace(wait).await,
+            Paced::Ran(cancel) => cancel,
+        };
+        match cancel {
+            // A reply that is final and lists every command is the record; otherwise the next
+            // poll reads the action again (a reply without commands never shrinks the manifest).
+            Ok(cancelled)
+                if cancelled.status.is_final()
+                    && cancelled.commands.len() == run.commands.len() =>
+            {
+                self.finalize(run, &cancelled, true, library).await
+            }
+            // Accepted without ending the action: it counts against the cap like a refusal, or
+            // a Defender that accepts every cancel and ends nothing would be asked forever.
+            Ok(_) if self.job.cancels + 1 >= MAX_CANCELS => {
+                let reason = format!(
+                    "the run's deadline passed and Defender accepted {} cancels without ending the action; it may still be running",
+                    self.job.cancels + 1
+                );
+                self.give_up(defender, run, RunOutcome::TimedOut, reason, false)
+                    .await
+            }
+            Ok(_) => {
+                let delay = if self.job.cancels == 0 {
+                    Duration::from_secs(1)
+                } else {
+                    cancel_delay(self.job.cancels)
+                };
+                self.again(self.job.polls + 1, self.job.cancels + 1, delay)
+                    .await?;
+                Ok(Done::new(
+                    &run.run_id,
+                    Outcome::Cancelled,
+                    "cancel accepted; reading the action again",
+                ))
+            }
+            Err(e) if self.job.cancels + 1 >= MAX_CANCELS => {
+                let reason = format!(
+                    "the run's deadline passed and Defender refused the cancel {} times (last: {e}); the action may still be running",
+                    self.job.cancels + 1
+                );
+                self.give_up(defender, run, RunOutcome::TimedOut, reason, false)
+                    .await
+            }
+            Err(e) => {
+                // Refused, or it ended between the two calls: the next poll reads it again.
+                let delay = match e.next() {
+                    Next::RetryAfter(Some(d)) => d,
+                    _ => cancel_delay(self.job.cancels),
+                };
+                self.again(self.job.polls + 1, self.job.cancels + 1, delay)
+                    .await?;
+                Ok(Done::new(
+                    &run.run_id,
+                    Outcome::CancelRetry,
+                    format!("{e}; again in {}s", delay.as_secs()),
+                ))
+            }
+        }
+    }
+
     /// Hands the run's chain to the next poll job.
     async fn again(&self, polls: u32, cancels: u32, delay: Duration) -> Result<(), StageError> {
         self.again_seeing(polls, cancels, delay, None).await
