@@ -4,7 +4,6 @@
 //! Lambda binary's whole `main`; the local runner calls [`Function::build`] and [`handle`] too, so
 //! the four functions are wired in one place.
 
-use crate::stages::Ports;
 use std::future::Future;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -24,6 +23,7 @@ use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client
 use crate::library::{Bundle, BundleError, Librarian, LibrarySync};
 use crate::messages::Delivery;
 use crate::ports::{Notary, ObjectStore};
+use crate::stages::Ports;
 use crate::stages::settings::{
     CollectConfig, IntakeConfig, PinnedPlaybooks, PollConfig, SubmitConfig,
 };

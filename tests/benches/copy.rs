@@ -13,7 +13,6 @@
 //! The collect child is this program again (`--collect-child`), so that its peak RSS is collect's
 //! alone, not the simulator's or this driver's.
 
-use shared::stages::Ports;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use shared::defender::{
     http_client,
 };
 use shared::messages::{CollectJob, Delivery, encode};
+use shared::stages::Ports;
 use shared::stages::settings::CollectConfig;
 use testkit::alerts::run_id;
 use testkit::configs::collect_config;

@@ -29,7 +29,6 @@
 //!
 //! `cargo bench -p testkit --bench polling` (run by `./dev bench`; needs no network).
 
-use shared::stages::Ports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,6 +43,7 @@ use shared::defender::{
 };
 use shared::messages::{CollectJob, Delivery};
 use shared::ports::Defender;
+use shared::stages::Ports;
 use shared::stages::settings::{IntakeConfig, PollConfig, SubmitConfig};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -1,6 +1,6 @@
 //! A scripted Defender for stage handlers called directly: it holds machine actions and answers
 //! reads and listings from them (a listing filtered by status and type as Defender filters it),
-//! and, when told to, accepts cancels that change nothing; anything a test did not script (a
+//! answers submissions from a script, and, when told to, accepts cancels that change nothing; anything a test did not script (a
 //! submission, a result link) is an error naming what was asked, never a panic inside the stage.
 
 use std::sync::Mutex;
@@ -22,6 +22,8 @@ pub struct Scripted {
     pub accepts_cancels: bool,
     /// Cancels accepted.
     pub cancels: std::sync::atomic::AtomicU32,
+    /// Answers to submissions, in turn (none left: the submission is unscripted).
+    pub submissions: Mutex<std::collections::VecDeque<Result<MachineAction, DefenderError>>>,
 }
 
 impl Scripted {
@@ -29,6 +31,14 @@ impl Scripted {
     pub fn with(actions: Vec<MachineAction>) -> Self {
         Self {
             actions: Mutex::new(actions),
+            ..Self::default()
+        }
+    }
+
+    /// Defender that answers the submissions it is sent with `answers`, in turn.
+    pub fn answering_submissions(answers: Vec<Result<MachineAction, DefenderError>>) -> Self {
+        Self {
+            submissions: Mutex::new(answers.into()),
             ..Self::default()
         }
     }
@@ -44,7 +54,11 @@ impl Defender for Scripted {
         _: &MachineId,
         _: &LiveResponseRequest,
     ) -> Result<MachineAction, DefenderError> {
-        Err(unscripted("a submission"))
+        self.submissions
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Err(unscripted("a submission")))
     }
     async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
         self.actions

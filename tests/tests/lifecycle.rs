@@ -16,7 +16,6 @@
 //!
 //! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
 
-use shared::stages::Ports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,6 +41,7 @@ use shared::ports::{
     Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
+use shared::stages::Ports;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};

@@ -244,3 +244,54 @@ fn no_source_file_cites_the_readme_as_its_specification() {
         found.join("\n")
     );
 }
+
+/// A path into the repository written in backticks (`tests/tests/...`, `shared/src/...`) names a
+/// file or folder that exists: moving code moves its mentions. Paths with a placeholder (`<run>`,
+/// `*`, `{`) and the part after `:` or `#` are not checked.
+#[test]
+fn every_repository_path_the_readme_and_docs_name_exists() {
+    let roots = [
+        "tests/",
+        "shared/",
+        "tools/",
+        "infra/",
+        "functions/",
+        "docs/",
+        "fuzz/",
+        ".ci/",
+    ];
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let name = page
+            .strip_prefix(root())
+            .unwrap_or(&page)
+            .display()
+            .to_string();
+        for (n, line) in text.lines().enumerate() {
+            for (i, span) in line.split('`').enumerate() {
+                if i % 2 == 0 || !roots.iter().any(|r| span.starts_with(r)) {
+                    continue;
+                }
+                let path = span.split([':', '#', '(', ' ']).next().unwrap_or_default();
+                if path.contains(['<', '*', '{', '$']) {
+                    continue;
+                }
+                checked += 1;
+                if !root().join(path).exists() {
+                    missing.push(format!("{name}:{}: {path}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} paths found: is the parser still reading the pages?"
+    );
+    assert!(
+        missing.is_empty(),
+        "paths the docs name that do not exist:\n{}",
+        missing.join("\n")
+    );
+}

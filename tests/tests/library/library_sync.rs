@@ -6,7 +6,6 @@
 //! is paced by the tenant's GET budget; Defender's refusals say what to fix. And submit: a run whose
 //! file cannot be had ends before anything is posted, with the reason, its manifest written.
 
-use shared::stages::Ports;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use shared::library::{
 };
 use shared::messages::{Delivery, MESSAGE_VERSION, SubmitJob, encode};
 use shared::ports::{BoxFuture, Defender, LibraryApi, ObjectStore};
+use shared::stages::Ports;
 use shared::store::{Manifest, RunOutcome, RunRecord, RunState, manifest_key};
 use testkit::alerts::run_id;
 use testkit::configs::{budget, submit_config};

@@ -1,7 +1,6 @@
 //! A collect invocation killed mid-copy (its future dropped, as a timed-out or crashed Lambda)
 //! leaves no evidence object, right or wrong; the redelivered job copies the package whole.
 
-use shared::stages::Ports;
 use std::time::Duration;
 
 use shared::adapters::http::HttpFetch;
@@ -9,6 +8,7 @@ use shared::adapters::memory::{MemQueue, MemStore};
 use shared::defender::{Command, CommandStatus};
 use shared::messages::encode;
 use shared::ports::ObjectStore;
+use shared::stages::Ports;
 use shared::stages::settings::CollectConfig;
 use shared::store::{CommandOutcome, evidence_key, load_command};
 use testkit::alerts::run_id;

@@ -11,7 +11,6 @@
 //! kept, pinned to its version, not uploaded twice under the key; an object someone else put under
 //! the key is not replaced, and the command fails naming it.
 
-use shared::stages::Ports;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,6 +32,7 @@ use shared::ports::{
     StoreError, Stored, Upload, Uploads,
 };
 use shared::secret::Secret;
+use shared::stages::Ports;
 use shared::stages::settings::CollectConfig;
 use shared::stages::{Done, StageError};
 use shared::store::evidence_key;

@@ -5,17 +5,14 @@
 //! (the manifest is written once). Now Defender's messages are cut to 512 bytes, and an event too
 //! large all the same is shortened (`RunFinished::detail`).
 
-use shared::stages::Ports;
 use std::sync::atomic::Ordering;
 
 use shared::adapters::memory::{MemEvents, MemQueue, MemSigner, MemStore};
 use shared::clock::ManualClock;
-use shared::defender::{
-    ActionFilter, ActionId, Command, DefenderError, DownloadLink, LiveResponseRequest,
-    MachineAction, MachineId,
-};
+use shared::defender::{ActionId, Command, DefenderError};
 use shared::messages::{Delivery, MESSAGE_VERSION, SubmitJob, encode};
-use shared::ports::{Defender, Notary, ObjectStore};
+use shared::ports::{Notary, ObjectStore};
+use shared::stages::Ports;
 use shared::store::{RunState, manifest_key};
 use testkit::alerts::run_id;
 use testkit::configs::submit_config;
@@ -25,41 +22,6 @@ use time::OffsetDateTime;
 
 /// EventBridge's limit on one PutEvents entry.
 const EVENTBRIDGE_MAX_ENTRY: usize = 256 * 1024;
-
-struct Refuses(Vec<u8>);
-
-impl Defender for Refuses {
-    async fn run_live_response(
-        &self,
-        _: &MachineId,
-        _: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        Err(DefenderError::from_response(400, None, &self.0))
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        unreachable!()
-    }
-    async fn list_machine_actions(
-        &self,
-        _: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        unreachable!()
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        unreachable!()
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        unreachable!()
-    }
-}
 
 #[tokio::test]
 async fn a_long_defender_error_still_makes_an_event_eventbridge_takes() {
@@ -88,7 +50,9 @@ async fn a_long_defender_error_still_makes_an_event_eventbridge_takes() {
     // A 400 whose JSON message is 80 KB (Defender echoing a request, a proxy's error page
     // wrapped in JSON, ...).
     let body = serde_json::json!({"error": {"code": "BadRequest", "message": "x".repeat(80_000)}});
-    let defender = Refuses(serde_json::to_vec(&body).unwrap());
+    let defender = testkit::defender::Scripted::answering_submissions(vec![Err(
+        DefenderError::from_response(400, None, &serde_json::to_vec(&body).unwrap()),
+    )]);
     let msg = Delivery::new(
         "submit-1",
         encode(&SubmitJob {

@@ -2,7 +2,6 @@
 //! its reason (issue 10, defect 6), and a copy of a submit message that read its run before
 //! another copy's submission was recorded does not end the submitted run.
 
-use shared::stages::Ports;
 use std::sync::Arc;
 
 use shared::adapters::http::HttpFetch;
@@ -13,6 +12,7 @@ use shared::defender::{
 };
 use shared::messages::{Delivery, MESSAGE_VERSION, PollJob, encode};
 use shared::ports::{Defender, ObjectStore, Put};
+use shared::stages::Ports;
 use shared::stages::StageError;
 use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key};
 use testkit::alerts::run_id;

@@ -8,7 +8,6 @@
 //! left to seal the run; now every stage settles an ended, unsealed run before reporting a message
 //! handled (`stages::settle`), so copy B keeps the message too.
 
-use shared::stages::Ports;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shared::adapters::memory::{MemEvents, MemQueue, MemSigner, MemStore, Sent};
@@ -19,6 +18,7 @@ use shared::defender::{
 };
 use shared::messages::{Delivery, MESSAGE_VERSION, PollJob, encode};
 use shared::ports::{Defender, Notary, ObjectStore};
+use shared::stages::Ports;
 use shared::store::{RunState, load_run, manifest_key, signature_key};
 use testkit::alerts::run_id;
 use testkit::configs::poll_config;
