@@ -350,3 +350,25 @@ async fn contention_a_writer_cancelled_mid_write_leaves_its_batch_to_the_next() 
         Grant::Wait(_)
     ));
 }
+
+/// A grant carried twice (its write stored, then queued again by the next writer after the first
+/// was cancelled) holds one stamp, not two: the window is not filled by a call made once.
+#[test]
+fn contention_a_grant_carried_twice_holds_one_stamp() {
+    let cfg = cfg_of(Duration::from_secs(60));
+    let mut b = TenantBudget::new();
+    let ops = [
+        Op::Get { slot: 7 },
+        Op::Submission {
+            run: "r".into(),
+            slot: 9,
+        },
+    ];
+    for op in ops.iter().chain(ops.iter()) {
+        let (answer, _) = op.apply(&mut b, &cfg, 1_000_000);
+        assert!(matches!(answer, Answer::Slot(None)), "{answer:?}");
+    }
+    assert_eq!(b.gets.len(), 1);
+    assert_eq!(b.submissions.len(), 1);
+    assert_eq!(b.running.len(), 1);
+}
