@@ -3,7 +3,8 @@
 //! The pipeline's own code decides every call: intake records each run, submit posts it and sends
 //! the first poll job, and `shared::stages::poll` does whatever it does to learn the action's
 //! state and sends each next job, all on the in-memory ports (`shared::adapters::memory`) with a
-//! manual clock, against a fake Defender whose actions end a set time after they were posted. The
+//! manual clock, against Defender as a model (`testkit::defender::Model`) whose actions end a set
+//! time after they were posted. The
 //! settings are the template's defaults (`PollConfig::from_env` with `POLL_DELAYS_SECS` and
 //! `POLL_STATUS` unset; `LR_BENCH_POLL_ENV="POLL_DELAYS_SECS=15,30 POLL_STATUS=each"` tries others).
 //! The queue is played in time order: each message goes to its stage once its delay has passed,
@@ -30,23 +31,16 @@
 //! `cargo bench -p testkit --bench polling` (run by `./dev bench`; needs no network).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
 use shared::clock::{Clock, ManualClock};
-use shared::defender::{
-    ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
-    DownloadLink, LiveResponseRequest, MachineAction, MachineId,
-};
 use shared::messages::{CollectJob, Delivery};
-use shared::ports::Defender;
 use shared::stages::Ports;
 use shared::stages::settings::{IntakeConfig, PollConfig, SubmitConfig};
+use testkit::defender::{Device, Model, ModelCall};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// The narrow range of ends is this wide around the run length.
 const SPREAD: f64 = 10.0;
@@ -59,142 +53,6 @@ const FLEET: usize = 25;
 /// Issue 14's targets.
 const MAX_GETS: f64 = 6.0;
 const MAX_DELAY_RATIO: f64 = 1.15;
-
-struct FakeAction {
-    id: ActionId,
-    machine: MachineId,
-    posted: OffsetDateTime,
-    runs_for: Duration,
-    request: LiveResponseRequest,
-}
-
-/// A Defender whose action on each machine runs for that machine's time after it was posted,
-/// then succeeds; it counts the calls that read an action's state.
-struct Fake<'a> {
-    clock: &'a ManualClock,
-    runs_for: HashMap<String, Duration>,
-    actions: Mutex<Vec<FakeAction>>,
-    gets: AtomicU32,
-    lists: AtomicU32,
-    /// When each status call was made.
-    calls_at: Mutex<Vec<OffsetDateTime>>,
-}
-
-impl Fake<'_> {
-    fn view(&self, a: &FakeAction) -> MachineAction {
-        let now = self.clock.now();
-        let end = a.posted + a.runs_for;
-        let done = now >= end;
-        let ts = |t: OffsetDateTime| t.format(&Rfc3339).ok();
-        MachineAction {
-            id: a.id.clone(),
-            kind: Some("LiveResponse".into()),
-            requestor: Some("pipeline".into()),
-            requestor_comment: Some(a.request.comment.clone()),
-            status: if done {
-                ActionStatus::Succeeded
-            } else {
-                ActionStatus::InProgress
-            },
-            machine_id: a.machine.clone(),
-            computer_dns_name: None,
-            creation_date_time_utc: ts(a.posted),
-            last_update_date_time_utc: ts(if done { end } else { a.posted }),
-            cancellation_requestor: None,
-            cancellation_comment: None,
-            cancellation_date_time_utc: None,
-            commands: a
-                .request
-                .commands
-                .iter()
-                .enumerate()
-                .map(|(i, c)| CommandResult {
-                    index: i as u32,
-                    start_time: ts(a.posted),
-                    end_time: if done { ts(end) } else { None },
-                    command_status: if done {
-                        CommandStatus::Completed
-                    } else {
-                        CommandStatus::Created
-                    },
-                    errors: vec![],
-                    command: c.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    /// When the action `id` ended (its post plus its run time).
-    fn end_of(&self, id: &ActionId) -> OffsetDateTime {
-        let actions = self.actions.lock().unwrap();
-        let a = actions
-            .iter()
-            .find(|a| &a.id == id)
-            .expect("a posted action");
-        a.posted + a.runs_for
-    }
-}
-
-impl Defender for Fake<'_> {
-    async fn run_live_response(
-        &self,
-        machine: &MachineId,
-        request: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        let mut actions = self.actions.lock().unwrap();
-        let a = FakeAction {
-            id: ActionId::parse(&format!("0000b0b0-0000-0000-0000-{:012}", actions.len())).unwrap(),
-            machine: machine.clone(),
-            posted: self.clock.now(),
-            runs_for: self.runs_for[machine.as_str()],
-            request: request.clone(),
-        };
-        let view = self.view(&a);
-        actions.push(a);
-        Ok(view)
-    }
-    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.calls_at.lock().unwrap().push(self.clock.now());
-        let actions = self.actions.lock().unwrap();
-        match actions.iter().find(|a| &a.id == id) {
-            Some(a) => Ok(self.view(a)),
-            None => Err(DefenderError::NotFound {
-                code: "ResourceNotFound".into(),
-                message: format!("action {id}"),
-            }),
-        }
-    }
-    async fn list_machine_actions(
-        &self,
-        f: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
-        self.calls_at.lock().unwrap().push(self.clock.now());
-        let actions = self.actions.lock().unwrap();
-        Ok(actions
-            .iter()
-            .filter(|a| f.machine_id.as_ref().is_none_or(|m| m == &a.machine))
-            .filter(|a| f.created_since.is_none_or(|s| a.posted >= s))
-            .map(|a| self.view(a))
-            .filter(|v| f.status.as_ref().is_none_or(|s| s == &v.status))
-            .collect())
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        unreachable!("the bench stops when poll hands a run to collect")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        unreachable!("no run reaches its deadline")
-    }
-}
 
 type Configs = (IntakeConfig, SubmitConfig, PollConfig);
 
@@ -238,18 +96,18 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
     let machines: Vec<String> = (0..ends.len())
         .map(|i| testkit::sim::machine(0x5e1ec7ed << 32, i))
         .collect();
-    let defender = Fake {
-        clock: &clock,
-        runs_for: machines
+    let defender = Model::new(
+        &clock,
+        machines
             .iter()
             .zip(ends)
-            .map(|(m, e)| (m.clone(), Duration::from_secs_f64(*e)))
+            .map(|(m, e)| {
+                let runs_for = Duration::from_secs_f64(*e);
+                (testkit::sim::machine_id(m), Device::Online { runs_for })
+            })
             .collect(),
-        actions: Mutex::new(Vec::new()),
-        gets: AtomicU32::new(0),
-        lists: AtomicU32::new(0),
-        calls_at: Mutex::new(Vec::new()),
-    };
+    );
+
     for (i, m) in machines.iter().enumerate() {
         let alert = testkit::alerts::native_alert(
             &format!("bench-polling-{i}"),
@@ -317,16 +175,17 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
                 )
                 .await;
                 let job: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let first = defender.actions.lock().unwrap()[0].id.to_string();
+                let (first, posted) = defender.first().expect("an action was posted");
                 if job["action_id"].as_str() == Some(first.as_str()) {
-                    let posted = defender.actions.lock().unwrap()[0].posted;
                     looks.push((at - posted).as_seconds_f64());
                 }
                 done
             }
             "collect" => {
                 let job: CollectJob = serde_json::from_str(&body).expect("a collect job");
-                let end = defender.end_of(&job.action_id);
+                let end = defender
+                    .end_of(&job.action_id)
+                    .expect("an action on an online device");
                 detected
                     .entry(job.action_id.to_string())
                     .or_insert((at - end).as_seconds_f64());
@@ -336,14 +195,11 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
         };
         done.unwrap_or_else(|e| panic!("{q}: {e}"));
     }
-    let calls = (defender.gets.load(Ordering::SeqCst) + defender.lists.load(Ordering::SeqCst))
-        as f64
-        / ends.len() as f64;
-    let posted = defender.actions.lock().unwrap()[0].posted;
-    let calls_at = defender
-        .calls_at
-        .lock()
-        .unwrap()
+    // Status calls: reads of one action and listings.
+    let status_calls = defender.calls(&[ModelCall::Get, ModelCall::List]);
+    let calls = status_calls.len() as f64 / ends.len() as f64;
+    let (_, posted) = defender.first().expect("an action was posted");
+    let calls_at = status_calls
         .iter()
         .map(|t| (*t - posted).as_seconds_f64())
         .collect();

@@ -29,16 +29,13 @@ use shared::budget::{self, BudgetConfig};
 use shared::clock::{Clock, ManualClock};
 use shared::custody::event::RunFinished;
 use shared::custody::signature::{ManifestSignature, check_statement, verify_offline};
-use shared::defender::{
-    ActionFilter, ActionId, ActionStatus, CommandResult, CommandStatus, DefenderError,
-    DownloadLink, LiveResponseRequest, MachineAction, MachineId,
-};
+use shared::defender::{ActionId, DefenderError, MachineId};
 use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
-    BoxFuture, ByteStream, Completion, Defender, Download, Events, Fetch, Head, Notary,
-    NotaryError, ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError,
-    Stored, Upload, Uploads,
+    BoxFuture, ByteStream, Completion, Download, Events, Fetch, Head, Notary, NotaryError,
+    ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload,
+    Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::Ports;
@@ -47,6 +44,7 @@ use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
 use testkit::alerts::native_alert;
 use testkit::content::sha256_hex;
+use testkit::defender::{Device, Model, ModelCall};
 use testkit::records::{collect_job, seed_collecting_run};
 use testkit::seeded::{Rng, seed_from_env};
 use time::OffsetDateTime;
@@ -299,265 +297,6 @@ impl Events for KNotary<'_> {
     }
 }
 
-/// How a device behaves.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Device {
-    /// Runs the action in `secs`.
-    Online { secs: i64 },
-    /// Never picks the action up: the deadline passes.
-    Offline,
-}
-
-#[derive(Debug, Clone)]
-struct FakeAction {
-    id: ActionId,
-    machine: MachineId,
-    comment: String,
-    created: OffsetDateTime,
-    commands: Vec<shared::defender::Command>,
-    cancelled: bool,
-}
-
-/// A Defender that answers from a model of its actions on the scheduler's clock, with faults drawn
-/// from the schedule's generator.
-struct FakeDefender<'a> {
-    clock: &'a ManualClock,
-    rng: Mutex<Rng>,
-    fault_rate: f64,
-    devices: HashMap<MachineId, Device>,
-    actions: Mutex<Vec<FakeAction>>,
-    /// When each GET and each submission reached Defender (unix ms).
-    gets: Mutex<Vec<i64>>,
-    posts: Mutex<Vec<i64>>,
-}
-
-fn ms(t: OffsetDateTime) -> i64 {
-    shared::clock::unix_ms(t)
-}
-
-impl<'a> FakeDefender<'a> {
-    fn new(
-        clock: &'a ManualClock,
-        seed: u64,
-        fault_rate: f64,
-        devices: HashMap<MachineId, Device>,
-    ) -> Self {
-        Self {
-            clock,
-            rng: Mutex::new(Rng::new(seed)),
-            fault_rate,
-            devices,
-            actions: Mutex::new(Vec::new()),
-            gets: Mutex::new(Vec::new()),
-            posts: Mutex::new(Vec::new()),
-        }
-    }
-    fn fault(&self) -> bool {
-        self.rng.lock().unwrap().chance(self.fault_rate)
-    }
-    fn pick(&self, n: u64) -> u64 {
-        self.rng.lock().unwrap().below(n)
-    }
-    /// A fault of the kind a GET can meet.
-    fn get_fault(&self) -> Option<DefenderError> {
-        if !self.fault() {
-            return None;
-        }
-        Some(match self.pick(6) {
-            0 => DefenderError::RateLimited {
-                retry_after: Some(Duration::from_secs(5)),
-            },
-            1 => DefenderError::RateLimited { retry_after: None },
-            2 => DefenderError::Transient {
-                reason: "503".into(),
-            },
-            3 => DefenderError::Unauthorized {
-                status: 403,
-                message: "forbidden".into(),
-            },
-            4 => DefenderError::NotFound {
-                code: "ResourceNotFound".into(),
-                message: "no".into(),
-            },
-            _ => DefenderError::InvalidResponse("truncated body".into()),
-        })
-    }
-    fn status(&self, a: &FakeAction) -> ActionStatus {
-        let now = self.clock.now();
-        if a.cancelled {
-            return ActionStatus::Cancelled;
-        }
-        match self.devices[&a.machine] {
-            Device::Offline if now - a.created > time::Duration::days(3) => ActionStatus::TimeOut,
-            Device::Offline => ActionStatus::Pending,
-            Device::Online { secs } if now - a.created >= time::Duration::seconds(secs) => {
-                ActionStatus::Succeeded
-            }
-            Device::Online { .. } => ActionStatus::InProgress,
-        }
-    }
-    fn view(&self, a: &FakeAction) -> MachineAction {
-        let status = self.status(a);
-        let done = status == ActionStatus::Succeeded;
-        MachineAction {
-            id: a.id.clone(),
-            kind: Some("LiveResponse".into()),
-            requestor: Some("pipeline".into()),
-            requestor_comment: Some(a.comment.clone()),
-            status,
-            machine_id: a.machine.clone(),
-            computer_dns_name: None,
-            creation_date_time_utc: None,
-            last_update_date_time_utc: None,
-            cancellation_requestor: None,
-            cancellation_comment: None,
-            cancellation_date_time_utc: None,
-            commands: a
-                .commands
-                .iter()
-                .enumerate()
-                .map(|(i, c)| CommandResult {
-                    index: i as u32,
-                    start_time: None,
-                    end_time: None,
-                    command_status: if done {
-                        CommandStatus::Completed
-                    } else {
-                        CommandStatus::Created
-                    },
-                    errors: vec![],
-                    command: c.clone(),
-                })
-                .collect(),
-        }
-    }
-    fn count_get(&self) {
-        self.gets.lock().unwrap().push(ms(self.clock.now()));
-    }
-}
-
-impl Defender for FakeDefender<'_> {
-    async fn run_live_response(
-        &self,
-        machine: &MachineId,
-        req: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        self.posts.lock().unwrap().push(ms(self.clock.now()));
-        if self.fault() {
-            match self.pick(2) {
-                0 => return Err(DefenderError::RateLimited { retry_after: None }),
-                _ => {
-                    return Err(DefenderError::Transient {
-                        reason: "502 before the action was made".into(),
-                    });
-                }
-            }
-        }
-        let mut actions = self.actions.lock().unwrap();
-        let busy = actions
-            .iter()
-            .any(|a| &a.machine == machine && !self.status(a).is_final());
-        if busy {
-            return Err(DefenderError::DeviceBusy {
-                message: "ActiveRequestAlreadyExists".into(),
-            });
-        }
-        let n = actions.len();
-        let a = FakeAction {
-            id: ActionId::parse(&format!("00000000-0000-0000-0000-{n:012}")).unwrap(),
-            machine: machine.clone(),
-            comment: req.comment.clone(),
-            created: self.clock.now(),
-            commands: req.commands.clone(),
-            cancelled: false,
-        };
-        let view = self.view(&a);
-        actions.push(a);
-        drop(actions);
-        if self.fault() {
-            // Accepted, but the answer is lost or unreadable.
-            return Err(match self.pick(2) {
-                0 => DefenderError::Transient {
-                    reason: "connection reset after the request was sent".into(),
-                },
-                _ => DefenderError::InvalidResponse("body is not JSON".into()),
-            });
-        }
-        Ok(view)
-    }
-    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
-        self.count_get();
-        if let Some(e) = self.get_fault() {
-            return Err(e);
-        }
-        let actions = self.actions.lock().unwrap();
-        let a = actions
-            .iter()
-            .find(|a| &a.id == id)
-            .expect("a known action");
-        Ok(self.view(a))
-    }
-    async fn list_machine_actions(
-        &self,
-        filter: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        self.count_get();
-        if let Some(e) = self.get_fault() {
-            return Err(e);
-        }
-        let actions = self.actions.lock().unwrap();
-        Ok(actions
-            .iter()
-            .filter(|a| filter.machine_id.as_ref().is_none_or(|m| m == &a.machine))
-            .map(|a| self.view(a))
-            .collect())
-    }
-    async fn result_download_link(
-        &self,
-        id: &ActionId,
-        index: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        self.count_get();
-        if let Some(e) = self.get_fault() {
-            return Err(e);
-        }
-        let se = self.clock.now() + time::Duration::minutes(30);
-        let se = se
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        Ok(DownloadLink {
-            url: Secret::new(format!(
-                "https://acct.blob.core.windows.net/c/{id}/{index}?se={}&sig=x",
-                se.replace(':', "%3A")
-            )),
-            expires_at: None,
-        })
-    }
-    async fn cancel_machine_action(
-        &self,
-        id: &ActionId,
-        _comment: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        self.count_get();
-        if self.fault() {
-            return Err(DefenderError::Rejected {
-                status: 400,
-                code: "InvalidRequest".into(),
-                message: "cannot cancel".into(),
-            });
-        }
-        let mut actions = self.actions.lock().unwrap();
-        let a = actions
-            .iter_mut()
-            .find(|a| &a.id == id)
-            .expect("a known action");
-        if !self.status(a).is_final() {
-            a.cancelled = true;
-        }
-        Ok(self.view(a))
-    }
-}
-
 /// The package behind a link: bytes derived from the link's path, so any copy can be checked.
 fn package(path: &str) -> Vec<u8> {
     let seed = Sha256::digest(path.as_bytes());
@@ -691,7 +430,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             Device::Offline
         } else {
             Device::Online {
-                secs: 5 + rng.below(1200) as i64,
+                runs_for: Duration::from_secs(5 + rng.below(1200)),
             }
         };
         devices
@@ -707,7 +446,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .to_string(),
         );
     }
-    let defender = FakeDefender::new(&clock, seed ^ 0xDEF, fault_rate, devices);
+    let defender = Model::new(&clock, devices).with_faults(seed ^ 0xDEF, fault_rate);
     let signer = MemSigner::seeded((seed % 250) as u8 + 1);
     let events = MemEvents::default();
     let knotary = KNotary {
@@ -990,7 +729,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         LibraryStart::Theirs => sha256_hex(theirs),
         _ => triage.clone(),
     };
-    let submitted_any = !defender.actions.lock().unwrap().is_empty();
+    let actions = defender.actions();
+    let submitted_any = !actions.is_empty();
     if (library_start == LibraryStart::Theirs || submitted_any)
         && in_library.as_deref() != Some(want.as_str())
     {
@@ -998,11 +738,10 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             "the library holds triage.ps1 {in_library:?} after a schedule starting {library_start:?}; expected {want}"
         ));
     }
-    let actions = defender.actions.lock().unwrap().clone();
     // What the device was asked to run is the bundle's version, by a name only those bytes have.
     for a in &actions {
         for c in &a.commands {
-            if let Some(script) = c.param("ScriptName")
+            if let Some(script) = c.command.param("ScriptName")
                 && script != triage_name
             {
                 return Err(format!(
@@ -1141,7 +880,12 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         let tag = run_id.comment_tag();
         let made = actions
             .iter()
-            .filter(|a| a.comment.split_whitespace().next() == Some(tag.as_str()))
+            .filter(|a| {
+                a.requestor_comment
+                    .as_deref()
+                    .and_then(|c| c.split_whitespace().next())
+                    == Some(tag.as_str())
+            })
             .count();
         if made > 1 {
             return Err(format!("run {run_id}: {made} live responses"));
@@ -1167,11 +911,19 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .max()
             .unwrap_or(0)
     };
-    let gets = most(&defender.gets.lock().unwrap());
+    let ms = |calls: Vec<OffsetDateTime>| -> Vec<i64> {
+        calls.into_iter().map(shared::clock::unix_ms).collect()
+    };
+    let gets = most(&ms(defender.calls(&[
+        ModelCall::Get,
+        ModelCall::List,
+        ModelCall::Link,
+        ModelCall::Cancel,
+    ])));
     if gets > budget_cfg.gets_per_minute as usize {
         return Err(format!("{gets} GETs in one minute"));
     }
-    let posts = most(&defender.posts.lock().unwrap());
+    let posts = most(&ms(defender.calls(&[ModelCall::Submit])));
     if posts > budget_cfg.submissions_per_minute as usize {
         return Err(format!("{posts} submissions in one minute"));
     }
@@ -1318,7 +1070,7 @@ async fn a_corrupt_checkpoint_is_discarded_and_the_copy_starts_over() {
     for (case, body) in cases {
         let store = MemStore::default();
         let queue = MemQueue::default();
-        let defender = FakeDefender::new(&clock, 2, 0.0, HashMap::new());
+        let defender = Model::new(&clock, HashMap::new());
         let action = ActionId::parse("00000000-0000-0000-0000-000000000007").unwrap();
         seed_collecting_run(&store, &run_id, "corrupt", &machine, &commands, &action).await;
         store
@@ -1364,7 +1116,7 @@ async fn an_unreadable_run_record_is_refused_with_its_reason() {
     let store = MemStore::default();
     let queue = MemQueue::default();
     let clock = ManualClock::at(OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap());
-    let defender = FakeDefender::new(&clock, 3, 0.0, HashMap::new());
+    let defender = Model::new(&clock, HashMap::new());
     let run_id = RunId::derive("t", "garbled", "m", "p");
     for garbage in [
         &b"{\"v\":1,"[..],

@@ -13,18 +13,18 @@ use shared::adapters::memory::{MemLibrary, MemQueue, MemStore};
 use shared::budget::BudgetConfig;
 use shared::clock::ManualClock;
 use shared::defender::{
-    ActionFilter, ActionId, Command, DefenderError, DownloadLink, LibraryFile, LibraryUpload,
-    LiveResponseRequest, MachineAction, MachineId,
+    ActionId, Command, DefenderError, LibraryFile, LibraryUpload, MachineAction,
 };
 use shared::library::{
     Bundle, Ensured, Librarian, LibraryFileSpec, LibrarySource, LibrarySync, SyncMode,
 };
 use shared::messages::{Delivery, MESSAGE_VERSION, SubmitJob, encode};
-use shared::ports::{BoxFuture, Defender, LibraryApi, ObjectStore};
+use shared::ports::{BoxFuture, LibraryApi, ObjectStore};
 use shared::stages::Ports;
 use shared::store::{Manifest, RunOutcome, RunRecord, RunState, manifest_key};
 use testkit::alerts::run_id;
 use testkit::configs::{budget, submit_config};
+use testkit::defender::Scripted;
 use testkit::records::{collecting_run, put_run};
 use testkit::sim::{M1, machine_id};
 use time::OffsetDateTime;
@@ -510,7 +510,7 @@ async fn submit_once(
     store: &MemStore,
     run: &shared::ids::RunId,
     attempt: u32,
-    defender: &Records,
+    defender: &Scripted,
     keeper: &Librarian,
     library: &MemLibrary,
 ) -> shared::stages::Done {
@@ -557,7 +557,7 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         bundle(&[spec("triage.ps1"), external("collector.exe")]),
         SyncMode::Upload,
     );
-    let defender = Records::default();
+    let defender = Scripted::accepting_submissions();
     let done = submit_once(&store, &run, 0, &defender, &keeper, &library).await;
     assert_eq!(done.outcome, shared::codes::Outcome::LibraryRefused);
     let manifest: Manifest = serde_json::from_slice(
@@ -578,7 +578,7 @@ async fn submit_ends_a_run_whose_external_file_is_missing_before_posting_anythin
         "nothing uploaded for a run that cannot go"
     );
     assert!(
-        defender.0.lock().unwrap().is_empty(),
+        defender.requests().is_empty(),
         "a run whose library file cannot be had is not submitted"
     );
 }
@@ -779,54 +779,6 @@ args = "-Exe collector.exe"
     );
 }
 
-/// Defender that records what it was asked to run and accepts it (lists no earlier action).
-#[derive(Default)]
-struct Records(std::sync::Mutex<Vec<LiveResponseRequest>>);
-
-impl Defender for Records {
-    async fn run_live_response(
-        &self,
-        machine: &MachineId,
-        request: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        self.0.lock().unwrap().push(request.clone());
-        Ok(serde_json::from_value(serde_json::json!({
-            "id": "7f0a8b9c-1d2e-4f30-8a4b-5c6d7e8f9a0d",
-            "type": "LiveResponse",
-            "status": "Pending",
-            "machineId": machine.as_str(),
-            "requestorComment": request.comment,
-            "creationDateTimeUtc": "2026-11-30T05:00:00Z",
-            "lastUpdateDateTimeUtc": "2026-11-30T05:00:00Z",
-            "commands": []
-        }))
-        .expect("a machine action"))
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-    async fn list_machine_actions(
-        &self,
-        _: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        Ok(Vec::new())
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        panic!("not expected")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("not expected")
-    }
-}
-
 #[tokio::test]
 async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deployment() {
     let store = MemStore::default();
@@ -852,7 +804,7 @@ async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deploy
     // This deployment ships v2.
     let library = MemLibrary::default();
     let keeper = Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload);
-    let defender = Records::default();
+    let defender = Scripted::accepting_submissions();
     let done = submit_once(&store, &run, 1, &defender, &keeper, &library).await;
     assert_eq!(
         done.outcome,
@@ -860,7 +812,7 @@ async fn a_run_posted_once_is_posted_again_with_the_same_versions_after_a_deploy
         "{}",
         done.detail
     );
-    let sent = defender.0.lock().unwrap().clone();
+    let sent = defender.requests();
     assert_eq!(sent.len(), 1);
     assert_eq!(
         sent[0].commands[0].param("ScriptName"),
@@ -949,7 +901,7 @@ async fn poll_ended_run(alert: &str, library: &MemLibrary) -> Manifest {
         Ports::new(
             &store,
             &MemQueue::default(),
-            &testkit::defender::Scripted::with(vec![ended_action(&record, &action)]),
+            &Scripted::with(vec![ended_action(&record, &action)]),
             testkit::notary::notary(),
             &shared::clock::SystemClock,
         ),
@@ -1038,7 +990,7 @@ async fn a_run_rendered_with_a_swapped_playbook_file_is_not_submitted_with_other
     let library = MemLibrary::default();
     let keeper =
         Librarian::new(bundle(&[spec("triage.ps1")]), SyncMode::Upload).rendering(&"bb".repeat(32));
-    let defender = Records::default();
+    let defender = Scripted::accepting_submissions();
     let done = submit_once(&store, &run, 0, &defender, &keeper, &library).await;
     assert_eq!(done.outcome, shared::codes::Outcome::Transient);
     assert!(
@@ -1046,7 +998,7 @@ async fn a_run_rendered_with_a_swapped_playbook_file_is_not_submitted_with_other
         "{}",
         done.detail
     );
-    assert!(defender.0.lock().unwrap().is_empty(), "nothing was posted");
+    assert!(defender.requests().is_empty(), "nothing was posted");
     assert!(
         library.uploads.lock().unwrap().is_empty(),
         "nothing uploaded"

@@ -21,15 +21,12 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::clock::{Clock, ManualClock};
-use shared::defender::{
-    ActionFilter, ActionId, Command, CommandType, DefenderError, DownloadLink, LiveResponseRequest,
-    MachineAction, MachineId,
-};
+use shared::defender::{ActionId, Command, CommandType, DownloadLink};
 use shared::hash::ResumableSha256;
 use shared::messages::{Delivery, encode};
 use shared::ports::{
-    ByteStream, Completion, Defender, Download, Fetch, Head, ObjectStore, Put, PutResult,
-    StoreError, Stored, Upload, Uploads,
+    ByteStream, Completion, Download, Fetch, Head, ObjectStore, Put, PutResult, StoreError, Stored,
+    Upload, Uploads,
 };
 use shared::secret::Secret;
 use shared::stages::Ports;
@@ -39,6 +36,7 @@ use shared::store::evidence_key;
 use shared::store::keys::checkpoint_key;
 use testkit::alerts::run_id;
 use testkit::configs::collect_config;
+use testkit::defender::Scripted;
 use testkit::records::{collect_job, seed_collecting_run};
 use testkit::sim::{FILE, M1, machine_id};
 
@@ -247,53 +245,11 @@ impl Fetch for Pkg<'_> {
     }
 }
 
-/// Answers only the link call, after `link_delay`.
-struct Links {
-    link_delay: Duration,
-}
-
-impl Defender for Links {
-    async fn run_live_response(
-        &self,
-        _m: &MachineId,
-        _r: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        unimplemented!()
-    }
-    async fn get_machine_action(&self, _id: &ActionId) -> Result<MachineAction, DefenderError> {
-        unimplemented!()
-    }
-    async fn list_machine_actions(
-        &self,
-        _f: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        unimplemented!()
-    }
-    async fn result_download_link(
-        &self,
-        _id: &ActionId,
-        _index: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        tokio::time::sleep(self.link_delay).await;
-        Ok(DownloadLink {
-            url: Secret::new("http://127.0.0.1/pkg?se=2099-01-01T00%3A00%3A00Z&sig=x".into()),
-            expires_at: None,
-        })
-    }
-    async fn cancel_machine_action(
-        &self,
-        _id: &ActionId,
-        _comment: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        unimplemented!()
-    }
-}
-
 struct Rig<'a> {
     cfg: CollectConfig,
     store: &'a Slow<'a>,
     queue: MemQueue,
-    defender: Links,
+    defender: Scripted,
     clock: &'a ManualClock,
     run: shared::ids::RunId,
     msg: Mutex<Delivery>,
@@ -318,7 +274,12 @@ impl<'a> Rig<'a> {
             cfg: collect_config(),
             store,
             queue: MemQueue::default(),
-            defender: Links { link_delay },
+            // Answers only the link call, after `link_delay`.
+            defender: Scripted::answering_links(DownloadLink {
+                url: Secret::new("http://127.0.0.1/pkg?se=2099-01-01T00%3A00%3A00Z&sig=x".into()),
+                expires_at: None,
+            })
+            .before_each_call(move |_| Box::pin(tokio::time::sleep(link_delay))),
             clock,
             run,
             msg: Mutex::new(msg),

@@ -4,12 +4,7 @@
 
 use shared::adapters::memory::{MemQueue, MemStore, Sent};
 use shared::alerts::playbook::Playbooks;
-use shared::defender::{
-    ActionFilter, ActionId, DefenderError, DownloadLink, LiveResponseRequest, MachineAction,
-    MachineId,
-};
 use shared::messages::Delivery;
-use shared::ports::Defender;
 use shared::retry::Backoff;
 use shared::stages::Ports;
 use shared::stages::settings::SubmitConfig;
@@ -17,53 +12,8 @@ use shared::store::{RunState, load_run};
 use std::time::Duration;
 use testkit::alerts::native_alert;
 use testkit::configs::{intake_config, submit_config};
+use testkit::defender::LosesFirstAnswer;
 use testkit::sim::{FILE, M1, client, sim_config, start_sim};
-
-/// Passes every call through, but loses the answer to the first submission.
-struct LosesFirstAnswer<D> {
-    inner: D,
-    lost: std::sync::atomic::AtomicBool,
-}
-
-impl<D: Defender> Defender for LosesFirstAnswer<D> {
-    async fn run_live_response(
-        &self,
-        m: &MachineId,
-        r: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        let result = self.inner.run_live_response(m, r).await;
-        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            result?;
-            return Err(DefenderError::Transient {
-                reason: "connection reset after the request was sent".into(),
-            });
-        }
-        result
-    }
-    async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
-        self.inner.get_machine_action(id).await
-    }
-    async fn list_machine_actions(
-        &self,
-        f: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        self.inner.list_machine_actions(f).await
-    }
-    async fn result_download_link(
-        &self,
-        id: &ActionId,
-        index: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        self.inner.result_download_link(id, index).await
-    }
-    async fn cancel_machine_action(
-        &self,
-        id: &ActionId,
-        c: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        self.inner.cancel_machine_action(id, c).await
-    }
-}
 
 fn last_message(queue: &MemQueue, to: &str) -> (Delivery, Duration) {
     queue
@@ -88,10 +38,7 @@ fn last_message(queue: &MemQueue, to: &str) -> (Delivery, Duration) {
 async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     let config = sim_config();
     let sim = start_sim(config.clone()).await;
-    let defender = LosesFirstAnswer {
-        inner: client(&sim, &config),
-        lost: Default::default(),
-    };
+    let defender = LosesFirstAnswer::new(client(&sim, &config));
     let store = MemStore::default();
     let queue = MemQueue::default();
     let intake_cfg = intake_config();

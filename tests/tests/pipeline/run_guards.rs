@@ -6,17 +6,15 @@ use std::sync::Arc;
 
 use shared::adapters::http::HttpFetch;
 use shared::adapters::memory::{MemQueue, MemStore};
-use shared::defender::{
-    ActionFilter, ActionId, Command, DefenderError, DownloadLink, LiveResponseRequest,
-    MachineAction, MachineId,
-};
+use shared::defender::{ActionId, Command, MachineAction};
 use shared::messages::{Delivery, MESSAGE_VERSION, PollJob, encode};
-use shared::ports::{Defender, ObjectStore, Put};
+use shared::ports::{ObjectStore, Put};
 use shared::stages::Ports;
 use shared::stages::StageError;
 use shared::store::{CommandOutcome, RunState, load_command, load_run, manifest_key};
 use testkit::alerts::run_id;
 use testkit::configs::{collect_config, poll_config, submit_config};
+use testkit::defender::{Call, Scripted};
 use testkit::records::{collect_job, collecting_run, put_run, seed_collecting_run};
 use testkit::sim::{FILE, M1, M2, client, finished_action, machine_id, sim_config, start_sim};
 
@@ -156,63 +154,6 @@ async fn a_poll_job_naming_another_action_is_refused() {
     assert_eq!(rejected_code(result), "action_mismatch");
 }
 
-/// Answers the submission look-up with nothing, after recording another copy's submission in the
-/// run (as if that copy's 201 was written while this one was looking).
-struct SubmittedMeanwhile {
-    store: Arc<MemStore>,
-    action: ActionId,
-}
-
-impl Defender for SubmittedMeanwhile {
-    async fn run_live_response(
-        &self,
-        _: &MachineId,
-        _: &LiveResponseRequest,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("past its deadline, submit must not submit")
-    }
-    async fn get_machine_action(&self, _: &ActionId) -> Result<MachineAction, DefenderError> {
-        panic!("submit does not read actions")
-    }
-    async fn list_machine_actions(
-        &self,
-        f: &ActionFilter,
-    ) -> Result<Vec<MachineAction>, DefenderError> {
-        let run = {
-            let objects = self.store.objects.lock().unwrap();
-            let (key, _) = objects
-                .iter()
-                .find(|(k, _)| k.ends_with("run.json"))
-                .expect("a run");
-            key.clone()
-        };
-        let stored = self.store.get(&run).await.unwrap().unwrap();
-        let mut rec: shared::store::RunRecord = serde_json::from_slice(&stored.body).unwrap();
-        assert_eq!(f.machine_id.as_ref(), Some(&rec.machine_id));
-        rec.state = RunState::Submitted;
-        rec.action_id = Some(self.action.clone());
-        self.store
-            .put(&run, serde_json::to_vec(&rec).unwrap(), Put::Always)
-            .await
-            .unwrap();
-        Ok(Vec::new())
-    }
-    async fn result_download_link(
-        &self,
-        _: &ActionId,
-        _: u32,
-    ) -> Result<DownloadLink, DefenderError> {
-        panic!("submit does not collect")
-    }
-    async fn cancel_machine_action(
-        &self,
-        _: &ActionId,
-        _: &str,
-    ) -> Result<MachineAction, DefenderError> {
-        panic!("submit does not cancel")
-    }
-}
-
 #[tokio::test]
 async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitted() {
     let store = Arc::new(MemStore::default());
@@ -234,10 +175,32 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
     put_run(&*store, &record).await;
 
     let cfg = submit_config();
-    let defender = SubmittedMeanwhile {
-        store: store.clone(),
-        action: action.clone(),
-    };
+    // Answers the submission look-up with nothing, after recording another copy's submission in
+    // the run (as if that copy's 201 was written while this one was looking).
+    let (world, submitted) = (store.clone(), action.clone());
+    let defender = Scripted::default().before_each_call(move |call| {
+        let (store, action) = (world.clone(), submitted.clone());
+        Box::pin(async move {
+            let Call::List(filter) = call else { return };
+            let run = {
+                let objects = store.objects.lock().unwrap();
+                let (key, _) = objects
+                    .iter()
+                    .find(|(k, _)| k.ends_with("run.json"))
+                    .expect("a run");
+                key.clone()
+            };
+            let stored = store.get(&run).await.unwrap().unwrap();
+            let mut rec: shared::store::RunRecord = serde_json::from_slice(&stored.body).unwrap();
+            assert_eq!(filter.machine_id.as_ref(), Some(&rec.machine_id));
+            rec.state = RunState::Submitted;
+            rec.action_id = Some(action);
+            store
+                .put(&run, serde_json::to_vec(&rec).unwrap(), Put::Always)
+                .await
+                .unwrap();
+        })
+    });
     let msg = Delivery::new(
         "submit-1",
         encode(&shared::messages::SubmitJob {
@@ -271,6 +234,14 @@ async fn a_late_copy_of_a_submit_message_does_not_end_a_run_another_copy_submitt
     );
     assert_eq!(after.action_id, Some(action));
     assert!(after.outcome.is_none());
+    assert!(
+        defender.requests().is_empty(),
+        "past its deadline, submit must not submit"
+    );
+    assert_eq!(
+        defender.listings.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     assert!(
         store.get(&manifest_key(&run_id)).await.unwrap().is_none(),
         "no manifest for a run still running"
@@ -308,9 +279,9 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
     .unwrap();
     // Defender whose action never ends: every read says InProgress, every cancel is accepted and
     // changes nothing.
-    let defender = testkit::defender::Scripted {
+    let defender = Scripted {
         accepts_cancels: true,
-        ..testkit::defender::Scripted::with(vec![action])
+        ..Scripted::with(vec![action])
     };
     let mut cfg = poll_config();
     cfg.status_from = shared::stages::settings::StatusFrom::Each;
