@@ -11,8 +11,10 @@
 //!   simulator seeds.
 //! - [`logs`]: log capture, for tests that read what was logged.
 //! - [`notary`]: an in-memory signer and bus for stage handlers called directly.
-//! - [`defender`]: a scripted Defender (actions to read and list) for stage handlers called
-//!   directly.
+//! - [`defender`]: Defender scripted by a test, Defender as a model on a manual clock, and a
+//!   decorator that loses a submission's answer.
+//! - [`store`]: a store decorator: a hook before each operation (latency, interleaving, kill
+//!   points, faults) and an observer after it.
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
 //!   out.
 //! - [`seeded`]: seeds and a seeded generator for randomised tests.
@@ -31,3 +33,4 @@ pub mod records;
 pub mod seeded;
 pub mod sim;
 pub mod stack;
+pub mod store;

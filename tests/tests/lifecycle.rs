@@ -33,9 +33,8 @@ use shared::defender::{ActionId, DefenderError, MachineId};
 use shared::ids::RunId;
 use shared::messages::Delivery;
 use shared::ports::{
-    BoxFuture, ByteStream, Completion, Download, Events, Fetch, Head, Notary, NotaryError,
-    ObjectStore, Put, PutResult, Queue, QueueError, Rejection, Signer, StoreError, Stored, Upload,
-    Uploads,
+    BoxFuture, Download, Events, Fetch, Notary, NotaryError, ObjectStore, Put, Queue, QueueError,
+    Rejection, Signer,
 };
 use shared::secret::Secret;
 use shared::stages::Ports;
@@ -47,6 +46,7 @@ use testkit::content::sha256_hex;
 use testkit::defender::{Device, Model, ModelCall};
 use testkit::records::{collect_job, seed_collecting_run};
 use testkit::seeded::{Rng, seed_from_env};
+use testkit::store::Hooked;
 use time::OffsetDateTime;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -72,76 +72,6 @@ impl Kill {
     }
     fn arm(&self, after: i64) {
         self.countdown.store(after, Ordering::SeqCst);
-    }
-}
-
-struct KStore<'a> {
-    inner: &'a MemStore,
-    kill: &'a Kill,
-}
-
-impl ObjectStore for KStore<'_> {
-    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        self.kill.point().await;
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
-        self.kill.point().await;
-        self.inner.put(key, body, c).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.kill.point().await;
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.kill.point().await;
-        self.inner.delete(key).await
-    }
-}
-
-impl Uploads for KStore<'_> {
-    async fn open_read(&self, key: &str) -> Result<ByteStream, StoreError> {
-        self.kill.point().await;
-        self.inner.open_read(key).await
-    }
-    async fn head(&self, key: &str, version: Option<&str>) -> Result<Option<Head>, StoreError> {
-        self.kill.point().await;
-        self.inner.head(key, version).await
-    }
-    async fn retain(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
-        self.kill.point().await;
-        self.inner.retain(key, version).await
-    }
-    async fn begin_upload(
-        &self,
-        key: &str,
-        meta: BTreeMap<String, String>,
-    ) -> Result<String, StoreError> {
-        self.kill.point().await;
-        self.inner.begin_upload(key, meta).await
-    }
-    async fn upload_part(
-        &self,
-        key: &str,
-        id: &str,
-        n: i32,
-        body: Bytes,
-    ) -> Result<Upload<String>, StoreError> {
-        self.kill.point().await;
-        self.inner.upload_part(key, id, n, body).await
-    }
-    async fn complete_upload(
-        &self,
-        key: &str,
-        id: &str,
-        parts: Vec<(i32, String)>,
-    ) -> Result<Completion, StoreError> {
-        self.kill.point().await;
-        self.inner.complete_upload(key, id, parts).await
-    }
-    async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
-        self.kill.point().await;
-        self.inner.abort_upload(key, id).await
     }
 }
 
@@ -514,10 +444,14 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let mut sent_seen = 0usize;
     let mut tally = Tally::default();
     let mut run_ids = Vec::new();
-    let kstore = KStore {
-        inner: &store,
-        kill: &kill,
-    };
+    // The store with a kill point at every operation.
+    let kstore = Hooked::new(&store).before(|_| {
+        let kill = &kill;
+        Box::pin(async move {
+            kill.point().await;
+            Ok(())
+        })
+    });
     let kqueue = KQueue {
         inner: &queue,
         kill: &kill,

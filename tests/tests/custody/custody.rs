@@ -12,7 +12,7 @@ use shared::custody::event::{DETAIL_TYPE, RunFinished, SOURCE};
 use shared::custody::signature::{ManifestSignature, Statement, check_statement, verify_offline};
 use shared::defender::{ActionId, Command, MachineId};
 use shared::ids::RunId;
-use shared::ports::{Notary, ObjectStore, Put, PutResult, StoreError, Stored};
+use shared::ports::{Notary, ObjectStore, Put};
 use shared::stages::StageError;
 use shared::stages::finish::{EVENT_CLAIM_LAPSES, finish_run_if_complete};
 use shared::store::{
@@ -20,27 +20,8 @@ use shared::store::{
     put_command, run_key, signature_key,
 };
 use testkit::records::seed_collecting_run;
+use testkit::store::Hooked;
 use time::OffsetDateTime;
-
-/// A store that lets the other task go first at every operation, so two finishers interleave.
-struct Yielding<'a>(&'a MemStore);
-
-impl ObjectStore for Yielding<'_> {
-    async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.get(key).await
-    }
-    async fn put(&self, key: &str, body: Vec<u8>, c: Put) -> Result<PutResult, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.put(key, body, c).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.0.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.delete(key).await
-    }
-}
 
 /// One test's world: a store, a signing key, a bus, and a clock at [`t0`].
 struct World {
@@ -125,7 +106,14 @@ async fn two_messages_finishing_a_run_at_once_seal_it_once_and_the_loser_finishe
         } = World::new();
         let notary = notary(&signer, &events);
         let run = ended_run(&store, &format!("race{round}")).await;
-        let y = Yielding(&store);
+        // A store that lets the other task go first at every operation, so two finishers
+        // interleave.
+        let y = Hooked::new(&store).before(|_| {
+            Box::pin(async {
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+        });
         let (a, b) = tokio::join!(
             finish_run_if_complete(&y, notary, &run, &clock),
             finish_run_if_complete(&y, notary, &run, &clock)

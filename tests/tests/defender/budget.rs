@@ -2,7 +2,9 @@
 //! sessions given back, sessions left behind, the GET windows, calls counted at the latest time
 //! Defender can have counted them, and an unreadable budget object.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+use testkit::store::{Effect, Hooked, Op};
 
 use shared::adapters::memory::MemStore;
 use shared::budget::{
@@ -319,55 +321,6 @@ async fn a_full_session_cap_gives_back_sessions_of_runs_that_moved_on() {
     assert_eq!(held, vec![run(3).to_string()]);
 }
 
-/// A store with S3's latency: every read and write takes 20 to 60 ms (in the test's virtual time).
-struct S3Latency<'a> {
-    inner: &'a MemStore,
-    rng: std::sync::Mutex<Rng>,
-    /// Conditional writes of the budget that were stored (won) and refused (lost).
-    written: std::sync::atomic::AtomicU64,
-    lost: std::sync::atomic::AtomicU64,
-}
-
-impl S3Latency<'_> {
-    async fn lag(&self) {
-        let ms = 20 + self.rng.lock().unwrap().below(41);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-}
-
-impl ObjectStore for S3Latency<'_> {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<shared::ports::Stored>, shared::ports::StoreError> {
-        self.lag().await;
-        self.inner.get(key).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        c: Put,
-    ) -> Result<shared::ports::PutResult, shared::ports::StoreError> {
-        self.lag().await;
-        let result = self.inner.put(key, body, c).await;
-        if key == BUDGET_KEY {
-            let counter = match result {
-                Ok(shared::ports::PutResult::Written { .. }) => &self.written,
-                _ => &self.lost,
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, shared::ports::StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), shared::ports::StoreError> {
-        self.inner.delete(key).await
-    }
-}
-
 /// Defect 5: every Defender call of the tenant goes through one budget object updated by
 /// compare-and-swap. With S3's latency, 60 concurrent paced calls lost 6 and 80 lost 23: each loss
 /// was a failed message that waited out its queue's visibility timeout (90 minutes for collect).
@@ -383,12 +336,28 @@ async fn contention_of_100_concurrent_callers_never_fails_a_call_nor_delays_one_
     println!("seed {seed} (BUDGET_SEED={seed} replays the latencies)");
     for (callers, per_process) in [(60u64, 1u64), (100, 1), (60, 10), (100, 10)] {
         let mem = MemStore::default();
-        let store = S3Latency {
-            inner: &mem,
-            rng: std::sync::Mutex::new(Rng::new(seed ^ callers ^ (per_process << 32))),
-            written: Default::default(),
-            lost: Default::default(),
-        };
+        // A store with S3's latency: every operation takes 20 to 60 ms (in the test's virtual
+        // time); conditional writes of the budget counted, stored (won) and refused (lost).
+        let rng = std::sync::Mutex::new(Rng::new(seed ^ callers ^ (per_process << 32)));
+        let (written, lost) = (AtomicU64::new(0), AtomicU64::new(0));
+        let store = Hooked::new(&mem)
+            .before(|_| {
+                let lag = Duration::from_millis(20 + rng.lock().unwrap().below(41));
+                Box::pin(async move {
+                    tokio::time::sleep(lag).await;
+                    Ok(())
+                })
+            })
+            .after(|op, effect| {
+                if *op == Op::Put(BUDGET_KEY.into()) {
+                    let counter = if effect == Effect::Written {
+                        &written
+                    } else {
+                        &lost
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
         let processes: Vec<BudgetConfig> = (0..callers / per_process)
             .map(|_| BudgetConfig {
                 gets_per_minute: 10_000,
@@ -424,8 +393,8 @@ async fn contention_of_100_concurrent_callers_never_fails_a_call_nor_delays_one_
             slowest = slowest.max(took);
             waits.extend(waited);
         }
-        let written = store.written.load(std::sync::atomic::Ordering::Relaxed);
-        let lost = store.lost.load(std::sync::atomic::Ordering::Relaxed);
+        let written = written.load(std::sync::atomic::Ordering::Relaxed);
+        let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
         println!(
             "{callers} callers, {per_process} to a process: slowest made its call after {slowest:?}; {} paced waits, longest {:?}; {written} budget writes stored, {lost} lost",
             waits.len(),
