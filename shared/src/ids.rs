@@ -145,13 +145,52 @@ validated_id!(
     ActionId,
     "machine action id",
     |s| {
-        let groups: Vec<&str> = s.split('-').collect();
-        let ok = groups.len() == 5
-            && groups
-                .iter()
-                .zip([8, 4, 4, 4, 12])
-                .all(|(g, n)| hex_of_len(g, n));
+        if is_guid(s) {
+            Ok(s.to_ascii_lowercase())
+        } else {
+            Err("must be a GUID (8-4-4-4-12 hexadecimal)".into())
+        }
+    }
+);
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| hex_of_len(g, n))
+}
+
+validated_id!(
+    /// One of the deployment's Defender tenants, as the tenant registry names it (our key, not
+    /// Entra's id): 1 to 32 lower-case letters, digits and inner hyphens, starting with a letter.
+    /// It goes into S3 keys (so IAM can scope an analyst to one tenant), metric dimensions and
+    /// events.
+    TenantKey,
+    "tenant key",
+    |s| {
+        let ok = (1..=32).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && !s.contains("--")
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
+            Ok(s.to_string())
+        } else {
+            Err("must be 1-32 lower-case letters, digits and single inner hyphens, starting with a letter".into())
+        }
+    }
+);
+
+validated_id!(
+    /// An Entra (Azure AD) tenant id (a GUID), kept in lower case.
+    EntraTenantId,
+    "Entra tenant id",
+    |s| {
+        if is_guid(s) {
             Ok(s.to_ascii_lowercase())
         } else {
             Err("must be a GUID (8-4-4-4-12 hexadecimal)".into())

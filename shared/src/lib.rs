@@ -16,6 +16,8 @@
 //!   message holds a record ([`store::chain`]), evidence retention.
 //! - [`custody`]: the manifest's signed statement and the completion event (their formats and
 //!   checks; `stages::finish` writes them).
+//! - [`tenants`]: the Defender tenants one deployment serves (the tenant registry, checked at
+//!   start).
 //! - [`budget`]: the tenant's Defender call budget, shared through one S3 object.
 //! - [`defender`]: the Defender API client: cloud presets, tokens, typed entities and errors, the
 //!   library.
@@ -47,6 +49,7 @@ pub mod retry;
 pub mod secret;
 pub mod stages;
 pub mod store;
+pub mod tenants;
 pub mod text;
 
 pub use secret::Secret;

@@ -829,6 +829,12 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             .entry(format!("run_{:?}", manifest.outcome))
             .or_default() += 1;
     }
+    let strangers = defender.strangers();
+    if !strangers.is_empty() {
+        return Err(format!(
+            "the pipeline asked Defender about what it never made: {strangers:?}"
+        ));
+    }
     let held = budget::held_sessions(&store, &budget_cfg, &clock)
         .await
         .unwrap();
@@ -912,9 +918,14 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
     );
 }
 
-/// Seeds that once found a bug (they replay exactly): each still keeps every invariant.
+/// Seeds that once found a bug: each still keeps every invariant. A seed replays its schedule only
+/// while the stages make the same calls in the same order (and the model answers them the same
+/// way), so a seed kept here guards less after each change; the bug it found has a directed test
+/// where one was written.
 /// - 1796051785961714617: poll died after marking its run Collecting and before giving the
-///   session back; the redelivery found the run past its stage and left the session held.
+///   session back; the redelivery found the run past its stage and left the session held
+///   (found before `testkit::defender::Model` replaced the model's own Defender: the schedule
+///   it makes now differs).
 #[tokio::test(start_paused = true)]
 async fn schedules_that_found_bugs_keep_the_invariants() {
     for seed in [1_796_051_785_961_714_617u64] {

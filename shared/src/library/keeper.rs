@@ -50,15 +50,23 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
+    /// The mode named `upload`, `verify` or `off`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "upload" => Some(Self::Upload),
+            "verify" => Some(Self::Verify),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
     /// Reads `LIBRARY_SYNC` (`upload`, `verify` or `off`; `upload` when unset).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        match optional(env, "LIBRARY_SYNC").as_deref() {
-            None | Some("upload") => Ok(Self::Upload),
-            Some("verify") => Ok(Self::Verify),
-            Some("off") => Ok(Self::Off),
-            Some(other) => Err(ConfigError::Invalid {
+        match optional(env, "LIBRARY_SYNC") {
+            None => Ok(Self::Upload),
+            Some(name) => Self::parse(&name).ok_or(ConfigError::Invalid {
                 var: "LIBRARY_SYNC",
-                value: other.to_string(),
+                value: name,
                 reason: "expected upload, verify or off".into(),
             }),
         }

@@ -17,8 +17,8 @@ use shared::defender::{
 use shared::ports::Defender;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Passes every call through to `inner`, but loses the answer to the first submission: Defender
-/// made the action, the pipeline hears a dropped connection.
+/// Passes every call through to `inner`, but loses the answer to the first submission Defender
+/// accepted: Defender made the action, the pipeline hears a dropped connection.
 pub struct LosesFirstAnswer<D> {
     inner: D,
     lost: AtomicBool,
@@ -40,14 +40,14 @@ impl<D: Defender> Defender for LosesFirstAnswer<D> {
         m: &MachineId,
         r: &LiveResponseRequest,
     ) -> Result<MachineAction, DefenderError> {
-        let result = self.inner.run_live_response(m, r).await;
+        let action = self.inner.run_live_response(m, r).await?;
+        // The first submission Defender accepted: its answer is lost.
         if !self.lost.swap(true, Ordering::SeqCst) {
-            result?;
             return Err(DefenderError::Transient {
                 reason: "connection reset after the request was sent".into(),
             });
         }
-        result
+        Ok(action)
     }
     async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
         self.inner.get_machine_action(id).await

@@ -72,10 +72,13 @@ pub struct Model<'a> {
     faults: Option<Faults>,
     actions: Mutex<Vec<Action>>,
     calls: Mutex<Vec<(Call, OffsetDateTime)>>,
+    /// Machines and actions the model does not know that the pipeline asked about.
+    strangers: Mutex<Vec<String>>,
 }
 
 impl<'a> Model<'a> {
-    /// Defender for these devices, answering every call (a device not listed is offline).
+    /// Defender for these devices, answering every call (a device not listed is offline, and
+    /// recorded as a stranger).
     pub fn new(clock: &'a ManualClock, devices: HashMap<MachineId, Device>) -> Self {
         Self {
             clock,
@@ -83,6 +86,7 @@ impl<'a> Model<'a> {
             faults: None,
             actions: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
+            strangers: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,11 +134,29 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// Machines and actions the pipeline asked about that the model never had: a pipeline that
+    /// names the wrong one would otherwise look like Defender's 404.
+    pub fn strangers(&self) -> Vec<String> {
+        self.strangers.lock().unwrap().clone()
+    }
+
     fn device(&self, machine: &MachineId) -> Device {
-        self.devices
-            .get(machine)
-            .copied()
-            .unwrap_or(Device::Offline)
+        self.devices.get(machine).copied().unwrap_or_else(|| {
+            self.stranger(format!("machine {machine}"));
+            Device::Offline
+        })
+    }
+
+    fn stranger(&self, what: String) {
+        self.strangers.lock().unwrap().push(what);
+    }
+
+    fn unknown(&self, id: &ActionId) -> DefenderError {
+        self.stranger(format!("action {id}"));
+        DefenderError::NotFound {
+            code: "ResourceNotFound".into(),
+            message: format!("action {id}"),
+        }
     }
 
     fn record(&self, call: Call) {
@@ -287,10 +309,7 @@ impl Defender for Model<'_> {
         let actions = self.actions.lock().unwrap();
         match actions.iter().find(|a| &a.id == id) {
             Some(a) => Ok(self.view(a)),
-            None => Err(DefenderError::NotFound {
-                code: "ResourceNotFound".into(),
-                message: format!("action {id}"),
-            }),
+            None => Err(self.unknown(id)),
         }
     }
 
@@ -344,10 +363,7 @@ impl Defender for Model<'_> {
         }
         let mut actions = self.actions.lock().unwrap();
         let Some(a) = actions.iter_mut().find(|a| &a.id == id) else {
-            return Err(DefenderError::NotFound {
-                code: "ResourceNotFound".into(),
-                message: format!("action {id}"),
-            });
+            return Err(self.unknown(id));
         };
         if !self.status(a).is_final() {
             a.cancelled = true;

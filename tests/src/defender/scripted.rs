@@ -3,7 +3,10 @@
 //! answers submissions from a script, or accepts them; answers result links with a scripted link;
 //! accepts cancels that change nothing when told to; and runs a test's hook before answering any
 //! call (to hold a call at a gate, let time pass, or change the world meanwhile). Anything a test
-//! did not script is an error naming what was asked, never a panic inside the stage.
+//! did not script is answered with an error naming what was asked (never a panic inside the stage:
+//! a stage may well absorb such an error, as it would Defender's), and recorded: the test fails
+//! when the scripted Defender is dropped with unscripted calls unless it read them
+//! ([`Scripted::take_unscripted`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -36,7 +39,8 @@ pub enum Call {
     Cancel,
 }
 
-/// Runs before a call is answered (its answer already chosen).
+/// Runs before a call is answered (a submission's, a read's and a link's answer already chosen; a
+/// listing's and a cancel's taken after it ran).
 pub type Hook = Box<dyn Fn(Call) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Defender as a test scripts it.
@@ -65,63 +69,78 @@ pub struct Scripted {
     pub listings: AtomicU32,
     /// Cancels accepted.
     pub cancels: AtomicU32,
+    /// Calls the test did not script, in order.
+    unscripted_calls: Mutex<Vec<String>>,
 }
 
 impl Scripted {
     /// Defender whose tenant holds `actions`.
     pub fn with(actions: Vec<MachineAction>) -> Self {
-        Self {
-            actions: Mutex::new(actions),
-            ..Self::default()
-        }
+        let s = Self::default();
+        *s.actions.lock().unwrap() = actions;
+        s
     }
 
     /// Defender that answers the submissions it is sent with `answers`, in turn.
     pub fn answering_submissions(answers: Vec<Result<MachineAction, DefenderError>>) -> Self {
-        Self {
-            submissions: Mutex::new(answers.into()),
-            ..Self::default()
-        }
+        let s = Self::default();
+        *s.submissions.lock().unwrap() = answers.into();
+        s
     }
 
     /// Defender that accepts every submission (and lists no earlier action).
     pub fn accepting_submissions() -> Self {
-        Self {
-            accepts_submissions: true,
-            ..Self::default()
-        }
+        let mut s = Self::default();
+        s.accepts_submissions = true;
+        s
     }
 
     /// Defender that answers reads with `reads`, in turn.
     pub fn answering_reads(reads: Vec<MachineAction>) -> Self {
-        Self {
-            reads: Mutex::new(reads.into()),
-            ..Self::default()
-        }
+        Self::default().answering(reads)
+    }
+
+    /// The same Defender, answering its next reads with `reads`, in turn (then from `actions`).
+    pub fn answering(self, reads: Vec<MachineAction>) -> Self {
+        *self.reads.lock().unwrap() = reads.into();
+        self
     }
 
     /// Defender that answers every result link with `link`.
     pub fn answering_links(link: DownloadLink) -> Self {
-        Self {
-            link: Some(link),
-            ..Self::default()
-        }
+        let mut s = Self::default();
+        s.link = Some(link);
+        s
+    }
+
+    /// The same Defender, accepting cancels (each changes nothing).
+    pub fn accepting_cancels(mut self) -> Self {
+        self.accepts_cancels = true;
+        self
     }
 
     /// The same Defender, running `hook` before it answers each call.
     pub fn before_each_call(
-        self,
+        mut self,
         hook: impl Fn(Call) -> BoxFuture<'static, ()> + Send + Sync + 'static,
     ) -> Self {
-        Self {
-            hook: Some(Box::new(hook)),
-            ..self
-        }
+        self.hook = Some(Box::new(hook));
+        self
     }
 
     /// The submissions asked so far.
     pub fn requests(&self) -> Vec<LiveResponseRequest> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The calls it had no answer for (clearing them: a test that expects some says so).
+    pub fn take_unscripted(&self) -> Vec<String> {
+        std::mem::take(&mut *self.unscripted_calls.lock().unwrap())
+    }
+
+    fn unscripted(&self, what: &str) -> DefenderError {
+        self.unscripted_calls.lock().unwrap().push(what.to_string());
+        DefenderError::InvalidResponse(format!("the scripted Defender has no answer for {what}"))
     }
 
     async fn before(&self, call: Call) {
@@ -167,8 +186,13 @@ pub fn action(
     }
 }
 
-fn unscripted(what: &str) -> DefenderError {
-    DefenderError::InvalidResponse(format!("the scripted Defender has no answer for {what}"))
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let unscripted = self.take_unscripted();
+        if !unscripted.is_empty() && !std::thread::panicking() {
+            panic!("the stage made calls the test did not script: {unscripted:?}");
+        }
+    }
 }
 
 fn not_found(id: &ActionId) -> DefenderError {
@@ -199,7 +223,7 @@ impl Defender for Scripted {
                 pending.requestor_comment = Some(request.comment.clone());
                 Ok(pending)
             }
-            None => Err(unscripted("a submission")),
+            None => Err(self.unscripted("a submission")),
         };
         self.before(Call::Submit { n }).await;
         answer
@@ -208,16 +232,16 @@ impl Defender for Scripted {
     async fn get_machine_action(&self, id: &ActionId) -> Result<MachineAction, DefenderError> {
         let n = self.reads_made.fetch_add(1, Ordering::SeqCst);
         let scripted = self.reads.lock().unwrap().pop_front();
-        let answer = match scripted {
+        let known = || {
+            let actions = self.actions.lock().unwrap();
+            actions.iter().find(|a| &a.id == id).cloned()
+        };
+        let answer = match scripted.or_else(known) {
             Some(action) => Ok(action),
-            None => self
-                .actions
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|a| &a.id == id)
-                .cloned()
-                .ok_or_else(|| not_found(id)),
+            None => {
+                self.unscripted(&format!("a read of action {id}"));
+                Err(not_found(id))
+            }
         };
         self.before(Call::Read { n }).await;
         answer
@@ -252,7 +276,9 @@ impl Defender for Scripted {
         _: u32,
     ) -> Result<DownloadLink, DefenderError> {
         self.before(Call::Link).await;
-        self.link.clone().ok_or_else(|| unscripted("a result link"))
+        self.link
+            .clone()
+            .ok_or_else(|| self.unscripted("a result link"))
     }
 
     async fn cancel_machine_action(
@@ -262,7 +288,7 @@ impl Defender for Scripted {
     ) -> Result<MachineAction, DefenderError> {
         self.before(Call::Cancel).await;
         if !self.accepts_cancels {
-            return Err(unscripted("a cancel"));
+            return Err(self.unscripted("a cancel"));
         }
         self.cancels.fetch_add(1, Ordering::SeqCst);
         self.actions

@@ -1,7 +1,7 @@
-//! Found by a second adversarial review of issue 10, each failing on 5c32b74: a value one playbook
-//! refuses must stay for the next playbook that takes it, a refusal's reason must survive to the
-//! dead-letter reason, a file name must not stop an unwanted-software alert, and the Object Lock
-//! mode pin must cover PutObjectRetention as well as PutObject.
+//! A value one playbook refuses stays for the next playbook that takes it, a refusal's reason
+//! survives to the dead-letter reason, a file name does not stop an unwanted-software alert, and
+//! the Object Lock mode pin covers PutObjectRetention as well as PutObject. (Each failed on
+//! 5c32b74, found by a second adversarial review of issue 10.)
 
 use crate::policy;
 

@@ -1,7 +1,7 @@
-//! Attacks on placeholder rendering found by an adversarial review of issue 10, each of which
-//! worked on the first fix (f048a82): a file name that stops all collection for its alert, bare
-//! script values PowerShell reads as numbers or arrays, and a path argument that could pass for a
-//! parameter name if Defender ever split arguments on spaces.
+//! Attacks on placeholder rendering, each refused: a file name that stops all collection for its
+//! alert, bare script values PowerShell reads as numbers or arrays, and a path argument that could
+//! pass for a parameter name if Defender ever split arguments on spaces. (Each worked on the first
+//! fix, f048a82, found by an adversarial review of issue 10.)
 
 use shared::alerts::playbook::Playbooks;
 use shared::alerts::{AlertError, parse};

@@ -1,5 +1,5 @@
-//! Collect's parts in flight (found by review: the in-memory store finishes every upload on its
-//! first poll, so no other test has two parts in flight): a deadline with two parts in flight
+//! Collect's parts in flight (a store whose uploads take time, as S3's do: the in-memory store
+//! finishes every upload on its first poll, so no other test has two parts in flight): a deadline with two parts in flight
 //! drains them and the checkpoint's hash covers exactly its offset; a download that breaks with a
 //! part in flight keeps the stored prefix and uploads the dropped part again under its number; with
 //! the first part in flight the upload is aborted and the copy starts over; one chunk larger than a
@@ -256,7 +256,7 @@ struct Rig<'a> {
 }
 
 impl<'a> Rig<'a> {
-    async fn new(store: &'a Slow<'a>, clock: &'a ManualClock, link_delay: Duration) -> Self {
+    async fn new(store: &'a Slow<'a>, clock: &'a ManualClock) -> Self {
         let run = run_id("native", "review-copy", M1, "malware-file");
         let action = ActionId::parse("00000000-0000-0000-0000-000000000042").unwrap();
         let commands = vec![Command::get_file(FILE)];
@@ -274,12 +274,11 @@ impl<'a> Rig<'a> {
             cfg: collect_config(),
             store,
             queue: MemQueue::default(),
-            // Answers only the link call, after `link_delay`.
+            // Answers only the link call.
             defender: Scripted::answering_links(DownloadLink {
                 url: Secret::new("http://127.0.0.1/pkg?se=2099-01-01T00%3A00%3A00Z&sig=x".into()),
                 expires_at: None,
-            })
-            .before_each_call(move |_| Box::pin(tokio::time::sleep(link_delay))),
+            }),
             clock,
             run,
             msg: Mutex::new(msg),
@@ -333,14 +332,14 @@ fn hash_of(bytes: &[u8]) -> ResumableSha256 {
 /// the end of the later one with the hash of exactly those bytes, and the next invocation goes on
 /// from there with the next part number.
 #[tokio::test]
-async fn two_parts_in_flight_at_the_deadline() {
+async fn a_checkpoint_at_the_time_budget_covers_exactly_the_parts_drained() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
     let mut store = Slow::new(&clock, Duration::from_millis(5));
     // Part 2 starts after the deadline and is held until part 3 starts: at part 3's boundary,
     // parts 2 and 3 are both in flight.
     store.jump = Some((2, Duration::from_secs(120)));
     store.gate = Some((2, Some(3)));
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let rig = Rig::new(&store, &clock).await;
     let body = package(4 * P + 1234);
     let fetch = Pkg {
         body: body.clone(),
@@ -383,7 +382,7 @@ async fn a_broken_download_drops_the_part_in_flight() {
     let mut store = Slow::new(&clock, Duration::ZERO);
     // Part 2 waits until the download is opened again (when it is given up already).
     store.gate = Some((2, None));
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let rig = Rig::new(&store, &clock).await;
     let body = package(3 * P + 10);
     let fetch = Pkg {
         body: body.clone(),
@@ -423,7 +422,7 @@ async fn a_broken_download_with_the_first_part_in_flight_aborts_the_upload() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
     let mut store = Slow::new(&clock, Duration::ZERO);
     store.gate = Some((1, None));
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let rig = Rig::new(&store, &clock).await;
     let body = package(2 * P + 10);
     let fetch = Pkg {
         body: body.clone(),
@@ -457,7 +456,7 @@ async fn a_broken_download_with_the_first_part_in_flight_aborts_the_upload() {
 async fn one_large_chunk_keeps_parts_in_flight_within_the_limit() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
     let store = Slow::new(&clock, Duration::from_millis(20));
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let rig = Rig::new(&store, &clock).await;
     let body = package(4 * P + 7);
     let fetch = Pkg {
         body: body.clone(),
@@ -486,7 +485,7 @@ async fn an_unrecorded_completion_is_found_and_kept() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
     let store = Slow::new(&clock, Duration::ZERO);
     store.die_after_completion.store(true, Ordering::SeqCst);
-    let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let rig = Rig::new(&store, &clock).await;
     let body = package(2 * P + 77);
     let fetch = Pkg {
         body: body.clone(),
@@ -550,7 +549,7 @@ async fn an_object_already_under_the_evidence_key_is_not_replaced() {
     for same_length in [true, false] {
         let clock = ManualClock::at(time::OffsetDateTime::now_utc());
         let store = Slow::new(&clock, Duration::ZERO);
-        let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+        let rig = Rig::new(&store, &clock).await;
         let key = evidence_key(&rig.run, 0, CommandType::GetFile);
         let body = package(P + 5);
         let planted = if same_length {
@@ -609,7 +608,7 @@ async fn a_completed_checkpoint_the_bucket_does_not_back_starts_over() {
     for stored in [true, false] {
         let clock = ManualClock::at(time::OffsetDateTime::now_utc());
         let store = Slow::new(&clock, Duration::ZERO);
-        let rig = Rig::new(&store, &clock, Duration::ZERO).await;
+        let rig = Rig::new(&store, &clock).await;
         let key = evidence_key(&rig.run, 0, CommandType::GetFile);
         let forged = serde_json::json!({
             "v": 2, "key": key, "upload_id": "no-such-upload", "part_size": P,
@@ -682,7 +681,7 @@ async fn manifest_command(rig: &Rig<'_>) -> shared::store::ManifestCommand {
 async fn a_download_that_stalls_mid_part_does_not_outlive_the_time_budget() {
     let clock = ManualClock::at(time::OffsetDateTime::now_utc());
     let store = Slow::new(&clock, Duration::ZERO);
-    let mut rig = Rig::new(&store, &clock, Duration::ZERO).await;
+    let mut rig = Rig::new(&store, &clock).await;
     rig.cfg.time_budget = Duration::from_secs(300);
     let body = package(3 * P + 77);
     let fetch = Pkg {

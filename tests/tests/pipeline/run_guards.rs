@@ -279,10 +279,7 @@ async fn a_cancel_accepted_without_ending_the_action_counts_against_the_cancel_c
     .unwrap();
     // Defender whose action never ends: every read says InProgress, every cancel is accepted and
     // changes nothing.
-    let defender = Scripted {
-        accepts_cancels: true,
-        ..Scripted::with(vec![action])
-    };
+    let defender = Scripted::with(vec![action]).accepting_cancels();
     let mut cfg = poll_config();
     cfg.status_from = shared::stages::settings::StatusFrom::Each;
     let mut msg = Delivery::new(

@@ -55,28 +55,28 @@ async fn a_copy_that_finds_the_run_ended_keeps_the_message_until_the_run_is_seal
     // reads it ended, nothing to collect.
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let held = gate.clone();
-    let defender = Scripted::answering_reads(vec![
-        action(
+    let ended = action(
+        &action_id,
+        &machine,
+        ActionStatus::Failed,
+        &[(command.clone(), CommandStatus::Failed)],
+    );
+    // The first read answers that the action runs; every later one that it ended.
+    let defender = Scripted::with(vec![ended])
+        .answering(vec![action(
             &action_id,
             &machine,
             ActionStatus::InProgress,
-            &[(command.clone(), CommandStatus::InProgress)],
-        ),
-        action(
-            &action_id,
-            &machine,
-            ActionStatus::Failed,
-            &[(command, CommandStatus::Failed)],
-        ),
-    ])
-    .before_each_call(move |call| {
-        let held = held.clone();
-        Box::pin(async move {
-            if let Call::Read { n: 0 } = call {
-                held.notified().await;
-            }
-        })
-    });
+            &[(command, CommandStatus::InProgress)],
+        )])
+        .before_each_call(move |call| {
+            let held = held.clone();
+            Box::pin(async move {
+                if let Call::Read { n: 0 } = call {
+                    held.notified().await;
+                }
+            })
+        });
     // Each look is a GET here: the interleaving is of two reads of the action itself.
     let cfg = shared::stages::settings::PollConfig {
         status_from: shared::stages::settings::StatusFrom::Each,
@@ -135,6 +135,10 @@ async fn a_copy_that_finds_the_run_ended_keeps_the_message_until_the_run_is_seal
     );
     // The message is deleted if either copy reports success (the second receive's handle is the
     // one that deletes); with it gone, only a message sent meanwhile could seal the run.
+    assert!(
+        defender.reads_made.load(Ordering::SeqCst) >= 2,
+        "both copies read the action"
+    );
     let message_survives = ra.is_err() && rb.is_err();
     assert!(
         message_survives || !pending.is_empty() || (signature && published == 1),

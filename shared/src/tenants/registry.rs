@@ -1,0 +1,352 @@
+//! The registry's file format and its checks. Each field is read as written (unknown fields are
+//! refused, so a misspelt limit is not silently the default), then checked into a [`Tenant`]
+//! whose values are the types the pipeline uses.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::config::base_url;
+use crate::defender::{CloudPreset, cloud_preset, clouds};
+use crate::ids::{EntraTenantId, TenantKey};
+use crate::library::SyncMode;
+
+/// Why the registry was refused: which entry (its key, or its place when it has none), which
+/// field, and what is wrong. Fix the registry file and deploy its new SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant registry: {entry}: {field}: {problem}")]
+pub struct RegistryError {
+    /// `tenant "acme"`, `tenant #3` (no valid key), or `the file`.
+    pub entry: String,
+    /// The field, as written in the file (`limits.gets_per_hour`).
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Defender's documented limits for one tenant (per application and tenant), each overridable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live response submissions per minute (10).
+    pub submissions_per_minute: u32,
+    /// Live response sessions running at once (25; newer docs allow 50).
+    pub running_sessions: u32,
+    /// Other calls per minute (100).
+    pub gets_per_minute: u32,
+    /// Other calls per hour (1,500).
+    pub gets_per_hour: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            submissions_per_minute: 10,
+            running_sessions: 25,
+            gets_per_minute: 100,
+            gets_per_hour: 1500,
+        }
+    }
+}
+
+/// A principal allowed to start runs on a tenant's devices.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sender {
+    /// An IAM role or user sending to the alerts queue itself, by its unique id (`AROA…` for a
+    /// role, `AIDA…` for a user: `aws iam get-role --query Role.RoleId`), which SQS reports as the
+    /// message's `SenderId`. A role deleted and made again under the same name has another id, so
+    /// it is not allowed until the registry says so.
+    Principal(String),
+}
+
+/// One tenant, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Our key for it: S3 keys, metrics, events.
+    pub key: TenantKey,
+    /// Its Entra tenant: the token is asked for there.
+    pub entra_tenant_id: EntraTenantId,
+    /// Its Defender cloud (API host, login host, token scope), the API host possibly a geo host.
+    pub cloud: CloudPreset,
+    /// Secrets Manager id of its credentials (`{client_id, client_secret}`; a multi-tenant app's
+    /// secret may serve every tenant).
+    pub credentials_secret_id: String,
+    /// Who may start runs on its devices.
+    pub senders: BTreeSet<Sender>,
+    /// The playbooks it may run (`None`: every playbook of the deployment).
+    pub playbooks: Option<BTreeSet<String>>,
+    /// Its library sync (`None`: the deployment's `LIBRARY_SYNC`).
+    pub library_sync: Option<SyncMode>,
+    /// Its Defender limits.
+    pub limits: Limits,
+}
+
+/// Every tenant the deployment serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    tenants: Vec<Tenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    /// One multi-tenant application's credentials, for every tenant that names none.
+    credentials_secret: Option<String>,
+    #[serde(default)]
+    tenants: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    key: Option<String>,
+    entra_tenant_id: Option<String>,
+    cloud: Option<String>,
+    api_base: Option<String>,
+    credentials_secret: Option<String>,
+    #[serde(default)]
+    senders: Vec<SenderEntry>,
+    playbooks: Option<Vec<String>>,
+    library_sync: Option<String>,
+    #[serde(default)]
+    limits: LimitsEntry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SenderEntry {
+    principal: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsEntry {
+    submissions_per_minute: Option<u32>,
+    running_sessions: Option<u32>,
+    gets_per_minute: Option<u32>,
+    gets_per_hour: Option<u32>,
+}
+
+impl Registry {
+    /// Parses and checks a registry file. `playbooks` are the deployment's playbook names (a
+    /// tenant may name only those).
+    pub fn from_toml(text: &str, playbooks: &BTreeSet<String>) -> Result<Self, RegistryError> {
+        let file: File = toml::from_str(text).map_err(|e| RegistryError {
+            entry: "the file".into(),
+            field: "(syntax)".into(),
+            problem: e.message().to_string(),
+        })?;
+        if file.tenants.is_empty() {
+            return Err(RegistryError {
+                entry: "the file".into(),
+                field: "tenants".into(),
+                problem: "lists no tenant ([[tenants]])".into(),
+            });
+        }
+        let shared_secret = file.credentials_secret.as_deref();
+        let mut tenants: Vec<Tenant> = Vec::new();
+        for (i, entry) in file.tenants.into_iter().enumerate() {
+            let tenant = check(i, entry, shared_secret, playbooks)?;
+            let err = |field: &str, problem: String| RegistryError {
+                entry: format!("tenant {:?}", tenant.key.as_str()),
+                field: field.into(),
+                problem,
+            };
+            if let Some(other) = tenants.iter().find(|t| t.key == tenant.key) {
+                return Err(err("key", format!("is used twice ({})", other.key)));
+            }
+            if let Some(other) = tenants
+                .iter()
+                .find(|t| t.entra_tenant_id == tenant.entra_tenant_id)
+            {
+                return Err(err(
+                    "entra_tenant_id",
+                    format!(
+                        "is tenant {:?}'s too: one entry per Entra tenant",
+                        other.key.as_str()
+                    ),
+                ));
+            }
+            if let Some((other, sender)) = tenants.iter().find_map(|t| {
+                t.senders
+                    .intersection(&tenant.senders)
+                    .next()
+                    .map(|s| (t, s))
+            }) {
+                return Err(err(
+                    "senders",
+                    format!(
+                        "{sender:?} is tenant {:?}'s sender too: a sender starts runs for one tenant",
+                        other.key.as_str()
+                    ),
+                ));
+            }
+            tenants.push(tenant);
+        }
+        Ok(Self { tenants })
+    }
+
+    /// Every tenant, in file order.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    /// The tenant with this key.
+    pub fn get(&self, key: &TenantKey) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| &t.key == key)
+    }
+
+    /// The tenant with this Entra tenant id (a Defender or Graph alert names its tenant so).
+    pub fn by_entra_id(&self, id: &EntraTenantId) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| &t.entra_tenant_id == id)
+    }
+}
+
+/// Checks entry `i` (from 0; shown from 1).
+fn check(
+    i: usize,
+    e: Entry,
+    shared_secret: Option<&str>,
+    playbooks: &BTreeSet<String>,
+) -> Result<Tenant, RegistryError> {
+    let mut entry = format!("tenant #{}", i + 1);
+    let err = |entry: &str, field: &str, problem: String| RegistryError {
+        entry: entry.to_string(),
+        field: field.into(),
+        problem,
+    };
+    let key = e
+        .key
+        .ok_or_else(|| err(&entry, "key", "is missing".into()))
+        .and_then(|k| TenantKey::parse(&k).map_err(|x| err(&entry, "key", x.to_string())))?;
+    entry = format!("tenant {:?}", key.as_str());
+    let entra_tenant_id = e
+        .entra_tenant_id
+        .ok_or_else(|| err(&entry, "entra_tenant_id", "is missing".into()))
+        .and_then(|t| {
+            EntraTenantId::parse(&t).map_err(|x| err(&entry, "entra_tenant_id", x.to_string()))
+        })?;
+    let cloud_name = e.cloud.unwrap_or_else(|| "commercial".into());
+    let mut cloud = cloud_preset(&cloud_name).ok_or_else(|| {
+        let known = clouds().collect::<Vec<_>>().join(", ");
+        err(
+            &entry,
+            "cloud",
+            format!("{cloud_name:?} is not one of {known}"),
+        )
+    })?;
+    if let Some(api) = e.api_base {
+        cloud.api_base =
+            base_url("api_base", &api).map_err(|x| err(&entry, "api_base", x.to_string()))?;
+    }
+    let credentials_secret_id = match e.credentials_secret.as_deref().or(shared_secret) {
+        Some(s) if !s.trim().is_empty() => s.to_string(),
+        Some(_) => return Err(err(&entry, "credentials_secret", "is empty".into())),
+        None => {
+            return Err(err(
+                &entry,
+                "credentials_secret",
+                "is missing, and the registry names no shared credentials_secret".into(),
+            ));
+        }
+    };
+    if e.senders.is_empty() {
+        return Err(err(
+            &entry,
+            "senders",
+            "is empty: name who may start runs on this tenant's devices".into(),
+        ));
+    }
+    let mut senders = BTreeSet::new();
+    for s in e.senders {
+        senders.insert(principal(&s.principal).map_err(|p| err(&entry, "senders", p))?);
+    }
+    let playbooks = match e.playbooks {
+        None => None,
+        Some(names) => {
+            if let Some(unknown) = names.iter().find(|n| !playbooks.contains(*n)) {
+                return Err(err(
+                    &entry,
+                    "playbooks",
+                    format!("{unknown:?} is not one of the deployment's playbooks"),
+                ));
+            }
+            Some(names.into_iter().collect())
+        }
+    };
+    let library_sync = match e.library_sync.as_deref() {
+        None => None,
+        Some(m) => Some(SyncMode::parse(m).ok_or_else(|| {
+            err(
+                &entry,
+                "library_sync",
+                format!("{m:?} is not upload, verify or off"),
+            )
+        })?),
+    };
+    let limits = limits(&e.limits).map_err(|(field, problem)| err(&entry, field, problem))?;
+    Ok(Tenant {
+        key,
+        entra_tenant_id,
+        cloud,
+        credentials_secret_id,
+        senders,
+        playbooks,
+        library_sync,
+        limits,
+    })
+}
+
+/// A principal's unique id: `AROA` (role) or `AIDA` (user) and 17 to 124 more upper-case letters
+/// and digits.
+fn principal(id: &str) -> Result<Sender, String> {
+    let ok = (id.starts_with("AROA") || id.starts_with("AIDA"))
+        && (21..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if ok {
+        Ok(Sender::Principal(id.to_string()))
+    } else {
+        Err(format!(
+            "principal {:?} is not an IAM role's or user's unique id (AROA… or AIDA…, from `aws iam get-role --query Role.RoleId`)",
+            id.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
+/// The limits, each defaulting to Defender's documented value and within the ranges the
+/// deployment-wide settings take.
+fn limits(l: &LimitsEntry) -> Result<Limits, (&'static str, String)> {
+    let d = Limits::default();
+    let within = |field: &'static str, v: Option<u32>, default: u32, max: u32| match v {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(v) => Err((field, format!("{v} is not between 1 and {max}"))),
+    };
+    Ok(Limits {
+        submissions_per_minute: within(
+            "limits.submissions_per_minute",
+            l.submissions_per_minute,
+            d.submissions_per_minute,
+            1000,
+        )?,
+        running_sessions: within(
+            "limits.running_sessions",
+            l.running_sessions,
+            d.running_sessions,
+            1000,
+        )?,
+        gets_per_minute: within(
+            "limits.gets_per_minute",
+            l.gets_per_minute,
+            d.gets_per_minute,
+            10_000,
+        )?,
+        gets_per_hour: within(
+            "limits.gets_per_hour",
+            l.gets_per_hour,
+            d.gets_per_hour,
+            100_000,
+        )?,
+    })
+}

@@ -1,0 +1,237 @@
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::ids::{EntraTenantId, TenantKey};
+use crate::library::SyncMode;
+
+const ACME: &str = "11111111-2222-3333-4444-555555555555";
+const GLOBEX: &str = "66666666-7777-8888-9999-aaaaaaaaaaaa";
+const ROLE_A: &str = "AROAEXAMPLEACMEROLE01";
+const ROLE_B: &str = "AROAEXAMPLEGLOBEXROLE";
+
+fn playbooks() -> BTreeSet<String> {
+    ["malware-file", "triage"].map(String::from).into()
+}
+
+fn registry(text: &str) -> Result<Registry, RegistryError> {
+    Registry::from_toml(text, &playbooks())
+}
+
+fn two_tenants() -> String {
+    format!(
+        r#"
+credentials_secret = "lr/multi-tenant-app"
+
+[[tenants]]
+key = "acme"
+entra_tenant_id = "{ACME}"
+senders = [{{ principal = "{ROLE_A}" }}]
+
+[[tenants]]
+key = "globex"
+entra_tenant_id = "{}"
+cloud = "gcc-high"
+credentials_secret = "lr/globex"
+senders = [{{ principal = "{ROLE_B}" }}]
+playbooks = ["triage"]
+library_sync = "verify"
+limits = {{ submissions_per_minute = 5, gets_per_hour = 900 }}
+"#,
+        GLOBEX.to_uppercase()
+    )
+}
+
+#[test]
+fn a_tenant_registry_gives_each_tenant_its_cloud_credentials_senders_and_limits() {
+    let r = registry(&two_tenants()).unwrap();
+    assert_eq!(r.tenants().len(), 2);
+    let acme = r.get(&TenantKey::parse("acme").unwrap()).unwrap();
+    assert_eq!(
+        acme.credentials_secret_id, "lr/multi-tenant-app",
+        "the shared app's secret"
+    );
+    assert_eq!(
+        acme.limits,
+        Limits::default(),
+        "Defender's documented limits"
+    );
+    assert_eq!(acme.playbooks, None, "every playbook");
+    assert_eq!(acme.library_sync, None, "the deployment's sync");
+    assert!(acme.cloud.api_base.contains("securitycenter.microsoft.com"));
+    assert_eq!(
+        acme.senders,
+        BTreeSet::from([Sender::Principal(ROLE_A.into())])
+    );
+
+    let globex = r
+        .by_entra_id(&EntraTenantId::parse(GLOBEX).unwrap())
+        .expect("found by its Entra id, written in upper case in the file");
+    assert_eq!(globex.key.as_str(), "globex");
+    assert_eq!(globex.credentials_secret_id, "lr/globex");
+    assert!(
+        globex.cloud.login_base.ends_with(".us"),
+        "{:?}",
+        globex.cloud
+    );
+    assert_eq!(
+        globex.playbooks,
+        Some(BTreeSet::from(["triage".to_string()]))
+    );
+    assert_eq!(globex.library_sync, Some(SyncMode::Verify));
+    assert_eq!(
+        globex.limits,
+        Limits {
+            submissions_per_minute: 5,
+            gets_per_hour: 900,
+            ..Limits::default()
+        }
+    );
+}
+
+#[test]
+fn a_tenant_registry_with_a_geo_api_host_uses_it() {
+    let r = registry(&format!(
+        r#"[[tenants]]
+key = "eu1"
+entra_tenant_id = "{ACME}"
+api_base = "https://eu.api.security.microsoft.com"
+credentials_secret = "lr/eu1"
+senders = [{{ principal = "{ROLE_A}" }}]
+"#
+    ))
+    .unwrap();
+    assert_eq!(
+        r.tenants()[0].cloud.api_base,
+        "https://eu.api.security.microsoft.com"
+    );
+}
+
+/// Each mistake stops the start with the entry and the field named.
+#[test]
+fn an_invalid_tenant_registry_names_the_entry_and_the_field() {
+    let base = two_tenants();
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        ("this is not toml".into(), "the file", "(syntax)", ""),
+        ("".into(), "the file", "tenants", "no tenant"),
+        (
+            base.replace("key = \"acme\"", "key = \"Acme Corp\""),
+            "tenant #1",
+            "key",
+            "lower-case",
+        ),
+        (
+            base.replace("key = \"acme\"\n", ""),
+            "tenant #1",
+            "key",
+            "missing",
+        ),
+        (
+            base.replace("key = \"globex\"", "key = \"acme\""),
+            "tenant \"acme\"",
+            "key",
+            "twice",
+        ),
+        (
+            base.replace(ACME, "not-a-guid"),
+            "tenant \"acme\"",
+            "entra_tenant_id",
+            "GUID",
+        ),
+        (
+            base.replace(&GLOBEX.to_uppercase(), ACME),
+            "tenant \"globex\"",
+            "entra_tenant_id",
+            "one entry per Entra tenant",
+        ),
+        (
+            base.replace("gcc-high", "mars"),
+            "tenant \"globex\"",
+            "cloud",
+            "not one of",
+        ),
+        (
+            base.replace("credentials_secret = \"lr/multi-tenant-app\"\n", ""),
+            "tenant \"acme\"",
+            "credentials_secret",
+            "missing",
+        ),
+        (
+            base.replace(ROLE_B, ROLE_A),
+            "tenant \"globex\"",
+            "senders",
+            "one tenant",
+        ),
+        (
+            base.replace(ROLE_A, "arn:aws:iam::111122223333:role/x"),
+            "tenant \"acme\"",
+            "senders",
+            "unique id",
+        ),
+        (
+            base.replace(
+                &format!("senders = [{{ principal = \"{ROLE_A}\" }}]"),
+                "senders = []",
+            ),
+            "tenant \"acme\"",
+            "senders",
+            "empty",
+        ),
+        (
+            base.replace("[\"triage\"]", "[\"wipe-disk\"]"),
+            "tenant \"globex\"",
+            "playbooks",
+            "wipe-disk",
+        ),
+        (
+            base.replace("\"verify\"", "\"sometimes\""),
+            "tenant \"globex\"",
+            "library_sync",
+            "sometimes",
+        ),
+        (
+            base.replace("gets_per_hour = 900", "gets_per_hour = 0"),
+            "tenant \"globex\"",
+            "limits.gets_per_hour",
+            "between",
+        ),
+        (
+            base.replace("gets_per_hour = 900", "gets_per_our = 900"),
+            "the file",
+            "(syntax)",
+            "gets_per_our",
+        ),
+        (
+            base.replace("library_sync", "libary_sync"),
+            "the file",
+            "(syntax)",
+            "libary_sync",
+        ),
+    ];
+    for (text, entry, field, says) in cases {
+        let e = registry(&text).expect_err(&text);
+        assert_eq!((e.entry.as_str(), e.field.as_str()), (entry, field), "{e}");
+        assert!(e.to_string().contains(says), "{e} should say {says:?}");
+    }
+}
+
+#[test]
+fn a_tenant_key_is_safe_in_s3_keys_and_metric_dimensions() {
+    for good in ["acme", "a", "globex-eu-2", &"a".repeat(32)] {
+        assert!(TenantKey::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "-acme",
+        "acme-",
+        "a--b",
+        "1acme",
+        "Acme",
+        "ac/me",
+        "../x",
+        "ac me",
+        "acme\u{202e}",
+        &"a".repeat(33),
+    ] {
+        assert!(TenantKey::parse(bad).is_err(), "{bad:?}");
+    }
+}
