@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::codes::RejectCode;
 use crate::defender::MachineId;
-use crate::ids::AlertId;
+use crate::ids::{AlertId, EntraTenantId, TenantKey};
+use crate::tenants::Claim;
 
 /// Largest alert body accepted (SQS allows 256 KiB; an alert is far smaller).
 pub const MAX_ALERT_BYTES: usize = 256 * 1024;
@@ -60,6 +61,11 @@ pub struct Alert {
     pub source: String,
     /// A playbook the sender asked for by name (native alerts only).
     pub playbook: Option<String>,
+    /// The tenant the alert names, if it names one (checked against the tenant registry, with
+    /// the sender, by [`crate::tenants::resolve`]). Left out of records when absent, so a run
+    /// recorded before tenants renders the same manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Claim>,
     /// Values for playbook placeholders, by name (validated when a playbook uses them).
     pub parameters: BTreeMap<String, String>,
 }
@@ -101,6 +107,8 @@ struct NativeAlert {
     playbook: Option<String>,
     #[serde(default)]
     parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 /// The fields of a Defender alert the pipeline uses; others are ignored.
@@ -119,6 +127,8 @@ struct DefenderAlert {
     detection_source: Option<String>,
     #[serde(default)]
     evidence: Option<Vec<Value>>,
+    #[serde(default)]
+    tenant_id: Option<String>,
 }
 
 const NATIVE_SCHEMA: &str = "lr.alert/v1";
@@ -375,6 +385,11 @@ fn parse_native(v: Value) -> Result<Alert, AlertError> {
         source: text("source", &a.source, 128)?,
         playbook: a.playbook.map(|p| text("playbook", &p, 64)).transpose()?,
         parameters,
+        tenant: a
+            .tenant
+            .map(|t| TenantKey::parse(&t).map(Claim::Key))
+            .transpose()
+            .map_err(|e| err(RejectCode::InvalidField, format!("tenant: {e}")))?,
     })
 }
 
@@ -429,6 +444,11 @@ fn parse_defender(v: Value) -> Result<Alert, AlertError> {
         )?,
         playbook: None,
         parameters,
+        tenant: a
+            .tenant_id
+            .map(|t| EntraTenantId::parse(&t).map(Claim::Entra))
+            .transpose()
+            .map_err(|e| err(RejectCode::InvalidField, format!("tenantId: {e}")))?,
     })
 }
 

@@ -97,3 +97,52 @@ fn bad_input_gets_a_code_that_names_the_problem() {
         assert!(!e.message.is_empty());
     }
 }
+
+/// An alert names its tenant by our key (native) or its Entra id (Defender); a malformed tenant
+/// is refused naming the field; an alert naming none records nothing (the same run record and
+/// manifest as before tenants).
+#[test]
+fn an_alert_names_its_tenant_by_key_or_entra_id() {
+    let mut n = native();
+    n["tenant"] = "acme".into();
+    let a = parse(&n.to_string()).unwrap();
+    assert_eq!(
+        a.tenant,
+        Some(Claim::Key(TenantKey::parse("acme").unwrap()))
+    );
+    let mut d = defender();
+    d["tenantId"] = "11111111-2222-3333-4444-55555555555A".into();
+    let a = parse(&d.to_string()).unwrap();
+    assert_eq!(
+        a.tenant,
+        Some(Claim::Entra(
+            EntraTenantId::parse("11111111-2222-3333-4444-55555555555a").unwrap()
+        ))
+    );
+    for (body, field) in [
+        (
+            {
+                let mut n = native();
+                n["tenant"] = "../other".into();
+                n
+            },
+            "tenant:",
+        ),
+        (
+            {
+                let mut d = defender();
+                d["tenantId"] = "acme".into();
+                d
+            },
+            "tenantId:",
+        ),
+    ] {
+        let e = parse(&body.to_string()).unwrap_err();
+        assert_eq!(e.code, RejectCode::InvalidField);
+        assert!(e.message.starts_with(field), "{e}");
+    }
+    let plain = parse(&native().to_string()).unwrap();
+    assert_eq!(plain.tenant, None);
+    let stored = serde_json::to_string(&plain).unwrap();
+    assert!(!stored.contains("tenant"), "{stored}");
+}

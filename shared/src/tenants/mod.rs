@@ -9,8 +9,10 @@
 //! invalid stops the start with a [`RegistryError`] naming the entry and the field.
 
 mod registry;
+mod resolve;
 
 pub use registry::{Limits, Registry, RegistryError, Sender, Tenant};
+pub use resolve::{Claim, Refusal, resolve};
 
 #[cfg(test)]
 mod tests;

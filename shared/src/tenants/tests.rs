@@ -235,3 +235,73 @@ fn a_tenant_key_is_safe_in_s3_keys_and_metric_dimensions() {
         assert!(TenantKey::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+fn claim_key(k: &str) -> Claim {
+    Claim::Key(TenantKey::parse(k).unwrap())
+}
+
+/// A sender bound to one tenant cannot start a run on another's devices, whatever its alert says.
+#[test]
+fn a_tenant_accepts_only_its_own_senders_and_playbooks() {
+    let r = registry(&two_tenants()).unwrap();
+    let session = |role: &str| format!("{role}:alerts-forwarder");
+    // Acme's sender, for acme: yes (the session name after ':' does not matter).
+    let t = resolve(
+        &r,
+        Some(&claim_key("acme")),
+        Some(&session(ROLE_A)),
+        "triage",
+    )
+    .unwrap();
+    assert_eq!(t.key.as_str(), "acme");
+    // Globex by its Entra id, from globex's role.
+    let globex = Claim::Entra(EntraTenantId::parse(GLOBEX).unwrap());
+    assert_eq!(
+        resolve(&r, Some(&globex), Some(ROLE_B), "triage")
+            .unwrap()
+            .key
+            .as_str(),
+        "globex"
+    );
+    // Acme's sender naming globex: refused, naming both.
+    let e = resolve(&r, Some(&globex), Some(&session(ROLE_A)), "triage").unwrap_err();
+    assert!(
+        matches!(e, Refusal::SenderNotAllowed { ref tenant, .. } if tenant.as_str() == "globex"),
+        "{e}"
+    );
+    assert!(e.to_string().contains(ROLE_A), "{e}");
+    // No sender reported: refused.
+    assert!(matches!(
+        resolve(&r, Some(&claim_key("acme")), None, "triage"),
+        Err(Refusal::SenderNotAllowed { .. })
+    ));
+    // A sender whose id only starts like acme's: refused.
+    let longer = format!("{ROLE_A}X:s");
+    assert!(resolve(&r, Some(&claim_key("acme")), Some(&longer), "triage").is_err());
+    // Globex may run triage only.
+    assert_eq!(
+        resolve(&r, Some(&globex), Some(ROLE_B), "malware-file").unwrap_err(),
+        Refusal::PlaybookNotAllowed {
+            tenant: TenantKey::parse("globex").unwrap(),
+            playbook: "malware-file".into()
+        }
+    );
+}
+
+#[test]
+fn an_alert_for_no_tenant_or_an_unknown_tenant_is_refused() {
+    let r = registry(&two_tenants()).unwrap();
+    assert_eq!(
+        resolve(&r, None, Some(ROLE_A), "triage").unwrap_err(),
+        Refusal::NoTenant
+    );
+    let e = resolve(&r, Some(&claim_key("initech")), Some(ROLE_A), "triage").unwrap_err();
+    assert!(matches!(e, Refusal::UnknownTenant(_)), "{e}");
+    assert!(e.to_string().contains("initech"), "{e}");
+    let stranger =
+        Claim::Entra(EntraTenantId::parse("00000000-0000-0000-0000-0000000000ff").unwrap());
+    assert!(matches!(
+        resolve(&r, Some(&stranger), Some(ROLE_A), "triage"),
+        Err(Refusal::UnknownTenant(_))
+    ));
+}

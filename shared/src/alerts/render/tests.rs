@@ -15,6 +15,7 @@ pub(crate) fn alert(category: &str, params: &[(&str, &str)]) -> Alert {
         severity: "High".into(),
         source: "edr".into(),
         playbook: None,
+        tenant: None,
         parameters: params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
