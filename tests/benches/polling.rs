@@ -322,7 +322,7 @@ async fn main() {
     };
 
     println!(
-        "polling: intake, submit and poll (the pipeline's code) on in-memory ports with a manual clock, against a fake Defender whose actions end a set time after they are posted; status calls = GETs of one action + list calls, shared out over the runs in flight"
+        "polling: intake, submit and poll (the pipeline's code) on in-memory ports with a manual clock, against Defender as a model (testkit::defender::Model) whose actions end a set time after they are posted; status calls = GETs of one action + list calls, shared out over the runs in flight"
     );
     println!(
         "  pipeline: {} (poll_delays {:?}); a run alone is looked at {} s after its post, and Defender asked at {} s",
