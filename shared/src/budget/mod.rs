@@ -20,6 +20,7 @@ use crate::clock::{Clock, unix_ms};
 use crate::config::{ConfigError, Env, number};
 use crate::ids::RunId;
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
+use crate::tenants::Limits;
 
 mod lane;
 mod ledger;
@@ -52,13 +53,35 @@ pub struct BudgetConfig {
 
 impl BudgetConfig {
     /// `BUDGET_SUBMISSIONS_PER_MINUTE` (10), `BUDGET_RUNNING_SESSIONS` (25; newer docs allow 50),
-    /// `BUDGET_GETS_PER_MINUTE` (100), `BUDGET_GETS_PER_HOUR` (1500), `BUDGET_MINUTE_MS` (60000).
+    /// `BUDGET_GETS_PER_MINUTE` (100), `BUDGET_GETS_PER_HOUR` (1500), `BUDGET_MINUTE_MS` (60000):
+    /// Defender's documented limits and their ranges are [`Limits`]'s.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let (d, max) = (Limits::default(), Limits::MAX);
         Ok(Self {
-            submissions_per_minute: number(env, "BUDGET_SUBMISSIONS_PER_MINUTE", 10u32, 1..=1000)?,
-            running_sessions: number(env, "BUDGET_RUNNING_SESSIONS", 25u32, 1..=1000)?,
-            gets_per_minute: number(env, "BUDGET_GETS_PER_MINUTE", 100u32, 1..=10_000)?,
-            gets_per_hour: number(env, "BUDGET_GETS_PER_HOUR", 1500u32, 1..=100_000)?,
+            submissions_per_minute: number(
+                env,
+                "BUDGET_SUBMISSIONS_PER_MINUTE",
+                d.submissions_per_minute,
+                1..=max.submissions_per_minute,
+            )?,
+            running_sessions: number(
+                env,
+                "BUDGET_RUNNING_SESSIONS",
+                d.running_sessions,
+                1..=max.running_sessions,
+            )?,
+            gets_per_minute: number(
+                env,
+                "BUDGET_GETS_PER_MINUTE",
+                d.gets_per_minute,
+                1..=max.gets_per_minute,
+            )?,
+            gets_per_hour: number(
+                env,
+                "BUDGET_GETS_PER_HOUR",
+                d.gets_per_hour,
+                1..=max.gets_per_hour,
+            )?,
             minute: Duration::from_millis(number(
                 env,
                 "BUDGET_MINUTE_MS",

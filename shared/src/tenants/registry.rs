@@ -37,6 +37,18 @@ pub struct Limits {
     pub gets_per_hour: u32,
 }
 
+impl Limits {
+    /// The most each may be set to (a registry entry or the deployment's `BUDGET_*` settings).
+    pub const MAX: Limits = Limits {
+        submissions_per_minute: 1000,
+        running_sessions: 1000,
+        gets_per_minute: 10_000,
+        gets_per_hour: 100_000,
+    };
+}
+
+/// Defender's documented values: the one home for them (the deployment's `BUDGET_*` defaults
+/// too).
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -317,7 +329,7 @@ fn principal(id: &str) -> Result<Sender, String> {
 /// The limits, each defaulting to Defender's documented value and within the ranges the
 /// deployment-wide settings take.
 fn limits(l: &LimitsEntry) -> Result<Limits, (&'static str, String)> {
-    let d = Limits::default();
+    let (d, max) = (Limits::default(), Limits::MAX);
     let within = |field: &'static str, v: Option<u32>, default: u32, max: u32| match v {
         None => Ok(default),
         Some(v) if (1..=max).contains(&v) => Ok(v),
@@ -328,25 +340,25 @@ fn limits(l: &LimitsEntry) -> Result<Limits, (&'static str, String)> {
             "limits.submissions_per_minute",
             l.submissions_per_minute,
             d.submissions_per_minute,
-            1000,
+            max.submissions_per_minute,
         )?,
         running_sessions: within(
             "limits.running_sessions",
             l.running_sessions,
             d.running_sessions,
-            1000,
+            max.running_sessions,
         )?,
         gets_per_minute: within(
             "limits.gets_per_minute",
             l.gets_per_minute,
             d.gets_per_minute,
-            10_000,
+            max.gets_per_minute,
         )?,
         gets_per_hour: within(
             "limits.gets_per_hour",
             l.gets_per_hour,
             d.gets_per_hour,
-            100_000,
+            max.gets_per_hour,
         )?,
     })
 }

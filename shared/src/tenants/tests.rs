@@ -305,3 +305,36 @@ fn an_alert_for_no_tenant_or_an_unknown_tenant_is_refused() {
         Err(Refusal::UnknownTenant(_))
     ));
 }
+
+/// Defender's documented limits have one home: the deployment's `BUDGET_*` settings (a deployment
+/// without a registry, one tenant) default to them and take the registry's ranges.
+#[test]
+fn a_single_tenant_budget_defaults_to_the_registry_limits() {
+    use crate::budget::BudgetConfig;
+    use std::collections::HashMap;
+    let b = BudgetConfig::from_env(&HashMap::<&str, &str>::new()).unwrap();
+    let d = Limits::default();
+    assert_eq!(
+        (
+            b.submissions_per_minute,
+            b.running_sessions,
+            b.gets_per_minute,
+            b.gets_per_hour
+        ),
+        (
+            d.submissions_per_minute,
+            d.running_sessions,
+            d.gets_per_minute,
+            d.gets_per_hour
+        )
+    );
+    let too_many = (Limits::MAX.gets_per_hour + 1).to_string();
+    let env = HashMap::from([("BUDGET_GETS_PER_HOUR", too_many.as_str())]);
+    assert!(BudgetConfig::from_env(&env).is_err());
+    let registry_says = two_tenants().replace(
+        "gets_per_hour = 900",
+        &format!("gets_per_hour = {too_many}"),
+    );
+    let e = registry(&registry_says).unwrap_err();
+    assert_eq!(e.field, "limits.gets_per_hour", "{e}");
+}
