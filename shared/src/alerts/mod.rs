@@ -61,10 +61,10 @@ pub struct Alert {
     pub source: String,
     /// A playbook the sender asked for by name (native alerts only).
     pub playbook: Option<String>,
-    /// The tenant the alert names, if it names one (checked against the tenant registry, with
-    /// the sender, by [`crate::tenants::resolve`]). Left out of records when absent, so a run
-    /// recorded before tenants renders the same manifest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tenant the alert names, if it names one (to be checked against the tenant registry,
+    /// with the sender, by [`crate::tenants::resolve`]). Never recorded: no stage checks it yet,
+    /// and a run record or signed manifest must not carry a tenant the pipeline did not check.
+    #[serde(skip)]
     pub tenant: Option<Claim>,
     /// Values for playbook placeholders, by name (validated when a playbook uses them).
     pub parameters: BTreeMap<String, String>,

@@ -5,10 +5,11 @@ use time::OffsetDateTime;
 use super::settings::IntakeConfig;
 use super::{Done, StageError};
 use crate::alerts::{self, playbook::Playbooks};
-use crate::codes::Outcome;
+use crate::codes::{Outcome, RejectCode};
 use crate::messages::{MESSAGE_VERSION, SubmitJob, encode};
 use crate::ports::{ObjectStore, Queue};
 use crate::store::{RunRecord, RunState, create_run};
+use crate::tenants::Claim;
 
 /// Handles one alert body received at `now`: parses it, picks the playbook, creates the run
 /// record (or finds the run a duplicate alert already made) and sends the submit job. An alert
@@ -26,6 +27,17 @@ pub async fn handle<S: ObjectStore, Q: Queue>(
         reason: e.message,
     };
     let alert = alerts::parse(body).map_err(reject)?;
+    // No tenant registry is read yet: a native alert naming a tenant is refused, as it was before
+    // the field existed, rather than run without the check its tenant asks for. (A Defender
+    // alert's `tenantId` is Defender's, not the sender's request, and is ignored as before.)
+    if let Some(Claim::Key(tenant)) = &alert.tenant {
+        return Err(StageError::Reject {
+            code: RejectCode::InvalidField,
+            reason: format!(
+                "tenant {tenant}: this deployment serves one tenant and reads no tenant registry"
+            ),
+        });
+    }
     let plan = playbooks.plan(&alert).map_err(reject)?;
     for r in &plan.refused {
         tracing::warn!(parameter = %r.name, playbook = %r.playbook, reason = %r.reason,

@@ -8,9 +8,8 @@ use crate::ids::{EntraTenantId, TenantKey};
 
 use super::{Registry, Sender, Tenant};
 
-/// The tenant an alert names (kept in the run record as `{"key": …}` or `{"entra": …}`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The tenant an alert names.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// By our key (`"tenant"` in an `lr.alert/v1` alert).
     Key(TenantKey),
