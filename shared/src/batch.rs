@@ -48,7 +48,8 @@ where
                     reason: "the message has no body".into(),
                 })
             } else {
-                process(Delivery::new(message_id.clone(), body.clone())).await
+                let sender = record.attributes.get("SenderId").cloned();
+                process(Delivery::new(message_id.clone(), body.clone()).from_sender(sender)).await
             };
             let failed = match result {
                 Ok(done) => {

@@ -136,6 +136,14 @@ names! {
         NothingToRun = "nothing_to_run",
         /// A rendered command failed its final check (a bug in rendering, never an alert's fault).
         UnsafeRender = "unsafe_render",
+        /// An alert that names no tenant, in a deployment with a tenant registry.
+        NoTenant = "no_tenant",
+        /// An alert (or a run's stage message) for a tenant the deployment does not serve.
+        UnknownTenant = "unknown_tenant",
+        /// An alert from a sender the tenant it names does not allow.
+        SenderNotAllowed = "sender_not_allowed",
+        /// An alert whose playbook its tenant may not run.
+        PlaybookNotAllowed = "playbook_not_allowed",
         /// A stage message that is not JSON, has another version or does not fit its schema.
         InvalidMessage = "invalid_message",
         /// A stage message names a run that has no record.

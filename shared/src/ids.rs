@@ -68,27 +68,62 @@ fn hex_of_len(s: &str, len: usize) -> bool {
 
 validated_id!(
     /// One pipeline run: an alert on a device handled by a playbook. 32 lower-case hex
-    /// characters, derived from (alert source, alert id, machine id, playbook) so that duplicates
-    /// of an alert map to the same run.
+    /// characters, derived from (tenant, alert source, alert id, machine id, playbook) so that
+    /// duplicates of an alert map to the same run; with a tenant registry, the tenant's key and a
+    /// dot before them (`acme.5f3a…`), so that every key built from the run id lies under its
+    /// tenant's prefix (`evidence/acme.`: IAM can give an analyst one tenant's runs) and every
+    /// job names its tenant. A tenant key holds no dot, so one tenant's prefix never covers
+    /// another's, nor a single-tenant run's.
     RunId,
     "run id",
     |s| {
-        if hex_of_len(s, 32) && !s.bytes().any(|b| b.is_ascii_uppercase()) {
-            Ok(s.to_string())
-        } else {
-            Err("must be 32 lower-case hex characters".into())
+        let (tenant, hash) = match s.split_once('.') {
+            Some((t, h)) => (Some(t), h),
+            None => (None, s),
+        };
+        if !hex_of_len(hash, 32) || hash.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err("must be 32 lower-case hex characters, after a tenant key and a dot when the run is a tenant's".into());
         }
+        if let Some(t) = tenant {
+            TenantKey::parse(t).map_err(|e| format!("names no valid tenant: {}", e.rule))?;
+        }
+        Ok(s.to_string())
     }
 );
 
 impl RunId {
-    /// The run for this alert on this device with this playbook: the same inputs always give the
-    /// same id, so a duplicate alert finds the existing run.
+    /// The run for this alert on this device with this playbook, in a deployment that serves one
+    /// tenant: the same inputs always give the same id, so a duplicate alert finds the existing
+    /// run.
     pub fn derive(source: &str, alert_id: &str, machine_id: &str, playbook: &str) -> Self {
-        let d = Sha256::digest(format!(
-            "lr-run/v1\n{source}\n{alert_id}\n{machine_id}\n{playbook}"
-        ));
-        Self(hex::encode(&d[..16]))
+        Self::derive_for(None, source, alert_id, machine_id, playbook)
+    }
+
+    /// The run for this alert of `tenant` (none: the deployment serves one tenant, and the id is
+    /// what [`RunId::derive`] always gave).
+    pub fn derive_for(
+        tenant: Option<&TenantKey>,
+        source: &str,
+        alert_id: &str,
+        machine_id: &str,
+        playbook: &str,
+    ) -> Self {
+        let inputs = format!("{source}\n{alert_id}\n{machine_id}\n{playbook}");
+        match tenant {
+            None => Self(hex::encode(
+                &Sha256::digest(format!("lr-run/v1\n{inputs}"))[..16],
+            )),
+            Some(t) => {
+                let d = Sha256::digest(format!("lr-run/v2\n{t}\n{inputs}"));
+                Self(format!("{t}.{}", hex::encode(&d[..16])))
+            }
+        }
+    }
+
+    /// The tenant whose run this is (none in a deployment that serves one tenant).
+    pub fn tenant(&self) -> Option<TenantKey> {
+        let (t, _) = self.0.split_once('.')?;
+        TenantKey::parse(t).ok()
     }
 
     /// The marker a run leaves in Defender's `requestorComment`, to find its action again.
@@ -212,6 +247,38 @@ mod tests {
         assert!(RunId::parse("../../etc").is_err());
         assert!(RunId::parse(&a.as_str().to_uppercase()).is_err());
         assert_eq!(a.comment_tag(), format!("lr-run:{a}"));
+    }
+
+    #[test]
+    fn a_tenant_run_id_lies_under_its_tenant_prefix_and_no_other() {
+        let acme = TenantKey::parse("acme").unwrap();
+        let acme_x = TenantKey::parse("acme-x").unwrap();
+        let single = RunId::derive("defender", "da1", "m", "triage");
+        let a = RunId::derive_for(Some(&acme), "defender", "da1", "m", "triage");
+        let b = RunId::derive_for(Some(&acme_x), "defender", "da1", "m", "triage");
+        // One tenant's alert is another run than the same alert ids in another tenant, and than a
+        // single-tenant deployment's (whose ids are unchanged).
+        assert_ne!(a, b);
+        assert_eq!(
+            single,
+            RunId::derive_for(None, "defender", "da1", "m", "triage")
+        );
+        assert!(a.as_str().starts_with("acme.") && !b.as_str().starts_with("acme."));
+        assert!(!single.as_str().contains('.'));
+        assert_eq!(a.tenant(), Some(acme));
+        assert_eq!(single.tenant(), None);
+        assert_eq!(RunId::parse(a.as_str()), Ok(a.clone()));
+        for forged in [
+            format!("ACME.{}", &single.as_str()),
+            format!("acme/x.{single}"),
+            format!("acme..{single}"),
+            format!(".{single}"),
+            format!("acme.{single}.x"),
+            format!("acme.x.{single}"),
+            format!("{single}."),
+        ] {
+            assert!(RunId::parse(&forged).is_err(), "{forged}");
+        }
     }
 
     #[test]

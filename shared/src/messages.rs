@@ -68,22 +68,33 @@ pub struct CollectJob {
 }
 
 /// A message as the queue delivered it: its id (the same on every redelivery of one send, new for
-/// every send) and its body. The id is what a record's chain names.
+/// every send), its body and who sent it. The id is what a record's chain names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The queue's message id.
     pub id: String,
     /// The message body, as sent.
     pub body: String,
+    /// Who sent it, as SQS reports it (the `SenderId` attribute: an IAM principal's unique id,
+    /// for a role followed by `:` and the session name); `None` when the queue did not say.
+    /// Intake checks it against the alert's tenant.
+    pub sender: Option<String>,
 }
 
 impl Delivery {
-    /// A delivery of `body` with message id `id`.
+    /// A delivery of `body` with message id `id`, its sender unknown.
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
         Self {
             id: id.into(),
             body: body.into(),
+            sender: None,
         }
+    }
+
+    /// The same delivery, sent by `sender` (SQS's `SenderId`).
+    pub fn from_sender(mut self, sender: Option<String>) -> Self {
+        self.sender = sender;
+        self
     }
 }
 

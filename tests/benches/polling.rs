@@ -116,9 +116,16 @@ async fn runs(cfgs: &Configs, playbooks: &Playbooks, ends: &[f64]) -> Outcome {
             &[("file_path", "C:\\Users\\a\\Downloads\\invoice.exe")],
         )
         .to_string();
-        shared::stages::intake::handle(intake_cfg, playbooks, &store, &queue, &alert, clock.now())
-            .await
-            .expect("intake takes the alert");
+        shared::stages::intake::handle(
+            intake_cfg,
+            shared::stages::intake::Rules::single(playbooks),
+            &store,
+            &queue,
+            &shared::messages::Delivery::new("alert", alert),
+            clock.now(),
+        )
+        .await
+        .expect("intake takes the alert");
     }
     // Messages not yet handed to a stage: (visible at, order sent, id, queue, body).
     let mut waiting: Vec<(OffsetDateTime, usize, String, String, String)> = Vec::new();

@@ -34,6 +34,7 @@ pub fn intake_config() -> IntakeConfig {
         submit_queue_url: "submit".into(),
         dead_letter_queue_url: "dlq".into(),
         playbooks: None,
+        tenants: None,
         max_run_deadline: None,
     }
 }

@@ -461,10 +461,10 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         for _ in 0..(1 + rng.chance(dup_rate) as u32) {
             let done = shared::stages::intake::handle(
                 &intake_cfg,
-                &playbooks,
+                shared::stages::intake::Rules::single(&playbooks),
                 &store,
                 &queue,
-                alert,
+                &shared::messages::Delivery::new("alert", alert.clone()),
                 clock.now(),
             )
             .await

@@ -3,12 +3,14 @@
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 
 use crate::defender::{CredentialSource, Credentials, DefenderError};
+use crate::ids::EntraTenantId;
 
 /// `{tenant_id, client_id, client_secret}` from a Secrets Manager secret.
 #[derive(Clone)]
 pub struct SecretsManagerCredentials {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
+    entra_tenant: Option<EntraTenantId>,
 }
 
 impl SecretsManagerCredentials {
@@ -17,7 +19,16 @@ impl SecretsManagerCredentials {
         Self {
             client,
             secret_id: secret_id.into(),
+            entra_tenant: None,
         }
+    }
+
+    /// The same secret, its token asked for in `tenant` (a registry's tenant) whatever the
+    /// secret's own `tenant_id` says: one multi-tenant application's secret serves every tenant
+    /// that consented to it.
+    pub fn in_tenant(mut self, tenant: &EntraTenantId) -> Self {
+        self.entra_tenant = Some(tenant.clone());
+        self
     }
 }
 
@@ -51,11 +62,15 @@ impl CredentialSource for SecretsManagerCredentials {
                 self.secret_id
             ))
         })?;
-        Credentials::from_json(text).map_err(|e| match e {
+        let mut credentials = Credentials::from_json(text).map_err(|e| match e {
             DefenderError::Credentials(m) => {
                 DefenderError::Credentials(format!("secret {}: {m}", self.secret_id))
             }
             other => other,
-        })
+        })?;
+        if let Some(t) = &self.entra_tenant {
+            credentials.tenant_id = t.to_string();
+        }
+        Ok(credentials)
     }
 }

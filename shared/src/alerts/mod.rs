@@ -61,9 +61,9 @@ pub struct Alert {
     pub source: String,
     /// A playbook the sender asked for by name (native alerts only).
     pub playbook: Option<String>,
-    /// The tenant the alert names, if it names one (to be checked against the tenant registry,
-    /// with the sender, by [`crate::tenants::resolve`]). Never recorded: no stage checks it yet,
-    /// and a run record or signed manifest must not carry a tenant the pipeline did not check.
+    /// The tenant the alert names, if it names one (checked against the tenant registry, with the
+    /// sender, by [`crate::tenants::Tenancy::admit`]). Not recorded as the alert said it: the
+    /// tenant intake checked is in the run's id.
     #[serde(skip)]
     pub tenant: Option<Claim>,
     /// Values for playbook placeholders, by name (validated when a playbook uses them).

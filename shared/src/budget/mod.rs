@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, unix_ms};
 use crate::config::{ConfigError, Env, number};
-use crate::ids::RunId;
+use crate::ids::{RunId, TenantKey};
 use crate::ports::{ObjectStore, Put, PutResult, StoreError};
 use crate::tenants::Limits;
 
@@ -49,6 +49,9 @@ pub struct BudgetConfig {
     pub call_limit: Duration,
     /// This process's queue of budget updates ([`Lane`]): clones of the configuration share it.
     pub lane: Lane,
+    /// Whose budget this is (none: the deployment serves one tenant): it picks the budget object
+    /// and the status board.
+    pub tenant: Option<TenantKey>,
 }
 
 impl BudgetConfig {
@@ -90,7 +93,28 @@ impl BudgetConfig {
             )?),
             call_limit: DEFAULT_CALL_LIMIT,
             lane: Lane::default(),
+            tenant: None,
         })
+    }
+
+    /// The budget of a registry's tenant: its own limits, object and lane, the deployment's
+    /// minute and call limit.
+    pub fn for_tenant(&self, tenant: &TenantKey, limits: &Limits) -> Self {
+        Self {
+            submissions_per_minute: limits.submissions_per_minute,
+            running_sessions: limits.running_sessions,
+            gets_per_minute: limits.gets_per_minute,
+            gets_per_hour: limits.gets_per_hour,
+            minute: self.minute,
+            call_limit: self.call_limit,
+            lane: Lane::default(),
+            tenant: Some(tenant.clone()),
+        }
+    }
+
+    /// The object this budget is kept in.
+    pub fn key(&self) -> String {
+        crate::store::keys::budget_key(self.tenant.as_ref())
     }
 
     fn hour(&self) -> Duration {
@@ -162,12 +186,13 @@ where
     loop {
         let now = unix_ms(clock.now());
         let mut repaired = false;
-        let (mut budget, condition) = match store.get(BUDGET_KEY).await? {
+        let key = cfg.key();
+        let (mut budget, condition) = match store.get(&key).await? {
             Some(s) => match serde_json::from_slice::<TenantBudget>(&s.body) {
                 Ok(b) => (b, Put::IfMatch(s.etag)),
                 Err(e) => {
-                    let aside = crate::store::keys::corrupt_budget_key(now);
-                    tracing::error!(key = BUDGET_KEY, error = %e, kept_as = %aside,
+                    let aside = crate::store::keys::corrupt_budget_key(cfg.tenant.as_ref(), now);
+                    tracing::error!(key = %key, error = %e, kept_as = %aside,
                         "the tenant budget is unreadable: replacing it with a conservative one (call windows full, sessions unknown until rebuilt from Defender's live actions)");
                     if let Err(e) = store.put(&aside, s.body.to_vec(), Put::Always).await {
                         tracing::warn!(error = %e, "could not keep the unreadable budget aside");
@@ -184,7 +209,7 @@ where
             return Ok(Updated::Done(answer));
         }
         let body = serde_json::to_vec(&budget).map_err(|e| StoreError(e.to_string()))?;
-        match store.put(BUDGET_KEY, body, condition).await? {
+        match store.put(&key, body, condition).await? {
             PutResult::Written { .. } => return Ok(Updated::Done(answer)),
             PutResult::Conflict => {
                 // Another invocation won the race: back off (full jitter) and read again.

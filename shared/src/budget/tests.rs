@@ -93,6 +93,7 @@ fn stamps_from_any_number_do_not_overflow() {
         minute: w,
         call_limit: LIMIT,
         lane: Lane::default(),
+        tenant: None,
     };
     b.tidy(&cfg, 1_000_000);
     assert_eq!(
@@ -126,6 +127,7 @@ fn cfg_of(minute: Duration) -> BudgetConfig {
         minute,
         call_limit: LIMIT,
         lane: Lane::default(),
+        tenant: None,
     }
 }
 

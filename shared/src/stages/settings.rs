@@ -28,23 +28,43 @@ fn max_deadline(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
     }
 }
 
-/// A playbook file in S3 replacing the bundled one, pinned by the deployment: the function
-/// refuses to start on any other bytes, and the file's own `sha256` pins then cover the scripts
-/// beside it. Whoever may write the playbooks bucket cannot change what runs as SYSTEM without a
-/// deployment.
+/// A file in S3 the deployment pins by its SHA-256: the playbook file replacing the bundled one
+/// (whose own `sha256` pins then cover the scripts beside it), or the tenant registry. The
+/// function refuses to start on any other bytes: whoever may write the bucket cannot change what
+/// runs as SYSTEM, or which tenant's devices a sender reaches, without a deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinnedPlaybooks {
-    /// `s3://bucket/key` (`PLAYBOOKS_S3_URI`).
+pub struct PinnedFile {
+    /// `s3://bucket/key` (`PLAYBOOKS_S3_URI`, `TENANTS_S3_URI`).
     pub uri: String,
-    /// Hex SHA-256 the file must have (`PLAYBOOKS_SHA256`).
+    /// Hex SHA-256 the file must have (`PLAYBOOKS_SHA256`, `TENANTS_SHA256`).
     pub sha256: String,
+    /// The variable that named it, for messages.
+    pub uri_var: &'static str,
+    /// The variable that pinned it, for messages.
+    pub sha256_var: &'static str,
 }
 
 /// `PLAYBOOKS_S3_URI` (`s3://bucket/key` of a playbook file replacing the bundled one, its library
 /// folder beside it) with `PLAYBOOKS_SHA256`, which it requires; intake and submit read the same
 /// file.
-fn pinned_playbooks(env: &dyn Env) -> Result<Option<PinnedPlaybooks>, ConfigError> {
-    let uri = match optional(env, "PLAYBOOKS_S3_URI") {
+fn pinned_playbooks(env: &dyn Env) -> Result<Option<PinnedFile>, ConfigError> {
+    pinned(env, "PLAYBOOKS_S3_URI", "PLAYBOOKS_SHA256", "playbook file")
+}
+
+/// `TENANTS_S3_URI` (`s3://bucket/key` of the tenant registry) with `TENANTS_SHA256`, which it
+/// requires; unset, the deployment serves one tenant, configured by `MDE_*`. Every function reads
+/// the same file.
+pub fn pinned_tenants(env: &dyn Env) -> Result<Option<PinnedFile>, ConfigError> {
+    pinned(env, "TENANTS_S3_URI", "TENANTS_SHA256", "tenant registry")
+}
+
+fn pinned(
+    env: &dyn Env,
+    uri_var: &'static str,
+    sha256_var: &'static str,
+    what: &str,
+) -> Result<Option<PinnedFile>, ConfigError> {
+    let uri = match optional(env, uri_var) {
         Some(u)
             if u.starts_with("s3://")
                 && u[5..]
@@ -55,37 +75,39 @@ fn pinned_playbooks(env: &dyn Env) -> Result<Option<PinnedPlaybooks>, ConfigErro
         }
         Some(u) => {
             return Err(ConfigError::Invalid {
-                var: "PLAYBOOKS_S3_URI",
+                var: uri_var,
                 value: u,
                 reason: "expected s3://bucket/key".into(),
             });
         }
         None => {
-            return match optional(env, "PLAYBOOKS_SHA256") {
+            return match optional(env, sha256_var) {
                 None => Ok(None),
                 Some(v) => Err(ConfigError::Invalid {
-                    var: "PLAYBOOKS_SHA256",
+                    var: sha256_var,
                     value: v,
-                    reason: "pins a playbook file, but PLAYBOOKS_S3_URI names none".into(),
+                    reason: format!("pins a {what}, but {uri_var} names none"),
                 }),
             };
         }
     };
     let sha256 = required(
         env,
-        "PLAYBOOKS_SHA256",
-        "the SHA-256 of the playbook file PLAYBOOKS_S3_URI names (sha256sum of the file you deploy)",
+        sha256_var,
+        "the SHA-256 of the file its S3_URI names (sha256sum of the file you deploy)",
     )?;
     if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
         return Err(ConfigError::Invalid {
-            var: "PLAYBOOKS_SHA256",
+            var: sha256_var,
             value: sha256,
             reason: "expected 64 hex characters".into(),
         });
     }
-    Ok(Some(PinnedPlaybooks {
+    Ok(Some(PinnedFile {
         uri,
         sha256: sha256.to_ascii_lowercase(),
+        uri_var,
+        sha256_var,
     }))
 }
 
@@ -99,7 +121,9 @@ pub struct IntakeConfig {
     /// Where refused messages go (`DEAD_LETTER_QUEUE_URL`).
     pub dead_letter_queue_url: String,
     /// The playbook file replacing the bundled one, pinned.
-    pub playbooks: Option<PinnedPlaybooks>,
+    pub playbooks: Option<PinnedFile>,
+    /// The tenant registry, pinned (`None`: the deployment serves one tenant).
+    pub tenants: Option<PinnedFile>,
     /// Caps every playbook's deadline.
     pub max_run_deadline: Option<Duration>,
 }
@@ -113,6 +137,7 @@ impl IntakeConfig {
             submit_queue_url: queue_url(env, "SUBMIT_QUEUE_URL", "the submit stage's queue")?,
             dead_letter_queue_url: dead_letter_queue_url(env)?,
             playbooks: pinned_playbooks(env)?,
+            tenants: pinned_tenants(env)?,
             max_run_deadline: max_deadline(env)?,
         })
     }
@@ -137,7 +162,7 @@ pub struct SubmitConfig {
     pub retry: Backoff,
     /// The playbook file replacing the bundled one, pinned: its library files are the ones kept
     /// in Defender's library.
-    pub playbooks: Option<PinnedPlaybooks>,
+    pub playbooks: Option<PinnedFile>,
     /// Whether submit uploads, only checks, or leaves alone the library files a run names
     /// (`LIBRARY_SYNC`).
     pub library_sync: SyncMode,
@@ -411,12 +436,33 @@ mod stage_tests {
             "PLAYBOOKS_SHA256",
             "ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB",
         );
-        let pinned = Some(PinnedPlaybooks {
+        let pinned = Some(PinnedFile {
             uri: "s3://bucket/unpinned.toml".into(),
             sha256: "ab".repeat(32),
+            uri_var: "PLAYBOOKS_S3_URI",
+            sha256_var: "PLAYBOOKS_SHA256",
         });
         assert_eq!(IntakeConfig::from_env(&env).unwrap().playbooks, pinned);
         assert_eq!(SubmitConfig::from_env(&env).unwrap().playbooks, pinned);
+        // The tenant registry is pinned the same way: every function refuses an unpinned one.
+        let mut env = base();
+        assert_eq!(IntakeConfig::from_env(&env).unwrap().tenants, None);
+        env.insert("TENANTS_S3_URI", "s3://bucket/tenants.toml");
+        assert_eq!(
+            IntakeConfig::from_env(&env).unwrap_err().var(),
+            "TENANTS_SHA256"
+        );
+        assert_eq!(pinned_tenants(&env).unwrap_err().var(), "TENANTS_SHA256");
+        env.insert(
+            "TENANTS_SHA256",
+            "abababababababababababababababababababababababababababababababab",
+        );
+        assert_eq!(
+            IntakeConfig::from_env(&env).unwrap().tenants.map(|p| p.uri),
+            Some("s3://bucket/tenants.toml".to_string())
+        );
+        env.insert("TENANTS_S3_URI", "https://bucket/tenants.toml");
+        assert_eq!(pinned_tenants(&env).unwrap_err().var(), "TENANTS_S3_URI");
         let mut env = base();
         env.remove("DEAD_LETTER_QUEUE_URL");
         assert_eq!(

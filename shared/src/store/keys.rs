@@ -13,23 +13,44 @@
 //! Keys are built from validated ids only (see [`crate::ids`]), so none can leave its prefix.
 
 use crate::defender::CommandType;
-use crate::ids::RunId;
+use crate::ids::{RunId, TenantKey};
 
 /// Evidence and manifests: retained, never rewritten.
 pub const EVIDENCE_PREFIX: &str = "evidence/";
 /// Records, checkpoints and the budget: rewritten, expired.
 pub const STATE_PREFIX: &str = "state/";
 
-/// The tenant's Defender call budget, shared by every function.
+/// The Defender call budget of a deployment that serves one tenant, shared by every function.
 pub const BUDGET_KEY: &str = "state/budget/tenant.json";
 
-/// Where an unreadable budget is set aside for an operator (`ms`: when, in Unix milliseconds).
-pub fn corrupt_budget_key(ms: i64) -> String {
-    format!("state/budget/corrupt-{ms}.json")
+/// The Defender call budget of `tenant` (none: the deployment serves one, [`BUDGET_KEY`]).
+pub fn budget_key(tenant: Option<&TenantKey>) -> String {
+    match tenant {
+        None => BUDGET_KEY.to_string(),
+        Some(t) => format!("state/budget/tenants/{t}.json"),
+    }
 }
 
-/// The status board: one listing of the pipeline's live actions, shared by every poll.
+/// Where an unreadable budget is set aside for an operator (`ms`: when, in Unix milliseconds).
+pub fn corrupt_budget_key(tenant: Option<&TenantKey>, ms: i64) -> String {
+    match tenant {
+        None => format!("state/budget/corrupt-{ms}.json"),
+        Some(t) => format!("state/budget/tenants/{t}.corrupt-{ms}.json"),
+    }
+}
+
+/// The status board of a deployment that serves one tenant: one listing of the pipeline's live
+/// actions, shared by every poll.
 pub const STATUS_BOARD_KEY: &str = "state/poll/board.json";
+
+/// The status board of `tenant` (none: [`STATUS_BOARD_KEY`]); each tenant's actions are listed
+/// with its own token.
+pub fn board_key(tenant: Option<&TenantKey>) -> String {
+    match tenant {
+        None => STATUS_BOARD_KEY.to_string(),
+        Some(t) => format!("state/poll/boards/{t}.json"),
+    }
+}
 
 /// The run record of `run`.
 pub fn run_key(run: &RunId) -> String {
@@ -75,9 +96,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tenant_run_keeps_its_evidence_under_its_tenant_prefix() {
+        let acme = TenantKey::parse("acme").unwrap();
+        let run = RunId::derive_for(Some(&acme), "a", "b", "c", "d");
+        for key in [
+            manifest_key(&run),
+            signature_key(&run),
+            evidence_key(&run, 0, CommandType::GetFile),
+        ] {
+            assert!(key.starts_with("evidence/acme."), "{key}");
+        }
+        assert!(run_key(&run).starts_with("state/runs/acme."));
+        assert_ne!(budget_key(Some(&acme)), BUDGET_KEY);
+        // A tenant whose key is "tenant" does not share the single-tenant budget.
+        let tenant = TenantKey::parse("tenant").unwrap();
+        assert_ne!(budget_key(Some(&tenant)), BUDGET_KEY);
+        assert_ne!(board_key(Some(&tenant)), STATUS_BOARD_KEY);
+    }
+
+    #[test]
     fn evidence_and_state_never_share_a_prefix() {
         let run = RunId::derive("a", "b", "c", "d");
+        let acme = TenantKey::parse("acme").unwrap();
+        let tenant_run = RunId::derive_for(Some(&acme), "a", "b", "c", "d");
         let evidence = [
+            manifest_key(&tenant_run),
+            evidence_key(&tenant_run, 0, CommandType::GetFile),
             manifest_key(&run),
             signature_key(&run),
             evidence_key(&run, 0, CommandType::GetFile),
@@ -87,7 +131,11 @@ mod tests {
         let state = [
             BUDGET_KEY.to_string(),
             STATUS_BOARD_KEY.to_string(),
-            corrupt_budget_key(1),
+            corrupt_budget_key(None, 1),
+            corrupt_budget_key(Some(&acme), 1),
+            budget_key(Some(&acme)),
+            board_key(Some(&acme)),
+            run_key(&tenant_run),
             run_key(&run),
             command_key(&run, 0),
             checkpoint_key(&run, 0),

@@ -173,12 +173,13 @@ pub struct Announcement {
 
 impl RunRecord {
     /// A run as intake records it: the alert, the commands its playbook rendered (and the values
-    /// playbooks refused), and a deadline `deadline` from `now`. Its id derives from the alert's
-    /// format, id, device and the playbook, so that duplicates of an alert make one run; its
-    /// Defender comment starts with the run's tag.
+    /// playbooks refused), and a deadline `deadline` from `now`. Its id derives from its tenant
+    /// (none when the deployment serves one), the alert's format, id, device and the playbook, so
+    /// that duplicates of an alert make one run; its Defender comment starts with the run's tag.
     pub fn received(
         alert: Alert,
         plan: crate::alerts::playbook::Plan<'_>,
+        tenant: Option<&crate::ids::TenantKey>,
         now: OffsetDateTime,
         deadline: std::time::Duration,
     ) -> Self {
@@ -187,7 +188,8 @@ impl RunRecord {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let playbook = plan.playbook;
-        let run_id = RunId::derive(
+        let run_id = RunId::derive_for(
+            tenant,
             &format,
             alert.alert_id.as_str(),
             alert.machine_id.as_str(),

@@ -14,5 +14,43 @@ mod resolve;
 pub use registry::{Limits, Registry, RegistryError, Sender, Tenant};
 pub use resolve::{Claim, Refusal, resolve};
 
+/// The tenants a deployment serves: one, configured from the environment (no registry), or
+/// those of its registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tenancy {
+    /// One tenant, configured by `MDE_*`; runs and keys carry no tenant.
+    Single,
+    /// The registry's tenants.
+    Registry(Registry),
+}
+
+impl Tenancy {
+    /// The tenant an alert's run belongs to, if its sender may start it there (`None`: the
+    /// deployment serves one tenant). Without a registry, an alert that names a tenant by our key
+    /// is refused (the check it asks for cannot be made), and a Defender alert's `tenantId`
+    /// (Defender's own, not a request) is ignored.
+    pub fn admit(
+        &self,
+        claim: Option<&Claim>,
+        sender: Option<&str>,
+    ) -> Result<Option<&Tenant>, Refusal> {
+        match self {
+            Self::Single => match claim {
+                Some(Claim::Key(key)) => Err(Refusal::NoRegistry(key.to_string())),
+                _ => Ok(None),
+            },
+            Self::Registry(r) => resolve(r, claim, sender).map(Some),
+        }
+    }
+
+    /// The tenant with this key; `None` also when the deployment serves one tenant.
+    pub fn get(&self, key: &crate::ids::TenantKey) -> Option<&Tenant> {
+        match self {
+            Self::Single => None,
+            Self::Registry(r) => r.get(key),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -66,7 +66,9 @@ pub enum Sender {
     /// An IAM role or user sending to the alerts queue itself, by its unique id (`AROA…` for a
     /// role, `AIDA…` for a user: `aws iam get-role --query Role.RoleId`), which SQS reports as the
     /// message's `SenderId`. A role deleted and made again under the same name has another id, so
-    /// it is not allowed until the registry says so.
+    /// it is not allowed until the registry says so. One principal may be named by several
+    /// tenants (a provider's own forwarder serving its customers); a customer's own pipeline
+    /// should be named by its tenant alone.
     Principal(String),
 }
 
@@ -77,7 +79,8 @@ pub struct Tenant {
     pub key: TenantKey,
     /// Its Entra tenant: the token is asked for there.
     pub entra_tenant_id: EntraTenantId,
-    /// Its Defender cloud (API host, login host, token scope), the API host possibly a geo host.
+    /// Its Defender cloud (API host, login host, token scope); the API host possibly a geo host,
+    /// either host overridden by `api_base` and `login_base`.
     pub cloud: CloudPreset,
     /// Secrets Manager id of its credentials (`{client_id, client_secret}`; a multi-tenant app's
     /// secret may serve every tenant).
@@ -96,6 +99,7 @@ pub struct Tenant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {
     tenants: Vec<Tenant>,
+    legacy: Option<TenantKey>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +107,9 @@ pub struct Registry {
 struct File {
     /// One multi-tenant application's credentials, for every tenant that names none.
     credentials_secret: Option<String>,
+    /// The tenant a deployment served before it read a registry: runs without a tenant in their
+    /// id are its, and its budget and status board stay where they were.
+    legacy_tenant: Option<String>,
     #[serde(default)]
     tenants: Vec<Entry>,
 }
@@ -114,6 +121,7 @@ struct Entry {
     entra_tenant_id: Option<String>,
     cloud: Option<String>,
     api_base: Option<String>,
+    login_base: Option<String>,
     credentials_secret: Option<String>,
     #[serde(default)]
     senders: Vec<SenderEntry>,
@@ -140,8 +148,12 @@ struct LimitsEntry {
 
 impl Registry {
     /// Parses and checks a registry file. `playbooks` are the deployment's playbook names (a
-    /// tenant may name only those).
-    pub fn from_toml(text: &str, playbooks: &BTreeSet<String>) -> Result<Self, RegistryError> {
+    /// tenant may name only those); `None` in the functions that do not load the playbooks
+    /// (intake and submit check them, and stop on a registry that names another).
+    pub fn from_toml(
+        text: &str,
+        playbooks: Option<&BTreeSet<String>>,
+    ) -> Result<Self, RegistryError> {
         let file: File = toml::from_str(text).map_err(|e| RegistryError {
             entry: "the file".into(),
             field: "(syntax)".into(),
@@ -178,23 +190,30 @@ impl Registry {
                     ),
                 ));
             }
-            if let Some((other, sender)) = tenants.iter().find_map(|t| {
-                t.senders
-                    .intersection(&tenant.senders)
-                    .next()
-                    .map(|s| (t, s))
-            }) {
-                return Err(err(
-                    "senders",
-                    format!(
-                        "{sender:?} is tenant {:?}'s sender too: a sender starts runs for one tenant",
-                        other.key.as_str()
-                    ),
-                ));
-            }
             tenants.push(tenant);
         }
-        Ok(Self { tenants })
+        let legacy = match file.legacy_tenant {
+            None => None,
+            Some(k) => {
+                let err = |problem: String| RegistryError {
+                    entry: "the file".into(),
+                    field: "legacy_tenant".into(),
+                    problem,
+                };
+                let key = TenantKey::parse(&k).map_err(|e| err(e.to_string()))?;
+                if !tenants.iter().any(|t| t.key == key) {
+                    return Err(err(format!("{k:?} is not one of the registry's tenants")));
+                }
+                Some(key)
+            }
+        };
+        Ok(Self { tenants, legacy })
+    }
+
+    /// The tenant the deployment served before it read a registry (`legacy_tenant`): the owner of
+    /// runs whose id names no tenant, whose budget and status board keep their single-tenant keys.
+    pub fn legacy(&self) -> Option<&Tenant> {
+        self.legacy.as_ref().and_then(|k| self.get(k))
     }
 
     /// Every tenant, in file order.
@@ -218,7 +237,7 @@ fn check(
     i: usize,
     e: Entry,
     shared_secret: Option<&str>,
-    playbooks: &BTreeSet<String>,
+    playbooks: Option<&BTreeSet<String>>,
 ) -> Result<Tenant, RegistryError> {
     let mut entry = format!("tenant #{}", i + 1);
     let err = |entry: &str, field: &str, problem: String| RegistryError {
@@ -250,6 +269,10 @@ fn check(
         cloud.api_base =
             base_url("api_base", &api).map_err(|x| err(&entry, "api_base", x.to_string()))?;
     }
+    if let Some(login) = e.login_base {
+        cloud.login_base =
+            base_url("login_base", &login).map_err(|x| err(&entry, "login_base", x.to_string()))?;
+    }
     let credentials_secret_id = match e.credentials_secret.as_deref().or(shared_secret) {
         Some(s) if !s.trim().is_empty() => s.to_string(),
         Some(_) => return Err(err(&entry, "credentials_secret", "is empty".into())),
@@ -275,7 +298,9 @@ fn check(
     let playbooks = match e.playbooks {
         None => None,
         Some(names) => {
-            if let Some(unknown) = names.iter().find(|n| !playbooks.contains(*n)) {
+            if let Some(unknown) =
+                playbooks.and_then(|known| names.iter().find(|n| !known.contains(*n)))
+            {
                 return Err(err(
                     &entry,
                     "playbooks",

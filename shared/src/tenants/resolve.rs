@@ -4,6 +4,7 @@
 //! playbook one it may run. One customer's pipeline must not start a live response on another
 //! customer's devices: a sender bound to tenant A is refused for tenant B whatever the alert says.
 
+use crate::codes::RejectCode;
 use crate::ids::{EntraTenantId, TenantKey};
 
 use super::{Registry, Sender, Tenant};
@@ -25,6 +26,11 @@ pub enum Refusal {
         "the alert names no tenant (\"tenant\" in lr.alert/v1, \"tenantId\" in a Defender alert)"
     )]
     NoTenant,
+    /// The alert names a tenant, and the deployment serves one tenant and reads no registry.
+    #[error(
+        "the alert names tenant {0}, but this deployment serves one tenant and reads no tenant registry"
+    )]
+    NoRegistry(String),
     /// The registry has no such tenant.
     #[error("the alert's tenant {0} is not in the tenant registry")]
     UnknownTenant(String),
@@ -47,12 +53,12 @@ pub enum Refusal {
 }
 
 /// The tenant `claim` names, if `sender` (SQS's `SenderId`: a principal's unique id, and for a
-/// role `:` and the session name) may start runs there with `playbook`.
+/// role `:` and the session name) may start runs there. Checked before the alert's playbook is
+/// chosen; [`Tenant::may_run`] checks that one after.
 pub fn resolve<'r>(
     registry: &'r Registry,
     claim: Option<&Claim>,
     sender: Option<&str>,
-    playbook: &str,
 ) -> Result<&'r Tenant, Refusal> {
     let tenant = match claim.ok_or(Refusal::NoTenant)? {
         Claim::Key(key) => registry
@@ -75,13 +81,30 @@ pub fn resolve<'r>(
                 .collect(),
         });
     }
-    if let Some(allowed) = &tenant.playbooks
-        && !allowed.contains(playbook)
-    {
-        return Err(Refusal::PlaybookNotAllowed {
-            tenant: tenant.key.clone(),
-            playbook: playbook.to_string(),
-        });
-    }
     Ok(tenant)
+}
+
+impl Tenant {
+    /// Whether the tenant may run `playbook` (every playbook, when its entry names none).
+    pub fn may_run(&self, playbook: &str) -> Result<(), Refusal> {
+        match &self.playbooks {
+            Some(allowed) if !allowed.contains(playbook) => Err(Refusal::PlaybookNotAllowed {
+                tenant: self.key.clone(),
+                playbook: playbook.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Refusal {
+    /// The reject code a refused alert is sent to the dead-letter queue with.
+    pub fn code(&self) -> RejectCode {
+        match self {
+            Self::NoTenant => RejectCode::NoTenant,
+            Self::UnknownTenant(_) | Self::NoRegistry(_) => RejectCode::UnknownTenant,
+            Self::SenderNotAllowed { .. } => RejectCode::SenderNotAllowed,
+            Self::PlaybookNotAllowed { .. } => RejectCode::PlaybookNotAllowed,
+        }
+    }
 }

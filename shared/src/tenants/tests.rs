@@ -14,7 +14,7 @@ fn playbooks() -> BTreeSet<String> {
 }
 
 fn registry(text: &str) -> Result<Registry, RegistryError> {
-    Registry::from_toml(text, &playbooks())
+    Registry::from_toml(text, Some(&playbooks()))
 }
 
 fn two_tenants() -> String {
@@ -88,6 +88,20 @@ fn a_tenant_registry_gives_each_tenant_its_cloud_credentials_senders_and_limits(
     );
 }
 
+/// A deployment that served one tenant names it `legacy_tenant` when it starts reading a
+/// registry: runs whose id names no tenant are that tenant's.
+#[test]
+fn a_legacy_tenant_owns_the_runs_from_before_the_tenant_registry() {
+    let r = registry(&two_tenants()).unwrap();
+    assert!(r.legacy().is_none());
+    let r = registry(&format!("legacy_tenant = \"globex\"\n{}", two_tenants())).unwrap();
+    assert_eq!(r.legacy().unwrap().key.as_str(), "globex");
+    // The functions that load no playbooks read the registry without checking playbook names.
+    let named_other = two_tenants().replace("[\"triage\"]", "[\"wipe-disk\"]");
+    assert!(registry(&named_other).is_err());
+    assert!(Registry::from_toml(&named_other, None).is_ok());
+}
+
 #[test]
 fn a_tenant_registry_with_a_geo_api_host_uses_it() {
     let r = registry(&format!(
@@ -156,12 +170,6 @@ fn an_invalid_tenant_registry_names_the_entry_and_the_field() {
             "missing",
         ),
         (
-            base.replace(ROLE_B, ROLE_A),
-            "tenant \"globex\"",
-            "senders",
-            "one tenant",
-        ),
-        (
             base.replace(ROLE_A, "arn:aws:iam::111122223333:role/x"),
             "tenant \"acme\"",
             "senders",
@@ -201,6 +209,12 @@ fn an_invalid_tenant_registry_names_the_entry_and_the_field() {
             "gets_per_our",
         ),
         (
+            format!("legacy_tenant = \"initech\"\n{base}"),
+            "the file",
+            "legacy_tenant",
+            "initech",
+        ),
+        (
             base.replace("library_sync", "libary_sync"),
             "the file",
             "(syntax)",
@@ -236,8 +250,46 @@ fn a_tenant_key_is_safe_in_s3_keys_and_metric_dimensions() {
     }
 }
 
+/// The whole check intake makes: tenant and sender, then the playbook.
+fn admit<'r>(
+    r: &'r Registry,
+    claim: Option<&Claim>,
+    sender: Option<&str>,
+    playbook: &str,
+) -> Result<&'r Tenant, Refusal> {
+    let t = resolve(r, claim, sender)?;
+    t.may_run(playbook)?;
+    Ok(t)
+}
+
 fn claim_key(k: &str) -> Claim {
     Claim::Key(TenantKey::parse(k).unwrap())
+}
+
+/// A provider's own forwarder may be every customer's sender: each alert still goes to the tenant
+/// it names, and a tenant that does not name the forwarder refuses it.
+#[test]
+fn a_sender_named_by_two_tenants_starts_runs_in_each_and_no_third() {
+    let text = two_tenants().replace(ROLE_B, ROLE_A);
+    let r = registry(&text).unwrap();
+    assert_eq!(
+        admit(&r, Some(&claim_key("acme")), Some(ROLE_A), "triage")
+            .unwrap()
+            .key
+            .as_str(),
+        "acme"
+    );
+    assert_eq!(
+        admit(&r, Some(&claim_key("globex")), Some(ROLE_A), "triage")
+            .unwrap()
+            .key
+            .as_str(),
+        "globex"
+    );
+    assert!(matches!(
+        admit(&r, Some(&claim_key("globex")), Some(ROLE_B), "triage"),
+        Err(Refusal::SenderNotAllowed { .. })
+    ));
 }
 
 /// A sender bound to one tenant cannot start a run on another's devices, whatever its alert says.
@@ -246,7 +298,7 @@ fn a_tenant_accepts_only_its_own_senders_and_playbooks() {
     let r = registry(&two_tenants()).unwrap();
     let session = |role: &str| format!("{role}:alerts-forwarder");
     // Acme's sender, for acme: yes (the session name after ':' does not matter).
-    let t = resolve(
+    let t = admit(
         &r,
         Some(&claim_key("acme")),
         Some(&session(ROLE_A)),
@@ -257,14 +309,14 @@ fn a_tenant_accepts_only_its_own_senders_and_playbooks() {
     // Globex by its Entra id, from globex's role.
     let globex = Claim::Entra(EntraTenantId::parse(GLOBEX).unwrap());
     assert_eq!(
-        resolve(&r, Some(&globex), Some(ROLE_B), "triage")
+        admit(&r, Some(&globex), Some(ROLE_B), "triage")
             .unwrap()
             .key
             .as_str(),
         "globex"
     );
     // Acme's sender naming globex: refused, naming both.
-    let e = resolve(&r, Some(&globex), Some(&session(ROLE_A)), "triage").unwrap_err();
+    let e = admit(&r, Some(&globex), Some(&session(ROLE_A)), "triage").unwrap_err();
     assert!(
         matches!(e, Refusal::SenderNotAllowed { ref tenant, .. } if tenant.as_str() == "globex"),
         "{e}"
@@ -272,15 +324,15 @@ fn a_tenant_accepts_only_its_own_senders_and_playbooks() {
     assert!(e.to_string().contains(ROLE_A), "{e}");
     // No sender reported: refused.
     assert!(matches!(
-        resolve(&r, Some(&claim_key("acme")), None, "triage"),
+        admit(&r, Some(&claim_key("acme")), None, "triage"),
         Err(Refusal::SenderNotAllowed { .. })
     ));
     // A sender whose id only starts like acme's: refused.
     let longer = format!("{ROLE_A}X:s");
-    assert!(resolve(&r, Some(&claim_key("acme")), Some(&longer), "triage").is_err());
+    assert!(admit(&r, Some(&claim_key("acme")), Some(&longer), "triage").is_err());
     // Globex may run triage only.
     assert_eq!(
-        resolve(&r, Some(&globex), Some(ROLE_B), "malware-file").unwrap_err(),
+        admit(&r, Some(&globex), Some(ROLE_B), "malware-file").unwrap_err(),
         Refusal::PlaybookNotAllowed {
             tenant: TenantKey::parse("globex").unwrap(),
             playbook: "malware-file".into()
@@ -292,16 +344,16 @@ fn a_tenant_accepts_only_its_own_senders_and_playbooks() {
 fn an_alert_for_no_tenant_or_an_unknown_tenant_is_refused() {
     let r = registry(&two_tenants()).unwrap();
     assert_eq!(
-        resolve(&r, None, Some(ROLE_A), "triage").unwrap_err(),
+        admit(&r, None, Some(ROLE_A), "triage").unwrap_err(),
         Refusal::NoTenant
     );
-    let e = resolve(&r, Some(&claim_key("initech")), Some(ROLE_A), "triage").unwrap_err();
+    let e = admit(&r, Some(&claim_key("initech")), Some(ROLE_A), "triage").unwrap_err();
     assert!(matches!(e, Refusal::UnknownTenant(_)), "{e}");
     assert!(e.to_string().contains("initech"), "{e}");
     let stranger =
         Claim::Entra(EntraTenantId::parse("00000000-0000-0000-0000-0000000000ff").unwrap());
     assert!(matches!(
-        resolve(&r, Some(&stranger), Some(ROLE_A), "triage"),
+        admit(&r, Some(&stranger), Some(ROLE_A), "triage"),
         Err(Refusal::UnknownTenant(_))
     ));
 }

@@ -27,6 +27,7 @@ fn cfg() -> BudgetConfig {
         minute: Duration::from_secs(60),
         call_limit: Duration::from_secs(120),
         lane: Default::default(),
+        tenant: None,
     }
 }
 

@@ -64,7 +64,7 @@ impl Keys {
             checkpoint: keys::checkpoint_key(&run_id, 1),
             board: keys::STATUS_BOARD_KEY.to_string(),
             budget: keys::BUDGET_KEY.to_string(),
-            corrupt_budget: keys::corrupt_budget_key(1_767_225_600_000),
+            corrupt_budget: keys::corrupt_budget_key(None, 1_767_225_600_000),
             decoys: vec![
                 format!("state/runs/{run_id}/notes.json"),
                 // Where packages were staged before they went straight to their evidence keys.

@@ -59,10 +59,10 @@ async fn every_hostile_alert_is_refused_with_its_code_and_kept_intact() {
             async move {
                 shared::stages::intake::handle(
                     cfg,
-                    playbooks,
+                    shared::stages::intake::Rules::single(playbooks),
                     store,
                     queue,
-                    &msg.body,
+                    &msg,
                     time::OffsetDateTime::now_utc(),
                 )
                 .await
@@ -180,10 +180,10 @@ async fn an_unfetchable_file_name_does_not_stop_collection() {
         let queue = MemQueue::default();
         let done = shared::stages::intake::handle(
             &cfg,
-            &playbooks,
+            shared::stages::intake::Rules::single(&playbooks),
             &store,
             &queue,
-            &case.body,
+            &shared::messages::Delivery::new("case", case.body.clone()),
             time::OffsetDateTime::now_utc(),
         )
         .await

@@ -66,10 +66,10 @@ async fn a_lost_submit_answer_does_not_run_the_live_response_twice() {
     let alert = native_alert("lost-1", M1, "Malware", &[("file_path", FILE)]).to_string();
     let done = shared::stages::intake::handle(
         &intake_cfg,
-        &Playbooks::bundled().unwrap(),
+        shared::stages::intake::Rules::single(&Playbooks::bundled().unwrap()),
         &store,
         &queue,
-        &alert,
+        &shared::messages::Delivery::new("alert-1", alert),
         now,
     )
     .await

@@ -25,7 +25,7 @@ use crate::defender::{ActionFilter, ActionId, ActionStatus, DefenderError, Machi
 use crate::ids::MachineId;
 use crate::ids::RUN_COMMENT_PREFIX;
 use crate::ports::{Defender, ObjectStore, Put, PutResult, StoreError};
-use crate::store::keys::STATUS_BOARD_KEY;
+use crate::store::keys::board_key;
 
 /// A board younger than this answers a poll without a call to Defender.
 pub const FRESH: Duration = Duration::from_secs(5);
@@ -174,15 +174,16 @@ pub async fn look<S: ObjectStore, D: Defender>(
 ) -> Result<Look, StoreError> {
     let now = clock.now();
     let created = submitted - SKEW;
+    let board_key = board_key(budget_cfg.tenant.as_ref());
     if created < now - WINDOW {
         return by_id(store, defender, budget_cfg, clock, id).await;
     }
     // The board is a cache: when the store will not give it (denied, down), the action is read
     // by id (the budget, which is not a cache, still decides whether that can happen now).
-    let (board, etag) = match load(store).await {
+    let (board, etag) = match load(store, &board_key).await {
         Ok(loaded) => loaded,
         Err(e) => {
-            tracing::warn!(error = %e, key = STATUS_BOARD_KEY, "status board unreadable from the store; reading the action by id");
+            tracing::warn!(error = %e, key = %board_key, "status board unreadable from the store; reading the action by id");
             return by_id(store, defender, budget_cfg, clock, id).await;
         }
     };
@@ -210,11 +211,11 @@ pub async fn look<S: ObjectStore, D: Defender>(
             Some(e) => Put::IfMatch(e.clone()),
             None => Put::IfAbsent,
         };
-        match store.put(STATUS_BOARD_KEY, encode(b)?, claim).await {
+        match store.put(&board_key, encode(b)?, claim).await {
             Ok(PutResult::Written { .. }) => {}
             Ok(PutResult::Conflict) => {
                 // Another poll refreshed or claimed it first: read what it left.
-                match load(store).await {
+                match load(store, &board_key).await {
                     Ok((Some(other), _)) if other.age(now) <= FRESH + CLAIM => {
                         if let Seen::On(a) = other.find(id, created) {
                             return by_id_if_final(store, defender, budget_cfg, clock, a).await;
@@ -222,12 +223,12 @@ pub async fn look<S: ObjectStore, D: Defender>(
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, key = STATUS_BOARD_KEY, "could not read the status board after losing its claim; listing")
+                        tracing::warn!(error = %e, key = %board_key, "could not read the status board after losing its claim; listing")
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, key = STATUS_BOARD_KEY, "could not claim the status board's refresh; reading the action by id");
+                tracing::warn!(error = %e, key = %board_key, "could not claim the status board's refresh; reading the action by id");
                 return by_id(store, defender, budget_cfg, clock, id).await;
             }
         }
@@ -279,7 +280,7 @@ pub async fn look<S: ObjectStore, D: Defender>(
     // A cache: a board that cannot be written costs the next poll a listing, nothing more.
     match encode(&fresh) {
         Ok(body) => {
-            if let Err(e) = store.put(STATUS_BOARD_KEY, body, Put::Always).await {
+            if let Err(e) = store.put(&board_key, body, Put::Always).await {
                 tracing::warn!(error = %e, "could not write the status board");
             }
         }
@@ -320,8 +321,11 @@ async fn by_id<S: ObjectStore, D: Defender>(
 
 /// The stored board and its ETag; an unreadable one is treated as absent (and rewritten by the
 /// next refresh), with a warning.
-async fn load<S: ObjectStore>(store: &S) -> Result<(Option<Board>, Option<String>), StoreError> {
-    let Some(stored) = store.get(STATUS_BOARD_KEY).await? else {
+async fn load<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<(Option<Board>, Option<String>), StoreError> {
+    let Some(stored) = store.get(key).await? else {
         return Ok((None, None));
     };
     match serde_json::from_slice::<Board>(&stored.body) {

@@ -1,5 +1,6 @@
 //! The status board over in-memory ports: how many Defender calls a look costs, and what it sees.
 
+use crate::store::keys::STATUS_BOARD_KEY;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -19,16 +19,24 @@ use crate::alerts::playbook::{PlaybookError, Playbooks};
 use crate::batch;
 use crate::clock::SystemClock;
 use crate::config::{ConfigError, Env, ProcessEnv};
-use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
-use crate::library::{Bundle, BundleError, Librarian, LibrarySync};
+use crate::defender::{DefenderClient, DefenderConfig};
+use crate::library::{BundleError, Librarian, LibrarySync};
 use crate::messages::Delivery;
-use crate::ports::{Notary, ObjectStore};
+use crate::ports::Notary;
 use crate::stages::Ports;
+use crate::stages::intake::Rules;
 use crate::stages::settings::{
-    CollectConfig, IntakeConfig, PinnedPlaybooks, PollConfig, SubmitConfig,
+    CollectConfig, IntakeConfig, PinnedFile, PollConfig, SubmitConfig, pinned_tenants,
 };
 use crate::stages::{self, Done, StageError};
 use crate::store::retention::Retention;
+use crate::tenants::{RegistryError, Tenancy};
+
+mod files;
+mod tenants;
+
+pub use files::{check_pin, load_playbook_file, load_playbooks, load_tenancy};
+use tenants::Served;
 
 /// Why a function could not start: fix the setting, the playbook file or the resource named.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,9 @@ pub enum InitError {
     /// version).
     #[error(transparent)]
     Library(#[from] BundleError),
+    /// The tenant registry does not parse or names something invalid.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// Anything else at start-up, e.g. the playbook object cannot be read or an HTTP client cannot be built.
     #[error("{0}")]
     Other(String),
@@ -117,6 +128,8 @@ pub struct Settings<C> {
     pub signing_key_id: String,
     /// The bus completion events go to (`EVENT_BUS_NAME`, `default` if unset).
     pub event_bus: String,
+    /// The tenant registry, pinned (`None`: the deployment serves one tenant).
+    pub tenants: Option<PinnedFile>,
 }
 
 impl<C> Settings<C> {
@@ -130,45 +143,43 @@ impl<C> Settings<C> {
             retention: Retention::from_env(env)?,
             signing_key_id: signing_key_id(env)?,
             event_bus: event_bus(env),
+            tenants: pinned_tenants(env)?,
         })
     }
 }
 
-/// The clients of a stage that talks to Defender.
-struct Clients {
+/// The clients of a stage that talks to Defender, each tenant's Defender among them (with the
+/// stage's settings for that tenant, `C`).
+struct Clients<C> {
     store: S3Store,
     queue: SqsQueue,
-    defender: Defender,
+    served: Served<C>,
     signer: KmsSigner,
     events: EventBridgeEvents,
 }
 
-impl Clients {
+impl<C> Clients<C> {
     fn notary(&self) -> Notary<'_> {
         Notary {
             signer: &self.signer,
             events: &self.events,
         }
     }
-}
 
-impl Clients {
-    fn new<C>(
-        settings: &Settings<C>,
+    /// The clients for `settings`, with `make` building the stage's settings for each tenant from
+    /// its budget.
+    async fn new<S>(
+        settings: &Settings<S>,
         bucket: &str,
+        base_budget: &crate::budget::BudgetConfig,
+        tenancy: &Tenancy,
         sdk: &aws_config::SdkConfig,
+        make: impl FnMut(Option<&crate::tenants::Tenant>, crate::budget::BudgetConfig) -> C,
     ) -> Result<Self, InitError> {
-        let cfg = &settings.defender;
-        let http = http_client(cfg.http_timeout).map_err(|e| InitError::Other(e.to_string()))?;
-        let creds = SecretsManagerCredentials::new(
-            aws_sdk_secretsmanager::Client::new(sdk),
-            &cfg.credentials_secret_id,
-        );
-        let auth = TokenProvider::new(creds, http.clone(), &cfg.login_base, &cfg.scope);
         Ok(Self {
             store: S3Store::new(s3_client(sdk), bucket).retaining(settings.retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            defender: DefenderClient::new(http, &cfg.api_base, auth),
+            served: Served::build(tenancy, &settings.defender, base_budget, sdk, make)?,
             signer: KmsSigner::new(
                 aws_sdk_kms::Client::from_conf(
                     aws_sdk_kms::config::Builder::from(sdk)
@@ -202,113 +213,14 @@ fn notary_timeouts() -> aws_config::timeout::TimeoutConfig {
 /// Messages handled at once within a batch by the stages that are not collect.
 const CONCURRENCY: usize = 10;
 
-/// Alert in, playbook chosen, run recorded, submit job out.
+/// Alert in, tenant and sender checked, playbook chosen, run recorded, submit job out.
 pub struct Intake {
     /// The stage's settings.
     pub cfg: IntakeConfig,
     playbooks: Playbooks,
+    tenancy: Tenancy,
     store: S3Store,
     queue: SqsQueue,
-}
-
-/// The bundled playbooks, or the pinned playbook file `PLAYBOOKS_S3_URI` names, checked (intake
-/// reads only this: it never needs the library files, nor may it read them).
-pub async fn load_playbook_file(
-    file: Option<&PinnedPlaybooks>,
-    sdk: &aws_config::SdkConfig,
-) -> Result<Playbooks, InitError> {
-    Ok(match file {
-        None => Playbooks::bundled()?,
-        Some(f) => read_playbook_file(&f.uri, Some(&f.sha256), sdk).await?.0,
-    })
-}
-
-/// The playbooks with their bundle: the bundled ones and library, or the playbook file at `uri`
-/// with the library files it manages read from its folder beside it
-/// (`<dir>/<library_folder>/<name>`). Submit loads this, checked, at cold start (and
-/// `lrctl library` for the tenant): a declared file that is missing stops it, naming the file.
-///
-/// With `pin` (a deployment always pins: `PLAYBOOKS_SHA256`), a file with other bytes stops the
-/// start, and every library file the pinned file manages must pin its own SHA-256: so whoever
-/// may write the playbooks bucket can change neither the playbooks nor the scripts they run.
-pub async fn load_playbooks(
-    uri: Option<&str>,
-    pin: Option<&str>,
-    sdk: &aws_config::SdkConfig,
-) -> Result<(Playbooks, Bundle), InitError> {
-    let Some(uri) = uri else {
-        let playbooks = Playbooks::bundled()?;
-        let bundle = Bundle::bundled(playbooks.library_files())?;
-        return Ok((playbooks, bundle));
-    };
-    let (playbooks, store, dir) = read_playbook_file(uri, pin, sdk).await?;
-    let mut contents = std::collections::BTreeMap::new();
-    for spec in playbooks.library_files().iter().filter(|s| !s.external) {
-        if pin.is_some() && spec.sha256.is_none() {
-            return Err(InitError::Library(BundleError {
-                file: spec.name.clone(),
-                problem: format!(
-                    "the pinned playbook file {uri} must pin this file's sha256: its bytes come from the playbooks bucket, and only a pin in the pinned file keeps them from being swapped"
-                ),
-            }));
-        }
-        let key = format!("{dir}{}/{}", playbooks.library_folder(), spec.name);
-        if let Some(bytes) = read_object(&store, &key).await? {
-            contents.insert(spec.name.clone(), bytes);
-        }
-    }
-    let bundle = Bundle::assemble(playbooks.library_files(), |name| contents.remove(name))?;
-    Ok((playbooks, bundle))
-}
-
-/// The playbook file at `uri`, checked against `pin`; the store of its bucket and the folder it
-/// is in (`dir/`).
-async fn read_playbook_file(
-    uri: &str,
-    pin: Option<&str>,
-    sdk: &aws_config::SdkConfig,
-) -> Result<(Playbooks, S3Store, String), InitError> {
-    let (bucket, key) = uri
-        .strip_prefix("s3://")
-        .and_then(|p| p.split_once('/'))
-        .ok_or_else(|| {
-            InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: expected s3://bucket/key"))
-        })?;
-    let store = S3Store::new(s3_client(sdk), bucket);
-    let body = read_object(&store, key)
-        .await?
-        .ok_or_else(|| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: no such object")))?;
-    check_pin(uri, &body, pin)?;
-    let text = String::from_utf8(body)
-        .map_err(|_| InitError::Other(format!("PLAYBOOKS_S3_URI {uri}: not UTF-8 text")))?;
-    let playbooks = Playbooks::from_toml(&text)?;
-    let dir = key
-        .rsplit_once('/')
-        .map(|(d, _)| format!("{d}/"))
-        .unwrap_or_default();
-    Ok((playbooks, store, dir))
-}
-
-/// The playbook file's bytes against the deployment's pin: any other bytes stop the start.
-pub fn check_pin(uri: &str, body: &[u8], pin: Option<&str>) -> Result<(), InitError> {
-    let Some(pin) = pin else {
-        return Ok(());
-    };
-    let actual = crate::hash::sha256_hex(body);
-    if actual.eq_ignore_ascii_case(pin) {
-        return Ok(());
-    }
-    Err(InitError::Other(format!(
-        "PLAYBOOKS_S3_URI {uri} has SHA-256 {actual}, but the deployment pins {pin} (PLAYBOOKS_SHA256): refusing to start on a playbook file nobody deployed. If the change is yours, deploy its hash"
-    )))
-}
-
-async fn read_object(store: &S3Store, key: &str) -> Result<Option<Vec<u8>>, InitError> {
-    store
-        .get(key)
-        .await
-        .map_err(|e| InitError::Other(format!("{}: {e}", store.location(key))))
-        .map(|o| o.map(|s| s.body.to_vec()))
 }
 
 impl Function for Intake {
@@ -322,8 +234,10 @@ impl Function for Intake {
 
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let cfg = Self::config(env)?;
+        let playbooks = load_playbook_file(cfg.playbooks.as_ref(), sdk).await?;
         Ok(Self {
-            playbooks: load_playbook_file(cfg.playbooks.as_ref(), sdk).await?,
+            tenancy: load_tenancy(cfg.tenants.as_ref(), Some(&playbooks), sdk).await?,
+            playbooks,
             store: S3Store::new(s3_client(sdk), &cfg.bucket),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
             cfg,
@@ -331,12 +245,16 @@ impl Function for Intake {
     }
 
     async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
+        let rules = Rules {
+            playbooks: &self.playbooks,
+            tenancy: &self.tenancy,
+        };
         stages::intake::handle(
             &self.cfg,
-            &self.playbooks,
+            rules,
             &self.store,
             &self.queue,
-            &msg.body,
+            &msg,
             OffsetDateTime::now_utc(),
         )
         .await
@@ -347,12 +265,12 @@ impl Function for Intake {
     }
 }
 
-/// One live response per run, paced under Defender's limits, its library files in place first.
+/// One live response per run, paced under its tenant's Defender limits, its library files in
+/// place first.
 pub struct Submit {
-    /// The stage's settings.
+    /// The stage's settings (the deployment's budget; each tenant has its own).
     pub cfg: SubmitConfig,
-    clients: Clients,
-    librarian: Librarian,
+    clients: Clients<(SubmitConfig, Librarian)>,
 }
 
 impl Function for Submit {
@@ -374,22 +292,45 @@ impl Function for Submit {
             sdk,
         )
         .await?;
+        let tenancy = load_tenancy(settings.tenants.as_ref(), Some(&playbooks), sdk).await?;
+        let clients = Clients::new(
+            &settings,
+            &cfg.bucket,
+            &cfg.budget,
+            &tenancy,
+            sdk,
+            |tenant, budget| {
+                let library_sync = tenant
+                    .and_then(|t| t.library_sync)
+                    .unwrap_or(cfg.library_sync);
+                let librarian =
+                    Librarian::new(bundle.clone(), library_sync).rendering(playbooks.file_sha256());
+                let cfg = SubmitConfig {
+                    budget,
+                    library_sync,
+                    ..cfg.clone()
+                };
+                (cfg, librarian)
+            },
+        )
+        .await?;
         Ok(Self {
-            clients: Clients::new(&settings, &cfg.bucket, sdk)?,
-            librarian: Librarian::new(bundle, cfg.library_sync).rendering(playbooks.file_sha256()),
+            clients,
             cfg: settings.stage,
         })
     }
 
     async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
         let c = &self.clients;
+        let t = c.served.of(&msg)?;
+        let (cfg, librarian) = &t.cfg;
         let library = LibrarySync {
-            keeper: &self.librarian,
-            api: &c.defender,
+            keeper: librarian,
+            api: &t.defender,
         };
         stages::submit::handle(
-            &self.cfg,
-            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
+            cfg,
+            Ports::new(&c.store, &c.queue, &t.defender, c.notary(), &SystemClock),
             library,
             &msg,
         )
@@ -403,9 +344,9 @@ impl Function for Submit {
 
 /// Follows each action until it ends, cancels it at the deadline, hands results to collect.
 pub struct Poll {
-    /// The stage's settings.
+    /// The stage's settings (the deployment's budget; each tenant has its own).
     pub cfg: PollConfig,
-    clients: Clients,
+    clients: Clients<PollConfig>,
 }
 
 impl Function for Poll {
@@ -419,18 +360,33 @@ impl Function for Poll {
 
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let settings = Self::config(env)?;
+        let cfg = &settings.stage;
+        let tenancy = load_tenancy(settings.tenants.as_ref(), None, sdk).await?;
+        let clients = Clients::new(
+            &settings,
+            &cfg.bucket,
+            &cfg.budget,
+            &tenancy,
+            sdk,
+            |_, budget| PollConfig {
+                budget,
+                ..cfg.clone()
+            },
+        )
+        .await?;
         Ok(Self {
-            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            clients,
             cfg: settings.stage,
         })
     }
 
     async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
         let c = &self.clients;
+        let t = c.served.of(&msg)?;
         stages::poll::handle(
-            &self.cfg,
-            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
-            &c.defender,
+            &t.cfg,
+            Ports::new(&c.store, &c.queue, &t.defender, c.notary(), &SystemClock),
+            &t.defender,
             &msg,
         )
         .await
@@ -443,9 +399,9 @@ impl Function for Poll {
 
 /// Copies one result package into evidence.
 pub struct Collect {
-    /// The stage's settings.
+    /// The stage's settings (the deployment's budget; each tenant has its own).
     pub cfg: CollectConfig,
-    clients: Clients,
+    clients: Clients<CollectConfig>,
     fetch: HttpFetch,
 }
 
@@ -460,8 +416,22 @@ impl Function for Collect {
 
     async fn build(env: &dyn Env, sdk: &aws_config::SdkConfig) -> Result<Self, InitError> {
         let settings = Self::config(env)?;
+        let cfg = &settings.stage;
+        let tenancy = load_tenancy(settings.tenants.as_ref(), None, sdk).await?;
+        let clients = Clients::new(
+            &settings,
+            &cfg.bucket,
+            &cfg.budget,
+            &tenancy,
+            sdk,
+            |_, budget| CollectConfig {
+                budget,
+                ..cfg.clone()
+            },
+        )
+        .await?;
         Ok(Self {
-            clients: Clients::new(&settings, &settings.stage.bucket, sdk)?,
+            clients,
             fetch: HttpFetch::new(settings.stage.download_timeout).map_err(InitError::Other)?,
             cfg: settings.stage,
         })
@@ -469,9 +439,10 @@ impl Function for Collect {
 
     async fn process(&self, msg: Delivery) -> Result<Done, StageError> {
         let c = &self.clients;
+        let t = c.served.of(&msg)?;
         stages::collect::handle(
-            &self.cfg,
-            Ports::new(&c.store, &c.queue, &c.defender, c.notary(), &SystemClock),
+            &t.cfg,
+            Ports::new(&c.store, &c.queue, &t.defender, c.notary(), &SystemClock),
             &self.fetch,
             &msg,
         )
