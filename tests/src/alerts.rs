@@ -36,6 +36,18 @@ pub fn run_id(format: &str, alert_id: &str, machine: &str, playbook: &str) -> sh
     shared::ids::RunId::derive(format, alert_id, machine, playbook)
 }
 
+/// The run an alert of `tenant` makes (a deployment with a tenant registry).
+pub fn tenant_run_id(
+    tenant: &str,
+    format: &str,
+    alert_id: &str,
+    machine: &str,
+    playbook: &str,
+) -> shared::ids::RunId {
+    let tenant = shared::ids::TenantKey::parse(tenant).expect("a valid tenant key");
+    shared::ids::RunId::derive_for(Some(&tenant), format, alert_id, machine, playbook)
+}
+
 /// The hostile-input corpus: (name, body, expected reject code).
 pub fn corpus() -> Vec<(String, String, String)> {
     #[derive(serde::Deserialize)]

@@ -65,7 +65,15 @@ pub fn file_alert(alert_id: &str, machine: &str, path: &str) -> serde_json::Valu
 
 impl Stack {
     /// Starts everything; `extra` adds or overrides function environment variables.
-    pub async fn start(mut sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
+    pub async fn start(sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
+        let mut me = Self::provisioned(sim_config, extra).await;
+        me.start_pipeline().await;
+        me
+    }
+
+    /// The simulator and the provisioned stack, the stages not started (put what they read at
+    /// their start in place, then [`Stack::start_pipeline`]).
+    pub async fn provisioned(mut sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
         if sim_config.sim.time_scale == 1.0 {
             sim_config.sim.time_scale = 20.0;
         }
@@ -77,7 +85,7 @@ impl Stack {
         let env = function_env(&stack.env, &sim, extra);
         let s3 = shared::adapters::s3::s3_client(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let mut me = Self {
+        Self {
             sim,
             sim_config,
             sdk,
@@ -86,9 +94,7 @@ impl Stack {
             pipeline: None,
             s3,
             sqs,
-        };
-        me.start_pipeline().await;
-        me
+        }
     }
 
     pub async fn start_pipeline(&mut self) {
