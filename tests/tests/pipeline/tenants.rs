@@ -308,3 +308,195 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
     }
     stack.stop().await;
 }
+
+/// Puts `text` in the stack's bucket and points the functions at it, pinned.
+async fn deploy_registry(stack: &mut Stack, text: &str) {
+    let key = format!("config/{}.toml", unique("tenants"));
+    stack
+        .s3
+        .put_object()
+        .bucket(&stack.stack.bucket)
+        .key(&key)
+        .body(text.as_bytes().to_vec().into())
+        .send()
+        .await
+        .expect("the registry in S3");
+    stack.env.insert(
+        "TENANTS_S3_URI".into(),
+        format!("s3://{}/{key}", stack.stack.bucket),
+    );
+    stack.env.insert(
+        "TENANTS_SHA256".into(),
+        testkit::content::sha256_hex(text.as_bytes()),
+    );
+}
+
+/// A deployment that served one tenant starts reading a registry while a run is in flight: the
+/// run finishes under its old keys with the tenant's credentials, new runs get the tenant's
+/// prefix, and both count against one budget (the legacy tenant keeps the single-tenant one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_tenant_run_in_flight_finishes_after_the_upgrade_to_a_tenant_registry() {
+    let rig = TenantRig {
+        key: "acme",
+        entra: "00000000-0000-0000-0000-000000000001",
+        size: 60_000,
+        alerts: 2,
+        submissions_per_minute: 10,
+    };
+    let mut config = fleet(&rig);
+    config.clients = vec![Client::default()];
+    for d in &mut config.devices {
+        d.command_secs = 120; // six seconds at 20x: long enough to upgrade under it
+    }
+    let mut stack = Stack::start(config, &[]).await;
+    let m0 = machine(FLEET, 0);
+    stack
+        .send_alert(&tenant_alert(None, "before-1", &m0, "Malware"))
+        .await;
+    let old = testkit::alerts::run_id("native", "before-1", &m0, "malware-file");
+    // Wait until Defender has the action, then stop the stages mid-run.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let record = stack.object(&shared::store::run_key(&old)).await;
+        let submitted = record
+            .and_then(|b| serde_json::from_slice::<shared::store::RunRecord>(&b).ok())
+            .is_some_and(|r| r.action_id.is_some());
+        if submitted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the run was never submitted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Some(p) = stack.pipeline.take() {
+        p.kill();
+    }
+    let secret = stack.env["MDE_CREDENTIALS_SECRET_ID"].clone();
+    let text = format!(
+        r#"legacy_tenant = "acme"
+
+[[tenants]]
+key = "acme"
+entra_tenant_id = "{}"
+api_base = "{}"
+login_base = "{}"
+credentials_secret = "{secret}"
+senders = [{{ principal = "{MOTO_SENDER}" }}]
+"#,
+        rig.entra, stack.sim.api_base, stack.sim.login_base
+    );
+    deploy_registry(&mut stack, &text).await;
+    stack.start_pipeline().await;
+    let m1 = machine(FLEET, 1);
+    stack
+        .send_alert(&tenant_alert(Some("acme"), "after-1", &m1, "Malware"))
+        .await;
+    let new = tenant_run_id("acme", "native", "after-1", &m1, "malware-file");
+
+    for (run, prefix, i) in [
+        (&old, format!("evidence/{old}/"), 0u64),
+        (&new, "evidence/acme.".into(), 1),
+    ] {
+        let m = stack.manifest(run, 180).await;
+        assert_eq!(
+            m.outcome,
+            Some(RunOutcome::Succeeded),
+            "{run}: {:?}",
+            m.reason
+        );
+        let getfile = m
+            .commands
+            .iter()
+            .find(|c| c.sha256_decompressed.is_some())
+            .expect("the GetFile command");
+        assert!(
+            getfile
+                .s3_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(&prefix)),
+            "{run}: {:?} under {prefix}",
+            getfile.s3_key
+        );
+        assert_eq!(
+            getfile.sha256_decompressed.as_deref(),
+            Some(expected_sha256(&machine(FLEET, i as usize), FILE, rig.size + i).as_str())
+        );
+    }
+    assert_eq!(
+        stack.sim.stats().actions_created,
+        2,
+        "the old run was not submitted again"
+    );
+    assert!(
+        stack
+            .object(shared::store::keys::BUDGET_KEY)
+            .await
+            .is_some()
+    );
+    assert!(
+        stack
+            .object("state/budget/tenants/acme.json")
+            .await
+            .is_none(),
+        "the legacy tenant keeps the single-tenant budget: one budget per Defender tenant"
+    );
+    stack.stop().await;
+}
+
+/// A registry that is not the pinned one, or that names something invalid, stops every
+/// function's start with a message naming the variable, or the entry and the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_or_unpinned_tenant_registry_stops_the_start_naming_what_is_wrong() {
+    use shared::entry::{Function, Intake, Poll};
+    let mut stack = Stack::provisioned(fleet(&RIGS[0]), &[]).await;
+    let bad = format!(
+        r#"
+[[tenants]]
+key = "acme"
+entra_tenant_id = "{}"
+credentials_secret = "lr/acme"
+senders = [{{ principal = "{MOTO_SENDER}" }}]
+limits = {{ gets_per_hour = 0 }}
+"#,
+        RIGS[0].entra
+    );
+    let dlq = stack.stack.dlq_urls["alerts"].clone();
+    stack.env.insert("DEAD_LETTER_QUEUE_URL".into(), dlq);
+    deploy_registry(&mut stack, &bad).await;
+    let env = stack.env.clone();
+    for e in [
+        Intake::build(&env, &stack.sdk)
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Poll::build(&env, &stack.sdk)
+            .await
+            .err()
+            .map(|e| e.to_string()),
+    ] {
+        let e = e.expect("the start is refused");
+        assert!(
+            e.contains("tenant \"acme\"") && e.contains("limits.gets_per_hour"),
+            "{e}"
+        );
+    }
+    let good = bad.replace("gets_per_hour = 0", "gets_per_hour = 900");
+    deploy_registry(&mut stack, &good).await;
+    let mut env = stack.env.clone();
+    env.insert(
+        "TENANTS_SHA256".into(),
+        testkit::content::sha256_hex(b"another file"),
+    );
+    let e = Intake::build(&env, &stack.sdk)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("TENANTS_SHA256") && e.contains("nobody deployed"),
+        "{e}"
+    );
+    assert!(Intake::build(&stack.env, &stack.sdk).await.is_ok());
+}
