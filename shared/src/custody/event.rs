@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::defender::{CommandStatus, CommandType, MachineId};
-use crate::ids::{AlertId, RunId};
+use crate::ids::{AlertId, RunId, TenantKey};
 use crate::store::{CommandOutcome, Manifest, RunOutcome, RunState};
 use crate::text::cut;
 
@@ -51,6 +51,10 @@ pub struct RunFinished {
     pub event_id: String,
     /// The run.
     pub run_id: RunId,
+    /// The tenant whose Defender ran it (our key for it), for a rule that routes per customer;
+    /// absent in a deployment that serves one tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantKey>,
     /// The alert that started it.
     pub alert: EventAlert,
     /// The device it ran on.
@@ -177,6 +181,7 @@ impl RunFinished {
         let a = &manifest.alert;
         Self {
             event_id: manifest.run_id.to_string(),
+            tenant: manifest.tenant.clone(),
             run_id: manifest.run_id.clone(),
             alert: EventAlert {
                 id: a.alert_id.clone(),

@@ -13,7 +13,7 @@ use super::run::{RunOutcome, RunRecord, RunState};
 use crate::alerts::Alert;
 use crate::alerts::playbook::RefusedParameter;
 use crate::defender::{ActionId, ActionStatus, Command, CommandStatus, CommandType, MachineId};
-use crate::ids::RunId;
+use crate::ids::{RunId, TenantKey};
 use crate::library::{LibraryRecheck, LibraryUse};
 
 /// The manifest of a finished run, in `evidence/{run}/manifest.json`: the run and every
@@ -24,6 +24,10 @@ pub struct Manifest {
     pub v: u32,
     /// The run's id.
     pub run_id: RunId,
+    /// The tenant whose Defender ran it (our key for it in the tenant registry, the run id's
+    /// prefix); absent in a deployment that serves one tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantKey>,
     /// The name of the playbook that ran.
     pub playbook: String,
     /// SHA-256 of the playbook that rendered the commands (see [`super::RunRecord::playbook_sha256`]).
@@ -74,6 +78,7 @@ impl Manifest {
         let (outcome, reason) = settle_outcome(run, &commands);
         Self {
             v: RECORD_VERSION,
+            tenant: run.run_id.tenant(),
             run_id: run.run_id.clone(),
             playbook: run.playbook.clone(),
             playbook_sha256: run.playbook_sha256.clone(),

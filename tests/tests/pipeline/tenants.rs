@@ -242,6 +242,7 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
         assert!(run.as_str().starts_with(&format!("{}.", rig.key)));
         let m = stack.manifest(run, 240).await;
         assert_eq!(m.outcome, Some(RunOutcome::Succeeded), "{} #{i}", rig.key);
+        assert_eq!(m.tenant.as_ref().map(|t| t.as_str()), Some(rig.key));
         for c in m.commands.iter().filter_map(|c| c.s3_key.as_deref()) {
             assert!(
                 c.starts_with(&format!("evidence/{}.", rig.key)),

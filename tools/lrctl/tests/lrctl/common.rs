@@ -161,6 +161,7 @@ pub async fn seed_run(
     let manifest = shared::store::Manifest {
         v: 1,
         run_id: run.clone(),
+        tenant: run.tenant(),
         playbook: "malware-file".into(),
         playbook_sha256: None,
         playbook_file_sha256: None,
