@@ -24,6 +24,9 @@ What moto does not do and this file adds:
   policy naming the secret (as every least-privilege policy does) could never allow them.
 - KMS calls are checked against the key's ARN (an alias or key id resolved to it), and PutEvents
   against the bus's ARN; moto checks both against "*", as it does Secrets Manager's.
+- A policy's Resource is matched as IAM matches it: `*` and `?` are its only wildcards, every other
+  character literal. moto reads the pattern as a regular expression, so a `.` matches any
+  character (`evidence/acme.*` would grant `evidence/acme-x...`, another tenant's runs).
 - ListParts answers <ListPartsResult> as S3 does (moto 5.2.5 answers <ListPartsResponse>, which the
   Rust SDK refuses to parse).
 
@@ -47,7 +50,12 @@ from moto import settings  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 from moto.core.authorization import ActionAuthenticatorMixin  # noqa: E402
 from moto.core.responses import ActionResult  # noqa: E402
-from moto.iam.access_control import CreateAccessKeyFailure, IAMPolicy, create_access_key  # noqa: E402
+from moto.iam.access_control import (  # noqa: E402
+    CreateAccessKeyFailure,
+    IAMPolicy,
+    IAMPolicyStatement,
+    create_access_key,
+)
 from moto.iam.models import iam_backends  # noqa: E402
 from moto.s3.exceptions import S3AccessDeniedError  # noqa: E402
 from moto.s3.responses import S3Response  # noqa: E402
@@ -225,6 +233,7 @@ def events_resource(self):
     return f"arn:aws:events:{self.region}:{self.current_account}:event-bus/{bus}"
 
 
+IAMPolicyStatement._match = staticmethod(lambda pattern, string: glob(pattern, string) or None)
 S3Response.key_response = key_response
 S3Response._key_response_put = key_response_put
 S3Response._bucket_response_get = bucket_response_get

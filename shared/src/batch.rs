@@ -9,6 +9,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use futures_util::StreamExt;
 
 use crate::codes::{Disposition, Metric, RejectCode};
+use crate::ids::TenantKey;
 use crate::messages::Delivery;
 use crate::ports::{Queue, Rejection};
 use crate::stages::{Done, StageError};
@@ -32,10 +33,14 @@ where
     Fut: Future<Output = Result<Done, StageError>>,
 {
     let process = &process;
-    let metrics = std::sync::Mutex::new(BTreeMap::<String, (f64, &'static str)>::new());
-    let add = |name: &str, value: f64, unit: &'static str| {
+    let metrics = std::sync::Mutex::new(BTreeMap::<Option<TenantKey>, Metrics>::new());
+    let add = |tenant: Option<TenantKey>, name: &str, value: f64, unit: &'static str| {
         let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(name.to_string()).or_insert((0.0, unit)).0 += value;
+        m.entry(tenant)
+            .or_default()
+            .entry(name.to_string())
+            .or_insert((0.0, unit))
+            .0 += value;
     };
     let add = &add;
     let failures: Vec<BatchItemFailure> = futures_util::stream::iter(event.records)
@@ -53,9 +58,10 @@ where
             };
             let failed = match result {
                 Ok(done) => {
-                    add(&done.outcome.metric_name(), 1.0, "Count");
+                    let tenant = done.run_id.as_ref().and_then(|r| r.tenant());
+                    add(tenant.clone(), &done.outcome.metric_name(), 1.0, "Count");
                     for (metric, value) in &done.metrics {
-                        add(metric.as_str(), *value, metric.unit());
+                        add(tenant.clone(), metric.as_str(), *value, metric.unit());
                     }
                     tracing::info!(
                         stage,
@@ -81,7 +87,7 @@ where
                         .await
                     {
                         Ok(()) => {
-                            add(Metric::Rejected.as_str(), 1.0, Metric::Rejected.unit());
+                            add(None, Metric::Rejected.as_str(), 1.0, Metric::Rejected.unit());
                             tracing::warn!(stage, message_id = %message_id, outcome = Disposition::Rejected.as_str(), code = code.as_str(), reason = %reason, "message refused; original body sent to the dead-letter queue");
                             false
                         }
@@ -92,7 +98,12 @@ where
                     }
                 }
                 Err(StageError::Retry(reason)) => {
-                    add(Metric::Redelivered.as_str(), 1.0, Metric::Redelivered.unit());
+                    add(
+                        None,
+                        Metric::Redelivered.as_str(),
+                        1.0,
+                        Metric::Redelivered.unit(),
+                    );
                     tracing::warn!(stage, message_id = %message_id, outcome = Disposition::Retry.as_str(), reason = %reason, "message left for redelivery");
                     true
                 }
@@ -108,38 +119,47 @@ where
         .collect()
         .await;
     let metrics = metrics.into_inner().unwrap_or_else(|p| p.into_inner());
-    if !metrics.is_empty() {
-        // CloudWatch Embedded Metric Format: one JSON line on stdout per batch.
-        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        println!("{}", emf_line(stage, &metrics, now_ms));
+    // CloudWatch Embedded Metric Format: one JSON line on stdout per batch and tenant.
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    for (tenant, metrics) in &metrics {
+        println!("{}", emf_line(stage, tenant.as_ref(), metrics, now_ms));
     }
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
     response
 }
 
-/// A CloudWatch Embedded Metric Format record for one batch, dimensioned by stage.
-pub fn emf_line(
-    stage: &str,
-    metrics: &BTreeMap<String, (f64, &'static str)>,
-    now_ms: i64,
-) -> String {
+/// Metric values by name, with their units.
+pub type Metrics = BTreeMap<String, (f64, &'static str)>;
+
+/// A CloudWatch Embedded Metric Format record for one batch's messages about `tenant`'s runs
+/// (none: the deployment serves one tenant, or the message named no run), dimensioned by stage,
+/// and also by stage and tenant when there is one (a dashboard per customer, and the stage's
+/// totals across them).
+pub fn emf_line(stage: &str, tenant: Option<&TenantKey>, metrics: &Metrics, now_ms: i64) -> String {
     let defs: Vec<serde_json::Value> = metrics
         .iter()
         .map(|(name, (_, unit))| serde_json::json!({"Name": name, "Unit": unit}))
         .collect();
+    let dimensions = match tenant {
+        None => serde_json::json!([["Stage"]]),
+        Some(_) => serde_json::json!([["Stage"], ["Stage", "Tenant"]]),
+    };
     let mut root = serde_json::json!({
         "_aws": {
             "Timestamp": now_ms,
             "CloudWatchMetrics": [{
                 "Namespace": "LiveResponsePipeline",
-                "Dimensions": [["Stage"]],
+                "Dimensions": dimensions,
                 "Metrics": defs,
             }]
         },
         "Stage": stage,
     });
     if let Some(obj) = root.as_object_mut() {
+        if let Some(t) = tenant {
+            obj.insert("Tenant".into(), serde_json::json!(t.as_str()));
+        }
         for (name, (value, _)) in metrics {
             obj.insert(name.clone(), serde_json::json!(value));
         }
@@ -157,7 +177,7 @@ mod tests {
         m.insert("Submitted".to_string(), (3.0, "Count"));
         m.insert("BytesCopied".to_string(), (1024.0, "Bytes"));
         let v: serde_json::Value =
-            serde_json::from_str(&emf_line("submit", &m, 1_700_000_000_000)).unwrap();
+            serde_json::from_str(&emf_line("submit", None, &m, 1_700_000_000_000)).unwrap();
         assert_eq!(
             v["_aws"]["CloudWatchMetrics"][0]["Namespace"],
             "LiveResponsePipeline"
@@ -177,5 +197,25 @@ mod tests {
             .map(|d| d["Name"].as_str().unwrap())
             .collect();
         assert_eq!(names, vec!["BytesCopied", "Submitted"]);
+        assert!(v.get("Tenant").is_none());
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([["Stage"]])
+        );
+    }
+
+    #[test]
+    fn a_tenant_runs_metrics_carry_a_tenant_dimension_beside_the_stage_totals() {
+        let mut m = BTreeMap::new();
+        m.insert("Submitted".to_string(), (2.0, "Count"));
+        let acme = TenantKey::parse("acme").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&emf_line("submit", Some(&acme), &m, 1)).unwrap();
+        assert_eq!(v["Tenant"], "acme");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([["Stage"], ["Stage", "Tenant"]])
+        );
+        assert_eq!(v["Submitted"], 2.0);
     }
 }

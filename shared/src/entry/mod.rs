@@ -36,7 +36,7 @@ mod files;
 mod tenants;
 
 pub use files::{check_pin, load_playbook_file, load_playbooks, load_tenancy};
-use tenants::Served;
+use tenants::{Credentials, Served};
 
 /// Why a function could not start: fix the setting, the playbook file or the resource named.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +170,7 @@ impl<C> Clients<C> {
     /// its budget.
     async fn new<S>(
         settings: &Settings<S>,
+        secret: Credentials,
         bucket: &str,
         base_budget: &crate::budget::BudgetConfig,
         tenancy: &Tenancy,
@@ -179,7 +180,7 @@ impl<C> Clients<C> {
         Ok(Self {
             store: S3Store::new(s3_client(sdk), bucket).retaining(settings.retention),
             queue: SqsQueue::new(aws_sdk_sqs::Client::new(sdk)),
-            served: Served::build(tenancy, &settings.defender, base_budget, sdk, make)?,
+            served: Served::build(tenancy, secret, &settings.defender, base_budget, sdk, make)?,
             signer: KmsSigner::new(
                 aws_sdk_kms::Client::from_conf(
                     aws_sdk_kms::config::Builder::from(sdk)
@@ -295,6 +296,7 @@ impl Function for Submit {
         let tenancy = load_tenancy(settings.tenants.as_ref(), Some(&playbooks), sdk).await?;
         let clients = Clients::new(
             &settings,
+            Credentials::Actions,
             &cfg.bucket,
             &cfg.budget,
             &tenancy,
@@ -364,6 +366,7 @@ impl Function for Poll {
         let tenancy = load_tenancy(settings.tenants.as_ref(), None, sdk).await?;
         let clients = Clients::new(
             &settings,
+            Credentials::Reads,
             &cfg.bucket,
             &cfg.budget,
             &tenancy,
@@ -420,6 +423,7 @@ impl Function for Collect {
         let tenancy = load_tenancy(settings.tenants.as_ref(), None, sdk).await?;
         let clients = Clients::new(
             &settings,
+            Credentials::Actions,
             &cfg.bucket,
             &cfg.budget,
             &tenancy,

@@ -18,6 +18,15 @@ use crate::messages::Delivery;
 use crate::stages::StageError;
 use crate::tenants::{Tenancy, Tenant};
 
+/// Which of a tenant's app registrations a stage uses.
+#[derive(Clone, Copy)]
+pub(super) enum Credentials {
+    /// The one that starts live responses and reads their results (submit, collect).
+    Actions,
+    /// Poll's, which need not start one (`poll_credentials_secret`, when the registry names it).
+    Reads,
+}
+
 /// What a stage uses for one tenant's runs.
 pub(super) struct ForTenant<C> {
     /// The stage's settings with the tenant's budget (and, for submit, its library).
@@ -41,6 +50,7 @@ impl<C> Served<C> {
     /// that its runs from before the registry and after share one.
     pub fn build(
         tenancy: &Tenancy,
+        secret: Credentials,
         defender: &DefenderConfig,
         base: &BudgetConfig,
         sdk: &aws_config::SdkConfig,
@@ -73,8 +83,15 @@ impl<C> Served<C> {
             if legacy.as_ref() == Some(&t.key) {
                 budget.tenant = None;
             }
-            let creds = SecretsManagerCredentials::new(secrets.clone(), &t.credentials_secret_id)
-                .in_tenant(&t.entra_tenant_id);
+            let id = match secret {
+                Credentials::Actions => &t.credentials_secret_id,
+                Credentials::Reads => t
+                    .poll_credentials_secret_id
+                    .as_ref()
+                    .unwrap_or(&t.credentials_secret_id),
+            };
+            let creds =
+                SecretsManagerCredentials::new(secrets.clone(), id).in_tenant(&t.entra_tenant_id);
             let auth = TokenProvider::new(creds, http.clone(), &t.cloud.login_base, &t.cloud.scope);
             tenants.insert(
                 t.key.clone(),

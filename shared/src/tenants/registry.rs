@@ -85,6 +85,10 @@ pub struct Tenant {
     /// Secrets Manager id of its credentials (`{client_id, client_secret}`; a multi-tenant app's
     /// secret may serve every tenant).
     pub credentials_secret_id: String,
+    /// Secrets Manager id of the credentials poll uses, of an app registration that cannot start
+    /// a live response (`None`: poll uses `credentials_secret_id`), as `PollCredentialsSecretArn`
+    /// does for a single tenant: a compromised poll then starts no live response.
+    pub poll_credentials_secret_id: Option<String>,
     /// Who may start runs on its devices.
     pub senders: BTreeSet<Sender>,
     /// The playbooks it may run (`None`: every playbook of the deployment).
@@ -110,6 +114,9 @@ struct File {
     /// The tenant a deployment served before it read a registry: runs without a tenant in their
     /// id are its, and its budget and status board stay where they were.
     legacy_tenant: Option<String>,
+    /// One multi-tenant read-only application's credentials, for poll, for every tenant that
+    /// names none.
+    poll_credentials_secret: Option<String>,
     #[serde(default)]
     tenants: Vec<Entry>,
 }
@@ -123,6 +130,7 @@ struct Entry {
     api_base: Option<String>,
     login_base: Option<String>,
     credentials_secret: Option<String>,
+    poll_credentials_secret: Option<String>,
     #[serde(default)]
     senders: Vec<SenderEntry>,
     playbooks: Option<Vec<String>>,
@@ -166,10 +174,13 @@ impl Registry {
                 problem: "lists no tenant ([[tenants]])".into(),
             });
         }
-        let shared_secret = file.credentials_secret.as_deref();
+        let shared = Secrets {
+            actions: file.credentials_secret.as_deref(),
+            poll: file.poll_credentials_secret.as_deref(),
+        };
         let mut tenants: Vec<Tenant> = Vec::new();
         for (i, entry) in file.tenants.into_iter().enumerate() {
-            let tenant = check(i, entry, shared_secret, playbooks)?;
+            let tenant = check(i, entry, &shared, playbooks)?;
             let err = |field: &str, problem: String| RegistryError {
                 entry: format!("tenant {:?}", tenant.key.as_str()),
                 field: field.into(),
@@ -232,11 +243,17 @@ impl Registry {
     }
 }
 
+/// The registry's shared secrets, for the tenants that name none of their own.
+struct Secrets<'a> {
+    actions: Option<&'a str>,
+    poll: Option<&'a str>,
+}
+
 /// Checks entry `i` (from 0; shown from 1).
 fn check(
     i: usize,
     e: Entry,
-    shared_secret: Option<&str>,
+    shared: &Secrets<'_>,
     playbooks: Option<&BTreeSet<String>>,
 ) -> Result<Tenant, RegistryError> {
     let mut entry = format!("tenant #{}", i + 1);
@@ -273,7 +290,13 @@ fn check(
         cloud.login_base =
             base_url("login_base", &login).map_err(|x| err(&entry, "login_base", x.to_string()))?;
     }
-    let credentials_secret_id = match e.credentials_secret.as_deref().or(shared_secret) {
+    let poll_credentials_secret_id = match e.poll_credentials_secret.as_deref().or(shared.poll) {
+        Some(s) if s.trim().is_empty() => {
+            return Err(err(&entry, "poll_credentials_secret", "is empty".into()));
+        }
+        other => other.map(str::to_string),
+    };
+    let credentials_secret_id = match e.credentials_secret.as_deref().or(shared.actions) {
         Some(s) if !s.trim().is_empty() => s.to_string(),
         Some(_) => return Err(err(&entry, "credentials_secret", "is empty".into())),
         None => {
@@ -326,6 +349,7 @@ fn check(
         entra_tenant_id,
         cloud,
         credentials_secret_id,
+        poll_credentials_secret_id,
         senders,
         playbooks,
         library_sync,

@@ -390,3 +390,29 @@ fn a_single_tenant_budget_defaults_to_the_registry_limits() {
     let e = registry(&registry_says).unwrap_err();
     assert_eq!(e.field, "limits.gets_per_hour", "{e}");
 }
+
+/// Poll's read-only app is per tenant, or one for all, or none (poll then uses the tenant's own).
+#[test]
+fn a_tenant_poll_secret_is_its_own_or_the_shared_one_or_none() {
+    let r = registry(&two_tenants()).unwrap();
+    assert!(
+        r.tenants()
+            .iter()
+            .all(|t| t.poll_credentials_secret_id.is_none())
+    );
+    let text = format!("poll_credentials_secret = \"lr/reader\"\n{}", two_tenants()).replace(
+        "credentials_secret = \"lr/globex\"",
+        "credentials_secret = \"lr/globex\"\npoll_credentials_secret = \"lr/globex-reader\"",
+    );
+    let r = registry(&text).unwrap();
+    let poll = |k: &str| {
+        r.get(&TenantKey::parse(k).unwrap())
+            .unwrap()
+            .poll_credentials_secret_id
+            .clone()
+    };
+    assert_eq!(poll("acme").as_deref(), Some("lr/reader"));
+    assert_eq!(poll("globex").as_deref(), Some("lr/globex-reader"));
+    let e = registry(&text.replace("\"lr/globex-reader\"", "\" \"")).unwrap_err();
+    assert_eq!(e.field, "poll_credentials_secret");
+}

@@ -805,6 +805,8 @@ fn only_the_named_senders_may_put_alerts_on_the_queue() {
 // ---------------------------------------------------------------------------------------------
 // moto with IAM enforced.
 
+mod tenants;
+
 #[derive(serde::Deserialize)]
 struct MotoIam {
     endpoint: String,
@@ -876,6 +878,16 @@ impl World {
         extra_users: Value,
         parameters: Value,
     ) -> Self {
+        Self::with_users(stem, sim_credentials_json, |_| extra_users, parameters).await
+    }
+
+    /// The same, with users whose policies name the stack's resources (`users` gets the stack).
+    async fn with_users(
+        stem: &str,
+        sim_credentials_json: &str,
+        users: impl FnOnce(&local_stack::ProvisionedStack) -> Value,
+        parameters: Value,
+    ) -> Self {
         logs();
         let moto = moto_iam();
         let admin = sdk_as(&moto.endpoint, &moto.access_key_id, &moto.secret_access_key).await;
@@ -932,7 +944,7 @@ impl World {
             "parameters": params,
             "resources": resources,
             "prefix": prefix,
-            "extra_users": extra_users,
+            "extra_users": users(&stack),
         });
         let roles = policy::roles(
             &bindings,

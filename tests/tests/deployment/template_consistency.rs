@@ -68,6 +68,8 @@ fn sample(name: &str, params: &Value) -> String {
         "DOWNLOAD_ALLOWED_HOSTS" => default("DownloadAllowedHosts"),
         "PLAYBOOKS_S3_URI" => "s3://playbooks-bucket/playbooks.toml".into(),
         "PLAYBOOKS_SHA256" => "ab".repeat(32),
+        "TENANTS_S3_URI" => "s3://config-bucket/tenants.toml".into(),
+        "TENANTS_SHA256" => "cd".repeat(32),
         "MAX_RUN_DEADLINE_SECS" => "7200".into(),
         "BUDGET_RUNNING_SESSIONS" => default("BudgetRunningSessions"),
         "EVIDENCE_RETENTION_DAYS" => default("ObjectLockRetentionDays"),
