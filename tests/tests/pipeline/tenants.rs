@@ -60,6 +60,7 @@ fn client(rig: &TenantRig) -> Client {
         client_id: format!("app-of-{}", rig.key),
         client_secret: format!("secret-of-{}", rig.key),
         requestor: format!("lr-{}", rig.key),
+        ..Client::default()
     }
 }
 

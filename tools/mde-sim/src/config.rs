@@ -266,7 +266,15 @@ pub struct Client {
     pub client_secret: String,
     /// Shown as the actions' `requestor`.
     pub requestor: String,
+    /// The application permissions its tenant granted (admin consent), carried in its tokens'
+    /// `roles` claim; each API answers 403 without the permission Defender documents for it.
+    pub roles: Vec<String>,
 }
+
+/// The application permissions the pipeline asks for: start and collect a live response, read
+/// machine actions, keep the library.
+pub const PIPELINE_ROLES: [&str; 3] =
+    ["Machine.LiveResponse", "Machine.Read.All", "Library.Manage"];
 
 impl Default for Client {
     fn default() -> Self {
@@ -275,6 +283,7 @@ impl Default for Client {
             client_id: "00000000-0000-0000-0000-000000000002".into(),
             client_secret: "sim-secret".into(),
             requestor: "live-response-pipeline".into(),
+            roles: PIPELINE_ROLES.iter().map(|r| r.to_string()).collect(),
         }
     }
 }

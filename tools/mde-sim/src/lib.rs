@@ -18,7 +18,7 @@ pub mod limits;
 mod server;
 
 pub use config::{
-    Client, Device, DeviceFile, EndpointFaults, Faults, LibrarySeed, Limits, Script, SimConfig,
-    SimSettings,
+    Client, Device, DeviceFile, EndpointFaults, Faults, LibrarySeed, Limits, PIPELINE_ROLES,
+    Script, SimConfig, SimSettings,
 };
 pub use server::{SimServer, Stats};

@@ -16,6 +16,7 @@ use time::Duration;
 
 use super::reply::{api_error, json_response, oauth_error};
 use super::sim::Sim;
+use crate::config::Client;
 
 /// The API client `guarded` authorised for this request: an index into the configured clients.
 #[derive(Clone, Copy)]
@@ -27,6 +28,26 @@ pub(super) fn client_of(req: &Request) -> usize {
 }
 
 impl Sim {
+    /// A 403 unless `client`'s tenant granted it one of `needs` (none needed: any client).
+    pub(super) fn permit(&self, client: usize, needs: &[&str]) -> Result<(), Response> {
+        if needs.is_empty() {
+            return Ok(());
+        }
+        let st = self.lock();
+        let granted = st.clients.get(client).map(|c| &c.roles);
+        if granted.is_some_and(|g| needs.iter().any(|n| g.iter().any(|r| r == n))) {
+            return Ok(());
+        }
+        Err(api_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "The application does not have any of the required application permissions ({}) to access the resource",
+                needs.join(", ")
+            ),
+        ))
+    }
+
     /// The client behind the bearer token, or a 401.
     pub(super) fn authorize(&self, headers: &HeaderMap) -> Result<usize, Response> {
         let unauthorized = |message| api_error(StatusCode::UNAUTHORIZED, "Unauthorized", message);
@@ -42,6 +63,27 @@ impl Sim {
             None => Err(unauthorized("The access token is not valid")),
         }
     }
+}
+
+/// A token shaped as Entra's (a JWT: header, claims, signature, each base64url), whose claims say
+/// what Entra's say and a client reads: the tenant (`tid`), the app (`appid`), the granted
+/// application permissions (`roles`), the expiry. The signature is random: the simulator knows its
+/// tokens by value, and nothing else may trust them.
+fn jwt(client: &Client, exp: time::OffsetDateTime) -> String {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let header = b64(json!({"typ": "JWT", "alg": "RS256"}));
+    let claims = b64(json!({
+        "aud": "https://api.securitycenter.microsoft.com",
+        "iss": format!("https://sts.windows.net/{}/", client.tenant_id),
+        "tid": client.tenant_id,
+        "appid": client.client_id,
+        "roles": client.roles,
+        "exp": exp.unix_timestamp(),
+    }));
+    format!("{header}.{claims}.{}", uuid::Uuid::new_v4().simple())
 }
 
 /// `POST {login}/{tenant}/oauth2/v2.0/token`: the client credentials grant.
@@ -101,10 +143,10 @@ pub(super) async fn token(sim: Arc<Sim>, req: Request) -> Response {
         );
     }
     let lifetime = sim.config.sim.token_lifetime_secs;
-    let token = format!("simtok-{}", uuid::Uuid::new_v4().simple());
     // Any lifetime can be configured (a client must survive an absurd expires_in); the token's own
     // expiry stops at ten years.
     let exp = sim.clock.now() + Duration::seconds(lifetime.min(10 * 365 * 86_400) as i64);
+    let token = jwt(&clients[idx], exp);
     {
         let mut st = sim.lock();
         st.tokens.insert(token.clone(), (exp, idx));

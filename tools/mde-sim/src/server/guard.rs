@@ -37,11 +37,12 @@ where
     Box::new(move |sim, req| Box::pin(async move { f(sim, req).await.into_response() }))
 }
 
-/// Faults, then the bearer token (all but the token endpoint), then the call budget of
-/// `budget_group` (if any), then the handler.
+/// Faults, then the bearer token (all but the token endpoint) and its permissions (one of `needs`),
+/// then the call budget of `budget_group` (if any), then the handler.
 pub(super) async fn guarded(
     sim: &Arc<Sim>,
     fault_key: &str,
+    needs: &[&str],
     budget_group: Option<&'static str>,
     req: Request,
     handler: Handler,
@@ -54,6 +55,9 @@ pub(super) async fn guarded(
         match sim.authorize(req.headers()) {
             // Handlers read the caller from here rather than checking the token a second time.
             Ok(client) => {
+                if let Err(r) = sim.permit(client, needs) {
+                    return r;
+                }
                 req.extensions_mut().insert(ClientIndex(client));
             }
             Err(r) => return r,

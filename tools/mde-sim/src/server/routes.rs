@@ -30,9 +30,32 @@ enum Route {
         budget_group: Option<&'static str>,
         handler: Handler,
     },
+
     Blob,
     Control,
     Unknown,
+}
+
+/// The application permissions each endpoint takes, any one of them (Defender's API pages): a live
+/// response and its results need `Machine.LiveResponse`; reading machine actions
+/// `Machine.Read.All` (or `Machine.ReadWrite.All`); cancelling any machine-action permission; the
+/// library `Library.Manage`.
+fn needs(endpoint: &str) -> &'static [&'static str] {
+    match endpoint {
+        "submit" | "link" => &["Machine.LiveResponse"],
+        "list_actions" | "get_action" => &["Machine.Read.All", "Machine.ReadWrite.All"],
+        "cancel" => &[
+            "Machine.CollectForensics",
+            "Machine.Isolate",
+            "Machine.RestrictExecution",
+            "Machine.Scan",
+            "Machine.Offboard",
+            "Machine.StopAndQuarantine",
+            "Machine.LiveResponse",
+        ],
+        "library_list" | "library_upload" | "library_delete" => &["Library.Manage"],
+        _ => &[],
+    }
 }
 
 fn api(
@@ -144,7 +167,7 @@ pub(super) async fn dispatch(AxState(sim): AxState<Arc<Sim>>, req: Request) -> R
             handler,
         } => (
             endpoint,
-            guarded(&sim, fault_key, budget_group, req, handler).await,
+            guarded(&sim, fault_key, needs(endpoint), budget_group, req, handler).await,
         ),
         Route::Blob => {
             let r = match sim.inject("blob") {

@@ -74,3 +74,47 @@ async fn api_calls_need_a_valid_unexpired_bearer() {
     let (s, _, _) = h.get("/api/machineactions").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// A token says what Entra's says (tenant, app, granted roles), and each API refuses a token
+/// without the application permission Defender documents for it (403), so that a check of an
+/// app's consent can be tested failing.
+#[tokio::test]
+async fn a_token_carries_its_granted_roles_and_an_api_without_its_permission_answers_403() {
+    use base64::Engine;
+    let reader = Client {
+        client_id: "read-only-app".into(),
+        roles: vec!["Machine.Read.All".into()],
+        ..Client::default()
+    };
+    let mut c = config();
+    c.clients.push(reader.clone());
+    let mut h = start(c).await;
+    let r = h.token_response(&reader.tenant_id, &reader).await;
+    let v: Value = r.json().await.unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let claims = token.split('.').nth(1).expect("a JWT's claims");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["roles"], serde_json::json!(["Machine.Read.All"]));
+    assert_eq!(claims["tid"], reader.tenant_id.as_str());
+    assert_eq!(claims["appid"], "read-only-app");
+    h.token = token;
+    let (s, _, _) = h.get("/api/machineactions").await;
+    assert_eq!(s, StatusCode::OK, "Machine.Read.All reads machine actions");
+    let (s, _, v) = h.get("/api/libraryfiles").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no Library.Manage: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Library.Manage")
+    );
+    // The pipeline's app, as configured by default, has all three.
+    h.token = h.new_token().await;
+    let (s, _, _) = h.get("/api/libraryfiles").await;
+    assert_eq!(s, StatusCode::OK);
+}
