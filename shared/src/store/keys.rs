@@ -52,6 +52,24 @@ pub fn board_key(tenant: Option<&TenantKey>) -> String {
     }
 }
 
+/// Where every run record of `tenant` lies (none: every run's), for listing: `state/runs/` or
+/// `state/runs/{tenant}.` (a tenant's runs, and no other tenant's: keys hold no dot).
+pub fn runs_prefix(tenant: Option<&TenantKey>) -> String {
+    match tenant {
+        None => "state/runs/".into(),
+        Some(t) => format!("state/runs/{t}."),
+    }
+}
+
+/// Where every evidence folder of `tenant` lies (none: every run's): `evidence/` or
+/// `evidence/{tenant}.`, the prefix an analyst of the tenant is granted.
+pub fn evidence_prefix(tenant: Option<&TenantKey>) -> String {
+    match tenant {
+        None => EVIDENCE_PREFIX.into(),
+        Some(t) => format!("{EVIDENCE_PREFIX}{t}."),
+    }
+}
+
 /// The run record of `run`.
 pub fn run_key(run: &RunId) -> String {
     format!("state/runs/{run}/run.json")
@@ -107,6 +125,11 @@ mod tests {
             assert!(key.starts_with("evidence/acme."), "{key}");
         }
         assert!(run_key(&run).starts_with("state/runs/acme."));
+        assert!(run_key(&run).starts_with(&runs_prefix(Some(&acme))));
+        assert!(manifest_key(&run).starts_with(&evidence_prefix(Some(&acme))));
+        let acme_x = TenantKey::parse("acme-x").unwrap();
+        let other = RunId::derive_for(Some(&acme_x), "a", "b", "c", "d");
+        assert!(!manifest_key(&other).starts_with(&evidence_prefix(Some(&acme))));
         assert_ne!(budget_key(Some(&acme)), BUDGET_KEY);
         // A tenant whose key is "tenant" does not share the single-tenant budget.
         let tenant = TenantKey::parse("tenant").unwrap();

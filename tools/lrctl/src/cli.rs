@@ -70,6 +70,23 @@ pub enum Command {
     /// does). Listing and uploading need the app's Library.Manage application permission.
     #[command(subcommand)]
     Library(LibraryCommand),
+    /// The Defender tenants of the tenant registry (LR_TENANTS: a path or s3://bucket/key, else
+    /// the deployment's TENANTS_S3_URI).
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// For each tenant (or TENANT): reads its secret, gets a token in its Entra tenant, holds the
+    /// token's granted permissions against what the pipeline needs (Machine.LiveResponse,
+    /// Machine.Read.All, Library.Manage), and lists machine actions and the library once; prints
+    /// what works, what is missing and how to fix it (the admin-consent link). Exits 1 when
+    /// anything is missing. Reads the secrets with the AWS credentials lrctl uses.
+    Check {
+        /// Only this tenant (its key in the registry).
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,11 @@ pub struct SettingsArgs {
     /// Each stage's dead-letter queue, the same way [env: LR_DLQ_URLS].
     #[arg(long, global = true, value_name = "STAGE=URL,...")]
     pub dlq_urls: Option<String>,
+    /// Only this tenant's runs (a deployment with a tenant registry): `runs` and `verify --all`
+    /// list under its prefix alone (all an analyst of one tenant may list), and a run of another
+    /// tenant is refused [env: LR_TENANT].
+    #[arg(long, global = true, value_name = "KEY")]
+    pub tenant: Option<String>,
 }
 
 /// The pipeline's stages, by the name of their queue, in order.
@@ -63,6 +68,11 @@ pub struct Settings {
     /// The MDE_* values from the environment or the env file ([`MDE_VARS`]), read the way the
     /// functions read them ([`Settings::defender`]).
     pub mde: BTreeMap<String, String>,
+    /// `--tenant` (`LR_TENANT`): only this tenant's runs.
+    pub tenant: Option<shared::ids::TenantKey>,
+    /// The tenant registry `tenants check` reads (`LR_TENANTS`, else the deployment's
+    /// `TENANTS_S3_URI`: a path or `s3://bucket/key`).
+    pub tenants: Option<String>,
 }
 
 /// A missing setting: names the flag and the variable that supply it.
@@ -274,6 +284,14 @@ where
         }
     }
     let playbooks = lookup("LR_PLAYBOOKS");
+    let tenants = lookup("LR_TENANTS").or_else(|| lookup("TENANTS_S3_URI"));
+    let tenant = match args.tenant.clone().or_else(|| lookup("LR_TENANT")) {
+        None => None,
+        Some(t) => Some(
+            shared::ids::TenantKey::parse(t.trim())
+                .map_err(|e| Error::Usage(format!("--tenant / LR_TENANT: {e}")))?,
+        ),
+    };
     let mut values: BTreeMap<&str, Option<String>> = BTreeMap::new();
     for (var, flag) in [
         ("LR_BUCKET", &args.bucket),
@@ -316,6 +334,8 @@ where
         aws,
         playbooks,
         mde,
+        tenant,
+        tenants,
     })
 }
 

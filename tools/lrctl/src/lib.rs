@@ -6,8 +6,9 @@
 //! - [`bucket`]: the evidence bucket as read (records, listings, streamed objects);
 //!   [`digest`]: streaming SHA-256 and gzip hashing; [`output`]: tables, JSON, progress bars.
 //! - One module per subcommand: [`runs`], [`show`], [`verify`], [`fetch`], [`dlq`],
-//!   [`queue`] (`send` and `key export`), and [`library`] (`library status` and `sync`: the
-//!   playbooks' library files in Defender's live response library).
+//!   [`queue`] (`send` and `key export`), [`library`] (`library status` and `sync`: the
+//!   playbooks' library files in Defender's live response library), and [`tenants`]
+//!   (`tenants check`: each tenant's secret, token, permissions and API access).
 //!
 //! Commands return an exit code (`verify` and `fetch` return 1 when evidence does not match;
 //! `library status` when a file is not ready, `library sync` when one was refused or failed)
@@ -27,10 +28,11 @@ pub mod output;
 pub mod queue;
 pub mod runs;
 pub mod show;
+pub mod tenants;
 pub mod verify;
 
-use cli::{Cli, Command, KeyCommand};
-use context::{Ctx, run_id};
+use cli::{Cli, Command, KeyCommand, TenantsCommand};
+use context::Ctx;
 use error::Result;
 
 /// Carries out a parsed command line; the exit code on success.
@@ -45,12 +47,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Runs(args) => runs::command(&ctx, &args).await,
-        Command::Show { run } => show::command(&ctx, &run_id(&run)?).await,
+        Command::Show { run } => show::command(&ctx, &ctx.run_id(&run)?).await,
         Command::Verify(args) => verify::command(&ctx, &args).await,
-        Command::Fetch(args) => fetch::command(&ctx, &run_id(&args.run)?, &args).await,
+        Command::Fetch(args) => fetch::command(&ctx, &ctx.run_id(&args.run)?, &args).await,
         Command::Dlq(args) => dlq::command(&ctx, &args).await,
         Command::Send { file } => queue::send(&ctx, &file).await,
         Command::Key(KeyCommand::Export { out }) => queue::export_key(&ctx, out.as_deref()).await,
         Command::Library(cmd) => library::command(&ctx, &cmd).await,
+        Command::Tenants(TenantsCommand::Check { tenant }) => {
+            tenants::check(&ctx, tenant.as_deref()).await
+        }
     }
 }

@@ -121,10 +121,14 @@ pub async fn load_commands(
     (records, bad)
 }
 
-/// Every run record in the bucket, and the keys of those that would not read (with why).
-pub async fn load_runs(bucket: &Bucket) -> Result<(Vec<RunRecord>, Vec<(String, String)>)> {
+/// Every run record under `prefix` (every run's, or one tenant's: [`crate::context::Ctx::runs_prefix`]),
+/// and the keys of those that would not read (with why).
+pub async fn load_runs(
+    bucket: &Bucket,
+    prefix: &str,
+) -> Result<(Vec<RunRecord>, Vec<(String, String)>)> {
     let keys: Vec<String> = bucket
-        .list("state/runs/")
+        .list(prefix)
         .await?
         .into_iter()
         .filter(|k| k.ends_with("/run.json"))
@@ -160,7 +164,7 @@ pub async fn command(ctx: &Ctx, args: &RunsArgs) -> Result<u8> {
     let now = OffsetDateTime::now_utc();
     let filter = Filter::new(args, now)?;
     let bucket = ctx.bucket()?;
-    let (runs, mut bad) = load_runs(&bucket).await?;
+    let (runs, mut bad) = load_runs(&bucket, &ctx.runs_prefix()).await?;
     let runs: Vec<RunRecord> = runs.into_iter().filter(|r| filter.keeps(r)).collect();
     // The collected count of each run; `None` when a command record would not read.
     let loaded: Vec<(Option<usize>, Unreadable)> = futures_util::stream::iter(&runs)

@@ -408,10 +408,13 @@ fn run_of(key: &str) -> Option<RunId> {
 /// Every run the bucket knows of (by `evidence/{run}/` folders and `state/runs/{run}/run.json`
 /// records) with the keys under its evidence folder, and the keys under `evidence/` that are not
 /// in a run's folder.
-async fn all_runs(bucket: &Bucket) -> Result<(BTreeMap<RunId, Vec<String>>, Vec<String>)> {
+async fn all_runs(
+    ctx: &Ctx,
+    bucket: &Bucket,
+) -> Result<(BTreeMap<RunId, Vec<String>>, Vec<String>)> {
     let mut runs: BTreeMap<RunId, Vec<String>> = BTreeMap::new();
     let mut strays = Vec::new();
-    for key in bucket.list("evidence/").await? {
+    for key in bucket.list(&ctx.evidence_prefix()).await? {
         let run = key
             .strip_prefix("evidence/")
             .and_then(|rest| rest.split_once('/'))
@@ -421,7 +424,7 @@ async fn all_runs(bucket: &Bucket) -> Result<(BTreeMap<RunId, Vec<String>>, Vec<
             None => strays.push(key),
         }
     }
-    for key in bucket.list("state/runs/").await? {
+    for key in bucket.list(&ctx.runs_prefix()).await? {
         if let Some(run) = key
             .strip_prefix("state/runs/")
             .and_then(|r| r.strip_suffix("/run.json"))
@@ -450,18 +453,18 @@ pub async fn command(ctx: &Ctx, args: &VerifyArgs) -> Result<u8> {
     type Listed = Vec<(RunId, Option<Vec<String>>)>;
     let (runs, strays, deleted): (Listed, Vec<String>, Vec<String>) = match &args.run {
         Some(r) => {
-            let run = crate::context::run_id(r)?;
+            let run = ctx.run_id(r)?;
             let mut deleted = bucket.deleted(&format!("evidence/{run}/")).await?;
             deleted.extend(bucket.deleted(&shared::store::run_key(&run)).await?);
             (vec![(run, None)], vec![], deleted)
         }
         None => {
-            let (mut all, strays) = all_runs(&bucket).await?;
-            let mut deleted = bucket.deleted("evidence/").await?;
+            let (mut all, strays) = all_runs(ctx, &bucket).await?;
+            let mut deleted = bucket.deleted(&ctx.evidence_prefix()).await?;
             // Of the state, only a run record: the pipeline deletes its own checkpoints.
             deleted.extend(
                 bucket
-                    .deleted("state/runs/")
+                    .deleted(&ctx.runs_prefix())
                     .await?
                     .into_iter()
                     .filter(|k| k.ends_with("/run.json")),

@@ -8,3 +8,4 @@ mod evidence;
 mod library;
 mod queues;
 mod tampering;
+mod tenants;
