@@ -17,6 +17,8 @@
 //!   points, faults) and an observer after it.
 //! - [`stack`]: the whole local stack (simulator, moto, the four stages), alerts in and manifests
 //!   out.
+//! - [`tenants`]: several Defender tenants on the local stack: apps, secrets, registry entries,
+//!   the registry deployed.
 //! - [`seeded`]: seeds and a seeded generator for randomised tests.
 //! - [`cas_proxy`]: a proxy in front of moto whose conditional writes are atomic, as S3's are.
 
@@ -34,3 +36,4 @@ pub mod seeded;
 pub mod sim;
 pub mod stack;
 pub mod store;
+pub mod tenants;

@@ -3,22 +3,18 @@
 //! with its tenant's token, under its tenant's limits, and lands under its tenant's prefix; alerts
 //! a tenant's senders or playbooks do not allow are refused with their reason and kept.
 
-use std::collections::BTreeMap;
-
 use mde_sim::{Client, Device, DeviceFile, Limits, SimConfig, SimServer};
 use shared::store::RunOutcome;
 use testkit::alerts::tenant_run_id;
-use testkit::aws::unique;
 use testkit::content::expected_sha256;
 use testkit::sim::{machine, start_sim};
-use testkit::stack::{Stack, file_alert};
+use testkit::stack::Stack;
+use testkit::tenants;
 
 const FILE: &str = "C:\\Users\\alice\\Downloads\\invoice.pdf.exe";
 /// The machine ids every tenant's fleet has (Defender ids are per tenant in our tests on purpose:
 /// the same device id in two tenants must still reach the right one).
 const FLEET: u64 = 0x7e0000;
-/// The sender moto reports for every message (its stand-in for the caller's unique id).
-const MOTO_SENDER: &str = "AIDAIT2UOQQY3AUEKVGXU";
 
 struct TenantRig {
     key: &'static str,
@@ -54,19 +50,9 @@ const RIGS: [TenantRig; 3] = [
     },
 ];
 
-fn client(rig: &TenantRig) -> Client {
-    Client {
-        tenant_id: rig.entra.into(),
-        client_id: format!("app-of-{}", rig.key),
-        client_secret: format!("secret-of-{}", rig.key),
-        requestor: format!("lr-{}", rig.key),
-        ..Client::default()
-    }
-}
-
 fn fleet(rig: &TenantRig) -> SimConfig {
     SimConfig {
-        clients: vec![client(rig)],
+        clients: vec![tenants::client(rig.key, rig.entra)],
         devices: (0..rig.alerts)
             .map(|i| Device {
                 machine_id: machine(FLEET, i),
@@ -88,65 +74,8 @@ fn fleet(rig: &TenantRig) -> SimConfig {
     }
 }
 
-fn credentials(rig: &TenantRig) -> String {
-    let c = client(rig);
-    // The secret's tenant_id is the app's home tenant; the registry's entra_tenant_id is where
-    // the token is asked for.
-    serde_json::json!({"tenant_id": "00000000-0000-4000-8000-00000000ffff", "client_id": c.client_id, "client_secret": c.client_secret})
-        .to_string()
-}
-
-/// The registry: the three tenants, each on its own simulator with its own secret (initech may run
-/// malware-file only); a fourth whose only sender is another principal.
-fn registry(secrets: &BTreeMap<&str, String>, sims: &BTreeMap<&str, (String, String)>) -> String {
-    let mut text = String::new();
-    for rig in &RIGS {
-        let (api, login) = &sims[rig.key];
-        text.push_str(&format!(
-            r#"
-[[tenants]]
-key = "{key}"
-entra_tenant_id = "{entra}"
-api_base = "{api}"
-login_base = "{login}"
-credentials_secret = "{secret}"
-senders = [{{ principal = "{MOTO_SENDER}" }}]
-limits = {{ submissions_per_minute = {spm} }}
-"#,
-            key = rig.key,
-            entra = rig.entra,
-            api = api,
-            login = login,
-            secret = secrets[rig.key],
-            spm = rig.submissions_per_minute,
-        ));
-        if rig.key == "initech" {
-            text.push_str("playbooks = [\"malware-file\"]\n");
-        }
-    }
-    let (acme_api, acme_login) = &sims["acme"];
-    text.push_str(&format!(
-        r#"
-[[tenants]]
-key = "umbrella"
-entra_tenant_id = "d4d4d4d4-0000-4000-8000-000000000004"
-api_base = "{}"
-login_base = "{}"
-credentials_secret = "{}"
-senders = [{{ principal = "AROAUMBRELLAFORWARDER1" }}]
-"#,
-        acme_api, acme_login, secrets["acme"]
-    ));
-    text
-}
-
-fn tenant_alert(tenant: Option<&str>, alert_id: &str, machine: &str, category: &str) -> String {
-    let mut a = file_alert(alert_id, machine, FILE);
-    a["category"] = category.into();
-    if let Some(t) = tenant {
-        a["tenant"] = t.into();
-    }
-    a.to_string()
+fn tenant_alert_of(tenant: Option<&str>, alert_id: &str, machine: &str, category: &str) -> String {
+    tenants::alert(tenant, alert_id, machine, FILE, category)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,43 +90,35 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
         config.sim.time_scale = 20.0;
         sims.push(start_sim(config).await);
     }
-    let by_tenant: BTreeMap<&str, (String, String)> = std::iter::once(&stack.sim)
-        .chain(sims.iter())
-        .zip(RIGS.iter())
-        .map(|(sim, rig)| (rig.key, (sim.api_base.clone(), sim.login_base.clone())))
-        .collect();
-    // A secret per tenant.
-    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let mut secrets = BTreeMap::new();
-    for rig in &RIGS {
-        let name = unique(&format!("lr-{}", rig.key));
-        sm.create_secret()
-            .name(&name)
-            .secret_string(credentials(rig))
-            .send()
-            .await
-            .expect("a tenant's secret");
-        secrets.insert(rig.key, name);
+    // A secret and a registry entry per tenant (initech may run malware-file only), and a fourth
+    // tenant whose only sender is another principal.
+    let mut text = String::new();
+    for (i, rig) in RIGS.iter().enumerate() {
+        let sim = if i == 0 { &stack.sim } else { &sims[i - 1] };
+        let secret =
+            tenants::secret(&stack.sdk, rig.key, &tenants::client(rig.key, rig.entra)).await;
+        let mut extra = format!(
+            "limits = {{ submissions_per_minute = {} }}\n",
+            rig.submissions_per_minute
+        );
+        if rig.key == "initech" {
+            extra.push_str("playbooks = [\"malware-file\"]\n");
+        }
+        text.push_str(&tenants::entry(rig.key, rig.entra, sim, &secret, &extra));
+        if i == 0 {
+            text.push_str(
+                &tenants::entry(
+                    "umbrella",
+                    "d4d4d4d4-0000-4000-8000-000000000004",
+                    sim,
+                    &secret,
+                    "",
+                )
+                .replace(tenants::MOTO_SENDER, "AROAUMBRELLAFORWARDER1"),
+            );
+        }
     }
-    let text = registry(&secrets, &by_tenant);
-    let key = "config/tenants.toml";
-    stack
-        .s3
-        .put_object()
-        .bucket(&stack.stack.bucket)
-        .key(key)
-        .body(text.clone().into_bytes().into())
-        .send()
-        .await
-        .expect("the registry in S3");
-    stack.env.insert(
-        "TENANTS_S3_URI".into(),
-        format!("s3://{}/{key}", stack.stack.bucket),
-    );
-    stack.env.insert(
-        "TENANTS_SHA256".into(),
-        testkit::content::sha256_hex(text.as_bytes()),
-    );
+    tenants::deploy_registry(&mut stack, &text).await;
     stack.start_pipeline().await;
 
     // Every tenant's alerts at once, acme's three times its submission limit; the same alert ids
@@ -208,7 +129,7 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
             let m = machine(FLEET, i);
             let id = format!("shared-{i}");
             stack
-                .send_alert(&tenant_alert(Some(rig.key), &id, &m, "Malware"))
+                .send_alert(&tenant_alert_of(Some(rig.key), &id, &m, "Malware"))
                 .await;
             runs.push((
                 rig,
@@ -222,16 +143,16 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
     let m0 = machine(FLEET, 0);
     let refused = [
         (
-            tenant_alert(Some("umbrella"), "r-1", &m0, "Malware"),
+            tenant_alert_of(Some("umbrella"), "r-1", &m0, "Malware"),
             "sender_not_allowed",
         ),
         (
-            tenant_alert(Some("hooli"), "r-2", &m0, "Malware"),
+            tenant_alert_of(Some("hooli"), "r-2", &m0, "Malware"),
             "unknown_tenant",
         ),
-        (tenant_alert(None, "r-3", &m0, "Malware"), "no_tenant"),
+        (tenant_alert_of(None, "r-3", &m0, "Malware"), "no_tenant"),
         (
-            tenant_alert(Some("initech"), "r-4", &m0, "UnwantedSoftware"),
+            tenant_alert_of(Some("initech"), "r-4", &m0, "UnwantedSoftware"),
             "playbook_not_allowed",
         ),
     ];
@@ -311,28 +232,6 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
     stack.stop().await;
 }
 
-/// Puts `text` in the stack's bucket and points the functions at it, pinned.
-async fn deploy_registry(stack: &mut Stack, text: &str) {
-    let key = format!("config/{}.toml", unique("tenants"));
-    stack
-        .s3
-        .put_object()
-        .bucket(&stack.stack.bucket)
-        .key(&key)
-        .body(text.as_bytes().to_vec().into())
-        .send()
-        .await
-        .expect("the registry in S3");
-    stack.env.insert(
-        "TENANTS_S3_URI".into(),
-        format!("s3://{}/{key}", stack.stack.bucket),
-    );
-    stack.env.insert(
-        "TENANTS_SHA256".into(),
-        testkit::content::sha256_hex(text.as_bytes()),
-    );
-}
-
 /// A deployment that served one tenant starts reading a registry while a run is in flight: the
 /// run finishes under its old keys with the tenant's credentials, new runs get the tenant's
 /// prefix, and both count against one budget (the legacy tenant keeps the single-tenant one).
@@ -353,7 +252,7 @@ async fn a_single_tenant_run_in_flight_finishes_after_the_upgrade_to_a_tenant_re
     let mut stack = Stack::start(config, &[]).await;
     let m0 = machine(FLEET, 0);
     stack
-        .send_alert(&tenant_alert(None, "before-1", &m0, "Malware"))
+        .send_alert(&tenant_alert_of(None, "before-1", &m0, "Malware"))
         .await;
     let old = testkit::alerts::run_id("native", "before-1", &m0, "malware-file");
     // Wait until Defender has the action, then stop the stages mid-run.
@@ -377,23 +276,14 @@ async fn a_single_tenant_run_in_flight_finishes_after_the_upgrade_to_a_tenant_re
     }
     let secret = stack.env["MDE_CREDENTIALS_SECRET_ID"].clone();
     let text = format!(
-        r#"legacy_tenant = "acme"
-
-[[tenants]]
-key = "acme"
-entra_tenant_id = "{}"
-api_base = "{}"
-login_base = "{}"
-credentials_secret = "{secret}"
-senders = [{{ principal = "{MOTO_SENDER}" }}]
-"#,
-        rig.entra, stack.sim.api_base, stack.sim.login_base
+        "legacy_tenant = \"acme\"\n{}",
+        tenants::entry("acme", rig.entra, &stack.sim, &secret, "")
     );
-    deploy_registry(&mut stack, &text).await;
+    tenants::deploy_registry(&mut stack, &text).await;
     stack.start_pipeline().await;
     let m1 = machine(FLEET, 1);
     stack
-        .send_alert(&tenant_alert(Some("acme"), "after-1", &m1, "Malware"))
+        .send_alert(&tenant_alert_of(Some("acme"), "after-1", &m1, "Malware"))
         .await;
     let new = tenant_run_id("acme", "native", "after-1", &m1, "malware-file");
 
@@ -459,14 +349,15 @@ async fn an_invalid_or_unpinned_tenant_registry_stops_the_start_naming_what_is_w
 key = "acme"
 entra_tenant_id = "{}"
 credentials_secret = "lr/acme"
-senders = [{{ principal = "{MOTO_SENDER}" }}]
+senders = [{{ principal = "{}" }}]
 limits = {{ gets_per_hour = 0 }}
 "#,
-        RIGS[0].entra
+        RIGS[0].entra,
+        tenants::MOTO_SENDER
     );
     let dlq = stack.stack.dlq_urls["alerts"].clone();
     stack.env.insert("DEAD_LETTER_QUEUE_URL".into(), dlq);
-    deploy_registry(&mut stack, &bad).await;
+    tenants::deploy_registry(&mut stack, &bad).await;
     let env = stack.env.clone();
     for e in [
         Intake::build(&env, &stack.sdk)
@@ -485,7 +376,7 @@ limits = {{ gets_per_hour = 0 }}
         );
     }
     let good = bad.replace("gets_per_hour = 0", "gets_per_hour = 900");
-    deploy_registry(&mut stack, &good).await;
+    tenants::deploy_registry(&mut stack, &good).await;
     let mut env = stack.env.clone();
     env.insert(
         "TENANTS_SHA256".into(),
