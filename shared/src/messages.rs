@@ -98,6 +98,19 @@ impl Delivery {
     }
 }
 
+/// The run a stage message names, read without deciding what kind of job it is (`None`: it
+/// names none, or is not a stage message). Picks the run's tenant before the stage runs, and the
+/// SQS fair-queue group a message is sent with.
+pub fn run_of(body: &str) -> Option<RunId> {
+    #[derive(Deserialize)]
+    struct NamesRun {
+        run_id: RunId,
+    }
+    serde_json::from_str::<NamesRun>(body)
+        .ok()
+        .map(|n| n.run_id)
+}
+
 /// A stage message: names the run it is about, and the message that sent it.
 pub trait Job: serde::de::DeserializeOwned + Serialize {
     /// The run the job is about.
@@ -169,6 +182,22 @@ pub fn encode<T: Serialize>(msg: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_run_is_read_from_any_stage_message_and_nothing_else() {
+        let acme = crate::ids::TenantKey::parse("acme").unwrap();
+        let run = RunId::derive_for(Some(&acme), "a", "b", "c", "d");
+        let job = SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run.clone(),
+            attempt: 0,
+            prev: None,
+        };
+        assert_eq!(run_of(&encode(&job)), Some(run));
+        assert_eq!(run_of("{\"run_id\": \"../x\"}"), None);
+        assert_eq!(run_of("not json"), None);
+        assert_eq!(run_of("{}"), None);
+    }
 
     #[test]
     fn round_trips_and_checks_versions() {

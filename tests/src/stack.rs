@@ -98,10 +98,16 @@ impl Stack {
     }
 
     pub async fn start_pipeline(&mut self) {
+        self.start_pipeline_with(local_stack::runner::RunnerOptions::default())
+            .await
+    }
+
+    /// The stages with `options` (failed messages back after 1 s, received ones hidden 8 s).
+    pub async fn start_pipeline_with(&mut self, options: local_stack::runner::RunnerOptions) {
         let options = local_stack::runner::RunnerOptions {
             failed_visibility: Some(Duration::from_secs(1)),
             receive_visibility: Some(Duration::from_secs(8)),
-            ..Default::default()
+            ..options
         };
         self.pipeline = Some(
             local_stack::runner::LocalPipeline::start(&self.sdk, &self.stack, &self.env, options)

@@ -1,5 +1,8 @@
 //! SQS as the [`Queue`] port: delayed sends (capped at SQS's 15 minutes) and refused messages to a
-//! dead-letter queue with their code and reason as message attributes.
+//! dead-letter queue with their code and reason as message attributes. A stage message about a
+//! tenant's run goes with the tenant as its `MessageGroupId`: on a standard queue that makes it
+//! an SQS fair queue, which delivers a quiet tenant's messages ahead of a backlog another tenant
+//! built (one tenant's burst of paced and re-enqueued jobs does not hold up another's runs).
 
 use std::time::Duration;
 
@@ -29,12 +32,16 @@ impl Queue for SqsQueue {
         delay: Duration,
     ) -> Result<String, QueueError> {
         let secs = delay.min(MAX_DELAY).as_secs_f64().ceil() as i32;
+        let group = crate::messages::run_of(body)
+            .and_then(|r| r.tenant())
+            .map(|t| t.to_string());
         let out = self
             .client
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
             .delay_seconds(secs)
+            .set_message_group_id(group)
             .send()
             .await
             .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;

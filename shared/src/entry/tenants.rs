@@ -6,14 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use super::{Defender, InitError};
 use crate::adapters::secrets::SecretsManagerCredentials;
 use crate::budget::BudgetConfig;
 use crate::codes::RejectCode;
 use crate::defender::{DefenderClient, DefenderConfig, TokenProvider, http_client};
-use crate::ids::{RunId, TenantKey};
+use crate::ids::TenantKey;
 use crate::messages::Delivery;
 use crate::stages::StageError;
 use crate::tenants::{Tenancy, Tenant};
@@ -113,11 +111,7 @@ impl<C> Served<C> {
     /// tenant the deployment does not serve is refused here, its body kept for re-drive once the
     /// registry names the tenant again.
     pub fn of(&self, msg: &Delivery) -> Result<&ForTenant<C>, StageError> {
-        #[derive(Deserialize)]
-        struct NamesRun {
-            run_id: RunId,
-        }
-        let Ok(NamesRun { run_id }) = serde_json::from_str::<NamesRun>(&msg.body) else {
+        let Some(run_id) = crate::messages::run_of(&msg.body) else {
             return self
                 .single
                 .as_ref()

@@ -393,3 +393,67 @@ limits = {{ gets_per_hour = 0 }}
     );
     assert!(Intake::build(&stack.env, &stack.sdk).await.is_ok());
 }
+
+/// A tenant's stage messages go to SQS with the tenant as their `MessageGroupId` (on a standard
+/// queue, an SQS fair queue: a quiet tenant's messages are delivered ahead of another tenant's
+/// backlog); a single-tenant run's go without one, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_stage_message_carries_its_tenant_as_the_fair_queue_group() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    use shared::messages::{MESSAGE_VERSION, SubmitJob, encode};
+    use shared::ports::Queue;
+    let sdk = testkit::aws::aws().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name(testkit::aws::unique("fair"))
+        .send()
+        .await
+        .expect("a queue")
+        .queue_url
+        .expect("its URL");
+    let queue = shared::adapters::sqs::SqsQueue::new(sqs.clone());
+    let m = machine(FLEET, 0);
+    for run in [
+        tenant_run_id("acme", "native", "fair-1", &m, "malware-file"),
+        testkit::alerts::run_id("native", "fair-1", &m, "malware-file"),
+    ] {
+        let job = SubmitJob {
+            v: MESSAGE_VERSION,
+            run_id: run,
+            attempt: 0,
+            prev: None,
+        };
+        queue
+            .send(&url, &encode(&job), std::time::Duration::ZERO)
+            .await
+            .expect("sent");
+    }
+    let mut groups = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            let run = shared::messages::run_of(m.body().unwrap_or_default()).expect("a job");
+            let group = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned();
+            groups.insert(run.to_string(), group);
+        }
+        if groups.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    for (run, group) in groups {
+        let expected = run.split_once('.').map(|(t, _)| t.to_string());
+        assert_eq!(group, expected, "{run}");
+    }
+}
