@@ -14,6 +14,10 @@
 //! naming it, and the file is untouched), and its API fails as Defender's can; every submitted
 //! run's manifest names the bundle's version of the script.
 //!
+//! About half the schedules serve two tenants from a tenant registry, each with its own Defender,
+//! budget and devices: every invariant holds per tenant, and no run acts in another tenant's
+//! Defender.
+//!
 //! `LIFECYCLE_SEED=<n>` replays one schedule; `LIFECYCLE_SCHEDULES=<n>` explores more.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +34,7 @@ use shared::clock::{Clock, ManualClock};
 use shared::custody::event::RunFinished;
 use shared::custody::signature::{ManifestSignature, check_statement, verify_offline};
 use shared::defender::{ActionId, DefenderError, MachineId};
-use shared::ids::RunId;
+use shared::ids::{RunId, TenantKey};
 use shared::messages::Delivery;
 use shared::ports::{
     BoxFuture, Download, Events, Fetch, Notary, NotaryError, ObjectStore, Put, Queue, QueueError,
@@ -41,6 +45,7 @@ use shared::stages::Ports;
 use shared::stages::settings::{CollectConfig, IntakeConfig, PollConfig, SubmitConfig};
 use shared::stages::{Done, StageError};
 use shared::store::{CommandOutcome, Manifest, RunRecord, manifest_key, run_key};
+use shared::tenants::{Limits, Registry, Tenancy};
 use testkit::alerts::native_alert;
 use testkit::content::sha256_hex;
 use testkit::defender::{Device, Model, ModelCall};
@@ -50,6 +55,8 @@ use testkit::store::Hooked;
 use time::OffsetDateTime;
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// The forwarder both tenants of a two-tenant schedule allow.
+const FORWARDER: &str = "AROAEXAMPLEFORWARDER01";
 
 /// Kills the handler at its n-th operation on S3 or SQS: the operation never returns and the
 /// scheduler drops the handler's future there, as a Lambda timeout or crash would.
@@ -329,6 +336,8 @@ struct Tally {
     dead_lettered: u64,
     events: u64,
     outcomes: BTreeMap<String, u64>,
+    /// Schedules with two tenants from a registry.
+    two_tenants: u64,
 }
 
 const RUNS: usize = 6;
@@ -342,6 +351,16 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let kill_rate = [0.0, 0.05, 0.2][rng.below(3) as usize];
     let dup_rate = [0.0, 0.1, 0.3][rng.below(3) as usize];
     let concurrency = [0.0, 0.1, 0.3][rng.below(3) as usize];
+    // One tenant, or two from a tenant registry: each with its own Defender, budget and devices,
+    // its alerts sent by a forwarder both tenants allow.
+    let tenants: Vec<Option<TenantKey>> = if rng.chance(0.5) {
+        vec![
+            Some(TenantKey::parse("t1").unwrap()),
+            Some(TenantKey::parse("t2").unwrap()),
+        ]
+    } else {
+        vec![None]
+    };
     let t0 = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
     // The stages' jitter comes from the seed too: a printed seed replays the same schedule.
     let clock = ManualClock::seeded(t0, seed);
@@ -352,9 +371,10 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         tripped: tokio::sync::Notify::new(),
         interleave: std::sync::atomic::AtomicBool::new(false),
     };
-    let mut devices = HashMap::new();
+    let mut devices: Vec<HashMap<MachineId, Device>> = vec![HashMap::new(); tenants.len()];
     let mut alerts = Vec::new();
     for i in 0..RUNS {
+        let slot = i % tenants.len();
         let machine = format!("{:040x}", seed.wrapping_mul(31).wrapping_add(i as u64 % 4));
         let device = if rng.chance(0.2) {
             Device::Offline
@@ -363,20 +383,44 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                 runs_for: Duration::from_secs(5 + rng.below(1200)),
             }
         };
-        devices
+        devices[slot]
             .entry(MachineId::parse(&machine).unwrap())
             .or_insert(device);
-        alerts.push(
-            native_alert(
-                &format!("a{seed}-{i}"),
-                &machine,
-                "Malware",
-                &[("file_path", "C:\\Users\\x\\evil.exe")],
-            )
-            .to_string(),
+        let mut alert = native_alert(
+            &format!("a{seed}-{i}"),
+            &machine,
+            "Malware",
+            &[("file_path", "C:\\Users\\x\\evil.exe")],
         );
+        if let Some(t) = &tenants[slot] {
+            alert["tenant"] = t.as_str().into();
+        }
+        alerts.push(alert.to_string());
     }
-    let defender = Model::new(&clock, devices).with_faults(seed ^ 0xDEF, fault_rate);
+    let defenders: Vec<Model> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(k, d)| Model::new(&clock, d).with_faults(seed ^ 0xDEF ^ k as u64, fault_rate))
+        .collect();
+    let tenancy = match tenants.as_slice() {
+        [None] => Tenancy::Single,
+        _ => {
+            let mut text = String::new();
+            for (k, t) in tenants.iter().flatten().enumerate() {
+                text.push_str(&format!(
+                    "[[tenants]]\nkey = \"{t}\"\nentra_tenant_id = \"00000000-0000-4000-8000-00000000000{k}\"\ncredentials_secret = \"lr/{t}\"\nsenders = [{{ principal = \"{FORWARDER}\" }}]\n"
+                ));
+            }
+            Tenancy::Registry(Registry::from_toml(&text, None).unwrap())
+        }
+    };
+    // The run's tenant's slot: its Defender and its stages' settings.
+    let slot_of = |body: &str| -> usize {
+        shared::messages::run_of(body)
+            .and_then(|r| r.tenant())
+            .and_then(|t| tenants.iter().position(|x| x.as_ref() == Some(&t)))
+            .unwrap_or(0)
+    };
     let signer = MemSigner::seeded((seed % 250) as u8 + 1);
     let events = MemEvents::default();
     let knotary = KNotary {
@@ -404,7 +448,30 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
     let mut collect_cfg = CollectConfig::from_env(&e).unwrap();
     // Small time budget: long copies are handed over through checkpoints.
     collect_cfg.time_budget = Duration::from_millis(rng.below(3));
-    let budget_cfg: BudgetConfig = submit_cfg.budget.clone();
+    // Each tenant's settings: its own budget (object, lane, limits), as the functions build them.
+    let cfgs: Vec<(SubmitConfig, PollConfig, CollectConfig)> = tenants
+        .iter()
+        .map(|t| {
+            let budget: BudgetConfig = match t {
+                None => submit_cfg.budget.clone(),
+                Some(t) => submit_cfg.budget.for_tenant(t, &Limits::default()),
+            };
+            (
+                SubmitConfig {
+                    budget: budget.clone(),
+                    ..submit_cfg.clone()
+                },
+                PollConfig {
+                    budget: budget.clone(),
+                    ..poll_cfg.clone()
+                },
+                CollectConfig {
+                    budget,
+                    ..collect_cfg.clone()
+                },
+            )
+        })
+        .collect();
     let playbooks = Playbooks::bundled().unwrap();
     let bundle = shared::library::Bundle::bundled(playbooks.library_files()).unwrap();
     let triage = bundle
@@ -442,8 +509,12 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
 
     let mut pool: Vec<Message> = Vec::new();
     let mut sent_seen = 0usize;
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        two_tenants: (tenants.len() == 2) as u64,
+        ..Tally::default()
+    };
     let mut run_ids = Vec::new();
+    let slot_of_run = |r: &RunId| slot_of(&format!("{{\"run_id\": \"{r}\"}}"));
     // The store with a kill point at every operation.
     let kstore = Hooked::new(&store).before(|_| {
         let kill = &kill;
@@ -461,10 +532,14 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         for _ in 0..(1 + rng.chance(dup_rate) as u32) {
             let done = shared::stages::intake::handle(
                 &intake_cfg,
-                shared::stages::intake::Rules::single(&playbooks),
+                shared::stages::intake::Rules {
+                    playbooks: &playbooks,
+                    tenancy: &tenancy,
+                },
                 &store,
                 &queue,
-                &shared::messages::Delivery::new("alert", alert.clone()),
+                &shared::messages::Delivery::new("alert", alert.clone())
+                    .from_sender(Some(format!("{FORWARDER}:forwarder"))),
                 clock.now(),
             )
             .await
@@ -532,11 +607,14 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         macro_rules! dispatch {
             ($q:expr, $msg:expr) => {
                 async {
+                    let slot = slot_of(&$msg.body);
+                    let (submit_cfg, poll_cfg, collect_cfg) = &cfgs[slot];
+                    let defender = &defenders[slot];
                     match $q.rsplit('/').next().unwrap_or_default() {
                         "submit" => {
                             shared::stages::submit::handle(
-                                &submit_cfg,
-                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
+                                submit_cfg,
+                                Ports::new(&kstore, &kqueue, defender, notary, &clock),
                                 library_sync,
                                 $msg,
                             )
@@ -544,8 +622,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         }
                         "poll" => {
                             shared::stages::poll::handle(
-                                &poll_cfg,
-                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
+                                poll_cfg,
+                                Ports::new(&kstore, &kqueue, defender, notary, &clock),
                                 &library,
                                 $msg,
                             )
@@ -553,8 +631,8 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
                         }
                         "collect" => {
                             shared::stages::collect::handle(
-                                &collect_cfg,
-                                Ports::new(&kstore, &kqueue, &defender, notary, &clock),
+                                collect_cfg,
+                                Ports::new(&kstore, &kqueue, defender, notary, &clock),
                                 &fetch,
                                 $msg,
                             )
@@ -663,7 +741,7 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
         LibraryStart::Theirs => sha256_hex(theirs),
         _ => triage.clone(),
     };
-    let actions = defender.actions();
+    let actions: Vec<_> = defenders.iter().flat_map(|d| d.actions()).collect();
     let submitted_any = !actions.is_empty();
     if (library_start == LibraryStart::Theirs || submitted_any)
         && in_library.as_deref() != Some(want.as_str())
@@ -812,60 +890,76 @@ async fn schedule(seed: u64) -> Result<Tally, String> {
             }
         }
         let tag = run_id.comment_tag();
-        let made = actions
-            .iter()
-            .filter(|a| {
-                a.requestor_comment
-                    .as_deref()
-                    .and_then(|c| c.split_whitespace().next())
-                    == Some(tag.as_str())
-            })
-            .count();
+        let made_in = |d: &Model| {
+            d.actions()
+                .iter()
+                .filter(|a| {
+                    a.requestor_comment
+                        .as_deref()
+                        .and_then(|c| c.split_whitespace().next())
+                        == Some(tag.as_str())
+                })
+                .count()
+        };
+        let made = made_in(&defenders[slot_of_run(run_id)]);
         if made > 1 {
             return Err(format!("run {run_id}: {made} live responses"));
+        }
+        // Never in another tenant's Defender.
+        let elsewhere: usize = defenders.iter().map(made_in).sum::<usize>() - made;
+        if elsewhere > 0 {
+            return Err(format!(
+                "run {run_id}: {elsewhere} live response(s) in another tenant's Defender"
+            ));
         }
         *tally
             .outcomes
             .entry(format!("run_{:?}", manifest.outcome))
             .or_default() += 1;
     }
-    let strangers = defender.strangers();
-    if !strangers.is_empty() {
-        return Err(format!(
-            "the pipeline asked Defender about what it never made: {strangers:?}"
-        ));
-    }
-    let held = budget::held_sessions(&store, &budget_cfg, &clock)
-        .await
-        .unwrap();
-    if !held.is_empty() {
-        return Err(format!(
-            "sessions still held after every run ended: {held:?}"
-        ));
-    }
-    let most = |stamps: &[i64]| {
-        let mut s = stamps.to_vec();
-        s.sort();
-        (0..s.len())
-            .map(|i| s[i..].iter().take_while(|t| **t - s[i] < 60_000).count())
-            .max()
-            .unwrap_or(0)
-    };
-    let ms = |calls: Vec<OffsetDateTime>| -> Vec<i64> {
-        calls.into_iter().map(shared::clock::unix_ms).collect()
-    };
-    let gets = most(&ms(defender.calls(&[
-        ModelCall::Get,
-        ModelCall::List,
-        ModelCall::Link,
-        ModelCall::Cancel,
-    ])));
-    if gets > budget_cfg.gets_per_minute as usize {
-        return Err(format!("{gets} GETs in one minute"));
-    }
-    let posts = most(&ms(defender.calls(&[ModelCall::Submit])));
-    if posts > budget_cfg.submissions_per_minute as usize {
-        return Err(format!("{posts} submissions in one minute"));
+    // Every invariant of Defender's side, tenant by tenant: its own Defender, budget and limits.
+    for (slot, defender) in defenders.iter().enumerate() {
+        let budget_cfg = &cfgs[slot].0.budget;
+        let strangers = defender.strangers();
+        if !strangers.is_empty() {
+            return Err(format!(
+                "the pipeline asked tenant {:?}'s Defender about what it never made: {strangers:?}",
+                tenants[slot]
+            ));
+        }
+        let held = budget::held_sessions(&store, budget_cfg, &clock)
+            .await
+            .unwrap();
+        if !held.is_empty() {
+            return Err(format!(
+                "sessions of tenant {:?} still held after every run ended: {held:?}",
+                tenants[slot]
+            ));
+        }
+        let most = |stamps: &[i64]| {
+            let mut s = stamps.to_vec();
+            s.sort();
+            (0..s.len())
+                .map(|i| s[i..].iter().take_while(|t| **t - s[i] < 60_000).count())
+                .max()
+                .unwrap_or(0)
+        };
+        let ms = |calls: Vec<OffsetDateTime>| -> Vec<i64> {
+            calls.into_iter().map(shared::clock::unix_ms).collect()
+        };
+        let gets = most(&ms(defender.calls(&[
+            ModelCall::Get,
+            ModelCall::List,
+            ModelCall::Link,
+            ModelCall::Cancel,
+        ])));
+        if gets > budget_cfg.gets_per_minute as usize {
+            return Err(format!("{gets} GETs in one minute"));
+        }
+        let posts = most(&ms(defender.calls(&[ModelCall::Submit])));
+        if posts > budget_cfg.submissions_per_minute as usize {
+            return Err(format!("{posts} submissions in one minute"));
+        }
     }
     let _ = MINUTE;
     Ok(tally)
@@ -877,7 +971,7 @@ async fn read<T: serde::de::DeserializeOwned>(store: &MemStore, key: &str) -> Re
 }
 
 #[tokio::test(start_paused = true)]
-async fn every_schedule_keeps_the_lifecycle_invariants() {
+async fn every_schedule_of_one_tenant_or_two_keeps_the_lifecycle_invariants() {
     let first = seed_from_env("LIFECYCLE_SEED");
     let n: u64 = std::env::var("LIFECYCLE_SCHEDULES")
         .ok()
@@ -899,6 +993,7 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
                 total.concurrent += t.concurrent;
                 total.dead_lettered += t.dead_lettered;
                 total.events += t.events;
+                total.two_tenants += t.two_tenants;
                 for (o, c) in t.outcomes {
                     *total.outcomes.entry(o).or_default() += c;
                 }
@@ -907,7 +1002,8 @@ async fn every_schedule_keeps_the_lifecycle_invariants() {
         }
     }
     println!(
-        "lifecycle: {n} schedules of {RUNS} runs from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries, {} concurrent pairs, {} events; {:?}",
+        "lifecycle: {n} schedules of {RUNS} runs ({} of them over two tenants) from seed {first} in {:.1}s; {} deliveries, {} kills, {} duplicate deliveries, {} concurrent pairs, {} events; {:?}",
+        total.two_tenants,
         started.elapsed().as_secs_f64(),
         total.deliveries,
         total.kills,
