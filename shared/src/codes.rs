@@ -166,6 +166,24 @@ names! {
     }
 }
 
+impl RejectCode {
+    /// The code `s` stands for, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Refused by the tenant check (which tenant, and may this sender start runs there). Such an
+    /// alert must not be re-driven: the re-sent message is checked against whoever re-drives it,
+    /// not the sender that sent it, so a re-drive would let one customer's alert through under an
+    /// operator's identity. Only its sender may send it again.
+    pub fn is_sender_check(self) -> bool {
+        matches!(
+            self,
+            Self::NoTenant | Self::UnknownTenant | Self::SenderNotAllowed
+        )
+    }
+}
+
 impl Outcome {
     /// Its CloudWatch metric name: `throttled` → `Throttled`, `copy_retry` → `CopyRetry`.
     pub fn metric_name(self) -> String {

@@ -50,8 +50,11 @@ pub struct BudgetConfig {
     /// This process's queue of budget updates ([`Lane`]): clones of the configuration share it.
     pub lane: Lane,
     /// Whose budget this is (none: the deployment serves one tenant): it picks the budget object
-    /// and the status board.
+    /// and the status board, and the runs whose sessions count against it.
     pub tenant: Option<TenantKey>,
+    /// The registry's legacy tenant keeps the single-tenant budget object and status board, and
+    /// its runs from before the registry (whose ids name no tenant) count against it too.
+    pub legacy: bool,
 }
 
 impl BudgetConfig {
@@ -94,6 +97,7 @@ impl BudgetConfig {
             call_limit: DEFAULT_CALL_LIMIT,
             lane: Lane::default(),
             tenant: None,
+            legacy: false,
         })
     }
 
@@ -109,12 +113,30 @@ impl BudgetConfig {
             call_limit: self.call_limit,
             lane: Lane::default(),
             tenant: Some(tenant.clone()),
+            legacy: false,
+        }
+    }
+
+    /// The tenant the keys of this budget's objects are built for (none: the single-tenant keys).
+    pub fn key_tenant(&self) -> Option<&TenantKey> {
+        if self.legacy {
+            None
+        } else {
+            self.tenant.as_ref()
         }
     }
 
     /// The object this budget is kept in.
     pub fn key(&self) -> String {
-        crate::store::keys::budget_key(self.tenant.as_ref())
+        crate::store::keys::budget_key(self.key_tenant())
+    }
+
+    /// Whether `run`'s sessions count against this budget: the run is its tenant's (or, for the
+    /// legacy tenant, from before the registry). A run of another tenant never does, whatever
+    /// that tenant's Defender lists.
+    pub fn owns(&self, run: &RunId) -> bool {
+        let of = run.tenant();
+        of == self.tenant || (self.legacy && of.is_none())
     }
 
     fn hour(&self) -> Duration {

@@ -94,6 +94,7 @@ fn stamps_from_any_number_do_not_overflow() {
         call_limit: LIMIT,
         lane: Lane::default(),
         tenant: None,
+        legacy: false,
     };
     b.tidy(&cfg, 1_000_000);
     assert_eq!(
@@ -128,6 +129,7 @@ fn cfg_of(minute: Duration) -> BudgetConfig {
         call_limit: LIMIT,
         lane: Lane::default(),
         tenant: None,
+        legacy: false,
     }
 }
 
@@ -373,4 +375,26 @@ fn contention_a_grant_carried_twice_holds_one_stamp() {
     assert_eq!(b.gets.len(), 1);
     assert_eq!(b.submissions.len(), 1);
     assert_eq!(b.running.len(), 1);
+}
+
+/// A tenant's budget counts its own runs' sessions (and the legacy tenant's, its runs from before
+/// the registry too), never another tenant's, whose run id its Defender may list in a comment.
+#[test]
+fn a_tenant_budget_owns_its_own_runs_and_no_other_tenants() {
+    let key = |k: &str| crate::ids::TenantKey::parse(k).unwrap();
+    let run = |t: Option<&str>| RunId::derive_for(t.map(key).as_ref(), "a", "b", "c", "d");
+    let base = cfg_of(Duration::from_secs(60));
+    let acme = base.for_tenant(&key("acme"), &crate::tenants::Limits::default());
+    assert!(acme.owns(&run(Some("acme"))));
+    assert!(!acme.owns(&run(Some("globex"))));
+    assert!(!acme.owns(&run(None)));
+    let legacy = BudgetConfig {
+        legacy: true,
+        ..acme.clone()
+    };
+    assert!(legacy.owns(&run(None)) && legacy.owns(&run(Some("acme"))));
+    assert!(!legacy.owns(&run(Some("globex"))));
+    assert_eq!(legacy.key(), crate::store::keys::BUDGET_KEY);
+    assert_ne!(acme.key(), crate::store::keys::BUDGET_KEY);
+    assert!(base.owns(&run(None)) && !base.owns(&run(Some("acme"))));
 }

@@ -78,9 +78,7 @@ impl<C> Served<C> {
         let mut tenants = BTreeMap::new();
         for t in registry.tenants() {
             let mut budget = base.for_tenant(&t.key, &t.limits);
-            if legacy.as_ref() == Some(&t.key) {
-                budget.tenant = None;
-            }
+            budget.legacy = legacy.as_ref() == Some(&t.key);
             let id = match secret {
                 Credentials::Actions => &t.credentials_secret_id,
                 Credentials::Reads => t

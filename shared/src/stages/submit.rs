@@ -554,6 +554,11 @@ async fn rebuild_sessions<S: ObjectStore, D: Defender>(
             else {
                 continue;
             };
+            // Another tenant's run named in this tenant's Defender (a comment anyone with the
+            // portal can write) is not this budget's, and its record is not read.
+            if !budget_cfg.owns(&run_id) {
+                continue;
+            }
             // An unreadable record counts as holding one: the cap errs on Defender's side.
             let since = match load_run(store, &run_id).await {
                 Ok(Some((r, _))) if r.action_id.as_ref().is_none_or(|id| *id == a.id) => {

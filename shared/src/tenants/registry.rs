@@ -87,7 +87,8 @@ pub struct Tenant {
     pub credentials_secret_id: String,
     /// Secrets Manager id of the credentials poll uses, of an app registration that cannot start
     /// a live response (`None`: poll uses `credentials_secret_id`), as `PollCredentialsSecretArn`
-    /// does for a single tenant: a compromised poll then starts no live response.
+    /// does for a single tenant: a compromised poll then starts no live response. The registry's
+    /// shared one serves only the tenants that use its shared app.
     pub poll_credentials_secret_id: Option<String>,
     /// Who may start runs on its devices.
     pub senders: BTreeSet<Sender>,
@@ -290,7 +291,14 @@ fn check(
         cloud.login_base =
             base_url("login_base", &login).map_err(|x| err(&entry, "login_base", x.to_string()))?;
     }
-    let poll_credentials_secret_id = match e.poll_credentials_secret.as_deref().or(shared.poll) {
+    // The shared read-only app goes with the shared app: a tenant with an app of its own (another
+    // cloud, another consent) does not inherit it, and poll uses its own app unless it names one.
+    let inherited = if e.credentials_secret.is_none() {
+        shared.poll
+    } else {
+        None
+    };
+    let poll_credentials_secret_id = match e.poll_credentials_secret.as_deref().or(inherited) {
         Some(s) if s.trim().is_empty() => {
             return Err(err(&entry, "poll_credentials_secret", "is empty".into()));
         }

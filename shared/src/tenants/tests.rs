@@ -400,7 +400,12 @@ fn a_tenant_poll_secret_is_its_own_or_the_shared_one_or_none() {
             .iter()
             .all(|t| t.poll_credentials_secret_id.is_none())
     );
-    let text = format!("poll_credentials_secret = \"lr/reader\"\n{}", two_tenants()).replace(
+    let shared = format!("poll_credentials_secret = \"lr/reader\"\n{}", two_tenants());
+    // Globex has an app of its own (another cloud): the shared reader is not its.
+    let r = registry(&shared).unwrap();
+    let globex = r.get(&TenantKey::parse("globex").unwrap()).unwrap();
+    assert_eq!(globex.poll_credentials_secret_id, None);
+    let text = shared.replace(
         "credentials_secret = \"lr/globex\"",
         "credentials_secret = \"lr/globex\"\npoll_credentials_secret = \"lr/globex-reader\"",
     );

@@ -28,6 +28,7 @@ fn cfg() -> BudgetConfig {
         call_limit: Duration::from_secs(120),
         lane: Default::default(),
         tenant: None,
+        legacy: false,
     }
 }
 

@@ -258,7 +258,26 @@ pub async fn command(ctx: &Ctx, args: &DlqArgs) -> Result<u8> {
     for (stage, url, target, letters) in &queues {
         match target {
             Some(target) if go => {
-                for l in letters {
+                // An alert refused by the tenant check stays: re-sent by the operator, it would be
+                // checked against the operator's identity instead of its sender's.
+                let (kept, movable): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+                    letters.iter().partition(|l| {
+                        *stage == "alerts"
+                            && shared::codes::RejectCode::parse(&l.code)
+                                .is_some_and(|c| c.is_sender_check())
+                    });
+                let kept: Vec<DeadLetter> = kept.into_iter().cloned().collect();
+                for l in &kept {
+                    err(format!(
+                        "kept {} ({}): an alert refused by the tenant check is not re-driven, since the re-sent message would be checked against your identity instead of its sender's; have its sender send it again",
+                        l.message_id, l.code
+                    ));
+                }
+                if let Err(e) = release(&sqs, url, &kept, hold).await {
+                    err(format!("lrctl: {e}"));
+                    release_failed = true;
+                }
+                for l in movable {
                     let sent = sqs
                         .send_message()
                         .queue_url(target)

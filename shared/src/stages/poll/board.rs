@@ -174,7 +174,7 @@ pub async fn look<S: ObjectStore, D: Defender>(
 ) -> Result<Look, StoreError> {
     let now = clock.now();
     let created = submitted - SKEW;
-    let board_key = board_key(budget_cfg.tenant.as_ref());
+    let board_key = board_key(budget_cfg.key_tenant());
     if created < now - WINDOW {
         return by_id(store, defender, budget_cfg, clock, id).await;
     }

@@ -107,3 +107,61 @@ async fn send_makes_a_run_and_dlq_lists_and_redrives_refused_messages() {
     assert_eq!(back[0]["code"], code);
     stack.stop().await;
 }
+
+/// An alert refused by the tenant check (its sender may not start runs in the tenant it names) is
+/// never re-driven: re-sent by the operator, it would be checked against the operator's identity
+/// instead of its sender's. Other refused alerts are moved as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_keeps_an_alert_refused_by_the_tenant_sender_check() {
+    use shared::codes::RejectCode;
+    use shared::ports::{Queue, Rejection};
+    let sdk = testkit::aws::aws().await;
+    let stack = testkit::aws::provision(&sdk, testkit::aws::unique("lrctl-redrive"), "{}")
+        .await
+        .expect("provisioning on moto");
+    let env = settings(&stack);
+    let queue = shared::adapters::sqs::SqsQueue::new(aws_sdk_sqs::Client::new(&sdk));
+    let (foreign, unmatched) = (
+        r#"{"schema":"lr.alert/v1","tenant":"globex","note":"from acme's forwarder"}"#,
+        r#"{"schema":"lr.alert/v1","note":"matched no playbook"}"#,
+    );
+    for (body, code) in [
+        (foreign, RejectCode::SenderNotAllowed),
+        (unmatched, RejectCode::NoPlaybook),
+    ] {
+        queue
+            .send_rejected(
+                &stack.dlq_urls["alerts"],
+                body,
+                &Rejection {
+                    stage: "intake",
+                    code,
+                    reason: "refused",
+                },
+            )
+            .await
+            .expect("a dead letter");
+    }
+    dead_until(&env, |m| m.len() == 2).await;
+    let out = lrctl(&env, &["dlq", "--stage", "alerts", "--redrive", "--yes"]).await;
+    let text = said(&out);
+    assert!(
+        text.contains("kept") && text.contains("sender_not_allowed"),
+        "{text}"
+    );
+    let left = dead_until(&env, |m| m.len() == 1).await;
+    assert_eq!(
+        left[0]["body"], foreign,
+        "the foreign alert stays for a person"
+    );
+    let moved = aws_sdk_sqs::Client::new(&sdk)
+        .receive_message()
+        .queue_url(&stack.queue_urls["alerts"])
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive");
+    let bodies: Vec<&str> = moved.messages().iter().filter_map(|m| m.body()).collect();
+    assert_eq!(bodies, vec![unmatched]);
+}
