@@ -10,7 +10,10 @@
 //! with a tenant registry naming both. Makespans are in simulated (Defender's) seconds: from the
 //! first alert sent to the last manifest written. Asserts nothing.
 //!
-//! `LR_BENCH_FAIR_A` (200), `LR_BENCH_FAIR_B` (10), `LR_BENCH_FAIR_SCALE` (10). Run by
+//! The stages reach moto through `testkit::cas_proxy` (atomic conditional writes, as S3's), with
+//! the template's poll schedule and backoff divided by the scale, as the burst benchmark runs them.
+//!
+//! `LR_BENCH_FAIR_A` (200), `LR_BENCH_FAIR_B` (10), `LR_BENCH_FAIR_SCALE` (5). Run by
 //! `./dev bench`; by hand: `LR_MOTO_ENDPOINT=… AWS_ENDPOINT_URL=… cargo bench -p testkit --bench
 //! fairness`.
 
@@ -108,11 +111,23 @@ async fn main() {
         number("LR_BENCH_FAIR_A", 200) as usize,
         number("LR_BENCH_FAIR_B", 10) as usize,
     );
-    let scale = number("LR_BENCH_FAIR_SCALE", 10) as f64;
+    let scale = number("LR_BENCH_FAIR_SCALE", 5) as f64;
     let minute_ms = (60_000.0 / scale * 1.1).round() as u64;
     let extra = [
         ("BUDGET_MINUTE_MS", minute_ms.to_string()),
-        ("POLL_DELAYS_SECS", "1".to_string()),
+        // The template's poll schedule (5 s) and retry backoff at the simulator's clock.
+        (
+            "POLL_DELAYS_SECS",
+            ((5.0 / scale).round() as u64).max(1).to_string(),
+        ),
+        (
+            "RETRY_BASE_SECS",
+            ((15.0 / scale).round() as u64).max(1).to_string(),
+        ),
+        (
+            "RETRY_MAX_SECS",
+            ((900.0 / scale).round() as u64).max(1).to_string(),
+        ),
     ];
     let mut stack = Stack::provisioned(fleet(A, n_a, scale), &extra).await;
     let b_sim = start_sim(fleet(B, n_a.max(n_b), scale)).await;
@@ -123,6 +138,9 @@ async fn main() {
         text.push_str(&tenants::entry(tenant.0, tenant.1, sim, &secret, ""));
     }
     tenants::deploy_registry(&mut stack, &text).await;
+    // moto's conditional writes made atomic, as S3's are (the burst benchmark does the same).
+    let proxy = testkit::cas_proxy::start(&testkit::aws::moto_endpoint()).await;
+    stack.sdk = testkit::aws::sdk_as(&proxy, "testing", "testing").await;
     // Collect at the template's default concurrency (CollectMaxConcurrency).
     stack
         .start_pipeline_with(local_stack::runner::RunnerOptions {
