@@ -1,13 +1,14 @@
-//! Many Defender tenants from one deployment, end to end on moto and three simulators (one per
-//! tenant, each knowing only its own tenant's app): every run reaches its own tenant's Defender
-//! with its tenant's token, under its tenant's limits, and lands under its tenant's prefix; alerts
-//! a tenant's senders or playbooks do not allow are refused with their reason and kept.
+//! Many Defender tenants from one deployment, end to end on moto and one simulated Defender host
+//! serving three tenants (each with its own app, devices, actions, library and limits; a token
+//! reaches only its own tenant's): every run reaches its own tenant's Defender with its tenant's
+//! token, under its tenant's limits, and lands under its tenant's prefix; alerts a tenant's
+//! senders or playbooks do not allow are refused with their reason and kept.
 
 use mde_sim::{Client, Device, DeviceFile, Limits, SimConfig, SimServer};
 use shared::store::RunOutcome;
 use testkit::alerts::tenant_run_id;
 use testkit::content::expected_sha256;
-use testkit::sim::{machine, start_sim};
+use testkit::sim::machine;
 use testkit::stack::Stack;
 use testkit::tenants;
 
@@ -81,20 +82,25 @@ fn tenant_alert_of(tenant: Option<&str>, alert_id: &str, machine: &str, category
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_under_their_own_prefix()
  {
-    let mut sims: Vec<SimServer> = Vec::new();
-    let mut acme_config = fleet(&RIGS[0]);
-    acme_config.sim.time_scale = 20.0;
-    let mut stack = Stack::provisioned(acme_config, &[]).await;
-    for rig in &RIGS[1..] {
-        let mut config = fleet(rig);
-        config.sim.time_scale = 20.0;
-        sims.push(start_sim(config).await);
-    }
+    // One Defender host serving the three tenants, as Defender's API host serves every tenant:
+    // a run that asked with another tenant's token would find no such device or action.
+    let configs: Vec<SimConfig> = RIGS
+        .iter()
+        .map(|rig| {
+            let mut config = fleet(rig);
+            config.sim.time_scale = 20.0;
+            config
+        })
+        .collect();
+    let defender = SimServer::start_tenants(configs.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the simulator starts");
+    let mut stack = Stack::provisioned(configs[0].clone(), &[]).await;
     // A secret and a registry entry per tenant (initech may run malware-file only), and a fourth
     // tenant whose only sender is another principal.
     let mut text = String::new();
     for (i, rig) in RIGS.iter().enumerate() {
-        let sim = if i == 0 { &stack.sim } else { &sims[i - 1] };
+        let sim = &defender;
         let secret =
             tenants::secret(&stack.sdk, rig.key, &tenants::client(rig.key, rig.entra)).await;
         let mut extra = format!(
@@ -185,10 +191,7 @@ async fn three_tenants_each_run_on_their_own_defender_within_their_own_limits_un
         );
     }
     for (i, rig) in RIGS.iter().enumerate() {
-        let stats = match i {
-            0 => stack.sim.stats(),
-            _ => sims[i - 1].stats(),
-        };
+        let stats = defender.tenant(i).expect("a tenant").stats();
         println!(
             "tenant {}: {} actions, most submissions in a sliding minute {} (limit {}), 429s {}",
             rig.key,

@@ -21,4 +21,4 @@ pub use config::{
     Client, Device, DeviceFile, EndpointFaults, Faults, LibrarySeed, Limits, PIPELINE_ROLES,
     Script, SimConfig, SimSettings,
 };
-pub use server::{SimServer, Stats};
+pub use server::{SimServer, Stats, TenantView};

@@ -15,6 +15,7 @@
 //! - `sim`: `Sim`, what every handler shares: the config, the clock, the state behind one lock
 //! - `state`: what the simulator remembers between requests, and its `Stats`
 //! - `reply`: how each service answers an error (API, login, storage), and reading a request
+//! - `tenants`: several tenants behind one listener, each request to the tenant it belongs to
 //!
 //! The imports run one way, down: this module starts `routes`; `routes` names the handlers and
 //! `guard`; they stand on `sim`, `sim` on `state`; `reply`, `filter` and `state` import nothing of
@@ -35,6 +36,7 @@ mod reply;
 mod routes;
 mod sim;
 mod state;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,7 @@ pub struct SimServer {
     pub login_base: String,
     pub blob_base: String,
     sim: Arc<Sim>,
+    sims: Vec<Arc<Sim>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<()>>,
 }
@@ -67,31 +70,57 @@ impl SimServer {
         config: SimConfig,
         bind: SocketAddr,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        config.validate()?;
+        Self::start_tenants(vec![config], bind).await
+    }
+
+    /// Several Defender tenants behind one listener, as Defender's one API host serves every
+    /// tenant: each config is a tenant of its own (its clients, devices, actions, library, limits
+    /// and 429s, faults, statistics), and a request reaches the tenant its token was issued in (a
+    /// token endpoint call, the tenant in its path; a download, the tenant that issued the link).
+    /// A token of one tenant never reads another's actions: they are not in its tenant. The
+    /// methods of [`SimServer`] act on the first tenant; [`SimServer::tenant`] on any.
+    pub async fn start_tenants(
+        configs: Vec<SimConfig>,
+        bind: SocketAddr,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        if configs.is_empty() {
+            return Err("no tenant to simulate".into());
+        }
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let base = format!("http://{addr}");
-        let start = match &config.sim.start_time {
-            Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| format!("sim.start_time {s:?} is not RFC 3339: {e}"))?,
-            None => OffsetDateTime::now_utc(),
+        let mut sims = Vec::new();
+        for config in configs {
+            config.validate()?;
+            let start = match &config.sim.start_time {
+                Some(s) => OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| format!("sim.start_time {s:?} is not RFC 3339: {e}"))?,
+                None => OffsetDateTime::now_utc(),
+            };
+            let clock = SimClock::new(start, config.sim.time_scale);
+            let mut key = [0u8; 32];
+            key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            sims.push(Arc::new(Sim {
+                state: Mutex::new(State::new(&config, start)),
+                config,
+                clock,
+                key,
+                api_base: base.clone(),
+                blob_base: format!("{base}/blob"),
+            }));
+        }
+        let sim = sims[0].clone();
+        let app = match sims.len() {
+            1 => Router::new()
+                .fallback(routes::dispatch)
+                .layer(DefaultBodyLimit::disable())
+                .with_state(sim.clone()),
+            _ => Router::new()
+                .fallback(tenants::dispatch)
+                .layer(DefaultBodyLimit::disable())
+                .with_state(Arc::new(tenants::Tenants(sims.clone()))),
         };
-        let clock = SimClock::new(start, config.sim.time_scale);
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        let sim = Arc::new(Sim {
-            state: Mutex::new(State::new(&config, start)),
-            config,
-            clock,
-            key,
-            api_base: base.clone(),
-            blob_base: format!("{base}/blob"),
-        });
-        let app = Router::new()
-            .fallback(routes::dispatch)
-            .layer(DefaultBodyLimit::disable())
-            .with_state(sim.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let join = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -106,9 +135,16 @@ impl SimServer {
             blob_base: sim.blob_base.clone(),
             api_base: base,
             sim,
+            sims,
             shutdown: Some(tx),
             join: Some(join),
         })
+    }
+
+    /// Tenant `i` (in the order given to [`SimServer::start_tenants`]): its statistics and
+    /// actions.
+    pub fn tenant(&self, i: usize) -> Option<TenantView<'_>> {
+        self.sims.get(i).map(|sim| TenantView { sim })
     }
 
     pub fn stats(&self) -> Stats {
@@ -156,6 +192,22 @@ impl SimServer {
         if let Some(j) = self.join.take() {
             let _ = j.await;
         }
+    }
+}
+
+/// One tenant of a simulator serving several.
+pub struct TenantView<'a> {
+    sim: &'a Arc<Sim>,
+}
+
+impl TenantView<'_> {
+    pub fn stats(&self) -> Stats {
+        self.sim.lock().stats.clone()
+    }
+
+    /// Every action created in this tenant, as the API shows it now.
+    pub fn actions(&self) -> Vec<Value> {
+        self.sim.action_entities()
     }
 }
 

@@ -118,3 +118,76 @@ async fn a_token_carries_its_granted_roles_and_an_api_without_its_permission_ans
     let (s, _, _) = h.get("/api/libraryfiles").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// One listener, several tenants (as Defender's one API host serves every tenant): each tenant's
+/// token reaches its own actions, library and limits only; a token of tenant A cannot read tenant
+/// B's action, which is not in its tenant.
+#[tokio::test]
+async fn a_tenant_token_cannot_read_another_tenants_actions_on_one_host() {
+    let tenant = |id: &str, client: &str, per_minute: u32| {
+        let mut c = config();
+        c.clients = vec![Client {
+            tenant_id: id.into(),
+            client_id: client.into(),
+            ..Client::default()
+        }];
+        c.limits.submissions_per_minute = per_minute;
+        c
+    };
+    let a = tenant("aaaaaaaa-0000-4000-8000-000000000001", "app-a", 1);
+    let b = tenant("bbbbbbbb-0000-4000-8000-000000000002", "app-b", 10);
+    let sim = mde_sim::SimServer::start_tenants(
+        vec![a.clone(), b.clone()],
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut h = Harness {
+        sim,
+        http: reqwest::Client::new(),
+        token: String::new(),
+    };
+    let token = |v: Value| v["access_token"].as_str().unwrap().to_string();
+    let a_token = token(
+        h.token_response(&a.clients[0].tenant_id, &a.clients[0])
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    let b_token = token(
+        h.token_response(&b.clients[0].tenant_id, &b.clients[0])
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    // A's app is not in B's tenant.
+    let r = h
+        .token_response(&b.clients[0].tenant_id, &a.clients[0])
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    h.token = a_token.clone();
+    let id = h.submit_id(M1, serde_json::json!([get_file(FILE)])).await;
+    // A's quota is A's: its second submission in the minute is refused, B's first is not.
+    let (s, _, _) = h.submit(M2, serde_json::json!([get_file(FILE)])).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    h.token = b_token;
+    let (s, _, v) = h.get(&format!("/api/machineactions/{id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "B read A's action: {v}");
+    let (s, _, v) = h.get("/api/machineactions").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["value"].as_array().unwrap().len(), 0, "{v}");
+    let (s, _, _) = h.submit(M2, serde_json::json!([get_file(FILE)])).await;
+    assert_eq!(s, StatusCode::CREATED);
+    h.token = a_token;
+    assert_eq!(h.action(&id).await["id"], id.as_str());
+    let (a_stats, b_stats) = (
+        h.sim.tenant(0).unwrap().stats(),
+        h.sim.tenant(1).unwrap().stats(),
+    );
+    assert_eq!((a_stats.actions_created, b_stats.actions_created), (1, 1));
+    assert_eq!(a_stats.throttled_by_limit, 1);
+    assert_eq!(b_stats.throttled_by_limit, 0);
+}
