@@ -42,14 +42,6 @@ impl Tenancy {
             Self::Registry(r) => resolve(r, claim, sender).map(Some),
         }
     }
-
-    /// The tenant with this key; `None` also when the deployment serves one tenant.
-    pub fn get(&self, key: &crate::ids::TenantKey) -> Option<&Tenant> {
-        match self {
-            Self::Single => None,
-            Self::Registry(r) => r.get(key),
-        }
-    }
 }
 
 #[cfg(test)]
