@@ -45,6 +45,7 @@ where
     let add = &add;
     let failures: Vec<BatchItemFailure> = futures_util::stream::iter(event.records)
         .map(|record| async move {
+            let started = std::time::Instant::now();
             let message_id = record.message_id.clone().unwrap_or_default();
             let body = record.body.clone().unwrap_or_default();
             let result = if body.is_empty() {
@@ -69,6 +70,7 @@ where
                         run_id = done.run_id.as_ref().map(|r| r.as_str()).unwrap_or("-"),
                         outcome = done.outcome.as_str(),
                         detail = %done.detail,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
                         "message handled"
                     );
                     false

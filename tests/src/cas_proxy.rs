@@ -67,6 +67,13 @@ async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {
     for (name, value) in answer.headers().iter().filter(|(n, _)| forwarded(n)) {
         resp = resp.header(name, value);
     }
+    // A HEAD's answer has no body to measure: its length is the object's, and must pass as moto
+    // gave it (without it the object would look empty: a forged "0 bytes" under every key).
+    if parts.method == Method::HEAD
+        && let Some(length) = answer.headers().get(axum::http::header::CONTENT_LENGTH)
+    {
+        resp = resp.header(axum::http::header::CONTENT_LENGTH, length);
+    }
     match answer.bytes().await {
         Ok(bytes) => resp
             .body(Body::from(bytes))

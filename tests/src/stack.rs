@@ -73,10 +73,18 @@ impl Stack {
 
     /// The simulator and the provisioned stack, the stages not started (put what they read at
     /// their start in place, then [`Stack::start_pipeline`]).
+    /// The simulator runs 20 times faster than Defender unless `sim_config` sets another scale
+    /// ([`Stack::provisioned_at_scale`] keeps Defender's own clock).
     pub async fn provisioned(mut sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
         if sim_config.sim.time_scale == 1.0 {
             sim_config.sim.time_scale = 20.0;
         }
+        Self::provisioned_at_scale(sim_config, extra).await
+    }
+
+    /// As [`Stack::provisioned`], with the simulator's time scale as `sim_config` gives it (1:
+    /// Defender's own clock, as the fairness benchmark runs it).
+    pub async fn provisioned_at_scale(sim_config: SimConfig, extra: &[(&str, String)]) -> Self {
         let sim = start_sim(sim_config.clone()).await;
         let sdk = aws().await;
         let stack = provision(&sdk, unique("e2e"), &credentials_json(&sim_config))

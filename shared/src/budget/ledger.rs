@@ -66,6 +66,35 @@ pub(super) struct TenantBudget {
     /// ([`super::rebuild_sessions`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) sessions_unknown: bool,
+    /// Runs told to wait for a submission slot, in the order they first asked: the tenant's
+    /// line. A slot goes to the first in line, and each is told to come back when its own slot
+    /// opens, so a burst asks about once per slot instead of every waiting run asking at every
+    /// opening.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) waiting: Vec<Waiting>,
+}
+
+/// A run in the tenant's line for a submission slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Waiting {
+    /// The run.
+    pub(super) run: String,
+    /// When it was told to come back (unix ms).
+    pub(super) due: i64,
+}
+
+/// The longest line kept: a stored budget with more is not one the pipeline wrote.
+const MAX_WAITING: usize = 10_000;
+
+/// The furthest ahead a waiting run is told to come back: SQS delays a message at most 15 minutes.
+const MAX_DUE_MS: i64 = 15 * 60 * 1000;
+
+/// How late past its time a waiting run keeps its place in line: a sixth of the minute (10 s),
+/// for a queue delay's whole seconds and a busy batch, and never under 2 s. Later, its place is
+/// dropped (its message went astray, its run ended) and the runs behind it are told earlier
+/// times. The line only advises: a run that lost its place still gets a slot that is free.
+fn grace(cfg: &BudgetConfig) -> i64 {
+    (ms(cfg.minute) / 6).max(2_000)
 }
 
 impl TenantBudget {
@@ -87,6 +116,7 @@ impl TenantBudget {
             running: BTreeMap::new(),
             gets: vec![Stamp::Settled(now); cfg.gets_per_minute as usize],
             sessions_unknown: true,
+            waiting: Vec::new(),
         }
     }
 
@@ -109,6 +139,12 @@ impl TenantBudget {
         // a session still held after that was left behind by a run that never came back for it.
         self.running
             .retain(|_, since| *since > now.saturating_sub(STALE_SESSION_MS));
+        let grace = grace(cfg);
+        for w in &mut self.waiting {
+            w.due = w.due.min(now.saturating_add(MAX_DUE_MS));
+        }
+        self.waiting.retain(|w| w.due.saturating_add(grace) > now);
+        self.waiting.truncate(MAX_WAITING);
     }
 }
 
@@ -152,6 +188,46 @@ pub(super) fn window_wait(
         wait
     };
     Some(Duration::from_millis(wait as u64))
+}
+
+/// The submission slots free now, and for a run with `ahead` runs before it in line, how long
+/// (ms) until its own slot opens: the free slots go to those first, then each stamp in the window
+/// frees one as it leaves, oldest first, and so on minute after minute. While the stamp whose
+/// leaving frees the run's slot is still open (its call in flight), it will most likely settle
+/// soon and leave earlier than its worst case: look again after a tenth of the window instead.
+pub(super) fn next_opening(
+    stamps: &[Stamp],
+    cfg: &BudgetConfig,
+    ahead: usize,
+    now: i64,
+) -> (usize, i64) {
+    let (minute, limit) = (ms(cfg.minute), ms(cfg.call_limit));
+    let per_minute = (cfg.submissions_per_minute as usize).max(1);
+    let mut inside: Vec<(i64, bool)> = stamps
+        .iter()
+        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
+        .filter(|(t, _)| *t > now.saturating_sub(minute))
+        .collect();
+    inside.sort_unstable();
+    let free = per_minute.saturating_sub(inside.len());
+    if ahead < free {
+        return (free, 0);
+    }
+    // The k-th opening from now: the (k mod per_minute)-th oldest stamp's leaving (the stamps of
+    // the slots free now are yet to be made: about now), k / per_minute minutes on.
+    let k = ahead - free;
+    let rounds = i64::try_from(k / per_minute).unwrap_or(i64::MAX);
+    let (leaves, open) = inside.get(k % per_minute).copied().unwrap_or((now, false));
+    let wait = leaves
+        .saturating_add(minute)
+        .saturating_sub(now)
+        .saturating_add(minute.saturating_mul(rounds));
+    let wait = if open && rounds == 0 {
+        wait.min((minute / 10).max(1))
+    } else {
+        wait
+    };
+    (free, wait.max(1))
 }
 
 /// Settles the open stamp of `slot` in `stamps` at `returned` (or counts it at its return if the
@@ -206,6 +282,29 @@ pub(crate) enum Op {
     Rebuild { held: Vec<(String, i64)> },
 }
 
+/// Whether applying an [`Op`] changed the budget, and whether that change must be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Change {
+    /// Nothing changed.
+    None,
+    /// A change worth storing once but not worth waiting for: a waiting run's place in line (the
+    /// line only spreads out when runs come back; a place lost to a conflicting write costs a
+    /// bunched return, never a window).
+    Optional,
+    /// A change that must be stored before the answer holds (a grant, a settlement, a session).
+    Required,
+}
+
+impl From<bool> for Change {
+    fn from(changed: bool) -> Self {
+        if changed {
+            Change::Required
+        } else {
+            Change::None
+        }
+    }
+}
+
 /// What an [`Op`] answers.
 #[derive(Debug, Clone)]
 pub(crate) enum Answer {
@@ -224,7 +323,7 @@ impl Op {
         b: &mut TenantBudget,
         cfg: &BudgetConfig,
         now: i64,
-    ) -> (Answer, bool) {
+    ) -> (Answer, Change) {
         match self {
             // A grant applied twice (its write stored, then carried again by the next writer
             // after the first was cancelled) holds one stamp, not two.
@@ -234,31 +333,68 @@ impl Op {
                     .chain(&b.gets)
                     .any(|s| s.slot() == Some(*slot)) =>
             {
-                (Answer::Slot(None), false)
+                (Answer::Slot(None), Change::None)
             }
             Op::Submission { run, slot } => {
-                if let Some(wait) = window_wait(
-                    &b.submissions,
-                    cfg.submissions_per_minute,
-                    cfg.minute,
-                    cfg.call_limit,
-                    now,
-                ) {
-                    return (Answer::Slot(Some(wait)), false);
-                }
                 let holds = b.running.contains_key(run.as_str());
-                let full =
-                    b.sessions_unknown || b.running.len() as u64 >= cfg.running_sessions as u64;
-                if !holds && full {
-                    // A session frees when some run ends; look again in a while.
-                    return (Answer::Slot(Some(cfg.minute / 4)), false);
+                let place = b.waiting.iter().position(|w| w.run == *run);
+                // A run that holds a session (its earlier POST failed) is not in line: it frees a
+                // session when it is done, so nothing waiting may hold it up.
+                let ahead = if holds {
+                    0
+                } else {
+                    place.unwrap_or(b.waiting.len())
+                };
+                let (free, opening) = next_opening(&b.submissions, cfg, ahead, now);
+                let sessions_full = !holds
+                    && (b.sessions_unknown
+                        || b.running.len() as u64 >= cfg.running_sessions as u64);
+                // First come, first served whenever there is room: the line only spreads out
+                // when the waiting runs come back, so a run that is late (or never comes back)
+                // holds nobody up.
+                if free > 0 && !sessions_full {
+                    if let Some(i) = place {
+                        b.waiting.remove(i);
+                    }
+                    b.submissions.push(Stamp::Open {
+                        granted: now,
+                        slot: *slot,
+                    });
+                    b.running.entry(run.clone()).or_insert(now);
+                    return (Answer::Slot(None), Change::Required);
                 }
-                b.submissions.push(Stamp::Open {
-                    granted: now,
-                    slot: *slot,
-                });
-                b.running.entry(run.clone()).or_insert(now);
-                (Answer::Slot(None), true)
+                // Its slot opens after those ahead of it in line have theirs; a full session cap
+                // frees when some run ends: look again in a while.
+                let mut wait = if free > 0 { 1 } else { opening };
+                if sessions_full {
+                    wait = wait.max(ms(cfg.minute) / 4);
+                }
+                let wait = wait.clamp(1, MAX_DUE_MS);
+                let due = now.saturating_add(wait);
+                let change = match place {
+                    // Kept in place until a little after its time: moved only when that would
+                    // drop it (one write per slot it waits for, not one per look).
+                    Some(i) if b.waiting[i].due.saturating_add(grace(cfg) / 2) >= due => {
+                        Change::None
+                    }
+                    Some(i) => {
+                        b.waiting[i].due = due;
+                        Change::Optional
+                    }
+                    None if holds => Change::None,
+                    None if b.waiting.len() < MAX_WAITING => {
+                        b.waiting.push(Waiting {
+                            run: run.clone(),
+                            due,
+                        });
+                        Change::Optional
+                    }
+                    None => Change::None,
+                };
+                (
+                    Answer::Slot(Some(Duration::from_millis(wait as u64))),
+                    change,
+                )
             }
             Op::Get { slot } => {
                 let wait = [
@@ -275,13 +411,13 @@ impl Op {
                 .flatten()
                 .max();
                 if wait.is_some() {
-                    return (Answer::Slot(wait), false);
+                    return (Answer::Slot(wait), Change::None);
                 }
                 b.gets.push(Stamp::Open {
                     granted: now,
                     slot: *slot,
                 });
-                (Answer::Slot(None), true)
+                (Answer::Slot(None), Change::Required)
             }
             Op::Settle {
                 window,
@@ -293,22 +429,25 @@ impl Op {
                     Window::Gets => (&mut b.gets, ms(cfg.hour())),
                 };
                 let changed = settle_stamp(stamps, *slot, *returned, now, kept);
-                (Answer::Applied, changed)
+                (Answer::Applied, changed.into())
             }
-            Op::Release { run } => (Answer::Applied, b.running.remove(run.as_str()).is_some()),
+            Op::Release { run } => (
+                Answer::Applied,
+                b.running.remove(run.as_str()).is_some().into(),
+            ),
             Op::Sessions => (
                 Answer::Sessions(b.running.keys().cloned().collect(), !b.sessions_unknown),
-                false,
+                Change::None,
             ),
             Op::Rebuild { held } => {
                 if !b.sessions_unknown {
-                    return (Answer::Applied, false);
+                    return (Answer::Applied, Change::None);
                 }
                 for (run, since) in held {
                     b.running.entry(run.clone()).or_insert(*since);
                 }
                 b.sessions_unknown = false;
-                (Answer::Applied, true)
+                (Answer::Applied, Change::Required)
             }
         }
     }

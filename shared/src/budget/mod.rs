@@ -27,9 +27,9 @@ mod ledger;
 
 pub use crate::store::keys::BUDGET_KEY;
 pub use lane::Lane;
-use ledger::{Answer, Op, TenantBudget, Window};
+use ledger::{Answer, Change, Op, TenantBudget, Window};
 #[cfg(test)]
-use ledger::{Stamp, window_wait};
+use ledger::{Stamp, settle_stamp, window_wait};
 
 /// The tenant's Defender limits that the budget keeps every stage within, together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +201,7 @@ async fn with_budget<S, F, R>(
 ) -> Result<Updated<R>, StoreError>
 where
     S: ObjectStore,
-    F: FnMut(&mut TenantBudget, i64) -> (R, bool),
+    F: FnMut(&mut TenantBudget, i64) -> (R, Change),
 {
     let started = tokio::time::Instant::now();
     let mut backoff_ms: u64 = 10;
@@ -226,13 +226,20 @@ where
             None => (TenantBudget::new(), Put::IfAbsent),
         };
         budget.tidy(cfg, now);
-        let (answer, changed) = decide(&mut budget, now);
-        if !changed && !repaired {
+        let (answer, change) = decide(&mut budget, now);
+        if change == Change::None && !repaired {
             return Ok(Updated::Done(answer));
         }
         let body = serde_json::to_vec(&budget).map_err(|e| StoreError(e.to_string()))?;
         match store.put(&key, body, condition).await? {
-            PutResult::Written { .. } => return Ok(Updated::Done(answer)),
+            PutResult::Written { .. } => {
+                tracing::debug!(key = %key, elapsed_ms = started.elapsed().as_millis() as u64, "budget written");
+                return Ok(Updated::Done(answer));
+            }
+            // A change that need not be stored is not worth another round.
+            PutResult::Conflict if change < Change::Required && !repaired => {
+                return Ok(Updated::Done(answer));
+            }
             PutResult::Conflict => {
                 // Another invocation won the race: back off (full jitter) and read again.
                 if started.elapsed() >= CONTENTION_GIVES_UP_AFTER {
@@ -261,16 +268,16 @@ async fn update<S: ObjectStore>(
     cfg.lane
         .update(op, |ops| {
             with_budget(store, cfg, clock, move |b, now| {
-                let mut changed = false;
+                let mut change = Change::None;
                 let answers = ops
                     .iter()
                     .map(|op| {
                         let (answer, c) = op.apply(b, cfg, now);
-                        changed |= c;
+                        change = change.max(c);
                         answer
                     })
                     .collect::<Vec<_>>();
-                (answers, changed)
+                (answers, change)
             })
         })
         .await

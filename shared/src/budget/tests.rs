@@ -84,6 +84,10 @@ fn stamps_from_any_number_do_not_overflow() {
         running: [("r".to_string(), i64::MAX)].into(),
         gets: wild.to_vec(),
         sessions_unknown: false,
+        waiting: vec![ledger::Waiting {
+            run: "w".into(),
+            due: i64::MAX,
+        }],
     };
     let cfg = BudgetConfig {
         submissions_per_minute: 10,
@@ -397,4 +401,116 @@ fn a_tenant_budget_owns_its_own_runs_and_no_other_tenants() {
     assert_eq!(legacy.key(), crate::store::keys::BUDGET_KEY);
     assert_ne!(acme.key(), crate::store::keys::BUDGET_KEY);
     assert!(base.owns(&run(None)) && !base.owns(&run(Some("acme"))));
+}
+
+/// A burst waits in one line: each waiting run is told when its own slot opens, comes back then and
+/// gets it, in the order the runs first asked; the runs ask about once per slot (not every waiting
+/// run at every opening), and the window is never exceeded.
+#[test]
+fn a_tenant_burst_waits_in_line_and_asks_about_once_per_slot() {
+    let cfg = BudgetConfig {
+        submissions_per_minute: 10,
+        ..cfg_of(Duration::from_secs(60))
+    };
+    let mut b = TenantBudget::new();
+    let runs: Vec<String> = (0..60).map(|i| format!("run-{i:02}")).collect();
+    // Every run asks at t=0, then comes back exactly when told; each grant settles at once.
+    let mut next: Vec<(i64, usize)> = (0..runs.len()).map(|i| (0, i)).collect();
+    let (mut asks, mut granted) = (0, Vec::new());
+    let mut slot = 0;
+    while let Some(pos) = (0..next.len()).min_by_key(|&i| next[i]) {
+        let (now, i) = next.remove(pos);
+        b.tidy(&cfg, now);
+        asks += 1;
+        slot += 1;
+        let op = Op::Submission {
+            run: runs[i].clone(),
+            slot,
+        };
+        match op.apply(&mut b, &cfg, now).0 {
+            Answer::Slot(None) => {
+                settle_stamp(&mut b.submissions, slot, now, now, 60_000);
+                b.running.remove(&runs[i]);
+                granted.push((now, i));
+            }
+            Answer::Slot(Some(w)) => next.push((now + w.as_millis() as i64, i)),
+            other => panic!("{other:?}"),
+        }
+        assert!(asks < 1_000, "the burst does not drain");
+    }
+    let order: Vec<usize> = granted.iter().map(|(_, i)| *i).collect();
+    assert_eq!(
+        order,
+        (0..60).collect::<Vec<_>>(),
+        "granted in arrival order"
+    );
+    for (k, (t, _)) in granted.iter().enumerate() {
+        let in_minute = granted
+            .iter()
+            .filter(|(u, _)| *u > t - 60_000 && *u <= *t)
+            .count();
+        assert!(
+            in_minute <= 10,
+            "grant {k} at {t} ms: {in_minute} in its minute"
+        );
+    }
+    let last = granted.last().unwrap().0;
+    assert!(
+        last <= 5 * 60_000 + 1_000,
+        "60 runs at 10 a minute: the last at {last} ms"
+    );
+    assert!(
+        asks <= 2 * runs.len(),
+        "{asks} asks for {} runs",
+        runs.len()
+    );
+}
+
+/// The line only advises: a run told to wait that never comes back (its message lost, its run
+/// ended) holds nobody up, a run that comes back late still gets a free slot, a run that holds a
+/// session (its POST failed) is not put behind the line, and a stored line with absurd times is
+/// brought back to SQS's 15-minute delay.
+#[test]
+fn a_tenant_line_holds_nobody_up() {
+    let cfg = BudgetConfig {
+        submissions_per_minute: 1,
+        running_sessions: 2,
+        ..cfg_of(Duration::from_secs(60))
+    };
+    let mut b = TenantBudget::new();
+    let ask = |b: &mut TenantBudget, run: &str, slot, now| {
+        b.tidy(&cfg, now);
+        Op::Submission {
+            run: run.into(),
+            slot,
+        }
+        .apply(b, &cfg, now)
+        .0
+    };
+    assert!(matches!(ask(&mut b, "first", 1, 0), Answer::Slot(None)));
+    settle_stamp(&mut b.submissions, 1, 0, 0, 60_000);
+    let told = |a: Answer| match a {
+        Answer::Slot(Some(w)) => w.as_millis() as i64,
+        other => panic!("{other:?}"),
+    };
+    let lost = told(ask(&mut b, "lost", 2, 1_000));
+    let late = told(ask(&mut b, "late", 3, 2_000));
+    assert_eq!((lost, late), (59_000, 118_000), "told their own slots");
+    // "lost" never comes back; "late" comes at 61 s and takes the free slot.
+    assert!(matches!(ask(&mut b, "late", 4, 61_000), Answer::Slot(None)));
+    assert_eq!(b.waiting.len(), 1, "only lost is still in line");
+    settle_stamp(&mut b.submissions, 4, 61_000, 61_000, 60_000);
+    // "first" still holds a session (its POST failed): it is not put behind "lost".
+    let again = told(ask(&mut b, "first", 5, 62_000));
+    assert!(
+        again <= 60_000,
+        "a session holder waits only for the window: {again}"
+    );
+    assert!(b.waiting.iter().all(|w| w.run != "first"));
+    b.waiting.push(ledger::Waiting {
+        run: "forged".into(),
+        due: i64::MAX,
+    });
+    b.tidy(&cfg, 200_000);
+    assert!(b.waiting.iter().all(|w| w.due <= 200_000 + 15 * 60_000));
 }

@@ -152,3 +152,52 @@ async fn the_tls_only_policy_refuses_plain_http() {
         Some(403)
     );
 }
+
+/// The benchmarks' CAS proxy passes answers through unchanged: a HEAD keeps the object's length
+/// (one that said 0 bytes made every duplicate collector find a "different" object under its
+/// evidence key and fail the command), and two writes conditioned on the same ETag cannot both
+/// win, as in S3.
+#[tokio::test]
+async fn the_cas_proxy_keeps_head_lengths_and_lets_one_conditional_write_win() {
+    let proxy = testkit::cas_proxy::start(&testkit::aws::moto_endpoint()).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(
+            &testkit::aws::sdk_as(&proxy, "testing", "testing").await,
+        )
+        .force_path_style(true)
+        .build(),
+    );
+    let bucket = unique("lrt-proxy");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let put = s3
+        .put_object()
+        .bucket(&bucket)
+        .key("k")
+        .body(vec![7u8; 16407].into())
+        .send()
+        .await
+        .unwrap();
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(16407), "HEAD through the proxy");
+    let etag = put.e_tag().unwrap().to_string();
+    let write = |body: &'static [u8]| {
+        s3.put_object()
+            .bucket(&bucket)
+            .key("k")
+            .if_match(&etag)
+            .body(body.to_vec().into())
+            .send()
+    };
+    let (a, b) = tokio::join!(write(b"a"), write(b"b"));
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count(),
+        1,
+        "exactly one write conditioned on the same ETag wins"
+    );
+}

@@ -222,7 +222,15 @@ async fn event_source(
             }
             event.records.push(msg);
         }
+        let started = std::time::Instant::now();
+        let size = event.records.len();
         let response = handler(event).await;
+        tracing::debug!(
+            stage,
+            size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch handled"
+        );
         let failed: std::collections::HashSet<String> = response
             .batch_item_failures
             .iter()
