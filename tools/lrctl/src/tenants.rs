@@ -2,7 +2,9 @@
 //! before its first alert. For each tenant of the registry (read as the functions read it), in
 //! order: its secret is read, a token is asked for in its Entra tenant, the application permissions
 //! the token carries (its `roles` claim, as Entra issues it) are held against what the pipeline
-//! needs, and Defender is asked once for its machine actions and once for its library. Prints what
+//! needs, and Defender is asked once for its machine actions and once for its library; a tenant
+//! whose poll reads through an app of its own has that app checked too (its token, Machine.Read.All,
+//! the machine actions), its checks named `poll …`. Prints what
 //! works, what is missing and how to fix it (for a missing permission, the admin-consent link of
 //! the app in that tenant), or `--json`; exits 1 when anything is missing.
 //!
@@ -153,24 +155,68 @@ pub fn roles_of(token: &str) -> Vec<String> {
 }
 
 async fn check_one(ctx: &Ctx, t: &Tenant) -> Report {
+    let mut checks = check_app(ctx, t, &App::actions(t)).await;
+    // Poll reads through an app of its own when the tenant (or the registry) names one: it must
+    // be able to read machine actions, and needs nothing more.
+    if let Some(poll) = App::poll(t) {
+        checks.extend(check_app(ctx, t, &poll).await);
+    }
+    report(t, checks)
+}
+
+/// One of a tenant's applications, as a check names it.
+struct App<'a> {
+    /// Prefixed to each check's name (`poll `, or nothing for the app that starts live responses).
+    prefix: &'static str,
+    secret_id: &'a str,
+    needed: &'static [(&'static str, &'static str)],
+    /// Whether it keeps the library (only the app that starts live responses does).
+    library: bool,
+}
+
+/// What poll's read-only app needs.
+pub const POLL_NEEDED: [(&str, &str); 1] = [("Machine.Read.All", "read machine actions (poll)")];
+
+impl<'a> App<'a> {
+    fn actions(t: &'a Tenant) -> Self {
+        Self {
+            prefix: "",
+            secret_id: &t.credentials_secret_id,
+            needed: &NEEDED,
+            library: true,
+        }
+    }
+
+    fn poll(t: &'a Tenant) -> Option<Self> {
+        let id = t.poll_credentials_secret_id.as_deref()?;
+        (id != t.credentials_secret_id).then_some(Self {
+            prefix: "poll ",
+            secret_id: id,
+            needed: &POLL_NEEDED,
+            library: false,
+        })
+    }
+}
+
+async fn check_app(ctx: &Ctx, t: &Tenant, app: &App<'_>) -> Vec<Item> {
     let mut checks = Vec::new();
     let mut item = |check: &str, ok: bool, detail: String, fix: Option<String>| {
         checks.push(Item {
-            check: check.into(),
+            check: format!("{}{check}", app.prefix),
             ok,
             detail,
             fix: (!ok).then_some(fix).flatten(),
         })
     };
     let secrets = aws_sdk_secretsmanager::Client::new(&ctx.sdk);
-    let creds = SecretsManagerCredentials::new(secrets, &t.credentials_secret_id)
-        .in_tenant(&t.entra_tenant_id);
+    let creds =
+        SecretsManagerCredentials::new(secrets, app.secret_id).in_tenant(&t.entra_tenant_id);
     let client_id = match creds.fetch().await {
         Ok(c) => {
             item(
                 "credentials",
                 true,
-                format!("secret {} (app {})", t.credentials_secret_id, c.client_id),
+                format!("secret {} (app {})", app.secret_id, c.client_id),
                 None,
             );
             c.client_id
@@ -181,11 +227,11 @@ async fn check_one(ctx: &Ctx, t: &Tenant) -> Report {
                 false,
                 e.to_string(),
                 Some(format!(
-                    "create the secret {} ({{tenant_id, client_id, client_secret}}) and let the functions read it (TenantSecretsPrefix)",
-                    t.credentials_secret_id
+                    "create the secret {} ({{tenant_id, client_id, client_secret}}) and let the functions read it (TenantSecretsPrefix, or TenantPollSecretsPrefix for poll's)",
+                    app.secret_id
                 )),
             );
-            return report(t, checks);
+            return checks;
         }
     };
     let consent = format!(
@@ -196,7 +242,7 @@ async fn check_one(ctx: &Ctx, t: &Tenant) -> Report {
         Ok(h) => h,
         Err(e) => {
             item("token", false, e.to_string(), None);
-            return report(t, checks);
+            return checks;
         }
     };
     let auth = TokenProvider::new(creds, http.clone(), &t.cloud.login_base, &t.cloud.scope);
@@ -212,10 +258,10 @@ async fn check_one(ctx: &Ctx, t: &Tenant) -> Report {
         }
         Err(e) => {
             item("token", false, e.to_string(), Some(consent.clone()));
-            return report(t, checks);
+            return checks;
         }
     };
-    for (role, why) in NEEDED {
+    for (role, why) in app.needed {
         let ok = granted.iter().any(|g| g == role);
         let detail = if ok { "granted" } else { "not granted" };
         item(role, ok, format!("{detail}: {why}"), Some(consent.clone()));
@@ -243,11 +289,13 @@ async fn check_one(ctx: &Ctx, t: &Tenant) -> Report {
             Some(consent.clone()),
         ),
     }
-    match defender.list_library().await {
-        Ok(files) => item("library", true, format!("{} files", files.len()), None),
-        Err(e) => item("library", false, e.to_string(), Some(consent)),
+    if app.library {
+        match defender.list_library().await {
+            Ok(files) => item("library", true, format!("{} files", files.len()), None),
+            Err(e) => item("library", false, e.to_string(), Some(consent)),
+        }
     }
-    report(t, checks)
+    checks
 }
 
 fn report(t: &Tenant, checks: Vec<Item>) -> Report {

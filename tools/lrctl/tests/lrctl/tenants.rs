@@ -1,4 +1,5 @@
-//! `lrctl tenants check` against two simulated tenants, one whose consent lacks a permission, and
+//! `lrctl tenants check` against two simulated tenants, one whose consent lacks a permission (and
+//! whose poll app lacks Machine.Read.All), and
 //! `--tenant` keeping `runs` and `verify --all` to one tenant's prefix.
 
 use mde_sim::{Client, SimConfig};
@@ -28,27 +29,59 @@ async fn tenants_check_names_a_tenant_missing_a_permission_and_its_consent_link(
         "b2b2b2b2-0000-4000-8000-000000000002",
     );
     let (acme, acme_app) = tenant_sim(acme_entra, &mde_sim::PIPELINE_ROLES).await;
-    let (globex, globex_app) =
-        tenant_sim(globex_entra, &["Machine.LiveResponse", "Machine.Read.All"]).await;
+    let globex_app = Client {
+        tenant_id: globex_entra.into(),
+        client_id: format!("app-{globex_entra}"),
+        roles: vec!["Machine.LiveResponse".into(), "Machine.Read.All".into()],
+        ..Client::default()
+    };
+    // Globex's poll reads through an app of its own, consented without Machine.Read.All.
+    let globex_poll = Client {
+        tenant_id: globex_entra.into(),
+        client_id: format!("poll-{globex_entra}"),
+        client_secret: "poll-secret".into(),
+        roles: vec!["Machine.LiveResponse".into()],
+        ..Client::default()
+    };
+    let globex = testkit::sim::start_sim(SimConfig {
+        clients: vec![globex_app.clone(), globex_poll.clone()],
+        ..SimConfig::default()
+    })
+    .await;
     let sdk = testkit::aws::aws().await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let secret = |app: &Client, key: &str| {
+        let sm = sm.clone();
+        let (name, body) = (
+            testkit::aws::unique(&format!("lr-tenants/{key}")),
+            serde_json::json!({"tenant_id": "home", "client_id": app.client_id, "client_secret": app.client_secret})
+                .to_string(),
+        );
+        async move {
+            sm.create_secret()
+                .name(&name)
+                .secret_string(body)
+                .send()
+                .await
+                .expect("a tenant's secret");
+            name
+        }
+    };
+    let poll_secret = secret(&globex_poll, "globex-poll").await;
     let mut entries = String::new();
-    for (key, entra, sim, app) in [
-        ("acme", acme_entra, &acme, &acme_app),
-        ("globex", globex_entra, &globex, &globex_app),
+    for (key, entra, sim, app, poll) in [
+        ("acme", acme_entra, &acme, &acme_app, String::new()),
+        (
+            "globex",
+            globex_entra,
+            &globex,
+            &globex_app,
+            format!("poll_credentials_secret = \"{poll_secret}\"\n"),
+        ),
     ] {
-        let name = testkit::aws::unique(&format!("lr-tenants/{key}"));
-        sm.create_secret()
-            .name(&name)
-            .secret_string(
-                serde_json::json!({"tenant_id": "home", "client_id": app.client_id, "client_secret": app.client_secret})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .expect("a tenant's secret");
+        let name = secret(app, key).await;
         entries.push_str(&format!(
-            "[[tenants]]\nkey = \"{key}\"\nentra_tenant_id = \"{entra}\"\napi_base = \"{}\"\nlogin_base = \"{}\"\ncredentials_secret = \"{name}\"\nsenders = [{{ principal = \"AIDAIT2UOQQY3AUEKVGXU\" }}]\n\n",
+            "[[tenants]]\nkey = \"{key}\"\nentra_tenant_id = \"{entra}\"\napi_base = \"{}\"\nlogin_base = \"{}\"\ncredentials_secret = \"{name}\"\n{poll}senders = [{{ principal = \"AIDAIT2UOQQY3AUEKVGXU\" }}]\n\n",
             sim.api_base, sim.login_base
         ));
     }
@@ -89,7 +122,21 @@ async fn tenants_check_names_a_tenant_missing_a_permission_and_its_consent_link(
         .iter()
         .map(|c| c["check"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["Library.Manage", "library"], "{g}");
+    assert_eq!(
+        names,
+        vec![
+            "Library.Manage",
+            "library",
+            "poll Machine.Read.All",
+            "poll machine actions"
+        ],
+        "{g}"
+    );
+    let poll_fix = failed[2]["fix"].as_str().unwrap();
+    assert!(
+        poll_fix.contains(&format!("adminconsent?client_id={}", globex_poll.client_id)),
+        "the poll app's own consent link: {poll_fix}"
+    );
     let fix = failed[0]["fix"].as_str().unwrap();
     assert!(
         fix.contains(&format!(
