@@ -19,6 +19,8 @@
 //! - [`tenants`]: the Defender tenants one deployment serves (the tenant registry, checked at
 //!   start).
 //! - [`budget`]: the tenant's Defender call budget, shared through one S3 object.
+//! - [`large`]: files over Defender's 3 GB GetFile limit: the device's part map and how its parts
+//!   lie in one S3 upload.
 //! - [`defender`]: the Defender API client: cloud presets, tokens, typed entities and errors, the
 //!   library.
 //! - [`ports`]: the traits the stages work through; [`adapters`]: S3, SQS, Secrets Manager, the
@@ -41,6 +43,7 @@ pub mod defender;
 pub mod entry;
 pub mod hash;
 pub mod ids;
+pub mod large;
 pub mod library;
 pub mod logging;
 pub mod messages;

@@ -8,8 +8,17 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 use crate::clock::format_ts;
-use crate::config::{Device, SimConfig};
+use crate::config::{Device, SimConfig, unversioned};
 use crate::content::FileContent;
+use crate::large::{self, Folders};
+
+/// The device's side of a session beyond its configuration: the working folders large-file splits
+/// leave on it, and the large-file faults in force.
+pub struct OnDevice<'a> {
+    pub folders: &'a mut Folders,
+    pub corrupt_part: Option<u64>,
+    pub cleanup_fails: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandType {
@@ -173,6 +182,7 @@ impl Action {
         config: &SimConfig,
         sim_start: OffsetDateTime,
         library: &dyn Fn(&str) -> Option<String>,
+        on_device: &mut OnDevice<'_>,
     ) -> Self {
         let Submission {
             id,
@@ -213,7 +223,7 @@ impl Action {
                 });
                 continue;
             };
-            let (secs, timeout, outcome) = run_command(&spec, device, config, library);
+            let (secs, timeout, outcome) = run_command(&spec, device, config, library, on_device);
             let (end, error, result) = match outcome {
                 Err(reason) => (
                     start + Duration::seconds(secs.min(1) as i64),
@@ -446,12 +456,32 @@ fn run_command(
     device: &Device,
     config: &SimConfig,
     library: &dyn Fn(&str) -> Option<String>,
+    on_device: &mut OnDevice<'_>,
 ) -> (u64, u64, Outcome) {
     let s = &config.sim;
     match spec.kind {
         CommandType::GetFile => {
             let path = spec.param("Path").unwrap_or_default();
+            if let Some(part) =
+                on_device
+                    .folders
+                    .part(&device.machine_id, path, on_device.corrupt_part)
+            {
+                return (
+                    device.command_secs,
+                    s.get_file_timeout_secs,
+                    Ok(Some(ResultBody::File(part))),
+                );
+            }
             match device.file(path) {
+                Some(f) if f.size > s.get_file_limit_bytes => (
+                    device.command_secs.min(1),
+                    s.get_file_timeout_secs,
+                    Err(format!(
+                        "File {path} is {} bytes, over the {} bytes GetFile can fetch",
+                        f.size, s.get_file_limit_bytes
+                    )),
+                ),
                 Some(f) => (
                     f.secs.unwrap_or(device.command_secs),
                     s.get_file_timeout_secs,
@@ -480,8 +510,29 @@ fn run_command(
                 );
             };
             let script = config.script(name);
-            let (script_name, exit_code, output, errors, secs) = match script {
-                Some(sc) => (
+            let base = unversioned(name).unwrap_or_else(|| name.to_string());
+            let device_side = if script.is_some() {
+                None
+            } else if base.eq_ignore_ascii_case(large::SPLIT_SCRIPT) {
+                Some(large::split(
+                    on_device.folders,
+                    device,
+                    args,
+                    s.get_file_limit_bytes,
+                ))
+            } else if base.eq_ignore_ascii_case(large::CLEANUP_SCRIPT) {
+                Some(large::cleanup(
+                    on_device.folders,
+                    device,
+                    args,
+                    on_device.cleanup_fails,
+                ))
+            } else {
+                None
+            };
+            let (script_name, exit_code, output, errors, secs) = match (script, device_side) {
+                (_, Some((code, out, err))) => (name, code, out, err, device.command_secs),
+                (Some(sc), None) => (
                     sc.name.as_str(),
                     sc.exit_code,
                     fill(
@@ -492,14 +543,14 @@ fn run_command(
                             ("sha256", &sha256),
                         ],
                     ),
-                    sc.errors.as_str(),
+                    sc.errors.clone(),
                     sc.secs.unwrap_or(device.command_secs),
                 ),
-                None => (
+                (None, None) => (
                     name,
                     0,
                     format!("{name} sha256={sha256} args={args}"),
-                    "",
+                    String::new(),
                     device.command_secs,
                 ),
             };
@@ -566,7 +617,13 @@ mod tests {
                 ("Args".into(), "-Quick".into()),
             ],
         };
-        run_command(&spec, &device, &config, library).2
+        let mut folders = Folders::default();
+        let mut on_device = OnDevice {
+            folders: &mut folders,
+            corrupt_part: None,
+            cleanup_fails: false,
+        };
+        run_command(&spec, &device, &config, library, &mut on_device).2
     }
 
     fn output(outcome: Outcome) -> Value {

@@ -144,7 +144,7 @@ impl SimConfig {
 }
 
 /// `stem-<12 hex>.ext` → `stem.ext` (and `name-<12 hex>` → `name`); `None` for other names.
-fn unversioned(name: &str) -> Option<String> {
+pub(crate) fn unversioned(name: &str) -> Option<String> {
     let (head, ext) = match name.rsplit_once('.') {
         Some((h, e)) if h.contains('-') => (h, Some(e)),
         _ => (name, None),
@@ -186,6 +186,8 @@ pub struct SimSettings {
     pub transcript_error_field: String,
     /// Largest library upload accepted through the API.
     pub library_max_bytes: u64,
+    /// Largest file a GetFile fetches (Defender's limit: 3 GB); larger ones fail.
+    pub get_file_limit_bytes: u64,
 }
 
 impl Default for SimSettings {
@@ -202,6 +204,7 @@ impl Default for SimSettings {
             put_file_timeout_secs: 10 * 60,
             transcript_error_field: "script_errors".into(),
             library_max_bytes: 20 * 1024 * 1024,
+            get_file_limit_bytes: 3_000_000_000,
         }
     }
 }
@@ -246,6 +249,11 @@ pub struct Faults {
     /// Chance that a new link stops working after `link_early_expiry_secs` although its `se` says later.
     pub link_early_expiry_probability: f64,
     pub link_early_expiry_secs: u64,
+    /// The part (1-based) of every large-file split whose GetFile serves other bytes than the
+    /// part map's hash says (a part altered on the device or on its way).
+    pub large_file_corrupt_part: Option<u64>,
+    /// The large-file cleanup script cannot remove its working folder (exit code 4).
+    pub large_file_cleanup_fails: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

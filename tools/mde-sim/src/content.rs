@@ -42,11 +42,13 @@ pub fn file_seed(machine_id: &str, path: &str, size: u64) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// A simulated file: `size` bytes that follow from `seed`.
+/// A simulated file: `size` bytes that follow from `seed`, from byte `start` of its stream on (a
+/// part of a split file is its file's stream read from the part's offset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileContent {
     pub seed: u64,
     pub size: u64,
+    pub start: u64,
 }
 
 impl FileContent {
@@ -54,13 +56,31 @@ impl FileContent {
         Self {
             seed: file_seed(machine_id, path, size),
             size,
+            start: 0,
+        }
+    }
+
+    /// `size` bytes of this file from `offset` on.
+    pub fn slice(&self, offset: u64, size: u64) -> Self {
+        Self {
+            seed: self.seed,
+            size,
+            start: self.start + offset,
+        }
+    }
+
+    /// The same length of other bytes (a corrupted copy).
+    pub fn altered(&self) -> Self {
+        Self {
+            seed: self.seed ^ 0x00c0_ffee_0bad_f00d,
+            ..*self
         }
     }
 
     /// Fills `buf` with the file's bytes from `offset` on (the caller keeps within the size).
     pub fn fill(&self, offset: u64, buf: &mut [u8]) {
         let mut pos = 0usize;
-        let mut off = offset;
+        let mut off = self.start + offset;
         // Leading partial word.
         let lead = (off % 8) as usize;
         if lead != 0 && !buf.is_empty() {

@@ -14,6 +14,7 @@ pub mod action;
 pub mod clock;
 pub mod config;
 pub mod content;
+pub mod large;
 pub mod limits;
 mod server;
 

@@ -20,7 +20,9 @@ use super::filter::{matches, parse_filter};
 use super::reply::{bad_request, json_body, json_response, not_found, query_of};
 use super::sim::Sim;
 use super::state::State;
-use crate::action::{Action, Cancellation, CommandStatus, CommandType, Status, Submission};
+use crate::action::{
+    Action, Cancellation, CommandStatus, CommandType, OnDevice, Status, Submission,
+};
 
 fn action_not_found(id: &str) -> Response {
     not_found(&format!("Machine action {id} was not found"))
@@ -69,10 +71,17 @@ pub(super) async fn submit(
     }
     let requestor = sim.requestor(client);
     // The library as it is now: a later upload or delete does not change this session.
+    let state = &mut *st;
     let library = |n: &str| {
-        st.library
+        state
+            .library
             .get(&n.to_ascii_lowercase())
             .map(|(_, f)| f.sha256.clone())
+    };
+    let mut on_device = OnDevice {
+        folders: &mut state.folders,
+        corrupt_part: state.faults.large_file_corrupt_part,
+        cleanup_fails: state.faults.large_file_cleanup_fails,
     };
     let action = Action::plan(
         Submission {
@@ -86,6 +95,7 @@ pub(super) async fn submit(
         &sim.config,
         sim.clock.start(),
         &library,
+        &mut on_device,
     );
     let body = action.to_json(now, &sim.api_base);
     let slot = st.actions.len();

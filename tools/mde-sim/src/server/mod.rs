@@ -172,6 +172,11 @@ impl SimServer {
         self.sim.reset();
     }
 
+    /// The large-file working folders left on a device (split and not cleaned up).
+    pub fn working_folders(&self, machine_id: &str) -> Vec<String> {
+        self.sim.lock().folders.on(machine_id)
+    }
+
     /// Every access token issued so far.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.sim.lock().issued.clone()

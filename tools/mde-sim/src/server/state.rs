@@ -62,6 +62,8 @@ pub(super) struct State {
     pub(super) budget_windows: HashMap<&'static str, (SlidingWindow, SlidingWindow)>,
     pub(super) library: Library,
     pub(super) crc_cache: HashMap<FileContent, u32>,
+    /// The working folders large-file splits left on the devices.
+    pub(super) folders: crate::large::Folders,
     pub(super) rng: SeededRng,
     pub(super) faults: Faults,
     pub(super) stats: Stats,
@@ -82,6 +84,7 @@ impl State {
             budget_windows: HashMap::new(),
             library: seeded_library(config, now),
             crc_cache: HashMap::new(),
+            folders: Default::default(),
             rng: SeededRng::new(config.faults.seed),
             faults: config.faults.clone(),
             stats: Stats::default(),
