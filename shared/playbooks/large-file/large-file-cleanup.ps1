@@ -8,8 +8,9 @@
   library by the pipeline, verified by SHA-256. The pipeline runs it after a GetLargeFile
   command's parts were fetched, and also when the run ends early (a part failed, the deadline
   passed, the run was cancelled), so the parts never stay on the device. It removes only a folder
-  named as the split script names them, directly under the Windows temporary folder; a folder
-  that does not exist counts as removed (a cleanup may run twice).
+  named as the split script names them, directly under the Windows temporary folder, and in it
+  only the split's parts (part-00001 ...), one by one: a link, a junction or any other file is left
+  and listed. A folder that does not exist counts as removed (a cleanup may run twice).
 
   Works in constrained language mode (it uses cmdlets only).
 
@@ -26,21 +27,41 @@ param(
 
 $ErrorActionPreference = 'Stop'
 
+function Stop-Cleanup([int]$Code, [string]$Message) {
+    Write-Error -Message $Message -ErrorAction Continue
+    exit $Code
+}
+
 $temp = (Join-Path $env:SystemRoot 'Temp').TrimEnd('\')
 $leaf = Split-Path -Path $Folder -Leaf
 $parent = (Split-Path -Path $Folder -Parent).TrimEnd('\')
-if ($parent -ne $temp -or $leaf -notmatch '^lr-large-[0-9a-f]{32}-[0-9]{1,3}$') {
-    Write-Error "Folder must be $temp\lr-large-<32 hex>-<index>, got $Folder"
-    exit 6
+if ($parent -ne $temp -or $leaf -cnotmatch '\Alr-large-[0-9a-f]{32}-[0-9]{1,3}\z') {
+    Stop-Cleanup 6 "Folder must be $temp\lr-large-<32 hex>-<index>, got $Folder"
 }
 
+# Only the split's parts are removed, one by one, never recursively: Windows PowerShell's
+# Remove-Item -Recurse follows junctions into their targets. A link, a junction or anything the
+# split did not write is left where it is and named.
 $remaining = @()
 if (Test-Path -LiteralPath $Folder) {
-    Remove-Item -LiteralPath $Folder -Recurse -Force -ErrorAction SilentlyContinue
-    if (Test-Path -LiteralPath $Folder) {
-        $remaining = @(Get-ChildItem -LiteralPath $Folder -Force -Recurse -ErrorAction SilentlyContinue |
-            ForEach-Object { $_.FullName })
-        if ($remaining.Count -eq 0) { $remaining = @($Folder) }
+    $folderItem = Get-Item -LiteralPath $Folder -Force
+    if ($folderItem.Attributes -band [System.IO.FileAttributes]::ReparsePoint) {
+        $remaining = @($Folder)
+    } else {
+        foreach ($child in @(Get-ChildItem -LiteralPath $Folder -Force)) {
+            $isPart = $child.Name -cmatch '\Apart-[0-9]{5}\z' -and -not $child.PSIsContainer -and
+                -not ($child.Attributes -band [System.IO.FileAttributes]::ReparsePoint)
+            if ($isPart) {
+                Remove-Item -LiteralPath $child.FullName -Force -ErrorAction SilentlyContinue
+            }
+            if (Test-Path -LiteralPath $child.FullName) {
+                $remaining += $child.FullName
+            }
+        }
+        if ($remaining.Count -eq 0) {
+            Remove-Item -LiteralPath $Folder -Force -ErrorAction SilentlyContinue
+            if (Test-Path -LiteralPath $Folder) { $remaining = @($Folder) }
+        }
     }
 }
 $result = [ordered]@{

@@ -10,9 +10,10 @@
   object and checks every part and the whole file against the hashes printed here. It then runs
   large-file-cleanup.ps1, which removes the working folder.
 
-  The file is read once, opened for reading while others may still write it (a live event log):
-  the hashes are of the bytes copied into the parts, so the part map and the parts always agree,
-  even if the file changed while it was read. Nothing is written outside the working folder.
+  The file is read once, opened for reading while others may still write it (a live event log),
+  up to the length it had when the split began: the hashes are of the bytes copied into the parts,
+  so the part map and the parts always agree, even if the file changed while it was read. Nothing
+  is written outside the working folder, which only SYSTEM and the Administrators may change.
 
   Needs FullLanguage mode (it streams the file through .NET): under constrained language mode it
   stops with exit code 3 and says so, before touching anything.
@@ -43,38 +44,42 @@ param(
 
 $ErrorActionPreference = 'Stop'
 
-if ($ExecutionContext.SessionState.LanguageMode -ne 'FullLanguage') {
-    Write-Error "large-file-split.ps1 needs FullLanguage mode (this session runs in $($ExecutionContext.SessionState.LanguageMode) mode): the file cannot be split here; fetch it by other means"
-    exit 3
+# Says why and ends with its own exit code (Write-Error alone would stop the script with code 1).
+function Stop-Split([int]$Code, [string]$Message) {
+    Write-Error -Message $Message -ErrorAction Continue
+    exit $Code
 }
 
-if ($PathBase64Url -notmatch '^[A-Za-z0-9_-]+={0,2}$') {
-    Write-Error "PathBase64Url must be base64url (letters, digits, - and _), got $PathBase64Url"
-    exit 6
+if ($ExecutionContext.SessionState.LanguageMode -ne 'FullLanguage') {
+    Stop-Split 3 "large-file-split.ps1 needs FullLanguage mode (this session runs in $($ExecutionContext.SessionState.LanguageMode) mode): the file cannot be split here; fetch it by other means"
+}
+
+if ($PathBase64Url -cnotmatch '\A[A-Za-z0-9_-]+={0,2}\z') {
+    Stop-Split 6 "PathBase64Url must be base64url (letters, digits, - and _), got $PathBase64Url"
 }
 $b64 = $PathBase64Url.TrimEnd('=').Replace('-', '+').Replace('_', '/')
 $b64 = $b64 + ('=' * ((4 - $b64.Length % 4) % 4))
-$Path = [System.Text.Encoding]::UTF8.GetString([System.Convert]::FromBase64String($b64))
+try {
+    $Path = [System.Text.Encoding]::UTF8.GetString([System.Convert]::FromBase64String($b64))
+} catch {
+    Stop-Split 6 "PathBase64Url does not decode: $PathBase64Url"
+}
 
 $maxPart = 3000000000
 if ($PartBytes -lt 1048576 -or $PartBytes -gt $maxPart) {
-    Write-Error "PartBytes must be between 1048576 and $maxPart, got $PartBytes"
-    exit 6
+    Stop-Split 6 "PartBytes must be between 1048576 and $maxPart, got $PartBytes"
 }
-$temp = [System.IO.Path]::GetFullPath((Join-Path $env:SystemRoot 'Temp'))
+$temp = [System.IO.Path]::GetFullPath((Join-Path $env:SystemRoot 'Temp')).TrimEnd('\')
 $full = [System.IO.Path]::GetFullPath($Folder)
 $leaf = [System.IO.Path]::GetFileName($full)
-if ((Split-Path -LiteralPath $full -Parent) -ne $temp -or $leaf -notmatch '^lr-large-[0-9a-f]{32}-[0-9]{1,3}$') {
-    Write-Error "Folder must be $temp\lr-large-<32 hex>-<index>, got $Folder"
-    exit 6
+if ([System.IO.Path]::GetDirectoryName($full) -ne $temp -or $leaf -cnotmatch '\Alr-large-[0-9a-f]{32}-[0-9]{1,3}\z') {
+    Stop-Split 6 "Folder must be $temp\lr-large-<32 hex>-<index>, got $Folder"
 }
 if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) {
-    Write-Error "no such file: $Path"
-    exit 2
+    Stop-Split 2 "no such file: $Path"
 }
 if (Test-Path -LiteralPath $full) {
-    Write-Error "the working folder $full already exists; it is never overwritten"
-    exit 5
+    Stop-Split 5 "the working folder $full already exists; it is never overwritten"
 }
 
 $item = Get-Item -LiteralPath $Path -Force
@@ -83,29 +88,43 @@ $drive = [System.IO.DriveInfo]::new([System.IO.Path]::GetPathRoot($full))
 # The parts take the file's size again; keep 1 GiB free beside them for the system.
 $needed = $size + 1073741824
 if ($drive.AvailableFreeSpace -lt $needed) {
-    Write-Error "not enough free space on $($drive.Name) for the parts: $($drive.AvailableFreeSpace) bytes free, $needed needed"
-    exit 4
+    Stop-Split 4 "not enough free space on $($drive.Name) for the parts: $($drive.AvailableFreeSpace) bytes free, $needed needed"
 }
 
-[void](New-Item -ItemType Directory -Path $full)
+# The folder is SYSTEM's and the Administrators' only (C:\Windows\Temp lets every user add to
+# what it holds): nobody else can put a part, a link or a junction in it.
+$acl = New-Object System.Security.AccessControl.DirectorySecurity
+$acl.SetAccessRuleProtection($true, $false)
+foreach ($sid in @('S-1-5-18', 'S-1-5-32-544')) {
+    $who = New-Object System.Security.Principal.SecurityIdentifier($sid)
+    $acl.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule($who, 'FullControl', 'ContainerInherit, ObjectInherit', 'None', 'Allow')))
+}
+[void][System.IO.Directory]::CreateDirectory($full, $acl)
+if ((Get-Item -LiteralPath $full -Force).Attributes -band [System.IO.FileAttributes]::ReparsePoint) {
+    Stop-Split 5 "the working folder $full is a link or junction; nothing was written"
+}
 $share = [System.IO.FileShare]::ReadWrite -bor [System.IO.FileShare]::Delete
 $source = [System.IO.FileStream]::new($item.FullName, [System.IO.FileMode]::Open, [System.IO.FileAccess]::Read, $share, 4194304)
-$whole = [System.Security.Cryptography.SHA256]::Create()
+# The native (CNG) implementations: the managed SHA256 of .NET Framework is several times slower.
+$whole = New-Object System.Security.Cryptography.SHA256CryptoServiceProvider
 $buffer = New-Object byte[] 4194304
 $parts = New-Object System.Collections.Generic.List[object]
 $offset = [long]0
 try {
     $index = 0
-    while ($true) {
+    # The file as long as it was at the start: a file still being written does not run the split
+    # past its time or its disk.
+    while ($offset -lt $size -or $index -eq 0) {
         $index += 1
         $name = 'part-{0:D5}' -f $index
-        $partHash = [System.Security.Cryptography.SHA256]::Create()
+        $partHash = New-Object System.Security.Cryptography.SHA256CryptoServiceProvider
         $target = [System.IO.FileStream]::new((Join-Path $full $name), [System.IO.FileMode]::CreateNew, [System.IO.FileAccess]::Write, [System.IO.FileShare]::Read, 4194304)
         $written = [long]0
         try {
-            while ($written -lt $PartBytes) {
-                $want = [int][Math]::Min([long]$buffer.Length, $PartBytes - $written)
-                $read = $source.Read($buffer, 0, $want)
+            $want = [Math]::Min($PartBytes, $size - $offset)
+            while ($written -lt $want) {
+                $chunk = [int][Math]::Min([long]$buffer.Length, $want - $written)
+                $read = $source.Read($buffer, 0, $chunk)
                 if ($read -le 0) { break }
                 $target.Write($buffer, 0, $read)
                 [void]$whole.TransformBlock($buffer, 0, $read, $null, 0)
@@ -116,11 +135,6 @@ try {
             $target.Dispose()
         }
         [void]$partHash.TransformFinalBlock($buffer, 0, 0)
-        if ($written -eq 0 -and $index -gt 1) {
-            # The file ended exactly at the last part's end: no empty part.
-            Remove-Item -LiteralPath (Join-Path $full $name) -Force
-            break
-        }
         $parts.Add([ordered]@{
                 name   = $name
                 offset = $offset
@@ -128,7 +142,8 @@ try {
                 sha256 = [System.BitConverter]::ToString($partHash.Hash).Replace('-', '').ToLowerInvariant()
             })
         $offset += $written
-        if ($written -lt $PartBytes) { break }
+        # The file shrank while it was read: what was read is what the map says.
+        if ($written -lt $want) { break }
     }
     [void]$whole.TransformFinalBlock($buffer, 0, 0)
 } finally {
@@ -136,12 +151,12 @@ try {
 }
 
 [ordered]@{
-    v          = 1
-    path       = $item.FullName
-    bytes      = $offset
+    v             = 1
+    path          = $item.FullName
+    bytes         = $offset
     size_at_start = $size
-    sha256     = [System.BitConverter]::ToString($whole.Hash).Replace('-', '').ToLowerInvariant()
-    part_bytes = $PartBytes
-    folder     = $full
-    parts      = $parts.ToArray()
+    sha256        = [System.BitConverter]::ToString($whole.Hash).Replace('-', '').ToLowerInvariant()
+    part_bytes    = $PartBytes
+    folder        = $full
+    parts         = $parts.ToArray()
 } | ConvertTo-Json -Depth 4 -Compress

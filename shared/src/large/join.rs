@@ -3,7 +3,8 @@
 //! hashed on its own (to be checked against the device's part hash) and into the whole file's
 //! hash, whose state is carried from part to part (and saved between invocations).
 //!
-//! Memory stays flat: at most one S3 part and what one downloaded chunk inflates to are held.
+//! Memory stays flat: one S3 part (at most [`MAX_S3_PART`](super::layout::MAX_S3_PART)) and what
+//! one write into the decompressor inflates to are held, however the package compresses.
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -77,6 +78,30 @@ pub async fn join_part<S: Uploads>(
     upload_id: &str,
     layout: &Layout,
     index: u64,
+    package: ByteStream,
+    whole: &mut ResumableSha256,
+) -> Result<PartJoined, JoinError> {
+    if index >= layout.device_parts() {
+        return Err(JoinError::Package(format!(
+            "part {} of a file of {} parts",
+            index + 1,
+            layout.device_parts()
+        )));
+    }
+    // The whole file's hash moves on only when the part is joined: after an error the caller
+    // still holds the state at the part's start.
+    let mut state = whole.clone();
+    let joined = join_into(store, key, upload_id, layout, index, package, &mut state).await?;
+    *whole = state;
+    Ok(joined)
+}
+
+async fn join_into<S: Uploads>(
+    store: &S,
+    key: &str,
+    upload_id: &str,
+    layout: &Layout,
+    index: u64,
     mut package: ByteStream,
     whole: &mut ResumableSha256,
 ) -> Result<PartJoined, JoinError> {
@@ -94,14 +119,23 @@ pub async fn join_part<S: Uploads>(
     let wrong = |why: String| JoinError::Package(format!("part {}: {why}", index + 1));
     while let Some(chunk) = package.next().await {
         let chunk = chunk.map_err(JoinError::Download)?;
-        decoder
-            .write_all(&chunk)
-            .map_err(|e| wrong(format!("the package does not inflate: {e}")))?;
-        while decoder.get_ref().buffer.len() >= s3_part {
-            let rest = decoder.get_mut().buffer.split_off(s3_part);
-            let body = std::mem::replace(&mut decoder.get_mut().buffer, rest);
-            parts.push((next, upload(store, key, upload_id, next, body).await?));
-            next += 1;
+        // A little input at a time, the S3 parts cut in between: a chunk of zeros inflates a
+        // thousand times, and what it inflates to is never held whole.
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let n = decoder
+                .write(&chunk[pos..])
+                .map_err(|e| wrong(format!("the package does not inflate: {e}")))?;
+            if n == 0 {
+                return Err(wrong("the package has bytes after its end".into()));
+            }
+            pos += n;
+            while decoder.get_ref().buffer.len() >= s3_part {
+                let rest = decoder.get_mut().buffer.split_off(s3_part);
+                let body = std::mem::replace(&mut decoder.get_mut().buffer, rest);
+                parts.push((next, upload(store, key, upload_id, next, body).await?));
+                next += 1;
+            }
         }
     }
     let sink = decoder
@@ -231,6 +265,7 @@ mod tests {
             joined.sha256,
             hex::encode(Sha256::digest(&data[..8 * MIB as usize]))
         );
+        let before = whole.clone();
         let short = join_part(
             &store,
             key,
@@ -245,6 +280,12 @@ mod tests {
             matches!(short, Err(JoinError::Package(ref m)) if m.contains("part 2")),
             "{short:?}"
         );
+        assert_eq!(
+            whole, before,
+            "a part not joined leaves the whole file's hash where it was"
+        );
+        let past = join_part(&store, key, &upload, &layout, 2, gzip(&[]), &mut whole).await;
+        assert!(matches!(past, Err(JoinError::Package(_))), "{past:?}");
         let long = join_part(&store, key, &upload, &layout, 1, gzip(&data), &mut whole).await;
         assert!(matches!(long, Err(JoinError::Package(_))), "{long:?}");
         let raw: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(

@@ -19,6 +19,8 @@ pub const S3_MAX_PARTS: u64 = 10_000;
 pub const S3_MIN_PART: u64 = 8 * MIB;
 /// S3's largest object: 5 TiB as documented for multipart uploads.
 pub const S3_MAX_OBJECT: u64 = 5 * (1 << 40);
+/// The largest S3 part the join holds in memory: with 10,000 parts, files up to 1.22 TiB.
+pub const MAX_S3_PART: u64 = 128 * MIB;
 const MIB: u64 = 1 << 20;
 
 /// A large file's place in one multipart upload.
@@ -35,21 +37,26 @@ pub struct Layout {
 /// Why a file cannot be laid out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
-    /// The device part size is not a whole number of MiB, under the S3 floor, or over Defender's
-    /// GetFile limit: a setting to correct.
+    /// The device part size is not a multiple of 8 MiB between 8 MiB and Defender's GetFile
+    /// limit: a setting to correct.
     #[error(
-        "the large-file part size {0} is not a whole number of MiB between 8 MiB and 3 GB (Defender's GetFile limit)"
+        "the large-file part size {0} is not a multiple of 8 MiB between 8 MiB and 3 GB (Defender's GetFile limit)"
     )]
     PartSize(u64),
-    /// Larger than one S3 object may be.
-    #[error("{0} bytes is larger than one S3 object may be ({S3_MAX_OBJECT} bytes)")]
+    /// Larger than one upload of 10,000 parts of at most [`MAX_S3_PART`] that divide the part size
+    /// may be: the file cannot be joined into one object.
+    #[error(
+        "{0} bytes is more than 10,000 S3 parts of at most 128 MiB dividing the part size can hold"
+    )]
     TooLarge(u64),
 }
 
-/// Checks a configured device part size: whole MiB, at least [`S3_MIN_PART`], within Defender's
-/// GetFile limit.
+/// Checks a configured device part size: a multiple of [`S3_MIN_PART`] (so an S3 part size always
+/// divides it), within Defender's GetFile limit.
 pub fn check_part_limit(device_part: u64) -> Result<(), LayoutError> {
-    if !device_part.is_multiple_of(MIB) || !(S3_MIN_PART..=GETFILE_LIMIT).contains(&device_part) {
+    if !device_part.is_multiple_of(S3_MIN_PART)
+        || !(S3_MIN_PART..=GETFILE_LIMIT).contains(&device_part)
+    {
         return Err(LayoutError::PartSize(device_part));
     }
     Ok(())
@@ -57,8 +64,8 @@ pub fn check_part_limit(device_part: u64) -> Result<(), LayoutError> {
 
 impl Layout {
     /// The layout of a file of `file_bytes` split into `device_part`-byte parts: the smallest
-    /// S3 part size that divides the device part (in whole MiB), is at least [`S3_MIN_PART`], and
-    /// keeps the upload within 10,000 parts.
+    /// S3 part size that divides the device part (in whole MiB), is at least [`S3_MIN_PART`] and
+    /// at most [`MAX_S3_PART`], and keeps the upload within 10,000 parts.
     pub fn new(file_bytes: u64, device_part: u64) -> Result<Self, LayoutError> {
         check_part_limit(device_part)?;
         if file_bytes > S3_MAX_OBJECT {
@@ -66,11 +73,13 @@ impl Layout {
         }
         let mibs = device_part / MIB;
         let need = S3_MIN_PART.max(file_bytes.div_ceil(S3_MAX_PARTS));
-        let s3_part = (1..=mibs)
+        let Some(s3_part) = (S3_MIN_PART / MIB..=MAX_S3_PART / MIB)
             .filter(|d| mibs.is_multiple_of(*d))
             .map(|d| d * MIB)
             .find(|p| *p >= need)
-            .unwrap_or(device_part);
+        else {
+            return Err(LayoutError::TooLarge(file_bytes));
+        };
         let layout = Self {
             file_bytes,
             device_part,
@@ -138,12 +147,16 @@ mod tests {
         ] {
             for part in [8 * MIB, 64 * MIB, 1000 * MIB, PART_LIMIT_DEFAULT] {
                 let Ok(l) = Layout::new(file, part) else {
-                    // Only a part too small for the file may fail.
-                    assert!(file.div_ceil(part) > S3_MAX_PARTS, "{file} in {part}");
+                    // Only a file too large for 10,000 parts as large as both allow may fail.
+                    assert!(
+                        file.div_ceil(part.min(MAX_S3_PART)) > S3_MAX_PARTS,
+                        "{file} in {part}"
+                    );
                     continue;
                 };
                 assert_eq!(part % l.s3_part, 0, "{file} in {part}");
-                assert!(l.s3_part >= S3_MIN_PART && l.s3_parts_total() <= S3_MAX_PARTS);
+                assert!(l.s3_part >= S3_MIN_PART && l.s3_part <= MAX_S3_PART);
+                assert!(l.s3_parts_total() <= S3_MAX_PARTS);
                 let mut next = 1;
                 let mut bytes = 0;
                 for k in 0..l.device_parts() {
@@ -159,7 +172,15 @@ mod tests {
 
     #[test]
     fn a_large_file_part_limit_outside_8_mib_to_3_gb_is_refused() {
-        for bad in [0, MIB, 5 * MIB, 8 * MIB + 1, 2862 * MIB, 4 << 30] {
+        for bad in [
+            0,
+            MIB,
+            5 * MIB,
+            8 * MIB + 1,
+            2861 * MIB,
+            2864 * MIB,
+            4 << 30,
+        ] {
             assert_eq!(
                 check_part_limit(bad),
                 Err(LayoutError::PartSize(bad)),

@@ -35,9 +35,8 @@ pub struct PartMap {
     pub path: String,
     /// Bytes copied into the parts (the file's length as read).
     pub bytes: u64,
-    /// The file's length when the split began (differs from `bytes` if it changed while read).
-    #[serde(default)]
-    pub size_at_start: Option<u64>,
+    /// The file's length when the split began (more than `bytes` if it shrank while read).
+    pub size_at_start: u64,
     /// SHA-256 of every byte copied into the parts, in order (lower-case hex).
     pub sha256: String,
     /// The part size the split was asked for.
@@ -87,9 +86,12 @@ impl PartMap {
             .map(str::trim)
             .rfind(|l| !l.is_empty())
             .ok_or_else(|| PartMapError::Unreadable("the script printed nothing".into()))?;
-        let map: PartMap =
+        let mut map: PartMap =
             serde_json::from_str(line).map_err(|e| PartMapError::Unreadable(e.to_string()))?;
         map.check(part_bytes, folder)?;
+        // The parts are fetched from the folder as the pipeline wrote it, not as the device
+        // spelled it back.
+        map.folder = folder.to_string();
         Ok(map)
     }
 
@@ -169,6 +171,15 @@ impl PartMap {
             offset = offset
                 .checked_add(part.bytes)
                 .ok_or_else(|| invalid("parts", "the sizes overflow"))?;
+        }
+        if self.bytes > self.size_at_start {
+            return Err(invalid(
+                "bytes",
+                format!(
+                    "{} copied from a file of {}",
+                    self.bytes, self.size_at_start
+                ),
+            ));
         }
         if offset != self.bytes {
             return Err(invalid(

@@ -58,7 +58,11 @@ impl Folders {
     /// `corrupt` names a part number whose bytes are served altered.
     pub fn part(&self, machine: &str, path: &str, corrupt: Option<u64>) -> Option<FileContent> {
         let (folder, name) = path.rsplit_once('\\')?;
-        let n: u64 = name.strip_prefix("part-")?.parse().ok()?;
+        let digits = name.strip_prefix("part-")?;
+        if digits.len() != 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
         let f = self
             .0
             .get(&(machine.to_ascii_lowercase(), folder.to_ascii_lowercase()))?;
