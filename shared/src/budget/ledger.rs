@@ -67,9 +67,9 @@ pub(super) struct TenantBudget {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) sessions_unknown: bool,
     /// Runs told to wait for a submission slot, in the order they first asked: the tenant's
-    /// line. A slot goes to the first in line, and each is told to come back when its own slot
-    /// opens, so a burst asks about once per slot instead of every waiting run asking at every
-    /// opening.
+    /// line. Each is told to come back when its own slot opens (those ahead of it having theirs),
+    /// so a burst asks about once per slot instead of every waiting run asking at every opening.
+    /// It only advises: a free slot goes to whoever asks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) waiting: Vec<Waiting>,
 }
@@ -158,6 +158,47 @@ pub(crate) enum Window {
     Gets,
 }
 
+/// The stamps still inside a window of `window_ms` at `now`: when each leaves it (counted at its
+/// latest) and whether its call is still in flight, oldest first.
+fn inside_window(
+    stamps: &[Stamp],
+    window_ms: i64,
+    call_limit: Duration,
+    now: i64,
+) -> Vec<(i64, bool)> {
+    let limit = ms(call_limit);
+    let mut inside: Vec<(i64, bool)> = stamps
+        .iter()
+        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
+        .filter(|(t, _)| *t > now.saturating_sub(window_ms))
+        .collect();
+    inside.sort_unstable();
+    inside
+}
+
+/// How long (ms) until the `k`-th slot (0-based) opens in a window of `window_ms` holding
+/// `inside` ([`inside_window`]) at most `max` calls, counting from the first slot not free now:
+/// the oldest stamp of the newest `max` leaving, then the next, minute after minute (a slot free
+/// now is taken about now). When a stamp in flight may settle before the one whose leaving opens
+/// the slot, look again after a tenth of the window instead.
+fn kth_opening(inside: &[(i64, bool)], max: usize, window_ms: i64, k: usize, now: i64) -> i64 {
+    let max = max.max(1);
+    let at = inside.len().saturating_sub(max) + k % max;
+    let rounds = i64::try_from(k / max).unwrap_or(i64::MAX);
+    let (leaves, _) = inside.get(at).copied().unwrap_or((now, false));
+    let wait = leaves
+        .saturating_add(window_ms)
+        .saturating_sub(now)
+        .saturating_add(window_ms.saturating_mul(rounds))
+        .max(1);
+    let in_flight = rounds == 0 && inside.iter().any(|(t, open)| *open && *t >= leaves);
+    if in_flight {
+        wait.min((window_ms / 10).max(1))
+    } else {
+        wait
+    }
+}
+
 /// How long until the oldest of the newest `max` stamps leaves a window of `window` (None: room now).
 /// When that stamp is still open (its call in flight), it will most likely settle soon and leave
 /// earlier than its worst case: look again after a tenth of the window instead.
@@ -169,65 +210,34 @@ pub(super) fn window_wait(
     now: i64,
 ) -> Option<Duration> {
     let window_ms = ms(window);
-    let limit = ms(call_limit);
-    let mut inside: Vec<(i64, bool)> = stamps
-        .iter()
-        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
-        .filter(|(t, _)| *t > now.saturating_sub(window_ms))
-        .collect();
+    let inside = inside_window(stamps, window_ms, call_limit, now);
     if (inside.len() as u64) < max as u64 {
         return None;
     }
-    inside.sort_unstable();
-    let (pivot, _) = inside[inside.len() - max as usize];
-    let wait = pivot.saturating_add(window_ms).saturating_sub(now).max(1);
-    let in_flight = inside.iter().any(|(t, open)| *open && *t >= pivot);
-    let wait = if in_flight {
-        wait.min((window_ms / 10).max(1))
-    } else {
-        wait
-    };
+    let wait = kth_opening(&inside, max as usize, window_ms, 0, now);
     Some(Duration::from_millis(wait as u64))
 }
 
 /// The submission slots free now, and for a run with `ahead` runs before it in line, how long
-/// (ms) until its own slot opens: the free slots go to those first, then each stamp in the window
-/// frees one as it leaves, oldest first, and so on minute after minute. While the stamp whose
-/// leaving frees the run's slot is still open (its call in flight), it will most likely settle
-/// soon and leave earlier than its worst case: look again after a tenth of the window instead.
+/// (ms) until its own slot opens: the free slots go to those first, then the slots open as
+/// [`window_wait`] says, one after another ([`kth_opening`]).
 pub(super) fn next_opening(
     stamps: &[Stamp],
     cfg: &BudgetConfig,
     ahead: usize,
     now: i64,
 ) -> (usize, i64) {
-    let (minute, limit) = (ms(cfg.minute), ms(cfg.call_limit));
+    let minute = ms(cfg.minute);
     let per_minute = (cfg.submissions_per_minute as usize).max(1);
-    let mut inside: Vec<(i64, bool)> = stamps
-        .iter()
-        .map(|s| (s.latest(limit), matches!(s, Stamp::Open { .. })))
-        .filter(|(t, _)| *t > now.saturating_sub(minute))
-        .collect();
-    inside.sort_unstable();
+    let inside = inside_window(stamps, minute, cfg.call_limit, now);
     let free = per_minute.saturating_sub(inside.len());
     if ahead < free {
         return (free, 0);
     }
-    // The k-th opening from now: the (k mod per_minute)-th oldest stamp's leaving (the stamps of
-    // the slots free now are yet to be made: about now), k / per_minute minutes on.
-    let k = ahead - free;
-    let rounds = i64::try_from(k / per_minute).unwrap_or(i64::MAX);
-    let (leaves, open) = inside.get(k % per_minute).copied().unwrap_or((now, false));
-    let wait = leaves
-        .saturating_add(minute)
-        .saturating_sub(now)
-        .saturating_add(minute.saturating_mul(rounds));
-    let wait = if open && rounds == 0 {
-        wait.min((minute / 10).max(1))
-    } else {
-        wait
-    };
-    (free, wait.max(1))
+    (
+        free,
+        kth_opening(&inside, per_minute, minute, ahead - free, now),
+    )
 }
 
 /// Settles the open stamp of `slot` in `stamps` at `returned` (or counts it at its return if the
